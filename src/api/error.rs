@@ -1,0 +1,108 @@
+//! The one place where errors become HTTP responses.
+
+use poem::error::ResponseError;
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+
+use super::payload::SCIM_JSON;
+use crate::scim::ScimError;
+use crate::store::StoreError;
+
+impl ResponseError for ScimError {
+    fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn as_response(&self) -> Response {
+        Response::builder()
+            .status(self.status())
+            .content_type(SCIM_JSON)
+            .body(self.to_json().to_string())
+    }
+}
+
+impl From<StoreError> for ScimError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ScimError::not_found("resource not found"),
+            StoreError::Conflict(what) => ScimError::uniqueness(what),
+            StoreError::VersionMismatch => ScimError::precondition_failed(),
+            StoreError::Rejected(e) => e,
+            StoreError::Database(sqlx::Error::Database(d))
+                if d.message().contains("database is locked") =>
+            {
+                tracing::warn!(error = %d, "staging database busy");
+                ScimError::new(503, None, "the staging database is busy; retry")
+            }
+            other => {
+                tracing::error!(error = %other, "staging store failed");
+                ScimError::internal()
+            }
+        }
+    }
+}
+
+impl From<StoreError> for poem::Error {
+    fn from(e: StoreError) -> Self {
+        ScimError::from(e).into()
+    }
+}
+
+/// Any error that reached the edge of the SCIM API, as a SCIM error response.
+pub fn to_scim_response(err: poem::Error) -> Response {
+    if let Some(e) = err.downcast_ref::<ScimError>() {
+        return e.as_response();
+    }
+    let status = err.status();
+    let e = match status.as_u16() {
+        401 => ScimError::unauthorized("a valid bearer token is required"),
+        404 => ScimError::not_found("no such endpoint"),
+        405 => ScimError::new(405, None, "method not allowed on this endpoint"),
+        413 => ScimError::new(413, None, "the request body is too large"),
+        415 => ScimError::new(
+            415,
+            None,
+            "use Content-Type application/scim+json or application/json",
+        ),
+        400 => ScimError::invalid_syntax(err.to_string()),
+        s if s < 500 => ScimError::new(s, None, err.to_string()),
+        _ => {
+            tracing::error!(error = %err, "request failed");
+            ScimError::internal()
+        }
+    };
+    e.as_response()
+}
+
+/// The same, for use with `catch_all_error`.
+pub async fn catch_all(err: poem::Error) -> impl IntoResponse {
+    to_scim_response(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_scim_statuses() {
+        let e = ScimError::from(StoreError::Conflict("userName taken".into()));
+        assert_eq!(
+            (e.status, e.scim_type.map(|t| t.as_str())),
+            (409, Some("uniqueness"))
+        );
+        assert_eq!(ScimError::from(StoreError::NotFound).status, 404);
+        assert_eq!(ScimError::from(StoreError::VersionMismatch).status, 412);
+        let e = ScimError::from(StoreError::Database(sqlx::Error::RowNotFound));
+        assert_eq!(e.status, 500);
+        assert_eq!(e.detail, "internal server error", "no internals leak");
+    }
+
+    #[test]
+    fn poem_errors_become_scim_documents() {
+        let r = to_scim_response(poem::Error::from_status(StatusCode::METHOD_NOT_ALLOWED));
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.content_type(), Some(SCIM_JSON));
+        let r = to_scim_response(ScimError::invalid_filter("bad").into());
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,461 @@
+//! Configuration: a TOML file plus SCIM_BRIDGE_* environment overrides.
+//!
+//! `SCIM_BRIDGE_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen` (sections are separated by a
+//! double underscore); a variable ending in `_FILE` reads its value from that file, so
+//! `SCIM_BRIDGE_TENANTS__ACME__TOKEN_FILE=/run/secrets/acme` sets `tenants.acme.token`.
+//! Unknown keys are errors that name the key. Relative paths resolve against the config file's folder.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
+use crate::store::sqlite::Durability;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    staging: StagingConfig,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawTenant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Base URL clients use to reach this server, for meta.location and Location headers.
+    /// Without it, the request's Host header is used.
+    pub public_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub default_page_size: i64,
+    pub max_page_size: i64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            max_body_bytes: 1024 * 1024,
+            default_page_size: 100,
+            max_page_size: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. "info" or "scim_bridge=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagingConfig {
+    /// `sqlite://PATH` or a plain path to the SQLite file.
+    pub database: String,
+    pub durability: Durability,
+}
+
+impl Default for StagingConfig {
+    fn default() -> Self {
+        StagingConfig {
+            database: "sqlite://data/staging.db".into(),
+            durability: Durability::Full,
+        }
+    }
+}
+
+/// A secret given inline, by environment variable or by file.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSecret {
+    Inline(String),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    /// The bearer token (inline, { env = "VAR" } or { file = "path" }).
+    token: RawSecret,
+    /// A second valid token, so a token can be rotated without downtime.
+    next_token: Option<RawSecret>,
+    custom_schema: Option<String>,
+}
+
+impl fmt::Debug for RawTenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawTenant").finish_non_exhaustive()
+    }
+}
+
+/// A token held only as its SHA-256; compared in constant time.
+#[derive(Clone)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+    pub fn matches(&self, presented: &str) -> bool {
+        let h: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(self.0.ct_eq(&h))
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub name: String,
+    pub tokens: Vec<TokenHash>,
+    pub custom_schema: String,
+}
+
+impl TenantConfig {
+    /// Whether `presented` is one of the tenant's tokens. Every token is compared, so the time
+    /// taken does not tell which one matched.
+    pub fn accepts(&self, presented: &str) -> bool {
+        self.tokens
+            .iter()
+            .fold(false, |ok, t| t.matches(presented) | ok)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub staging: StagingConfig,
+    /// The staging database file, resolved against the config file's folder.
+    pub staging_path: PathBuf,
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// The folder relative paths resolve against.
+    pub base_dir: PathBuf,
+}
+
+impl Config {
+    /// Load `path` and apply the SCIM_BRIDGE_* variables of `env`.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
+        Self::parse(&text, path, &base_dir, env)
+    }
+
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        base_dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for (key, val) in env {
+            apply_env(&mut value, &key, &val, base_dir).map_err(&invalid)?;
+        }
+        let raw = RawConfig::deserialize(value).map_err(|e| invalid(e.to_string()))?;
+        let mut tenants = BTreeMap::new();
+        for (name, t) in raw.tenants {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(format!(
+                    "tenant name {name:?} may only contain letters, digits, '-' and '_'"
+                )));
+            }
+            let mut tokens = vec![
+                resolve_secret(&t.token, base_dir)
+                    .map_err(|m| invalid(format!("tenants.{name}.token: {m}")))?,
+            ];
+            if let Some(next) = &t.next_token {
+                tokens.push(
+                    resolve_secret(next, base_dir)
+                        .map_err(|m| invalid(format!("tenants.{name}.next_token: {m}")))?,
+                );
+            }
+            let custom_schema = t
+                .custom_schema
+                .unwrap_or_else(|| DEFAULT_CUSTOM_SCHEMA.to_string());
+            if !custom_schema.starts_with("urn:") || custom_schema.ends_with(':') {
+                return Err(invalid(format!(
+                    "tenants.{name}.custom_schema must be a URN like {DEFAULT_CUSTOM_SCHEMA}"
+                )));
+            }
+            tenants.insert(
+                name.clone(),
+                TenantConfig {
+                    name,
+                    tokens,
+                    custom_schema,
+                },
+            );
+        }
+        let staging_path = resolve_sqlite_path(&raw.staging.database, base_dir)
+            .map_err(|m| invalid(format!("staging.database: {m}")))?;
+        if raw.server.max_page_size < 1 || raw.server.default_page_size < 1 {
+            return Err(invalid("server page sizes must be at least 1".into()));
+        }
+        Ok(Config {
+            server: raw.server,
+            log: raw.log,
+            staging: raw.staging,
+            staging_path,
+            tenants,
+            base_dir: base_dir.to_path_buf(),
+        })
+    }
+}
+
+/// `sqlite://relative/or/absolute.db`, `sqlite:path` or a plain path.
+pub fn resolve_sqlite_path(url: &str, base_dir: &Path) -> Result<PathBuf, String> {
+    let p = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    if p.is_empty() || url.contains("://") && !url.starts_with("sqlite://") {
+        return Err(format!(
+            "{url:?} is not a SQLite location (use sqlite://PATH)"
+        ));
+    }
+    let p = Path::new(p);
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    })
+}
+
+fn resolve_secret(s: &RawSecret, base_dir: &Path) -> Result<TokenHash, String> {
+    let value = match s {
+        RawSecret::Inline(v) => v.clone(),
+        RawSecret::Env { env } => {
+            std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))?
+        }
+        RawSecret::File { file } => {
+            let p = if file.is_absolute() {
+                file.clone()
+            } else {
+                base_dir.join(file)
+            };
+            std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?
+        }
+    };
+    let value = value.trim();
+    if value.len() < 16 {
+        return Err("a token must be at least 16 characters long".into());
+    }
+    Ok(TokenHash::of(value))
+}
+
+/// Apply one SCIM_BRIDGE_A__B=value variable to the parsed file.
+fn apply_env(root: &mut toml::Value, key: &str, val: &str, base_dir: &Path) -> Result<(), String> {
+    let Some(rest) = key.strip_prefix("SCIM_BRIDGE_") else {
+        return Ok(());
+    };
+    if rest == "CONFIG" || rest.is_empty() {
+        return Ok(());
+    }
+    let (rest, val) = match rest.strip_suffix("_FILE") {
+        Some(r) => {
+            let p = Path::new(val);
+            let p = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            };
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| format!("{key}: cannot read {}: {e}", p.display()))?;
+            (r, text.trim().to_string())
+        }
+        None => (rest, val.to_string()),
+    };
+    let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| format!("{key}: {} is not a section", parts[..i].join(".")))?;
+        if i + 1 == parts.len() {
+            let parsed = val
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .or_else(|_| val.parse::<bool>().map(toml::Value::Boolean))
+                .unwrap_or_else(|_| toml::Value::String(val.clone()));
+            table.insert(part.clone(), parsed);
+            return Ok(());
+        }
+        node = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::map::Map::new()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            Path::new("test.toml"),
+            Path::new("/base"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    const MIN: &str = "[tenants.demo]\ntoken = \"0123456789abcdef\"\n";
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse(MIN, &[]).unwrap();
+        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.staging_path, Path::new("/base/data/staging.db"));
+        assert_eq!(c.tenants["demo"].custom_schema, DEFAULT_CUSTOM_SCHEMA);
+        assert!(c.tenants["demo"].accepts("0123456789abcdef"));
+        assert!(!c.tenants["demo"].accepts("0123456789abcdeF"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse(&format!("{MIN}[server]\nlisten = \"x\"\nlistne = 1\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+        let e = parse(MIN, &[("SCIM_BRIDGE_SERVER__NOPE", "1")]).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_and_two_tokens() {
+        let c = parse(
+            &format!("{MIN}next_token = \"fedcba9876543210\"\n"),
+            &[
+                ("SCIM_BRIDGE_SERVER__LISTEN", "0.0.0.0:9"),
+                ("SCIM_BRIDGE_SERVER__MAX_PAGE_SIZE", "50"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9");
+        assert_eq!(c.server.max_page_size, 50);
+        let t = &c.tenants["demo"];
+        assert!(t.accepts("0123456789abcdef") && t.accepts("fedcba9876543210"));
+        assert!(!t.accepts(""));
+    }
+
+    #[test]
+    fn secrets_from_file_and_env_file_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "from-a-file-0123456\n").unwrap();
+        let c = Config::parse(
+            "[tenants.a]\ntoken = { file = \"tok\" }\n",
+            Path::new("x.toml"),
+            dir.path(),
+            [],
+        )
+        .unwrap();
+        assert!(c.tenants["a"].accepts("from-a-file-0123456"));
+        let c = Config::parse(
+            MIN,
+            Path::new("x.toml"),
+            dir.path(),
+            [(
+                "SCIM_BRIDGE_TENANTS__DEMO__TOKEN_FILE".to_string(),
+                "tok".to_string(),
+            )],
+        )
+        .unwrap();
+        assert!(c.tenants["demo"].accepts("from-a-file-0123456"));
+        let e = parse(
+            "[tenants.a]\ntoken = { env = \"SCIM_BRIDGE_TEST_UNSET_VAR\" }\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("SCIM_BRIDGE_TEST_UNSET_VAR"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse("[tenants.demo]\ntoken = \"short\"\n", &[]).is_err());
+        assert!(parse("[tenants.\"a b\"]\ntoken = \"0123456789abcdef\"\n", &[]).is_err());
+        assert!(
+            parse(
+                &format!("{MIN}[staging]\ndatabase = \"postgres://x\"\n"),
+                &[]
+            )
+            .is_err()
+        );
+        assert!(parse(&format!("{MIN}custom_schema = \"nope\"\n"), &[]).is_err());
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let c = parse(MIN, &[]).unwrap();
+        let dbg = format!("{:?}", c.tenants["demo"]);
+        assert!(!dbg.contains("0123456789abcdef"));
+    }
+}

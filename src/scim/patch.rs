@@ -1,0 +1,869 @@
+//! The PATCH engine (RFC 7644 §3.5.2) on a normalised document.
+//!
+//! It works on a copy: the caller stores the result only when every operation succeeded, so a
+//! PATCH applies atomically or not at all. Group members are not in the document; operations on
+//! them come back as [`MemberOp`]s for the store, which applies them as row changes.
+
+use serde_json::{Map, Value};
+
+use super::entra::{self, OpKind, Quirk};
+use super::error::ScimError;
+use super::filter::{self, CompValue, CompareOp, Filter, PatchPath};
+use super::resource::{self, MemberRef};
+use super::schema::{Attr, AttrType, PATCH_OP, ResourceKind, ResourceType};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchOp {
+    pub op: OpKind,
+    pub path: Option<PatchPath>,
+    /// The path as sent: a bare extension URN is a path too, and only the schema knows which.
+    pub raw_path: Option<String>,
+    pub value: Option<Value>,
+}
+
+/// A change to a group's member rows, applied in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemberOp {
+    Add(Vec<MemberRef>),
+    Remove(Vec<String>),
+    RemoveAll,
+}
+
+/// Parse a PatchOp request body.
+pub fn parse(body: &Value) -> Result<Vec<PatchOp>, ScimError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ScimError::invalid_syntax("the PATCH body must be a JSON object"))?;
+    let get = |name: &str| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    if let Some(schemas) = get("schemas") {
+        let ok = schemas
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s.as_str() == Some(PATCH_OP)));
+        if !ok {
+            return Err(ScimError::invalid_syntax(format!(
+                "schemas must contain {PATCH_OP}"
+            )));
+        }
+    }
+    let ops = get("Operations")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ScimError::invalid_syntax("Operations must be an array"))?;
+    if ops.is_empty() {
+        return Err(ScimError::invalid_syntax("Operations must not be empty"));
+    }
+    ops.iter().map(parse_op).collect()
+}
+
+fn parse_op(v: &Value) -> Result<PatchOp, ScimError> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| ScimError::invalid_syntax("each operation must be an object"))?;
+    let get = |name: &str| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let op = get("op")
+        .and_then(Value::as_str)
+        .and_then(entra::op_kind)
+        .ok_or_else(|| ScimError::invalid_syntax("op must be add, replace or remove"))?;
+    let raw_path = get("path")
+        .and_then(Value::as_str)
+        .map(|s| s.trim().to_string());
+    let path = match get("path") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => {
+            Some(filter::parse_path(s).map_err(|e| ScimError::invalid_path(format!("path: {e}")))?)
+        }
+        Some(_) => return Err(ScimError::invalid_path("path must be a string")),
+    };
+    let value = get("value").cloned();
+    if op != OpKind::Remove && value.is_none() {
+        return Err(ScimError::invalid_syntax("add and replace need a value"));
+    }
+    if op == OpKind::Remove && path.is_none() {
+        return Err(ScimError::no_target("remove needs a path"));
+    }
+    Ok(PatchOp {
+        op,
+        path,
+        raw_path,
+        value,
+    })
+}
+
+/// Apply `ops` to `doc` in order. On error, `doc` may be half-changed: callers pass a copy.
+pub fn apply(
+    rt: &ResourceType,
+    doc: &mut Map<String, Value>,
+    ops: &[PatchOp],
+) -> Result<Vec<MemberOp>, ScimError> {
+    let mut members = Vec::new();
+    for op in ops {
+        if let Some((i, _)) = op.raw_path.as_deref().and_then(|p| rt.extension(p)) {
+            // The path names a whole extension: remove it, or apply its attributes.
+            let urn = rt.extensions[i].id.clone();
+            if op.op != OpKind::Add {
+                doc.remove(&urn);
+            }
+            if op.op != OpKind::Remove {
+                let mut wrapped = Map::new();
+                wrapped.insert(urn, op.value.clone().unwrap_or(Value::Null));
+                apply_pathless(rt, doc, op.op, Some(&Value::Object(wrapped)), &mut members)?;
+            }
+            continue;
+        }
+        match &op.path {
+            None => apply_pathless(rt, doc, op.op, op.value.as_ref(), &mut members)?,
+            Some(path) => apply_path(rt, doc, op.op, path, op.value.as_ref(), &mut members)?,
+        }
+    }
+    resource::prune_empty_extensions(rt, doc);
+    let required = match rt.kind {
+        ResourceKind::User => "userName",
+        ResourceKind::Group => "displayName",
+    };
+    if doc
+        .get(required)
+        .and_then(Value::as_str)
+        .is_none_or(|s| s.trim().is_empty())
+    {
+        return Err(ScimError::mutability(format!(
+            "{required} is required and cannot be removed"
+        )));
+    }
+    Ok(members)
+}
+
+/// A path-less add/replace: the value is an object of attributes. E3: keys may be dotted
+/// ("name.givenName") or URN-qualified ("urn:…:enterprise:2.0:User:department").
+fn apply_pathless(
+    rt: &ResourceType,
+    doc: &mut Map<String, Value>,
+    op: OpKind,
+    value: Option<&Value>,
+    members: &mut Vec<MemberOp>,
+) -> Result<(), ScimError> {
+    let obj = value.and_then(Value::as_object).ok_or_else(|| {
+        ScimError::invalid_syntax("a PATCH operation without path needs an object value")
+    })?;
+    for (key, v) in obj {
+        if key.eq_ignore_ascii_case("schemas") {
+            continue;
+        }
+        if let Some((i, _)) = rt.extension(key) {
+            // The extension as a whole: apply each of its attributes.
+            let Some(ext) = v.as_object() else {
+                return Err(ScimError::invalid_value(format!(
+                    "extension {key} must be an object"
+                )));
+            };
+            let urn = rt.extensions[i].id.clone();
+            for (k, v2) in ext {
+                let path = key_path(Some(&urn), k);
+                apply_path(rt, doc, op, &path, Some(v2), members)?;
+            }
+            continue;
+        }
+        let (urn, name, sub) = rt.split_key(key);
+        if urn.is_some() || sub.is_some() {
+            entra::record(Quirk::PathlessKeys);
+        }
+        let path = PatchPath {
+            attr: filter::AttrPath {
+                urn: urn.map(str::to_string),
+                name: name.to_string(),
+                sub: sub.map(str::to_string),
+            },
+            filter: None,
+            sub: None,
+        };
+        match rt.resolve(urn, name) {
+            // RFC 7644 §3.5.2: read-only attributes in a path-less value are ignored.
+            Some((_, a)) if a.is_read_only() => continue,
+            _ => apply_path(rt, doc, op, &path, Some(v), members)?,
+        }
+    }
+    Ok(())
+}
+
+fn key_path(urn: Option<&str>, key: &str) -> PatchPath {
+    let (name, sub) = match key.split_once('.') {
+        Some((a, s)) => (a, Some(s)),
+        None => (key, None),
+    };
+    PatchPath {
+        attr: filter::AttrPath {
+            urn: urn.map(str::to_string),
+            name: name.to_string(),
+            sub: sub.map(str::to_string),
+        },
+        filter: None,
+        sub: None,
+    }
+}
+
+fn apply_path(
+    rt: &ResourceType,
+    doc: &mut Map<String, Value>,
+    op: OpKind,
+    path: &PatchPath,
+    value: Option<&Value>,
+    members: &mut Vec<MemberOp>,
+) -> Result<(), ScimError> {
+    let (scope, attr) = rt
+        .resolve(path.attr.urn.as_deref(), &path.attr.name)
+        .ok_or_else(|| ScimError::invalid_path(format!("unknown attribute {}", path.attr.name)))?;
+    // "name.givenName" parses as attr + sub; "emails[…].value" as attr + filter + sub.
+    let sub_name = path.attr.sub.as_deref().or(path.sub.as_deref());
+    if attr.is_read_only() {
+        return Err(ScimError::mutability(format!("{} is read-only", attr.name)));
+    }
+    if attr.returned == super::schema::Returned::Never {
+        return Ok(()); // password: never stored
+    }
+    if rt.kind == ResourceKind::Group && attr.name == "members" {
+        return member_op(op, path.filter.as_ref(), sub_name, value, members);
+    }
+    let container = resource::container_mut(rt, doc, scope)?;
+    match (&path.filter, sub_name) {
+        (None, None) => whole_attribute(attr, container, op, value),
+        (None, Some(sub)) => sub_attribute(attr, container, op, sub, value),
+        (Some(f), sub) => filtered(attr, container, op, f, sub, value),
+    }
+}
+
+/// add/replace/remove of a whole attribute.
+fn whole_attribute(
+    attr: &'static Attr,
+    container: &mut Map<String, Value>,
+    op: OpKind,
+    value: Option<&Value>,
+) -> Result<(), ScimError> {
+    if op == OpKind::Remove {
+        match (value, container.get_mut(attr.name)) {
+            // E2 generalised: remove with a value list removes only the listed elements.
+            (Some(v), Some(Value::Array(items))) if attr.multi && !v.is_null() => {
+                let listed = resource::normalize_value(attr, v)?.unwrap_or(Value::Null);
+                let listed = listed.as_array().cloned().unwrap_or_default();
+                items.retain(|item| !listed.iter().any(|l| same_element(attr, item, l)));
+                if items.is_empty() {
+                    container.remove(attr.name);
+                }
+            }
+            _ => {
+                container.remove(attr.name);
+            }
+        }
+        return Ok(());
+    }
+    let new = resource::normalize_value(attr, value.unwrap_or(&Value::Null))?;
+    let Some(new) = new else {
+        if op == OpKind::Replace {
+            container.remove(attr.name);
+        }
+        return Ok(());
+    };
+    match (op, container.get_mut(attr.name)) {
+        (OpKind::Add, Some(Value::Array(items))) if attr.multi => {
+            for n in new.as_array().cloned().unwrap_or_default() {
+                if !items.iter().any(|i| i == &n) {
+                    items.push(n);
+                }
+            }
+            single_primary(items);
+        }
+        (OpKind::Add, Some(Value::Object(existing))) if attr.ty == AttrType::Complex => {
+            if let Value::Object(n) = new {
+                existing.extend(n);
+            }
+        }
+        _ => {
+            let mut new = new;
+            if let Value::Array(items) = &mut new {
+                single_primary(items);
+            }
+            container.insert(attr.name.to_string(), new);
+        }
+    }
+    Ok(())
+}
+
+/// "name.givenName" style paths on a singular complex attribute.
+fn sub_attribute(
+    attr: &'static Attr,
+    container: &mut Map<String, Value>,
+    op: OpKind,
+    sub: &str,
+    value: Option<&Value>,
+) -> Result<(), ScimError> {
+    if attr.multi {
+        // "emails.value" without a filter addresses every element.
+        let sub_attr = attr.sub_attr(sub).ok_or_else(|| {
+            ScimError::invalid_path(format!("unknown attribute {}.{sub}", attr.name))
+        })?;
+        let all = Filter::Present(filter::AttrPath {
+            urn: None,
+            name: sub_attr.name.to_string(),
+            sub: None,
+        });
+        if op == OpKind::Remove {
+            return filtered(attr, container, op, &all, Some(sub), value);
+        }
+        return Err(ScimError::invalid_path(format!(
+            "{}.{sub} needs a filter to say which element to change",
+            attr.name
+        )));
+    }
+    let sub_attr = resource::sub_of(attr, sub)?;
+    let entry = container
+        .entry(attr.name.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !entry.is_object() {
+        *entry = Value::Object(Map::new());
+    }
+    if let Value::Object(o) = entry {
+        match op {
+            OpKind::Remove => {
+                o.remove(sub_attr.name);
+            }
+            _ => match resource::normalize_single(sub_attr, value.unwrap_or(&Value::Null))? {
+                Some(v) => {
+                    o.insert(sub_attr.name.to_string(), v);
+                }
+                None => {
+                    o.remove(sub_attr.name);
+                }
+            },
+        }
+        if o.is_empty() {
+            container.remove(attr.name);
+        }
+    }
+    Ok(())
+}
+
+/// Paths with a value filter: `emails[type eq "work"]` and `emails[type eq "work"].value`.
+fn filtered(
+    attr: &'static Attr,
+    container: &mut Map<String, Value>,
+    op: OpKind,
+    f: &Filter,
+    sub: Option<&str>,
+    value: Option<&Value>,
+) -> Result<(), ScimError> {
+    if !attr.multi || attr.ty != AttrType::Complex {
+        return Err(ScimError::invalid_path(format!(
+            "{} is not a multi-valued complex attribute; it cannot take a filter",
+            attr.name
+        )));
+    }
+    let sub_attr = match sub {
+        Some(s) => Some(attr.sub_attr(s).ok_or_else(|| {
+            ScimError::invalid_path(format!("unknown attribute {}.{s}", attr.name))
+        })?),
+        None => None,
+    };
+    let case_exact = |_: Option<&str>, name: &str, _: Option<&str>| {
+        attr.sub_attr(name).is_some_and(|s| s.case_exact)
+    };
+    let mut items = match container.remove(attr.name) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    let matched: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| filter::matches(f, item, &case_exact))
+        .map(|(i, _)| i)
+        .collect();
+    match op {
+        OpKind::Remove => match sub_attr {
+            None => {
+                let mut i = 0;
+                items.retain(|_| {
+                    let keep = !matched.contains(&i);
+                    i += 1;
+                    keep
+                });
+            }
+            Some(s) => {
+                for &i in &matched {
+                    if let Some(o) = items[i].as_object_mut() {
+                        o.remove(s.name);
+                    }
+                }
+                items.retain(|i| !i.as_object().is_some_and(Map::is_empty));
+            }
+        },
+        OpKind::Add | OpKind::Replace => {
+            let value = value.unwrap_or(&Value::Null);
+            let new_part = match sub_attr {
+                Some(s) => resource::normalize_single(s, value)?.map(|v| {
+                    let mut o = Map::new();
+                    o.insert(s.name.to_string(), v);
+                    o
+                }),
+                None => match resource::normalize_single(attr, value)? {
+                    Some(Value::Object(o)) => Some(o),
+                    _ => None,
+                },
+            };
+            if matched.is_empty() {
+                // Entra replaces `emails[type eq "work"].value` also when there is no work email
+                // yet: create the element the filter describes.
+                if let Some(part) = new_part {
+                    let mut o = equalities(f).ok_or_else(|| {
+                        ScimError::no_target(format!(
+                            "no {} value matches the filter, and the filter does not describe a new one",
+                            attr.name
+                        ))
+                    })?;
+                    o.extend(part);
+                    items.push(Value::Object(o));
+                }
+            } else {
+                for &i in &matched {
+                    match (&new_part, items[i].as_object_mut()) {
+                        (Some(part), Some(o)) if sub_attr.is_some() || op == OpKind::Add => {
+                            o.extend(part.clone())
+                        }
+                        (Some(part), _) => items[i] = Value::Object(part.clone()),
+                        (None, Some(o)) => {
+                            if let Some(s) = sub_attr {
+                                o.remove(s.name);
+                            }
+                        }
+                        (None, None) => {}
+                    }
+                }
+            }
+            single_primary(&mut items);
+        }
+    }
+    if !items.is_empty() {
+        container.insert(attr.name.to_string(), Value::Array(items));
+    }
+    Ok(())
+}
+
+/// The attributes a filter made only of `eq` comparisons joined by `and` pins down.
+fn equalities(f: &Filter) -> Option<Map<String, Value>> {
+    match f {
+        Filter::Compare {
+            path,
+            op: CompareOp::Eq,
+            value,
+        } if path.sub.is_none() => {
+            let v = match value {
+                CompValue::Str(s) => Value::String(s.clone()),
+                CompValue::Num(n) => Value::Number(n.clone()),
+                CompValue::Bool(b) => Value::Bool(*b),
+                CompValue::Null => return None,
+            };
+            let mut o = Map::new();
+            o.insert(path.name.clone(), v);
+            Some(o)
+        }
+        Filter::And(a, b) => {
+            let mut o = equalities(a)?;
+            o.extend(equalities(b)?);
+            Some(o)
+        }
+        _ => None,
+    }
+}
+
+/// Two elements of a multi-valued attribute are the same when their "value"s are equal
+/// (or, without a value, when they are equal as a whole).
+fn same_element(attr: &Attr, a: &Value, b: &Value) -> bool {
+    if attr.ty != AttrType::Complex {
+        return a == b;
+    }
+    match (a.get("value"), b.get("value")) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// RFC 7643 §2.4: at most one element may be primary; the last one set wins.
+fn single_primary(items: &mut [Value]) {
+    let last = items
+        .iter()
+        .rposition(|i| i.get("primary") == Some(&Value::Bool(true)));
+    if let Some(last) = last {
+        for (i, item) in items.iter_mut().enumerate() {
+            if i != last
+                && let Some(o) = item.as_object_mut()
+                && o.get("primary") == Some(&Value::Bool(true))
+            {
+                o.insert("primary".into(), Value::Bool(false));
+            }
+        }
+    }
+}
+
+/// Operations on group members become row changes.
+fn member_op(
+    op: OpKind,
+    f: Option<&Filter>,
+    sub: Option<&str>,
+    value: Option<&Value>,
+    out: &mut Vec<MemberOp>,
+) -> Result<(), ScimError> {
+    if sub.is_some() {
+        return Err(ScimError::mutability(
+            "sub-attributes of members cannot be changed; add or remove the member",
+        ));
+    }
+    match (op, f) {
+        (OpKind::Add, None) => out.push(MemberOp::Add(resource::parse_members(
+            value.unwrap_or(&Value::Null),
+        )?)),
+        (OpKind::Replace, None) => {
+            out.push(MemberOp::RemoveAll);
+            out.push(MemberOp::Add(resource::parse_members(
+                value.unwrap_or(&Value::Null),
+            )?));
+        }
+        (OpKind::Remove, None) => match value {
+            None | Some(Value::Null) => out.push(MemberOp::RemoveAll),
+            // E2: Entra lists the members to remove in the value.
+            Some(v) => {
+                entra::record(Quirk::MemberRemoveByValue);
+                let ids = resource::parse_members(v)?
+                    .into_iter()
+                    .map(|m| m.value)
+                    .collect();
+                out.push(MemberOp::Remove(ids));
+            }
+        },
+        (OpKind::Remove, Some(f)) => out.push(MemberOp::Remove(member_ids(f)?)),
+        (_, Some(_)) => {
+            return Err(ScimError::invalid_path(
+                "members can be added or replaced only without a filter",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `members[value eq "a" or value eq "b"]` → ["a", "b"]. Other member filters would need the
+/// whole member list; they are refused rather than answered wrongly.
+fn member_ids(f: &Filter) -> Result<Vec<String>, ScimError> {
+    match f {
+        Filter::Compare {
+            path,
+            op: CompareOp::Eq,
+            value: CompValue::Str(s),
+        } if path.name.eq_ignore_ascii_case("value") && path.sub.is_none() => Ok(vec![s.clone()]),
+        Filter::Or(a, b) => {
+            let mut ids = member_ids(a)?;
+            ids.extend(member_ids(b)?);
+            Ok(ids)
+        }
+        _ => Err(ScimError::invalid_filter(
+            "member filters support `value eq \"id\"`, joined with `or`",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ENTERPRISE_SCHEMA};
+    use serde_json::json;
+
+    fn user() -> (ResourceType, Map<String, Value>) {
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        let doc = resource::normalize(
+            &rt,
+            &json!({"userName": "ann", "active": true, "name": {"givenName": "Ann"},
+                "emails": [{"value": "ann@work.example", "type": "work", "primary": true},
+                           {"value": "ann@home.example", "type": "home"}]}),
+        )
+        .unwrap()
+        .doc;
+        (rt, doc)
+    }
+
+    fn patch(
+        rt: &ResourceType,
+        doc: &mut Map<String, Value>,
+        body: Value,
+    ) -> Result<Vec<MemberOp>, ScimError> {
+        let ops = parse(&body)?;
+        apply(rt, doc, &ops)
+    }
+
+    fn ops(list: Value) -> Value {
+        json!({"schemas": [PATCH_OP], "Operations": list})
+    }
+
+    #[test]
+    fn e1_capitalised_ops_and_e4_string_booleans() {
+        let (rt, mut doc) = user();
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+        )
+        .unwrap();
+        assert_eq!(doc["active"], false);
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "Add", "path": "active", "value": "True"}])),
+        )
+        .unwrap();
+        assert_eq!(doc["active"], true);
+    }
+
+    #[test]
+    fn e3_pathless_dotted_and_urn_keys() {
+        let (rt, mut doc) = user();
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "replace", "value": {
+                "name.familyName": "Smith",
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department": "FIN",
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager": "m-1",
+                "urn:ietf:params:scim:schemas:extension:primedocs:2.0:User:customAttribute05": "X",
+                "displayName": "Ann Smith",
+                "id": "ignored"
+            }}])),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["name"],
+            json!({"givenName": "Ann", "familyName": "Smith"})
+        );
+        assert_eq!(
+            doc[ENTERPRISE_SCHEMA],
+            json!({"department": "FIN", "manager": {"value": "m-1"}})
+        );
+        assert_eq!(doc[DEFAULT_CUSTOM_SCHEMA]["customAttribute05"], "X");
+        assert_eq!(doc["displayName"], "Ann Smith");
+    }
+
+    #[test]
+    fn e5_manager_forms() {
+        let (rt, mut doc) = user();
+        let mgr = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager";
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "add", "path": mgr, "value": {"value": "m-2"}}])),
+        )
+        .unwrap();
+        assert_eq!(doc[ENTERPRISE_SCHEMA]["manager"]["value"], "m-2");
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "replace", "path": mgr, "value": ""}])),
+        )
+        .unwrap();
+        assert!(!doc.contains_key(ENTERPRISE_SCHEMA));
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "replace", "path": "roles", "value": "[{\"value\":\"Admin\"}]"}])),
+        )
+        .unwrap();
+        assert_eq!(doc["roles"], json!([{"value": "Admin"}]));
+    }
+
+    #[test]
+    fn value_filtered_paths() {
+        let (rt, mut doc) = user();
+        patch(&rt, &mut doc, ops(json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "new@work.example"}]))).unwrap();
+        assert_eq!(doc["emails"][0]["value"], "new@work.example");
+        assert_eq!(doc["emails"][1]["value"], "ann@home.example");
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "remove", "path": "emails[type eq \"home\"]"}])),
+        )
+        .unwrap();
+        assert_eq!(doc["emails"].as_array().unwrap().len(), 1);
+        // No matching element: Entra expects it to be created.
+        patch(&rt, &mut doc, ops(json!([{"op": "replace", "path": "phoneNumbers[type eq \"mobile\"].value", "value": "+41 79"}]))).unwrap();
+        assert_eq!(
+            doc["phoneNumbers"],
+            json!([{"type": "mobile", "value": "+41 79"}])
+        );
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "remove", "path": "emails[type eq \"work\"].primary"}])),
+        )
+        .unwrap();
+        assert!(doc["emails"][0].get("primary").is_none());
+    }
+
+    #[test]
+    fn add_appends_and_keeps_one_primary() {
+        let (rt, mut doc) = user();
+        patch(&rt, &mut doc, ops(json!([{"op": "add", "path": "emails", "value": [{"value": "x@y", "type": "other", "primary": true}]}]))).unwrap();
+        let emails = doc["emails"].as_array().unwrap();
+        assert_eq!(emails.len(), 3);
+        assert_eq!(emails.iter().filter(|e| e["primary"] == true).count(), 1);
+        assert_eq!(emails[2]["primary"], true);
+    }
+
+    #[test]
+    fn whole_extension_as_path() {
+        let (rt, mut doc) = user();
+        patch(&rt, &mut doc, ops(json!([{"op": "add", "path": ENTERPRISE_SCHEMA, "value": {"department": "D", "costCenter": "C"}}]))).unwrap();
+        assert_eq!(
+            doc[ENTERPRISE_SCHEMA],
+            json!({"department": "D", "costCenter": "C"})
+        );
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "replace", "path": ENTERPRISE_SCHEMA, "value": {"division": "X"}}])),
+        )
+        .unwrap();
+        assert_eq!(doc[ENTERPRISE_SCHEMA], json!({"division": "X"}));
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "remove", "path": ENTERPRISE_SCHEMA}])),
+        )
+        .unwrap();
+        assert!(!doc.contains_key(ENTERPRISE_SCHEMA));
+    }
+
+    #[test]
+    fn sub_attribute_paths_and_removal() {
+        let (rt, mut doc) = user();
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "replace", "path": "name.givenName", "value": "Anna"}])),
+        )
+        .unwrap();
+        assert_eq!(doc["name"]["givenName"], "Anna");
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "remove", "path": "name.givenName"}])),
+        )
+        .unwrap();
+        assert!(!doc.contains_key("name"));
+    }
+
+    #[test]
+    fn errors_and_atomicity_contract() {
+        let (rt, mut doc) = user();
+        let before = doc.clone();
+        let mut copy = doc.clone();
+        let e = patch(
+            &rt,
+            &mut copy,
+            ops(json!([
+            {"op": "replace", "path": "displayName", "value": "changed"},
+            {"op": "replace", "path": "nope", "value": 1}])),
+        )
+        .unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidPath));
+        assert_eq!(
+            doc, before,
+            "callers keep the original when a later op fails"
+        );
+        assert!(
+            patch(
+                &rt,
+                &mut doc,
+                ops(json!([{"op": "remove", "path": "userName"}]))
+            )
+            .is_err()
+        );
+        assert!(patch(&rt, &mut doc, ops(json!([{"op": "remove"}]))).is_err());
+        assert!(
+            patch(
+                &rt,
+                &mut doc,
+                ops(json!([{"op": "frobnicate", "path": "x"}]))
+            )
+            .is_err()
+        );
+        assert!(
+            patch(
+                &rt,
+                &mut doc,
+                ops(json!([{"op": "replace", "path": "id", "value": "x"}]))
+            )
+            .is_err()
+        );
+        assert!(patch(&rt, &mut doc, json!({"Operations": "nope"})).is_err());
+        assert!(
+            patch(
+                &rt,
+                &mut doc,
+                ops(json!([{"op": "replace", "path": "emails[type eq", "value": "x"}]))
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn e2_member_removal_by_value_and_filters() {
+        let rt = ResourceType::group();
+        let mut doc = resource::normalize(&rt, &json!({"displayName": "G"}))
+            .unwrap()
+            .doc;
+        let m = patch(
+            &rt,
+            &mut doc,
+            ops(json!([
+                {"op": "Add", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}]},
+                {"op": "Remove", "path": "members", "value": [{"value": "u1"}]},
+                {"op": "remove", "path": "members[value eq \"u2\" or value eq \"u3\"]"},
+            ])),
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            vec![
+                MemberOp::Add(vec![
+                    MemberRef { value: "u1".into() },
+                    MemberRef { value: "u2".into() }
+                ]),
+                MemberOp::Remove(vec!["u1".into()]),
+                MemberOp::Remove(vec!["u2".into(), "u3".into()]),
+            ]
+        );
+        let m = patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "remove", "path": "members"}])),
+        )
+        .unwrap();
+        assert_eq!(m, vec![MemberOp::RemoveAll]);
+        let m = patch(&rt, &mut doc, ops(json!([{"op": "replace", "value": {"members": [{"value": "u9"}], "displayName": "H"}}]))).unwrap();
+        assert_eq!(
+            m,
+            vec![
+                MemberOp::RemoveAll,
+                MemberOp::Add(vec![MemberRef { value: "u9".into() }])
+            ]
+        );
+        assert_eq!(doc["displayName"], "H");
+        assert!(
+            patch(
+                &rt,
+                &mut doc,
+                ops(json!([{"op": "remove", "path": "members[display eq \"x\"]"}]))
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,709 @@
+//! Incoming resources → the normalised stored document, and stored documents → responses.
+//!
+//! The stored document holds every client-writable attribute under its canonical name
+//! (core attributes at the top level, extensions under their URN), so filters, PATCH and the
+//! sync engine never deal with the spelling a client happened to use. id, meta, groups and
+//! members are not in it: they come from columns and rows.
+
+use serde_json::{Map, Value};
+
+use super::entra;
+use super::error::ScimError;
+use super::schema::{Attr, AttrType, ResourceKind, ResourceType, Returned, Scope};
+
+/// A group member as given by a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRef {
+    pub value: String,
+}
+
+/// A validated resource ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalized {
+    pub doc: Map<String, Value>,
+    /// Group members, when the request carried a members attribute.
+    pub members: Option<Vec<MemberRef>>,
+}
+
+/// Validate and normalise a POST/PUT body.
+pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimError> {
+    let obj = input
+        .as_object()
+        .ok_or_else(|| ScimError::invalid_syntax("the request body must be a JSON object"))?;
+    let mut doc = Map::new();
+    let mut members = None;
+    for (key, value) in obj {
+        if key.eq_ignore_ascii_case("schemas") {
+            check_schemas(rt, value)?;
+            continue;
+        }
+        if let Some((i, _)) = rt.extension(key) {
+            let ext_obj = match value {
+                Value::Null => continue,
+                Value::Object(o) => o,
+                _ => {
+                    return Err(ScimError::invalid_value(format!(
+                        "extension {} must be an object",
+                        rt.extensions[i].id
+                    )));
+                }
+            };
+            for (k, v) in ext_obj {
+                set_path(rt, &mut doc, Some(&rt.extensions[i].id), k, v, &mut members)?;
+            }
+            continue;
+        }
+        let (urn, name, sub) = rt.split_key(key);
+        let name = match sub {
+            Some(_) => key.as_str(),
+            None => name,
+        };
+        set_path(rt, &mut doc, urn, name, value, &mut members)?;
+    }
+    check_required(rt, &doc)?;
+    Ok(Normalized { doc, members })
+}
+
+fn check_schemas(rt: &ResourceType, value: &Value) -> Result<(), ScimError> {
+    let list = value
+        .as_array()
+        .ok_or_else(|| ScimError::invalid_syntax("schemas must be an array of URNs"))?;
+    for s in list {
+        let urn = s
+            .as_str()
+            .ok_or_else(|| ScimError::invalid_syntax("schemas must be an array of URNs"))?;
+        if !rt.schema_ids().any(|k| k.eq_ignore_ascii_case(urn)) {
+            return Err(ScimError::invalid_value(format!(
+                "unknown schema {urn} for a {}",
+                rt.kind.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_required(rt: &ResourceType, doc: &Map<String, Value>) -> Result<(), ScimError> {
+    let name = match rt.kind {
+        ResourceKind::User => "userName",
+        ResourceKind::Group => "displayName",
+    };
+    match doc.get(name).and_then(Value::as_str) {
+        Some(s) if !s.trim().is_empty() => Ok(()),
+        _ => Err(ScimError::invalid_value(format!(
+            "{name} is required and must be a non-empty string"
+        ))),
+    }
+}
+
+/// Set one attribute (key possibly "attr.sub") in the document after type normalisation.
+fn set_path(
+    rt: &ResourceType,
+    doc: &mut Map<String, Value>,
+    urn: Option<&str>,
+    key: &str,
+    value: &Value,
+    members: &mut Option<Vec<MemberRef>>,
+) -> Result<(), ScimError> {
+    let (name, sub) = match key.split_once('.') {
+        Some((a, s)) => (a, Some(s)),
+        None => (key, None),
+    };
+    let (scope, attr) = rt
+        .resolve(urn, name)
+        .ok_or_else(|| ScimError::invalid_value(format!("unknown attribute {key}")))?;
+    if attr.is_read_only() {
+        // RFC 7644 §3.3: read-only attributes in a request are ignored.
+        return Ok(());
+    }
+    if attr.returned == Returned::Never {
+        // password: accepted and dropped; it is never stored.
+        return Ok(());
+    }
+    if rt.kind == ResourceKind::Group && attr.name == "members" {
+        *members = Some(parse_members(value)?);
+        return Ok(());
+    }
+    let container = container_mut(rt, doc, scope)?;
+    match sub {
+        None => match normalize_value(attr, value)? {
+            Some(v) => {
+                container.insert(attr.name.to_string(), v);
+            }
+            None => {
+                container.remove(attr.name);
+            }
+        },
+        Some(sub_name) => {
+            let sub_attr = sub_of(attr, sub_name)?;
+            let v = normalize_single(sub_attr, value)?;
+            let entry = container
+                .entry(attr.name.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(o) = entry {
+                match v {
+                    Some(v) => o.insert(sub_attr.name.to_string(), v),
+                    None => o.remove(sub_attr.name),
+                };
+                if o.is_empty() {
+                    container.remove(attr.name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn sub_of(attr: &Attr, sub: &str) -> Result<&'static Attr, ScimError> {
+    if attr.ty != AttrType::Complex || attr.multi {
+        return Err(ScimError::invalid_path(format!(
+            "{} has no sub-attribute {sub} that can be addressed this way",
+            attr.name
+        )));
+    }
+    attr.sub_attr(sub)
+        .ok_or_else(|| ScimError::invalid_path(format!("unknown attribute {}.{sub}", attr.name)))
+}
+
+/// The object that holds attributes of `scope`: the document itself or an extension object in it.
+pub(crate) fn container_mut<'a>(
+    rt: &ResourceType,
+    doc: &'a mut Map<String, Value>,
+    scope: Scope,
+) -> Result<&'a mut Map<String, Value>, ScimError> {
+    match scope {
+        Scope::Core => Ok(doc),
+        Scope::Extension(i) => {
+            let urn = &rt.extensions[i].id;
+            if !doc.get(urn).is_some_and(Value::is_object) {
+                doc.insert(urn.clone(), Value::Object(Map::new()));
+            }
+            doc.get_mut(urn)
+                .and_then(Value::as_object_mut)
+                .ok_or_else(ScimError::internal)
+        }
+    }
+}
+
+/// Remove extension objects that became empty.
+pub(crate) fn prune_empty_extensions(rt: &ResourceType, doc: &mut Map<String, Value>) {
+    for ext in &rt.extensions {
+        if doc
+            .get(&ext.id)
+            .is_some_and(|v| v.as_object().is_some_and(Map::is_empty))
+        {
+            doc.remove(&ext.id);
+        }
+    }
+}
+
+pub(crate) fn parse_members(value: &Value) -> Result<Vec<MemberRef>, ScimError> {
+    let items: Vec<Value> = match value {
+        Value::Null => vec![],
+        Value::Array(a) => a.clone(),
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Array(a)) => a,
+            _ => vec![value.clone()],
+        },
+        other => vec![other.clone()],
+    };
+    items
+        .iter()
+        .map(|m| {
+            let id = match m {
+                Value::String(s) => Some(s.as_str()),
+                Value::Object(o) => o
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("value"))
+                    .and_then(|(_, v)| v.as_str()),
+                _ => None,
+            };
+            match id {
+                Some(s) if !s.is_empty() => Ok(MemberRef {
+                    value: s.to_string(),
+                }),
+                _ => Err(ScimError::invalid_value(
+                    "each member needs a \"value\" with the member's id",
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Normalise a whole attribute value (single or multi). `None` means "unassigned".
+pub(crate) fn normalize_value(attr: &Attr, value: &Value) -> Result<Option<Value>, ScimError> {
+    if !attr.multi {
+        return normalize_single(attr, value);
+    }
+    let items: Vec<Value> = match value {
+        Value::Null => return Ok(None),
+        Value::Array(a) => a.clone(),
+        // E5: roles and other multi-valued complex attributes sometimes arrive as a JSON string.
+        Value::String(s) if attr.ty == AttrType::Complex => match entra::json_string(s) {
+            Some(Value::Array(a)) => a,
+            Some(v) => vec![v],
+            None => vec![value.clone()],
+        },
+        other => vec![other.clone()],
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in &items {
+        if let Some(v) = normalize_single(attr, item)? {
+            out.push(v);
+        }
+    }
+    Ok(if out.is_empty() {
+        None
+    } else {
+        Some(Value::Array(out))
+    })
+}
+
+/// Normalise one value (an element of a multi-valued attribute, or a singular value).
+pub(crate) fn normalize_single(attr: &Attr, value: &Value) -> Result<Option<Value>, ScimError> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let bad =
+        |what: &str| ScimError::invalid_value(format!("attribute {} must be {what}", attr.name));
+    let v = match attr.ty {
+        AttrType::String | AttrType::Reference | AttrType::Binary => match value {
+            Value::String(_) => value.clone(),
+            Value::Number(n) => Value::String(n.to_string()),
+            Value::Bool(b) => Value::String(b.to_string()),
+            _ => return Err(bad("a string")),
+        },
+        AttrType::Boolean => Value::Bool(entra::boolean(value).ok_or_else(|| bad("a boolean"))?),
+        AttrType::Integer => match value {
+            Value::Number(n) if n.is_i64() => value.clone(),
+            Value::String(s) => s
+                .trim()
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| bad("an integer"))?,
+            _ => return Err(bad("an integer")),
+        },
+        AttrType::Decimal => match value {
+            Value::Number(_) => value.clone(),
+            Value::String(s) => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .ok_or_else(|| bad("a number"))?,
+            _ => return Err(bad("a number")),
+        },
+        AttrType::DateTime => match value {
+            Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+                Ok(_) => value.clone(),
+                Err(_) => return Err(bad("an RFC 3339 date-time")),
+            },
+            _ => return Err(bad("an RFC 3339 date-time")),
+        },
+        AttrType::Complex => return normalize_complex(attr, value),
+    };
+    Ok(Some(v))
+}
+
+fn normalize_complex(attr: &Attr, value: &Value) -> Result<Option<Value>, ScimError> {
+    let obj = match value {
+        Value::Object(o) => o.clone(),
+        // E5: manager as a bare id; "" clears it.
+        Value::String(s) if s.is_empty() => return Ok(None),
+        Value::String(s) => match entra::json_string(s) {
+            Some(Value::Object(o)) => o,
+            _ => entra::bare_value(s),
+        },
+        _ => {
+            return Err(ScimError::invalid_value(format!(
+                "attribute {} must be an object",
+                attr.name
+            )));
+        }
+    };
+    let mut out = Map::new();
+    for (k, v) in &obj {
+        let sub = attr.sub_attr(k).ok_or_else(|| {
+            ScimError::invalid_value(format!("unknown attribute {}.{k}", attr.name))
+        })?;
+        if sub.is_read_only() {
+            continue;
+        }
+        if let Some(v) = normalize_single(sub, v)? {
+            out.insert(sub.name.to_string(), v);
+        }
+    }
+    // E5: {"value": ""} clears the manager as "" does.
+    if out.get("value").and_then(Value::as_str) == Some("") && attr.sub_attr("value").is_some() {
+        out.remove("value");
+    }
+    Ok(if out.is_empty() {
+        None
+    } else {
+        Some(Value::Object(out))
+    })
+}
+
+/// A copy of the document in which every string of a case-insensitive attribute is lower-cased,
+/// so case-insensitive filters compare with `=` in SQL (and Unicode folding happens here, in Rust).
+pub fn fold_case(rt: &ResourceType, doc: &Map<String, Value>) -> Value {
+    let mut out = Map::new();
+    for (k, v) in doc {
+        if let Some((_, ext)) = rt.extension(k) {
+            let folded = match v {
+                Value::Object(o) => Value::Object(
+                    o.iter()
+                        .map(|(k2, v2)| {
+                            let a = ext.attrs.iter().find(|a| a.name == k2);
+                            (k2.clone(), fold_attr(a, v2))
+                        })
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            out.insert(k.clone(), folded);
+        } else {
+            let a = rt.resolve(None, k).map(|(_, a)| a);
+            out.insert(k.clone(), fold_attr(a, v));
+        }
+    }
+    Value::Object(out)
+}
+
+fn fold_attr(attr: Option<&Attr>, v: &Value) -> Value {
+    match (attr, v) {
+        (Some(a), Value::String(s)) if !a.case_exact => Value::String(s.to_lowercase()),
+        (Some(a), Value::Array(items)) => {
+            Value::Array(items.iter().map(|i| fold_attr(Some(a), i)).collect())
+        }
+        (Some(a), Value::Object(o)) if a.ty == AttrType::Complex => Value::Object(
+            o.iter()
+                .map(|(k, sv)| (k.clone(), fold_attr(a.sub_attr(k), sv)))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+/// Attribute projection (RFC 7644 §3.9): which attributes a response carries.
+#[derive(Debug, Clone, Default)]
+pub struct Projection {
+    /// attributes=… : only these (plus "returned: always" ones). Lower-cased "urn:attr.sub" or "attr.sub".
+    pub include: Vec<ProjectedPath>,
+    /// excludedAttributes=…
+    pub exclude: Vec<ProjectedPath>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectedPath {
+    pub scope: Scope,
+    pub name: &'static str,
+    pub sub: Option<&'static str>,
+}
+
+impl Projection {
+    /// Parse the comma-separated attributes/excludedAttributes parameters.
+    /// Unknown attribute names are ignored, as RFC 7644 asks servers to ignore what they do not support.
+    pub fn parse(rt: &ResourceType, attributes: Option<&str>, excluded: Option<&str>) -> Self {
+        let parse_list = |s: Option<&str>| -> Vec<ProjectedPath> {
+            s.unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (urn, name, sub) = rt.split_key(p);
+                    // "urn:…:enterprise:2.0:User" alone names the whole extension.
+                    if sub.is_none()
+                        && let Some((i, _)) = rt.extension(p)
+                    {
+                        return Some(ProjectedPath {
+                            scope: Scope::Extension(i),
+                            name: "",
+                            sub: None,
+                        });
+                    }
+                    let (scope, attr) = rt.resolve(urn, name)?;
+                    let sub = match sub {
+                        Some(s) => Some(attr.sub_attr(s)?.name),
+                        None => None,
+                    };
+                    Some(ProjectedPath {
+                        scope,
+                        name: attr.name,
+                        sub,
+                    })
+                })
+                .collect()
+        };
+        Projection {
+            include: parse_list(attributes),
+            exclude: parse_list(excluded),
+        }
+    }
+
+    pub fn is_identity(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// Whether the (core) attribute `name` appears in the response at all, e.g. to skip reading members.
+    pub fn wants(&self, name: &str) -> bool {
+        if self
+            .exclude
+            .iter()
+            .any(|p| p.scope == Scope::Core && p.name == name && p.sub.is_none())
+        {
+            return false;
+        }
+        self.include.is_empty()
+            || self
+                .include
+                .iter()
+                .any(|p| p.scope == Scope::Core && p.name == name)
+    }
+
+    /// Apply to a full resource representation.
+    pub fn apply(&self, rt: &ResourceType, resource: &mut Map<String, Value>) {
+        let always = |k: &str| {
+            k == "id" || k == "schemas" || (rt.kind == ResourceKind::User && k == "userName")
+        };
+        if !self.include.is_empty() {
+            let keys: Vec<String> = resource.keys().cloned().collect();
+            for k in keys {
+                if always(&k) {
+                    continue;
+                }
+                let scope = match rt.extension(&k) {
+                    Some((i, _)) => Scope::Extension(i),
+                    None => Scope::Core,
+                };
+                let wanted: Vec<&ProjectedPath> = self
+                    .include
+                    .iter()
+                    .filter(|p| p.scope == scope && (scope != Scope::Core || p.name == k))
+                    .collect();
+                if wanted.is_empty() {
+                    resource.remove(&k);
+                    continue;
+                }
+                if let Scope::Extension(_) = scope {
+                    if wanted.iter().any(|p| p.name.is_empty()) {
+                        continue;
+                    }
+                    if let Some(Value::Object(ext)) = resource.get_mut(&k) {
+                        ext.retain(|name, v| {
+                            let subs: Vec<_> = wanted.iter().filter(|p| p.name == name).collect();
+                            !subs.is_empty() && keep_subs(&subs, v)
+                        });
+                        if ext.is_empty() {
+                            resource.remove(&k);
+                        }
+                    }
+                } else if let Some(v) = resource.get_mut(&k) {
+                    let refs: Vec<&&ProjectedPath> = wanted.iter().collect();
+                    if !keep_subs(&refs, v) {
+                        resource.remove(&k);
+                    }
+                }
+            }
+        }
+        for p in &self.exclude {
+            let container = match p.scope {
+                Scope::Core => Some(&mut *resource),
+                Scope::Extension(i) => resource
+                    .get_mut(&rt.extensions[i].id)
+                    .and_then(Value::as_object_mut),
+            };
+            let Some(container) = container else { continue };
+            if p.name.is_empty() {
+                if let Scope::Extension(i) = p.scope {
+                    resource.remove(&rt.extensions[i].id);
+                }
+                continue;
+            }
+            if always(p.name) && p.scope == Scope::Core {
+                continue;
+            }
+            match p.sub {
+                None => {
+                    container.remove(p.name);
+                }
+                Some(sub) => match container.get_mut(p.name) {
+                    Some(Value::Object(o)) => {
+                        o.remove(sub);
+                    }
+                    Some(Value::Array(items)) => {
+                        for item in items {
+                            if let Some(o) = item.as_object_mut() {
+                                o.remove(sub);
+                            }
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+        // Keep "schemas" truthful: drop extension URNs whose object is gone.
+        let present: Vec<String> = rt
+            .extensions
+            .iter()
+            .filter(|e| resource.contains_key(&e.id))
+            .map(|e| e.id.clone())
+            .collect();
+        if let Some(Value::Array(s)) = resource.get_mut("schemas") {
+            s.retain(|u| {
+                u.as_str()
+                    .is_some_and(|u| u == rt.core.id || present.iter().any(|p| p == u))
+            });
+        }
+    }
+}
+
+/// Keep only the requested sub-attributes of a value; false when nothing is left.
+fn keep_subs(paths: &[&&ProjectedPath], v: &mut Value) -> bool {
+    if paths.iter().any(|p| p.sub.is_none()) {
+        return true;
+    }
+    let subs: Vec<&str> = paths.iter().filter_map(|p| p.sub).collect();
+    let keep = |o: &mut Map<String, Value>| o.retain(|k, _| subs.contains(&k.as_str()));
+    match v {
+        Value::Object(o) => {
+            keep(o);
+            !o.is_empty()
+        }
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                if let Some(o) = item.as_object_mut() {
+                    keep(o);
+                }
+            }
+            items.retain(|i| !i.as_object().is_some_and(Map::is_empty));
+            !items.is_empty()
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::schema::*;
+    use serde_json::json;
+
+    fn user_rt() -> ResourceType {
+        ResourceType::user(DEFAULT_CUSTOM_SCHEMA)
+    }
+
+    #[test]
+    fn canonicalises_names_and_drops_read_only_and_password() {
+        let n = normalize(
+            &user_rt(),
+            &json!({
+                "schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA],
+                "USERNAME": "ann", "id": "ignored", "password": "secret",
+                "meta": {"resourceType": "User"},
+                "Name": {"GivenName": "Ann"},
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:user": {"Department": "FIN"},
+                "active": "False"
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(n.doc),
+            json!({"userName": "ann", "name": {"givenName": "Ann"}, "active": false,
+                   ENTERPRISE_SCHEMA: {"department": "FIN"}})
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_attributes_and_bad_types() {
+        let rt = user_rt();
+        let e = normalize(&rt, &json!({"userName": "a", "shoeSize": 4})).unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+        assert!(e.detail.contains("shoeSize"));
+        assert!(normalize(&rt, &json!({"userName": "a", "active": "maybe"})).is_err());
+        assert!(normalize(&rt, &json!({"userName": ""})).is_err());
+        assert!(normalize(&rt, &json!({"displayName": "x"})).is_err());
+        assert!(normalize(&rt, &json!(["not", "an", "object"])).is_err());
+        assert!(normalize(&rt, &json!({"schemas": ["urn:nope"], "userName": "a"})).is_err());
+    }
+
+    #[test]
+    fn manager_and_roles_in_entra_shapes() {
+        let rt = user_rt();
+        let n = normalize(
+            &rt,
+            &json!({"userName": "a",
+                ENTERPRISE_SCHEMA: {"manager": "m-1"},
+                "roles": "[{\"value\":\"Admin\",\"primary\":\"True\"}]"}),
+        )
+        .unwrap();
+        assert_eq!(n.doc[ENTERPRISE_SCHEMA]["manager"], json!({"value": "m-1"}));
+        assert_eq!(n.doc["roles"], json!([{"value": "Admin", "primary": true}]));
+        let n = normalize(
+            &rt,
+            &json!({"userName": "a", ENTERPRISE_SCHEMA: {"manager": ""}}),
+        )
+        .unwrap();
+        assert!(
+            !n.doc.contains_key(ENTERPRISE_SCHEMA)
+                || n.doc[ENTERPRISE_SCHEMA].get("manager").is_none()
+        );
+    }
+
+    #[test]
+    fn group_members_are_split_off() {
+        let n = normalize(
+            &ResourceType::group(),
+            &json!({"displayName": "G", "members": [{"value": "u1"}, {"value": "u2", "display": "x"}]}),
+        )
+        .unwrap();
+        assert_eq!(n.members.unwrap().len(), 2);
+        assert!(!n.doc.contains_key("members"));
+    }
+
+    #[test]
+    fn folds_only_case_insensitive_strings() {
+        let rt = user_rt();
+        let n = normalize(
+            &rt,
+            &json!({"userName": "ÄNN", "externalId": "AbC", "emails": [{"value": "A@B.COM", "type": "Work"}]}),
+        )
+        .unwrap();
+        let f = fold_case(&rt, &n.doc);
+        assert_eq!(f["userName"], "änn");
+        assert_eq!(f["externalId"], "AbC");
+        assert_eq!(f["emails"][0]["value"], "a@b.com");
+    }
+
+    #[test]
+    fn projection_include_and_exclude() {
+        let rt = user_rt();
+        let full = json!({"schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA], "id": "1", "userName": "a",
+            "name": {"givenName": "A", "familyName": "B"}, "emails": [{"value": "x", "type": "work"}],
+            ENTERPRISE_SCHEMA: {"department": "D", "costCenter": "C"}});
+        let mut r = full.as_object().unwrap().clone();
+        Projection::parse(&rt, Some("name.givenName,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"), None)
+            .apply(&rt, &mut r);
+        assert_eq!(
+            Value::Object(r),
+            json!({"schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA], "id": "1", "userName": "a",
+            "name": {"givenName": "A"}, ENTERPRISE_SCHEMA: {"department": "D"}})
+        );
+        let mut r = full.as_object().unwrap().clone();
+        Projection::parse(
+            &rt,
+            None,
+            Some("emails,userName,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"),
+        )
+        .apply(&rt, &mut r);
+        assert_eq!(
+            Value::Object(r),
+            json!({"schemas": [USER_SCHEMA], "id": "1", "userName": "a",
+            "name": {"givenName": "A", "familyName": "B"}})
+        );
+        let g = ResourceType::group();
+        assert!(!Projection::parse(&g, None, Some("members")).wants("members"));
+        assert!(Projection::parse(&g, None, None).wants("members"));
+        assert!(!Projection::parse(&g, Some("displayName"), None).wants("members"));
+    }
+}

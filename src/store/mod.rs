@@ -1,0 +1,155 @@
+//! The staging "operations" database: users, groups and memberships per tenant, with a change
+//! sequence for the sync engine. The store knows SQL, not HTTP; it speaks in SCIM's terms.
+
+pub mod sqlite;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use crate::scim::ScimError;
+use crate::scim::patch::MemberOp;
+use crate::scim::resource::MemberRef;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the resource has changed since the given version")]
+    VersionMismatch,
+    #[error("{0}")]
+    Rejected(ScimError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored document is not valid JSON: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<ScimError> for StoreError {
+    fn from(e: ScimError) -> Self {
+        StoreError::Rejected(e)
+    }
+}
+
+/// The one timestamp format of the store: RFC 3339, UTC, milliseconds; sorts as text.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A resource as stored, ready to render.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: String,
+    /// The normalised document as JSON text.
+    pub doc: String,
+    pub version: i64,
+    pub created: String,
+    pub last_modified: String,
+    /// Group: its members; User: the groups it belongs to. None when not read.
+    pub related: Option<Vec<Related>>,
+}
+
+/// A member of a group, or a group of a user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Related {
+    pub id: String,
+    /// "User" or "Group" (members); "direct" for a user's groups.
+    pub kind: String,
+    pub display: Option<String>,
+}
+
+/// A sort key for lists.
+#[derive(Debug, Clone)]
+pub struct Sort {
+    /// A SQL expression over `r` produced by the dialect's filter module.
+    pub expr: String,
+    pub descending: bool,
+}
+
+/// One page of a list request.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// 1-based, as in SCIM.
+    pub start_index: i64,
+    pub count: i64,
+}
+
+/// What to write for a user besides its document: the columns derived from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserColumns {
+    pub user_name: String,
+    pub external_id: Option<String>,
+    pub display_name: Option<String>,
+    pub active: bool,
+    pub custom: [Option<String>; 16],
+    pub emails: Vec<EmailRow>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailRow {
+    pub type_ci: Option<String>,
+    pub value_ci: String,
+    pub primary: bool,
+}
+
+impl UserColumns {
+    /// Derive the columns from a normalised user document; `custom_urn` is the tenant's extension.
+    pub fn from_doc(doc: &Map<String, Value>, custom_urn: &str) -> Self {
+        let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        let mut custom: [Option<String>; 16] = Default::default();
+        if let Some(ext) = doc.get(custom_urn).and_then(Value::as_object) {
+            for (i, name) in crate::scim::schema::CUSTOM_ATTR_NAMES.iter().enumerate() {
+                custom[i] = s(ext.get(*name));
+            }
+        }
+        let emails = doc
+            .get("emails")
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|e| {
+                        Some(EmailRow {
+                            type_ci: e.get("type").and_then(Value::as_str).map(str::to_lowercase),
+                            value_ci: e.get("value")?.as_str()?.to_lowercase(),
+                            primary: e.get("primary").and_then(Value::as_bool).unwrap_or(false),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        UserColumns {
+            user_name: s(doc.get("userName")).unwrap_or_default(),
+            external_id: s(doc.get("externalId")),
+            display_name: s(doc.get("displayName")),
+            // RFC 7643 leaves a missing "active" to the provider; a provisioned user is active.
+            active: doc.get("active").and_then(Value::as_bool).unwrap_or(true),
+            custom,
+            emails,
+        }
+    }
+}
+
+/// What a group write does to the document and the member rows.
+pub struct GroupChange {
+    pub doc: Map<String, Value>,
+    pub members: Vec<MemberOp>,
+}
+
+impl GroupChange {
+    /// PUT: the new member list replaces the old one; no members attribute means no members.
+    pub fn replace_members(doc: Map<String, Value>, members: Option<Vec<MemberRef>>) -> Self {
+        GroupChange {
+            doc,
+            members: vec![
+                MemberOp::RemoveAll,
+                MemberOp::Add(members.unwrap_or_default()),
+            ],
+        }
+    }
+}

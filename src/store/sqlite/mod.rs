@@ -1,0 +1,852 @@
+//! The embedded staging store: one SQLite file in WAL mode.
+//!
+//! Writes go through a one-connection pool and `BEGIN IMMEDIATE`, so writers queue instead of
+//! failing with SQLITE_BUSY, also across processes sharing the file (busy_timeout). Reads use
+//! their own pool and see committed data only.
+
+pub mod filter_sql;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use super::{GroupChange, Page, Related, Sort, StoreError, Stored, UserColumns, format_time};
+use crate::scim::ScimError;
+use crate::scim::patch::MemberOp;
+use crate::scim::resource::fold_case;
+use crate::scim::schema::{ResourceKind, ResourceType};
+use filter_sql::{Condition, Param};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql/sqlite");
+
+/// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full` also a
+/// power loss, at the cost of an fsync per commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Normal,
+    #[default]
+    Full,
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+type Tx = Transaction<'static, Sqlite>;
+
+const CUSTOM_COLUMNS: [&str; 16] = [
+    "custom_attribute_01",
+    "custom_attribute_02",
+    "custom_attribute_03",
+    "custom_attribute_04",
+    "custom_attribute_05",
+    "custom_attribute_06",
+    "custom_attribute_07",
+    "custom_attribute_08",
+    "custom_attribute_09",
+    "custom_attribute_10",
+    "custom_attribute_11",
+    "custom_attribute_12",
+    "custom_attribute_13",
+    "custom_attribute_14",
+    "custom_attribute_15",
+    "custom_attribute_16",
+];
+
+static INSERT_USER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO users (tenant, id, user_name, user_name_ci, external_id, display_name, active, \
+         deactivated_at, {}, doc, doc_ci, change_seq, created, last_modified) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, {}, ?, ?, ?, ?, ?) RETURNING pk",
+        CUSTOM_COLUMNS.join(", "),
+        ["?"; 16].join(", ")
+    )
+});
+
+static UPDATE_USER: LazyLock<String> = LazyLock::new(|| {
+    // deactivated_at: set when active goes 1 → 0, cleared when it goes back (binds: active, now, active, active).
+    format!(
+        "UPDATE users SET user_name = ?, user_name_ci = ?, external_id = ?, display_name = ?, \
+         deactivated_at = CASE WHEN ? = 0 AND active = 1 THEN ? WHEN ? = 1 THEN NULL ELSE deactivated_at END, \
+         active = ?, {}, doc = ?, doc_ci = ?, change_seq = ?, last_modified = ? WHERE pk = ?",
+        CUSTOM_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = ?"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+});
+
+impl SqliteStore {
+    /// Open (creating if missing) and migrate the database at `path`.
+    pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match durability {
+                Durability::Normal => SqliteSynchronous::Normal,
+                Durability::Full => SqliteSynchronous::Full,
+            })
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-16000");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    pub fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    // ---- users -------------------------------------------------------------------------
+
+    pub async fn create_user(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        doc: &Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Stored, StoreError> {
+        let cols = UserColumns::from_doc(doc, rt.custom_urn().unwrap_or_default());
+        let doc_text = serde_json::to_string(doc)?;
+        let doc_ci = serde_json::to_string(&fold_case(rt, doc))?;
+        let now_s = format_time(now);
+        let mut tx = self.begin().await?;
+        let seq = next_seq(&mut tx).await?;
+        let mut q = sqlx::query_scalar::<_, i64>(&INSERT_USER)
+            .bind(tenant)
+            .bind(id)
+            .bind(&cols.user_name)
+            .bind(cols.user_name.to_lowercase())
+            .bind(&cols.external_id)
+            .bind(&cols.display_name)
+            .bind(cols.active)
+            .bind(if cols.active { None } else { Some(&now_s) });
+        for c in &cols.custom {
+            q = q.bind(c);
+        }
+        let pk = q
+            .bind(&doc_text)
+            .bind(&doc_ci)
+            .bind(seq)
+            .bind(&now_s)
+            .bind(&now_s)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| unique(e, "a user with this userName already exists"))?;
+        insert_emails(&mut tx, tenant, pk, &cols).await?;
+        tx.commit().await?;
+        Ok(Stored {
+            id: id.to_string(),
+            doc: doc_text,
+            version: seq,
+            created: now_s.clone(),
+            last_modified: now_s,
+            related: Some(vec![]),
+        })
+    }
+
+    pub async fn get_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        with_groups: bool,
+    ) -> Result<Stored, StoreError> {
+        let row: Option<(String, i64, String, String)> = sqlx::query_as(
+            "SELECT doc, change_seq, created, last_modified FROM users \
+             WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        let (doc, version, created, last_modified) = row.ok_or(StoreError::NotFound)?;
+        let related = if with_groups {
+            Some(self.groups_of(tenant, id).await?)
+        } else {
+            None
+        };
+        Ok(Stored {
+            id: id.to_string(),
+            doc,
+            version,
+            created,
+            last_modified,
+            related,
+        })
+    }
+
+    async fn groups_of(&self, tenant: &str, user_id: &str) -> Result<Vec<Related>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT g.id, g.display_name FROM group_members m \
+             JOIN groups g ON g.tenant = m.tenant AND g.id = m.group_id \
+             WHERE m.tenant = ? AND m.member_id = ? ORDER BY g.display_name_ci",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name)| Related {
+                id,
+                kind: "direct".into(),
+                display: Some(name),
+            })
+            .collect())
+    }
+
+    /// Read-modify-write of one user in one transaction. `change` gets the current document
+    /// and returns the new one; an error from it leaves the store untouched.
+    pub async fn update_user(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+        change: impl FnOnce(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
+    ) -> Result<Stored, StoreError> {
+        let mut tx = self.begin().await?;
+        let row: Option<(i64, String, i64, String, String)> = sqlx::query_as(
+            "SELECT pk, doc, change_seq, created, last_modified FROM users \
+             WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (pk, doc_text, version, created, last_modified) = row.ok_or(StoreError::NotFound)?;
+        check_version(if_match, version)?;
+        let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
+        let new = change(old.clone())?;
+        if new == old {
+            // Nothing changed: no new version, nothing for the sync engine to do.
+            return Ok(Stored {
+                id: id.to_string(),
+                doc: doc_text,
+                version,
+                created,
+                last_modified,
+                related: None,
+            });
+        }
+        let cols = UserColumns::from_doc(&new, rt.custom_urn().unwrap_or_default());
+        let new_text = serde_json::to_string(&new)?;
+        let new_ci = serde_json::to_string(&fold_case(rt, &new))?;
+        let now_s = format_time(now);
+        let seq = next_seq(&mut tx).await?;
+        let mut q = sqlx::query(&UPDATE_USER)
+            .bind(&cols.user_name)
+            .bind(cols.user_name.to_lowercase())
+            .bind(&cols.external_id)
+            .bind(&cols.display_name)
+            .bind(cols.active)
+            .bind(&now_s)
+            .bind(cols.active)
+            .bind(cols.active);
+        for c in &cols.custom {
+            q = q.bind(c);
+        }
+        q.bind(&new_text)
+            .bind(&new_ci)
+            .bind(seq)
+            .bind(&now_s)
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unique(e, "a user with this userName already exists"))?;
+        if UserColumns::from_doc(&old, "").emails != cols.emails {
+            sqlx::query("DELETE FROM user_emails WHERE user_pk = ?")
+                .bind(pk)
+                .execute(&mut *tx)
+                .await?;
+            insert_emails(&mut tx, tenant, pk, &cols).await?;
+        }
+        tx.commit().await?;
+        Ok(Stored {
+            id: id.to_string(),
+            doc: new_text,
+            version: seq,
+            created,
+            last_modified: now_s,
+            related: None,
+        })
+    }
+
+    /// DELETE from the client: the user disappears from SCIM at once and loses its memberships;
+    /// the row stays (deleted_at) so the sync lifecycle can offboard it after retention.
+    pub async fn delete_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now_s = format_time(now);
+        let mut tx = self.begin().await?;
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT change_seq FROM users WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        check_version(if_match, version.ok_or(StoreError::NotFound)?)?;
+        let seq = next_seq(&mut tx).await?;
+        let pk: i64 = sqlx::query_scalar(
+            "UPDATE users SET deleted_at = ?, active = 0, deactivated_at = COALESCE(deactivated_at, ?), \
+             change_seq = ?, last_modified = ? WHERE tenant = ? AND id = ? RETURNING pk",
+        )
+        .bind(&now_s)
+        .bind(&now_s)
+        .bind(seq)
+        .bind(&now_s)
+        .bind(tenant)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM user_emails WHERE user_pk = ?")
+            .bind(pk)
+            .execute(&mut *tx)
+            .await?;
+        remove_from_all_groups(&mut tx, tenant, id, seq, &now_s).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- groups ------------------------------------------------------------------------
+
+    pub async fn create_group(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        change: GroupChange,
+        now: DateTime<Utc>,
+    ) -> Result<Stored, StoreError> {
+        let (display, external_id) = group_columns(&change.doc);
+        let doc_text = serde_json::to_string(&change.doc)?;
+        let doc_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
+        let now_s = format_time(now);
+        let mut tx = self.begin().await?;
+        let seq = next_seq(&mut tx).await?;
+        sqlx::query(
+            "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, doc_ci, \
+             change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(&display)
+        .bind(display.to_lowercase())
+        .bind(&external_id)
+        .bind(&doc_text)
+        .bind(&doc_ci)
+        .bind(seq)
+        .bind(&now_s)
+        .bind(&now_s)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+        apply_member_ops(&mut tx, tenant, id, &change.members, seq).await?;
+        tx.commit().await?;
+        Ok(Stored {
+            id: id.to_string(),
+            doc: doc_text,
+            version: seq,
+            created: now_s.clone(),
+            last_modified: now_s,
+            related: None,
+        })
+    }
+
+    pub async fn get_group(
+        &self,
+        tenant: &str,
+        id: &str,
+        with_members: bool,
+    ) -> Result<Stored, StoreError> {
+        let row: Option<(String, i64, String, String)> = sqlx::query_as(
+            "SELECT doc, change_seq, created, last_modified FROM groups WHERE tenant = ? AND id = ?",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        let (doc, version, created, last_modified) = row.ok_or(StoreError::NotFound)?;
+        let related = if with_members {
+            Some(self.members_of(tenant, id).await?)
+        } else {
+            None
+        };
+        Ok(Stored {
+            id: id.to_string(),
+            doc,
+            version,
+            created,
+            last_modified,
+            related,
+        })
+    }
+
+    async fn members_of(&self, tenant: &str, group_id: &str) -> Result<Vec<Related>, StoreError> {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT m.member_id, m.member_type, COALESCE(u.display_name, u.user_name, g.display_name) \
+             FROM group_members m \
+             LEFT JOIN users u ON m.member_type = 'User' AND u.tenant = m.tenant AND u.id = m.member_id \
+             LEFT JOIN groups g ON m.member_type = 'Group' AND g.tenant = m.tenant AND g.id = m.member_id \
+             WHERE m.tenant = ? AND m.group_id = ?",
+        )
+        .bind(tenant)
+        .bind(group_id)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, kind, display)| Related { id, kind, display })
+            .collect())
+    }
+
+    /// Read-modify-write of one group: its document and its member rows, in one transaction.
+    pub async fn update_group(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+        change: impl FnOnce(Map<String, Value>) -> Result<GroupChange, ScimError>,
+    ) -> Result<Stored, StoreError> {
+        let mut tx = self.begin().await?;
+        let row: Option<(i64, String, i64, String, String)> = sqlx::query_as(
+            "SELECT pk, doc, change_seq, created, last_modified FROM groups WHERE tenant = ? AND id = ?",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (pk, doc_text, version, created, last_modified) = row.ok_or(StoreError::NotFound)?;
+        check_version(if_match, version)?;
+        let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
+        let change = change(old.clone())?;
+        let seq = next_seq(&mut tx).await?;
+        let members_changed = apply_member_ops(&mut tx, tenant, id, &change.members, seq).await?;
+        let doc_changed = change.doc != old;
+        if !doc_changed && !members_changed {
+            tx.rollback().await?;
+            return Ok(Stored {
+                id: id.to_string(),
+                doc: doc_text,
+                version,
+                created,
+                last_modified,
+                related: None,
+            });
+        }
+        let now_s = format_time(now);
+        let new_text = serde_json::to_string(&change.doc)?;
+        if doc_changed {
+            let (display, external_id) = group_columns(&change.doc);
+            sqlx::query(
+                "UPDATE groups SET display_name = ?, display_name_ci = ?, external_id = ?, doc = ?, \
+                 doc_ci = ?, change_seq = ?, last_modified = ? WHERE pk = ?",
+            )
+            .bind(&display)
+            .bind(display.to_lowercase())
+            .bind(&external_id)
+            .bind(&new_text)
+            .bind(serde_json::to_string(&fold_case(rt, &change.doc))?)
+            .bind(seq)
+            .bind(&now_s)
+            .bind(pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+            if group_columns(&old) != (display, external_id) {
+                // The members' group context (name, externalId) changed: they need a sync.
+                stamp_members(&mut tx, tenant, id, seq).await?;
+            }
+        } else {
+            sqlx::query("UPDATE groups SET change_seq = ?, last_modified = ? WHERE pk = ?")
+                .bind(seq)
+                .bind(&now_s)
+                .bind(pk)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Stored {
+            id: id.to_string(),
+            doc: new_text,
+            version: seq,
+            created,
+            last_modified: now_s,
+            related: None,
+        })
+    }
+
+    pub async fn delete_group(
+        &self,
+        tenant: &str,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now_s = format_time(now);
+        let mut tx = self.begin().await?;
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT change_seq FROM groups WHERE tenant = ? AND id = ?")
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        check_version(if_match, version.ok_or(StoreError::NotFound)?)?;
+        let seq = next_seq(&mut tx).await?;
+        stamp_members(&mut tx, tenant, id, seq).await?;
+        sqlx::query("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        remove_from_all_groups(&mut tx, tenant, id, seq, &now_s).await?;
+        sqlx::query("DELETE FROM groups WHERE tenant = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- lists -------------------------------------------------------------------------
+
+    /// One page of users or groups matching `cond`, and the total count.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        cond: Option<&Condition>,
+        sort: Option<&Sort>,
+        page: &Page,
+        with_related: bool,
+    ) -> Result<(i64, Vec<Stored>), StoreError> {
+        let (table, live) = match kind {
+            ResourceKind::User => ("users", " AND r.deleted_at IS NULL"),
+            ResourceKind::Group => ("groups", ""),
+        };
+        let mut where_sql = format!("FROM {table} r WHERE r.tenant = ?{live}");
+        if let Some(c) = cond {
+            where_sql.push_str(" AND ");
+            where_sql.push_str(&c.sql);
+        }
+        let no_params = Vec::new();
+        let params = cond.map(|c| &c.params).unwrap_or(&no_params);
+        let count_sql = format!("SELECT count(*) {where_sql}");
+        let mut q = sqlx::query_scalar::<_, i64>(&count_sql).bind(tenant);
+        for p in params {
+            q = bind_param(q, p);
+        }
+        let total = q.fetch_one(&self.reader).await?;
+        if page.count <= 0 || total < page.start_index {
+            return Ok((total, vec![]));
+        }
+        let order = match sort {
+            Some(s) => format!(
+                "{} {}, r.pk",
+                s.expr,
+                if s.descending { "DESC" } else { "ASC" }
+            ),
+            None => "r.pk".into(),
+        };
+        let page_sql = format!(
+            "SELECT r.id, r.doc, r.change_seq, r.created, r.last_modified {where_sql} \
+             ORDER BY {order} LIMIT ? OFFSET ?"
+        );
+        let mut q =
+            sqlx::query_as::<_, (String, String, i64, String, String)>(&page_sql).bind(tenant);
+        for p in params {
+            q = bind_param_as(q, p);
+        }
+        let rows = q
+            .bind(page.count)
+            .bind(page.start_index - 1)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, doc, version, created, last_modified) in rows {
+            let related = if with_related {
+                Some(match kind {
+                    ResourceKind::User => self.groups_of(tenant, &id).await?,
+                    ResourceKind::Group => self.members_of(tenant, &id).await?,
+                })
+            } else {
+                None
+            };
+            out.push(Stored {
+                id,
+                doc,
+                version,
+                created,
+                last_modified,
+                related,
+            });
+        }
+        Ok((total, out))
+    }
+}
+
+fn bind_param<'q, O>(
+    q: sqlx::query::QueryScalar<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
+    p: &'q Param,
+) -> sqlx::query::QueryScalar<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>> {
+    match p {
+        Param::Text(s) => q.bind(s),
+        Param::Int(i) => q.bind(i),
+        Param::Real(f) => q.bind(f),
+    }
+}
+
+fn bind_param_as<'q, O>(
+    q: sqlx::query::QueryAs<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
+    p: &'q Param,
+) -> sqlx::query::QueryAs<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>> {
+    match p {
+        Param::Text(s) => q.bind(s),
+        Param::Int(i) => q.bind(i),
+        Param::Real(f) => q.bind(f),
+    }
+}
+
+async fn next_seq(tx: &mut Tx) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("UPDATE change_seq SET value = value + 1 WHERE id = 1 RETURNING value")
+            .fetch_one(&mut **tx)
+            .await?,
+    )
+}
+
+fn check_version(if_match: Option<&[i64]>, version: i64) -> Result<(), StoreError> {
+    match if_match {
+        Some(list) if !list.contains(&version) => Err(StoreError::VersionMismatch),
+        _ => Ok(()),
+    }
+}
+
+fn unique(e: sqlx::Error, what: &str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what.into()),
+        _ => StoreError::Database(e),
+    }
+}
+
+fn group_columns(doc: &Map<String, Value>) -> (String, Option<String>) {
+    let s = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_string);
+    (s("displayName").unwrap_or_default(), s("externalId"))
+}
+
+async fn insert_emails(
+    tx: &mut Tx,
+    tenant: &str,
+    pk: i64,
+    cols: &UserColumns,
+) -> Result<(), StoreError> {
+    for e in &cols.emails {
+        sqlx::query(
+            "INSERT INTO user_emails (user_pk, tenant, type_ci, value_ci, is_primary) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(pk)
+        .bind(tenant)
+        .bind(&e.type_ci)
+        .bind(&e.value_ci)
+        .bind(e.primary)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Stamp every user member of a group with `seq`, so the sync engine looks at them again.
+async fn stamp_members(
+    tx: &mut Tx,
+    tenant: &str,
+    group_id: &str,
+    seq: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE users SET change_seq = ? WHERE tenant = ? AND deleted_at IS NULL AND id IN \
+         (SELECT member_id FROM group_members WHERE tenant = ? AND group_id = ? AND member_type = 'User')",
+    )
+    .bind(seq)
+    .bind(tenant)
+    .bind(tenant)
+    .bind(group_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Take a user or group out of every group it is a member of; those groups get a new version.
+async fn remove_from_all_groups(
+    tx: &mut Tx,
+    tenant: &str,
+    member_id: &str,
+    seq: i64,
+    now_s: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE groups SET change_seq = ?, last_modified = ? WHERE tenant = ? AND id IN \
+         (SELECT group_id FROM group_members WHERE tenant = ? AND member_id = ?)",
+    )
+    .bind(seq)
+    .bind(now_s)
+    .bind(tenant)
+    .bind(tenant)
+    .bind(member_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM group_members WHERE tenant = ? AND member_id = ?")
+        .bind(tenant)
+        .bind(member_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Apply member changes as row changes: O(members changed). Returns whether anything changed.
+async fn apply_member_ops(
+    tx: &mut Tx,
+    tenant: &str,
+    group_id: &str,
+    ops: &[MemberOp],
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let mut changed = false;
+    for op in ops {
+        match op {
+            MemberOp::RemoveAll => {
+                stamp_members(tx, tenant, group_id, seq).await?;
+                let r = sqlx::query("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")
+                    .bind(tenant)
+                    .bind(group_id)
+                    .execute(&mut **tx)
+                    .await?;
+                changed |= r.rows_affected() > 0;
+            }
+            MemberOp::Add(members) => {
+                for m in members {
+                    if m.value == group_id {
+                        return Err(ScimError::invalid_value(
+                            "a group cannot be a member of itself",
+                        )
+                        .into());
+                    }
+                    let kind: Option<String> = sqlx::query_scalar(
+                        "SELECT 'User' FROM users WHERE tenant = ? AND id = ? AND deleted_at IS NULL \
+                         UNION ALL SELECT 'Group' FROM groups WHERE tenant = ? AND id = ?",
+                    )
+                    .bind(tenant)
+                    .bind(&m.value)
+                    .bind(tenant)
+                    .bind(&m.value)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    let kind = kind.ok_or_else(|| {
+                        StoreError::Rejected(ScimError::invalid_value(format!(
+                            "member {} is not a user or group of this tenant",
+                            m.value
+                        )))
+                    })?;
+                    let r = sqlx::query(
+                        "INSERT OR IGNORE INTO group_members (tenant, group_id, member_id, member_type) \
+                         VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(tenant)
+                    .bind(group_id)
+                    .bind(&m.value)
+                    .bind(&kind)
+                    .execute(&mut **tx)
+                    .await?;
+                    if r.rows_affected() > 0 {
+                        changed = true;
+                        if kind == "User" {
+                            stamp_user(tx, tenant, &m.value, seq).await?;
+                        }
+                    }
+                }
+            }
+            MemberOp::Remove(ids) => {
+                for id in ids {
+                    let kind: Option<String> = sqlx::query_scalar(
+                        "DELETE FROM group_members WHERE tenant = ? AND group_id = ? AND member_id = ? \
+                         RETURNING member_type",
+                    )
+                    .bind(tenant)
+                    .bind(group_id)
+                    .bind(id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    if let Some(kind) = kind {
+                        changed = true;
+                        if kind == "User" {
+                            stamp_user(tx, tenant, id, seq).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(changed)
+}
+
+async fn stamp_user(tx: &mut Tx, tenant: &str, id: &str, seq: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET change_seq = ? WHERE tenant = ? AND id = ?")
+        .bind(seq)
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
