@@ -271,13 +271,13 @@ impl ScimApi {
                         Ok(GroupChange { doc, members })
                     })
                     .await?;
-                // A group's member list can be 100 000 entries: a PATCH answers with the group
-                // without members unless the request asks for them (?attributes=members).
-                let asked = p.attributes.as_deref().is_some_and(|a| {
-                    a.split(',')
-                        .any(|x| x.trim().eq_ignore_ascii_case("members"))
-                });
-                store.get_group(tenant, id, asked).await?
+                // A group can have 100 000 members: answering every member PATCH with all of
+                // them would make each batch O(group size). RFC 7644 §3.5.2 allows 204 (and
+                // Entra's own examples use it); a client that names attributes gets 200.
+                if projection.is_identity() {
+                    return Ok(ScimResponse::empty(StatusCode::NO_CONTENT));
+                }
+                store.get_group(tenant, id, projection.wants("members")).await?
             }
         };
         Ok(render::single(
@@ -653,7 +653,7 @@ impl ScimApi {
             .await
     }
 
-    /// Modify a group (PatchOp); answers without members unless ?attributes=members
+    /// Modify a group (PatchOp); answers 204, or 200 with the group when attributes or excludedAttributes are given
     #[oai(
         path = "/:tenant/scim/Groups/:id",
         method = "patch",
@@ -694,6 +694,13 @@ impl ScimApi {
         _auth: ScimToken,
     ) -> Result<ScimResponse> {
         self.delete(req, &tenant, ResourceKind::Group, &id).await
+    }
+
+    /// Search across resource types: not supported (use /Users/.search or /Groups/.search)
+    #[oai(path = "/:tenant/scim/.search", method = "post", tag = "ScimTag::Discovery", operation_id = "scimSearchAll")]
+    async fn search_all(&self, tenant: Path<String>, _auth: ScimToken) -> Result<ScimResponse> {
+        self.tenant(&tenant)?;
+        Err(ScimError::new(501, None, "searching several resource types at once is not supported; use /Users/.search or /Groups/.search").into())
     }
 
     /// The service provider's capabilities

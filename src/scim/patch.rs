@@ -165,6 +165,9 @@ fn apply_pathless(
             };
             let urn = rt.extensions[i].id.clone();
             for (k, v2) in ext {
+                if k.eq_ignore_ascii_case("schemas") {
+                    continue;
+                }
                 let path = key_path(Some(&urn), k);
                 apply_path(rt, doc, op, &path, Some(v2), members)?;
             }

@@ -432,13 +432,11 @@ impl SqliteStore {
         })
     }
 
+    /// A group's members. Without display names: that would be a join per member, and
+    /// clients compare members by value.
     async fn members_of(&self, tenant: &str, group_id: &str) -> Result<Vec<Related>, StoreError> {
-        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT m.member_id, m.member_type, COALESCE(u.display_name, u.user_name, g.display_name) \
-             FROM group_members m \
-             LEFT JOIN users u ON m.member_type = 'User' AND u.tenant = m.tenant AND u.id = m.member_id \
-             LEFT JOIN groups g ON m.member_type = 'Group' AND g.tenant = m.tenant AND g.id = m.member_id \
-             WHERE m.tenant = ? AND m.group_id = ?",
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT member_id, member_type FROM group_members WHERE tenant = ? AND group_id = ?",
         )
         .bind(tenant)
         .bind(group_id)
@@ -446,7 +444,11 @@ impl SqliteStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, kind, display)| Related { id, kind, display })
+            .map(|(id, kind)| Related {
+                id,
+                kind,
+                display: None,
+            })
             .collect())
     }
 
