@@ -1,10 +1,397 @@
-//! `scim-bridge bench`: placeholder filled in below.
-#[derive(clap::Args)]
+//! `scim-bridge bench`: start the server (this binary, `serve`) on a temporary SQLite
+//! database, drive it over HTTP from this process, and print throughput, latency and the
+//! server's peak RSS. Run it with `cargo run --release -- bench`.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use futures_util::stream;
+use serde_json::{Value, json};
+
+#[derive(clap::Args, Clone)]
 pub struct BenchArgs {
-    /// Users to load
+    /// Users to load (each with 16 custom attributes)
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
+    /// Members to add to one group, 100 per PATCH
+    #[arg(long, default_value_t = 100_000)]
+    pub members: usize,
+    /// Requests in flight at once
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Staging durability: full (fsync per commit) or normal (survives a process crash)
+    #[arg(long, default_value = "full")]
+    pub durability: String,
 }
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+
+const TOKEN: &str = "bench-token-0123456789";
+const CUSTOM_URN: &str = crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
+
+struct Row {
+    name: String,
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Row {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let mut l = self.latencies.clone();
+        l.sort();
+        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+        l[i.min(l.len() - 1)].as_secs_f64() * 1000.0
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        want: u16,
+    ) -> anyhow::Result<(Duration, Vec<u8>)> {
+        let start = Instant::now();
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/scim+json").body(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?.to_vec();
+        let took = start.elapsed();
+        if status != want {
+            bail!(
+                "{path}: expected {want}, got {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        Ok((took, bytes))
+    }
+}
+
+/// Run `n` requests built by `make` with `concurrency` in flight; collect latencies.
+async fn phase<F, Fut>(
+    name: &str,
+    n: usize,
+    concurrency: usize,
+    make: F,
+) -> anyhow::Result<(Row, Vec<Vec<u8>>)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Duration, Vec<u8>)>>,
+{
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<(Duration, Vec<u8>)>> = stream::iter(0..n)
+        .map(make)
+        .buffered(concurrency)
+        .collect()
+        .await;
+    let elapsed = start.elapsed();
+    let mut latencies = Vec::with_capacity(n);
+    let mut bodies = Vec::with_capacity(n);
+    for r in results {
+        let (l, b) = r?;
+        latencies.push(l);
+        bodies.push(b);
+    }
+    Ok((
+        Row {
+            name: name.to_string(),
+            requests: n,
+            elapsed,
+            latencies,
+        },
+        bodies,
+    ))
+}
+
+fn user_body(i: usize) -> Vec<u8> {
+    let mut custom = serde_json::Map::new();
+    for (k, name) in crate::scim::schema::CUSTOM_ATTR_NAMES.iter().enumerate() {
+        custom.insert((*name).to_string(), json!(format!("value-{k}-{i}")));
+    }
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User",
+                    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User", CUSTOM_URN],
+        "userName": format!("user{i:07}@bench.example"),
+        "externalId": format!("ext-{i:07}"),
+        "displayName": format!("Bench User {i}"),
+        "active": true,
+        "name": {"givenName": "Bench", "familyName": format!("User{i}")},
+        "emails": [{"value": format!("user{i:07}@bench.example"), "type": "work", "primary": true}],
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "R&D", "employeeNumber": i.to_string()},
+        CUSTOM_URN: custom,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn id_of(body: &[u8]) -> anyhow::Result<String> {
+    let v: Value = serde_json::from_slice(body)?;
+    v["id"]
+        .as_str()
+        .map(str::to_string)
+        .context("response without id")
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn write_config(dir: &Path, port: u16, durability: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join("bench.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nmax_page_size = 1000\n\
+             [log]\nlevel = \"warn\"\n\
+             [staging]\ndatabase = \"sqlite://staging.db\"\ndurability = \"{durability}\"\n\
+             [tenants.bench]\ntoken = \"{TOKEN}\"\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = write_config(dir.path(), port, &args.durability)?;
+    let exe = std::env::current_exe()?;
+    let mut server = tokio::process::Command::new(exe)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the server")?;
+    let pid = server.id().context("server pid")?;
+    let client = Arc::new(Client {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(args.concurrency)
+            .build()?,
+        base: format!("http://127.0.0.1:{port}/scim-api/v1/bench/scim"),
+    });
+    for _ in 0..100 {
+        if client
+            .send(reqwest::Method::GET, "/ServiceProviderConfig", None, 200)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let result = drive(&client, &args).await;
+    let rss = peak_rss_kib(pid);
+    let _ = server.kill().await;
+    let rows = result?;
+    print_table(&args, &rows, rss);
+    Ok(())
+}
+
+async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    use reqwest::Method;
+    let c = args.concurrency;
+    let n = args.users;
+    let mut rows = Vec::new();
+    let bodies: Vec<Vec<u8>> = (0..n).map(user_body).collect();
+
+    let (row, created) = phase("POST /Users", n, c, |i| {
+        let client = client.clone();
+        let body = bodies[i].clone();
+        async move { client.send(Method::POST, "/Users", Some(body), 201).await }
+    })
+    .await?;
+    rows.push(row);
+    let ids: Vec<String> = created.iter().map(|b| id_of(b)).collect::<Result<_, _>>()?;
+
+    let (row, _) = phase("GET /Users?filter=userName eq", n, c, |i| {
+        let client = client.clone();
+        async move {
+            let path = format!("/Users?filter=userName%20eq%20%22user{i:07}%40bench.example%22");
+            let (l, b) = client.send(Method::GET, &path, None, 200).await?;
+            if !b.windows(17).any(|w| w == b"\"totalResults\":1") {
+                bail!("filter did not find exactly one user");
+            }
+            Ok((l, b))
+        }
+    })
+    .await?;
+    rows.push(row);
+
+    let (row, _) = phase("GET /Users/{id}", n, c, |i| {
+        let client = client.clone();
+        let path = format!("/Users/{}", ids[i]);
+        async move { client.send(Method::GET, &path, None, 200).await }
+    })
+    .await?;
+    rows.push(row);
+
+    let (row, _) = phase("PATCH /Users/{id}", n, c, |i| {
+        let client = client.clone();
+        let path = format!("/Users/{}", ids[i]);
+        let body = json!({"schemas": [crate::scim::schema::PATCH_OP], "Operations": [
+            {"op": "Replace", "path": "displayName", "value": format!("Patched {i}")},
+            {"op": "Replace", "value": {format!("{CUSTOM_URN}:customAttribute05"): "patched"}}]})
+        .to_string()
+        .into_bytes();
+        async move { client.send(Method::PATCH, &path, Some(body), 200).await }
+    })
+    .await?;
+    rows.push(row);
+
+    // Paging through all users by 100, sequentially, as Entra's initial cycle does.
+    let pages = n.div_ceil(100);
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    for p in 0..pages {
+        let path = format!("/Users?startIndex={}&count=100", p * 100 + 1);
+        let (l, _) = client.send(Method::GET, &path, None, 200).await?;
+        latencies.push(l);
+    }
+    rows.push(Row {
+        name: format!("page all {n} users by 100 (sequential)"),
+        requests: pages,
+        elapsed: start.elapsed(),
+        latencies,
+    });
+
+    // Enough users to fill the big group.
+    let extra = args.members.saturating_sub(n);
+    let more: Vec<Vec<u8>> = (n..n + extra).map(user_body).collect();
+    let (row, created) = phase("POST /Users (load for members)", extra, c, |i| {
+        let client = client.clone();
+        let body = more[i].clone();
+        async move { client.send(Method::POST, "/Users", Some(body), 201).await }
+    })
+    .await?;
+    rows.push(row);
+    let mut member_ids = ids.clone();
+    for b in &created {
+        member_ids.push(id_of(b)?);
+    }
+    member_ids.truncate(args.members);
+
+    let group = client
+        .send(
+            Method::POST,
+            "/Groups",
+            Some(
+                json!({"displayName": "Bench Group"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            201,
+        )
+        .await?;
+    let gpath = format!("/Groups/{}", id_of(&group.1)?);
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    for chunk in member_ids.chunks(100) {
+        let members: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
+        let body = json!({"schemas": [crate::scim::schema::PATCH_OP],
+            "Operations": [{"op": "Add", "path": "members", "value": members}]})
+        .to_string()
+        .into_bytes();
+        let (l, _) = client.send(Method::PATCH, &gpath, Some(body), 204).await?;
+        latencies.push(l);
+    }
+    let batches = latencies.len();
+    let k = 10.min(batches);
+    rows.push(Row {
+        name: format!("PATCH add 100 members, first {k} batches"),
+        requests: k,
+        elapsed: latencies[..k].iter().sum(),
+        latencies: latencies[..k].to_vec(),
+    });
+    rows.push(Row {
+        name: format!(
+            "PATCH add 100 members, last {k} batches (to {})",
+            member_ids.len()
+        ),
+        requests: k,
+        elapsed: latencies[batches - k..].iter().sum(),
+        latencies: latencies[batches - k..].to_vec(),
+    });
+    rows.push(Row {
+        name: format!("PATCH add 100 members, all {batches} batches"),
+        requests: batches,
+        elapsed: start.elapsed(),
+        latencies,
+    });
+
+    let mut latencies = Vec::new();
+    for id in member_ids.iter().rev().take(20) {
+        let body = json!({"schemas": [crate::scim::schema::PATCH_OP],
+            "Operations": [{"op": "Remove", "path": "members", "value": [{"value": id}]}]})
+        .to_string()
+        .into_bytes();
+        let (l, _) = client.send(Method::PATCH, &gpath, Some(body), 204).await?;
+        latencies.push(l);
+    }
+    rows.push(Row {
+        name: format!("PATCH remove 1 member of {}", member_ids.len()),
+        requests: latencies.len(),
+        elapsed: latencies.iter().sum(),
+        latencies,
+    });
+    Ok(rows)
+}
+
+fn print_table(args: &BenchArgs, rows: &[Row], rss_kib: Option<u64>) {
+    println!(
+        "scim-bridge bench: {} users, {} members, {} in flight, durability {}",
+        args.users, args.members, args.concurrency, args.durability
+    );
+    println!(
+        "{:<52} {:>8} {:>10} {:>12} {:>9} {:>9}",
+        "operation", "requests", "seconds", "per second", "p50 ms", "p99 ms"
+    );
+    for r in rows {
+        let secs = r.elapsed.as_secs_f64();
+        println!(
+            "{:<52} {:>8} {:>10.3} {:>12.0} {:>9.3} {:>9.3}",
+            r.name,
+            r.requests,
+            secs,
+            if secs > 0.0 {
+                r.requests as f64 / secs
+            } else {
+                0.0
+            },
+            r.percentile(0.5),
+            r.percentile(0.99)
+        );
+    }
+    match rss_kib {
+        Some(k) => println!("server peak RSS: {:.1} MiB", k as f64 / 1024.0),
+        None => println!("server peak RSS: unavailable"),
+    }
 }

@@ -277,7 +277,9 @@ impl ScimApi {
                 if projection.is_identity() {
                     return Ok(ScimResponse::empty(StatusCode::NO_CONTENT));
                 }
-                store.get_group(tenant, id, projection.wants("members")).await?
+                store
+                    .get_group(tenant, id, projection.wants("members"))
+                    .await?
             }
         };
         Ok(render::single(
@@ -697,7 +699,12 @@ impl ScimApi {
     }
 
     /// Search across resource types: not supported (use /Users/.search or /Groups/.search)
-    #[oai(path = "/:tenant/scim/.search", method = "post", tag = "ScimTag::Discovery", operation_id = "scimSearchAll")]
+    #[oai(
+        path = "/:tenant/scim/.search",
+        method = "post",
+        tag = "ScimTag::Discovery",
+        operation_id = "scimSearchAll"
+    )]
     async fn search_all(&self, tenant: Path<String>, _auth: ScimToken) -> Result<ScimResponse> {
         self.tenant(&tenant)?;
         Err(ScimError::new(501, None, "searching several resource types at once is not supported; use /Users/.search or /Groups/.search").into())

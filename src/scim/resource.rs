@@ -48,7 +48,10 @@ pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimErr
                     )));
                 }
             };
-            for (k, v) in ext_obj.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("schemas")) {
+            for (k, v) in ext_obj
+                .iter()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case("schemas"))
+            {
                 set_path(rt, &mut doc, Some(&rt.extensions[i].id), k, v, &mut members)?;
             }
             continue;
