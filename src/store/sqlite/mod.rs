@@ -852,3 +852,163 @@ async fn stamp_user(tx: &mut Tx, tenant: &str, id: &str, seq: i64) -> Result<(),
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::resource::{MemberRef, normalize};
+    use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db"), Durability::Normal)
+            .await
+            .unwrap();
+        (dir, s)
+    }
+
+    fn t(h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, h, 0, 0).unwrap()
+    }
+
+    fn user(name: &str) -> Map<String, Value> {
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        normalize(
+            &rt,
+            &json!({"userName": name, "active": true,
+            DEFAULT_CUSTOM_SCHEMA: {"customAttribute03": "C3"}}),
+        )
+        .unwrap()
+        .doc
+    }
+
+    async fn row(s: &SqliteStore, id: &str) -> (i64, Option<String>, i64, Option<String>) {
+        sqlx::query_as(
+            "SELECT active, deactivated_at, change_seq, custom_attribute_03 FROM users WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_one(s.reader())
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn deactivation_clock_is_set_and_cleared() {
+        let (_d, s) = store().await;
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        s.create_user("t", &rt, "u1", &user("ann"), t(0))
+            .await
+            .unwrap();
+        assert_eq!(
+            row(&s, "u1").await.3.as_deref(),
+            Some("C3"),
+            "custom attributes are columns"
+        );
+        let off = |mut d: Map<String, Value>| {
+            d.insert("active".into(), json!(false));
+            Ok(d)
+        };
+        s.update_user("t", &rt, "u1", None, t(1), off)
+            .await
+            .unwrap();
+        let (active, since, ..) = row(&s, "u1").await;
+        assert_eq!(
+            (active, since.as_deref()),
+            (0, Some("2026-01-01T01:00:00.000Z"))
+        );
+        // Staying inactive keeps the original time.
+        s.update_user("t", &rt, "u1", None, t(2), |mut d| {
+            d.insert("displayName".into(), json!("x"));
+            d.insert("active".into(), json!(false));
+            Ok(d)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            row(&s, "u1").await.1.as_deref(),
+            Some("2026-01-01T01:00:00.000Z")
+        );
+        s.update_user("t", &rt, "u1", None, t(3), |mut d| {
+            d.insert("active".into(), json!(true));
+            Ok(d)
+        })
+        .await
+        .unwrap();
+        assert_eq!(row(&s, "u1").await.1, None);
+    }
+
+    #[tokio::test]
+    async fn membership_changes_stamp_the_member_users() {
+        let (_d, s) = store().await;
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        let gt = ResourceType::group();
+        s.create_user("t", &rt, "u1", &user("ann"), t(0))
+            .await
+            .unwrap();
+        s.create_user("t", &rt, "u2", &user("bob"), t(0))
+            .await
+            .unwrap();
+        let before = row(&s, "u1").await.2;
+        let g = normalize(&gt, &json!({"displayName": "G"})).unwrap();
+        let change =
+            GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }]));
+        s.create_group("t", &gt, "g1", change, t(1)).await.unwrap();
+        let after = row(&s, "u1").await.2;
+        assert!(after > before, "adding u1 stamps it");
+        assert!(row(&s, "u2").await.2 < after, "u2 was not touched");
+        // An unknown member rolls the whole change back.
+        let e = s
+            .update_group("t", &gt, "g1", None, t(2), |doc| {
+                Ok(GroupChange {
+                    doc,
+                    members: vec![
+                        MemberOp::Remove(vec!["u1".into()]),
+                        MemberOp::Add(vec![MemberRef {
+                            value: "nope".into(),
+                        }]),
+                    ],
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Rejected(_)));
+        let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
+        assert_eq!(members.len(), 1, "u1 is still a member");
+        // Deleting the user removes its memberships.
+        s.delete_user("t", "u1", None, t(3)).await.unwrap();
+        let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
+        assert!(members.is_empty());
+        assert!(matches!(
+            s.get_user("t", "u1", false).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn user_names_are_unique_per_tenant_case_insensitively() {
+        let (_d, s) = store().await;
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        s.create_user("t", &rt, "u1", &user("Ann"), t(0))
+            .await
+            .unwrap();
+        let e = s
+            .create_user("t", &rt, "u2", &user("aNN"), t(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)));
+        s.create_user("other", &rt, "u3", &user("ann"), t(0))
+            .await
+            .unwrap();
+        // A deleted user's name can be taken again.
+        s.delete_user("t", "u1", None, t(1)).await.unwrap();
+        s.create_user("t", &rt, "u4", &user("ANN"), t(2))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.update_user("t", &rt, "u4", Some(&[999]), t(3), Ok).await,
+            Err(StoreError::VersionMismatch)
+        ));
+    }
+}
