@@ -237,7 +237,8 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
         async move {
             let path = format!("/Users?filter=userName%20eq%20%22user{i:07}%40bench.example%22");
             let (l, b) = client.send(Method::GET, &path, None, 200).await?;
-            if !b.windows(17).any(|w| w == b"\"totalResults\":1") {
+            let pattern = b"\"totalResults\":1";
+            if !b.windows(pattern.len()).any(|w| w == pattern) {
                 bail!("filter did not find exactly one user");
             }
             Ok((l, b))

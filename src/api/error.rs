@@ -34,6 +34,11 @@ impl From<StoreError> for ScimError {
                 tracing::warn!(error = %d, "staging database busy");
                 ScimError::new(503, None, "the staging database is busy; retry")
             }
+            StoreError::Contended => ScimError::new(
+                503,
+                None,
+                "the resource is being changed concurrently; retry",
+            ),
             other => {
                 tracing::error!(error = %other, "staging store failed");
                 ScimError::internal()

@@ -86,6 +86,11 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         .at("/openapi.json", spec)
         .at("/healthz", get(healthz))
         .catch_all_error(error::catch_all)
+        // A bug must still answer with a SCIM error, and never take the process down.
+        .with(poem::middleware::CatchPanic::new().with_handler(|_| {
+            tracing::error!("request handler panicked");
+            error::to_scim_response(ScimError::internal().into())
+        }))
         .around(access_log)
 }
 

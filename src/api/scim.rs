@@ -215,14 +215,18 @@ impl ScimApi {
         let stored = match kind {
             ResourceKind::User => {
                 store
-                    .update_user(tenant, rt, id, if_match.as_deref(), now, |_| Ok(n.doc))
+                    .update_user(tenant, rt, id, if_match.as_deref(), now, |_| {
+                        Ok(n.doc.clone())
+                    })
                     .await?;
                 store.get_user(tenant, id, true).await?
             }
             ResourceKind::Group => {
                 let change = GroupChange::replace_members(n.doc, n.members);
                 store
-                    .update_group(tenant, rt, id, if_match.as_deref(), now, |_| Ok(change))
+                    .update_group(tenant, rt, id, if_match.as_deref(), now, |_| {
+                        Ok(change.clone())
+                    })
                     .await?;
                 store.get_group(tenant, id, true).await?
             }

@@ -28,6 +28,12 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the write was not committed: {0}")]
+    CommitFailed(String),
+    #[error("the staging writer has stopped")]
+    WriterGone,
+    #[error("the resource kept changing; retry")]
+    Contended,
 }
 
 impl From<ScimError> for StoreError {
@@ -136,6 +142,7 @@ impl UserColumns {
 }
 
 /// What a group write does to the document and the member rows.
+#[derive(Clone)]
 pub struct GroupChange {
     pub doc: Map<String, Value>,
     pub members: Vec<MemberOp>,

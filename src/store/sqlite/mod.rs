@@ -5,6 +5,7 @@
 //! their own pool and see committed data only.
 
 pub mod filter_sql;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -12,11 +13,12 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{ConnectOptions, Sqlite, SqliteConnection};
 
 use super::{GroupChange, Page, Related, Sort, StoreError, Stored, UserColumns, format_time};
 use crate::scim::ScimError;
@@ -39,11 +41,17 @@ pub enum Durability {
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// SCIM writes: group commit on a dedicated connection.
+    writes: writer::Writer,
+    /// Other writers in this process (the sync engine): one connection, BEGIN IMMEDIATE.
     writer: SqlitePool,
     reader: SqlitePool,
 }
 
-type Tx = Transaction<'static, Sqlite>;
+type Conn = SqliteConnection;
+
+/// Optimistic read-modify-write gives up after this many concurrent changes of one resource.
+const MAX_ATTEMPTS: usize = 8;
 
 const CUSTOM_COLUMNS: [&str; 16] = [
     "custom_attribute_01",
@@ -79,7 +87,7 @@ static UPDATE_USER: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE users SET user_name = ?, user_name_ci = ?, external_id = ?, display_name = ?, \
          deactivated_at = CASE WHEN ? = 0 AND active = 1 THEN ? WHEN ? = 1 THEN NULL ELSE deactivated_at END, \
-         active = ?, {}, doc = ?, doc_ci = ?, change_seq = ?, last_modified = ? WHERE pk = ?",
+         active = ?, {}, doc = ?, doc_ci = ?, change_seq = ?, last_modified = ? WHERE pk = ? AND change_seq = ?",
         CUSTOM_COLUMNS
             .iter()
             .map(|c| format!("{c} = ?"))
@@ -107,19 +115,27 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
             .pragma("cache_size", "-16000");
+        let mut conn = opts.connect().await?;
+        MIGRATOR.run(&mut conn).await?;
+        let writes = writer::Writer::start(conn);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
             .connect_with(opts.clone())
             .await?;
-        MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writes,
+            writer,
+            reader,
+        })
     }
 
     /// Whether the database answers.
@@ -128,16 +144,13 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// A write connection pool for writers other than the SCIM API (BEGIN IMMEDIATE, busy timeout).
     pub fn writer(&self) -> &SqlitePool {
         &self.writer
     }
 
     pub fn reader(&self) -> &SqlitePool {
         &self.reader
-    }
-
-    async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     // ---- users -------------------------------------------------------------------------
@@ -154,31 +167,44 @@ impl SqliteStore {
         let doc_text = serde_json::to_string(doc)?;
         let doc_ci = serde_json::to_string(&fold_case(rt, doc))?;
         let now_s = format_time(now);
-        let mut tx = self.begin().await?;
-        let seq = next_seq(&mut tx).await?;
-        let mut q = sqlx::query_scalar::<_, i64>(&INSERT_USER)
-            .bind(tenant)
-            .bind(id)
-            .bind(&cols.user_name)
-            .bind(cols.user_name.to_lowercase())
-            .bind(&cols.external_id)
-            .bind(&cols.display_name)
-            .bind(cols.active)
-            .bind(if cols.active { None } else { Some(&now_s) });
-        for c in &cols.custom {
-            q = q.bind(c);
-        }
-        let pk = q
-            .bind(&doc_text)
-            .bind(&doc_ci)
-            .bind(seq)
-            .bind(&now_s)
-            .bind(&now_s)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| unique(e, "a user with this userName already exists"))?;
-        insert_emails(&mut tx, tenant, pk, &cols).await?;
-        tx.commit().await?;
+        let (tenant_o, id_o, text, now_o) = (
+            tenant.to_string(),
+            id.to_string(),
+            doc_text.clone(),
+            now_s.clone(),
+        );
+        let seq = self
+            .writes
+            .run(move |c| {
+                async move {
+                    let seq = next_seq(c).await?;
+                    let mut q = sqlx::query_scalar::<_, i64>(&INSERT_USER)
+                        .bind(&tenant_o)
+                        .bind(&id_o)
+                        .bind(&cols.user_name)
+                        .bind(cols.user_name.to_lowercase())
+                        .bind(&cols.external_id)
+                        .bind(&cols.display_name)
+                        .bind(cols.active)
+                        .bind(if cols.active { None } else { Some(&now_o) });
+                    for v in &cols.custom {
+                        q = q.bind(v);
+                    }
+                    let pk = q
+                        .bind(&text)
+                        .bind(&doc_ci)
+                        .bind(seq)
+                        .bind(&now_o)
+                        .bind(&now_o)
+                        .fetch_one(&mut *c)
+                        .await
+                        .map_err(|e| unique(e, "a user with this userName already exists"))?;
+                    insert_emails(c, &tenant_o, pk, &cols).await?;
+                    Ok(seq)
+                }
+                .boxed()
+            })
+            .await?;
         Ok(Stored {
             id: id.to_string(),
             doc: doc_text,
@@ -195,52 +221,53 @@ impl SqliteStore {
         id: &str,
         with_groups: bool,
     ) -> Result<Stored, StoreError> {
-        let row: Option<(String, i64, String, String)> = sqlx::query_as(
-            "SELECT doc, change_seq, created, last_modified FROM users \
-             WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
-        )
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
-        let (doc, version, created, last_modified) = row.ok_or(StoreError::NotFound)?;
-        let related = if with_groups {
-            Some(self.groups_of(tenant, id).await?)
-        } else {
-            None
+        self.get(tenant, ResourceKind::User, id, with_groups).await
+    }
+
+    /// One resource, with its groups or members in the same statement when asked.
+    async fn get(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        with_related: bool,
+    ) -> Result<Stored, StoreError> {
+        let sql = format!("{} AND r.id = ?", select_sql(kind, with_related));
+        let row: Option<Row> = sqlx::query_as(&sql)
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        stored(row.ok_or(StoreError::NotFound)?)
+    }
+
+    /// The current document and version of a live resource, for an optimistic update.
+    async fn current(
+        &self,
+        kind: ResourceKind,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(i64, String, i64, String, String), StoreError> {
+        let sql = match kind {
+            ResourceKind::User => {
+                "SELECT pk, doc, change_seq, created, last_modified FROM users \
+                 WHERE tenant = ? AND id = ? AND deleted_at IS NULL"
+            }
+            ResourceKind::Group => {
+                "SELECT pk, doc, change_seq, created, last_modified FROM groups WHERE tenant = ? AND id = ?"
+            }
         };
-        Ok(Stored {
-            id: id.to_string(),
-            doc,
-            version,
-            created,
-            last_modified,
-            related,
-        })
+        sqlx::query_as(sql)
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
-    async fn groups_of(&self, tenant: &str, user_id: &str) -> Result<Vec<Related>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT g.id, g.display_name FROM group_members m \
-             JOIN groups g ON g.tenant = m.tenant AND g.id = m.group_id \
-             WHERE m.tenant = ? AND m.member_id = ? ORDER BY g.display_name_ci",
-        )
-        .bind(tenant)
-        .bind(user_id)
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name)| Related {
-                id,
-                kind: "direct".into(),
-                display: Some(name),
-            })
-            .collect())
-    }
-
-    /// Read-modify-write of one user in one transaction. `change` gets the current document
-    /// and returns the new one; an error from it leaves the store untouched.
+    /// Read-modify-write of one user. `change` gets the current document and returns the new
+    /// one; an error from it leaves the store untouched. The write succeeds only if the user
+    /// did not change in between (compare-and-swap on its version); otherwise it starts over.
     pub async fn update_user(
         &self,
         tenant: &str,
@@ -248,73 +275,85 @@ impl SqliteStore {
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
-        change: impl FnOnce(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
+        change: impl Fn(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
     ) -> Result<Stored, StoreError> {
-        let mut tx = self.begin().await?;
-        let row: Option<(i64, String, i64, String, String)> = sqlx::query_as(
-            "SELECT pk, doc, change_seq, created, last_modified FROM users \
-             WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
-        )
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (pk, doc_text, version, created, last_modified) = row.ok_or(StoreError::NotFound)?;
-        check_version(if_match, version)?;
-        let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
-        let new = change(old.clone())?;
-        if new == old {
-            // Nothing changed: no new version, nothing for the sync engine to do.
-            return Ok(Stored {
-                id: id.to_string(),
-                doc: doc_text,
-                version,
-                created,
-                last_modified,
-                related: None,
-            });
-        }
-        let cols = UserColumns::from_doc(&new, rt.custom_urn().unwrap_or_default());
-        let new_text = serde_json::to_string(&new)?;
-        let new_ci = serde_json::to_string(&fold_case(rt, &new))?;
-        let now_s = format_time(now);
-        let seq = next_seq(&mut tx).await?;
-        let mut q = sqlx::query(&UPDATE_USER)
-            .bind(&cols.user_name)
-            .bind(cols.user_name.to_lowercase())
-            .bind(&cols.external_id)
-            .bind(&cols.display_name)
-            .bind(cols.active)
-            .bind(&now_s)
-            .bind(cols.active)
-            .bind(cols.active);
-        for c in &cols.custom {
-            q = q.bind(c);
-        }
-        q.bind(&new_text)
-            .bind(&new_ci)
-            .bind(seq)
-            .bind(&now_s)
-            .bind(pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| unique(e, "a user with this userName already exists"))?;
-        if UserColumns::from_doc(&old, "").emails != cols.emails {
-            sqlx::query("DELETE FROM user_emails WHERE user_pk = ?")
-                .bind(pk)
-                .execute(&mut *tx)
+        for _ in 0..MAX_ATTEMPTS {
+            let (pk, doc_text, version, created, last_modified) =
+                self.current(ResourceKind::User, tenant, id).await?;
+            check_version(if_match, version)?;
+            let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
+            let new = change(old.clone())?;
+            if new == old {
+                // Nothing changed: no new version, nothing for the sync engine to do.
+                return Ok(Stored {
+                    id: id.to_string(),
+                    doc: doc_text,
+                    version,
+                    created,
+                    last_modified,
+                    related: None,
+                });
+            }
+            let cols = UserColumns::from_doc(&new, rt.custom_urn().unwrap_or_default());
+            let emails_changed = UserColumns::from_doc(&old, "").emails != cols.emails;
+            let new_text = serde_json::to_string(&new)?;
+            let new_ci = serde_json::to_string(&fold_case(rt, &new))?;
+            let now_s = format_time(now);
+            let (tenant_o, text, now_o) = (tenant.to_string(), new_text.clone(), now_s.clone());
+            let seq = self
+                .writes
+                .run(move |c| {
+                    async move {
+                        let seq = next_seq(c).await?;
+                        let mut q = sqlx::query(&UPDATE_USER)
+                            .bind(&cols.user_name)
+                            .bind(cols.user_name.to_lowercase())
+                            .bind(&cols.external_id)
+                            .bind(&cols.display_name)
+                            .bind(cols.active)
+                            .bind(&now_o)
+                            .bind(cols.active)
+                            .bind(cols.active);
+                        for v in &cols.custom {
+                            q = q.bind(v);
+                        }
+                        let r = q
+                            .bind(&text)
+                            .bind(&new_ci)
+                            .bind(seq)
+                            .bind(&now_o)
+                            .bind(pk)
+                            .bind(version)
+                            .execute(&mut *c)
+                            .await
+                            .map_err(|e| unique(e, "a user with this userName already exists"))?;
+                        if r.rows_affected() == 0 {
+                            return Ok(None);
+                        }
+                        if emails_changed {
+                            sqlx::query("DELETE FROM user_emails WHERE user_pk = ?")
+                                .bind(pk)
+                                .execute(&mut *c)
+                                .await?;
+                            insert_emails(c, &tenant_o, pk, &cols).await?;
+                        }
+                        Ok(Some(seq))
+                    }
+                    .boxed()
+                })
                 .await?;
-            insert_emails(&mut tx, tenant, pk, &cols).await?;
+            if let Some(seq) = seq {
+                return Ok(Stored {
+                    id: id.to_string(),
+                    doc: new_text,
+                    version: seq,
+                    created,
+                    last_modified: now_s,
+                    related: None,
+                });
+            }
         }
-        tx.commit().await?;
-        Ok(Stored {
-            id: id.to_string(),
-            doc: new_text,
-            version: seq,
-            created,
-            last_modified: now_s,
-            related: None,
-        })
+        Err(StoreError::Contended)
     }
 
     /// DELETE from the client: the user disappears from SCIM at once and loses its memberships;
@@ -326,36 +365,42 @@ impl SqliteStore {
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let now_s = format_time(now);
-        let mut tx = self.begin().await?;
-        let version: Option<i64> = sqlx::query_scalar(
-            "SELECT change_seq FROM users WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
-        )
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        check_version(if_match, version.ok_or(StoreError::NotFound)?)?;
-        let seq = next_seq(&mut tx).await?;
-        let pk: i64 = sqlx::query_scalar(
-            "UPDATE users SET deleted_at = ?, active = 0, deactivated_at = COALESCE(deactivated_at, ?), \
-             change_seq = ?, last_modified = ? WHERE tenant = ? AND id = ? RETURNING pk",
-        )
-        .bind(&now_s)
-        .bind(&now_s)
-        .bind(seq)
-        .bind(&now_s)
-        .bind(tenant)
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM user_emails WHERE user_pk = ?")
-            .bind(pk)
-            .execute(&mut *tx)
-            .await?;
-        remove_from_all_groups(&mut tx, tenant, id, seq, &now_s).await?;
-        tx.commit().await?;
-        Ok(())
+        let (tenant, id, now_s) = (tenant.to_string(), id.to_string(), format_time(now));
+        let if_match = if_match.map(<[i64]>::to_vec);
+        self.writes
+            .run(move |c| {
+                async move {
+                    let version: Option<i64> = sqlx::query_scalar(
+                        "SELECT change_seq FROM users WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
+                    )
+                    .bind(&tenant)
+                    .bind(&id)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
+                    let seq = next_seq(c).await?;
+                    let pk: i64 = sqlx::query_scalar(
+                        "UPDATE users SET deleted_at = ?, active = 0, \
+                         deactivated_at = COALESCE(deactivated_at, ?), change_seq = ?, last_modified = ? \
+                         WHERE tenant = ? AND id = ? AND deleted_at IS NULL RETURNING pk",
+                    )
+                    .bind(&now_s)
+                    .bind(&now_s)
+                    .bind(seq)
+                    .bind(&now_s)
+                    .bind(&tenant)
+                    .bind(&id)
+                    .fetch_one(&mut *c)
+                    .await?;
+                    sqlx::query("DELETE FROM user_emails WHERE user_pk = ?")
+                        .bind(pk)
+                        .execute(&mut *c)
+                        .await?;
+                    remove_from_all_groups(c, &tenant, &id, seq, &now_s).await
+                }
+                .boxed()
+            })
+            .await
     }
 
     // ---- groups ------------------------------------------------------------------------
@@ -372,27 +417,41 @@ impl SqliteStore {
         let doc_text = serde_json::to_string(&change.doc)?;
         let doc_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
         let now_s = format_time(now);
-        let mut tx = self.begin().await?;
-        let seq = next_seq(&mut tx).await?;
-        sqlx::query(
-            "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, doc_ci, \
-             change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(tenant)
-        .bind(id)
-        .bind(&display)
-        .bind(display.to_lowercase())
-        .bind(&external_id)
-        .bind(&doc_text)
-        .bind(&doc_ci)
-        .bind(seq)
-        .bind(&now_s)
-        .bind(&now_s)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| unique(e, "a group with this displayName already exists"))?;
-        apply_member_ops(&mut tx, tenant, id, &change.members, seq).await?;
-        tx.commit().await?;
+        let (tenant_o, id_o, text, now_o) = (
+            tenant.to_string(),
+            id.to_string(),
+            doc_text.clone(),
+            now_s.clone(),
+        );
+        let members = change.members;
+        let seq = self
+            .writes
+            .run(move |c| {
+                async move {
+                    let seq = next_seq(c).await?;
+                    sqlx::query(
+                        "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, \
+                         doc_ci, change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&tenant_o)
+                    .bind(&id_o)
+                    .bind(&display)
+                    .bind(display.to_lowercase())
+                    .bind(&external_id)
+                    .bind(&text)
+                    .bind(&doc_ci)
+                    .bind(seq)
+                    .bind(&now_o)
+                    .bind(&now_o)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+                    apply_member_ops(c, &tenant_o, &id_o, &members, seq).await?;
+                    Ok(seq)
+                }
+                .boxed()
+            })
+            .await?;
         Ok(Stored {
             id: id.to_string(),
             doc: doc_text,
@@ -409,50 +468,12 @@ impl SqliteStore {
         id: &str,
         with_members: bool,
     ) -> Result<Stored, StoreError> {
-        let row: Option<(String, i64, String, String)> = sqlx::query_as(
-            "SELECT doc, change_seq, created, last_modified FROM groups WHERE tenant = ? AND id = ?",
-        )
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
-        let (doc, version, created, last_modified) = row.ok_or(StoreError::NotFound)?;
-        let related = if with_members {
-            Some(self.members_of(tenant, id).await?)
-        } else {
-            None
-        };
-        Ok(Stored {
-            id: id.to_string(),
-            doc,
-            version,
-            created,
-            last_modified,
-            related,
-        })
+        self.get(tenant, ResourceKind::Group, id, with_members)
+            .await
     }
 
-    /// A group's members. Without display names: that would be a join per member, and
-    /// clients compare members by value.
-    async fn members_of(&self, tenant: &str, group_id: &str) -> Result<Vec<Related>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT member_id, member_type FROM group_members WHERE tenant = ? AND group_id = ?",
-        )
-        .bind(tenant)
-        .bind(group_id)
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, kind)| Related {
-                id,
-                kind,
-                display: None,
-            })
-            .collect())
-    }
-
-    /// Read-modify-write of one group: its document and its member rows, in one transaction.
+    /// Read-modify-write of one group: its document and its member rows, atomically, with the
+    /// same compare-and-swap on the version as users.
     pub async fn update_group(
         &self,
         tenant: &str,
@@ -460,74 +481,112 @@ impl SqliteStore {
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
-        change: impl FnOnce(Map<String, Value>) -> Result<GroupChange, ScimError>,
+        change: impl Fn(Map<String, Value>) -> Result<GroupChange, ScimError>,
     ) -> Result<Stored, StoreError> {
-        let mut tx = self.begin().await?;
-        let row: Option<(i64, String, i64, String, String)> = sqlx::query_as(
-            "SELECT pk, doc, change_seq, created, last_modified FROM groups WHERE tenant = ? AND id = ?",
-        )
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (pk, doc_text, version, created, last_modified) = row.ok_or(StoreError::NotFound)?;
-        check_version(if_match, version)?;
-        let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
-        let change = change(old.clone())?;
-        let seq = next_seq(&mut tx).await?;
-        let members_changed = apply_member_ops(&mut tx, tenant, id, &change.members, seq).await?;
-        let doc_changed = change.doc != old;
-        if !doc_changed && !members_changed {
-            tx.rollback().await?;
-            return Ok(Stored {
-                id: id.to_string(),
-                doc: doc_text,
-                version,
-                created,
-                last_modified,
-                related: None,
-            });
-        }
-        let now_s = format_time(now);
-        let new_text = serde_json::to_string(&change.doc)?;
-        if doc_changed {
-            let (display, external_id) = group_columns(&change.doc);
-            sqlx::query(
-                "UPDATE groups SET display_name = ?, display_name_ci = ?, external_id = ?, doc = ?, \
-                 doc_ci = ?, change_seq = ?, last_modified = ? WHERE pk = ?",
-            )
-            .bind(&display)
-            .bind(display.to_lowercase())
-            .bind(&external_id)
-            .bind(&new_text)
-            .bind(serde_json::to_string(&fold_case(rt, &change.doc))?)
-            .bind(seq)
-            .bind(&now_s)
-            .bind(pk)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| unique(e, "a group with this displayName already exists"))?;
-            if group_columns(&old) != (display, external_id) {
-                // The members' group context (name, externalId) changed: they need a sync.
-                stamp_members(&mut tx, tenant, id, seq).await?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (pk, doc_text, version, created, last_modified) =
+                self.current(ResourceKind::Group, tenant, id).await?;
+            check_version(if_match, version)?;
+            let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
+            let change = change(old.clone())?;
+            let doc_changed = change.doc != old;
+            if !doc_changed && change.members.is_empty() {
+                return Ok(Stored {
+                    id: id.to_string(),
+                    doc: doc_text,
+                    version,
+                    created,
+                    last_modified,
+                    related: None,
+                });
             }
-        } else {
-            sqlx::query("UPDATE groups SET change_seq = ?, last_modified = ? WHERE pk = ?")
-                .bind(seq)
-                .bind(&now_s)
-                .bind(pk)
-                .execute(&mut *tx)
+            let (display, external_id) = group_columns(&change.doc);
+            let renamed = group_columns(&old) != (display.clone(), external_id.clone());
+            let new_text = serde_json::to_string(&change.doc)?;
+            let new_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
+            let now_s = format_time(now);
+            let (tenant_o, id_o, text, now_o) = (
+                tenant.to_string(),
+                id.to_string(),
+                new_text.clone(),
+                now_s.clone(),
+            );
+            let members = change.members;
+            let outcome = self
+                .writes
+                .run(move |c| {
+                    async move {
+                        let current: Option<i64> =
+                            sqlx::query_scalar("SELECT change_seq FROM groups WHERE pk = ?")
+                                .bind(pk)
+                                .fetch_optional(&mut *c)
+                                .await?;
+                        if current != Some(version) {
+                            return Ok(Outcome::Retry);
+                        }
+                        let seq = next_seq(c).await?;
+                        let members_changed = apply_member_ops(c, &tenant_o, &id_o, &members, seq).await?;
+                        if !doc_changed && !members_changed {
+                            return Ok(Outcome::Unchanged);
+                        }
+                        if doc_changed {
+                            sqlx::query(
+                                "UPDATE groups SET display_name = ?, display_name_ci = ?, external_id = ?, \
+                                 doc = ?, doc_ci = ?, change_seq = ?, last_modified = ? WHERE pk = ?",
+                            )
+                            .bind(&display)
+                            .bind(display.to_lowercase())
+                            .bind(&external_id)
+                            .bind(&text)
+                            .bind(&new_ci)
+                            .bind(seq)
+                            .bind(&now_o)
+                            .bind(pk)
+                            .execute(&mut *c)
+                            .await
+                            .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+                            if renamed {
+                                // The members' group context (name, externalId) changed: they need a sync.
+                                stamp_members(c, &tenant_o, &id_o, seq).await?;
+                            }
+                        } else {
+                            sqlx::query("UPDATE groups SET change_seq = ?, last_modified = ? WHERE pk = ?")
+                                .bind(seq)
+                                .bind(&now_o)
+                                .bind(pk)
+                                .execute(&mut *c)
+                                .await?;
+                        }
+                        Ok(Outcome::Written(seq))
+                    }
+                    .boxed()
+                })
                 .await?;
+            match outcome {
+                Outcome::Retry => continue,
+                Outcome::Unchanged => {
+                    return Ok(Stored {
+                        id: id.to_string(),
+                        doc: doc_text,
+                        version,
+                        created,
+                        last_modified,
+                        related: None,
+                    });
+                }
+                Outcome::Written(seq) => {
+                    return Ok(Stored {
+                        id: id.to_string(),
+                        doc: new_text,
+                        version: seq,
+                        created,
+                        last_modified: now_s,
+                        related: None,
+                    });
+                }
+            }
         }
-        tx.commit().await?;
-        Ok(Stored {
-            id: id.to_string(),
-            doc: new_text,
-            version: seq,
-            created,
-            last_modified: now_s,
-            related: None,
-        })
+        Err(StoreError::Contended)
     }
 
     pub async fn delete_group(
@@ -537,30 +596,37 @@ impl SqliteStore {
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let now_s = format_time(now);
-        let mut tx = self.begin().await?;
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT change_seq FROM groups WHERE tenant = ? AND id = ?")
-                .bind(tenant)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        check_version(if_match, version.ok_or(StoreError::NotFound)?)?;
-        let seq = next_seq(&mut tx).await?;
-        stamp_members(&mut tx, tenant, id, seq).await?;
-        sqlx::query("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        remove_from_all_groups(&mut tx, tenant, id, seq, &now_s).await?;
-        sqlx::query("DELETE FROM groups WHERE tenant = ? AND id = ?")
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (tenant, id, now_s) = (tenant.to_string(), id.to_string(), format_time(now));
+        let if_match = if_match.map(<[i64]>::to_vec);
+        self.writes
+            .run(move |c| {
+                async move {
+                    let version: Option<i64> = sqlx::query_scalar(
+                        "SELECT change_seq FROM groups WHERE tenant = ? AND id = ?",
+                    )
+                    .bind(&tenant)
+                    .bind(&id)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
+                    let seq = next_seq(c).await?;
+                    stamp_members(c, &tenant, &id, seq).await?;
+                    sqlx::query("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")
+                        .bind(&tenant)
+                        .bind(&id)
+                        .execute(&mut *c)
+                        .await?;
+                    remove_from_all_groups(c, &tenant, &id, seq, &now_s).await?;
+                    sqlx::query("DELETE FROM groups WHERE tenant = ? AND id = ?")
+                        .bind(&tenant)
+                        .bind(&id)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
     }
 
     // ---- lists -------------------------------------------------------------------------
@@ -579,14 +645,10 @@ impl SqliteStore {
             ResourceKind::User => ("users", " AND r.deleted_at IS NULL"),
             ResourceKind::Group => ("groups", ""),
         };
-        let mut where_sql = format!("FROM {table} r WHERE r.tenant = ?{live}");
-        if let Some(c) = cond {
-            where_sql.push_str(" AND ");
-            where_sql.push_str(&c.sql);
-        }
+        let filter = cond.map(|c| format!(" AND {}", c.sql)).unwrap_or_default();
         let no_params = Vec::new();
         let params = cond.map(|c| &c.params).unwrap_or(&no_params);
-        let count_sql = format!("SELECT count(*) {where_sql}");
+        let count_sql = format!("SELECT count(*) FROM {table} r WHERE r.tenant = ?{live}{filter}");
         let mut q = sqlx::query_scalar::<_, i64>(&count_sql).bind(tenant);
         for p in params {
             q = bind_param(q, p);
@@ -604,11 +666,10 @@ impl SqliteStore {
             None => "r.pk".into(),
         };
         let page_sql = format!(
-            "SELECT r.id, r.doc, r.change_seq, r.created, r.last_modified {where_sql} \
-             ORDER BY {order} LIMIT ? OFFSET ?"
+            "{}{filter} ORDER BY {order} LIMIT ? OFFSET ?",
+            select_sql(kind, with_related)
         );
-        let mut q =
-            sqlx::query_as::<_, (String, String, i64, String, String)>(&page_sql).bind(tenant);
+        let mut q = sqlx::query_as::<_, Row>(&page_sql).bind(tenant);
         for p in params {
             q = bind_param_as(q, p);
         }
@@ -617,27 +678,85 @@ impl SqliteStore {
             .bind(page.start_index - 1)
             .fetch_all(&self.reader)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, doc, version, created, last_modified) in rows {
-            let related = if with_related {
-                Some(match kind {
-                    ResourceKind::User => self.groups_of(tenant, &id).await?,
-                    ResourceKind::Group => self.members_of(tenant, &id).await?,
-                })
-            } else {
-                None
-            };
-            out.push(Stored {
-                id,
-                doc,
-                version,
-                created,
-                last_modified,
-                related,
-            });
-        }
-        Ok((total, out))
+        let items = rows
+            .into_iter()
+            .map(stored)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((total, items))
     }
+}
+
+enum Outcome {
+    Retry,
+    Unchanged,
+    Written(i64),
+}
+
+/// id, doc, version, created, last_modified, related (JSON array of [id, kind-or-name]).
+type Row = (String, String, i64, String, String, Option<String>);
+
+/// SELECT of live resources of `kind` for one tenant (first parameter), aliased `r`; groups
+/// (of a user) or members (of a group) come as one JSON array column, in the same statement.
+fn select_sql(kind: ResourceKind, with_related: bool) -> String {
+    let (table, live, related) = match kind {
+        ResourceKind::User => (
+            "users",
+            " AND r.deleted_at IS NULL",
+            "(SELECT json_group_array(json_array(g.id, g.display_name)) FROM group_members m \
+             JOIN groups g ON g.tenant = m.tenant AND g.id = m.group_id \
+             WHERE m.tenant = r.tenant AND m.member_id = r.id)",
+        ),
+        ResourceKind::Group => (
+            "groups",
+            "",
+            "(SELECT json_group_array(json_array(m.member_id, m.member_type)) FROM group_members m \
+             WHERE m.tenant = r.tenant AND m.group_id = r.id)",
+        ),
+    };
+    let related = if with_related { related } else { "NULL" };
+    format!(
+        "SELECT r.id, r.doc, r.change_seq, r.created, r.last_modified, {related} \
+         FROM {table} r WHERE r.tenant = ?{live}"
+    )
+}
+
+fn stored(row: Row) -> Result<Stored, StoreError> {
+    let (id, doc, version, created, last_modified, related) = row;
+    let related = match related {
+        None => None,
+        Some(json) => {
+            let pairs: Vec<(String, String)> = serde_json::from_str(&json)?;
+            Some(
+                pairs
+                    .into_iter()
+                    .map(|(rid, second)| {
+                        // users: [group id, group name]; groups: [member id, member type]
+                        if second == "User" || second == "Group" {
+                            Related {
+                                id: rid,
+                                kind: second,
+                                display: None,
+                            }
+                        } else {
+                            Related {
+                                id: rid,
+                                kind: "direct".into(),
+                                display: Some(second),
+                            }
+                        }
+                    })
+                    .collect(),
+            )
+        }
+    };
+    Ok(Stored {
+        id,
+        doc,
+        version,
+        created,
+        last_modified,
+        related,
+    })
 }
 
 fn bind_param<'q, O>(
@@ -662,10 +781,10 @@ fn bind_param_as<'q, O>(
     }
 }
 
-async fn next_seq(tx: &mut Tx) -> Result<i64, StoreError> {
+async fn next_seq(c: &mut Conn) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("UPDATE change_seq SET value = value + 1 WHERE id = 1 RETURNING value")
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *c)
             .await?,
     )
 }
@@ -690,7 +809,7 @@ fn group_columns(doc: &Map<String, Value>) -> (String, Option<String>) {
 }
 
 async fn insert_emails(
-    tx: &mut Tx,
+    c: &mut Conn,
     tenant: &str,
     pk: i64,
     cols: &UserColumns,
@@ -704,7 +823,7 @@ async fn insert_emails(
         .bind(&e.type_ci)
         .bind(&e.value_ci)
         .bind(e.primary)
-        .execute(&mut **tx)
+        .execute(&mut *c)
         .await?;
     }
     Ok(())
@@ -712,7 +831,7 @@ async fn insert_emails(
 
 /// Stamp every user member of a group with `seq`, so the sync engine looks at them again.
 async fn stamp_members(
-    tx: &mut Tx,
+    c: &mut Conn,
     tenant: &str,
     group_id: &str,
     seq: i64,
@@ -725,14 +844,14 @@ async fn stamp_members(
     .bind(tenant)
     .bind(tenant)
     .bind(group_id)
-    .execute(&mut **tx)
+    .execute(&mut *c)
     .await?;
     Ok(())
 }
 
 /// Take a user or group out of every group it is a member of; those groups get a new version.
 async fn remove_from_all_groups(
-    tx: &mut Tx,
+    c: &mut Conn,
     tenant: &str,
     member_id: &str,
     seq: i64,
@@ -747,19 +866,19 @@ async fn remove_from_all_groups(
     .bind(tenant)
     .bind(tenant)
     .bind(member_id)
-    .execute(&mut **tx)
+    .execute(&mut *c)
     .await?;
     sqlx::query("DELETE FROM group_members WHERE tenant = ? AND member_id = ?")
         .bind(tenant)
         .bind(member_id)
-        .execute(&mut **tx)
+        .execute(&mut *c)
         .await?;
     Ok(())
 }
 
 /// Apply member changes as row changes: O(members changed). Returns whether anything changed.
 async fn apply_member_ops(
-    tx: &mut Tx,
+    c: &mut Conn,
     tenant: &str,
     group_id: &str,
     ops: &[MemberOp],
@@ -769,11 +888,11 @@ async fn apply_member_ops(
     for op in ops {
         match op {
             MemberOp::RemoveAll => {
-                stamp_members(tx, tenant, group_id, seq).await?;
+                stamp_members(c, tenant, group_id, seq).await?;
                 let r = sqlx::query("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")
                     .bind(tenant)
                     .bind(group_id)
-                    .execute(&mut **tx)
+                    .execute(&mut *c)
                     .await?;
                 changed |= r.rows_affected() > 0;
             }
@@ -793,7 +912,7 @@ async fn apply_member_ops(
                     .bind(&m.value)
                     .bind(tenant)
                     .bind(&m.value)
-                    .fetch_optional(&mut **tx)
+                    .fetch_optional(&mut *c)
                     .await?;
                     let kind = kind.ok_or_else(|| {
                         StoreError::Rejected(ScimError::invalid_value(format!(
@@ -809,12 +928,12 @@ async fn apply_member_ops(
                     .bind(group_id)
                     .bind(&m.value)
                     .bind(&kind)
-                    .execute(&mut **tx)
+                    .execute(&mut *c)
                     .await?;
                     if r.rows_affected() > 0 {
                         changed = true;
                         if kind == "User" {
-                            stamp_user(tx, tenant, &m.value, seq).await?;
+                            stamp_user(c, tenant, &m.value, seq).await?;
                         }
                     }
                 }
@@ -828,12 +947,12 @@ async fn apply_member_ops(
                     .bind(tenant)
                     .bind(group_id)
                     .bind(id)
-                    .fetch_optional(&mut **tx)
+                    .fetch_optional(&mut *c)
                     .await?;
                     if let Some(kind) = kind {
                         changed = true;
                         if kind == "User" {
-                            stamp_user(tx, tenant, id, seq).await?;
+                            stamp_user(c, tenant, id, seq).await?;
                         }
                     }
                 }
@@ -843,12 +962,12 @@ async fn apply_member_ops(
     Ok(changed)
 }
 
-async fn stamp_user(tx: &mut Tx, tenant: &str, id: &str, seq: i64) -> Result<(), StoreError> {
+async fn stamp_user(c: &mut Conn, tenant: &str, id: &str, seq: i64) -> Result<(), StoreError> {
     sqlx::query("UPDATE users SET change_seq = ? WHERE tenant = ? AND id = ?")
         .bind(seq)
         .bind(tenant)
         .bind(id)
-        .execute(&mut **tx)
+        .execute(&mut *c)
         .await?;
     Ok(())
 }
