@@ -13,3 +13,5 @@ pub mod config;
 pub mod mapping;
 pub mod scim;
 pub mod store;
+pub mod sync;
+pub mod target;
