@@ -817,7 +817,6 @@ impl Run<'_> {
                         now,
                     )
                     .await?;
-                    staging::clear_retry(&mut tx, self.tenant, &w.row.id).await?;
                 }
                 None => {
                     staging::add_retry(
@@ -832,12 +831,18 @@ impl Run<'_> {
             }
         }
         if !self.options.dry_run {
-            // Unchanged users that were waiting for a retry are fine now.
-            for id in &ids {
-                if !items.iter().any(|(i, _)| i.user_id == *id) {
-                    staging::clear_retry(&mut tx, self.tenant, id).await?;
-                }
-            }
+            // Written and unchanged users that were waiting for a retry are fine now.
+            let failed: std::collections::HashSet<&str> = items
+                .iter()
+                .filter(|(_, w)| w.is_none())
+                .map(|(i, _)| i.user_id.as_str())
+                .collect();
+            let fine: Vec<&str> = ids
+                .iter()
+                .map(String::as_str)
+                .filter(|id| !failed.contains(id))
+                .collect();
+            staging::clear_retries(&mut tx, self.tenant, &fine).await?;
             if let Some(mark) = advance {
                 staging::advance_watermark(&mut tx, self.tenant, mark, now).await?;
             }
@@ -921,9 +926,17 @@ impl Run<'_> {
             let Some(last) = rows.last() else { break };
             after = last.pk;
             let links = self.links_of(&rows).await?;
+            #[cfg(test)]
+            self.engine.hooks.after_due_read().await;
             let now = self.now();
             let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
             for row in &rows {
+                if !self.options.dry_run
+                    && !staging::unchanged_since_read(&mut tx, self.tenant, row).await?
+                {
+                    // Changed since it was read (reactivated?): the next run looks again.
+                    continue;
+                }
                 let link = links.get(&row.id);
                 let offboarding = row
                     .staged()

@@ -501,19 +501,6 @@ pub async fn upsert_link(
     Ok(())
 }
 
-pub async fn clear_retry(
-    c: &mut SqliteConnection,
-    tenant: &str,
-    user_id: &str,
-) -> Result<(), SyncError> {
-    sqlx::query("DELETE FROM sync_retry WHERE tenant = ? AND user_id = ?")
-        .bind(tenant)
-        .bind(user_id)
-        .execute(&mut *c)
-        .await?;
-    Ok(())
-}
-
 pub async fn add_retry(
     c: &mut SqliteConnection,
     tenant: &str,
@@ -550,6 +537,40 @@ pub async fn drop_orphan_retries(c: &mut SqliteConnection, tenant: &str) -> Resu
 }
 
 // ---- lifecycle ------------------------------------------------------------------------
+
+/// Whether the user is still as read (no SCIM write since: a reactivation must not be purged).
+pub async fn unchanged_since_read(
+    c: &mut SqliteConnection,
+    tenant: &str,
+    row: &UserRow,
+) -> Result<bool, SyncError> {
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT change_seq FROM users WHERE tenant = ? AND id = ?")
+            .bind(tenant)
+            .bind(&row.id)
+            .fetch_optional(&mut *c)
+            .await?;
+    Ok(seq == Some(row.change_seq))
+}
+
+/// Remove retry rows of `ids` (users that synced, or had nothing to sync).
+pub async fn clear_retries(
+    c: &mut SqliteConnection,
+    tenant: &str,
+    ids: &[&str],
+) -> Result<(), SyncError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "DELETE FROM sync_retry WHERE tenant = ? AND user_id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(tenant)
+    .bind(serde_json::to_string(ids)?)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
 
 /// Remove a user and its memberships from staging (the groups it left get a new version).
 pub async fn purge_user(

@@ -4,15 +4,30 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::SyncError;
+use tokio::sync::Notify;
 
 /// Test-only failure injection.
 #[derive(Default)]
 pub struct Hooks {
     /// Fail the staging commit of this batch number (1-based, counted per run); 0: never.
     pub fail_commit_at_batch: AtomicU64,
+    /// After the lifecycle read due users: notify the first, wait for the second.
+    pub pause_after_due_read: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
 }
 
 impl Hooks {
+    pub async fn after_due_read(&self) {
+        let pair = self
+            .pause_after_due_read
+            .lock()
+            .ok()
+            .and_then(|g| g.clone());
+        if let Some((read, go)) = pair {
+            read.notify_one();
+            go.notified().await;
+        }
+    }
+
     pub fn before_commit(&self, batch: u64) -> Result<(), SyncError> {
         if self.fail_commit_at_batch.load(Ordering::SeqCst) == batch {
             return Err(SyncError::Injected);
@@ -817,4 +832,30 @@ async fn the_schema_is_applied_to_a_new_application_database_only() {
         .unwrap();
     assert_eq!(again.tenants().collect::<Vec<_>>(), ["t"]);
     assert_eq!(e.rows().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_user_reactivated_while_the_lifecycle_runs_is_not_purged() {
+    let e = Arc::new(env(DELETE, "retention_hours = 1").await);
+    e.user("u1", "ann", Some("e1")).await;
+    e.set("u1", "active", json!(false)).await;
+    e.run().await;
+    e.clock.advance(Duration::hours(2));
+    let (read, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *e.engine.hooks.pause_after_due_read.lock().unwrap() = Some((read.clone(), go.clone()));
+    let run = tokio::spawn({
+        let e = e.clone();
+        async move { e.run().await }
+    });
+    read.notified().await;
+    e.set("u1", "active", json!(true)).await;
+    go.notify_one();
+    let s = run.await.unwrap();
+    assert_eq!(s.counts.offboarded, 0, "{s:?}");
+    assert!(e.staged("u1").await, "not purged");
+    assert_eq!(e.rows().await.len(), 1);
+    *e.engine.hooks.pause_after_due_read.lock().unwrap() = None;
+    let s = e.run().await;
+    assert_eq!(s.counts.updated, 1);
+    assert!(e.rows().await[0].4, "active again");
 }
