@@ -11,15 +11,15 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMapping {
-    pub target: Spanned<RawTarget>,
+    pub target: RawTarget,
     #[serde(default)]
     pub fields: Ordered<Spanned<RawField>>,
     #[serde(default)]
-    pub lookups: Ordered<Spanned<RawLookup>>,
+    pub lookups: Ordered<RawLookup>,
     #[serde(default)]
     pub roles: Vec<Spanned<RawRoleRule>>,
-    pub deactivation: Option<Spanned<RawDeactivation>>,
-    pub offboarding: Option<Spanned<RawOffboarding>>,
+    pub deactivation: Option<RawDeactivation>,
+    pub offboarding: Option<RawOffboarding>,
     #[serde(default)]
     pub test: Vec<Spanned<RawTest>>,
 }
@@ -31,7 +31,7 @@ pub struct RawTarget {
     pub user_table: Spanned<String>,
     pub key_column: Spanned<String>,
     pub key: Spanned<String>,
-    pub roles: Option<Spanned<RawRoleTable>>,
+    pub roles: Option<RawRoleTable>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +215,19 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
         }
         d.deserialize_map(OV(PhantomData))
     }
+}
+
+/// The line of a section header (`[name` or `[[name`), for errors about a whole section.
+/// Some tables cannot carry spans (a table only implied by `[name.sub]` has none).
+pub fn section_line(text: &str, name: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches('[').trim_start();
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(']') || r.starts_with('.'))
+        })
+        .map(|i| i + 1)
+        .unwrap_or(1)
 }
 
 /// 1-based line of a byte offset.

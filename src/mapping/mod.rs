@@ -11,6 +11,7 @@ mod check;
 mod context;
 mod file;
 mod helpers;
+pub mod report;
 mod roles;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +31,7 @@ pub use file::FieldType;
 
 use check::Checker;
 use context::KeySource;
-use file::{OffboardingAction, Ordered, RawField, RawMapping, content_line, line_of};
+use file::{OffboardingAction, Ordered, RawField, RawMapping, content_line, line_of, section_line};
 use helpers::{Lookup, RegexCache};
 use roles::RoleRule;
 
@@ -268,6 +269,15 @@ impl Loader<'_> {
         }
     }
 
+    fn at_line(&self, line: usize, reason: impl Into<String>) -> MappingError {
+        MappingError::Invalid {
+            origin: self.origin.to_owned(),
+            line,
+            column: None,
+            reason: reason.into(),
+        }
+    }
+
     fn table<'s>(&self, s: &'s Spanned<String>, what: &str) -> Result<&'s str, MappingError> {
         if valid_table_name(s.get_ref()) {
             Ok(s.get_ref())
@@ -320,7 +330,7 @@ impl Mapping {
             reason: e.message().trim().to_owned(),
         })?;
 
-        let t = raw.target.get_ref();
+        let t = &raw.target;
         if t.database.get_ref().trim().is_empty() {
             return Err(l.at(t.database.span().start, "target.database must not be empty"));
         }
@@ -333,26 +343,23 @@ impl Mapping {
         let key = KeySource::parse(t.key.get_ref())
             .map_err(|e| l.at(t.key.span().start, format!("target.key: {e}")))?;
         let role_table = match &t.roles {
-            Some(r) => {
-                let r = r.get_ref();
-                Some(RoleTable {
-                    table: l.table(&r.table, "target.roles.table")?.to_owned(),
-                    user_column: l
-                        .column(
-                            r.user_column.get_ref(),
-                            r.user_column.span().start,
-                            "target.roles.user_column",
-                        )?
-                        .to_owned(),
-                    role_column: l
-                        .column(
-                            r.role_column.get_ref(),
-                            r.role_column.span().start,
-                            "target.roles.role_column",
-                        )?
-                        .to_owned(),
-                })
-            }
+            Some(r) => Some(RoleTable {
+                table: l.table(&r.table, "target.roles.table")?.to_owned(),
+                user_column: l
+                    .column(
+                        r.user_column.get_ref(),
+                        r.user_column.span().start,
+                        "target.roles.user_column",
+                    )?
+                    .to_owned(),
+                role_column: l
+                    .column(
+                        r.role_column.get_ref(),
+                        r.role_column.span().start,
+                        "target.roles.role_column",
+                    )?
+                    .to_owned(),
+            }),
             None => None,
         };
         let target = Target {
@@ -366,12 +373,11 @@ impl Mapping {
         let mut tables = BTreeMap::new();
         for (name, lk) in &raw.lookups.0 {
             if !valid_column_name(name) {
-                return Err(l.at(
-                    lk.span().start,
+                return Err(l.at_line(
+                    section_line(text, &format!("lookups.{name}")),
                     format!("lookups.{name}: a lookup table name is letters, digits and _"),
                 ));
             }
-            let lk = lk.get_ref();
             tables.insert(
                 name.clone(),
                 Lookup {
@@ -399,51 +405,48 @@ impl Mapping {
                     &mut hb,
                     &mut checker,
                     "deactivation.fields",
-                    &d.get_ref().fields,
+                    &d.fields,
                     key_column,
                 )?,
-                d.get_ref().remove_roles,
+                d.remove_roles,
             ),
             None => (Vec::new(), false),
         };
         let offboarding = match &raw.offboarding {
             None => OffboardingSpec::None,
-            Some(o) => {
-                let spec = o.get_ref();
-                match spec.action {
-                    OffboardingAction::Update => {
-                        if spec.fields.0.is_empty() {
-                            return Err(l.at(
-                                o.span().start,
-                                "offboarding: action = \"update\" needs [offboarding.fields]",
-                            ));
-                        }
-                        OffboardingSpec::Update(compile_fields(
-                            &l,
-                            &mut hb,
-                            &mut checker,
-                            "offboarding.fields",
-                            &spec.fields,
-                            key_column,
-                        )?)
+            Some(spec) => match spec.action {
+                OffboardingAction::Update => {
+                    if spec.fields.0.is_empty() {
+                        return Err(l.at_line(
+                            section_line(text, "offboarding"),
+                            "offboarding: action = \"update\" needs [offboarding.fields]",
+                        ));
                     }
-                    action => {
-                        if let Some((col, f)) = spec.fields.0.first() {
-                            return Err(l.at(
+                    OffboardingSpec::Update(compile_fields(
+                        &l,
+                        &mut hb,
+                        &mut checker,
+                        "offboarding.fields",
+                        &spec.fields,
+                        key_column,
+                    )?)
+                }
+                action => {
+                    if let Some((col, f)) = spec.fields.0.first() {
+                        return Err(l.at(
                                 f.span().start,
                                 format!(
                                     "offboarding.fields.{col}: fields are only used with action = \"update\""
                                 ),
                             ));
-                        }
-                        if action == OffboardingAction::Delete {
-                            OffboardingSpec::Delete
-                        } else {
-                            OffboardingSpec::None
-                        }
+                    }
+                    if action == OffboardingAction::Delete {
+                        OffboardingSpec::Delete
+                    } else {
+                        OffboardingSpec::None
                     }
                 }
-            }
+            },
         };
 
         let mut role_rules = Vec::new();

@@ -711,3 +711,244 @@ fn mapping_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Mapping>();
 }
+
+#[test]
+fn implicit_parent_tables_are_accepted() {
+    // `[deactivation.fields]` without `[deactivation]`, `[lookups.x.values]` without `[lookups.x]`.
+    let m = ok(r#"
+[deactivation.fields]
+A = "x"
+[lookups.d.values]
+k = "v"
+[offboarding]
+action = "update"
+[offboarding.fields]
+A = "{{lookup_table \"d\" \"k\"}}"
+"#);
+    assert_eq!(
+        m.offboarding(&ann()).unwrap(),
+        Offboarding::Update(vec![("A".into(), FieldValue::Text("v".into()))])
+    );
+    let e = Mapping::parse(
+        "[target.roles]\ntable = \"r\"\nuser_column = \"u\"\nrole_column = \"r\"\n",
+        "m.toml",
+        DEFAULT_CUSTOM_SCHEMA,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("missing field `database`"), "{e}");
+}
+
+fn example(name: &str) -> Mapping {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("mappings")
+        .join(name);
+    match Mapping::load(&path, DEFAULT_CUSTOM_SCHEMA) {
+        Ok(m) => m,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn example_mappings_load_and_their_test_cases_pass() {
+    for name in ["primedocs.toml", "scifeon.toml"] {
+        let m = example(name);
+        let outcomes = m.run_tests();
+        assert!(outcomes.len() >= 4, "{name}: {} cases", outcomes.len());
+        let (text, passed) = report::test_report(&m, &outcomes);
+        assert!(passed, "{name}:\n{text}");
+        assert!(text.contains("0 failed"), "{text}");
+    }
+}
+
+#[test]
+fn example_check_report_names_target_reads_and_writes() {
+    let text = report::check_report(&example("scifeon.toml"));
+    assert!(
+        text.contains("table scifeon_users, key column UserName from userName"),
+        "{text}"
+    );
+    assert!(
+        text.contains("user_roles (user_key, role), 3 rule(s)"),
+        "{text}"
+    );
+    assert!(text.contains("enterprise.department"), "{text}");
+    assert!(text.contains("scifeon_users.EmployeeNumber"), "{text}");
+    assert!(text.contains("offboarding: delete"), "{text}");
+}
+
+#[tokio::test]
+async fn example_app_schema_has_every_column_the_examples_write() {
+    use sqlx::{Connection, Row, SqliteConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(include_str!("../../sql/app/example_app.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for name in ["primedocs.toml", "scifeon.toml"] {
+        let m = example(name);
+        for w in m.writes() {
+            let (table, column) = w.split_once('.').unwrap();
+            let cols: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info(?)")
+                .bind(table)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect();
+            assert!(
+                cols.iter().any(|c| c == column),
+                "{name}: {w} not in {cols:?}"
+            );
+        }
+        // The key column is unique: a second row with the same key is refused.
+        let t = m.target();
+        let insert = format!(
+            "INSERT INTO {} ({}, {}) VALUES ('k', 'x')",
+            t.user_table,
+            t.key_column,
+            if name == "primedocs.toml" {
+                "user_name, display_name"
+            } else {
+                "FirstName"
+            }
+        );
+        let insert = if name == "primedocs.toml" {
+            insert.replace("VALUES ('k', 'x')", "VALUES ('k', 'x', 'y')")
+        } else {
+            insert
+        };
+        sqlx::query(&insert).execute(&mut conn).await.unwrap();
+        assert!(
+            sqlx::query(&insert).execute(&mut conn).await.is_err(),
+            "{name}"
+        );
+    }
+}
+
+const CASES: &str = r#"
+[fields]
+Name = "{{upper userName}}"
+Dept = { template = "{{enterprise.department}}", ignore_if_empty = true }
+Num = { template = "{{enterprise.employeeNumber}}", type = "integer", empty_is_null = true }
+"#;
+
+fn run_cases(tests: &str) -> Vec<TestOutcome> {
+    ok(&format!("{CASES}{tests}")).run_tests()
+}
+
+#[test]
+fn test_cases_pass_and_fail_with_readable_differences() {
+    let outcomes = run_cases(
+        r#"
+[[test]]
+name = "right"
+[test.user]
+userName = "a@x"
+externalId = "e1"
+department = "RD"
+employeeNumber = "7"
+[test.expect]
+key = "e1"
+roles = []
+[test.expect.fields]
+ExternalId = "e1"
+Name = "A@X"
+Dept = "RD"
+Num = 7
+
+[[test]]
+name = "wrong"
+[test.user]
+userName = "b@x"
+externalId = "e2"
+[test.expect]
+key = "nope"
+[test.expect.fields]
+Name = "b@x"
+Dept = "RD"
+Num = 3
+"#,
+    );
+    assert_eq!(outcomes.len(), 2);
+    assert!(outcomes[0].passed(), "{:?}", outcomes[0]);
+    assert_eq!(outcomes[1].name, "wrong");
+    assert_eq!(outcomes[1].line, 29);
+    assert_eq!(
+        outcomes[1].failures,
+        [
+            "key: expected \"nope\", got \"e2\"",
+            "Name: expected \"b@x\", got \"B@X\"",
+            "Dept: expected \"RD\", but the field is absent",
+            "Num: expected 3, got NULL",
+        ]
+    );
+}
+
+#[test]
+fn test_cases_with_json_users_states_and_expected_errors() {
+    let outcomes = run_cases(&format!(
+        r#"
+[[test]]
+user_json = '''{{"userName": "j@x", "externalId": "j1", "{ENTERPRISE_SCHEMA}": {{"employeeNumber": "x1"}}}}'''
+[test.expect]
+error = "is not an integer"
+
+[[test]]
+user_json = '''{{"userName": "j@x", "externalId": "j1"}}'''
+[test.expect]
+error = "is not an integer"
+
+[[test]]
+[test.user]
+userName = "k@x"
+[test.expect]
+error = "key"
+"#
+    ));
+    assert!(outcomes[0].passed(), "{:?}", outcomes[0]);
+    assert_eq!(outcomes[1].name, "test 2");
+    assert!(
+        outcomes[1].failures[0].contains("but the user rendered"),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(outcomes[2].passed(), "{:?}", outcomes[2]);
+}
+
+#[test]
+fn test_case_inputs_are_validated_at_load() {
+    let e =
+        load_err("[fields]\nA = \"x\"\n[[test]]\n[test.user]\ndisplayName = \"no user name\"\n");
+    assert!(
+        e.contains("m.toml:9") && e.contains("not a valid SCIM user"),
+        "{e}"
+    );
+    let e = load_err(
+        "[fields]\nA = \"x\"\n[[test]]\n[test.user]\nuserName = \"a\"\n[test.expect.fields]\nB = \"x\"\n",
+    );
+    assert!(e.contains("writes no column `B`"), "{e}");
+    let e = load_err("[[test]]\nuser_json = \"{\"\n");
+    assert!(e.contains("not JSON"), "{e}");
+    let e = load_err(
+        "[[test]]\n[test.user]\nuserName = \"a\"\n[test.expect]\nerror = \"x\"\nkey = \"k\"\n",
+    );
+    assert!(e.contains("cannot be combined"), "{e}");
+}
+
+#[test]
+fn test_report_lists_failures_with_location() {
+    let m = ok(&format!(
+        "{CASES}\n[[test]]\nname = \"n\"\n[test.user]\nuserName = \"a\"\nexternalId = \"e\"\n[test.expect.fields]\nName = \"a\"\n"
+    ));
+    let (text, passed) = report::test_report(&m, &m.run_tests());
+    assert!(!passed);
+    assert!(text.contains("FAIL  n  (m.toml:13)"), "{text}");
+    assert!(text.contains("Name: expected \"a\", got \"A\""), "{text}");
+    assert!(text.contains("0 passed, 1 failed"), "{text}");
+    let (text, passed) = report::test_report(&m, &[]);
+    assert!(passed && text.contains("no [[test]] cases"));
+}

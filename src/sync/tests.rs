@@ -859,3 +859,73 @@ async fn a_user_reactivated_while_the_lifecycle_runs_is_not_purged() {
     assert_eq!(s.counts.updated, 1);
     assert!(e.rows().await[0].4, "active again");
 }
+
+/// The sample configuration syncs the demo tenant into the example schema as shipped.
+#[tokio::test]
+async fn the_sample_configuration_syncs_out_of_the_box() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let env = [
+        (
+            "SCIM_BRIDGE_STAGING__DATABASE".to_string(),
+            dir.path().join("staging.db").display().to_string(),
+        ),
+        (
+            "SCIM_BRIDGE_APPLICATIONS__PRIMEDOCS__DATABASE".to_string(),
+            dir.path().join("app.db").display().to_string(),
+        ),
+    ];
+    let config = Config::load(&root.join("scim-bridge.toml"), env).unwrap();
+    assert!(
+        config.tenants["demo"]
+            .sync
+            .as_ref()
+            .unwrap()
+            .schedule
+            .is_some()
+    );
+    let store = SqliteStore::open(&config.staging_path, Durability::Normal)
+        .await
+        .unwrap();
+    let clock = Arc::new(FakeClock::new(t0()));
+    let engine = SyncEngine::new(&config, store.clone(), clock.clone())
+        .await
+        .unwrap();
+    let doc = normalize(
+        &rt(),
+        &json!({"userName": "Anna.Meier@Example.CH", "externalId": "obj-1",
+            "name": {"givenName": "Anna", "familyName": "Meier"}}),
+    )
+    .unwrap()
+    .doc;
+    store
+        .create_user("demo", &rt(), "u1", &doc, t0())
+        .await
+        .unwrap();
+    let s = engine
+        .run("demo", Trigger::Cli, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.status, s.counts.created),
+        (RunStatus::Succeeded, 1),
+        "{s:?}"
+    );
+    let app = SqlitePool::connect(&format!("sqlite://{}", dir.path().join("app.db").display()))
+        .await
+        .unwrap();
+    let row: (String, String, String, bool) =
+        sqlx::query_as("SELECT external_id, user_name, initials, is_active FROM primedocs_users")
+            .fetch_one(&app)
+            .await
+            .unwrap();
+    assert_eq!(
+        row,
+        (
+            "obj-1".into(),
+            "anna.meier@example.ch".into(),
+            "AM".into(),
+            true
+        )
+    );
+}
