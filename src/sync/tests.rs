@@ -929,3 +929,11 @@ async fn the_sample_configuration_syncs_out_of_the_box() {
         )
     );
 }
+
+/// A scheduler shares one engine between tasks.
+#[test]
+fn the_engine_can_be_shared_between_tasks() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<SyncEngine>();
+    shared::<Arc<SyncEngine>>();
+}
