@@ -952,3 +952,36 @@ fn test_report_lists_failures_with_location() {
     let (text, passed) = report::test_report(&m, &[]);
     assert!(passed && text.contains("no [[test]] cases"));
 }
+
+#[test]
+fn documented_examples_work_as_documented() {
+    let m = ok(r#"
+[lookups.departments.values]
+RD = "Research"
+[fields]
+Domain = '{{regex_replace userName "^[^@]*@" ""}}'
+Swiss = '{{#if (regex_match email "\\.ch$")}}yes{{else}}no{{/if}}'
+Com = '{{#if (regex_match email "\\.com$")}}yes{{else}}no{{/if}}'
+Department = '{{lookup_table "departments" enterprise.department}}'
+Member = '{{#if (gt (len groups) 0)}}member{{else}}none{{/if}}'
+Second = "[{{emails.1.value}}]"
+Truthy = '{{#if groups}}g{{/if}}{{#if nickName}}n{{/if}}{{#if active}}a{{/if}}'
+"#);
+    let r = m.render(&ann(), UserState::Active).unwrap();
+    let text: Vec<String> = r.fields.iter().map(|(_, v)| v.to_string()).collect();
+    assert_eq!(
+        text,
+        [
+            "\"Example.com\"",
+            "\"no\"",
+            "\"yes\"",
+            "\"Research\"",
+            "\"none\"",
+            "\"[]\"",
+            "\"a\""
+        ]
+    );
+    assert!(
+        load_err("[fields]\nA = \"{{lookup emails 0}}\"\n").contains("unknown helper `lookup`")
+    );
+}
