@@ -985,3 +985,23 @@ Truthy = '{{#if groups}}g{{/if}}{{#if nickName}}n{{/if}}{{#if active}}a{{/if}}'
         load_err("[fields]\nA = \"{{lookup emails 0}}\"\n").contains("unknown helper `lookup`")
     );
 }
+
+#[test]
+fn else_if_chains_and_field_tables_without_a_fields_header() {
+    let m = ok(r#"
+[fields.Kind]
+template = '{{#if (eq enterprise.department "QA")}}q{{else if (eq enterprise.department "RD")}}r{{else}}o{{/if}}'
+"#);
+    let r = m.render(&ann(), UserState::Active).unwrap();
+    assert_eq!(
+        r.fields,
+        vec![("Kind".to_string(), FieldValue::Text("r".into()))]
+    );
+    let e = load_err("[fields.Kind]\ntemplate = '{{#if a}}q{{else if nope}}r{{/if}}'\n");
+    assert!(e.contains("unknown variable `a`"), "{e}");
+    let e = load_err("[fields.Kind]\ntemplate = '{{#if active}}q{{else if nope}}r{{/if}}'\n");
+    assert!(
+        e.contains("m.toml:8") && e.contains("unknown variable `nope`"),
+        "{e}"
+    );
+}
