@@ -53,7 +53,6 @@ pub const HELPERS: &[(&str, usize, usize, &[&str])] = &[
     ("unless", 1, 1, &["includeZero"]),
     ("each", 1, 1, &[]),
     ("with", 1, 1, &[]),
-    ("lookup", 2, 2, &[]),
     ("eq", 2, 2, &[]),
     ("ne", 2, 2, &[]),
     ("gt", 2, 2, &[]),
@@ -358,6 +357,8 @@ pub fn registry(
     hb.register_escape_fn(handlebars::no_escape);
     hb.unregister_helper("log");
     hb.unregister_helper("raw");
+    // A dynamic look-up cannot be checked at load; lookup_table covers value tables.
+    hb.unregister_helper("lookup");
     let simple: [(&str, SimpleFn); 9] = [
         ("lower", lower),
         ("upper", upper),

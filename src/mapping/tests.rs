@@ -952,3 +952,56 @@ fn test_report_lists_failures_with_location() {
     let (text, passed) = report::test_report(&m, &[]);
     assert!(passed && text.contains("no [[test]] cases"));
 }
+
+#[test]
+fn documented_examples_work_as_documented() {
+    let m = ok(r#"
+[lookups.departments.values]
+RD = "Research"
+[fields]
+Domain = '{{regex_replace userName "^[^@]*@" ""}}'
+Swiss = '{{#if (regex_match email "\\.ch$")}}yes{{else}}no{{/if}}'
+Com = '{{#if (regex_match email "\\.com$")}}yes{{else}}no{{/if}}'
+Department = '{{lookup_table "departments" enterprise.department}}'
+Member = '{{#if (gt (len groups) 0)}}member{{else}}none{{/if}}'
+Second = "[{{emails.1.value}}]"
+Truthy = '{{#if groups}}g{{/if}}{{#if nickName}}n{{/if}}{{#if active}}a{{/if}}'
+"#);
+    let r = m.render(&ann(), UserState::Active).unwrap();
+    let text: Vec<String> = r.fields.iter().map(|(_, v)| v.to_string()).collect();
+    assert_eq!(
+        text,
+        [
+            "\"Example.com\"",
+            "\"no\"",
+            "\"yes\"",
+            "\"Research\"",
+            "\"none\"",
+            "\"[]\"",
+            "\"a\""
+        ]
+    );
+    assert!(
+        load_err("[fields]\nA = \"{{lookup emails 0}}\"\n").contains("unknown helper `lookup`")
+    );
+}
+
+#[test]
+fn else_if_chains_and_field_tables_without_a_fields_header() {
+    let m = ok(r#"
+[fields.Kind]
+template = '{{#if (eq enterprise.department "QA")}}q{{else if (eq enterprise.department "RD")}}r{{else}}o{{/if}}'
+"#);
+    let r = m.render(&ann(), UserState::Active).unwrap();
+    assert_eq!(
+        r.fields,
+        vec![("Kind".to_string(), FieldValue::Text("r".into()))]
+    );
+    let e = load_err("[fields.Kind]\ntemplate = '{{#if a}}q{{else if nope}}r{{/if}}'\n");
+    assert!(e.contains("unknown variable `a`"), "{e}");
+    let e = load_err("[fields.Kind]\ntemplate = '{{#if active}}q{{else if nope}}r{{/if}}'\n");
+    assert!(
+        e.contains("m.toml:8") && e.contains("unknown variable `nope`"),
+        "{e}"
+    );
+}
