@@ -281,7 +281,9 @@ fn whole_attribute(
             }
             single_primary(items);
         }
-        (OpKind::Add, Some(Value::Object(existing))) if attr.ty == AttrType::Complex => {
+        // RFC 7644 §3.5.2.1 and §3.5.2.3: on a singular complex attribute, add and replace both
+        // set the sub-attributes given and leave the others unchanged.
+        (_, Some(Value::Object(existing))) if attr.ty == AttrType::Complex && !attr.multi => {
             if let Value::Object(n) = new {
                 existing.extend(n);
             }
@@ -742,6 +744,39 @@ mod tests {
         )
         .unwrap();
         assert!(!doc.contains_key(ENTERPRISE_SCHEMA));
+    }
+
+    #[test]
+    fn replace_of_a_complex_attribute_keeps_unnamed_sub_attributes() {
+        let (rt, mut doc) = user();
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "replace", "path": "name", "value": {"familyName": "Lee"}}])),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["name"],
+            json!({"givenName": "Ann", "familyName": "Lee"})
+        );
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "Replace", "value": {"name": {"givenName": "Anna"}}}])),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["name"],
+            json!({"givenName": "Anna", "familyName": "Lee"})
+        );
+        // Multi-valued attributes are still replaced as a whole.
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "replace", "path": "emails", "value": [{"value": "x@y"}]}])),
+        )
+        .unwrap();
+        assert_eq!(doc["emails"], json!([{"value": "x@y"}]));
     }
 
     #[test]
