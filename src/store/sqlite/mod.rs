@@ -514,6 +514,10 @@ impl SqliteStore {
                 now_s.clone(),
             );
             let members = change.members;
+            // Member rows change by key, independently of the document: when the document
+            // stays as it is and the client did not ask for a version, concurrent member
+            // changes need not wait for each other (Entra sends them in parallel batches).
+            let needs_version = doc_changed || if_match.is_some();
             let outcome = self
                 .writes
                 .run(move |c| {
@@ -523,7 +527,7 @@ impl SqliteStore {
                                 .bind(pk)
                                 .fetch_optional(&mut *c)
                                 .await?;
-                        if current != Some(version) {
+                        if current.is_none() || needs_version && current != Some(version) {
                             return Ok(Outcome::Retry);
                         }
                         let seq = next_seq(c).await?;
@@ -1105,6 +1109,50 @@ mod tests {
             s.get_user("t", "u1", false).await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    /// Entra adds members in parallel batches: member-only changes do not contend on the
+    /// group's version, so all of them land however many run at once.
+    #[tokio::test]
+    async fn concurrent_member_changes_all_land() {
+        let (_d, s) = store().await;
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        let gt = ResourceType::group();
+        let n = 2 * MAX_ATTEMPTS + 4;
+        for i in 0..n {
+            s.create_user("t", &rt, &format!("u{i}"), &user(&format!("n{i}")), t(0))
+                .await
+                .unwrap();
+        }
+        let g = normalize(&gt, &json!({"displayName": "G"})).unwrap();
+        s.create_group(
+            "t",
+            &gt,
+            "g1",
+            GroupChange::replace_members(g.doc, None),
+            t(0),
+        )
+        .await
+        .unwrap();
+        let adds = (0..n).map(|i| {
+            let (s, gt) = (s.clone(), &gt);
+            async move {
+                s.update_group("t", gt, "g1", None, t(1), |doc| {
+                    Ok(GroupChange {
+                        doc,
+                        members: vec![MemberOp::Add(vec![MemberRef {
+                            value: format!("u{i}"),
+                        }])],
+                    })
+                })
+                .await
+            }
+        });
+        for r in futures_util::future::join_all(adds).await {
+            r.unwrap();
+        }
+        let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
+        assert_eq!(members.len(), n);
     }
 
     /// The look-ups Entra makes must be answered from indexes, never by scanning a tenant.
