@@ -240,7 +240,7 @@ impl SqliteStore {
             .bind(id)
             .fetch_optional(&self.reader)
             .await?;
-        stored(row.ok_or(StoreError::NotFound)?)
+        stored(kind, row.ok_or(StoreError::NotFound)?)
     }
 
     /// The current document and version of a live resource, for an optimistic update.
@@ -686,7 +686,7 @@ impl SqliteStore {
             .await?;
         let items = rows
             .into_iter()
-            .map(stored)
+            .map(|row| stored(kind, row))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((total, items))
     }
@@ -726,7 +726,7 @@ fn select_sql(kind: ResourceKind, with_related: bool) -> String {
     )
 }
 
-fn stored(row: Row) -> Result<Stored, StoreError> {
+fn stored(kind: ResourceKind, row: Row) -> Result<Stored, StoreError> {
     let (id, doc, version, created, last_modified, related) = row;
     let related = match related {
         None => None,
@@ -735,21 +735,19 @@ fn stored(row: Row) -> Result<Stored, StoreError> {
             Some(
                 pairs
                     .into_iter()
-                    .map(|(rid, second)| {
-                        // users: [group id, group name]; groups: [member id, member type]
-                        if second == "User" || second == "Group" {
-                            Related {
-                                id: rid,
-                                kind: second,
-                                display: None,
-                            }
-                        } else {
-                            Related {
-                                id: rid,
-                                kind: "direct".into(),
-                                display: Some(second),
-                            }
-                        }
+                    .map(|(rid, second)| match kind {
+                        // groups: [member id, member type]
+                        ResourceKind::Group => Related {
+                            id: rid,
+                            kind: second,
+                            display: None,
+                        },
+                        // users: [group id, group name], whatever the name is
+                        ResourceKind::User => Related {
+                            id: rid,
+                            kind: "direct".into(),
+                            display: Some(second),
+                        },
                     })
                     .collect(),
             )
@@ -1101,6 +1099,28 @@ mod tests {
         assert!(matches!(e, StoreError::Rejected(_)));
         let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
         assert_eq!(members.len(), 1, "u1 is still a member");
+        // A group may be called "User": it is still one of u1's groups.
+        let g = normalize(&gt, &json!({"displayName": "User"})).unwrap();
+        let change =
+            GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }]));
+        s.create_group("t", &gt, "g2", change, t(2)).await.unwrap();
+        let mut groups = s.get_user("t", "u1", true).await.unwrap().related.unwrap();
+        groups.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            groups,
+            vec![
+                Related {
+                    id: "g1".into(),
+                    kind: "direct".into(),
+                    display: Some("G".into())
+                },
+                Related {
+                    id: "g2".into(),
+                    kind: "direct".into(),
+                    display: Some("User".into())
+                },
+            ]
+        );
         // Deleting the user removes its memberships.
         s.delete_user("t", "u1", None, t(3)).await.unwrap();
         let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
