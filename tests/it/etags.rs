@@ -123,3 +123,29 @@ async fn a_failed_patch_changes_nothing() {
     r.assert_error(400, Some("invalidPath"));
     assert!(app.member_ids(&g).await.is_empty());
 }
+
+/// If-Match holds for member-only group PATCHes too.
+#[tokio::test]
+async fn if_match_on_group_member_changes() {
+    let app = TestApp::start().await;
+    let u = app.user("gm@acme.example").await;
+    let g = app.group("Versioned", &[]).await;
+    let v1 = app.get(&format!("/Groups/{g}")).await.version();
+    let add = patch_ops(json!([{"op": "Add", "path": "members", "value": [{"value": u}]}]));
+    let send = |tag: String| {
+        app.request(Method::PATCH, ACME, &format!("/Groups/{g}"))
+            .header("if-match", tag)
+            .header("content-type", "application/scim+json")
+            .body(add.to_string())
+    };
+    app.send(send("W/\"999999\"".into()))
+        .await
+        .assert_error(412, None);
+    assert!(app.member_ids(&g).await.is_empty());
+    app.send(send(v1.clone())).await.assert_status(204);
+    assert_eq!(app.member_ids(&g).await, vec![u.clone()]);
+    let v2 = app.get(&format!("/Groups/{g}")).await.version();
+    assert_ne!(v2, v1);
+    // The old version no longer matches.
+    app.send(send(v1)).await.assert_error(412, None);
+}

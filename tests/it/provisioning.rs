@@ -470,3 +470,31 @@ async fn user_groups_are_read_only() {
         .await;
     assert_eq!(r.assert_status(200).body.get("groups"), None);
 }
+
+/// RFC 7643 §2.4: at most one primary value, on create as on PATCH.
+#[tokio::test]
+async fn one_primary_email() {
+    let app = TestApp::start().await;
+    let r = app
+        .post(
+            "/Users",
+            &json!({"schemas": [USER_SCHEMA], "userName": "prim",
+                "emails": [{"value": "a@x", "primary": "True"}, {"value": "b@x", "primary": true}]}),
+        )
+        .await;
+    r.assert_status(201);
+    assert_eq!(
+        r.body["emails"],
+        json!([{"value": "a@x", "primary": false}, {"value": "b@x", "primary": true}])
+    );
+    let r = app
+        .patch(
+            &format!("/Users/{}", r.id()),
+            &patch_ops(json!([{"op": "Replace", "path": "emails[value eq \"a@x\"].primary", "value": "True"}])),
+        )
+        .await;
+    assert_eq!(
+        r.assert_status(200).body["emails"],
+        json!([{"value": "a@x", "primary": true}, {"value": "b@x", "primary": false}])
+    );
+}
