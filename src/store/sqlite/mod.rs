@@ -241,7 +241,7 @@ impl SqliteStore {
                 .query_row(params![tenant, id], read_row)
                 .optional()?)
         })?;
-        stored(row.ok_or(StoreError::NotFound)?)
+        stored(kind, row.ok_or(StoreError::NotFound)?)
     }
 
     /// The current document and version of a live resource, for an optimistic update.
@@ -492,6 +492,10 @@ impl SqliteStore {
                 now_s.clone(),
             );
             let members = change.members;
+            // Member rows change by key, independently of the document: when the document
+            // stays as it is and the client did not ask for a version, concurrent member
+            // changes need not wait for each other (Entra sends them in parallel batches).
+            let needs_version = doc_changed || if_match.is_some();
             let outcome = self
                 .writes
                 .run(move |c| {
@@ -499,7 +503,7 @@ impl SqliteStore {
                         .prepare_cached("SELECT change_seq FROM groups WHERE pk = ?")?
                         .query_row([pk], |r| r.get(0))
                         .optional()?;
-                    if current != Some(version) {
+                    if current.is_none() || needs_version && current != Some(version) {
                         return Ok(Outcome::Retry);
                     }
                     let seq = next_seq(c)?;
@@ -650,7 +654,7 @@ impl SqliteStore {
         })?;
         let items = rows
             .into_iter()
-            .map(stored)
+            .map(|row| stored(kind, row))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((total, items))
     }
@@ -701,7 +705,7 @@ fn select_sql(kind: ResourceKind, with_related: bool) -> String {
     )
 }
 
-fn stored(row: Row) -> Result<Stored, StoreError> {
+fn stored(kind: ResourceKind, row: Row) -> Result<Stored, StoreError> {
     let (id, doc, version, created, last_modified, related) = row;
     let related = match related {
         None => None,
@@ -710,21 +714,19 @@ fn stored(row: Row) -> Result<Stored, StoreError> {
             Some(
                 pairs
                     .into_iter()
-                    .map(|(rid, second)| {
-                        // users: [group id, group name]; groups: [member id, member type]
-                        if second == "User" || second == "Group" {
-                            Related {
-                                id: rid,
-                                kind: second,
-                                display: None,
-                            }
-                        } else {
-                            Related {
-                                id: rid,
-                                kind: "direct".into(),
-                                display: Some(second),
-                            }
-                        }
+                    .map(|(rid, second)| match kind {
+                        // groups: [member id, member type]
+                        ResourceKind::Group => Related {
+                            id: rid,
+                            kind: second,
+                            display: None,
+                        },
+                        // users: [group id, group name], whatever the name is
+                        ResourceKind::User => Related {
+                            id: rid,
+                            kind: "direct".into(),
+                            display: Some(second),
+                        },
                     })
                     .collect(),
             )
@@ -1027,6 +1029,28 @@ mod tests {
         assert!(matches!(e, StoreError::Rejected(_)));
         let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
         assert_eq!(members.len(), 1, "u1 is still a member");
+        // A group may be called "User": it is still one of u1's groups.
+        let g = normalize(&gt, &json!({"displayName": "User"})).unwrap();
+        let change =
+            GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }]));
+        s.create_group("t", &gt, "g2", change, t(2)).await.unwrap();
+        let mut groups = s.get_user("t", "u1", true).await.unwrap().related.unwrap();
+        groups.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            groups,
+            vec![
+                Related {
+                    id: "g1".into(),
+                    kind: "direct".into(),
+                    display: Some("G".into())
+                },
+                Related {
+                    id: "g2".into(),
+                    kind: "direct".into(),
+                    display: Some("User".into())
+                },
+            ]
+        );
         // Deleting the user removes its memberships.
         s.delete_user("t", "u1", None, t(3)).await.unwrap();
         let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
@@ -1035,6 +1059,50 @@ mod tests {
             s.get_user("t", "u1", false).await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    /// Entra adds members in parallel batches: member-only changes do not contend on the
+    /// group's version, so all of them land however many run at once.
+    #[tokio::test]
+    async fn concurrent_member_changes_all_land() {
+        let (_d, s) = store().await;
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        let gt = ResourceType::group();
+        let n = 2 * MAX_ATTEMPTS + 4;
+        for i in 0..n {
+            s.create_user("t", &rt, &format!("u{i}"), &user(&format!("n{i}")), t(0))
+                .await
+                .unwrap();
+        }
+        let g = normalize(&gt, &json!({"displayName": "G"})).unwrap();
+        s.create_group(
+            "t",
+            &gt,
+            "g1",
+            GroupChange::replace_members(g.doc, None),
+            t(0),
+        )
+        .await
+        .unwrap();
+        let adds = (0..n).map(|i| {
+            let (s, gt) = (s.clone(), &gt);
+            async move {
+                s.update_group("t", gt, "g1", None, t(1), |doc| {
+                    Ok(GroupChange {
+                        doc,
+                        members: vec![MemberOp::Add(vec![MemberRef {
+                            value: format!("u{i}"),
+                        }])],
+                    })
+                })
+                .await
+            }
+        });
+        for r in futures_util::future::join_all(adds).await {
+            r.unwrap();
+        }
+        let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
+        assert_eq!(members.len(), n);
     }
 
     /// The look-ups Entra makes must be answered from indexes, never by scanning a tenant.
