@@ -1,4 +1,4 @@
-//! The command line: serve, bench.
+//! The command line: serve, bench, mapping check/test.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,27 @@ enum Command {
     },
     /// Measure the SCIM server on a temporary SQLite database and print a table
     Bench(crate::bench::BenchArgs),
+    /// Validate a mapping file, or run its [[test]] cases
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Validate a mapping file and show what it reads and writes
+    Check {
+        file: PathBuf,
+        /// The tenant's custom extension URN (where customAttribute01..16 live)
+        #[arg(long, default_value = crate::scim::schema::DEFAULT_CUSTOM_SCHEMA)]
+        custom_schema: String,
+    },
+    /// Run a mapping file's [[test]] cases
+    Test {
+        file: PathBuf,
+        /// The tenant's custom extension URN (where customAttribute01..16 live)
+        #[arg(long, default_value = crate::scim::schema::DEFAULT_CUSTOM_SCHEMA)]
+        custom_schema: String,
+    },
 }
 
 pub async fn main() -> ExitCode {
@@ -41,12 +62,39 @@ pub async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Mapping(cmd) => mapping(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn mapping(cmd: MappingCommand) -> anyhow::Result<()> {
+    use crate::mapping::{Mapping, report};
+    match cmd {
+        MappingCommand::Check {
+            file,
+            custom_schema,
+        } => {
+            let m = Mapping::load(&file, &custom_schema)?;
+            print!("{}", report::check_report(&m));
+            Ok(())
+        }
+        MappingCommand::Test {
+            file,
+            custom_schema,
+        } => {
+            let m = Mapping::load(&file, &custom_schema)?;
+            let outcomes = m.run_tests();
+            let (text, passed) = report::test_report(&m, &outcomes);
+            print!("{text}");
+            let failed = outcomes.iter().filter(|o| !o.passed()).count();
+            anyhow::ensure!(passed, "{failed} of {} test case(s) failed", outcomes.len());
+            Ok(())
         }
     }
 }

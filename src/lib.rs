@@ -10,5 +10,6 @@ pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod mapping;
 pub mod scim;
 pub mod store;
