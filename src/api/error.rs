@@ -34,6 +34,13 @@ impl From<StoreError> for ScimError {
                 tracing::warn!(error = %d, "staging database busy");
                 ScimError::new(503, None, "the staging database is busy; retry")
             }
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy
+                    || f.code == rusqlite::ErrorCode::DatabaseLocked =>
+            {
+                tracing::warn!("staging database busy");
+                ScimError::new(503, None, "the staging database is busy; retry")
+            }
             StoreError::Contended => ScimError::new(
                 503,
                 None,

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::entra::{self, OpKind, Quirk};
 use super::error::ScimError;
 use super::filter::{self, CompValue, CompareOp, Filter, PatchPath};
-use super::resource::{self, MemberRef};
+use super::resource::{self, MemberRef, single_primary};
 use super::schema::{Attr, AttrType, PATCH_OP, ResourceKind, ResourceType};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -281,7 +281,9 @@ fn whole_attribute(
             }
             single_primary(items);
         }
-        (OpKind::Add, Some(Value::Object(existing))) if attr.ty == AttrType::Complex => {
+        // RFC 7644 §3.5.2.1 and §3.5.2.3: on a singular complex attribute, add and replace both
+        // set the sub-attributes given and leave the others unchanged.
+        (_, Some(Value::Object(existing))) if attr.ty == AttrType::Complex && !attr.multi => {
             if let Value::Object(n) = new {
                 existing.extend(n);
             }
@@ -445,6 +447,21 @@ fn filtered(
                         (None, None) => {}
                     }
                 }
+                // The elements this operation made primary win over the others, wherever
+                // they stand in the list.
+                let made_primary = new_part
+                    .as_ref()
+                    .is_some_and(|p| p.get("primary") == Some(&Value::Bool(true)));
+                if made_primary {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        if !matched.contains(&i)
+                            && let Some(o) = item.as_object_mut()
+                            && o.get("primary") == Some(&Value::Bool(true))
+                        {
+                            o.insert("primary".into(), Value::Bool(false));
+                        }
+                    }
+                }
             }
             single_primary(&mut items);
         }
@@ -491,23 +508,6 @@ fn same_element(attr: &Attr, a: &Value, b: &Value) -> bool {
     match (a.get("value"), b.get("value")) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
-    }
-}
-
-/// RFC 7643 §2.4: at most one element may be primary; the last one set wins.
-fn single_primary(items: &mut [Value]) {
-    let last = items
-        .iter()
-        .rposition(|i| i.get("primary") == Some(&Value::Bool(true)));
-    if let Some(last) = last {
-        for (i, item) in items.iter_mut().enumerate() {
-            if i != last
-                && let Some(o) = item.as_object_mut()
-                && o.get("primary") == Some(&Value::Bool(true))
-            {
-                o.insert("primary".into(), Value::Bool(false));
-            }
-        }
     }
 }
 
@@ -708,6 +708,11 @@ mod tests {
         )
         .unwrap();
         assert!(doc["emails"][0].get("primary").is_none());
+        // Making an earlier element primary takes it from a later one.
+        patch(&rt, &mut doc, ops(json!([{"op": "add", "path": "emails", "value": [{"value": "z@x", "primary": true}]}]))).unwrap();
+        patch(&rt, &mut doc, ops(json!([{"op": "Replace", "path": "emails[type eq \"work\"].primary", "value": "True"}]))).unwrap();
+        assert_eq!(doc["emails"][0]["primary"], true);
+        assert_eq!(doc["emails"][1]["primary"], false);
     }
 
     #[test]
@@ -742,6 +747,39 @@ mod tests {
         )
         .unwrap();
         assert!(!doc.contains_key(ENTERPRISE_SCHEMA));
+    }
+
+    #[test]
+    fn replace_of_a_complex_attribute_keeps_unnamed_sub_attributes() {
+        let (rt, mut doc) = user();
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "replace", "path": "name", "value": {"familyName": "Lee"}}])),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["name"],
+            json!({"givenName": "Ann", "familyName": "Lee"})
+        );
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "Replace", "value": {"name": {"givenName": "Anna"}}}])),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["name"],
+            json!({"givenName": "Anna", "familyName": "Lee"})
+        );
+        // Multi-valued attributes are still replaced as a whole.
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "replace", "path": "emails", "value": [{"value": "x@y"}]}])),
+        )
+        .unwrap();
+        assert_eq!(doc["emails"], json!([{"value": "x@y"}]));
     }
 
     #[test]

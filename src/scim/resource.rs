@@ -254,11 +254,29 @@ pub(crate) fn normalize_value(attr: &Attr, value: &Value) -> Result<Option<Value
             out.push(v);
         }
     }
+    single_primary(&mut out);
     Ok(if out.is_empty() {
         None
     } else {
         Some(Value::Array(out))
     })
+}
+
+/// RFC 7643 §2.4: at most one element may be primary; the last one set wins.
+pub(crate) fn single_primary(items: &mut [Value]) {
+    let last = items
+        .iter()
+        .rposition(|i| i.get("primary") == Some(&Value::Bool(true)));
+    if let Some(last) = last {
+        for (i, item) in items.iter_mut().enumerate() {
+            if i != last
+                && let Some(o) = item.as_object_mut()
+                && o.get("primary") == Some(&Value::Bool(true))
+            {
+                o.insert("primary".into(), Value::Bool(false));
+            }
+        }
+    }
 }
 
 /// Normalise one value (an element of a multi-valued attribute, or a singular value).
@@ -650,6 +668,20 @@ mod tests {
         assert!(
             !n.doc.contains_key(ENTERPRISE_SCHEMA)
                 || n.doc[ENTERPRISE_SCHEMA].get("manager").is_none()
+        );
+    }
+
+    #[test]
+    fn at_most_one_primary() {
+        let n = normalize(
+            &user_rt(),
+            &json!({"userName": "p", "emails": [
+                {"value": "a@x", "primary": "True"}, {"value": "b@x", "primary": true}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            n.doc["emails"],
+            json!([{"value": "a@x", "primary": false}, {"value": "b@x", "primary": true}])
         );
     }
 

@@ -24,6 +24,8 @@ pub enum StoreError {
     Rejected(ScimError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("stored document is not valid JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("migration failed: {0}")]

@@ -423,9 +423,16 @@ impl Compiler<'_> {
                 self.bind(Param::Text(self.tenant.to_string()));
                 self.push(" AND ");
                 let by = by.to_string();
+                // `type` is not caseExact: rows hold 'User'/'Group', the bound value is folded.
+                // A user's groups are all direct memberships.
+                let ty = if attr.name == "groups" {
+                    "'direct'"
+                } else {
+                    "lower(m.member_type)"
+                };
                 self.element(attr, inner, &move |name| match name {
                     "value" => by.clone(),
-                    _ => "m.member_type".into(),
+                    _ => ty.into(),
                 })?;
                 self.push(")");
                 Ok(())
@@ -625,6 +632,21 @@ mod tests {
             c.sql,
             "r.id IN (SELECT m.group_id FROM group_members m WHERE m.tenant = ? AND (m.member_id IS NOT NULL AND m.member_id = ?))"
         );
+        let c = groups("members[type eq \"Group\"]");
+        assert!(
+            c.sql
+                .ends_with("(lower(m.member_type) IS NOT NULL AND lower(m.member_type) = ?))"),
+            "{}",
+            c.sql
+        );
+        assert_eq!(c.params[1], text("group"));
+        let c = users("groups[type eq \"Direct\"]");
+        assert!(
+            c.sql.contains("('direct' IS NOT NULL AND 'direct' = ?)"),
+            "{}",
+            c.sql
+        );
+        assert_eq!(c.params[1], text("direct"));
         let c = users("groups.value eq \"g1\"");
         assert!(c.sql.starts_with(
             "r.id IN (SELECT m.member_id FROM group_members m WHERE m.tenant = ? AND (m.group_id"

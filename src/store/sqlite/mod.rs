@@ -4,6 +4,7 @@
 //! failing with SQLITE_BUSY, also across processes sharing the file (busy_timeout). Reads use
 //! their own pool and see committed data only.
 
+mod conn;
 pub mod filter_sql;
 mod writer;
 
@@ -13,12 +14,13 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::FutureExt;
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{OptionalExtension, ToSql, params};
 use serde_json::{Map, Value};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Sqlite, SqliteConnection};
+use sqlx::{ConnectOptions, Connection as _};
 
 use super::{GroupChange, Page, Related, Sort, StoreError, Stored, UserColumns, format_time};
 use crate::scim::ScimError;
@@ -41,14 +43,16 @@ pub enum Durability {
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    /// SCIM writes: group commit on a dedicated connection.
+    /// SCIM writes: group commit on a dedicated connection and thread.
     writes: writer::Writer,
+    /// SCIM reads: direct connections, used on the calling thread.
+    reads: std::sync::Arc<conn::ReadPool>,
     /// Other writers in this process (the sync engine): one connection, BEGIN IMMEDIATE.
     writer: SqlitePool,
     reader: SqlitePool,
 }
 
-type Conn = SqliteConnection;
+type Conn = rusqlite::Connection;
 
 /// Optimistic read-modify-write gives up after this many concurrent changes of one resource.
 const MAX_ATTEMPTS: usize = 8;
@@ -119,7 +123,9 @@ impl SqliteStore {
             .pragma("cache_size", "-4096");
         let mut conn = opts.connect().await?;
         MIGRATOR.run(&mut conn).await?;
-        let writes = writer::Writer::start(conn);
+        conn.close().await?;
+        let writes = writer::Writer::start(conn::open_write(path, durability)?)?;
+        let reads = std::sync::Arc::new(conn::ReadPool::new(path)?);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
@@ -135,6 +141,7 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore {
             writes,
+            reads,
             writer,
             reader,
         })
@@ -178,33 +185,27 @@ impl SqliteStore {
         let seq = self
             .writes
             .run(move |c| {
-                async move {
-                    let seq = next_seq(c).await?;
-                    let mut q = sqlx::query_scalar::<_, i64>(&INSERT_USER)
-                        .bind(&tenant_o)
-                        .bind(&id_o)
-                        .bind(&cols.user_name)
-                        .bind(cols.user_name.to_lowercase())
-                        .bind(&cols.external_id)
-                        .bind(&cols.display_name)
-                        .bind(cols.active)
-                        .bind(if cols.active { None } else { Some(&now_o) });
-                    for v in &cols.custom {
-                        q = q.bind(v);
-                    }
-                    let pk = q
-                        .bind(&text)
-                        .bind(&doc_ci)
-                        .bind(seq)
-                        .bind(&now_o)
-                        .bind(&now_o)
-                        .fetch_one(&mut *c)
-                        .await
-                        .map_err(|e| unique(e, "a user with this userName already exists"))?;
-                    insert_emails(c, &tenant_o, pk, &cols).await?;
-                    Ok(seq)
-                }
-                .boxed()
+                let seq = next_seq(c)?;
+                let user_name_ci = cols.user_name.to_lowercase();
+                let deactivated = if cols.active { None } else { Some(&now_o) };
+                let mut p: Vec<&dyn ToSql> = vec![
+                    &tenant_o,
+                    &id_o,
+                    &cols.user_name,
+                    &user_name_ci,
+                    &cols.external_id,
+                    &cols.display_name,
+                    &cols.active,
+                    &deactivated,
+                ];
+                p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
+                p.extend([&text as &dyn ToSql, &doc_ci, &seq, &now_o, &now_o]);
+                let pk: i64 = c
+                    .prepare_cached(&INSERT_USER)?
+                    .query_row(&p[..], |r| r.get(0))
+                    .map_err(|e| unique(e, "a user with this userName already exists"))?;
+                insert_emails(c, &tenant_o, pk, &cols)?;
+                Ok(seq)
             })
             .await?;
         Ok(Stored {
@@ -223,11 +224,11 @@ impl SqliteStore {
         id: &str,
         with_groups: bool,
     ) -> Result<Stored, StoreError> {
-        self.get(tenant, ResourceKind::User, id, with_groups).await
+        self.get(tenant, ResourceKind::User, id, with_groups)
     }
 
     /// One resource, with its groups or members in the same statement when asked.
-    async fn get(
+    fn get(
         &self,
         tenant: &str,
         kind: ResourceKind,
@@ -235,16 +236,16 @@ impl SqliteStore {
         with_related: bool,
     ) -> Result<Stored, StoreError> {
         let sql = format!("{} AND r.id = ?", select_sql(kind, with_related));
-        let row: Option<Row> = sqlx::query_as(&sql)
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        stored(row.ok_or(StoreError::NotFound)?)
+        let row = self.reads.with(|c| {
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params![tenant, id], read_row)
+                .optional()?)
+        })?;
+        stored(kind, row.ok_or(StoreError::NotFound)?)
     }
 
     /// The current document and version of a live resource, for an optimistic update.
-    async fn current(
+    fn current(
         &self,
         kind: ResourceKind,
         tenant: &str,
@@ -259,11 +260,14 @@ impl SqliteStore {
                 "SELECT pk, doc, change_seq, created, last_modified FROM groups WHERE tenant = ? AND id = ?"
             }
         };
-        sqlx::query_as(sql)
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?
+        self.reads
+            .with(|c| {
+                Ok(c.prepare_cached(sql)?
+                    .query_row(params![tenant, id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .optional()?)
+            })?
             .ok_or(StoreError::NotFound)
     }
 
@@ -281,7 +285,7 @@ impl SqliteStore {
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let (pk, doc_text, version, created, last_modified) =
-                self.current(ResourceKind::User, tenant, id).await?;
+                self.current(ResourceKind::User, tenant, id)?;
             check_version(if_match, version)?;
             let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
             let new = change(old.clone())?;
@@ -305,43 +309,33 @@ impl SqliteStore {
             let seq = self
                 .writes
                 .run(move |c| {
-                    async move {
-                        let seq = next_seq(c).await?;
-                        let mut q = sqlx::query(&UPDATE_USER)
-                            .bind(&cols.user_name)
-                            .bind(cols.user_name.to_lowercase())
-                            .bind(&cols.external_id)
-                            .bind(&cols.display_name)
-                            .bind(cols.active)
-                            .bind(&now_o)
-                            .bind(cols.active)
-                            .bind(cols.active);
-                        for v in &cols.custom {
-                            q = q.bind(v);
-                        }
-                        let r = q
-                            .bind(&text)
-                            .bind(&new_ci)
-                            .bind(seq)
-                            .bind(&now_o)
-                            .bind(pk)
-                            .bind(version)
-                            .execute(&mut *c)
-                            .await
-                            .map_err(|e| unique(e, "a user with this userName already exists"))?;
-                        if r.rows_affected() == 0 {
-                            return Ok(None);
-                        }
-                        if emails_changed {
-                            sqlx::query("DELETE FROM user_emails WHERE user_pk = ?")
-                                .bind(pk)
-                                .execute(&mut *c)
-                                .await?;
-                            insert_emails(c, &tenant_o, pk, &cols).await?;
-                        }
-                        Ok(Some(seq))
+                    let seq = next_seq(c)?;
+                    let user_name_ci = cols.user_name.to_lowercase();
+                    let mut p: Vec<&dyn ToSql> = vec![
+                        &cols.user_name,
+                        &user_name_ci,
+                        &cols.external_id,
+                        &cols.display_name,
+                        &cols.active,
+                        &now_o,
+                        &cols.active,
+                        &cols.active,
+                    ];
+                    p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
+                    p.extend([&text as &dyn ToSql, &new_ci, &seq, &now_o, &pk, &version]);
+                    let n = c
+                        .prepare_cached(&UPDATE_USER)?
+                        .execute(&p[..])
+                        .map_err(|e| unique(e, "a user with this userName already exists"))?;
+                    if n == 0 {
+                        return Ok(None);
                     }
-                    .boxed()
+                    if emails_changed {
+                        c.prepare_cached("DELETE FROM user_emails WHERE user_pk = ?")?
+                            .execute([pk])?;
+                        insert_emails(c, &tenant_o, pk, &cols)?;
+                    }
+                    Ok(Some(seq))
                 })
                 .await?;
             if let Some(seq) = seq {
@@ -371,36 +365,24 @@ impl SqliteStore {
         let if_match = if_match.map(<[i64]>::to_vec);
         self.writes
             .run(move |c| {
-                async move {
-                    let version: Option<i64> = sqlx::query_scalar(
+                let version: Option<i64> = c
+                    .prepare_cached(
                         "SELECT change_seq FROM users WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
-                    )
-                    .bind(&tenant)
-                    .bind(&id)
-                    .fetch_optional(&mut *c)
-                    .await?;
-                    check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
-                    let seq = next_seq(c).await?;
-                    let pk: i64 = sqlx::query_scalar(
-                        "UPDATE users SET deleted_at = ?, active = 0, \
-                         deactivated_at = COALESCE(deactivated_at, ?), change_seq = ?, last_modified = ? \
-                         WHERE tenant = ? AND id = ? AND deleted_at IS NULL RETURNING pk",
-                    )
-                    .bind(&now_s)
-                    .bind(&now_s)
-                    .bind(seq)
-                    .bind(&now_s)
-                    .bind(&tenant)
-                    .bind(&id)
-                    .fetch_one(&mut *c)
-                    .await?;
-                    sqlx::query("DELETE FROM user_emails WHERE user_pk = ?")
-                        .bind(pk)
-                        .execute(&mut *c)
-                        .await?;
-                    remove_from_all_groups(c, &tenant, &id, seq, &now_s).await
-                }
-                .boxed()
+                    )?
+                    .query_row(params![tenant, id], |r| r.get(0))
+                    .optional()?;
+                check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
+                let seq = next_seq(c)?;
+                let pk: i64 = c
+                    .prepare_cached(
+                        "UPDATE users SET deleted_at = ?1, active = 0, \
+                         deactivated_at = COALESCE(deactivated_at, ?1), change_seq = ?2, last_modified = ?1 \
+                         WHERE tenant = ?3 AND id = ?4 AND deleted_at IS NULL RETURNING pk",
+                    )?
+                    .query_row(params![now_s, seq, tenant, id], |r| r.get(0))?;
+                c.prepare_cached("DELETE FROM user_emails WHERE user_pk = ?")?
+                    .execute([pk])?;
+                remove_from_all_groups(c, &tenant, &id, seq, &now_s)
             })
             .await
     }
@@ -429,29 +411,26 @@ impl SqliteStore {
         let seq = self
             .writes
             .run(move |c| {
-                async move {
-                    let seq = next_seq(c).await?;
-                    sqlx::query(
-                        "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, \
-                         doc_ci, change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(&tenant_o)
-                    .bind(&id_o)
-                    .bind(&display)
-                    .bind(display.to_lowercase())
-                    .bind(&external_id)
-                    .bind(&text)
-                    .bind(&doc_ci)
-                    .bind(seq)
-                    .bind(&now_o)
-                    .bind(&now_o)
-                    .execute(&mut *c)
-                    .await
-                    .map_err(|e| unique(e, "a group with this displayName already exists"))?;
-                    apply_member_ops(c, &tenant_o, &id_o, &members, seq).await?;
-                    Ok(seq)
-                }
-                .boxed()
+                let seq = next_seq(c)?;
+                c.prepare_cached(
+                    "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, \
+                     doc_ci, change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    tenant_o,
+                    id_o,
+                    display,
+                    display.to_lowercase(),
+                    external_id,
+                    text,
+                    doc_ci,
+                    seq,
+                    now_o,
+                    now_o
+                ])
+                .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+                apply_member_ops(c, &tenant_o, &id_o, &members, seq)?;
+                Ok(seq)
             })
             .await?;
         Ok(Stored {
@@ -471,7 +450,6 @@ impl SqliteStore {
         with_members: bool,
     ) -> Result<Stored, StoreError> {
         self.get(tenant, ResourceKind::Group, id, with_members)
-            .await
     }
 
     /// Read-modify-write of one group: its document and its member rows, atomically, with the
@@ -487,7 +465,7 @@ impl SqliteStore {
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let (pk, doc_text, version, created, last_modified) =
-                self.current(ResourceKind::Group, tenant, id).await?;
+                self.current(ResourceKind::Group, tenant, id)?;
             check_version(if_match, version)?;
             let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
             let change = change(old.clone())?;
@@ -514,54 +492,52 @@ impl SqliteStore {
                 now_s.clone(),
             );
             let members = change.members;
+            // Member rows change by key, independently of the document: when the document
+            // stays as it is and the client did not ask for a version, concurrent member
+            // changes need not wait for each other (Entra sends them in parallel batches).
+            let needs_version = doc_changed || if_match.is_some();
             let outcome = self
                 .writes
                 .run(move |c| {
-                    async move {
-                        let current: Option<i64> =
-                            sqlx::query_scalar("SELECT change_seq FROM groups WHERE pk = ?")
-                                .bind(pk)
-                                .fetch_optional(&mut *c)
-                                .await?;
-                        if current != Some(version) {
-                            return Ok(Outcome::Retry);
-                        }
-                        let seq = next_seq(c).await?;
-                        let members_changed = apply_member_ops(c, &tenant_o, &id_o, &members, seq).await?;
-                        if !doc_changed && !members_changed {
-                            return Ok(Outcome::Unchanged);
-                        }
-                        if doc_changed {
-                            sqlx::query(
-                                "UPDATE groups SET display_name = ?, display_name_ci = ?, external_id = ?, \
-                                 doc = ?, doc_ci = ?, change_seq = ?, last_modified = ? WHERE pk = ?",
-                            )
-                            .bind(&display)
-                            .bind(display.to_lowercase())
-                            .bind(&external_id)
-                            .bind(&text)
-                            .bind(&new_ci)
-                            .bind(seq)
-                            .bind(&now_o)
-                            .bind(pk)
-                            .execute(&mut *c)
-                            .await
-                            .map_err(|e| unique(e, "a group with this displayName already exists"))?;
-                            if renamed {
-                                // The members' group context (name, externalId) changed: they need a sync.
-                                stamp_members(c, &tenant_o, &id_o, seq).await?;
-                            }
-                        } else {
-                            sqlx::query("UPDATE groups SET change_seq = ?, last_modified = ? WHERE pk = ?")
-                                .bind(seq)
-                                .bind(&now_o)
-                                .bind(pk)
-                                .execute(&mut *c)
-                                .await?;
-                        }
-                        Ok(Outcome::Written(seq))
+                    let current: Option<i64> = c
+                        .prepare_cached("SELECT change_seq FROM groups WHERE pk = ?")?
+                        .query_row([pk], |r| r.get(0))
+                        .optional()?;
+                    if current.is_none() || needs_version && current != Some(version) {
+                        return Ok(Outcome::Retry);
                     }
-                    .boxed()
+                    let seq = next_seq(c)?;
+                    let members_changed = apply_member_ops(c, &tenant_o, &id_o, &members, seq)?;
+                    if !doc_changed && !members_changed {
+                        return Ok(Outcome::Unchanged);
+                    }
+                    if doc_changed {
+                        c.prepare_cached(
+                            "UPDATE groups SET display_name = ?, display_name_ci = ?, external_id = ?, \
+                             doc = ?, doc_ci = ?, change_seq = ?, last_modified = ? WHERE pk = ?",
+                        )?
+                        .execute(params![
+                            display,
+                            display.to_lowercase(),
+                            external_id,
+                            text,
+                            new_ci,
+                            seq,
+                            now_o,
+                            pk
+                        ])
+                        .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+                        if renamed {
+                            // The members' group context (name, externalId) changed: they need a sync.
+                            stamp_members(c, &tenant_o, &id_o, seq)?;
+                        }
+                    } else {
+                        c.prepare_cached(
+                            "UPDATE groups SET change_seq = ?, last_modified = ? WHERE pk = ?",
+                        )?
+                        .execute(params![seq, now_o, pk])?;
+                    }
+                    Ok(Outcome::Written(seq))
                 })
                 .await?;
             match outcome {
@@ -602,31 +578,19 @@ impl SqliteStore {
         let if_match = if_match.map(<[i64]>::to_vec);
         self.writes
             .run(move |c| {
-                async move {
-                    let version: Option<i64> = sqlx::query_scalar(
-                        "SELECT change_seq FROM groups WHERE tenant = ? AND id = ?",
-                    )
-                    .bind(&tenant)
-                    .bind(&id)
-                    .fetch_optional(&mut *c)
-                    .await?;
-                    check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
-                    let seq = next_seq(c).await?;
-                    stamp_members(c, &tenant, &id, seq).await?;
-                    sqlx::query("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")
-                        .bind(&tenant)
-                        .bind(&id)
-                        .execute(&mut *c)
-                        .await?;
-                    remove_from_all_groups(c, &tenant, &id, seq, &now_s).await?;
-                    sqlx::query("DELETE FROM groups WHERE tenant = ? AND id = ?")
-                        .bind(&tenant)
-                        .bind(&id)
-                        .execute(&mut *c)
-                        .await?;
-                    Ok(())
-                }
-                .boxed()
+                let version: Option<i64> = c
+                    .prepare_cached("SELECT change_seq FROM groups WHERE tenant = ? AND id = ?")?
+                    .query_row(params![tenant, id], |r| r.get(0))
+                    .optional()?;
+                check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
+                let seq = next_seq(c)?;
+                stamp_members(c, &tenant, &id, seq)?;
+                c.prepare_cached("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")?
+                    .execute(params![tenant, id])?;
+                remove_from_all_groups(c, &tenant, &id, seq, &now_s)?;
+                c.prepare_cached("DELETE FROM groups WHERE tenant = ? AND id = ?")?
+                    .execute(params![tenant, id])?;
+                Ok(())
             })
             .await
     }
@@ -648,17 +612,11 @@ impl SqliteStore {
             ResourceKind::Group => ("groups", ""),
         };
         let filter = cond.map(|c| format!(" AND {}", c.sql)).unwrap_or_default();
-        let no_params = Vec::new();
-        let params = cond.map(|c| &c.params).unwrap_or(&no_params);
+        let mut params: Vec<&dyn ToSql> = vec![&tenant];
+        if let Some(c) = cond {
+            params.extend(c.params.iter().map(|p| p as &dyn ToSql));
+        }
         let count_sql = format!("SELECT count(*) FROM {table} r WHERE r.tenant = ?{live}{filter}");
-        let mut q = sqlx::query_scalar::<_, i64>(&count_sql).bind(tenant);
-        for p in params {
-            q = bind_param(q, p);
-        }
-        let total = q.fetch_one(&self.reader).await?;
-        if page.count <= 0 || total < page.start_index {
-            return Ok((total, vec![]));
-        }
         let order = match sort {
             Some(s) => format!(
                 "{} {}, r.pk",
@@ -671,18 +629,32 @@ impl SqliteStore {
             "{}{filter} ORDER BY {order} LIMIT ? OFFSET ?",
             select_sql(kind, with_related)
         );
-        let mut q = sqlx::query_as::<_, Row>(&page_sql).bind(tenant);
-        for p in params {
-            q = bind_param_as(q, p);
-        }
-        let rows = q
-            .bind(page.count)
-            .bind(page.start_index - 1)
-            .fetch_all(&self.reader)
-            .await?;
+        let (count, offset) = (page.count, page.start_index - 1);
+        let start_index = page.start_index;
+        // Count and page on one connection, so both see the same snapshot.
+        let (total, rows) = self.reads.with(|c| {
+            c.execute_batch("BEGIN")?;
+            let r = (|| {
+                let total: i64 = c
+                    .prepare_cached(&count_sql)?
+                    .query_row(&params[..], |r| r.get(0))?;
+                if count <= 0 || total < start_index {
+                    return Ok((total, vec![]));
+                }
+                let mut p = params.clone();
+                p.extend([&count as &dyn ToSql, &offset]);
+                let mut stmt = c.prepare_cached(&page_sql)?;
+                let rows = stmt
+                    .query_map(&p[..], read_row)?
+                    .collect::<Result<Vec<Row>, _>>()?;
+                Ok::<_, StoreError>((total, rows))
+            })();
+            c.execute_batch("COMMIT")?;
+            r
+        })?;
         let items = rows
             .into_iter()
-            .map(stored)
+            .map(|row| stored(kind, row))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((total, items))
     }
@@ -696,6 +668,17 @@ enum Outcome {
 
 /// id, doc, version, created, last_modified, related (JSON array of [id, kind-or-name]).
 type Row = (String, String, i64, String, String, Option<String>);
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
 
 /// SELECT of live resources of `kind` for one tenant (first parameter), aliased `r`; groups
 /// (of a user) or members (of a group) come as one JSON array column, in the same statement.
@@ -722,7 +705,7 @@ fn select_sql(kind: ResourceKind, with_related: bool) -> String {
     )
 }
 
-fn stored(row: Row) -> Result<Stored, StoreError> {
+fn stored(kind: ResourceKind, row: Row) -> Result<Stored, StoreError> {
     let (id, doc, version, created, last_modified, related) = row;
     let related = match related {
         None => None,
@@ -731,21 +714,19 @@ fn stored(row: Row) -> Result<Stored, StoreError> {
             Some(
                 pairs
                     .into_iter()
-                    .map(|(rid, second)| {
-                        // users: [group id, group name]; groups: [member id, member type]
-                        if second == "User" || second == "Group" {
-                            Related {
-                                id: rid,
-                                kind: second,
-                                display: None,
-                            }
-                        } else {
-                            Related {
-                                id: rid,
-                                kind: "direct".into(),
-                                display: Some(second),
-                            }
-                        }
+                    .map(|(rid, second)| match kind {
+                        // groups: [member id, member type]
+                        ResourceKind::Group => Related {
+                            id: rid,
+                            kind: second,
+                            display: None,
+                        },
+                        // users: [group id, group name], whatever the name is
+                        ResourceKind::User => Related {
+                            id: rid,
+                            kind: "direct".into(),
+                            display: Some(second),
+                        },
                     })
                     .collect(),
             )
@@ -761,33 +742,20 @@ fn stored(row: Row) -> Result<Stored, StoreError> {
     })
 }
 
-fn bind_param<'q, O>(
-    q: sqlx::query::QueryScalar<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
-    p: &'q Param,
-) -> sqlx::query::QueryScalar<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>> {
-    match p {
-        Param::Text(s) => q.bind(s),
-        Param::Int(i) => q.bind(i),
-        Param::Real(f) => q.bind(f),
+impl ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            Param::Text(s) => s.to_sql(),
+            Param::Int(i) => i.to_sql(),
+            Param::Real(f) => f.to_sql(),
+        }
     }
 }
 
-fn bind_param_as<'q, O>(
-    q: sqlx::query::QueryAs<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
-    p: &'q Param,
-) -> sqlx::query::QueryAs<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>> {
-    match p {
-        Param::Text(s) => q.bind(s),
-        Param::Int(i) => q.bind(i),
-        Param::Real(f) => q.bind(f),
-    }
-}
-
-async fn next_seq(c: &mut Conn) -> Result<i64, StoreError> {
+fn next_seq(c: &Conn) -> Result<i64, StoreError> {
     Ok(
-        sqlx::query_scalar("UPDATE change_seq SET value = value + 1 WHERE id = 1 RETURNING value")
-            .fetch_one(&mut *c)
-            .await?,
+        c.prepare_cached("UPDATE change_seq SET value = value + 1 WHERE id = 1 RETURNING value")?
+            .query_row([], |r| r.get(0))?,
     )
 }
 
@@ -798,10 +766,15 @@ fn check_version(if_match: Option<&[i64]>, version: i64) -> Result<(), StoreErro
     }
 }
 
-fn unique(e: sqlx::Error, what: &str) -> StoreError {
+fn unique(e: rusqlite::Error, what: &str) -> StoreError {
     match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what.into()),
-        _ => StoreError::Database(e),
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            StoreError::Conflict(what.into())
+        }
+        _ => StoreError::Sqlite(e),
     }
 }
 
@@ -810,77 +783,47 @@ fn group_columns(doc: &Map<String, Value>) -> (String, Option<String>) {
     (s("displayName").unwrap_or_default(), s("externalId"))
 }
 
-async fn insert_emails(
-    c: &mut Conn,
-    tenant: &str,
-    pk: i64,
-    cols: &UserColumns,
-) -> Result<(), StoreError> {
+fn insert_emails(c: &Conn, tenant: &str, pk: i64, cols: &UserColumns) -> Result<(), StoreError> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO user_emails (user_pk, tenant, type_ci, value_ci, is_primary) VALUES (?, ?, ?, ?, ?)",
+    )?;
     for e in &cols.emails {
-        sqlx::query(
-            "INSERT INTO user_emails (user_pk, tenant, type_ci, value_ci, is_primary) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(pk)
-        .bind(tenant)
-        .bind(&e.type_ci)
-        .bind(&e.value_ci)
-        .bind(e.primary)
-        .execute(&mut *c)
-        .await?;
+        stmt.execute(params![pk, tenant, e.type_ci, e.value_ci, e.primary])?;
     }
     Ok(())
 }
 
 /// Stamp every user member of a group with `seq`, so the sync engine looks at them again.
-async fn stamp_members(
-    c: &mut Conn,
-    tenant: &str,
-    group_id: &str,
-    seq: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE users SET change_seq = ? WHERE tenant = ? AND deleted_at IS NULL AND id IN \
-         (SELECT member_id FROM group_members WHERE tenant = ? AND group_id = ? AND member_type = 'User')",
-    )
-    .bind(seq)
-    .bind(tenant)
-    .bind(tenant)
-    .bind(group_id)
-    .execute(&mut *c)
-    .await?;
+fn stamp_members(c: &Conn, tenant: &str, group_id: &str, seq: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE users SET change_seq = ?1 WHERE tenant = ?2 AND deleted_at IS NULL AND id IN \
+         (SELECT member_id FROM group_members WHERE tenant = ?2 AND group_id = ?3 AND member_type = 'User')",
+    )?
+    .execute(params![seq, tenant, group_id])?;
     Ok(())
 }
 
 /// Take a user or group out of every group it is a member of; those groups get a new version.
-async fn remove_from_all_groups(
-    c: &mut Conn,
+fn remove_from_all_groups(
+    c: &Conn,
     tenant: &str,
     member_id: &str,
     seq: i64,
     now_s: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE groups SET change_seq = ?, last_modified = ? WHERE tenant = ? AND id IN \
-         (SELECT group_id FROM group_members WHERE tenant = ? AND member_id = ?)",
-    )
-    .bind(seq)
-    .bind(now_s)
-    .bind(tenant)
-    .bind(tenant)
-    .bind(member_id)
-    .execute(&mut *c)
-    .await?;
-    sqlx::query("DELETE FROM group_members WHERE tenant = ? AND member_id = ?")
-        .bind(tenant)
-        .bind(member_id)
-        .execute(&mut *c)
-        .await?;
+    c.prepare_cached(
+        "UPDATE groups SET change_seq = ?1, last_modified = ?2 WHERE tenant = ?3 AND id IN \
+         (SELECT group_id FROM group_members WHERE tenant = ?3 AND member_id = ?4)",
+    )?
+    .execute(params![seq, now_s, tenant, member_id])?;
+    c.prepare_cached("DELETE FROM group_members WHERE tenant = ? AND member_id = ?")?
+        .execute(params![tenant, member_id])?;
     Ok(())
 }
 
 /// Apply member changes as row changes: O(members changed). Returns whether anything changed.
-async fn apply_member_ops(
-    c: &mut Conn,
+fn apply_member_ops(
+    c: &Conn,
     tenant: &str,
     group_id: &str,
     ops: &[MemberOp],
@@ -890,15 +833,24 @@ async fn apply_member_ops(
     for op in ops {
         match op {
             MemberOp::RemoveAll => {
-                stamp_members(c, tenant, group_id, seq).await?;
-                let r = sqlx::query("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")
-                    .bind(tenant)
-                    .bind(group_id)
-                    .execute(&mut *c)
-                    .await?;
-                changed |= r.rows_affected() > 0;
+                stamp_members(c, tenant, group_id, seq)?;
+                let n = c
+                    .prepare_cached("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")?
+                    .execute(params![tenant, group_id])?;
+                changed |= n > 0;
             }
             MemberOp::Add(members) => {
+                let mut kind_of = c.prepare_cached(
+                    "SELECT 'User' FROM users WHERE tenant = ?1 AND id = ?2 AND deleted_at IS NULL \
+                     UNION ALL SELECT 'Group' FROM groups WHERE tenant = ?1 AND id = ?2",
+                )?;
+                let mut insert = c.prepare_cached(
+                    "INSERT OR IGNORE INTO group_members (tenant, group_id, member_id, member_type) \
+                     VALUES (?, ?, ?, ?)",
+                )?;
+                let mut stamp = c.prepare_cached(
+                    "UPDATE users SET change_seq = ? WHERE tenant = ? AND id = ?",
+                )?;
                 for m in members {
                     if m.value == group_id {
                         return Err(ScimError::invalid_value(
@@ -906,55 +858,45 @@ async fn apply_member_ops(
                         )
                         .into());
                     }
-                    let kind: Option<String> = sqlx::query_scalar(
-                        "SELECT 'User' FROM users WHERE tenant = ? AND id = ? AND deleted_at IS NULL \
-                         UNION ALL SELECT 'Group' FROM groups WHERE tenant = ? AND id = ?",
-                    )
-                    .bind(tenant)
-                    .bind(&m.value)
-                    .bind(tenant)
-                    .bind(&m.value)
-                    .fetch_optional(&mut *c)
-                    .await?;
+                    let kind: Option<&'static str> = kind_of
+                        .query_row(params![tenant, m.value], |r| {
+                            Ok(if r.get_ref(0)?.as_str()? == "User" {
+                                "User"
+                            } else {
+                                "Group"
+                            })
+                        })
+                        .optional()?;
                     let kind = kind.ok_or_else(|| {
                         StoreError::Rejected(ScimError::invalid_value(format!(
                             "member {} is not a user or group of this tenant",
                             m.value
                         )))
                     })?;
-                    let r = sqlx::query(
-                        "INSERT OR IGNORE INTO group_members (tenant, group_id, member_id, member_type) \
-                         VALUES (?, ?, ?, ?)",
-                    )
-                    .bind(tenant)
-                    .bind(group_id)
-                    .bind(&m.value)
-                    .bind(&kind)
-                    .execute(&mut *c)
-                    .await?;
-                    if r.rows_affected() > 0 {
+                    if insert.execute(params![tenant, group_id, m.value, kind])? > 0 {
                         changed = true;
                         if kind == "User" {
-                            stamp_user(c, tenant, &m.value, seq).await?;
+                            stamp.execute(params![seq, tenant, m.value])?;
                         }
                     }
                 }
             }
             MemberOp::Remove(ids) => {
+                let mut delete = c.prepare_cached(
+                    "DELETE FROM group_members WHERE tenant = ? AND group_id = ? AND member_id = ? \
+                     RETURNING member_type",
+                )?;
+                let mut stamp = c.prepare_cached(
+                    "UPDATE users SET change_seq = ? WHERE tenant = ? AND id = ?",
+                )?;
                 for id in ids {
-                    let kind: Option<String> = sqlx::query_scalar(
-                        "DELETE FROM group_members WHERE tenant = ? AND group_id = ? AND member_id = ? \
-                         RETURNING member_type",
-                    )
-                    .bind(tenant)
-                    .bind(group_id)
-                    .bind(id)
-                    .fetch_optional(&mut *c)
-                    .await?;
+                    let kind: Option<String> = delete
+                        .query_row(params![tenant, group_id, id], |r| r.get(0))
+                        .optional()?;
                     if let Some(kind) = kind {
                         changed = true;
                         if kind == "User" {
-                            stamp_user(c, tenant, id, seq).await?;
+                            stamp.execute(params![seq, tenant, id])?;
                         }
                     }
                 }
@@ -962,16 +904,6 @@ async fn apply_member_ops(
         }
     }
     Ok(changed)
-}
-
-async fn stamp_user(c: &mut Conn, tenant: &str, id: &str, seq: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET change_seq = ? WHERE tenant = ? AND id = ?")
-        .bind(seq)
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut *c)
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1097,6 +1029,28 @@ mod tests {
         assert!(matches!(e, StoreError::Rejected(_)));
         let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
         assert_eq!(members.len(), 1, "u1 is still a member");
+        // A group may be called "User": it is still one of u1's groups.
+        let g = normalize(&gt, &json!({"displayName": "User"})).unwrap();
+        let change =
+            GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }]));
+        s.create_group("t", &gt, "g2", change, t(2)).await.unwrap();
+        let mut groups = s.get_user("t", "u1", true).await.unwrap().related.unwrap();
+        groups.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            groups,
+            vec![
+                Related {
+                    id: "g1".into(),
+                    kind: "direct".into(),
+                    display: Some("G".into())
+                },
+                Related {
+                    id: "g2".into(),
+                    kind: "direct".into(),
+                    display: Some("User".into())
+                },
+            ]
+        );
         // Deleting the user removes its memberships.
         s.delete_user("t", "u1", None, t(3)).await.unwrap();
         let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
@@ -1105,6 +1059,50 @@ mod tests {
             s.get_user("t", "u1", false).await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    /// Entra adds members in parallel batches: member-only changes do not contend on the
+    /// group's version, so all of them land however many run at once.
+    #[tokio::test]
+    async fn concurrent_member_changes_all_land() {
+        let (_d, s) = store().await;
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        let gt = ResourceType::group();
+        let n = 2 * MAX_ATTEMPTS + 4;
+        for i in 0..n {
+            s.create_user("t", &rt, &format!("u{i}"), &user(&format!("n{i}")), t(0))
+                .await
+                .unwrap();
+        }
+        let g = normalize(&gt, &json!({"displayName": "G"})).unwrap();
+        s.create_group(
+            "t",
+            &gt,
+            "g1",
+            GroupChange::replace_members(g.doc, None),
+            t(0),
+        )
+        .await
+        .unwrap();
+        let adds = (0..n).map(|i| {
+            let (s, gt) = (s.clone(), &gt);
+            async move {
+                s.update_group("t", gt, "g1", None, t(1), |doc| {
+                    Ok(GroupChange {
+                        doc,
+                        members: vec![MemberOp::Add(vec![MemberRef {
+                            value: format!("u{i}"),
+                        }])],
+                    })
+                })
+                .await
+            }
+        });
+        for r in futures_util::future::join_all(adds).await {
+            r.unwrap();
+        }
+        let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
+        assert_eq!(members.len(), n);
     }
 
     /// The look-ups Entra makes must be answered from indexes, never by scanning a tenant.
@@ -1134,17 +1132,16 @@ mod tests {
                 select_sql(rt.kind, true),
                 format_args!(" AND {}", cond.sql)
             );
-            let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql).bind("t");
-            for p in &cond.params {
-                q = bind_param_as(q, p);
-            }
-            let plan: Vec<String> = q
-                .fetch_all(s.reader())
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|r| r.3)
-                .collect();
+            let mut p: Vec<&dyn ToSql> = vec![&"t"];
+            p.extend(cond.params.iter().map(|p| p as &dyn ToSql));
+            let plan: Vec<String> = s
+                .reads
+                .with(|c| {
+                    let mut stmt = c.prepare(&sql)?;
+                    let rows = stmt.query_map(&p[..], |r| r.get::<_, String>(3))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .unwrap();
             let outer = &plan[0];
             assert!(plan.iter().any(|l| l.contains(index)), "{f}: {plan:?}");
             assert!(!plan.iter().any(|l| l.starts_with("SCAN")), "{f}: {plan:?}");

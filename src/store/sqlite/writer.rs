@@ -1,15 +1,16 @@
-//! Group commit: one task owns the write connection and runs queued write jobs in shared
+//! Group commit: one thread owns the write connection and runs queued write jobs in shared
 //! transactions, each job inside its own savepoint.
 //!
 //! With `synchronous=FULL` a commit costs an fsync; committing the jobs that queued up while
 //! the previous commit was on disk makes that cost per batch, not per request. A job that
 //! fails rolls back to its savepoint and leaves the others alone; a job's caller hears back
-//! only after the commit, so nothing is acknowledged that is not durable.
+//! only after the commit, so nothing is acknowledged that is not durable. Jobs run
+//! synchronously on the writer thread: a request costs one hand-over to it and one back,
+//! however many statements it runs.
 
 use std::any::Any;
 
-use futures_util::future::BoxFuture;
-use sqlx::{Connection, SqliteConnection};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::StoreError;
@@ -18,10 +19,7 @@ use crate::store::StoreError;
 const MAX_BATCH: usize = 128;
 
 type Erased = Box<dyn Any + Send>;
-type RunFn = Box<
-    dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<Erased, StoreError>>
-        + Send,
->;
+type RunFn = Box<dyn FnOnce(&Connection) -> Result<Erased, StoreError> + Send>;
 type ReplyFn = Box<dyn FnOnce(Result<Erased, StoreError>) + Send>;
 
 struct Job {
@@ -35,26 +33,25 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start the writer task on `conn`.
-    pub fn start(conn: SqliteConnection) -> Writer {
+    /// Start the writer thread on `conn`.
+    pub fn start(conn: Connection) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(writer_task(conn, rx));
-        Writer { jobs: tx }
+        std::thread::Builder::new()
+            .name("staging-writer".into())
+            .spawn(move || writer_thread(conn, rx))
+            .map_err(|e| StoreError::CommitFailed(format!("cannot start the writer: {e}")))?;
+        Ok(Writer { jobs: tx })
     }
 
     /// Run `f` in a write transaction (shared with other jobs) and return its result once committed.
     pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
-            + Send
-            + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let job = Job {
-            run: Box::new(move |conn| {
-                Box::pin(async move { f(conn).await.map(|t| Box::new(t) as Erased) })
-            }),
+            run: Box::new(move |conn| f(conn).map(|t| Box::new(t) as Erased)),
             reply: Box::new(move |r| {
                 let r = r.and_then(|b| {
                     b.downcast::<T>()
@@ -72,8 +69,8 @@ impl Writer {
     }
 }
 
-async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
+fn writer_thread(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -81,17 +78,12 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, jobs).await;
+        run_batch(&conn, jobs);
     }
-    let _ = conn.close().await;
 }
 
-async fn exec(conn: &mut SqliteConnection, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
-}
-
-async fn run_batch(conn: &mut SqliteConnection, jobs: Vec<Job>) {
-    if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
+fn run_batch(conn: &Connection, jobs: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let msg = e.to_string();
         for j in jobs {
             (j.reply)(Err(StoreError::CommitFailed(msg.clone())));
@@ -108,19 +100,16 @@ async fn run_batch(conn: &mut SqliteConnection, jobs: Vec<Job>) {
             ));
             continue;
         }
-        if let Err(e) = exec(conn, "SAVEPOINT job").await {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
             broken = Some(e.to_string());
             done.push((j.reply, Err(StoreError::CommitFailed(e.to_string()))));
             continue;
         }
-        let r = (j.run)(conn).await;
+        let r = (j.run)(conn);
         let end = if r.is_ok() {
-            exec(conn, "RELEASE job").await
+            conn.execute_batch("RELEASE job")
         } else {
-            match exec(conn, "ROLLBACK TO job").await {
-                Ok(()) => exec(conn, "RELEASE job").await,
-                Err(e) => Err(e),
-            }
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
         };
         if let Err(e) = end {
             broken = Some(e.to_string());
@@ -128,7 +117,7 @@ async fn run_batch(conn: &mut SqliteConnection, jobs: Vec<Job>) {
         done.push((j.reply, r));
     }
     let commit = match &broken {
-        None => exec(conn, "COMMIT").await.map_err(|e| e.to_string()),
+        None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
         Some(msg) => Err(msg.clone()),
     };
     match commit {
@@ -139,7 +128,7 @@ async fn run_batch(conn: &mut SqliteConnection, jobs: Vec<Job>) {
         }
         Err(msg) => {
             tracing::error!(error = %msg, "staging write batch failed; rolled back");
-            let _ = exec(conn, "ROLLBACK").await;
+            let _ = conn.execute_batch("ROLLBACK");
             for (reply, r) in done {
                 // A job that failed on its own keeps its own error; the others learn the commit failed.
                 reply(match r {

@@ -1,0 +1,354 @@
+//! A running scim-bridge for one test: its own temp dir, database, port and fake clock.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+use scim_bridge::api::AppState;
+use scim_bridge::app::Application;
+use scim_bridge::clock::FakeClock;
+use scim_bridge::config::Config;
+
+pub const ACME: &str = "acme";
+pub const OTHER: &str = "other";
+pub const ACME_TOKEN: &str = "acme-secret-token-0123456789";
+pub const OTHER_TOKEN: &str = "other-secret-token-9876543210";
+pub const MAX_PAGE: i64 = 50;
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+pub const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+pub const CUSTOM: &str = "urn:ietf:params:scim:schemas:extension:primedocs:2.0:User";
+pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+pub const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
+pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+
+pub fn start_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 15, 9, 0, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub client: reqwest::Client,
+    pub clock: Arc<FakeClock>,
+    pub state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    dir: TempDir,
+}
+
+/// An HTTP answer, read completely.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+    /// The body as JSON, or Null when it is empty or not JSON.
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Assert a SCIM error answer: status, media type and error document.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, scim_type: Option<&str>) {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/scim+json"),
+            "{status} must be application/scim+json"
+        );
+        assert_eq!(self.body["schemas"], json!([ERROR_SCHEMA]), "{}", self.text);
+        assert_eq!(
+            self.body["status"],
+            json!(status.to_string()),
+            "{}",
+            self.text
+        );
+        assert_eq!(
+            self.body.get("scimType").and_then(Value::as_str),
+            scim_type,
+            "{}",
+            self.text
+        );
+        assert!(
+            self.body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{}",
+            self.text
+        );
+    }
+
+    /// Assert a status, showing the body when it differs.
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Self {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        self
+    }
+
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn version(&self) -> String {
+        self.body["meta"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// `Resources` of a list response.
+    pub fn resources(&self) -> &Vec<Value> {
+        static EMPTY: Vec<Value> = Vec::new();
+        self.body["Resources"].as_array().unwrap_or(&EMPTY)
+    }
+
+    /// The ids in a list response, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.resources()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    pub fn total(&self) -> i64 {
+        self.body["totalResults"].as_i64().unwrap_or(-1)
+    }
+}
+
+pub fn config_text(db: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = {MAX_BODY}
+default_page_size = 20
+max_page_size = {MAX_PAGE}
+
+[staging]
+database = "sqlite://{}"
+durability = "normal"
+
+[tenants.{ACME}]
+token = "{ACME_TOKEN}"
+
+[tenants.{OTHER}]
+token = "{OTHER_TOKEN}"
+"#,
+        db.display()
+    )
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("staging.db");
+        let config = Config::parse(
+            &config_text(&db),
+            &dir.path().join("scim-bridge.toml"),
+            dir.path(),
+            std::iter::empty(),
+        )
+        .unwrap();
+        let clock = Arc::new(FakeClock::new(start_time()));
+        let app = Application::build(config, clock.clone(), Some("127.0.0.1:0"))
+            .await
+            .unwrap();
+        let addr = app.addr;
+        let state = app.state.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            addr,
+            client: reqwest::Client::new(),
+            clock,
+            state,
+            shutdown: Some(tx),
+            dir,
+        }
+    }
+
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("staging.db")
+    }
+
+    /// The tenant's SCIM base URL.
+    pub fn base(&self, tenant: &str) -> String {
+        format!("http://{}/scim-api/v1/{tenant}/scim", self.addr)
+    }
+
+    pub fn url(&self, tenant: &str, path: &str) -> String {
+        format!("{}{path}", self.base(tenant))
+    }
+
+    pub fn token(tenant: &str) -> &'static str {
+        if tenant == OTHER {
+            OTHER_TOKEN
+        } else {
+            ACME_TOKEN
+        }
+    }
+
+    /// A request to `tenant` with its own token and an optional SCIM JSON body.
+    pub fn request(&self, method: Method, tenant: &str, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(tenant, path))
+            .bearer_auth(Self::token(tenant))
+    }
+
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
+        read(rb.send().await.unwrap()).await
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        tenant: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Resp {
+        let mut rb = self.request(method, tenant, path);
+        if let Some(b) = body {
+            rb = rb
+                .header("content-type", "application/scim+json")
+                .body(b.to_string());
+        }
+        self.send(rb).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.call(Method::GET, ACME, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        self.call(Method::POST, ACME, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: &Value) -> Resp {
+        self.call(Method::PUT, ACME, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: &Value) -> Resp {
+        self.call(Method::PATCH, ACME, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.call(Method::DELETE, ACME, path, None).await
+    }
+
+    /// GET a list with query parameters (encoded properly).
+    pub async fn list(&self, tenant: &str, endpoint: &str, query: &[(&str, &str)]) -> Resp {
+        self.send(self.request(Method::GET, tenant, endpoint).query(query))
+            .await
+    }
+
+    /// Create a user in acme; panics unless 201.
+    pub async fn create_user(&self, body: Value) -> Value {
+        let r = self.post("/Users", &body).await;
+        r.assert_status(201);
+        r.body
+    }
+
+    pub async fn user(&self, user_name: &str) -> String {
+        let b = self
+            .create_user(json!({"schemas": [USER_SCHEMA], "userName": user_name}))
+            .await;
+        b["id"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub async fn group(&self, display_name: &str, members: &[&str]) -> String {
+        let members: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
+        let r = self
+            .post(
+                "/Groups",
+                &json!({"schemas": [GROUP_SCHEMA], "displayName": display_name, "members": members}),
+            )
+            .await;
+        r.assert_status(201);
+        r.id()
+    }
+
+    /// The member ids of an acme group, sorted.
+    pub async fn member_ids(&self, group: &str) -> Vec<String> {
+        let r = self.get(&format!("/Groups/{group}")).await;
+        r.assert_status(200);
+        let mut ids: Vec<String> = r.body["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| m["value"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// The application's own read pool on the staging database.
+    pub fn db(&self) -> &sqlx::SqlitePool {
+        self.state.store.reader()
+    }
+
+    /// A separate read-only connection to the staging file, as the sync engine would open it.
+    pub async fn open_db(&self) -> sqlx::SqlitePool {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.db_path())
+            .read_only(true);
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn read(r: reqwest::Response) -> Resp {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp {
+        status,
+        headers,
+        text,
+        body,
+    }
+}
+
+pub fn patch_ops(ops: Value) -> Value {
+    json!({"schemas": [PATCH_OP], "Operations": ops})
+}
+
+/// A raw HTTP/1.1 exchange, for requests reqwest will not make (chunked bodies).
+pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer (and close) before the whole body is written.
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}

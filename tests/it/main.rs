@@ -1,0 +1,13 @@
+//! Integration tests: the real application, in-process, on a temporary SQLite file and a free
+//! port, driven over HTTP. Each test starts its own server (see `helpers::TestApp`).
+
+mod helpers;
+
+mod concurrency;
+mod discovery;
+mod errors;
+mod etags;
+mod filters;
+mod groups;
+mod lists;
+mod provisioning;
