@@ -3,7 +3,6 @@
 //! with the shipped Scifeon example mapping and schema.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use chrono::Duration;
 use serde_json::{Value, json};
