@@ -324,7 +324,12 @@ fn print_summary(s: &crate::sync::RunSummary) {
         c.roles_added,
         c.roles_removed
     );
-    if s.held > 0 {
+    if s.held > 0 && s.dry_run {
+        println!(
+            "  {} offboardings would be held by the guard: a real run would wait for approval",
+            s.held
+        );
+    } else if s.held > 0 {
         println!(
             "  {} offboardings held by the guard; review the run's items, then approve with: scim-bridge sync --tenant {} --approve {}",
             s.held, s.tenant, s.run_id

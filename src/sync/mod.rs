@@ -35,9 +35,7 @@ pub const LEASE_TTL_SECONDS: i64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("unknown tenant {0:?}")]
-    UnknownTenant(String),
-    #[error("tenant {0:?} has no [tenants.{0}.sync] configuration")]
+    #[error("tenant {0:?} is unknown or has no [tenants.{0}.sync] configuration")]
     NotConfigured(String),
     #[error("staging database error: {0}")]
     Staging(#[from] sqlx::Error),

@@ -90,11 +90,14 @@ const DELETE: &str = "[offboarding]\naction = \"delete\"\n";
 const UPDATE: &str =
     "[offboarding]\naction = \"update\"\n[offboarding.fields]\nnote = \"gone {{userName}}\"\n";
 
-/// No unique index on the key and none on (user, role): the writer must not duplicate rows.
+/// No unique index on the key and none on (user, role) (plain indexes only): the writer must
+/// not duplicate rows.
 const APP_SQL: &str = "
 CREATE TABLE app_users (id INTEGER PRIMARY KEY, external_id TEXT NOT NULL, user_name TEXT NOT NULL,
     display_name TEXT, dept TEXT, active INTEGER NOT NULL, note TEXT);
 CREATE TABLE app_roles (external_id TEXT NOT NULL, role TEXT NOT NULL);
+CREATE INDEX app_users_key ON app_users (external_id);
+CREATE INDEX app_roles_key ON app_roles (external_id, role);
 ";
 
 struct Env {
