@@ -794,6 +794,8 @@ impl Run<'_> {
             self.counts.roles_removed += item.roles_removed.len() as u64;
             self.report(item);
         }
+        #[cfg(test)]
+        self.engine.hooks.before_record().await;
         let now = self.now();
         let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
         for (item, w) in &items {
@@ -911,6 +913,17 @@ impl Run<'_> {
                         self.report(&item);
                         staging::insert_item(&mut tx, self.run_id, &item).await?;
                         self.held += 1;
+                    }
+                    if !self.options.dry_run {
+                        let now = self.now();
+                        staging::renew_lease(
+                            &mut tx,
+                            self.tenant,
+                            &self.holder,
+                            now,
+                            SyncEngine::lease_ttl(),
+                        )
+                        .await?;
                     }
                     tx.commit().await?;
                 }

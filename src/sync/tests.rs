@@ -13,19 +13,26 @@ pub struct Hooks {
     pub fail_commit_at_batch: AtomicU64,
     /// After the lifecycle read due users: notify the first, wait for the second.
     pub pause_after_due_read: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+    /// After a batch was written to the application, before it is recorded in staging.
+    pub pause_before_record: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+}
+
+/// Tell the test we are here, then wait for it (once: the pair is taken).
+async fn pause(slot: &Mutex<Option<(Arc<Notify>, Arc<Notify>)>>) {
+    let pair = slot.lock().ok().and_then(|mut g| g.take());
+    if let Some((here, go)) = pair {
+        here.notify_one();
+        go.notified().await;
+    }
 }
 
 impl Hooks {
     pub async fn after_due_read(&self) {
-        let pair = self
-            .pause_after_due_read
-            .lock()
-            .ok()
-            .and_then(|g| g.clone());
-        if let Some((read, go)) = pair {
-            read.notify_one();
-            go.notified().await;
-        }
+        pause(&self.pause_after_due_read).await;
+    }
+
+    pub async fn before_record(&self) {
+        pause(&self.pause_before_record).await;
     }
 
     pub fn before_commit(&self, batch: u64) -> Result<(), SyncError> {
@@ -857,7 +864,6 @@ async fn a_user_reactivated_while_the_lifecycle_runs_is_not_purged() {
     assert_eq!(s.counts.offboarded, 0, "{s:?}");
     assert!(e.staged("u1").await, "not purged");
     assert_eq!(e.rows().await.len(), 1);
-    *e.engine.hooks.pause_after_due_read.lock().unwrap() = None;
     let s = e.run().await;
     assert_eq!(s.counts.updated, 1);
     assert!(e.rows().await[0].4, "active again");
@@ -939,4 +945,40 @@ fn the_engine_can_be_shared_between_tasks() {
     fn shared<T: Send + Sync + 'static>() {}
     shared::<SyncEngine>();
     shared::<Arc<SyncEngine>>();
+}
+
+#[tokio::test]
+async fn a_run_that_lost_its_lease_records_nothing_more_and_the_taker_converges() {
+    let e = Arc::new(env(DELETE, "batch_size = 2").await);
+    for i in 1..=4 {
+        e.user(
+            &format!("u{i}"),
+            &format!("user{i}"),
+            Some(&format!("e{i}")),
+        )
+        .await;
+    }
+    let (here, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *e.engine.hooks.pause_before_record.lock().unwrap() = Some((here.clone(), go.clone()));
+    let slow = tokio::spawn({
+        let e = e.clone();
+        async move { e.run().await }
+    });
+    here.notified().await;
+    // The first run stalls past its lease; another takes over and does the work.
+    e.clock.advance(Duration::minutes(6));
+    let taker = e.run().await;
+    assert_eq!(taker.status, RunStatus::Succeeded, "{taker:?}");
+    go.notify_one();
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, RunStatus::Failed, "{slow:?}");
+    assert!(
+        slow.error.as_deref().unwrap_or("").contains("lease"),
+        "{slow:?}"
+    );
+    let keys: Vec<String> = e.rows().await.into_iter().map(|r| r.0).collect();
+    assert_eq!(keys, ["e1", "e2", "e3", "e4"]);
+    assert_eq!(e.count("SELECT count(*) FROM sync_links").await, 4);
+    assert_eq!(e.count("SELECT count(*) FROM sync_leases").await, 0);
+    assert_eq!(e.run().await.counts, super::Counts::default());
 }
