@@ -13,11 +13,15 @@ use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::SqliteStore;
+use crate::sync::SyncEngine;
+use crate::sync::scheduler::Scheduler;
 
 pub struct Application {
     acceptor: TcpAcceptor,
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
+    /// The sync engine, when a tenant syncs.
+    pub sync: Option<Arc<SyncEngine>>,
 }
 
 impl Application {
@@ -35,6 +39,15 @@ impl Application {
                     config.staging_path.display()
                 )
             })?;
+        let sync = if config.tenants.values().any(|t| t.sync.is_some()) {
+            Some(Arc::new(
+                SyncEngine::new(&config, store.clone(), clock.clone())
+                    .await
+                    .context("opening the application databases")?,
+            ))
+        } else {
+            None
+        };
         let listen = listen.unwrap_or(&config.server.listen).to_string();
         let state = Arc::new(AppState::new(config, store, clock));
         let acceptor = TcpListener::bind(listen.clone())
@@ -50,20 +63,30 @@ impl Application {
             acceptor,
             addr,
             state,
+            sync,
         })
     }
 
-    /// Serve until `shutdown` resolves, then finish in-flight requests (up to 30 s).
+    /// Run the sync schedules and serve until `shutdown` resolves, then finish in-flight
+    /// requests and sync runs (up to 30 s each).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        Server::new_with_acceptor(self.acceptor)
+    ) -> anyhow::Result<()> {
+        let scheduler = match &self.sync {
+            Some(engine) => Some(Scheduler::start(engine.clone()).await?),
+            None => None,
+        };
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 api::app(self.state),
                 shutdown,
                 Some(Duration::from_secs(30)),
             )
-            .await
+            .await;
+        if let Some(s) = scheduler {
+            s.shutdown(Duration::from_secs(30)).await;
+        }
+        Ok(served?)
     }
 }

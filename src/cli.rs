@@ -107,8 +107,14 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 }
 
 pub fn init_logging(format: LogFormat, level: &str) {
+    // The scheduler library narrates its own start-up at info; its warnings are enough.
+    let directives = if level.contains("tokio_cron_scheduler") {
+        level.to_string()
+    } else {
+        format!("{level},tokio_cron_scheduler=warn")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
     // Colours only for a terminal: log files and collectors get plain lines.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()

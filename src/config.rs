@@ -215,24 +215,46 @@ pub struct ApplicationConfig {
 }
 
 /// A validated cron expression: `sec min hour day-of-month month day-of-week` (six fields) or
-/// the classic five without seconds; `*`, lists, ranges, steps, names (`MON`, `JAN`) and
-/// `@hourly`/`@daily`-style nicknames.
+/// the classic five without seconds (run at second 0); `*`, lists, ranges, steps, names (`MON`,
+/// `JAN`) and `@hourly`/`@daily`-style nicknames. When both day fields are restricted, a day
+/// must match both. Parsed exactly as the scheduler parses it.
 #[derive(Debug, Clone)]
 pub struct Schedule {
+    /// As written in the configuration.
     pub expr: String,
+    /// The six-field form the scheduler runs.
+    pub normalized: String,
     pub cron: croner::Cron,
 }
 
 impl Schedule {
     pub fn parse(expr: &str) -> Result<Schedule, String> {
-        let cron = croner::Cron::new(expr)
-            .with_seconds_optional()
-            .parse()
+        let trimmed = expr.trim();
+        let normalized = if trimmed.starts_with('@') {
+            crate::sync::scheduler::nickname(trimmed)
+                .ok_or_else(|| format!("unknown cron nickname {expr:?}"))?
+                .to_string()
+        } else if trimmed.split_whitespace().count() == 5 {
+            format!("0 {trimmed}")
+        } else {
+            trimmed.to_string()
+        };
+        let cron = crate::sync::scheduler::parser()
+            .parse(&normalized)
             .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
         Ok(Schedule {
             expr: expr.to_string(),
+            normalized,
             cron,
         })
+    }
+
+    /// The first time after `after` the schedule is due.
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.cron.find_next_occurrence(&after, false).ok()
     }
 }
 

@@ -982,3 +982,27 @@ async fn a_run_that_lost_its_lease_records_nothing_more_and_the_taker_converges(
     assert_eq!(e.count("SELECT count(*) FROM sync_leases").await, 0);
     assert_eq!(e.run().await.counts, super::Counts::default());
 }
+
+/// A scheduled tick that comes while the tenant's run is in progress is recorded as skipped.
+#[tokio::test]
+async fn a_tick_during_a_run_is_recorded_as_skipped() {
+    let e = Arc::new(env(DELETE, "schedule = \"*/5 * * * *\"").await);
+    e.user("u1", "ann", Some("e1")).await;
+    let (here, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *e.engine.hooks.pause_before_record.lock().unwrap() = Some((here.clone(), go.clone()));
+    let first = tokio::spawn({
+        let e = e.clone();
+        async move { super::scheduler::scheduled_run(&e.engine, "t").await }
+    });
+    here.notified().await;
+    let second = super::scheduler::scheduled_run(&e.engine, "t").await;
+    go.notify_one();
+    assert_eq!(second, Some(RunStatus::Skipped));
+    assert_eq!(first.await.unwrap(), Some(RunStatus::Succeeded));
+    assert_eq!(
+        e.count("SELECT count(*) FROM sync_runs WHERE trigger = 'schedule' AND status = 'skipped'")
+            .await,
+        1
+    );
+    assert_eq!(e.rows().await.len(), 1);
+}
