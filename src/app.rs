@@ -53,17 +53,21 @@ impl Application {
         })
     }
 
-    /// Serve until `shutdown` resolves, then finish in-flight requests (up to 30 s).
+    /// Serve until `shutdown` resolves, then finish in-flight requests (up to 30 s) and write
+    /// the provisioning log entries still queued.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        Server::new_with_acceptor(self.acceptor)
+        let state = self.state.clone();
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 api::app(self.state),
                 shutdown,
                 Some(Duration::from_secs(30)),
             )
-            .await
+            .await;
+        state.provlog.close().await;
+        served
     }
 }

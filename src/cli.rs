@@ -1,4 +1,4 @@
-//! The command line: serve, bench.
+//! The command line: serve, bench, openapi.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,8 @@ enum Command {
     },
     /// Measure the SCIM server on a temporary SQLite database and print a table
     Bench(crate::bench::BenchArgs),
+    /// Print the OpenAPI document of the SCIM and admin APIs (JSON)
+    Openapi,
 }
 
 pub async fn main() -> ExitCode {
@@ -41,6 +43,10 @@ pub async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Openapi => {
+            println!("{}", crate::api::openapi_spec());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,7 +64,11 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal: log files and collectors get plain lines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -10,5 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod metrics;
+pub mod provlog;
 pub mod scim;
 pub mod store;
