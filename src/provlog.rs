@@ -1,12 +1,14 @@
 //! The provisioning log writer: SCIM requests are recorded off the request path. The request
-//! hands its entry to a bounded channel (never waiting); a background task writes what has
-//! arrived in one statement per batch, and prunes entries past the retention period.
+//! hands its entry to a bounded channel (never waiting); a background task collects entries
+//! for up to half a second (or a thousand) and writes them in one statement, and prunes
+//! entries past the retention period.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -16,6 +18,9 @@ use crate::store::{ProvisioningEntry, SqliteStore};
 const QUEUE: usize = 10_000;
 /// Entries per write.
 const BATCH: usize = 1_000;
+/// How long an entry may wait for others to share its write: a busy server commits the log
+/// about once per this interval instead of once per request.
+const LINGER: Duration = Duration::from_millis(500);
 /// How often old entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -85,26 +90,34 @@ async fn run(
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<ProvisioningEntry> = Vec::with_capacity(BATCH);
-    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    // When the oldest unwritten entry must be written at the latest.
+    let mut deadline: Option<Instant> = None;
     loop {
+        let due = deadline.unwrap_or_else(|| Instant::now() + PRUNE_EVERY);
         tokio::select! {
-            msg = rx.recv() => {
-                let Some(msg) = msg else {
+            msg = rx.recv() => match msg {
+                None => {
                     write(&store, &mut batch, retention_days).await;
                     return;
-                };
-                take(msg, &mut batch, &mut acks);
-                // Whatever else has arrived goes into the same write.
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(m) => take(m, &mut batch, &mut acks),
-                        Err(_) => break,
+                }
+                Some(Msg::Entry(e)) => {
+                    batch.push(*e);
+                    if batch.len() >= BATCH {
+                        write(&store, &mut batch, retention_days).await;
+                        deadline = None;
+                    } else if deadline.is_none() {
+                        deadline = Some(Instant::now() + LINGER);
                     }
                 }
-                write(&store, &mut batch, retention_days).await;
-                for a in acks.drain(..) {
-                    let _ = a.send(());
+                Some(Msg::Flush(ack)) => {
+                    write(&store, &mut batch, retention_days).await;
+                    deadline = None;
+                    let _ = ack.send(());
                 }
+            },
+            _ = tokio::time::sleep_until(due), if deadline.is_some() => {
+                write(&store, &mut batch, retention_days).await;
+                deadline = None;
             }
             _ = prune.tick() => {
                 if retention_days > 0 {
@@ -117,13 +130,6 @@ async fn run(
                 }
             }
         }
-    }
-}
-
-fn take(msg: Msg, batch: &mut Vec<ProvisioningEntry>, acks: &mut Vec<oneshot::Sender<()>>) {
-    match msg {
-        Msg::Entry(e) => batch.push(*e),
-        Msg::Flush(a) => acks.push(a),
     }
 }
 

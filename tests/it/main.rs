@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin;
 mod concurrency;
 mod discovery;
 mod errors;
@@ -10,4 +11,5 @@ mod etags;
 mod filters;
 mod groups;
 mod lists;
+mod ops;
 mod provisioning;
