@@ -96,6 +96,7 @@ pub struct TenantSummary {
     /// Group memberships (one per group and member).
     pub memberships: i64,
     /// The mapping file the tenant syncs with, when configured.
+    #[oai(nullable)]
     pub mapping: Option<String>,
     /// The tenant's custom extension schema URN.
     pub custom_schema: String,
@@ -117,7 +118,9 @@ pub struct TenantPage {
 pub struct UserSummary {
     pub id: String,
     pub user_name: String,
+    #[oai(nullable)]
     pub external_id: Option<String>,
+    #[oai(nullable)]
     pub display_name: Option<String>,
     pub active: bool,
     /// The resource's version (its ETag is W/"version").
@@ -140,6 +143,7 @@ pub struct UserPage {
 #[oai(rename_all = "camelCase")]
 pub struct GroupRef {
     pub id: String,
+    #[oai(nullable)]
     pub display_name: Option<String>,
 }
 
@@ -160,6 +164,7 @@ pub struct UserDetail {
 pub struct GroupSummary {
     pub id: String,
     pub display_name: String,
+    #[oai(nullable)]
     pub external_id: Option<String>,
     pub members: i64,
     pub version: i64,
@@ -186,10 +191,12 @@ pub struct ProvisioningRequest {
     pub method: String,
     /// The route template, e.g. /Users/{id}: never a query string.
     pub path: String,
+    #[oai(nullable)]
     pub resource_id: Option<String>,
     pub status: u16,
     pub duration_ms: f64,
     /// The SCIM error's detail, for error answers.
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -294,22 +301,6 @@ fn user_summary(s: &Stored, doc: &Map<String, Value>) -> UserSummary {
     }
 }
 
-fn parse_time(
-    name: &str,
-    v: Option<&str>,
-) -> std::result::Result<Option<DateTime<Utc>>, AdminError> {
-    v.map(|s| {
-        DateTime::parse_from_rfc3339(s.trim())
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| {
-                AdminError::bad_request(format!(
-                    "{name} must be an RFC 3339 time such as 2026-01-15T09:00:00Z"
-                ))
-            })
-    })
-    .transpose()
-}
-
 #[allow(clippy::too_many_arguments)]
 #[OpenApi(prefix_path = "/admin/v1")]
 impl AdminApi {
@@ -327,7 +318,7 @@ impl AdminApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
         /// Items to skip
-        #[oai(validator(minimum(value = "0")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<TenantPage> {
         let (limit, offset) = self.paging(limit.0, offset.0);
@@ -378,12 +369,12 @@ impl AdminApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
         /// Items to skip
-        #[oai(validator(minimum(value = "0")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<UserPage> {
         let (limit, offset) = self.paging(limit.0, offset.0);
         let page = Page {
-            start_index: offset + 1,
+            start_index: offset.saturating_add(1),
             count: limit,
         };
         let (total, rows) = self
@@ -466,12 +457,12 @@ impl AdminApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
         /// Items to skip
-        #[oai(validator(minimum(value = "0")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<GroupPage> {
         let (limit, offset) = self.paging(limit.0, offset.0);
         let page = Page {
-            start_index: offset + 1,
+            start_index: offset.saturating_add(1),
             count: limit,
         };
         let (total, rows) = self
@@ -520,16 +511,17 @@ impl AdminApi {
         _auth: AdminAuth,
         tenant: Path<String>,
         /// A status (`404`) or a class (`4xx`, `5xx`)
+        #[oai(validator(pattern = "^([1-5][0-9][0-9]|[1-5][xX][xX])$"))]
         status: Query<Option<String>>,
         /// Requests at or after this time (RFC 3339)
-        since: Query<Option<String>>,
+        since: Query<Option<DateTime<Utc>>>,
         /// Requests before this time (RFC 3339)
-        until: Query<Option<String>>,
+        until: Query<Option<DateTime<Utc>>>,
         /// Page size (default: server.default_page_size, at most server.max_page_size)
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
         /// Items to skip
-        #[oai(validator(minimum(value = "0")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<ProvisioningPage> {
         self.tenant(&tenant)?;
@@ -542,8 +534,8 @@ impl AdminApi {
         };
         let q = ProvisioningQuery {
             status,
-            since: parse_time("since", since.0.as_deref())?,
-            until: parse_time("until", until.0.as_deref())?,
+            since: since.0,
+            until: until.0,
             limit,
             offset,
         };

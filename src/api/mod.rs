@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use poem::error::ResponseError;
 use poem::http::{HeaderValue, header};
 use poem::{
     Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route, get, handler,
@@ -161,10 +162,15 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         let state = state.clone();
         move |next, req| scim_guard(state.clone(), next, req)
     });
-    let admin = api.around({
-        let state = state.clone();
-        move |next, req| admin_guard(state.clone(), next, req)
-    });
+    let admin = api
+        .with(poem::middleware::CatchPanic::new().with_handler(|_| {
+            tracing::error!("request handler panicked");
+            problem::AdminError::internal().as_response()
+        }))
+        .around({
+            let state = state.clone();
+            move |next, req| admin_guard(state.clone(), next, req)
+        });
     Route::new()
         .nest_no_strip(SCIM_PREFIX, scim)
         .nest_no_strip(ADMIN_PREFIX, admin)
