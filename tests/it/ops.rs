@@ -325,3 +325,78 @@ async fn docs_ui_is_served_from_the_binary() {
         "no assets from elsewhere"
     );
 }
+
+/// Log lines of the whole test process, as JSON objects, one per line.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut l) = LOGS.lock() {
+            l.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_request_carries_its_request_id() {
+    // As `log.format = "json"` configures it; this is the only test that installs a subscriber.
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(|| LogSink)
+        .with_env_filter("info")
+        .try_init();
+    let app = TestApp::start().await;
+    let id = format!("log-check-{}", std::process::id());
+    let r = app
+        .send(
+            app.admin_request(reqwest::Method::POST, "/provisioning-log/prune", Some(OPERATOR_TOKEN))
+                .header("x-request-id", &id),
+        )
+        .await;
+    r.assert_status(200);
+    assert_eq!(r.header("x-request-id"), Some(id.as_str()));
+    let scim_id = format!("{id}-scim");
+    app.send(
+        app.request(reqwest::Method::GET, ACME, "/Users")
+            .query(&[("filter", "userName eq \"log-secret@example.com\"")])
+            .header("x-request-id", &scim_id),
+    )
+    .await
+    .assert_status(200);
+    let text = String::from_utf8(LOGS.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of = |rid: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l.to_string().contains(&format!("\"request_id\":\"{rid}\"")))
+            .collect()
+    };
+    // The handler's own line and the access line both carry the id (from the request span).
+    let mine = of(&id);
+    let messages: Vec<&str> = mine
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    assert!(
+        messages.contains(&"provisioning log pruned on request") && messages.contains(&"request"),
+        "{messages:?}\n{text}"
+    );
+    assert!(
+        lines.iter().all(|l| l["message"] != "provisioning log pruned on request"
+            || l.to_string().contains("request_id")),
+        "a handler line without a request id"
+    );
+    assert_eq!(of(&scim_id).len(), 1, "{text}");
+    assert!(!text.contains("log-secret"), "no filter values in logs");
+    assert!(!text.contains(OPERATOR_TOKEN) && !text.contains(ACME_TOKEN), "no tokens in logs");
+}
