@@ -85,3 +85,16 @@ pub fn metrics(state: Data<&Arc<AppState>>) -> Response {
         .content_type(CONTENT_TYPE)
         .body(state.metrics.render())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn checks_report_their_outcome() {
+        let ok = check("a", async { Ok("fine".to_string()) }).await;
+        assert!(ok.ok && ok.name == "a" && ok.detail == "fine");
+        let bad = check("b", async { Err("down".to_string()) }).await;
+        assert!(!bad.ok && bad.detail == "down");
+    }
+}

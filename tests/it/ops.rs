@@ -356,8 +356,12 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
     let id = format!("log-check-{}", std::process::id());
     let r = app
         .send(
-            app.admin_request(reqwest::Method::POST, "/provisioning-log/prune", Some(OPERATOR_TOKEN))
-                .header("x-request-id", &id),
+            app.admin_request(
+                reqwest::Method::POST,
+                "/provisioning-log/prune",
+                Some(OPERATOR_TOKEN),
+            )
+            .header("x-request-id", &id),
         )
         .await;
     r.assert_status(200);
@@ -383,20 +387,22 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
     };
     // The handler's own line and the access line both carry the id (from the request span).
     let mine = of(&id);
-    let messages: Vec<&str> = mine
-        .iter()
-        .filter_map(|l| l["message"].as_str())
-        .collect();
+    let messages: Vec<&str> = mine.iter().filter_map(|l| l["message"].as_str()).collect();
     assert!(
         messages.contains(&"provisioning log pruned on request") && messages.contains(&"request"),
         "{messages:?}\n{text}"
     );
     assert!(
-        lines.iter().all(|l| l["message"] != "provisioning log pruned on request"
-            || l.to_string().contains("request_id")),
+        lines
+            .iter()
+            .all(|l| l["message"] != "provisioning log pruned on request"
+                || l.to_string().contains("request_id")),
         "a handler line without a request id"
     );
     assert_eq!(of(&scim_id).len(), 1, "{text}");
     assert!(!text.contains("log-secret"), "no filter values in logs");
-    assert!(!text.contains(OPERATOR_TOKEN) && !text.contains(ACME_TOKEN), "no tokens in logs");
+    assert!(
+        !text.contains(OPERATOR_TOKEN) && !text.contains(ACME_TOKEN),
+        "no tokens in logs"
+    );
 }
