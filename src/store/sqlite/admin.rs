@@ -10,6 +10,8 @@ use crate::store::{
 
 /// Rows per INSERT statement: 9 parameters each stays far below SQLite's parameter limit.
 const INSERT_CHUNK: usize = 500;
+/// Rows per DELETE when pruning.
+const PRUNE_CHUNK: i64 = 5_000;
 
 impl SqliteStore {
     /// Live users (active and inactive), groups and memberships of `tenant`.
@@ -81,13 +83,33 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Delete provisioning log entries older than `cutoff`; returns how many.
+    /// Delete provisioning log entries older than `cutoff`; returns how many. Per tenant and
+    /// a few thousand rows per statement, so SCIM writes never wait long for the write lock.
     pub async fn prune_provisioning_log(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM provisioning_log WHERE at < ?")
-            .bind(format_time(cutoff))
-            .execute(self.writer())
-            .await?;
-        Ok(r.rows_affected())
+        let cutoff = format_time(cutoff);
+        let tenants: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT tenant FROM provisioning_log")
+                .fetch_all(self.reader())
+                .await?;
+        let mut deleted = 0;
+        for tenant in tenants {
+            loop {
+                let r = sqlx::query(
+                    "DELETE FROM provisioning_log WHERE id IN (SELECT id FROM provisioning_log \
+                     WHERE tenant = ? AND at < ? LIMIT ?)",
+                )
+                .bind(&tenant)
+                .bind(&cutoff)
+                .bind(PRUNE_CHUNK)
+                .execute(self.writer())
+                .await?;
+                deleted += r.rows_affected();
+                if r.rows_affected() < PRUNE_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// One page of a tenant's provisioning log, newest first, and the number of matches.
