@@ -5,7 +5,7 @@
 //
 //   node tests/browser/docs_ui.mjs
 //
-// Environment: SCIM_BRIDGE_BIN (default: $CARGO_TARGET_DIR or target, /debug/scim-bridge),
+// Environment (not SCIM_BRIDGE_*: the server reads those as configuration): SERVER_BIN (default: $CARGO_TARGET_DIR or target, /debug/scim-bridge),
 // CHROMIUM (default /usr/bin/chromium), SCREENSHOT (default target/browser/docs-ui.png).
 // Exit code 0 only when every check passed.
 
@@ -19,7 +19,7 @@ import { chromium } from "playwright-core";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const targetDir = process.env.CARGO_TARGET_DIR || join(root, "target");
-const bin = process.env.SCIM_BRIDGE_BIN || join(targetDir, "debug", "scim-bridge");
+const bin = process.env.SERVER_BIN || join(targetDir, "debug", "scim-bridge");
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const screenshot = resolve(process.env.SCREENSHOT || join(targetDir, "browser", "docs-ui.png"));
 const adminToken = `browser-test-operator-${process.pid}-${Date.now()}`;
@@ -56,7 +56,7 @@ function check(name, ok, detail = "") {
 }
 
 if (!existsSync(bin)) {
-  console.error(`FAILED - no server binary at ${bin}: run cargo build first, or set SCIM_BRIDGE_BIN`);
+  console.error(`FAILED - no server binary at ${bin}: run cargo build first, or set SERVER_BIN`);
   process.exit(1);
 }
 
