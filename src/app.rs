@@ -68,11 +68,13 @@ impl Application {
     }
 
     /// Run the sync schedules and serve until `shutdown` resolves, then finish in-flight
-    /// requests and sync runs (up to 30 s each).
+    /// requests and sync runs (up to 30 s each) and write the provisioning log entries still
+    /// queued.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let state = self.state.clone();
         let scheduler = match &self.sync {
             Some(engine) => Some(Scheduler::start(engine.clone()).await?),
             None => None,
@@ -87,6 +89,7 @@ impl Application {
         if let Some(s) = scheduler {
             s.shutdown(Duration::from_secs(30)).await;
         }
+        state.provlog.close().await;
         Ok(served?)
     }
 }

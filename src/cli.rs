@@ -1,4 +1,4 @@
-//! The command line: serve, sync, bench, mapping check/test.
+//! The command line: serve, sync, bench, mapping check/test, openapi.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +36,8 @@ enum Command {
     Sync(SyncArgs),
     /// Measure the SCIM server on a temporary SQLite database and print a table
     Bench(crate::bench::BenchArgs),
+    /// Print the OpenAPI document of the SCIM and admin APIs (JSON)
+    Openapi,
     /// Validate a mapping file, or run its [[test]] cases
     #[command(subcommand)]
     Mapping(MappingCommand),
@@ -66,6 +68,10 @@ pub async fn main() -> ExitCode {
         Command::Sync(args) => sync(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Mapping(cmd) => mapping(cmd),
+        Command::Openapi => {
+            println!("{}", crate::api::openapi_spec());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

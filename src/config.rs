@@ -42,6 +42,8 @@ struct RawConfig {
     tenants: BTreeMap<String, RawTenant>,
     #[serde(default)]
     applications: BTreeMap<String, RawApplication>,
+    #[serde(default)]
+    admin: RawAdmin,
 }
 
 /// `[applications.NAME]`: an application database the sync engine writes to.
@@ -79,6 +81,95 @@ fn default_guard_min() -> u32 {
 }
 fn default_batch_size() -> u32 {
     500
+}
+
+/// `[admin]`: the admin API's tokens and the provisioning log's retention.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_log_days")]
+    provisioning_log_days: u32,
+    #[serde(default)]
+    tokens: BTreeMap<String, RawAdminToken>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            provisioning_log_days: default_log_days(),
+            tokens: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_log_days() -> u32 {
+    14
+}
+
+impl fmt::Debug for RawAdmin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawAdmin").finish_non_exhaustive()
+    }
+}
+
+/// `[admin.tokens.NAME]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminToken {
+    token: RawSecret,
+    role: AdminRole,
+}
+
+/// What an admin token may do: a reader reads; an operator also triggers, approves and reloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    Reader,
+    Operator,
+}
+
+impl AdminRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Reader => "reader",
+            AdminRole::Operator => "operator",
+        }
+    }
+}
+
+/// One admin bearer token: its name (for logs), its hash and its role.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub hash: TokenHash,
+    pub role: AdminRole,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub tokens: Vec<AdminToken>,
+    /// Days a provisioning log entry is kept; 0 keeps no log at all.
+    pub provisioning_log_days: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            tokens: vec![],
+            provisioning_log_days: default_log_days(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token `presented` is, if any. Every token is compared, so the time taken does not
+    /// tell which one matched.
+    pub fn authenticate(&self, presented: &str) -> Option<&AdminToken> {
+        self.tokens.iter().fold(None, |found, t| {
+            let m = t.hash.matches(presented);
+            if m && found.is_none() { Some(t) } else { found }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -314,6 +405,7 @@ pub struct Config {
     pub staging_path: PathBuf,
     pub tenants: BTreeMap<String, TenantConfig>,
     pub applications: BTreeMap<String, ApplicationConfig>,
+    pub admin: AdminConfig,
     /// The folder relative paths resolve against.
     pub base_dir: PathBuf,
 }
@@ -422,7 +514,30 @@ impl Config {
         if raw.server.max_page_size < 1 || raw.server.default_page_size < 1 {
             return Err(invalid("server page sizes must be at least 1".into()));
         }
+        let mut admin_tokens = Vec::new();
+        for (name, t) in raw.admin.tokens {
+            let hash = resolve_secret(&t.token, base_dir)
+                .map_err(|m| invalid(format!("admin.tokens.{name}.token: {m}")))?;
+            if tenants
+                .values()
+                .any(|tc: &TenantConfig| tc.tokens.iter().any(|h| h.0 == hash.0))
+            {
+                return Err(invalid(format!(
+                    "admin.tokens.{name}.token is also a tenant's SCIM token; use separate tokens"
+                )));
+            }
+            admin_tokens.push(AdminToken {
+                name,
+                hash,
+                role: t.role,
+            });
+        }
+        let admin = AdminConfig {
+            tokens: admin_tokens,
+            provisioning_log_days: raw.admin.provisioning_log_days,
+        };
         Ok(Config {
+            admin,
             server: raw.server,
             log: raw.log,
             staging: raw.staging,
@@ -757,6 +872,50 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("\"app\" is not a configured application"), "{e}");
+    }
+
+    #[test]
+    fn admin_tokens_and_roles() {
+        let c = parse(MIN, &[]).unwrap();
+        assert!(c.admin.tokens.is_empty());
+        assert_eq!(c.admin.provisioning_log_days, 14);
+        let c = parse(
+            &format!(
+                "{MIN}[admin]\nprovisioning_log_days = 3\n\
+                 [admin.tokens.ops]\ntoken = \"operator-token-0123456\"\nrole = \"operator\"\n\
+                 [admin.tokens.ro]\ntoken = \"reader-token-01234567\"\nrole = \"reader\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.admin.provisioning_log_days, 3);
+        let who = |t: &str| c.admin.authenticate(t).map(|a| (a.name.clone(), a.role));
+        assert_eq!(
+            who("operator-token-0123456"),
+            Some(("ops".into(), AdminRole::Operator))
+        );
+        assert_eq!(
+            who("reader-token-01234567"),
+            Some(("ro".into(), AdminRole::Reader))
+        );
+        assert_eq!(
+            who("0123456789abcdef"),
+            None,
+            "a SCIM token is not an admin token"
+        );
+        assert_eq!(who(""), None);
+        let e = parse(
+            &format!("{MIN}[admin.tokens.x]\ntoken = \"reader-token-01234567\"\nrole = \"root\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("root"), "{e}");
+        let e = parse(
+            &format!("{MIN}[admin.tokens.x]\ntoken = \"0123456789abcdef\"\nrole = \"reader\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("SCIM token"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod mapping;
+pub mod metrics;
+pub mod provlog;
 pub mod scim;
 pub mod store;
 pub mod sync;
