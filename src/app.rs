@@ -19,9 +19,8 @@ use crate::sync::scheduler::Scheduler;
 pub struct Application {
     acceptor: TcpAcceptor,
     pub addr: SocketAddr,
+    /// Everything requests need, the sync engine (`state.sync`) included.
     pub state: Arc<AppState>,
-    /// The sync engine, when a tenant syncs.
-    pub sync: Option<Arc<SyncEngine>>,
 }
 
 impl Application {
@@ -40,16 +39,16 @@ impl Application {
                 )
             })?;
         let sync = if config.tenants.values().any(|t| t.sync.is_some()) {
-            Some(Arc::new(
+            Some(
                 SyncEngine::new(&config, store.clone(), clock.clone())
                     .await
                     .context("opening the application databases")?,
-            ))
+            )
         } else {
             None
         };
         let listen = listen.unwrap_or(&config.server.listen).to_string();
-        let state = Arc::new(AppState::new(config, store, clock));
+        let state = Arc::new(AppState::new(config, store, clock, sync));
         let acceptor = TcpListener::bind(listen.clone())
             .into_acceptor()
             .await
@@ -63,7 +62,6 @@ impl Application {
             acceptor,
             addr,
             state,
-            sync,
         })
     }
 
@@ -75,8 +73,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
-        let scheduler = match &self.sync {
-            Some(engine) => Some(Scheduler::start(engine.clone()).await?),
+        let scheduler = match &self.state.sync {
+            Some(handle) => Some(Scheduler::start(handle.clone()).await?),
             None => None,
         };
         let served = Server::new_with_acceptor(self.acceptor)

@@ -384,6 +384,19 @@ impl SyncConfig {
     pub fn retention(&self) -> chrono::Duration {
         chrono::Duration::hours(i64::from(self.retention_hours))
     }
+
+    /// The same settings with the mapping file read and validated again (see `load_mapping`).
+    pub fn reload_mapping(
+        &self,
+        custom_schema: &str,
+        applications: &BTreeMap<String, ApplicationConfig>,
+    ) -> Result<SyncConfig, String> {
+        let mapping = load_mapping(&self.mapping_path, custom_schema, applications)?;
+        Ok(SyncConfig {
+            mapping: LoadedMapping(Arc::new(mapping)),
+            ..self.clone()
+        })
+    }
 }
 
 impl TenantConfig {
@@ -564,6 +577,30 @@ fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Load and validate a mapping file, and check that its target.database is a configured
+/// application (errors name file:line: reason).
+pub fn load_mapping(
+    mapping_path: &Path,
+    custom_schema: &str,
+    applications: &BTreeMap<String, ApplicationConfig>,
+) -> Result<Mapping, String> {
+    let mapping = Mapping::load(mapping_path, custom_schema).map_err(|e| e.to_string())?;
+    let database = &mapping.target().database;
+    if !applications.contains_key(database) {
+        let known: Vec<&str> = applications.keys().map(String::as_str).collect();
+        return Err(format!(
+            "{}: target.database {database:?} is not a configured application (known: {})",
+            mapping_path.display(),
+            if known.is_empty() {
+                "none; add [applications.NAME]".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    }
+    Ok(mapping)
+}
+
 /// Validate a tenant's sync table and load its mapping (errors name file:line:reason).
 fn sync_config(
     raw: RawSync,
@@ -582,20 +619,7 @@ fn sync_config(
         return Err("batch_size must be between 1 and 10000".into());
     }
     let mapping_path = resolve(base_dir, &raw.mapping);
-    let mapping = Mapping::load(&mapping_path, custom_schema).map_err(|e| e.to_string())?;
-    let database = &mapping.target().database;
-    if !applications.contains_key(database) {
-        let known: Vec<&str> = applications.keys().map(String::as_str).collect();
-        return Err(format!(
-            "{}: target.database {database:?} is not a configured application (known: {})",
-            mapping_path.display(),
-            if known.is_empty() {
-                "none; add [applications.NAME]".to_string()
-            } else {
-                known.join(", ")
-            }
-        ));
-    }
+    let mapping = load_mapping(&mapping_path, custom_schema, applications)?;
     Ok(SyncConfig {
         mapping_path,
         mapping: LoadedMapping(Arc::new(mapping)),

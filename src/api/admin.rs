@@ -3,9 +3,9 @@
 //! never by a tenant's SCIM token. A `reader` may call every GET; an `operator` may also call
 //! the operations that act (POST).
 //!
-//! Sync runs (list, detail with items, preview, trigger, approval) and pending offboardings
-//! are added here once the sync engine is part of the application; they use the same
-//! `AdminAuth`, `require(AdminRole::Operator)`, paging parameters and `AdminError`.
+//! The sync endpoints (runs and their items, triggers, approvals, mapping preview and reload,
+//! pending offboardings) are in `admin_sync`, with the same `AdminAuth`, roles, paging
+//! parameters and problem documents.
 
 use std::sync::Arc;
 
@@ -98,8 +98,28 @@ pub struct TenantSummary {
     /// The mapping file the tenant syncs with, when configured.
     #[oai(nullable)]
     pub mapping: Option<String>,
+    /// The tenant's newest sync run (null: it does not sync, or has not run yet).
+    #[oai(nullable)]
+    pub last_run: Option<LastRun>,
+    /// When the scheduler runs the tenant next (null: no schedule).
+    #[oai(nullable)]
+    pub next_run_at: Option<String>,
+    /// Offboardings not applied yet (null: the tenant does not sync).
+    #[oai(nullable)]
+    pub pending_offboardings: Option<i64>,
     /// The tenant's custom extension schema URN.
     pub custom_schema: String,
+}
+
+/// A tenant's newest sync run, in short (GET /admin/v1/runs/{id} for the rest).
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct LastRun {
+    pub id: i64,
+    pub status: String,
+    pub started_at: String,
+    #[oai(nullable)]
+    pub ended_at: Option<String>,
 }
 
 #[derive(Object)]
@@ -238,13 +258,31 @@ impl AdminApi {
 
     async fn summary(&self, t: &Tenant) -> std::result::Result<TenantSummary, AdminError> {
         let c = self.state.store.tenant_counts(&t.config.name).await?;
+        let sync = super::admin_sync::sync_summary(&self.state, &t.config.name).await?;
+        let (mapping, last_run, next_run_at, pending) = match sync {
+            None => (None, None, None, None),
+            Some(s) => (
+                Some(s.mapping),
+                s.last_run.map(|r| LastRun {
+                    id: r.id,
+                    status: r.status,
+                    started_at: r.started_at,
+                    ended_at: r.ended_at,
+                }),
+                s.next_run_at,
+                Some(s.pending_offboardings),
+            ),
+        };
         Ok(TenantSummary {
             name: t.config.name.clone(),
             active_users: c.active_users,
             inactive_users: c.inactive_users,
             groups: c.groups,
             memberships: c.memberships,
-            mapping: None,
+            mapping,
+            last_run,
+            next_run_at,
+            pending_offboardings: pending,
             custom_schema: t.config.custom_schema.clone(),
         })
     }

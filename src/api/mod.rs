@@ -2,6 +2,7 @@
 //! body limit), the SCIM API, the admin API, the OpenAPI UI and the operations endpoints.
 
 pub mod admin;
+pub mod admin_sync;
 pub mod error;
 pub mod ops;
 pub mod payload;
@@ -28,6 +29,8 @@ use crate::provlog::ProvisioningLog;
 use crate::scim::ScimError;
 use crate::scim::schema::ResourceType;
 use crate::store::{ProvisioningEntry, SqliteStore};
+use crate::sync::SyncEngine;
+use crate::sync::scheduler::SyncHandle;
 pub use admin::ADMIN_PREFIX;
 use payload::BodyLimit;
 
@@ -47,12 +50,22 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Where SCIM requests are recorded (written off the request path).
     pub provlog: ProvisioningLog,
+    /// The sync engine (through its handle), when a tenant syncs.
+    pub sync: Option<Arc<SyncHandle>>,
+    /// Held by the admin API while it starts a run and learns its id.
+    pub run_starts: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
     /// Must run inside a tokio runtime: starts the provisioning log writer.
-    pub fn new(config: Config, store: SqliteStore, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        config: Config,
+        store: SqliteStore,
+        clock: Arc<dyn Clock>,
+        sync: Option<SyncEngine>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let sync = sync.map(|e| Arc::new(SyncHandle::new(e, metrics.clone())));
         let provlog = ProvisioningLog::start(
             store.clone(),
             clock.clone(),
@@ -80,7 +93,14 @@ impl AppState {
             clock,
             metrics,
             provlog,
+            sync,
+            run_starts: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The sync engine new runs use, when a tenant syncs.
+    pub fn sync_engine(&self) -> Option<Arc<SyncEngine>> {
+        self.sync.as_ref().map(|h| h.engine())
     }
 }
 
@@ -90,11 +110,13 @@ const DESCRIPTION: &str = "\
 The SCIM 2.0 service provider (RFC 7643/7644), one tenant per path segment under \
 `/scim-api/v1/{tenant}/scim`, authenticated with the tenant's SCIM token (`ScimToken`); \
 and the admin API under `/admin/v1`, authenticated with an admin token (`AdminAuth`): \
-tenants, staged users and groups, and each tenant's provisioning log. Admin errors are \
+tenants, staged users and groups, each tenant's provisioning log, sync runs and their \
+items, run triggers and approvals, mapping previews and reloads, and pending offboardings. \
+Admin errors are \
 RFC 9457 problem documents; SCIM errors use the SCIM error schema.";
 
 /// Both APIs in one OpenAPI document; `SpecOnly` variants describe without serving.
-pub type Apis = (scim::ScimApi, admin::AdminApi);
+pub type Apis = (scim::ScimApi, admin::AdminApi, admin_sync::AdminSyncApi);
 
 pub fn api_service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
@@ -102,7 +124,10 @@ pub fn api_service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
             scim::ScimApi {
                 state: state.clone(),
             },
-            admin::AdminApi { state },
+            admin::AdminApi {
+                state: state.clone(),
+            },
+            admin_sync::AdminSyncApi { state },
         ),
         "scim-bridge",
         env!("CARGO_PKG_VERSION"),
@@ -116,6 +141,7 @@ pub fn openapi_spec() -> String {
         (
             SpecOnly::<scim::ScimApi>::default(),
             SpecOnly::<admin::AdminApi>::default(),
+            SpecOnly::<admin_sync::AdminSyncApi>::default(),
         ),
         "scim-bridge",
         env!("CARGO_PKG_VERSION"),

@@ -53,6 +53,35 @@ pub async fn readiness(state: &AppState) -> Vec<Check> {
                 })
         })
         .await,
+        check("mappings_loaded", async {
+            match state.sync_engine() {
+                None => Ok("no tenant syncs".to_string()),
+                Some(engine) => {
+                    let n = engine.tenants().count();
+                    let missing: Vec<&str> = state
+                        .config
+                        .tenants
+                        .values()
+                        .filter(|t| t.sync.is_some() && engine.tenant_config(&t.name).is_none())
+                        .map(|t| t.name.as_str())
+                        .collect();
+                    if missing.is_empty() {
+                        Ok(format!("{n} mapping(s) loaded"))
+                    } else {
+                        Err(format!("no mapping loaded for {}", missing.join(", ")))
+                    }
+                }
+            }
+        })
+        .await,
+        check("scheduler_running", async {
+            match &state.sync {
+                None => Ok("no tenant syncs".to_string()),
+                Some(h) if h.scheduler_running() => Ok("running".to_string()),
+                Some(_) => Err("the sync scheduler is not running".to_string()),
+            }
+        })
+        .await,
     ]
 }
 
@@ -79,8 +108,28 @@ pub async fn readyz(state: Data<&Arc<AppState>>) -> Response {
     Json(body).with_status(status).into_response()
 }
 
+/// The metrics, with each syncing tenant's pending offboardings counted at scrape time.
 #[handler]
-pub fn metrics(state: Data<&Arc<AppState>>) -> Response {
+pub async fn metrics(state: Data<&Arc<AppState>>) -> Response {
+    if let Some(engine) = state.sync_engine() {
+        for tenant in engine.tenants() {
+            let Some(c) = engine.tenant_config(tenant) else {
+                continue;
+            };
+            match crate::sync::ledger::count_pending(
+                state.store.reader(),
+                tenant,
+                c.retention_hours,
+            )
+            .await
+            {
+                Ok(n) => state.metrics.set_pending_offboardings(tenant, n),
+                Err(e) => {
+                    tracing::warn!(tenant, error = %e, "metrics: counting pending offboardings")
+                }
+            }
+        }
+    }
     Response::builder()
         .content_type(CONTENT_TYPE)
         .body(state.metrics.render())

@@ -25,6 +25,14 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong, for a person.
     pub detail: String,
+    /// A mapping render error: the field (column or key) that failed.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// A mapping render error: why the field failed.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// An error of the admin API.
@@ -33,6 +41,8 @@ pub struct Problem {
 pub struct AdminError {
     pub status: StatusCode,
     pub detail: String,
+    /// (field, reason) of a mapping render error.
+    pub render: Option<(String, String)>,
 }
 
 impl AdminError {
@@ -40,6 +50,22 @@ impl AdminError {
         AdminError {
             status,
             detail: detail.into(),
+            render: None,
+        }
+    }
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, detail)
+    }
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+    }
+    /// 422: the mapping cannot render `field`.
+    pub fn render(field: &str, reason: &str) -> Self {
+        AdminError {
+            render: Some((field.to_string(), reason.to_string())),
+            ..Self::unprocessable(format!(
+                "the mapping cannot render this user: {field}: {reason}"
+            ))
         }
     }
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -77,6 +103,8 @@ impl AdminError {
                 .to_string(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
+            field: self.render.as_ref().map(|r| r.0.clone()),
+            reason: self.render.as_ref().map(|r| r.1.clone()),
         }
     }
 }
@@ -100,38 +128,85 @@ impl ResponseError for AdminError {
     }
 }
 
+fn problem_responses(responses: &[(u16, &'static str)]) -> MetaResponses {
+    MetaResponses {
+        responses: responses
+            .iter()
+            .map(|&(status, description)| MetaResponse {
+                description,
+                status: Some(status),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: PROBLEM_JSON,
+                    schema: Problem::schema_ref(),
+                }],
+                headers: vec![],
+            })
+            .collect(),
+    }
+}
+
+const COMMON_RESPONSES: [(u16, &str); 6] = [
+    (
+        400,
+        "The request is malformed: a parameter or filter is invalid",
+    ),
+    (401, "No valid admin bearer token"),
+    (403, "The token's role does not allow this operation"),
+    (404, "No such tenant, resource or endpoint"),
+    (500, "The server failed"),
+    (503, "The staging database is busy or unreachable; retry"),
+];
+
 impl ApiResponse for AdminError {
     fn meta() -> MetaResponses {
-        let responses = [
-            (
-                400,
-                "The request is malformed: a parameter or filter is invalid",
-            ),
-            (401, "No valid admin bearer token"),
-            (403, "The token's role does not allow this operation"),
-            (404, "No such tenant, resource or endpoint"),
-            (500, "The server failed"),
-            (503, "The staging database is busy or unreachable; retry"),
-        ];
-        MetaResponses {
-            responses: responses
-                .into_iter()
-                .map(|(status, description)| MetaResponse {
-                    description,
-                    status: Some(status),
-                    status_range: None,
-                    content: vec![MetaMediaType {
-                        content_type: PROBLEM_JSON,
-                        schema: Problem::schema_ref(),
-                    }],
-                    headers: vec![],
-                })
-                .collect(),
-        }
+        problem_responses(&COMMON_RESPONSES)
     }
 
     fn register(registry: &mut Registry) {
         Problem::register(registry);
+    }
+}
+
+/// An error of an admin operation that acts on the sync engine: the admin errors, plus 409
+/// (the state does not allow it now) and 422 (the mapping or the input cannot be used).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct ActionError(#[from] pub AdminError);
+
+impl ResponseError for ActionError {
+    fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
+    fn as_response(&self) -> Response {
+        self.0.as_response()
+    }
+}
+
+impl ApiResponse for ActionError {
+    fn meta() -> MetaResponses {
+        let mut all = COMMON_RESPONSES.to_vec();
+        all.push((
+            409,
+            "The tenant's or the run's state does not allow this now (a run in progress, a run not awaiting approval)",
+        ));
+        all.push((
+            422,
+            "The mapping cannot be used: it does not load, or it cannot render the user",
+        ));
+        all.sort_by_key(|r| r.0);
+        problem_responses(&all)
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
+    }
+}
+
+impl From<StoreError> for ActionError {
+    fn from(e: StoreError) -> Self {
+        ActionError(e.into())
     }
 }
 
@@ -164,6 +239,9 @@ impl From<ScimError> for AdminError {
 /// Any error that reached the edge of the admin API (or the operations endpoints), as a problem.
 pub fn to_problem_response(err: poem::Error) -> Response {
     if let Some(e) = err.downcast_ref::<AdminError>() {
+        return e.as_response();
+    }
+    if let Some(e) = err.downcast_ref::<ActionError>() {
         return e.as_response();
     }
     if let Some(e) = err.downcast_ref::<ScimError>() {

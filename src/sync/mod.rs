@@ -14,6 +14,7 @@
 //! The watermark only moves over committed work, so a run stopped at any point converges on
 //! the next one. See docs/sync.md.
 
+pub mod ledger;
 pub mod scheduler;
 mod staging;
 

@@ -4,15 +4,21 @@
 //! tenant's previous run is still going does not wait: its run finds the lease taken and is
 //! recorded in the ledger as skipped. Shutting down stops the ticks and waits for runs in
 //! progress to end.
+//!
+//! The scheduler and the admin API reach the engine through a [`SyncHandle`]: each run takes
+//! the engine current when it starts, so a mapping reload (a new engine) applies from the next
+//! run on while a run in progress finishes with the mapping it started with.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use croner::parser::{CronParser, Seconds};
 use tokio::sync::Semaphore;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use super::{RunOptions, RunStatus, SyncEngine, Trigger};
+use super::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
+use crate::metrics::Metrics;
 
 /// Runs in progress at once, at most (a permit each); shutdown takes them all.
 const MAX_RUNS: u32 = 1024;
@@ -38,9 +44,75 @@ pub fn nickname(s: &str) -> Option<&'static str> {
     })
 }
 
+/// The current sync engine (replaced whole by a mapping reload), whether the scheduler is
+/// running, and the metrics every run outside the CLI reports to.
+pub struct SyncHandle {
+    engine: RwLock<Arc<SyncEngine>>,
+    scheduler_running: AtomicBool,
+    /// Held while a reload builds the new engine: one reload at a time.
+    pub reload: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl SyncHandle {
+    pub fn new(engine: SyncEngine, metrics: Arc<Metrics>) -> SyncHandle {
+        SyncHandle {
+            engine: RwLock::new(Arc::new(engine)),
+            scheduler_running: AtomicBool::new(false),
+            reload: tokio::sync::Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// The engine new runs use.
+    pub fn engine(&self) -> Arc<SyncEngine> {
+        match self.engine.read() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// From now on, runs use `engine` (runs in progress keep the one they started with).
+    pub fn replace(&self, engine: SyncEngine) {
+        let engine = Arc::new(engine);
+        match self.engine.write() {
+            Ok(mut e) => *e = engine,
+            Err(poisoned) => *poisoned.into_inner() = engine,
+        }
+    }
+
+    /// Whether the schedules are ticking (set by `Scheduler::start`, cleared at shutdown).
+    pub fn scheduler_running(&self) -> bool {
+        self.scheduler_running.load(Ordering::SeqCst)
+    }
+
+    /// Report a finished run to the metrics: the run by status and duration, its items by
+    /// outcome.
+    pub fn record(&self, s: &RunSummary) {
+        let elapsed = (s.ended_at - s.started_at).to_std().unwrap_or_default();
+        self.metrics
+            .sync_run_finished(&s.tenant, s.status.as_str(), elapsed);
+        let c = &s.counts;
+        for (outcome, n) in [
+            ("created", c.created),
+            ("updated", c.updated),
+            ("unchanged", c.unchanged),
+            ("deactivated", c.deactivated),
+            ("offboarded", c.offboarded),
+            ("failed", c.failed),
+            ("offboarding_held", s.held),
+        ] {
+            if n > 0 {
+                self.metrics.sync_items(&s.tenant, outcome, n);
+            }
+        }
+    }
+}
+
 pub struct Scheduler {
     jobs: JobScheduler,
     runs: Arc<Semaphore>,
+    handle: Arc<SyncHandle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +121,10 @@ pub struct SchedulerError(#[from] tokio_cron_scheduler::JobSchedulerError);
 
 impl Scheduler {
     /// Schedule every tenant that has a schedule, and start ticking.
-    pub async fn start(engine: Arc<SyncEngine>) -> Result<Scheduler, SchedulerError> {
+    pub async fn start(handle: Arc<SyncHandle>) -> Result<Scheduler, SchedulerError> {
         let jobs = JobScheduler::new().await?;
         let runs = Arc::new(Semaphore::new(MAX_RUNS as usize));
+        let engine = handle.engine();
         for tenant in engine.tenants().map(str::to_string).collect::<Vec<_>>() {
             let Some(schedule) = engine
                 .tenant_config(&tenant)
@@ -59,26 +132,28 @@ impl Scheduler {
             else {
                 continue;
             };
-            let (engine, runs, name) = (engine.clone(), runs.clone(), tenant.clone());
+            let (handle, runs, name) = (handle.clone(), runs.clone(), tenant.clone());
             let job = Job::new_async(schedule.normalized.as_str(), move |_, _| {
-                let (engine, runs, tenant) = (engine.clone(), runs.clone(), name.clone());
+                let (handle, runs, tenant) = (handle.clone(), runs.clone(), name.clone());
                 Box::pin(async move {
                     // Closed at shutdown: no new runs.
                     let Ok(_permit) = runs.acquire_owned().await else {
                         return;
                     };
-                    scheduled_run(&engine, &tenant).await;
+                    tick(&handle, &tenant).await;
                 })
             })?;
             jobs.add(job).await?;
             tracing::info!(tenant, schedule = %schedule.expr, "sync scheduled");
         }
         jobs.start().await?;
-        Ok(Scheduler { jobs, runs })
+        handle.scheduler_running.store(true, Ordering::SeqCst);
+        Ok(Scheduler { jobs, runs, handle })
     }
 
     /// Stop ticking and wait (up to `grace`) for runs in progress to end.
     pub async fn shutdown(mut self, grace: Duration) {
+        self.handle.scheduler_running.store(false, Ordering::SeqCst);
         if let Err(e) = self.jobs.shutdown().await {
             tracing::warn!(error = %e, "stopping the scheduler");
         }
@@ -93,11 +168,22 @@ impl Scheduler {
 
 /// One scheduled run of `tenant`; the outcome is in the ledger and the log.
 pub async fn scheduled_run(engine: &SyncEngine, tenant: &str) -> Option<RunStatus> {
+    run_logged(engine, tenant).await.map(|s| s.status)
+}
+
+/// A scheduler tick: one run of `tenant` with the current engine, also reported to the metrics.
+async fn tick(handle: &SyncHandle, tenant: &str) {
+    if let Some(summary) = run_logged(&handle.engine(), tenant).await {
+        handle.record(&summary);
+    }
+}
+
+async fn run_logged(engine: &SyncEngine, tenant: &str) -> Option<RunSummary> {
     match engine
         .run(tenant, Trigger::Schedule, RunOptions::default())
         .await
     {
-        Ok(summary) => Some(summary.status),
+        Ok(summary) => Some(summary),
         Err(e) => {
             tracing::error!(tenant, error = %e, "scheduled sync run could not start");
             None

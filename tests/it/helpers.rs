@@ -187,12 +187,39 @@ role = "reader"
     )
 }
 
+/// The mapping file of a syncing test app (a copy of mappings/scifeon.toml), in its temp dir.
+pub const MAPPING_FILE: &str = "mapping.toml";
+
 impl TestApp {
     pub async fn start() -> TestApp {
+        Self::start_with(|_| String::new()).await
+    }
+
+    /// A server whose acme tenant syncs into an application database (sql/app/example_app.sql)
+    /// with a copy of mappings/scifeon.toml; `settings` go into `[tenants.acme.sync]`.
+    pub async fn start_syncing(settings: &str) -> TestApp {
+        let settings = settings.to_string();
+        Self::start_with(move |dir| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let mapping = dir.join(MAPPING_FILE);
+            std::fs::copy(root.join("mappings/scifeon.toml"), &mapping).unwrap();
+            format!(
+                "\n[applications.scifeon]\ndatabase = \"sqlite://{}\"\nschema = \"{}\"\n\
+                 [tenants.{ACME}.sync]\nmapping = \"{}\"\n{settings}\n",
+                dir.join("app.db").display(),
+                root.join("sql/app/example_app.sql").display(),
+                mapping.display(),
+            )
+        })
+        .await
+    }
+
+    async fn start_with(extra: impl FnOnce(&Path) -> String) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("staging.db");
+        let text = config_text(&db) + &extra(dir.path());
         let config = Config::parse(
-            &config_text(&db),
+            &text,
             &dir.path().join("scim-bridge.toml"),
             dir.path(),
             std::iter::empty(),
@@ -268,6 +295,11 @@ impl TestApp {
 
     pub fn db_path(&self) -> std::path::PathBuf {
         self.dir.path().join("staging.db")
+    }
+
+    /// The app's temp dir (the mapping file and the application database of `start_syncing`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The tenant's SCIM base URL.

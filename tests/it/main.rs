@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin;
+mod admin_sync;
 mod concurrency;
 mod discovery;
 mod errors;

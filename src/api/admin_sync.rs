@@ -1,0 +1,1075 @@
+//! The admin API's sync endpoints under /admin/v1: the run ledger (runs, their items), run
+//! triggers and approvals, mapping previews and reloads, and pending offboardings. Same
+//! authentication, roles, paging and problem documents as the rest of the admin API: a reader
+//! may call every GET, every POST needs an operator.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use super::admin::{ADMIN_PREFIX, AdminAuth};
+use super::problem::{ActionError, AdminError};
+use super::{AppState, Tenant};
+use crate::config::{AdminRole, SyncConfig};
+use crate::mapping::{Mapping, StagedGroup, StagedUser, UserState};
+use crate::scim::resource::normalize;
+use crate::store::StoreError;
+use crate::sync::ledger::{self, RunQuery, UserRef};
+use crate::sync::scheduler::SyncHandle;
+use crate::sync::{Progress, RunOptions, RunStatus, SyncEngine, SyncError, Trigger, field_json};
+
+type Result<T> = std::result::Result<Json<T>, AdminError>;
+
+#[derive(Tags)]
+enum SyncTag {
+    /// Sync runs: the ledger, triggers and approvals
+    SyncRuns,
+    /// A tenant's mapping: preview and reload
+    Mapping,
+    /// Offboardings not applied yet
+    Offboardings,
+}
+
+fn db(e: sqlx::Error) -> AdminError {
+    StoreError::from(e).into()
+}
+
+/// A run's counts, as in the ledger.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RunCounts {
+    pub created: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub roles_added: i64,
+    pub roles_removed: i64,
+    pub deactivated: i64,
+    pub offboarded: i64,
+    pub failed: i64,
+    /// Offboardings the guard held for approval.
+    pub held: i64,
+}
+
+/// The approval side of a run: the offboardings it held, who approved them.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Approval {
+    /// This run performs the approval of that run.
+    #[oai(nullable)]
+    pub approves_run: Option<i64>,
+    /// When this (awaiting_approval) run was approved.
+    #[oai(nullable)]
+    pub approved_at: Option<String>,
+    /// The run that performed the approval.
+    #[oai(nullable)]
+    pub approved_by: Option<i64>,
+}
+
+/// One sync run of the ledger.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Run {
+    pub id: i64,
+    pub tenant: String,
+    /// `schedule`, `cli` or `api`.
+    pub trigger: String,
+    pub dry_run: bool,
+    pub full: bool,
+    /// `running`, `succeeded`, `completed_with_errors`, `failed`, `skipped` or
+    /// `awaiting_approval`.
+    pub status: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    #[oai(nullable)]
+    pub ended_at: Option<String>,
+    /// ended_at − started_at, once ended.
+    #[oai(nullable)]
+    pub duration_ms: Option<i64>,
+    pub counts: RunCounts,
+    /// The change sequence the run read from (0 for a full run).
+    #[oai(nullable)]
+    pub watermark_from: Option<i64>,
+    /// The change sequence the run committed up to.
+    #[oai(nullable)]
+    pub watermark_to: Option<i64>,
+    /// Why the run failed or was skipped.
+    #[oai(nullable)]
+    pub error: Option<String>,
+    pub approval: Approval,
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl From<ledger::RunRow> for Run {
+    fn from(r: ledger::RunRow) -> Run {
+        let duration_ms = r
+            .ended_at
+            .as_deref()
+            .and_then(|e| Some((parse_time(e)? - parse_time(&r.started_at)?).num_milliseconds()));
+        Run {
+            id: r.id,
+            tenant: r.tenant,
+            trigger: r.trigger,
+            dry_run: r.dry_run,
+            full: r.full,
+            status: r.status,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            duration_ms,
+            counts: RunCounts {
+                created: r.created,
+                updated: r.updated,
+                unchanged: r.unchanged,
+                roles_added: r.roles_added,
+                roles_removed: r.roles_removed,
+                deactivated: r.deactivated,
+                offboarded: r.offboarded,
+                failed: r.failed,
+                held: r.held,
+            },
+            watermark_from: r.watermark_from,
+            watermark_to: r.watermark_to,
+            error: r.error,
+            approval: Approval {
+                approves_run: r.approves_run,
+                approved_at: r.approved_at,
+                approved_by: r.approved_by,
+            },
+        }
+    }
+}
+
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RunPage {
+    pub items: Vec<Run>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A field's value before and after (null: none).
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct FieldChange {
+    pub before: Value,
+    pub after: Value,
+}
+
+fn changes_of(m: Map<String, Value>) -> BTreeMap<String, FieldChange> {
+    m.into_iter()
+        .map(|(c, v)| {
+            (
+                c,
+                FieldChange {
+                    before: v.get("before").cloned().unwrap_or(Value::Null),
+                    after: v.get("after").cloned().unwrap_or(Value::Null),
+                },
+            )
+        })
+        .collect()
+}
+
+/// One user a run changed (or would change, in a dry run), failed on, held or offboarded.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RunItem {
+    pub id: i64,
+    pub user_id: String,
+    #[oai(nullable)]
+    pub user_name: Option<String>,
+    /// The user's key in the application.
+    #[oai(nullable)]
+    pub app_key: Option<String>,
+    /// `created`, `updated`, `reactivated`, `deactivated`, `failed`, `offboarded`, `purged` or
+    /// `offboarding_held`.
+    pub outcome: String,
+    /// Column → before/after, only the columns that differ.
+    pub changes: BTreeMap<String, FieldChange>,
+    pub roles_added: Vec<String>,
+    pub roles_removed: Vec<String>,
+    #[oai(nullable)]
+    pub error: Option<String>,
+}
+
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RunItemPage {
+    pub items: Vec<RunItem>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// What to run.
+#[derive(Object, Default)]
+#[oai(rename_all = "camelCase")]
+pub struct RunRequest {
+    /// Compute and record what would change, write nothing to the application.
+    #[oai(default)]
+    pub dry_run: bool,
+    /// Read every user of the tenant, not only those changed since the last run.
+    #[oai(default)]
+    pub full: bool,
+}
+
+/// A run that has started.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RunStarted {
+    /// The run's ledger id: GET /admin/v1/runs/{runId}.
+    pub run_id: i64,
+    pub tenant: String,
+}
+
+#[derive(ApiResponse)]
+pub enum Started {
+    /// The run has started in the background; its ledger entry is at Location
+    #[oai(status = 202)]
+    Accepted(Json<RunStarted>, #[oai(header = "Location")] String),
+}
+
+impl Started {
+    fn new(run_id: i64, tenant: String) -> Started {
+        Started::Accepted(
+            Json(RunStarted { run_id, tenant }),
+            format!("{ADMIN_PREFIX}/runs/{run_id}"),
+        )
+    }
+}
+
+/// A group for a previewed document.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct PreviewGroup {
+    #[oai(validator(max_length = 256))]
+    pub display_name: String,
+    #[oai(validator(max_length = 256))]
+    pub external_id: Option<String>,
+    #[oai(validator(max_length = 256))]
+    pub id: Option<String>,
+}
+
+/// Whom to preview: a staged user (`userId` or `userName`), or a SCIM user document with its
+/// groups (`user`, `groups`). Exactly one of `userId`, `userName` and `user`.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct PreviewRequest {
+    #[oai(validator(max_length = 256))]
+    pub user_id: Option<String>,
+    #[oai(validator(max_length = 1024))]
+    pub user_name: Option<String>,
+    /// A SCIM User resource as a client would POST it.
+    pub user: Option<Value>,
+    #[oai(validator(max_items = 1000))]
+    pub groups: Option<Vec<PreviewGroup>>,
+}
+
+/// What the application row holds since the last write.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct LinkState {
+    pub app_key: String,
+    /// `active` or `deactivated`.
+    pub state: String,
+    /// The roles the engine assigned.
+    pub roles: Vec<String>,
+    pub updated_at: String,
+}
+
+/// A user rendered with the tenant's current mapping; nothing is written.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Preview {
+    /// `staged` or `document`.
+    pub source: String,
+    #[oai(nullable)]
+    pub user_id: Option<String>,
+    #[oai(nullable)]
+    pub user_name: Option<String>,
+    /// The state rendered: `active`, or `deactivated` (inactive or deleted).
+    pub state: String,
+    pub key_column: String,
+    pub key: String,
+    /// Column → value (JSON: null, string, number, boolean; timestamps as RFC 3339).
+    pub fields: BTreeMap<String, Value>,
+    pub roles: Vec<String>,
+    /// The user's application row as last written (a staged user that has one).
+    #[oai(nullable)]
+    pub link: Option<LinkState>,
+    /// With a link: the columns a run would change (key included), before → after.
+    #[oai(nullable)]
+    pub changes: Option<BTreeMap<String, FieldChange>>,
+    #[oai(nullable)]
+    pub roles_added: Option<Vec<String>>,
+    #[oai(nullable)]
+    pub roles_removed: Option<Vec<String>>,
+}
+
+/// The mapping a tenant syncs with.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct MappingInfo {
+    pub tenant: String,
+    /// The mapping file.
+    pub path: String,
+    /// The `[applications.NAME]` it writes to.
+    pub database: String,
+    pub user_table: String,
+    pub key_column: String,
+    /// What it writes, as table.column (the user table, the role table).
+    pub columns: Vec<String>,
+    pub role_rules: i64,
+    /// `none`, `delete` or `update`.
+    pub offboarding: String,
+    /// The file's own test cases (all passed when loaded by a reload).
+    pub tests: i64,
+}
+
+/// An offboarding not applied yet.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct PendingOffboarding {
+    /// `inactive` or `deleted`: still staged, its retention running (or ended, waiting for the
+    /// next run or an approval); `queued`: purged from staging, the application offboarding
+    /// not applied yet (retried by every run).
+    pub state: String,
+    pub user_id: String,
+    #[oai(nullable)]
+    pub user_name: Option<String>,
+    pub app_key: String,
+    #[oai(nullable)]
+    pub deactivated_at: Option<String>,
+    #[oai(nullable)]
+    pub deleted_at: Option<String>,
+    /// When the retention ends and the next run offboards the user (queued: when queued).
+    pub due_at: String,
+    /// Whether due_at has passed.
+    pub due: bool,
+    #[oai(nullable)]
+    pub queued_at: Option<String>,
+    /// Failed attempts to apply a queued offboarding.
+    pub attempts: i64,
+    #[oai(nullable)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct OffboardingPage {
+    pub items: Vec<PendingOffboarding>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+    /// The tenant's retention.
+    pub retention_hours: i64,
+}
+
+/// A tenant's sync state for its summary.
+pub struct SyncSummary {
+    pub mapping: String,
+    pub last_run: Option<ledger::RunRow>,
+    pub next_run_at: Option<String>,
+    pub pending_offboardings: i64,
+}
+
+/// The sync side of a tenant's summary; None when the tenant does not sync.
+pub async fn sync_summary(
+    state: &AppState,
+    tenant: &str,
+) -> std::result::Result<Option<SyncSummary>, AdminError> {
+    let Some(engine) = state.sync_engine() else {
+        return Ok(None);
+    };
+    let Some(c) = engine.tenant_config(tenant) else {
+        return Ok(None);
+    };
+    let pool = state.store.reader();
+    Ok(Some(SyncSummary {
+        mapping: c.mapping_path.display().to_string(),
+        last_run: ledger::last_run(pool, tenant).await.map_err(db)?,
+        next_run_at: c
+            .schedule
+            .as_ref()
+            .and_then(|s| s.next_after(state.clock.now()))
+            .map(crate::store::format_time),
+        pending_offboardings: ledger::count_pending(pool, tenant, c.retention_hours)
+            .await
+            .map_err(db)?,
+    }))
+}
+
+/// Tells the admin API that a run it started has its ledger entry (the engine reports the
+/// start of its change pass after inserting the run).
+struct StartSignal(Mutex<Option<oneshot::Sender<()>>>);
+
+impl Progress for StartSignal {
+    fn start(&self, _users: u64) {
+        if let Ok(mut s) = self.0.lock()
+            && let Some(tx) = s.take()
+        {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn sync_error(e: SyncError) -> ActionError {
+    match e {
+        SyncError::NotConfigured(_) | SyncError::RunNotFound(_) => {
+            AdminError::not_found(e.to_string()).into()
+        }
+        SyncError::NotAwaitingApproval(_) | SyncError::Busy(_) => {
+            AdminError::conflict(e.to_string()).into()
+        }
+        other => {
+            tracing::error!(error = %other, "sync run failed to start");
+            AdminError::internal().into()
+        }
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> ActionError {
+    tracing::error!(error = %e, "sync run task failed");
+    AdminError::internal().into()
+}
+
+pub struct AdminSyncApi {
+    pub state: Arc<AppState>,
+}
+
+impl AdminSyncApi {
+    fn tenant(&self, name: &str) -> std::result::Result<&Tenant, AdminError> {
+        self.state
+            .tenants
+            .get(name)
+            .ok_or_else(|| AdminError::no_such_tenant(name))
+    }
+
+    /// The sync handle, engine and settings of a tenant that syncs; 404 otherwise.
+    fn syncing(
+        &self,
+        tenant: &str,
+    ) -> std::result::Result<(Arc<SyncHandle>, Arc<SyncEngine>, SyncConfig), AdminError> {
+        self.tenant(tenant)?;
+        let not = || {
+            AdminError::not_found(format!(
+                "tenant {tenant:?} has no [tenants.{tenant}.sync] configuration"
+            ))
+        };
+        let handle = self.state.sync.clone().ok_or_else(not)?;
+        let engine = handle.engine();
+        let config = engine.tenant_config(tenant).cloned().ok_or_else(not)?;
+        Ok((handle, engine, config))
+    }
+
+    fn paging(&self, limit: Option<i64>, offset: Option<i64>) -> (i64, i64) {
+        let server = &self.state.config.server;
+        let limit = limit
+            .unwrap_or(server.default_page_size)
+            .clamp(1, server.max_page_size);
+        (limit, offset.unwrap_or(0).max(0))
+    }
+
+    fn pool(&self) -> &sqlx::SqlitePool {
+        self.state.store.reader()
+    }
+
+    /// 409 when a run of `tenant` holds its lease.
+    async fn not_busy(&self, tenant: &str) -> std::result::Result<(), AdminError> {
+        match ledger::lease(self.pool(), tenant, self.state.clock.now())
+            .await
+            .map_err(db)?
+        {
+            None => Ok(()),
+            Some(run) => Err(AdminError::conflict(format!(
+                "a run of tenant {tenant:?} is in progress{}; try again when it has ended",
+                run.map(|id| format!(" (run {id})")).unwrap_or_default()
+            ))),
+        }
+    }
+}
+
+fn mapping_info(tenant: &str, c: &SyncConfig) -> MappingInfo {
+    let m: &Mapping = &c.mapping.0;
+    let t = m.target();
+    MappingInfo {
+        tenant: tenant.to_string(),
+        path: c.mapping_path.display().to_string(),
+        database: t.database.clone(),
+        user_table: t.user_table.clone(),
+        key_column: t.key_column.clone(),
+        columns: m.writes(),
+        role_rules: m.role_rule_count() as i64,
+        offboarding: m.offboarding_action().to_string(),
+        tests: m.test_count() as i64,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[OpenApi(prefix_path = "/admin/v1")]
+impl AdminSyncApi {
+    /// Sync runs, newest first, optionally of one tenant, status and time range
+    #[oai(
+        path = "/runs",
+        method = "get",
+        tag = "SyncTag::SyncRuns",
+        operation_id = "adminListRuns"
+    )]
+    async fn list_runs(
+        &self,
+        _auth: AdminAuth,
+        /// Only this tenant's runs
+        #[oai(validator(max_length = 256))]
+        tenant: Query<Option<String>>,
+        /// Only runs with this status
+        #[oai(validator(
+            pattern = "^(running|succeeded|completed_with_errors|failed|skipped|awaiting_approval)$"
+        ))]
+        status: Query<Option<String>>,
+        /// Runs started at or after this time (RFC 3339)
+        since: Query<Option<DateTime<Utc>>>,
+        /// Runs started before this time (RFC 3339)
+        until: Query<Option<DateTime<Utc>>>,
+        /// Page size (default: server.default_page_size, at most server.max_page_size)
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<RunPage> {
+        if let Some(t) = tenant.0.as_deref() {
+            self.tenant(t)?;
+        }
+        let (limit, offset) = self.paging(limit.0, offset.0);
+        let q = RunQuery {
+            tenant: tenant.0,
+            status: status.0,
+            since: since.0,
+            until: until.0,
+            limit,
+            offset,
+        };
+        let (total, rows) = ledger::runs(self.pool(), &q).await.map_err(db)?;
+        Ok(Json(RunPage {
+            items: rows.into_iter().map(Run::from).collect(),
+            total,
+            limit,
+            offset,
+        }))
+    }
+
+    /// One sync run: counts, timings, trigger, watermarks, error and approval
+    #[oai(
+        path = "/runs/:id",
+        method = "get",
+        tag = "SyncTag::SyncRuns",
+        operation_id = "adminGetRun"
+    )]
+    async fn get_run(&self, _auth: AdminAuth, id: Path<i64>) -> Result<Run> {
+        let run = ledger::run(self.pool(), id.0)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| AdminError::not_found(format!("no run {}", id.0)))?;
+        Ok(Json(run.into()))
+    }
+
+    /// A run's items: every user it changed, failed on, held or offboarded, with field changes
+    #[oai(
+        path = "/runs/:id/items",
+        method = "get",
+        tag = "SyncTag::SyncRuns",
+        operation_id = "adminListRunItems"
+    )]
+    async fn list_run_items(
+        &self,
+        _auth: AdminAuth,
+        id: Path<i64>,
+        /// Only items with this outcome
+        #[oai(validator(
+            pattern = "^(created|updated|reactivated|deactivated|failed|offboarded|purged|offboarding_held)$"
+        ))]
+        outcome: Query<Option<String>>,
+        /// Page size (default: server.default_page_size, at most server.max_page_size)
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<RunItemPage> {
+        if ledger::run(self.pool(), id.0).await.map_err(db)?.is_none() {
+            return Err(AdminError::not_found(format!("no run {}", id.0)));
+        }
+        let (limit, offset) = self.paging(limit.0, offset.0);
+        let (total, rows) = ledger::items(self.pool(), id.0, outcome.0.as_deref(), limit, offset)
+            .await
+            .map_err(db)?;
+        let items = rows
+            .into_iter()
+            .map(|r| RunItem {
+                id: r.id,
+                user_id: r.user_id,
+                user_name: r.user_name,
+                app_key: r.app_key,
+                outcome: r.outcome,
+                changes: changes_of(r.changes),
+                roles_added: r.roles_added,
+                roles_removed: r.roles_removed,
+                error: r.error,
+            })
+            .collect();
+        Ok(Json(RunItemPage {
+            items,
+            total,
+            limit,
+            offset,
+        }))
+    }
+
+    /// Start a sync run of a tenant now (operator); answers once the run is in the ledger
+    #[oai(
+        path = "/tenants/:tenant/runs",
+        method = "post",
+        tag = "SyncTag::SyncRuns",
+        operation_id = "adminStartRun"
+    )]
+    async fn start_run(
+        &self,
+        auth: AdminAuth,
+        tenant: Path<String>,
+        body: Json<RunRequest>,
+    ) -> std::result::Result<Started, ActionError> {
+        auth.require(AdminRole::Operator)?;
+        let (handle, engine, _) = self.syncing(&tenant)?;
+        let RunRequest { dry_run, full } = body.0;
+        // One start at a time, so the newest running run of this kind is the one started here.
+        let _starting = self.state.run_starts.lock().await;
+        if !dry_run {
+            // A dry run takes no lease and may run beside another run.
+            self.not_busy(&tenant).await?;
+        }
+        let (tx, rx) = oneshot::channel();
+        let options = RunOptions {
+            dry_run,
+            full,
+            progress: Some(Arc::new(StartSignal(Mutex::new(Some(tx))))),
+        };
+        let name = tenant.0.clone();
+        let mut task = tokio::spawn(async move {
+            let r = engine.run(&name, Trigger::Api, options).await;
+            if let Ok(s) = &r {
+                handle.record(s);
+            }
+            r
+        });
+        tracing::info!(admin = %auth.0.name, tenant = %*tenant, dry_run, full, "sync run requested");
+        let finished = tokio::select! {
+            r = &mut task => Some(r),
+            _ = rx => None,
+        };
+        let summary = match finished {
+            Some(r) => r.map_err(join_error)?.map_err(sync_error)?,
+            None => {
+                let id = if dry_run {
+                    ledger::newest_running(self.pool(), &tenant, Trigger::Api.as_str(), true, full)
+                        .await
+                        .map_err(db)?
+                } else {
+                    ledger::lease(self.pool(), &tenant, self.state.clock.now())
+                        .await
+                        .map_err(db)?
+                        .flatten()
+                };
+                match id {
+                    Some(id) => return Ok(Started::new(id, tenant.0)),
+                    // It has ended already.
+                    None => task.await.map_err(join_error)?.map_err(sync_error)?,
+                }
+            }
+        };
+        if summary.status == RunStatus::Skipped {
+            return Err(AdminError::conflict(format!(
+                "a run of tenant {:?} is in progress; this request was recorded as skipped run {}",
+                &*tenant, summary.run_id
+            ))
+            .into());
+        }
+        Ok(Started::new(summary.run_id, tenant.0))
+    }
+
+    /// Approve a run that waits for approval (operator): apply the offboardings it held
+    #[oai(
+        path = "/runs/:id/approve",
+        method = "post",
+        tag = "SyncTag::SyncRuns",
+        operation_id = "adminApproveRun"
+    )]
+    async fn approve_run(
+        &self,
+        auth: AdminAuth,
+        id: Path<i64>,
+    ) -> std::result::Result<Started, ActionError> {
+        auth.require(AdminRole::Operator)?;
+        let run = ledger::run(self.pool(), id.0)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| AdminError::not_found(format!("no run {}", id.0)))?;
+        if run.status != RunStatus::AwaitingApproval.as_str()
+            || run.dry_run
+            || run.approved_at.is_some()
+        {
+            return Err(AdminError::conflict(format!(
+                "run {} is not awaiting approval (status {}{})",
+                run.id,
+                run.status,
+                if run.approved_at.is_some() {
+                    ", already approved"
+                } else {
+                    ""
+                }
+            ))
+            .into());
+        }
+        let (handle, engine, _) = self.syncing(&run.tenant)?;
+        let _starting = self.state.run_starts.lock().await;
+        self.not_busy(&run.tenant).await?;
+        let approved = id.0;
+        let mut task = tokio::spawn(async move {
+            let r = engine.approve(approved, Trigger::Api).await;
+            if let Ok(s) = &r {
+                handle.record(s);
+            }
+            r
+        });
+        tracing::info!(admin = %auth.0.name, tenant = %run.tenant, run_id = approved, "approval requested");
+        // The engine records the approving run (approves_run = id) before it starts work.
+        loop {
+            tokio::select! {
+                r = &mut task => {
+                    let s = r.map_err(join_error)?.map_err(sync_error)?;
+                    return Ok(Started::new(s.run_id, s.tenant));
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if let Some(new) = ledger::approving_run(self.pool(), approved).await.map_err(db)? {
+                        return Ok(Started::new(new, run.tenant));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Render a staged user or a posted SCIM user with the tenant's mapping (operator); writes nothing
+    #[oai(
+        path = "/tenants/:tenant/mapping/preview",
+        method = "post",
+        tag = "SyncTag::Mapping",
+        operation_id = "adminPreviewMapping"
+    )]
+    async fn preview(
+        &self,
+        auth: AdminAuth,
+        tenant: Path<String>,
+        body: Json<PreviewRequest>,
+    ) -> std::result::Result<Json<Preview>, ActionError> {
+        auth.require(AdminRole::Operator)?;
+        let (_, _, config) = self.syncing(&tenant)?;
+        let t = self.tenant(&tenant)?;
+        let req = body.0;
+        let given = [
+            req.user_id.is_some(),
+            req.user_name.is_some(),
+            req.user.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(AdminError::bad_request(
+                "give exactly one of userId, userName (a staged user) and user (a SCIM user document)",
+            )
+            .into());
+        }
+        if req.groups.is_some() && req.user.is_none() {
+            return Err(AdminError::bad_request(
+                "groups go with a user document; a staged user's groups come from staging",
+            )
+            .into());
+        }
+        let (source, staged, state, user_name, link) = if let Some(doc) = &req.user {
+            let n = normalize(&t.users, doc).map_err(AdminError::from)?;
+            let active = n.doc.get("active").and_then(Value::as_bool).unwrap_or(true);
+            let user_name = n
+                .doc
+                .get("userName")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let groups = req
+                .groups
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| StagedGroup {
+                    id: g.id.unwrap_or_default(),
+                    display_name: g.display_name,
+                    external_id: g.external_id,
+                })
+                .collect();
+            let staged = StagedUser {
+                id: String::new(),
+                doc: n.doc,
+                groups,
+            };
+            let state = if active {
+                UserState::Active
+            } else {
+                UserState::Deactivated
+            };
+            ("document", staged, state, user_name, None)
+        } else {
+            let who = match (&req.user_id, &req.user_name) {
+                (Some(id), _) => UserRef::Id(id),
+                (_, Some(n)) => UserRef::UserName(n),
+                _ => return Err(AdminError::internal().into()),
+            };
+            let row = ledger::staged_user(self.pool(), &tenant, who)
+                .await
+                .map_err(db)?
+                .ok_or_else(|| {
+                    AdminError::not_found(format!("tenant {:?} has no such staged user", &*tenant))
+                })?;
+            let link = ledger::link(self.pool(), &tenant, &row.user.id)
+                .await
+                .map_err(db)?;
+            let state = if row.active && !row.deleted {
+                UserState::Active
+            } else {
+                UserState::Deactivated
+            };
+            ("staged", row.user, state, Some(row.user_name), link)
+        };
+        let mapping = &config.mapping.0;
+        let rendered = mapping
+            .render(&staged, state)
+            .map_err(|e| AdminError::render(&e.field, &e.reason))?;
+        let fields: BTreeMap<String, Value> = rendered
+            .fields
+            .iter()
+            .map(|(c, v)| (c.clone(), field_json(v)))
+            .collect();
+        let key_column = mapping.target().key_column.clone();
+        let (changes, roles_added, roles_removed) = match &link {
+            None => (None, None, None),
+            Some(l) => {
+                let mut changes = BTreeMap::new();
+                if l.app_key != rendered.key {
+                    changes.insert(
+                        key_column.clone(),
+                        FieldChange {
+                            before: Value::String(l.app_key.clone()),
+                            after: Value::String(rendered.key.clone()),
+                        },
+                    );
+                }
+                for (c, after) in &fields {
+                    let before = l.fields.get(c).cloned().unwrap_or(Value::Null);
+                    if &before != after {
+                        changes.insert(
+                            c.clone(),
+                            FieldChange {
+                                before,
+                                after: after.clone(),
+                            },
+                        );
+                    }
+                }
+                (
+                    Some(changes),
+                    Some(
+                        rendered
+                            .roles
+                            .difference(&l.applied_roles)
+                            .cloned()
+                            .collect(),
+                    ),
+                    Some(
+                        l.applied_roles
+                            .difference(&rendered.roles)
+                            .cloned()
+                            .collect(),
+                    ),
+                )
+            }
+        };
+        Ok(Json(Preview {
+            source: source.to_string(),
+            user_id: (!staged.id.is_empty()).then(|| staged.id.clone()),
+            user_name,
+            state: match state {
+                UserState::Active => "active",
+                UserState::Deactivated => "deactivated",
+            }
+            .to_string(),
+            key_column,
+            key: rendered.key.clone(),
+            fields,
+            roles: rendered.roles.iter().cloned().collect(),
+            link: link.map(|l| LinkState {
+                app_key: l.app_key,
+                state: l.state,
+                roles: l.applied_roles.into_iter().collect(),
+                updated_at: l.updated_at,
+            }),
+            changes,
+            roles_added,
+            roles_removed,
+        }))
+    }
+
+    /// The mapping a tenant syncs with
+    #[oai(
+        path = "/tenants/:tenant/mapping",
+        method = "get",
+        tag = "SyncTag::Mapping",
+        operation_id = "adminGetMapping"
+    )]
+    async fn get_mapping(&self, _auth: AdminAuth, tenant: Path<String>) -> Result<MappingInfo> {
+        let (_, _, config) = self.syncing(&tenant)?;
+        Ok(Json(mapping_info(&tenant, &config)))
+    }
+
+    /// Load the tenant's mapping file again (operator); a file that fails to load or fails its
+    /// own tests is rejected and the mapping in use stays
+    #[oai(
+        path = "/tenants/:tenant/mapping/reload",
+        method = "post",
+        tag = "SyncTag::Mapping",
+        operation_id = "adminReloadMapping"
+    )]
+    async fn reload_mapping(
+        &self,
+        auth: AdminAuth,
+        tenant: Path<String>,
+    ) -> std::result::Result<Json<MappingInfo>, ActionError> {
+        auth.require(AdminRole::Operator)?;
+        let (handle, _, _) = self.syncing(&tenant)?;
+        let t = self.tenant(&tenant)?;
+        let _one = handle.reload.lock().await;
+        // Under the lock: the engine as the last reload left it.
+        let engine = handle.engine();
+        let current = engine
+            .tenant_config(&tenant)
+            .ok_or_else(AdminError::internal)?;
+        let loaded = current
+            .reload_mapping(&t.config.custom_schema, &self.state.config.applications)
+            .map_err(|e| {
+                tracing::warn!(tenant = %*tenant, admin = %auth.0.name, "mapping reload rejected");
+                AdminError::unprocessable(e)
+            })?;
+        let failures: Vec<String> = loaded
+            .mapping
+            .0
+            .run_tests()
+            .into_iter()
+            .flat_map(|o| {
+                let origin = loaded.mapping_path.display().to_string();
+                o.failures
+                    .into_iter()
+                    .map(move |f| format!("{origin}:{}: test {:?}: {f}", o.line, o.name))
+            })
+            .collect();
+        if !failures.is_empty() {
+            return Err(AdminError::unprocessable(format!(
+                "the mapping's own tests fail: {}",
+                failures.join("; ")
+            ))
+            .into());
+        }
+        // Every tenant keeps the mapping it has now; this one gets the new file.
+        let mut config = self.state.config.clone();
+        for (name, tc) in config.tenants.iter_mut() {
+            if let Some(c) = engine.tenant_config(name) {
+                tc.sync = Some(c.clone());
+            }
+        }
+        let info = mapping_info(&tenant, &loaded);
+        if let Some(tc) = config.tenants.get_mut(&*tenant) {
+            tc.sync = Some(loaded);
+        }
+        let (store, clock) = (self.state.store.clone(), self.state.clock.clone());
+        // Opened on a blocking thread: the engine's constructor is not a Send future.
+        let new = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(SyncEngine::new(&config, store, clock))
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(|e| {
+            AdminError::unprocessable(format!(
+                "the mapping loads, but the sync engine cannot use it: {e}"
+            ))
+        })?;
+        handle.replace(new);
+        tracing::info!(tenant = %*tenant, admin = %auth.0.name, "mapping reloaded");
+        Ok(Json(info))
+    }
+
+    /// Offboardings not applied yet: users whose retention runs, and queued offboardings
+    #[oai(
+        path = "/tenants/:tenant/offboardings",
+        method = "get",
+        tag = "SyncTag::Offboardings",
+        operation_id = "adminListOffboardings"
+    )]
+    async fn list_offboardings(
+        &self,
+        _auth: AdminAuth,
+        tenant: Path<String>,
+        /// Page size (default: server.default_page_size, at most server.max_page_size)
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<OffboardingPage> {
+        let (_, _, config) = self.syncing(&tenant)?;
+        let (limit, offset) = self.paging(limit.0, offset.0);
+        let (total, rows) = ledger::pending_offboardings(
+            self.pool(),
+            &tenant,
+            config.retention_hours,
+            limit,
+            offset,
+        )
+        .await
+        .map_err(db)?;
+        let now = self.state.clock.now();
+        let items = rows
+            .into_iter()
+            .map(|r| PendingOffboarding {
+                due: parse_time(&r.due_at).is_some_and(|d| d <= now),
+                state: r.state,
+                user_id: r.user_id,
+                user_name: r.user_name,
+                app_key: r.app_key,
+                deactivated_at: r.deactivated_at,
+                deleted_at: r.deleted_at,
+                due_at: r.due_at,
+                queued_at: r.queued_at,
+                attempts: r.attempts,
+                last_error: r.last_error,
+            })
+            .collect();
+        Ok(Json(OffboardingPage {
+            items,
+            total,
+            limit,
+            offset,
+            retention_hours: i64::from(config.retention_hours),
+        }))
+    }
+}
