@@ -648,7 +648,9 @@ async fn a_broken_mapping_is_rejected_on_reload_and_a_good_one_is_picked_up() {
             .contains(&json!("scifeon_users.Department"))
     );
     assert_eq!(department().await, "General");
-    let run = app.sync_now().await;
+    // An incremental run reads changed users only; a full run applies the new mapping to all.
+    let run = app.start_run(json!({"full": true})).await;
+    let run = app.finished(run).await;
     assert_eq!(run["counts"]["updated"], 1, "{run}");
     let items = app
         .admin_get(&format!("/runs/{}/items", run["id"]), &[])
