@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags, Union};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -261,19 +261,40 @@ pub struct PreviewGroup {
     pub id: Option<String>,
 }
 
-/// Whom to preview: a staged user (`userId` or `userName`), or a SCIM user document with its
-/// groups (`user`, `groups`). Exactly one of `userId`, `userName` and `user`.
+/// A staged user, by id.
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
-pub struct PreviewRequest {
+pub struct PreviewById {
     #[oai(validator(max_length = 256))]
-    pub user_id: Option<String>,
+    pub user_id: String,
+}
+
+/// A staged user, by userName (case-insensitive).
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct PreviewByName {
     #[oai(validator(max_length = 1024))]
-    pub user_name: Option<String>,
+    pub user_name: String,
+}
+
+/// A SCIM user document with its groups, normalised as a SCIM POST would be.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct PreviewDocument {
     /// A SCIM User resource as a client would POST it.
-    pub user: Option<Value>,
-    #[oai(validator(max_items = 1000))]
-    pub groups: Option<Vec<PreviewGroup>>,
+    pub user: BTreeMap<String, Value>,
+    /// The groups the user would be a member of.
+    #[oai(default, validator(max_items = 1000))]
+    pub groups: Vec<PreviewGroup>,
+}
+
+/// Whom to preview: a staged user (`userId`, or `userName`), or a SCIM user document with its
+/// groups (`user`, `groups`). When several are given, `userId` wins, then `userName`.
+#[derive(Union)]
+pub enum PreviewRequest {
+    ById(PreviewById),
+    ByName(PreviewByName),
+    Document(PreviewDocument),
 }
 
 /// What the application row holds since the last write.
@@ -784,74 +805,63 @@ impl AdminSyncApi {
         auth.require(AdminRole::Operator)?;
         let (_, _, config) = self.syncing(&tenant)?;
         let t = self.tenant(&tenant)?;
-        let req = body.0;
-        let given = [
-            req.user_id.is_some(),
-            req.user_name.is_some(),
-            req.user.is_some(),
-        ];
-        if given.iter().filter(|g| **g).count() != 1 {
-            return Err(AdminError::bad_request(
-                "give exactly one of userId, userName (a staged user) and user (a SCIM user document)",
-            )
-            .into());
-        }
-        if req.groups.is_some() && req.user.is_none() {
-            return Err(AdminError::bad_request(
-                "groups go with a user document; a staged user's groups come from staging",
-            )
-            .into());
-        }
-        let (source, staged, state, user_name, link) = if let Some(doc) = &req.user {
-            let n = normalize(&t.users, doc).map_err(AdminError::from)?;
-            let active = n.doc.get("active").and_then(Value::as_bool).unwrap_or(true);
-            let user_name = n
-                .doc
-                .get("userName")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let groups = req
-                .groups
-                .unwrap_or_default()
-                .into_iter()
-                .map(|g| StagedGroup {
-                    id: g.id.unwrap_or_default(),
-                    display_name: g.display_name,
-                    external_id: g.external_id,
-                })
-                .collect();
-            let staged = StagedUser {
-                id: String::new(),
-                doc: n.doc,
-                groups,
-            };
-            let state = if active {
-                UserState::Active
-            } else {
-                UserState::Deactivated
-            };
-            ("document", staged, state, user_name, None)
-        } else {
-            let who = match (&req.user_id, &req.user_name) {
-                (Some(id), _) => UserRef::Id(id),
-                (_, Some(n)) => UserRef::UserName(n),
-                _ => return Err(AdminError::internal().into()),
-            };
-            let row = ledger::staged_user(self.pool(), &tenant, who)
-                .await
-                .map_err(db)?
-                .ok_or_else(|| {
-                    AdminError::not_found(format!("tenant {:?} has no such staged user", &*tenant))
-                })?;
-            let link = ledger::link(self.pool(), &tenant, &row.user.id)
-                .await
-                .map_err(db)?;
-            let state = if row.active && !row.deleted {
-                UserState::Active
-            } else {
-                UserState::Deactivated
-            };
-            ("staged", row.user, state, Some(row.user_name), link)
+        let staged_ref = match &body.0 {
+            PreviewRequest::ById(b) => Some(UserRef::Id(&b.user_id)),
+            PreviewRequest::ByName(b) => Some(UserRef::UserName(&b.user_name)),
+            PreviewRequest::Document(_) => None,
+        };
+        let (source, staged, state, user_name, link) = match (staged_ref, &body.0) {
+            (Some(who), _) => {
+                let row = ledger::staged_user(self.pool(), &tenant, who)
+                    .await
+                    .map_err(db)?
+                    .ok_or_else(|| {
+                        AdminError::not_found(format!(
+                            "tenant {:?} has no such staged user",
+                            &*tenant
+                        ))
+                    })?;
+                let link = ledger::link(self.pool(), &tenant, &row.user.id)
+                    .await
+                    .map_err(db)?;
+                let state = if row.active && !row.deleted {
+                    UserState::Active
+                } else {
+                    UserState::Deactivated
+                };
+                ("staged", row.user, state, Some(row.user_name), link)
+            }
+            (None, PreviewRequest::Document(d)) => {
+                let doc = Value::Object(d.user.clone().into_iter().collect());
+                let n = normalize(&t.users, &doc).map_err(AdminError::from)?;
+                let active = n.doc.get("active").and_then(Value::as_bool).unwrap_or(true);
+                let user_name = n
+                    .doc
+                    .get("userName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                let groups = d
+                    .groups
+                    .iter()
+                    .map(|g| StagedGroup {
+                        id: g.id.clone().unwrap_or_default(),
+                        display_name: g.display_name.clone(),
+                        external_id: g.external_id.clone(),
+                    })
+                    .collect();
+                let staged = StagedUser {
+                    id: String::new(),
+                    doc: n.doc,
+                    groups,
+                };
+                let state = if active {
+                    UserState::Active
+                } else {
+                    UserState::Deactivated
+                };
+                ("document", staged, state, user_name, None)
+            }
+            (None, _) => return Err(AdminError::internal().into()),
         };
         let mapping = &config.mapping.0;
         let rendered = mapping

@@ -545,12 +545,20 @@ async fn preview_renders_staged_users_and_documents_and_shows_what_would_change(
     r.assert_problem(422);
     assert_eq!(r.body["field"], "fields.EmployeeNumber", "{}", r.text);
     assert!(r.body["reason"].is_string());
-    // Bad requests: no selector, two selectors, a document SCIM rejects, an unknown user.
+    // userId wins over userName.
+    let r = app
+        .admin_post(
+            &path,
+            OPERATOR_TOKEN,
+            Some(json!({"userId": ann, "userName": "nobody@example.com"})),
+        )
+        .await;
+    assert_eq!(r.body["userName"], "ann@example.com", "{}", r.text);
+    // Bad requests: no selector, a document SCIM rejects, a document that is not an object.
     for body in [
         json!({}),
-        json!({"userId": ann, "userName": "ann@example.com"}),
-        json!({"userId": ann, "groups": []}),
         json!({"user": {"schemas": [USER_SCHEMA]}}),
+        json!({"user": "ann"}),
     ] {
         app.admin_post(&path, OPERATOR_TOKEN, Some(body))
             .await
