@@ -460,6 +460,13 @@ fn sync_error(e: SyncError) -> ActionError {
     }
 }
 
+fn shutting_down() -> AdminError {
+    AdminError::new(
+        poem::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the server is shutting down; no new runs start",
+    )
+}
+
 fn join_error(e: tokio::task::JoinError) -> ActionError {
     tracing::error!(error = %e, "sync run task failed");
     AdminError::internal().into()
@@ -679,6 +686,7 @@ impl AdminSyncApi {
             // A dry run takes no lease and may run beside another run.
             self.not_busy(&tenant).await?;
         }
+        let permit = handle.run_permit().await.ok_or_else(shutting_down)?;
         let (tx, rx) = oneshot::channel();
         let options = RunOptions {
             dry_run,
@@ -687,6 +695,7 @@ impl AdminSyncApi {
         };
         let name = tenant.0.clone();
         let mut task = tokio::spawn(async move {
+            let _permit = permit;
             let r = engine.run(&name, Trigger::Api, options).await;
             if let Ok(s) = &r {
                 handle.record(s);
@@ -765,7 +774,9 @@ impl AdminSyncApi {
         let _starting = self.state.run_starts.lock().await;
         self.not_busy(&run.tenant).await?;
         let approved = id.0;
+        let permit = handle.run_permit().await.ok_or_else(shutting_down)?;
         let mut task = tokio::spawn(async move {
+            let _permit = permit;
             let r = engine.approve(approved, Trigger::Api).await;
             if let Ok(s) = &r {
                 handle.record(s);

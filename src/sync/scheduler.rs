@@ -45,10 +45,12 @@ pub fn nickname(s: &str) -> Option<&'static str> {
 }
 
 /// The current sync engine (replaced whole by a mapping reload), whether the scheduler is
-/// running, and the metrics every run outside the CLI reports to.
+/// running, the permits of runs in progress (shutdown waits for them) and the metrics every
+/// run outside the CLI reports to.
 pub struct SyncHandle {
     engine: RwLock<Arc<SyncEngine>>,
     scheduler_running: AtomicBool,
+    runs: Arc<Semaphore>,
     /// Held while a reload builds the new engine: one reload at a time.
     pub reload: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
@@ -59,6 +61,7 @@ impl SyncHandle {
         SyncHandle {
             engine: RwLock::new(Arc::new(engine)),
             scheduler_running: AtomicBool::new(false),
+            runs: Arc::new(Semaphore::new(MAX_RUNS as usize)),
             reload: tokio::sync::Mutex::new(()),
             metrics,
         }
@@ -79,6 +82,11 @@ impl SyncHandle {
             Ok(mut e) => *e = engine,
             Err(poisoned) => *poisoned.into_inner() = engine,
         }
+    }
+
+    /// A permit for a run that shutdown waits for; None once shutdown has begun.
+    pub async fn run_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.runs.clone().acquire_owned().await.ok()
     }
 
     /// Whether the schedules are ticking (set by `Scheduler::start`, cleared at shutdown).
@@ -111,7 +119,6 @@ impl SyncHandle {
 
 pub struct Scheduler {
     jobs: JobScheduler,
-    runs: Arc<Semaphore>,
     handle: Arc<SyncHandle>,
 }
 
@@ -123,7 +130,6 @@ impl Scheduler {
     /// Schedule every tenant that has a schedule, and start ticking.
     pub async fn start(handle: Arc<SyncHandle>) -> Result<Scheduler, SchedulerError> {
         let jobs = JobScheduler::new().await?;
-        let runs = Arc::new(Semaphore::new(MAX_RUNS as usize));
         let engine = handle.engine();
         for tenant in engine.tenants().map(str::to_string).collect::<Vec<_>>() {
             let Some(schedule) = engine
@@ -132,12 +138,12 @@ impl Scheduler {
             else {
                 continue;
             };
-            let (handle, runs, name) = (handle.clone(), runs.clone(), tenant.clone());
+            let (handle, name) = (handle.clone(), tenant.clone());
             let job = Job::new_async(schedule.normalized.as_str(), move |_, _| {
-                let (handle, runs, tenant) = (handle.clone(), runs.clone(), name.clone());
+                let (handle, tenant) = (handle.clone(), name.clone());
                 Box::pin(async move {
                     // Closed at shutdown: no new runs.
-                    let Ok(_permit) = runs.acquire_owned().await else {
+                    let Some(_permit) = handle.run_permit().await else {
                         return;
                     };
                     tick(&handle, &tenant).await;
@@ -148,17 +154,19 @@ impl Scheduler {
         }
         jobs.start().await?;
         handle.scheduler_running.store(true, Ordering::SeqCst);
-        Ok(Scheduler { jobs, runs, handle })
+        Ok(Scheduler { jobs, handle })
     }
 
-    /// Stop ticking and wait (up to `grace`) for runs in progress to end.
+    /// Stop ticking and wait (up to `grace`) for runs in progress (scheduled or started through
+    /// the admin API) to end.
     pub async fn shutdown(mut self, grace: Duration) {
         self.handle.scheduler_running.store(false, Ordering::SeqCst);
         if let Err(e) = self.jobs.shutdown().await {
             tracing::warn!(error = %e, "stopping the scheduler");
         }
-        match tokio::time::timeout(grace, self.runs.acquire_many(MAX_RUNS)).await {
-            Ok(Ok(_all)) => self.runs.close(),
+        let runs = &self.handle.runs;
+        match tokio::time::timeout(grace, runs.acquire_many(MAX_RUNS)).await {
+            Ok(Ok(_all)) => runs.close(),
             _ => {
                 tracing::warn!("sync runs still in progress at shutdown; the next run resumes them")
             }
