@@ -718,3 +718,34 @@ impl TestApp {
         self.clock.now()
     }
 }
+
+#[tokio::test]
+async fn concurrent_triggers_each_answer_with_their_own_run() {
+    let app = TestApp::start_syncing("").await;
+    app.scifeon_user("ann@example.com", "Ann", &[]).await;
+    let bodies = [
+        json!({"dryRun": true}),
+        json!({"dryRun": true, "full": true}),
+        json!({"dryRun": true}),
+        json!({}),
+    ];
+    let answers: Vec<i64> =
+        futures_util::future::join_all(bodies.iter().map(|b| app.start_run(b.clone()))).await;
+    let mut ids = answers.clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), bodies.len(), "{answers:?}");
+    for (id, body) in answers.iter().zip(&bodies) {
+        let run = app.finished(*id).await;
+        assert_eq!(run["trigger"], "api");
+        assert_eq!(
+            run["dryRun"],
+            body.get("dryRun").cloned().unwrap_or(json!(false))
+        );
+        assert_eq!(
+            run["full"],
+            body.get("full").cloned().unwrap_or(json!(false))
+        );
+        assert_ne!(run["status"], "skipped", "{run}");
+    }
+}
