@@ -179,6 +179,7 @@ impl<T: poem_openapi::OpenApi> poem_openapi::OpenApi for SpecOnly<T> {
 /// The whole HTTP application.
 pub fn app(state: Arc<AppState>) -> impl Endpoint {
     let service = api_service(state.clone());
+    let allow = Arc::new(AllowTable::from_spec(&service.spec(), ADMIN_PREFIX));
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
     // One endpoint serves both APIs (their paths carry their prefixes); each prefix has its
@@ -195,7 +196,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         }))
         .around({
             let state = state.clone();
-            move |next, req| admin_guard(state.clone(), next, req)
+            move |next, req| admin_guard(state.clone(), allow.clone(), next, req)
         });
     Route::new()
         .nest_no_strip(SCIM_PREFIX, scim)
@@ -219,17 +220,67 @@ fn healthz() -> &'static str {
     "ok"
 }
 
-/// Admin API: the state for the token check, and every error as a problem document.
+/// Admin API: the state for the token check, and every error as a problem document (a 405
+/// with the `Allow` header of its path).
 async fn admin_guard<E: Endpoint>(
     state: Arc<AppState>,
+    allow: Arc<AllowTable>,
     next: E,
     mut req: Request,
 ) -> poem::Result<Response> {
+    let path = req.uri().path().to_string();
     req.set_data(state);
-    Ok(match next.call(req).await {
+    let mut resp = match next.call(req).await {
         Ok(r) => r.into_response(),
         Err(e) => problem::to_problem_response(e),
-    })
+    };
+    if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
+        && let Some(methods) = allow.methods(&path)
+        && let Ok(v) = HeaderValue::from_str(methods)
+    {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    Ok(resp)
+}
+
+/// The methods of each documented path (templates like `/runs/{id}` match any one segment).
+pub struct AllowTable(Vec<(Vec<Option<String>>, String)>);
+
+impl AllowTable {
+    /// From the OpenAPI document (JSON), the paths under `prefix`.
+    pub fn from_spec(spec: &str, prefix: &str) -> AllowTable {
+        let doc: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let mut rows = Vec::new();
+        if let Some(paths) = doc.get("paths").and_then(|p| p.as_object()) {
+            for (path, ops) in paths.iter().filter(|(p, _)| p.starts_with(prefix)) {
+                let segments = path
+                    .split('/')
+                    .map(|s| (!s.starts_with('{')).then(|| s.to_string()))
+                    .collect();
+                let methods: Vec<String> = ops
+                    .as_object()
+                    .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
+                    .unwrap_or_default();
+                rows.push((segments, methods.join(", ")));
+            }
+        }
+        AllowTable(rows)
+    }
+
+    /// The `Allow` value for a request path, when it is a documented path.
+    pub fn methods(&self, path: &str) -> Option<&str> {
+        let parts: Vec<&str> = path.split('/').collect();
+        self.0
+            .iter()
+            .find(|(segments, _)| {
+                segments.len() == parts.len()
+                    && segments
+                        .iter()
+                        .zip(&parts)
+                        .all(|(s, p)| s.as_deref().is_none_or(|s| s == *p))
+            })
+            .map(|(_, m)| m.as_str())
+    }
 }
 
 /// Tenant and bearer token check before any body is read; sets the body limit.
@@ -450,6 +501,16 @@ pub fn operation(method: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_lists_the_methods_of_a_documented_path() {
+        let t = AllowTable::from_spec(&openapi_spec(), ADMIN_PREFIX);
+        assert_eq!(t.methods("/admin/v1/runs"), Some("GET"));
+        assert_eq!(t.methods("/admin/v1/runs/7/approve"), Some("POST"));
+        assert_eq!(t.methods("/admin/v1/tenants/acme/runs"), Some("POST"));
+        assert_eq!(t.methods("/admin/v1/nothing"), None);
+        assert_eq!(t.methods("/scim-api/v1/acme/scim/Users"), None);
+    }
 
     #[test]
     fn operation_names_hide_ids() {

@@ -192,6 +192,10 @@ impl ApiResponse for ActionError {
             "The tenant's or the run's state does not allow this now (a run in progress, a run not awaiting approval)",
         ));
         all.push((
+            415,
+            "The request body is not JSON (Content-Type: application/json)",
+        ));
+        all.push((
             422,
             "The mapping cannot be used: it does not load, or it cannot render the user",
         ));

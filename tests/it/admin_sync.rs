@@ -121,6 +121,25 @@ async fn sync_endpoints_need_a_token_and_posts_need_an_operator() {
         v
     };
     assert_eq!(statuses, [202, 409, 200, 200]);
+    // A method a path does not have: 405 naming the ones it has.
+    let r = app
+        .send(app.admin_request(
+            Method::DELETE,
+            &format!("/runs/{run}"),
+            Some(OPERATOR_TOKEN),
+        ))
+        .await;
+    r.assert_problem(405);
+    assert_eq!(r.header("allow"), Some("GET"));
+    let r = app
+        .send(app.admin_request(
+            Method::GET,
+            &format!("/tenants/{ACME}/runs"),
+            Some(READER_TOKEN),
+        ))
+        .await;
+    r.assert_problem(405);
+    assert_eq!(r.header("allow"), Some("POST"));
     // A tenant without sync has none of it; an unknown tenant is 404 too.
     for path in [
         format!("/tenants/{OTHER}/offboardings"),
