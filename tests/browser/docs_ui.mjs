@@ -105,12 +105,16 @@ try {
     "/admin/v1/tenants/{tenant}",
     "/admin/v1/tenants/{tenant}/users",
     "/admin/v1/tenants/{tenant}/requests",
+    "/admin/v1/runs",
+    "/admin/v1/runs/{id}/items",
+    "/admin/v1/tenants/{tenant}/mapping/preview",
+    "/admin/v1/tenants/{tenant}/offboardings",
     "/scim-api/v1/{tenant}/scim/Users",
   ]) {
     check(`the UI lists ${p}`, paths.some((x) => x.replace(/\u200b/g, "") === p));
   }
   const tags = await page.$$eval(".opblock-tag", (els) => els.map((e) => e.textContent.trim()));
-  check("the UI shows the admin tags", ["Tenants", "Staging", "ProvisioningLog"].every((t) => tags.some((x) => x.startsWith(t))), tags.join(", "));
+  check("the UI shows the admin tags", ["Tenants", "Staging", "ProvisioningLog", "SyncRuns", "Mapping", "Offboardings"].every((t) => tags.some((x) => x.startsWith(t))), tags.join(", "));
 
   // Authorise with the admin token through the UI and call GET /admin/v1/tenants.
   await page.click("button.authorize");
