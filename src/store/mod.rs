@@ -1,6 +1,7 @@
 //! The staging "operations" database: users, groups and memberships per tenant, with a change
 //! sequence for the sync engine. The store knows SQL, not HTTP; it speaks in SCIM's terms.
 
+pub mod mssql;
 pub mod sqlite;
 
 use chrono::{DateTime, SecondsFormat, Utc};

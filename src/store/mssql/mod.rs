@@ -1,0 +1,5 @@
+//! The SQL Server staging store and application target: T-SQL translation of filters, the
+//! statements the store, the sync engine and the application writer issue, the connection
+//! configuration and a bb8 pool of tiberius connections.
+
+pub mod filter_sql;
