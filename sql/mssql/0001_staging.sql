@@ -55,15 +55,15 @@ CREATE TABLE scim.users (
     CONSTRAINT users_doc_is_json CHECK (ISJSON(doc) = 1),
     CONSTRAINT users_doc_ci_is_json CHECK (ISJSON(doc_ci) = 1)
 );
-CREATE UNIQUE NONCLUSTERED INDEX users_id ON scim.users (tenant, id);
+CREATE UNIQUE INDEX users_id ON scim.users (tenant, id);
 -- userName is unique per tenant among live users only: a deleted user keeps its row (and name)
 -- until the sync lifecycle purges it, and the name may be provisioned again meanwhile.
-CREATE UNIQUE NONCLUSTERED INDEX users_user_name ON scim.users (tenant, user_name_ci) WHERE deleted_at IS NULL;
-CREATE NONCLUSTERED INDEX users_external_id ON scim.users (tenant, external_id);
+CREATE UNIQUE INDEX users_user_name ON scim.users (tenant, user_name_ci) WHERE deleted_at IS NULL;
+CREATE INDEX users_external_id ON scim.users (tenant, external_id);
 -- The sync engine's range read: (change_seq, pk) comes with the clustered key.
-CREATE NONCLUSTERED INDEX users_change_seq ON scim.users (tenant, change_seq);
+CREATE INDEX users_change_seq ON scim.users (tenant, change_seq);
 -- Live rows per tenant in insertion order: plain lists and counts page through this index.
-CREATE NONCLUSTERED INDEX users_live ON scim.users (tenant) WHERE deleted_at IS NULL;
+CREATE INDEX users_live ON scim.users (tenant) WHERE deleted_at IS NULL;
 GO
 
 -- emails[type eq "work"].value eq "..." is how Entra looks users up: answered from this index.
@@ -76,7 +76,7 @@ CREATE TABLE scim.user_emails (
     CONSTRAINT user_emails_user_fk FOREIGN KEY (user_pk) REFERENCES scim.users (pk) ON DELETE CASCADE
 );
 CREATE CLUSTERED INDEX user_emails_user ON scim.user_emails (user_pk);
-CREATE NONCLUSTERED INDEX user_emails_value ON scim.user_emails (tenant, value_ci);
+CREATE INDEX user_emails_value ON scim.user_emails (tenant, value_ci);
 GO
 
 CREATE TABLE scim.groups (
@@ -95,11 +95,11 @@ CREATE TABLE scim.groups (
     CONSTRAINT groups_doc_is_json CHECK (ISJSON(doc) = 1),
     CONSTRAINT groups_doc_ci_is_json CHECK (ISJSON(doc_ci) = 1)
 );
-CREATE UNIQUE NONCLUSTERED INDEX groups_id ON scim.groups (tenant, id);
-CREATE UNIQUE NONCLUSTERED INDEX groups_display_name ON scim.groups (tenant, display_name_ci);
-CREATE NONCLUSTERED INDEX groups_external_id ON scim.groups (tenant, external_id);
-CREATE NONCLUSTERED INDEX groups_change_seq ON scim.groups (tenant, change_seq);
-CREATE NONCLUSTERED INDEX groups_tenant ON scim.groups (tenant);
+CREATE UNIQUE INDEX groups_id ON scim.groups (tenant, id);
+CREATE UNIQUE INDEX groups_display_name ON scim.groups (tenant, display_name_ci);
+CREATE INDEX groups_external_id ON scim.groups (tenant, external_id);
+CREATE INDEX groups_change_seq ON scim.groups (tenant, change_seq);
+CREATE INDEX groups_tenant ON scim.groups (tenant);
 GO
 
 -- One row per membership: adding or removing a member never rewrites the group. Clustered on
@@ -112,4 +112,4 @@ CREATE TABLE scim.group_members (
     CONSTRAINT group_members_pk PRIMARY KEY CLUSTERED (tenant, group_id, member_id),
     CONSTRAINT group_members_type CHECK (member_type IN (N'User', N'Group'))
 );
-CREATE NONCLUSTERED INDEX group_members_member ON scim.group_members (tenant, member_id) INCLUDE (member_type);
+CREATE INDEX group_members_member ON scim.group_members (tenant, member_id) INCLUDE (member_type);

@@ -31,7 +31,7 @@ CREATE TABLE sync.links (
     CONSTRAINT links_applied_roles_is_json CHECK (ISJSON(applied_roles) = 1),
     CONSTRAINT links_fields_is_json CHECK (ISJSON(fields) = 1)
 );
-CREATE NONCLUSTERED INDEX links_app_key ON sync.links (tenant, app_key);
+CREATE INDEX links_app_key ON sync.links (tenant, app_key);
 GO
 
 -- The run ledger. [trigger] and [full] are reserved words in T-SQL and stay bracketed.
@@ -62,8 +62,8 @@ CREATE TABLE sync.runs (
     CONSTRAINT runs_approves_run_fk FOREIGN KEY (approves_run) REFERENCES sync.runs (id),
     CONSTRAINT runs_approved_by_fk FOREIGN KEY (approved_by) REFERENCES sync.runs (id)
 );
-CREATE NONCLUSTERED INDEX runs_tenant ON sync.runs (tenant, id DESC);
-CREATE NONCLUSTERED INDEX runs_status ON sync.runs (tenant, status, id DESC);
+CREATE INDEX runs_tenant ON sync.runs (tenant, id DESC);
+CREATE INDEX runs_status ON sync.runs (tenant, status, id DESC);
 
 -- One row per user a run changed, would change (dry run), failed on, or offboarded.
 CREATE TABLE sync.run_items (
@@ -80,8 +80,8 @@ CREATE TABLE sync.run_items (
     CONSTRAINT run_items_pk PRIMARY KEY CLUSTERED (id),
     CONSTRAINT run_items_run_fk FOREIGN KEY (run_id) REFERENCES sync.runs (id) ON DELETE CASCADE
 );
-CREATE NONCLUSTERED INDEX run_items_run ON sync.run_items (run_id, outcome);
-CREATE NONCLUSTERED INDEX run_items_user ON sync.run_items (user_id);
+CREATE INDEX run_items_run ON sync.run_items (run_id, outcome);
+CREATE INDEX run_items_user ON sync.run_items (user_id);
 GO
 
 -- One run per tenant at a time, across processes and replicas: the holder renews expires_at per
@@ -122,8 +122,8 @@ CREATE TABLE sync.offboarding (
     last_error NVARCHAR(MAX) NULL,
     CONSTRAINT offboarding_pk PRIMARY KEY CLUSTERED (id)
 );
-CREATE UNIQUE NONCLUSTERED INDEX offboarding_user ON sync.offboarding (tenant, user_id);
+CREATE UNIQUE INDEX offboarding_user ON sync.offboarding (tenant, user_id);
 GO
 
 -- The lifecycle pass looks for inactive and deleted users per tenant.
-CREATE NONCLUSTERED INDEX users_deactivated ON scim.users (tenant, deactivated_at) WHERE deactivated_at IS NOT NULL;
+CREATE INDEX users_deactivated ON scim.users (tenant, deactivated_at) WHERE deactivated_at IS NOT NULL;

@@ -3,3 +3,4 @@
 //! configuration and a bb8 pool of tiberius connections.
 
 pub mod filter_sql;
+pub mod statements;
