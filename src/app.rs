@@ -11,7 +11,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::api::{self, AppState};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, StagingDb};
 use crate::store::SqliteStore;
 
 pub struct Application {
@@ -27,14 +27,16 @@ impl Application {
         clock: Arc<dyn Clock>,
         listen: Option<&str>,
     ) -> anyhow::Result<Application> {
-        let store = SqliteStore::open(&config.staging_path, config.staging.durability)
-            .await
-            .with_context(|| {
-                format!(
-                    "opening the staging database {}",
-                    config.staging_path.display()
-                )
-            })?;
+        let store = match &config.staging_db {
+            StagingDb::Sqlite(path) => SqliteStore::open(path, config.staging.durability)
+                .await
+                .with_context(|| format!("opening the staging database {}", path.display()))?,
+            StagingDb::SqlServer(c) => anyhow::bail!(
+                "staging.database names SQL Server ({}); this build serves SCIM from SQLite only \
+                 (see docs/sqlserver.md)",
+                c.describe()
+            ),
+        };
         let listen = listen.unwrap_or(&config.server.listen).to_string();
         let state = Arc::new(AppState::new(config, store, clock));
         let acceptor = TcpListener::bind(listen.clone())
