@@ -12,7 +12,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::{Config, StagingDb};
-use crate::store::SqliteStore;
+use crate::store::Store;
 
 pub struct Application {
     acceptor: TcpAcceptor,
@@ -27,16 +27,19 @@ impl Application {
         clock: Arc<dyn Clock>,
         listen: Option<&str>,
     ) -> anyhow::Result<Application> {
-        let store = match &config.staging_db {
-            StagingDb::Sqlite(path) => SqliteStore::open(path, config.staging.durability)
-                .await
-                .with_context(|| format!("opening the staging database {}", path.display()))?,
-            StagingDb::SqlServer(c) => anyhow::bail!(
-                "staging.database names SQL Server ({}); this build serves SCIM from SQLite only \
-                 (see docs/sqlserver.md)",
-                c.describe()
-            ),
-        };
+        let store = Store::open(&config.staging_db, config.staging.durability)
+            .await
+            .with_context(|| match &config.staging_db {
+                StagingDb::Sqlite(path) => {
+                    format!("opening the staging database {}", path.display())
+                }
+                StagingDb::SqlServer(c) => {
+                    format!(
+                        "opening the staging database on SQL Server ({})",
+                        c.describe()
+                    )
+                }
+            })?;
         let listen = listen.unwrap_or(&config.server.listen).to_string();
         let state = Arc::new(AppState::new(config, store, clock));
         let acceptor = TcpListener::bind(listen.clone())

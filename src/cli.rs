@@ -1,4 +1,4 @@
-//! The command line: serve, bench.
+//! The command line: serve, migrate, bench.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,12 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Create or upgrade the staging database (SQLite or SQL Server) and exit
+    Migrate {
+        /// Configuration file
+        #[arg(long, env = "SCIM_BRIDGE_CONFIG", default_value = "scim-bridge.toml")]
+        config: PathBuf,
+    },
     /// Measure the SCIM server on a temporary SQLite database and print a table
     Bench(crate::bench::BenchArgs),
 }
@@ -40,6 +46,7 @@ pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Migrate { config } => migrate(config).await,
         Command::Bench(args) => crate::bench::run(args).await,
     };
     match result {
@@ -73,6 +80,29 @@ async fn serve(config_path: PathBuf, listen: Option<String>) -> anyhow::Result<(
     tracing::info!(addr = %app.addr, tenants = ?tenants, "scim-bridge listening");
     app.run(shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn migrate(config_path: PathBuf) -> anyhow::Result<()> {
+    use crate::config::StagingDb;
+    use crate::store::mssql::{migrate, pool::MssqlPool};
+    let config = load_config(&config_path)?;
+    match &config.staging_db {
+        StagingDb::Sqlite(path) => {
+            crate::store::SqliteStore::open(path, config.staging.durability).await?;
+            println!("{}: up to date", path.display());
+        }
+        StagingDb::SqlServer(c) => {
+            let pool = MssqlPool::connect(c).await?;
+            let report = migrate::run(&mut *pool.get().await?).await?;
+            println!(
+                "SQL Server {}: applied {:?}, already applied {:?}",
+                c.describe(),
+                report.applied,
+                report.already_applied
+            );
+        }
+    }
     Ok(())
 }
 

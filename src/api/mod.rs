@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::config::{Config, TenantConfig};
 use crate::scim::ScimError;
 use crate::scim::schema::ResourceType;
-use crate::store::SqliteStore;
+use crate::store::Store;
 use payload::BodyLimit;
 
 /// A tenant as the server sees it: its configuration and its resource types.
@@ -31,13 +31,13 @@ pub struct Tenant {
 /// Everything a request may need.
 pub struct AppState {
     pub config: Config,
-    pub store: SqliteStore,
+    pub store: Store,
     pub tenants: BTreeMap<String, Tenant>,
     pub clock: Arc<dyn Clock>,
 }
 
 impl AppState {
-    pub fn new(config: Config, store: SqliteStore, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> Self {
         let tenants = config
             .tenants
             .values()

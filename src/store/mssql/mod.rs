@@ -4,5 +4,9 @@
 
 pub mod config;
 pub mod filter_sql;
+pub mod migrate;
 pub mod pool;
 pub mod statements;
+pub mod store;
+
+pub use store::MssqlStore;

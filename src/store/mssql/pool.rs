@@ -22,6 +22,8 @@ pub enum MssqlError {
     Connect { target: String, message: String },
     #[error("SQL Server error: {0}")]
     Database(#[from] tiberius::error::Error),
+    #[error("SQL Server migration failed: {0}")]
+    Migration(String),
     #[error("no SQL Server connection to {target} became available within {timeout:?}")]
     PoolTimeout { target: String, timeout: Duration },
 }
