@@ -11,3 +11,4 @@ mod filters;
 mod groups;
 mod lists;
 mod provisioning;
+mod store_conformance;
