@@ -250,7 +250,12 @@ pub fn select_sql(kind: ResourceKind, with_related: bool) -> String {
              WHERE m.tenant = r.tenant AND m.group_id = r.id FOR JSON PATH), N'[]')",
         ),
     };
-    let related = if with_related { related } else { "NULL" };
+    // A typed NULL: a bare NULL column would be an INT to the driver.
+    let related = if with_related {
+        related
+    } else {
+        "CAST(NULL AS NVARCHAR(MAX))"
+    };
     format!(
         "SELECT r.id, r.doc, r.change_seq, r.created, r.last_modified, {related} \
          FROM {table} r WHERE r.tenant = @P1{live}"
