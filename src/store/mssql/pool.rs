@@ -20,7 +20,7 @@ pub type Client = tiberius::Client<Compat<TcpStream>>;
 pub enum MssqlError {
     #[error("cannot connect to SQL Server ({target}): {message}")]
     Connect { target: String, message: String },
-    #[error("SQL Server error: {0}")]
+    #[error("SQL Server error: {}", redact(.0))]
     Database(#[from] tiberius::error::Error),
     #[error("SQL Server migration failed: {0}")]
     Migration(String),
@@ -33,6 +33,18 @@ impl MssqlError {
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, MssqlError::Database(e) if matches!(e.code(), Some(2601 | 2627)))
     }
+}
+
+/// An error's text without the data SQL Server quotes in some messages (the duplicate key
+/// of 2601/2627, the truncated value of 2628): those are user data and must not be logged.
+pub fn redact(e: &tiberius::error::Error) -> String {
+    let text = e.to_string();
+    for marker in ["The duplicate key value is", "Truncated value:"] {
+        if let Some(at) = text.find(marker) {
+            return format!("{}{marker} (redacted)", &text[..at]);
+        }
+    }
+    text
 }
 
 pub struct TiberiusManager {
@@ -162,6 +174,23 @@ impl MssqlPool {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn quoted_data_is_redacted_from_server_errors() {
+        let e = tiberius::error::Error::Protocol(
+            "Cannot insert duplicate key row in object 'scim.users' with unique index \
+             'users_user_name'. The duplicate key value is (t1, ann@example.com)."
+                .into(),
+        );
+        let shown = MssqlError::Database(e).to_string();
+        assert!(shown.contains("users_user_name"), "{shown}");
+        assert!(!shown.contains("ann@example.com"), "{shown}");
+        let e = tiberius::error::Error::Protocol(
+            "String or binary data would be truncated in table 'scim.users', column 'user_name'. Truncated value: 'secret'."
+                .into(),
+        );
+        assert!(!MssqlError::Database(e).to_string().contains("secret"));
+    }
 
     /// A port nothing listens on: bind one, note it, close it.
     fn closed_port() -> u16 {

@@ -759,20 +759,6 @@ mod tests {
         out
     }
 
-    /// The batches of a migration file (GO separates them).
-    fn batches(file: &str) -> Vec<String> {
-        let mut out = vec![String::new()];
-        for line in file.lines() {
-            if line.trim().eq_ignore_ascii_case("go") {
-                out.push(String::new());
-            } else if let Some(last) = out.last_mut() {
-                last.push_str(line);
-                last.push('\n');
-            }
-        }
-        out.into_iter().filter(|b| !b.trim().is_empty()).collect()
-    }
-
     fn sql_files() -> Vec<(String, String)> {
         let mut out = vec![];
         for dir in ["sql/mssql", "sql/app"] {
@@ -787,7 +773,10 @@ mod tests {
             entries.sort();
             for p in entries {
                 let text = std::fs::read_to_string(&p).unwrap();
-                for (i, b) in batches(&text).into_iter().enumerate() {
+                for (i, b) in crate::store::mssql::migrate::batches(&text)
+                    .into_iter()
+                    .enumerate()
+                {
                     out.push((format!("{} batch {}", p.display(), i + 1), b));
                 }
             }

@@ -39,7 +39,15 @@ impl From<MssqlError> for StoreError {
 
 impl From<tiberius::error::Error> for StoreError {
     fn from(e: tiberius::error::Error) -> Self {
-        StoreError::SqlServer(MssqlError::Database(e))
+        match e.code() {
+            // Chosen as a deadlock victim, or a lock wait timed out: the client may retry.
+            Some(1205 | 1222) => StoreError::Contended,
+            // String or binary data would be truncated.
+            Some(2628 | 8152) => StoreError::Rejected(ScimError::invalid_value(
+                "a value is longer than the staging database allows",
+            )),
+            _ => StoreError::SqlServer(MssqlError::Database(e)),
+        }
     }
 }
 
@@ -63,11 +71,10 @@ fn bind(q: &mut Query<'_>, p: &Param) {
 
 /// A unique index refused the write: a conflict with `what`; anything else as it is.
 fn unique(e: tiberius::error::Error, what: &str) -> StoreError {
-    let e = MssqlError::Database(e);
-    if e.is_unique_violation() {
+    if matches!(e.code(), Some(2601 | 2627)) {
         StoreError::Conflict(what.into())
     } else {
-        StoreError::SqlServer(e)
+        StoreError::from(e)
     }
 }
 
