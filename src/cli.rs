@@ -1,4 +1,4 @@
-//! The command line: serve, migrate, bench.
+//! The command line: serve, sync, migrate, bench, mapping check/test, openapi.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,8 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Sync one tenant's staged users into its application database, once
+    Sync(SyncArgs),
     /// Create or upgrade the staging database (SQLite or SQL Server) and exit
     Migrate {
         /// Configuration file
@@ -40,14 +42,43 @@ enum Command {
     },
     /// Measure the SCIM server on a temporary SQLite database and print a table
     Bench(crate::bench::BenchArgs),
+    /// Print the OpenAPI document of the SCIM and admin APIs (JSON)
+    Openapi,
+    /// Validate a mapping file, or run its [[test]] cases
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Validate a mapping file and show what it reads and writes
+    Check {
+        file: PathBuf,
+        /// The tenant's custom extension URN (where customAttribute01..16 live)
+        #[arg(long, default_value = crate::scim::schema::DEFAULT_CUSTOM_SCHEMA)]
+        custom_schema: String,
+    },
+    /// Run a mapping file's [[test]] cases
+    Test {
+        file: PathBuf,
+        /// The tenant's custom extension URN (where customAttribute01..16 live)
+        #[arg(long, default_value = crate::scim::schema::DEFAULT_CUSTOM_SCHEMA)]
+        custom_schema: String,
+    },
 }
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Sync(args) => sync(args).await,
         Command::Migrate { config } => migrate(config).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Mapping(cmd) => mapping(cmd),
+        Command::Openapi => {
+            println!("{}", crate::api::openapi_spec());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,14 +89,50 @@ pub async fn main() -> ExitCode {
     }
 }
 
+fn mapping(cmd: MappingCommand) -> anyhow::Result<()> {
+    use crate::mapping::{Mapping, report};
+    match cmd {
+        MappingCommand::Check {
+            file,
+            custom_schema,
+        } => {
+            let m = Mapping::load(&file, &custom_schema)?;
+            print!("{}", report::check_report(&m));
+            Ok(())
+        }
+        MappingCommand::Test {
+            file,
+            custom_schema,
+        } => {
+            let m = Mapping::load(&file, &custom_schema)?;
+            let outcomes = m.run_tests();
+            let (text, passed) = report::test_report(&m, &outcomes);
+            print!("{text}");
+            let failed = outcomes.iter().filter(|o| !o.passed()).count();
+            anyhow::ensure!(passed, "{failed} of {} test case(s) failed", outcomes.len());
+            Ok(())
+        }
+    }
+}
+
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path, std::env::vars())?)
 }
 
 pub fn init_logging(format: LogFormat, level: &str) {
+    // The scheduler library narrates its own start-up at info; its warnings are enough.
+    let directives = if level.contains("tokio_cron_scheduler") {
+        level.to_string()
+    } else {
+        format!("{level},tokio_cron_scheduler=warn")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
+    // Colours only for a terminal: log files and collectors get plain lines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -80,6 +147,90 @@ async fn serve(config_path: PathBuf, listen: Option<String>) -> anyhow::Result<(
     tracing::info!(addr = %app.addr, tenants = ?tenants, "scim-bridge listening");
     app.run(shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct SyncArgs {
+    /// The tenant to sync (a [tenants.NAME] with a sync table)
+    #[arg(long)]
+    tenant: String,
+    /// Configuration file
+    #[arg(long, env = "SCIM_BRIDGE_CONFIG", default_value = "scim-bridge.toml")]
+    config: PathBuf,
+    /// Show what would change; write nothing (the run is still recorded in the ledger)
+    #[arg(long)]
+    dry_run: bool,
+    /// Read every user of the tenant, not only those changed since the last run
+    #[arg(long)]
+    full: bool,
+    /// Approve a run that is awaiting approval: perform the offboardings it held
+    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["dry_run", "full"])]
+    approve: Option<i64>,
+}
+
+async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let config = load_config(&args.config)?;
+    let tty = std::io::stderr().is_terminal();
+    // On a terminal the progress bar shows the progress; logs say only what needs attention.
+    init_logging(
+        config.log.format,
+        if tty { "warn" } else { &config.log.level },
+    );
+    let Some(tenant) = config.tenants.get(&args.tenant) else {
+        anyhow::bail!("unknown tenant {:?}", args.tenant);
+    };
+    if tenant.sync.is_none() {
+        anyhow::bail!(
+            "tenant {:?} has no [tenants.{}.sync] table in {}",
+            args.tenant,
+            args.tenant,
+            args.config.display()
+        );
+    }
+    crate::app::check_sync_staging(&config)?;
+    let crate::config::StagingDb::Sqlite(staging_path) = &config.staging_db else {
+        anyhow::bail!("sync needs the SQLite staging backend for now");
+    };
+    let store = crate::store::SqliteStore::open(staging_path, config.staging.durability)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "opening the staging database {}: {e}",
+                staging_path.display()
+            )
+        })?;
+    let engine = crate::sync::SyncEngine::new(&config, store, Arc::new(SystemClock)).await?;
+    let progress = Arc::new(SyncProgress::new(tty, args.dry_run));
+    let summary = match args.approve {
+        Some(run_id) => {
+            let s = engine.approve(run_id, crate::sync::Trigger::Cli).await?;
+            if s.tenant != args.tenant {
+                anyhow::bail!("run {run_id} belongs to tenant {:?}", s.tenant);
+            }
+            s
+        }
+        None => {
+            let options = crate::sync::RunOptions {
+                dry_run: args.dry_run,
+                full: args.full,
+                progress: Some(progress.clone()),
+            };
+            engine
+                .run(&args.tenant, crate::sync::Trigger::Cli, options)
+                .await?
+        }
+    };
+    progress.finish();
+    print_summary(&summary);
+    if summary.status == crate::sync::RunStatus::Failed {
+        anyhow::bail!(
+            "run {} failed: {}",
+            summary.run_id,
+            summary.error.as_deref().unwrap_or("unknown error")
+        );
+    }
     Ok(())
 }
 
@@ -104,6 +255,135 @@ async fn migrate(config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Progress of a CLI sync: a bar on a terminal, log lines otherwise; dry-run changes printed.
+struct SyncProgress {
+    bar: Option<indicatif::ProgressBar>,
+    print_items: bool,
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl SyncProgress {
+    fn new(tty: bool, print_items: bool) -> Self {
+        let bar = tty.then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} users ({per_sec}, eta {eta})",
+            ) {
+                b.set_style(style);
+            }
+            b
+        });
+        SyncProgress {
+            bar,
+            print_items,
+            done: Default::default(),
+            total: Default::default(),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(b) => b.println(text),
+            None => println!("{text}"),
+        }
+    }
+}
+
+impl crate::sync::Progress for SyncProgress {
+    fn start(&self, users: u64) {
+        self.total
+            .store(users, std::sync::atomic::Ordering::Relaxed);
+        match &self.bar {
+            Some(b) => b.set_length(users),
+            None => tracing::info!(users, "users to read"),
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        let done = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        match &self.bar {
+            Some(b) => b.inc(n),
+            None => tracing::info!(
+                done,
+                total = self.total.load(std::sync::atomic::Ordering::Relaxed),
+                "users read"
+            ),
+        }
+    }
+
+    fn item(&self, item: &crate::sync::ItemReport) {
+        if !self.print_items && item.outcome != crate::sync::Outcome::Failed {
+            return;
+        }
+        let mut text = format!(
+            "{} {} (key {}): {}",
+            item.user_id,
+            item.user_name.as_deref().unwrap_or("-"),
+            item.app_key.as_deref().unwrap_or("-"),
+            item.outcome.as_str()
+        );
+        for (column, change) in &item.changes {
+            text.push_str(&format!(
+                "\n    {column}: {} -> {}",
+                change.before, change.after
+            ));
+        }
+        if !item.roles_added.is_empty() {
+            text.push_str(&format!("\n    roles +{}", item.roles_added.join(", +")));
+        }
+        if !item.roles_removed.is_empty() {
+            text.push_str(&format!("\n    roles -{}", item.roles_removed.join(", -")));
+        }
+        if let Some(e) = &item.error {
+            text.push_str(&format!("\n    error: {e}"));
+        }
+        self.line(&text);
+    }
+}
+
+fn print_summary(s: &crate::sync::RunSummary) {
+    let c = &s.counts;
+    println!(
+        "run {} (tenant {}{}): {}",
+        s.run_id,
+        s.tenant,
+        if s.dry_run { ", dry run" } else { "" },
+        s.status.as_str()
+    );
+    println!(
+        "  created {}, updated {}, unchanged {}, deactivated {}, offboarded {}, failed {}, roles added {}, roles removed {}",
+        c.created,
+        c.updated,
+        c.unchanged,
+        c.deactivated,
+        c.offboarded,
+        c.failed,
+        c.roles_added,
+        c.roles_removed
+    );
+    if s.held > 0 && s.dry_run {
+        println!(
+            "  {} offboardings would be held by the guard: a real run would wait for approval",
+            s.held
+        );
+    } else if s.held > 0 {
+        println!(
+            "  {} offboardings held by the guard; review the run's items, then approve with: scim-bridge sync --tenant {} --approve {}",
+            s.held, s.tenant, s.run_id
+        );
+    }
+    if let Some(e) = &s.error {
+        println!("  {e}");
+    }
 }
 
 /// SIGINT or SIGTERM.

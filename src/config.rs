@@ -8,11 +8,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::mapping::Mapping;
 use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
 use crate::store::mssql::config::MssqlConfig;
 use crate::store::sqlite::Durability;
@@ -39,6 +41,136 @@ struct RawConfig {
     staging: StagingConfig,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
+    #[serde(default)]
+    applications: BTreeMap<String, RawApplication>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+/// `[applications.NAME]`: an application database the sync engine writes to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApplication {
+    database: String,
+    schema: Option<PathBuf>,
+}
+
+/// `[tenants.NAME.sync]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    mapping: PathBuf,
+    schedule: Option<String>,
+    #[serde(default = "default_retention_hours")]
+    retention_hours: u32,
+    #[serde(default = "default_guard_share")]
+    guard_share: f64,
+    #[serde(default = "default_guard_min")]
+    guard_min: u32,
+    #[serde(default = "default_batch_size")]
+    batch_size: u32,
+}
+
+fn default_retention_hours() -> u32 {
+    48
+}
+fn default_guard_share() -> f64 {
+    0.10
+}
+fn default_guard_min() -> u32 {
+    10
+}
+fn default_batch_size() -> u32 {
+    500
+}
+
+/// `[admin]`: the admin API's tokens and the provisioning log's retention.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_log_days")]
+    provisioning_log_days: u32,
+    #[serde(default)]
+    tokens: BTreeMap<String, RawAdminToken>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            provisioning_log_days: default_log_days(),
+            tokens: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_log_days() -> u32 {
+    14
+}
+
+impl fmt::Debug for RawAdmin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawAdmin").finish_non_exhaustive()
+    }
+}
+
+/// `[admin.tokens.NAME]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminToken {
+    token: RawSecret,
+    role: AdminRole,
+}
+
+/// What an admin token may do: a reader reads; an operator also triggers, approves and reloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    Reader,
+    Operator,
+}
+
+impl AdminRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Reader => "reader",
+            AdminRole::Operator => "operator",
+        }
+    }
+}
+
+/// One admin bearer token: its name (for logs), its hash and its role.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub hash: TokenHash,
+    pub role: AdminRole,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub tokens: Vec<AdminToken>,
+    /// Days a provisioning log entry is kept; 0 keeps no log at all.
+    pub provisioning_log_days: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            tokens: vec![],
+            provisioning_log_days: default_log_days(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token `presented` is, if any. Every token is compared, so the time taken does not
+    /// tell which one matched.
+    pub fn authenticate(&self, presented: &str) -> Option<&AdminToken> {
+        self.tokens.iter().fold(None, |found, t| {
+            let m = t.hash.matches(presented);
+            if m && found.is_none() { Some(t) } else { found }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +296,7 @@ struct RawTenant {
     /// A second valid token, so a token can be rotated without downtime.
     next_token: Option<RawSecret>,
     custom_schema: Option<String>,
+    sync: Option<RawSync>,
 }
 
 impl fmt::Debug for RawTenant {
@@ -197,6 +330,101 @@ pub struct TenantConfig {
     pub name: String,
     pub tokens: Vec<TokenHash>,
     pub custom_schema: String,
+    /// How the tenant's users reach an application; None: staging only.
+    pub sync: Option<SyncConfig>,
+}
+
+/// An application database (`[applications.NAME]`).
+#[derive(Debug, Clone)]
+pub struct ApplicationConfig {
+    pub name: String,
+    /// The database URL as configured.
+    pub database: String,
+    /// The SQLite file, resolved against the config file's folder.
+    pub path: PathBuf,
+    /// DDL applied when the database file is created (resolved path).
+    pub schema: Option<PathBuf>,
+}
+
+/// A validated cron expression: `sec min hour day-of-month month day-of-week` (six fields) or
+/// the classic five without seconds (run at second 0); `*`, lists, ranges, steps, names (`MON`,
+/// `JAN`) and `@hourly`/`@daily`-style nicknames. When both day fields are restricted, a day
+/// must match both. Parsed exactly as the scheduler parses it.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// As written in the configuration.
+    pub expr: String,
+    /// The six-field form the scheduler runs.
+    pub normalized: String,
+    pub cron: croner::Cron,
+}
+
+impl Schedule {
+    pub fn parse(expr: &str) -> Result<Schedule, String> {
+        let trimmed = expr.trim();
+        let normalized = if trimmed.starts_with('@') {
+            crate::sync::scheduler::nickname(trimmed)
+                .ok_or_else(|| format!("unknown cron nickname {expr:?}"))?
+                .to_string()
+        } else if trimmed.split_whitespace().count() == 5 {
+            format!("0 {trimmed}")
+        } else {
+            trimmed.to_string()
+        };
+        let cron = crate::sync::scheduler::parser()
+            .parse(&normalized)
+            .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
+        Ok(Schedule {
+            expr: expr.to_string(),
+            normalized,
+            cron,
+        })
+    }
+
+    /// The first time after `after` the schedule is due.
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.cron.find_next_occurrence(&after, false).ok()
+    }
+}
+
+/// A mapping loaded and validated at start; shared by every run.
+#[derive(Clone)]
+pub struct LoadedMapping(pub Arc<Mapping>);
+
+impl fmt::Debug for LoadedMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping")
+            .field("database", &self.0.target().database)
+            .field("user_table", &self.0.target().user_table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[tenants.NAME.sync]`.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The mapping file, resolved against the config file's folder.
+    pub mapping_path: PathBuf,
+    pub mapping: LoadedMapping,
+    /// When the scheduler runs the tenant; None: only on demand (CLI, API).
+    pub schedule: Option<Schedule>,
+    /// How long an inactive or deleted user keeps its application row before it is offboarded.
+    pub retention_hours: u32,
+    /// The guard: a run that would offboard more than max(guard_min, guard_share × linked
+    /// users) waits for approval.
+    pub guard_share: f64,
+    pub guard_min: u32,
+    /// Users per batch: one application transaction and one staging commit each.
+    pub batch_size: u32,
+}
+
+impl SyncConfig {
+    pub fn retention(&self) -> chrono::Duration {
+        chrono::Duration::hours(i64::from(self.retention_hours))
+    }
 }
 
 impl TenantConfig {
@@ -216,11 +444,21 @@ pub struct Config {
     pub staging: StagingConfig,
     pub staging_db: StagingDb,
     pub tenants: BTreeMap<String, TenantConfig>,
+    pub applications: BTreeMap<String, ApplicationConfig>,
+    pub admin: AdminConfig,
     /// The folder relative paths resolve against.
     pub base_dir: PathBuf,
 }
 
 impl Config {
+    /// The SQLite staging file, when the staging database is SQLite.
+    pub fn staging_sqlite_path(&self) -> Option<&Path> {
+        match &self.staging_db {
+            StagingDb::Sqlite(p) => Some(p),
+            StagingDb::SqlServer(_) => None,
+        }
+    }
+
     /// Load `path` and apply the SCIM_BRIDGE_* variables of `env`.
     pub fn load(
         path: &Path,
@@ -257,13 +495,29 @@ impl Config {
             apply_env(&mut value, &key, &val, base_dir).map_err(&invalid)?;
         }
         let raw = RawConfig::deserialize(value).map_err(|e| invalid(e.to_string()))?;
+        let mut applications = BTreeMap::new();
+        for (name, a) in raw.applications {
+            if !valid_name(&name) {
+                return Err(invalid(format!(
+                    "application name {name:?} may only contain letters, digits, '-' and '_'"
+                )));
+            }
+            let path = resolve_sqlite_path(&a.database, base_dir)
+                .map_err(|m| invalid(format!("applications.{name}.database: {m}")))?;
+            let schema = a.schema.map(|p| resolve(base_dir, &p));
+            applications.insert(
+                name.clone(),
+                ApplicationConfig {
+                    name,
+                    database: a.database,
+                    path,
+                    schema,
+                },
+            );
+        }
         let mut tenants = BTreeMap::new();
         for (name, t) in raw.tenants {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            if !valid_name(&name) {
                 return Err(invalid(format!(
                     "tenant name {name:?} may only contain letters, digits, '-' and '_'"
                 )));
@@ -286,12 +540,20 @@ impl Config {
                     "tenants.{name}.custom_schema must be a URN like {DEFAULT_CUSTOM_SCHEMA}"
                 )));
             }
+            let sync = match t.sync {
+                None => None,
+                Some(raw) => Some(
+                    sync_config(raw, &custom_schema, base_dir, &applications)
+                        .map_err(|m| invalid(format!("tenants.{name}.sync: {m}")))?,
+                ),
+            };
             tenants.insert(
                 name.clone(),
                 TenantConfig {
                     name,
                     tokens,
                     custom_schema,
+                    sync,
                 },
             );
         }
@@ -304,12 +566,36 @@ impl Config {
         if raw.server.max_page_size < 1 || raw.server.default_page_size < 1 {
             return Err(invalid("server page sizes must be at least 1".into()));
         }
+        let mut admin_tokens = Vec::new();
+        for (name, t) in raw.admin.tokens {
+            let hash = resolve_secret(&t.token, base_dir)
+                .map_err(|m| invalid(format!("admin.tokens.{name}.token: {m}")))?;
+            if tenants
+                .values()
+                .any(|tc: &TenantConfig| tc.tokens.iter().any(|h| h.0 == hash.0))
+            {
+                return Err(invalid(format!(
+                    "admin.tokens.{name}.token is also a tenant's SCIM token; use separate tokens"
+                )));
+            }
+            admin_tokens.push(AdminToken {
+                name,
+                hash,
+                role: t.role,
+            });
+        }
+        let admin = AdminConfig {
+            tokens: admin_tokens,
+            provisioning_log_days: raw.admin.provisioning_log_days,
+        };
         Ok(Config {
+            admin,
             server: raw.server,
             log: raw.log,
             staging: raw.staging,
             staging_db,
             tenants,
+            applications,
             base_dir: base_dir.to_path_buf(),
         })
     }
@@ -339,6 +625,64 @@ pub fn resolve_database(
         ));
     }
     Ok(StagingDb::SqlServer(c))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+/// Validate a tenant's sync table and load its mapping (errors name file:line:reason).
+fn sync_config(
+    raw: RawSync,
+    custom_schema: &str,
+    base_dir: &Path,
+    applications: &BTreeMap<String, ApplicationConfig>,
+) -> Result<SyncConfig, String> {
+    let schedule = match raw.schedule.as_deref() {
+        None => None,
+        Some(s) => Some(Schedule::parse(s).map_err(|m| format!("schedule: {m}"))?),
+    };
+    if !(raw.guard_share.is_finite() && (0.0..=1.0).contains(&raw.guard_share)) {
+        return Err("guard_share must be between 0 and 1".into());
+    }
+    if raw.batch_size == 0 || raw.batch_size > 10_000 {
+        return Err("batch_size must be between 1 and 10000".into());
+    }
+    let mapping_path = resolve(base_dir, &raw.mapping);
+    let mapping = Mapping::load(&mapping_path, custom_schema).map_err(|e| e.to_string())?;
+    let database = &mapping.target().database;
+    if !applications.contains_key(database) {
+        let known: Vec<&str> = applications.keys().map(String::as_str).collect();
+        return Err(format!(
+            "{}: target.database {database:?} is not a configured application (known: {})",
+            mapping_path.display(),
+            if known.is_empty() {
+                "none; add [applications.NAME]".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    }
+    Ok(SyncConfig {
+        mapping_path,
+        mapping: LoadedMapping(Arc::new(mapping)),
+        schedule,
+        retention_hours: raw.retention_hours,
+        guard_share: raw.guard_share,
+        guard_min: raw.guard_min,
+        batch_size: raw.batch_size,
+    })
 }
 
 /// `sqlite://relative/or/absolute.db`, `sqlite:path` or a plain path.
@@ -420,6 +764,14 @@ fn apply_env(root: &mut toml::Value, key: &str, val: &str, base_dir: &Path) -> R
                 .parse::<i64>()
                 .map(toml::Value::Integer)
                 .or_else(|_| val.parse::<bool>().map(toml::Value::Boolean))
+                .or_else(|_| {
+                    // Decimals (guard_share = 0.2); not "inf"/"nan", which stay strings.
+                    val.parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite() && val.contains('.'))
+                        .map(toml::Value::Float)
+                        .ok_or(())
+                })
                 .unwrap_or_else(|_| toml::Value::String(val.clone()));
             table.insert(part.clone(), parsed);
             return Ok(());
@@ -527,6 +879,128 @@ mod tests {
             .is_err()
         );
         assert!(parse(&format!("{MIN}custom_schema = \"nope\"\n"), &[]).is_err());
+    }
+
+    const SYNC_MAPPING: &str = "[target]\ndatabase = \"app\"\nuser_table = \"users\"\n\
+        key_column = \"ExternalId\"\nkey = \"externalId\"\n[fields]\nName = \"{{userName}}\"\n";
+
+    fn sync_config(sync: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.toml"), SYNC_MAPPING).unwrap();
+        std::fs::write(dir.path().join("bad.toml"), "[target]\ndatabase = 1\n").unwrap();
+        Config::parse(
+            &format!(
+                "[applications.app]\ndatabase = \"sqlite://data/app.db\"\nschema = \"app.sql\"\n\
+                 {MIN}[tenants.demo.sync]\n{sync}"
+            ),
+            Path::new("test.toml"),
+            dir.path(),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn sync_tables_with_defaults_and_env_overrides() {
+        let c = sync_config("mapping = \"m.toml\"\n", &[]).unwrap();
+        let s = c.tenants["demo"].sync.as_ref().unwrap();
+        assert_eq!(
+            (s.retention_hours, s.guard_min, s.batch_size),
+            (48, 10, 500)
+        );
+        assert!((s.guard_share - 0.10).abs() < 1e-9);
+        assert!(s.schedule.is_none());
+        assert_eq!(s.mapping.0.target().database, "app");
+        let app = &c.applications["app"];
+        assert!(app.path.ends_with("data/app.db"));
+        assert!(app.schema.as_ref().unwrap().ends_with("app.sql"));
+        let c = sync_config(
+            "mapping = \"m.toml\"\nschedule = \"0 */15 * * * *\"\n",
+            &[
+                ("SCIM_BRIDGE_TENANTS__DEMO__SYNC__GUARD_SHARE", "0.25"),
+                ("SCIM_BRIDGE_TENANTS__DEMO__SYNC__BATCH_SIZE", "50"),
+                ("SCIM_BRIDGE_TENANTS__DEMO__SYNC__RETENTION_HOURS", "1"),
+            ],
+        )
+        .unwrap();
+        let s = c.tenants["demo"].sync.as_ref().unwrap();
+        assert!((s.guard_share - 0.25).abs() < 1e-9);
+        assert_eq!((s.batch_size, s.retention_hours), (50, 1));
+        assert_eq!(s.schedule.as_ref().unwrap().expr, "0 */15 * * * *");
+        assert!(
+            sync_config("mapping = \"m.toml\"\nschedule = \"*/5 * * * *\"\n", &[]).is_ok(),
+            "five fields: no seconds"
+        );
+    }
+
+    #[test]
+    fn sync_tables_are_validated() {
+        let err = |sync: &str| sync_config(sync, &[]).unwrap_err().to_string();
+        let e = err("mapping = \"m.toml\"\nschedule = \"every hour\"\n");
+        assert!(e.contains("tenants.demo.sync: schedule"), "{e}");
+        let e = err("mapping = \"m.toml\"\nbatchsize = 5\n");
+        assert!(e.contains("batchsize"), "{e}");
+        assert!(err("mapping = \"m.toml\"\nguard_share = 2.0\n").contains("guard_share"));
+        assert!(err("mapping = \"m.toml\"\nbatch_size = 0\n").contains("batch_size"));
+        let e = err("mapping = \"missing.toml\"\n");
+        assert!(e.contains("missing.toml"), "{e}");
+        let e = err("mapping = \"bad.toml\"\n");
+        assert!(e.contains("bad.toml:"), "names the file: {e}");
+        // The mapping's target must be a configured application.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.toml"), SYNC_MAPPING).unwrap();
+        let e = Config::parse(
+            &format!("{MIN}[tenants.demo.sync]\nmapping = \"m.toml\"\n"),
+            Path::new("test.toml"),
+            dir.path(),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"app\" is not a configured application"), "{e}");
+    }
+
+    #[test]
+    fn admin_tokens_and_roles() {
+        let c = parse(MIN, &[]).unwrap();
+        assert!(c.admin.tokens.is_empty());
+        assert_eq!(c.admin.provisioning_log_days, 14);
+        let c = parse(
+            &format!(
+                "{MIN}[admin]\nprovisioning_log_days = 3\n\
+                 [admin.tokens.ops]\ntoken = \"operator-token-0123456\"\nrole = \"operator\"\n\
+                 [admin.tokens.ro]\ntoken = \"reader-token-01234567\"\nrole = \"reader\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.admin.provisioning_log_days, 3);
+        let who = |t: &str| c.admin.authenticate(t).map(|a| (a.name.clone(), a.role));
+        assert_eq!(
+            who("operator-token-0123456"),
+            Some(("ops".into(), AdminRole::Operator))
+        );
+        assert_eq!(
+            who("reader-token-01234567"),
+            Some(("ro".into(), AdminRole::Reader))
+        );
+        assert_eq!(
+            who("0123456789abcdef"),
+            None,
+            "a SCIM token is not an admin token"
+        );
+        assert_eq!(who(""), None);
+        let e = parse(
+            &format!("{MIN}[admin.tokens.x]\ntoken = \"reader-token-01234567\"\nrole = \"root\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("root"), "{e}");
+        let e = parse(
+            &format!("{MIN}[admin.tokens.x]\ntoken = \"0123456789abcdef\"\nrole = \"reader\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("SCIM token"), "{e}");
     }
 
     #[test]

@@ -14,12 +14,42 @@ impl ResponseError for ScimError {
     }
 
     fn as_response(&self) -> Response {
-        Response::builder()
+        let mut resp = Response::builder()
             .status(self.status())
             .content_type(SCIM_JSON)
-            .body(self.to_json().to_string())
+            .body(self.to_json().to_string());
+        let detail = if self.scim_type == Some(crate::scim::error::ScimType::InvalidFilter) {
+            redact_quoted(&self.detail)
+        } else {
+            self.detail.clone()
+        };
+        resp.set_data(ErrorDetail(detail));
+        resp
     }
 }
+
+/// A filter error may quote a piece of the filter, which may be a value (personal data):
+/// the provisioning log keeps the message with every quoted piece replaced by '…'.
+pub fn redact_quoted(detail: &str) -> String {
+    let mut out = String::with_capacity(detail.len());
+    let mut inside = false;
+    for c in detail.chars() {
+        if c == '\'' {
+            if inside {
+                out.push('…');
+            }
+            out.push(c);
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The detail of a SCIM error answer, kept on the response for the provisioning log.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail(pub String);
 
 impl From<StoreError> for ScimError {
     fn from(e: StoreError) -> Self {
@@ -107,6 +137,15 @@ mod tests {
         let e = ScimError::from(StoreError::Database(sqlx::Error::RowNotFound));
         assert_eq!(e.status, 500);
         assert_eq!(e.detail, "internal server error", "no internals leak");
+    }
+
+    #[test]
+    fn quoted_filter_pieces_are_redacted() {
+        assert_eq!(
+            redact_quoted("unknown operator '\"ann@example.com\"' (expected eq) (at character 9)"),
+            "unknown operator '…' (expected eq) (at character 9)"
+        );
+        assert_eq!(redact_quoted("no quotes"), "no quotes");
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! HTTP: routes, middleware (request id, access log, tenant auth, body limit), and the SCIM API.
+//! HTTP: routes, middleware (request id, access log, metrics, provisioning log, tenant auth,
+//! body limit), the SCIM API, the admin API, the OpenAPI UI and the operations endpoints.
 
+pub mod admin;
 pub mod error;
+pub mod ops;
 pub mod payload;
+pub mod problem;
 pub mod render;
 pub mod scim;
 
@@ -9,16 +13,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use poem::error::ResponseError;
 use poem::http::{HeaderValue, header};
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
+use poem::{
+    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route, get, handler,
+};
 use poem_openapi::OpenApiService;
 use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::{Config, TenantConfig};
+use crate::metrics::{Metrics, ScimRequest};
+use crate::provlog::ProvisioningLog;
 use crate::scim::ScimError;
 use crate::scim::schema::ResourceType;
-use crate::store::Store;
+use crate::store::{ProvisioningEntry, Store};
+pub use admin::ADMIN_PREFIX;
 use payload::BodyLimit;
 
 /// A tenant as the server sees it: its configuration and its resource types.
@@ -34,10 +44,21 @@ pub struct AppState {
     pub store: Store,
     pub tenants: BTreeMap<String, Tenant>,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// Where SCIM requests are recorded (written off the request path).
+    pub provlog: ProvisioningLog,
 }
 
 impl AppState {
+    /// Must run inside a tokio runtime: starts the provisioning log writer.
     pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let provlog = ProvisioningLog::start(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config.admin.provisioning_log_days,
+        );
         let tenants = config
             .tenants
             .values()
@@ -57,46 +78,132 @@ impl AppState {
             store,
             tenants,
             clock,
+            metrics,
+            provlog,
         }
     }
 }
 
 pub const SCIM_PREFIX: &str = "/scim-api/v1";
 
-pub fn scim_service(state: Arc<AppState>) -> OpenApiService<scim::ScimApi, ()> {
+const DESCRIPTION: &str = "\
+The SCIM 2.0 service provider (RFC 7643/7644), one tenant per path segment under \
+`/scim-api/v1/{tenant}/scim`, authenticated with the tenant's SCIM token (`ScimToken`); \
+and the admin API under `/admin/v1`, authenticated with an admin token (`AdminAuth`): \
+tenants, staged users and groups, and each tenant's provisioning log. Admin errors are \
+RFC 9457 problem documents; SCIM errors use the SCIM error schema.";
+
+/// Both APIs in one OpenAPI document; `SpecOnly` variants describe without serving.
+pub type Apis = (scim::ScimApi, admin::AdminApi);
+
+pub fn api_service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        scim::ScimApi { state },
+        (
+            scim::ScimApi {
+                state: state.clone(),
+            },
+            admin::AdminApi { state },
+        ),
         "scim-bridge",
         env!("CARGO_PKG_VERSION"),
     )
-    .description("SCIM 2.0 service provider (RFC 7643/7644), one tenant per path segment.")
-    .server(SCIM_PREFIX)
+    .description(DESCRIPTION)
+}
+
+/// The OpenAPI document (JSON) of both APIs, without a running application.
+pub fn openapi_spec() -> String {
+    OpenApiService::new(
+        (
+            SpecOnly::<scim::ScimApi>::default(),
+            SpecOnly::<admin::AdminApi>::default(),
+        ),
+        "scim-bridge",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(DESCRIPTION)
+    .spec()
+}
+
+/// An API's description with no routes: the spec needs no state.
+pub struct SpecOnly<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for SpecOnly<T> {
+    fn default() -> Self {
+        SpecOnly(std::marker::PhantomData)
+    }
+}
+
+impl<T: poem_openapi::OpenApi> poem_openapi::OpenApi for SpecOnly<T> {
+    fn meta() -> Vec<poem_openapi::registry::MetaApi> {
+        T::meta()
+    }
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        T::register(registry);
+    }
+    fn add_routes(
+        self,
+        _route_table: &mut std::collections::HashMap<
+            String,
+            std::collections::HashMap<poem::http::Method, poem::endpoint::BoxEndpoint<'static>>,
+        >,
+    ) {
+    }
 }
 
 /// The whole HTTP application.
 pub fn app(state: Arc<AppState>) -> impl Endpoint {
-    let scim = scim_service(state.clone());
-    let spec = scim.spec_endpoint();
-    let guarded = scim.around({
+    let service = api_service(state.clone());
+    let spec = service.spec_endpoint();
+    let docs = service.swagger_ui();
+    // One endpoint serves both APIs (their paths carry their prefixes); each prefix has its
+    // own guard.
+    let api = Arc::new(service.into_endpoint());
+    let scim = api.clone().around({
         let state = state.clone();
         move |next, req| scim_guard(state.clone(), next, req)
     });
+    let admin = api
+        .with(poem::middleware::CatchPanic::new().with_handler(|_| {
+            tracing::error!("request handler panicked");
+            problem::AdminError::internal().as_response()
+        }))
+        .around({
+            let state = state.clone();
+            move |next, req| admin_guard(state.clone(), next, req)
+        });
     Route::new()
-        .nest(SCIM_PREFIX, guarded)
+        .nest_no_strip(SCIM_PREFIX, scim)
+        .nest_no_strip(ADMIN_PREFIX, admin)
         .at("/openapi.json", spec)
+        .nest("/docs", docs)
         .at("/healthz", get(healthz))
+        .at("/readyz", get(ops::readyz).data(state.clone()))
+        .at("/metrics", get(ops::metrics).data(state.clone()))
         .catch_all_error(error::catch_all)
         // A bug must still answer with a SCIM error, and never take the process down.
         .with(poem::middleware::CatchPanic::new().with_handler(|_| {
             tracing::error!("request handler panicked");
             error::to_scim_response(ScimError::internal().into())
         }))
-        .around(access_log)
+        .around(move |next, req| observe(state.clone(), next, req))
 }
 
 #[handler]
 fn healthz() -> &'static str {
     "ok"
+}
+
+/// Admin API: the state for the token check, and every error as a problem document.
+async fn admin_guard<E: Endpoint>(
+    state: Arc<AppState>,
+    next: E,
+    mut req: Request,
+) -> poem::Result<Response> {
+    req.set_data(state);
+    Ok(match next.call(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => problem::to_problem_response(e),
+    })
 }
 
 /// Tenant and bearer token check before any body is read; sets the body limit.
@@ -106,7 +213,13 @@ async fn scim_guard<E: Endpoint>(
     mut req: Request,
 ) -> poem::Result<Response> {
     let path = req.uri().path();
-    let tenant_name = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let tenant_name = path
+        .strip_prefix(SCIM_PREFIX)
+        .unwrap_or(path)
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("");
     let Some(tenant) = state.tenants.get(tenant_name) else {
         return Err(ScimError::not_found("no such tenant").into());
     };
@@ -130,9 +243,15 @@ async fn scim_guard<E: Endpoint>(
     Ok(next.call(req).await?.into_response())
 }
 
-/// Request id (X-Request-Id honoured or generated, echoed) and one access-log line per request
-/// with tenant, operation, status and duration — never bodies, query strings or tokens.
-async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+/// Request id (X-Request-Id honoured or generated, echoed), a tracing span per request so every
+/// log line carries the id, one access-log line per request with tenant, operation, status and
+/// duration — never bodies, query strings or tokens — and, for SCIM requests of a configured
+/// tenant, the request metrics and a provisioning log entry.
+async fn observe<E: Endpoint>(
+    state: Arc<AppState>,
+    next: E,
+    req: Request,
+) -> poem::Result<Response> {
     let request_id = req
         .header("x-request-id")
         .filter(|v| {
@@ -143,24 +262,30 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
         })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let operation = operation(req.method().as_str(), req.uri().path());
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let operation = operation(&method, &path);
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         operation = %operation,
         tenant = tracing::field::Empty,
+        admin = tracing::field::Empty,
     );
+    let at = state.clock.now();
     let start = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
     let mut resp = match result {
         Ok(r) => r.into_response(),
+        Err(e) if path.starts_with(ADMIN_PREFIX) => problem::to_problem_response(e),
         Err(e) => error::to_scim_response(e),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let status = resp.status().as_u16();
-    let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = start.elapsed();
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {
         if status >= 500 {
             tracing::error!(status, duration_ms, "request failed");
@@ -168,7 +293,120 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
             tracing::info!(status, duration_ms, "request");
         }
     });
+    if let Some(route) = ScimRoute::parse(&method, &path)
+        && state.tenants.contains_key(route.tenant)
+    {
+        state.metrics.scim_request(
+            &ScimRequest {
+                tenant: route.tenant,
+                resource: route.resource,
+                operation: route.operation,
+                status,
+            },
+            elapsed,
+        );
+        let resource_id = route.id.map(str::to_string).or_else(|| {
+            // A create names its new resource in Location.
+            (status == 201)
+                .then(|| resp.header(header::LOCATION))
+                .flatten()
+                .and_then(|l| l.rsplit('/').next())
+                .map(str::to_string)
+        });
+        state.provlog.record(ProvisioningEntry {
+            tenant: route.tenant.to_string(),
+            at,
+            request_id,
+            method: method.chars().take(16).collect(),
+            path: route.template,
+            resource_id: resource_id.map(|id| id.chars().take(200).collect()),
+            status,
+            duration_ms: (duration_ms * 1000.0).round() / 1000.0,
+            error: resp
+                .data::<error::ErrorDetail>()
+                .map(|d| d.0.chars().take(1000).collect()),
+        });
+    }
     Ok(resp)
+}
+
+/// A SCIM request's route: tenant, resource, operation and path template, from fixed
+/// vocabularies (metric labels and log entries never carry request data beyond the tenant
+/// and the resource id).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScimRoute<'a> {
+    pub tenant: &'a str,
+    pub resource: &'static str,
+    pub operation: &'static str,
+    /// e.g. `/Users/{id}`.
+    pub template: String,
+    pub id: Option<&'a str>,
+}
+
+impl<'a> ScimRoute<'a> {
+    pub fn parse(method: &str, path: &'a str) -> Option<ScimRoute<'a>> {
+        let rest = path.strip_prefix(SCIM_PREFIX)?.strip_prefix('/')?;
+        let (tenant, rest) = rest.split_once('/').unwrap_or((rest, ""));
+        let rest = rest.strip_prefix("scim")?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let resource = |name: &str| -> &'static str {
+            match name {
+                "Users" => "Users",
+                "Groups" => "Groups",
+                "ServiceProviderConfig" => "ServiceProviderConfig",
+                "Schemas" => "Schemas",
+                "ResourceTypes" => "ResourceTypes",
+                _ => "other",
+            }
+        };
+        let (res, operation, template, id) = match parts.as_slice() {
+            [] => ("", "other", "/".to_string(), None),
+            [".search"] => ("", "search", "/.search".to_string(), None),
+            [r] => {
+                let res = resource(r);
+                let op = match method {
+                    "GET" => "list",
+                    "POST" => "create",
+                    _ => "other",
+                };
+                (res, op, format!("/{}", label(res)), None)
+            }
+            [r, ".search"] => {
+                let res = resource(r);
+                (res, "search", format!("/{}/.search", label(res)), None)
+            }
+            [r, id] => {
+                let res = resource(r);
+                let op = match method {
+                    "GET" => "get",
+                    "PUT" => "replace",
+                    "PATCH" => "patch",
+                    "DELETE" => "delete",
+                    _ => "other",
+                };
+                (res, op, format!("/{}/{{id}}", label(res)), Some(*id))
+            }
+            [r, ..] => {
+                let res = resource(r);
+                (res, "other", format!("/{}/…", label(res)), None)
+            }
+        };
+        Some(ScimRoute {
+            tenant,
+            resource: res,
+            operation,
+            template,
+            id,
+        })
+    }
+}
+
+/// A resource label in a path template: unknown names never echo the request.
+fn label(res: &str) -> &str {
+    if res == "other" { "{unknown}" } else { res }
 }
 
 /// "PATCH /scim-api/v1/acme/scim/Users/{id}" → "PATCH Users/{id}": the route, not the ids.
@@ -202,5 +440,25 @@ mod tests {
             "POST Groups/.search"
         );
         assert_eq!(operation("GET", "/healthz"), "GET /healthz");
+    }
+
+    #[test]
+    fn scim_routes_are_templates() {
+        let r = ScimRoute::parse("PATCH", "/scim-api/v1/acme/scim/Users/123").unwrap();
+        assert_eq!(
+            (r.tenant, r.resource, r.operation, r.template.as_str(), r.id),
+            ("acme", "Users", "patch", "/Users/{id}", Some("123"))
+        );
+        let r = ScimRoute::parse("GET", "/scim-api/v1/acme/scim/Groups").unwrap();
+        assert_eq!((r.operation, r.template.as_str()), ("list", "/Groups"));
+        let r = ScimRoute::parse("POST", "/scim-api/v1/acme/scim/Users/.search").unwrap();
+        assert_eq!(
+            (r.operation, r.template.as_str()),
+            ("search", "/Users/.search")
+        );
+        let r = ScimRoute::parse("GET", "/scim-api/v1/acme/scim/ann@example.com").unwrap();
+        assert_eq!((r.resource, r.template.as_str()), ("other", "/{unknown}"));
+        assert_eq!(ScimRoute::parse("GET", "/admin/v1/tenants"), None);
+        assert_eq!(ScimRoute::parse("GET", "/scim-api/v1/acme/scimx"), None);
     }
 }

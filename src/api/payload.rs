@@ -155,6 +155,14 @@ impl ApiResponse for ScimResponse {
                 response(409, "SCIM error: uniqueness", true),
                 response(412, "SCIM error: If-Match does not match", true),
                 response(413, "SCIM error: body too large", true),
+                response(415, "SCIM error: the body is not JSON", true),
+                response(500, "SCIM error: the server failed", true),
+                response(
+                    501,
+                    "SCIM error: not supported (search across resource types)",
+                    true,
+                ),
+                response(503, "SCIM error: the staging database is busy; retry", true),
             ],
         }
     }

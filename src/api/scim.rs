@@ -391,7 +391,7 @@ fn kind_of(t: &Tenant, name: &str) -> std::result::Result<ResourceKind, ScimErro
 }
 
 #[allow(clippy::too_many_arguments)]
-#[OpenApi]
+#[OpenApi(prefix_path = "/scim-api/v1")]
 impl ScimApi {
     /// Create a user
     #[oai(

@@ -531,14 +531,16 @@ impl ResourceType {
     /// Split a possibly URN-qualified attribute key ("urn:…:User:department", "name.givenName")
     /// into (urn, attribute, sub-attribute), recognising the URNs this resource type knows.
     pub fn split_key<'a>(&self, key: &'a str) -> (Option<&'a str>, &'a str, Option<&'a str>) {
-        let (urn, rest) = if key.len() > 4 && key[..4].eq_ignore_ascii_case("urn:") {
-            match key.rfind(':') {
-                Some(i) => (Some(&key[..i]), &key[i + 1..]),
-                None => (None, key),
-            }
-        } else {
-            (None, key)
-        };
+        // `get`: the first four bytes need not be a character boundary.
+        let (urn, rest) =
+            if key.len() > 4 && key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")) {
+                match key.rfind(':') {
+                    Some(i) => (Some(&key[..i]), &key[i + 1..]),
+                    None => (None, key),
+                }
+            } else {
+                (None, key)
+            };
         match rest.split_once('.') {
             Some((a, s)) => (urn, a, Some(s)),
             None => (urn, rest, None),
@@ -647,6 +649,9 @@ mod tests {
             (None, "name", Some("givenName"))
         );
         assert_eq!(rt.split_key("userName"), (None, "userName", None));
+        // Multi-byte characters within the first four bytes.
+        assert_eq!(rt.split_key("Ö@u\u{7f}0"), (None, "Ö@u\u{7f}0", None));
+        assert_eq!(rt.split_key("urnÖx"), (None, "urnÖx", None));
     }
 
     #[test]

@@ -6,7 +6,10 @@ use serde_json::{Map, Value};
 
 use super::mssql::{self, MssqlStore};
 use super::sqlite::{self, Durability, SqliteStore};
-use super::{GroupChange, Page, Sort, StoreError, Stored};
+use super::{
+    GroupChange, Page, ProvisioningEntry, ProvisioningQuery, ProvisioningRow, Sort, StoreError,
+    Stored, TenantCounts,
+};
 use crate::config::StagingDb;
 use crate::scim::ScimError;
 use crate::scim::filter::Filter;
@@ -201,6 +204,42 @@ impl Store {
                 .await
             }
         }
+    }
+
+    /// Live users (active and inactive), groups and memberships of `tenant`.
+    pub async fn tenant_counts(&self, tenant: &str) -> Result<TenantCounts, StoreError> {
+        each!(self, s => s.tenant_counts(tenant).await)
+    }
+
+    /// The member count of each of `group_ids` (missing ids: 0).
+    pub async fn member_counts(
+        &self,
+        tenant: &str,
+        group_ids: &[String],
+    ) -> Result<Vec<i64>, StoreError> {
+        each!(self, s => s.member_counts(tenant, group_ids).await)
+    }
+
+    /// Append provisioning log entries.
+    pub async fn insert_provisioning_log(
+        &self,
+        entries: &[ProvisioningEntry],
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.insert_provisioning_log(entries).await)
+    }
+
+    /// Delete provisioning log entries older than `cutoff`; returns how many.
+    pub async fn prune_provisioning_log(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        each!(self, s => s.prune_provisioning_log(cutoff).await)
+    }
+
+    /// One page of a tenant's provisioning log, newest first, and the number of matches.
+    pub async fn provisioning_log(
+        &self,
+        tenant: &str,
+        q: &ProvisioningQuery,
+    ) -> Result<(i64, Vec<ProvisioningRow>), StoreError> {
+        each!(self, s => s.provisioning_log(tenant, q).await)
     }
 
     /// The SQLite store, for code that only runs on SQLite (the sync engine today).

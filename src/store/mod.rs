@@ -168,3 +168,103 @@ impl GroupChange {
         }
     }
 }
+
+/// How many of each kind a tenant has staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TenantCounts {
+    pub active_users: i64,
+    pub inactive_users: i64,
+    pub groups: i64,
+    pub memberships: i64,
+}
+
+/// One SCIM request as the provisioning log keeps it: never bodies, never query strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvisioningEntry {
+    pub tenant: String,
+    pub at: DateTime<Utc>,
+    pub request_id: String,
+    pub method: String,
+    /// The route template, e.g. `/Users/{id}`.
+    pub path: String,
+    pub resource_id: Option<String>,
+    pub status: u16,
+    pub duration_ms: f64,
+    /// The SCIM error's detail, for error answers.
+    pub error: Option<String>,
+}
+
+/// A stored provisioning log entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvisioningRow {
+    pub id: i64,
+    /// RFC 3339, UTC, milliseconds.
+    pub at: String,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub resource_id: Option<String>,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+}
+
+/// Which statuses to list: one status, or a class (`4` for 4xx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Exact(u16),
+    Class(u16),
+}
+
+impl StatusFilter {
+    /// `404`, or `4xx` (any case).
+    pub fn parse(s: &str) -> Option<StatusFilter> {
+        let s = s.trim();
+        if s.len() != 3 {
+            return None;
+        }
+        let lower = s.to_ascii_lowercase();
+        if let Some(d) = lower.strip_suffix("xx") {
+            let c: u16 = d.parse().ok()?;
+            return (1..=5).contains(&c).then_some(StatusFilter::Class(c));
+        }
+        let n: u16 = s.parse().ok()?;
+        (100..=599).contains(&n).then_some(StatusFilter::Exact(n))
+    }
+
+    /// The inclusive status range this filter selects.
+    pub fn range(self) -> (u16, u16) {
+        match self {
+            StatusFilter::Exact(n) => (n, n),
+            StatusFilter::Class(c) => (c * 100, c * 100 + 99),
+        }
+    }
+}
+
+/// A page of a tenant's provisioning log, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ProvisioningQuery {
+    pub status: Option<StatusFilter>,
+    /// Inclusive lower bound of `at`.
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive upper bound of `at`.
+    pub until: Option<DateTime<Utc>>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_filters() {
+        assert_eq!(StatusFilter::parse("404"), Some(StatusFilter::Exact(404)));
+        assert_eq!(StatusFilter::parse("4xx"), Some(StatusFilter::Class(4)));
+        assert_eq!(StatusFilter::parse("5XX"), Some(StatusFilter::Class(5)));
+        assert_eq!(StatusFilter::Class(4).range(), (400, 499));
+        for bad in ["", "4x", "6xx", "0xx", "99", "600", "abc", "40x"] {
+            assert_eq!(StatusFilter::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -19,6 +19,8 @@ pub const ACME: &str = "acme";
 pub const OTHER: &str = "other";
 pub const ACME_TOKEN: &str = "acme-secret-token-0123456789";
 pub const OTHER_TOKEN: &str = "other-secret-token-9876543210";
+pub const OPERATOR_TOKEN: &str = "admin-operator-token-0123456789";
+pub const READER_TOKEN: &str = "admin-reader-token-0123456789";
 pub const MAX_PAGE: i64 = 50;
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -42,6 +44,7 @@ pub struct TestApp {
     pub clock: Arc<FakeClock>,
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     dir: TempDir,
 }
 
@@ -79,6 +82,30 @@ impl Resp {
         assert_eq!(
             self.body.get("scimType").and_then(Value::as_str),
             scim_type,
+            "{}",
+            self.text
+        );
+        assert!(
+            self.body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{}",
+            self.text
+        );
+    }
+
+    /// Assert an admin API error: status and RFC 9457 problem document.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16) {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            self.text
+        );
+        assert_eq!(self.body["status"], json!(status), "{}", self.text);
+        assert!(self.body["type"].is_string(), "{}", self.text);
+        assert!(
+            self.body["title"].as_str().is_some_and(|d| !d.is_empty()),
             "{}",
             self.text
         );
@@ -144,6 +171,17 @@ token = "{ACME_TOKEN}"
 
 [tenants.{OTHER}]
 token = "{OTHER_TOKEN}"
+
+[admin]
+provisioning_log_days = 14
+
+[admin.tokens.ops]
+token = "{OPERATOR_TOKEN}"
+role = "operator"
+
+[admin.tokens.audit]
+token = "{READER_TOKEN}"
+role = "reader"
 "#,
         db.display()
     )
@@ -167,7 +205,7 @@ impl TestApp {
         let addr = app.addr;
         let state = app.state.clone();
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(app.run(async move {
+        let server = tokio::spawn(app.run(async move {
             let _ = rx.await;
         }));
         TestApp {
@@ -176,8 +214,56 @@ impl TestApp {
             clock,
             state,
             shutdown: Some(tx),
+            server: Some(server),
             dir,
         }
+    }
+
+    /// Stop the server as a SIGTERM would and wait until it has finished; the state and the
+    /// files stay.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// A request to the admin API with `token` (None: no Authorization header).
+    pub fn admin_request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let rb = self
+            .client
+            .request(method, format!("http://{}/admin/v1{path}", self.addr));
+        match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// GET an admin endpoint with the reader token.
+    pub async fn admin_get(&self, path: &str, query: &[(&str, &str)]) -> Resp {
+        self.send(
+            self.admin_request(Method::GET, path, Some(READER_TOKEN))
+                .query(query),
+        )
+        .await
+    }
+
+    /// GET a path outside the APIs (/metrics, /readyz, /docs, /openapi.json).
+    pub async fn get_root(&self, path: &str) -> Resp {
+        self.send(self.client.get(format!("http://{}{path}", self.addr)))
+            .await
+    }
+
+    /// Wait until every SCIM request so far is in the provisioning log.
+    pub async fn flush_log(&self) {
+        self.state.provlog.flush().await;
     }
 
     pub fn db_path(&self) -> std::path::PathBuf {

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin;
 mod concurrency;
 mod discovery;
 mod errors;
@@ -10,5 +11,7 @@ mod etags;
 mod filters;
 mod groups;
 mod lists;
+mod ops;
 mod provisioning;
 mod store_conformance;
+mod sync;

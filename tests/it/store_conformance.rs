@@ -451,3 +451,127 @@ async fn concurrent_creates_of_one_name_give_one_user_and_one_conflict() {
         assert_eq!(total, 1, "{}", s.backend_name());
     }
 }
+
+#[tokio::test]
+async fn admin_counts_and_the_provisioning_log() {
+    use scim_bridge::store::{ProvisioningEntry, ProvisioningQuery, StatusFilter, TenantCounts};
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        assert_eq!(
+            s.tenant_counts(tn).await.unwrap(),
+            TenantCounts::default(),
+            "{}",
+            s.backend_name()
+        );
+        let (u1, u2, g1, g2) = (id(), id(), id(), id());
+        for (u, n) in [(&u1, "c1"), (&u2, "c2")] {
+            s.create_user(tn, &rt, u, &user_doc(n, &format!("{n}@example.com")), t(1))
+                .await
+                .unwrap();
+        }
+        s.update_user(tn, &rt, &u2, None, t(2), |mut doc| {
+            doc.insert("active".into(), Value::Bool(false));
+            Ok(doc)
+        })
+        .await
+        .unwrap();
+        let grt = ResourceType::group();
+        s.create_group(tn, &grt, &g1, group_change("Two", &[&u1, &u2]), t(3))
+            .await
+            .unwrap();
+        s.create_group(tn, &grt, &g2, group_change("None", &[]), t(3))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.tenant_counts(tn).await.unwrap(),
+            TenantCounts {
+                active_users: 1,
+                inactive_users: 1,
+                groups: 2,
+                memberships: 2,
+            },
+            "{}",
+            s.backend_name()
+        );
+        assert_eq!(
+            s.member_counts(tn, &[g1.clone(), g2.clone(), id()])
+                .await
+                .unwrap(),
+            [2, 0, 0]
+        );
+
+        let entry = |minute: u32, status: u16| ProvisioningEntry {
+            tenant: tn.to_string(),
+            at: Utc
+                .with_ymd_and_hms(2030, 1, 1, 10, minute, 0)
+                .unwrap()
+                .checked_add_signed(chrono::Duration::milliseconds(250))
+                .unwrap(),
+            request_id: format!("r{minute}"),
+            method: "PATCH".into(),
+            path: "/Users/{id}".into(),
+            resource_id: minute.is_multiple_of(2).then(|| format!("u{minute}")),
+            status,
+            duration_ms: 1.25,
+            error: (status >= 400).then(|| "nope".to_string()),
+        };
+        let entries: Vec<_> = [(0, 200), (1, 404), (2, 201), (3, 500), (4, 409)]
+            .iter()
+            .map(|(m, st)| entry(*m, *st))
+            .collect();
+        s.insert_provisioning_log(&entries).await.unwrap();
+        let all = ProvisioningQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        let (total, rows) = s.provisioning_log(tn, &all).await.unwrap();
+        assert_eq!(total, 5, "{}", s.backend_name());
+        let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["r4", "r3", "r2", "r1", "r0"], "newest first");
+        let r1 = &rows[3];
+        assert_eq!(
+            (
+                r1.at.as_str(),
+                r1.method.as_str(),
+                r1.path.as_str(),
+                r1.resource_id.as_deref(),
+                r1.status,
+                r1.duration_ms,
+                r1.error.as_deref()
+            ),
+            (
+                "2030-01-01T10:01:00.250Z",
+                "PATCH",
+                "/Users/{id}",
+                None,
+                404,
+                1.25,
+                Some("nope")
+            ),
+            "{}",
+            s.backend_name()
+        );
+        assert_eq!(rows[2].resource_id.as_deref(), Some("u2"));
+        let q = ProvisioningQuery {
+            status: Some(StatusFilter::Class(4)),
+            limit: 1,
+            offset: 1,
+            ..Default::default()
+        };
+        let (total, rows) = s.provisioning_log(tn, &q).await.unwrap();
+        assert_eq!((total, rows[0].request_id.as_str()), (2, "r1"));
+        let q = ProvisioningQuery {
+            since: Some(entries[1].at),
+            until: Some(entries[3].at),
+            limit: 10,
+            ..Default::default()
+        };
+        let (total, rows) = s.provisioning_log(tn, &q).await.unwrap();
+        assert_eq!(total, 2, "since is inclusive, until exclusive");
+        assert_eq!(rows.len(), 2);
+        // Other tenants' entries may share a SQL Server database: at least this tenant's two.
+        assert!(s.prune_provisioning_log(entries[2].at).await.unwrap() >= 2);
+        let (total, _) = s.provisioning_log(tn, &all).await.unwrap();
+        assert_eq!(total, 3, "{}", s.backend_name());
+    }
+}

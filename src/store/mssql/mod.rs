@@ -2,6 +2,7 @@
 //! statements the store, the sync engine and the application writer issue, the connection
 //! configuration and a bb8 pool of tiberius connections.
 
+mod admin;
 pub mod config;
 pub mod filter_sql;
 pub mod migrate;

@@ -1,5 +1,5 @@
-//! Every statement the SQL Server backend issues, as T-SQL text: the staging store, the sync
-//! engine's state and ledger, the lease, the migrator and the application writer.
+//! Every statement the SQL Server backend issues, as T-SQL text: the staging store, the admin
+//! API's counts and the provisioning log, the sync engine's state and ledger, the lease, the migrator and the application writer.
 //!
 //! Parameters are `@P1…` (tiberius sends a statement with parameters through sp_executesql, so
 //! a parameter may be named more than once and a batch may hold several statements). Each
@@ -302,6 +302,64 @@ pub fn page_sql(
             next + 1
         ),
         next,
+    )
+}
+
+// ---- admin API and provisioning log ---------------------------------------------------------
+
+/// Live active users, live inactive users, groups and memberships of @P1 tenant.
+pub const TENANT_COUNTS: &str = "SELECT \
+     (SELECT COUNT_BIG(*) FROM scim.users WHERE tenant = @P1 AND deleted_at IS NULL AND active = 1), \
+     (SELECT COUNT_BIG(*) FROM scim.users WHERE tenant = @P1 AND deleted_at IS NULL AND active = 0), \
+     (SELECT COUNT_BIG(*) FROM scim.groups WHERE tenant = @P1), \
+     (SELECT COUNT_BIG(*) FROM scim.group_members WHERE tenant = @P1)";
+
+/// The member count of one group: @P1 tenant, @P2 group id.
+pub const MEMBER_COUNT: &str =
+    "SELECT COUNT_BIG(*) FROM scim.group_members WHERE tenant = @P1 AND group_id = @P2";
+
+/// Rows per provisioning log INSERT: 9 parameters each, below SQL Server's 2100 per statement.
+pub const PROVISIONING_LOG_CHUNK: usize = 200;
+const _: () = assert!(PROVISIONING_LOG_CHUNK * 9 <= 2100);
+
+/// Append `rows` provisioning log entries; per row, 9 parameters in this order: tenant, at,
+/// request_id, method, path, resource_id, status, duration_ms, error.
+pub fn insert_provisioning_log(rows: usize) -> String {
+    let values = (0..rows)
+        .map(|r| format!("({})", params(r * 9 + 1, 9)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO scim.provisioning_log (tenant, [at], request_id, method, path, resource_id, \
+         status, duration_ms, error) VALUES {values}"
+    )
+}
+
+/// The tenants with provisioning log entries (pruning goes tenant by tenant).
+pub const PROVISIONING_LOG_TENANTS: &str = "SELECT DISTINCT tenant FROM scim.provisioning_log";
+
+/// Delete up to @P3 entries of @P1 tenant older than @P2: short statements, short locks.
+pub const PRUNE_PROVISIONING_LOG: &str = "DELETE FROM scim.provisioning_log WHERE id IN \
+     (SELECT TOP (@P3) id FROM scim.provisioning_log WHERE tenant = @P1 AND [at] < @P2)";
+
+/// A page of a tenant's provisioning log and the number of matches, in one batch of two
+/// result sets. @P1 tenant, @P2..@P3 the status range, @P4 since (inclusive, only with
+/// `since`), @P5 until (exclusive, only with `until`), @P6 offset, @P7 limit; every parameter
+/// is always bound. Rows: id, at, request_id, method, path, resource_id, status, duration_ms,
+/// error, newest first.
+pub fn provisioning_log_page(since: bool, until: bool) -> String {
+    let mut filter = String::from("tenant = @P1 AND status BETWEEN @P2 AND @P3");
+    if since {
+        filter.push_str(" AND [at] >= @P4");
+    }
+    if until {
+        filter.push_str(" AND [at] < @P5");
+    }
+    format!(
+        "SELECT COUNT_BIG(*) FROM scim.provisioning_log WHERE {filter}; \
+         SELECT id, [at], request_id, method, path, resource_id, status, duration_ms, error \
+         FROM scim.provisioning_log WHERE {filter} ORDER BY [at] DESC, id DESC \
+         OFFSET @P6 ROWS FETCH NEXT @P7 ROWS ONLY"
     )
 }
 
@@ -698,10 +756,28 @@ mod tests {
             ("SAVEPOINT", SAVEPOINT),
             ("ROLLBACK_TO_SAVEPOINT", ROLLBACK_TO_SAVEPOINT),
             ("COUNT_APP_TABLES", COUNT_APP_TABLES),
+            ("TENANT_COUNTS", TENANT_COUNTS),
+            ("MEMBER_COUNT", MEMBER_COUNT),
+            ("PROVISIONING_LOG_TENANTS", PROVISIONING_LOG_TENANTS),
+            ("PRUNE_PROVISIONING_LOG", PRUNE_PROVISIONING_LOG),
         ]
         .into_iter()
         .map(|(n, s)| (n.to_string(), s.to_string()))
         .collect();
+        for rows in [1, 3, PROVISIONING_LOG_CHUNK] {
+            out.push((
+                format!("insert_provisioning_log({rows})"),
+                insert_provisioning_log(rows),
+            ));
+        }
+        for since in [false, true] {
+            for until in [false, true] {
+                out.push((
+                    format!("provisioning_log_page({since}, {until})"),
+                    provisioning_log_page(since, until),
+                ));
+            }
+        }
         for held in [false, true] {
             out.push((format!("count_due({held})"), count_due(held)));
             out.push((format!("due_users({held})"), due_users(held)));
@@ -841,6 +917,21 @@ mod tests {
         }
         assert_eq!(SAVEPOINT, UNPARSEABLE[0]);
         assert_eq!(ROLLBACK_TO_SAVEPOINT, UNPARSEABLE[1]);
+    }
+
+    #[test]
+    fn provisioning_log_inserts_number_their_parameters_row_by_row() {
+        assert_eq!(
+            insert_provisioning_log(2),
+            "INSERT INTO scim.provisioning_log (tenant, [at], request_id, method, path, \
+             resource_id, status, duration_ms, error) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, \
+             @P7, @P8, @P9), (@P10, @P11, @P12, @P13, @P14, @P15, @P16, @P17, @P18)"
+        );
+        let page = provisioning_log_page(false, true);
+        assert!(
+            page.contains("[at] < @P5") && !page.contains("@P4"),
+            "{page}"
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl From<tiberius::error::Error> for StoreError {
     }
 }
 
-fn naive(t: DateTime<Utc>) -> NaiveDateTime {
+pub(super) fn naive(t: DateTime<Utc>) -> NaiveDateTime {
     t.naive_utc()
 }
 
@@ -78,13 +78,13 @@ fn unique(e: tiberius::error::Error, what: &str) -> StoreError {
     }
 }
 
-async fn simple(c: &mut Client, sql: &str) -> Result<(), StoreError> {
+pub(super) async fn simple(c: &mut Client, sql: &str) -> Result<(), StoreError> {
     c.simple_query(sql).await?.into_results().await?;
     Ok(())
 }
 
 /// The rows of the first result set that has any.
-async fn rows(c: &mut Client, q: Query<'_>) -> Result<Vec<Row>, tiberius::error::Error> {
+pub(super) async fn rows(c: &mut Client, q: Query<'_>) -> Result<Vec<Row>, tiberius::error::Error> {
     Ok(q.query(c)
         .await?
         .into_results()
@@ -94,20 +94,23 @@ async fn rows(c: &mut Client, q: Query<'_>) -> Result<Vec<Row>, tiberius::error:
         .unwrap_or_default())
 }
 
-async fn first(c: &mut Client, q: Query<'_>) -> Result<Option<Row>, tiberius::error::Error> {
+pub(super) async fn first(
+    c: &mut Client,
+    q: Query<'_>,
+) -> Result<Option<Row>, tiberius::error::Error> {
     Ok(rows(c, q).await?.into_iter().next())
 }
 
-fn get_i64(r: &Row, i: usize) -> Result<i64, StoreError> {
+pub(super) fn get_i64(r: &Row, i: usize) -> Result<i64, StoreError> {
     r.try_get::<i64, _>(i)?
         .ok_or_else(|| StoreError::CommitFailed(format!("column {i} is NULL")))
 }
 
-fn get_text(r: &Row, i: usize) -> Result<String, StoreError> {
+pub(super) fn get_text(r: &Row, i: usize) -> Result<String, StoreError> {
     Ok(r.try_get::<&str, _>(i)?.unwrap_or_default().to_string())
 }
 
-fn get_time(r: &Row, i: usize) -> Result<String, StoreError> {
+pub(super) fn get_time(r: &Row, i: usize) -> Result<String, StoreError> {
     r.try_get::<NaiveDateTime, _>(i)?
         .map(time_text)
         .ok_or_else(|| StoreError::CommitFailed(format!("column {i} is NULL")))

@@ -4,6 +4,7 @@
 //! failing with SQLITE_BUSY, also across processes sharing the file (busy_timeout). Reads use
 //! their own pool and see committed data only.
 
+mod admin;
 mod conn;
 pub mod filter_sql;
 mod writer;

@@ -82,8 +82,13 @@ fn writer_thread(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// A statement without results, prepared once per connection.
+fn exec(conn: &Connection, sql: &str) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn run_batch(conn: &Connection, jobs: Vec<Job>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let msg = e.to_string();
         for j in jobs {
             (j.reply)(Err(StoreError::CommitFailed(msg.clone())));
@@ -100,16 +105,16 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
             ));
             continue;
         }
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = exec(conn, "SAVEPOINT job") {
             broken = Some(e.to_string());
             done.push((j.reply, Err(StoreError::CommitFailed(e.to_string()))));
             continue;
         }
         let r = (j.run)(conn);
         let end = if r.is_ok() {
-            conn.execute_batch("RELEASE job")
+            exec(conn, "RELEASE job")
         } else {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            exec(conn, "ROLLBACK TO job").and_then(|()| exec(conn, "RELEASE job"))
         };
         if let Err(e) = end {
             broken = Some(e.to_string());
@@ -117,7 +122,7 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
         done.push((j.reply, r));
     }
     let commit = match &broken {
-        None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+        None => exec(conn, "COMMIT").map_err(|e| e.to_string()),
         Some(msg) => Err(msg.clone()),
     };
     match commit {
@@ -128,7 +133,7 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
         }
         Err(msg) => {
             tracing::error!(error = %msg, "staging write batch failed; rolled back");
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = exec(conn, "ROLLBACK");
             for (reply, r) in done {
                 // A job that failed on its own keeps its own error; the others learn the commit failed.
                 reply(match r {

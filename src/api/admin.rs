@@ -1,0 +1,589 @@
+//! The admin API under /admin/v1: tenants, their staged data and their provisioning log, for
+//! the application's administrators. Authenticated by admin tokens (`[admin.tokens.NAME]`),
+//! never by a tenant's SCIM token. A `reader` may call every GET; an `operator` may also call
+//! the operations that act (POST).
+//!
+//! Sync runs (list, detail with items, preview, trigger, approval) and pending offboardings
+//! are added here once the sync engine is part of the application; they use the same
+//! `AdminAuth`, `require(AdminRole::Operator)`, paging parameters and `AdminError`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem::Request;
+use poem_openapi::auth::Bearer;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi, SecurityScheme, Tags};
+use serde_json::{Map, Value};
+
+use super::problem::AdminError;
+use super::{AppState, Tenant};
+use crate::config::AdminRole;
+use crate::scim::filter::parse_filter;
+use crate::scim::schema::ResourceKind;
+use crate::store::{ListQuery, Page, ProvisioningQuery, StatusFilter, StoreError, Stored};
+
+pub const ADMIN_PREFIX: &str = "/admin/v1";
+
+type Result<T> = std::result::Result<Json<T>, AdminError>;
+
+#[derive(Tags)]
+enum AdminTag {
+    /// Tenants and their staged counts
+    Tenants,
+    /// The users and groups staged for a tenant (read-only)
+    Staging,
+    /// Every SCIM request a tenant's client made
+    ProvisioningLog,
+}
+
+/// Who called: the admin token's name and role.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub name: String,
+    pub role: AdminRole,
+}
+
+/// An admin bearer token from `[admin.tokens.NAME]` (not a tenant's SCIM token).
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", checker = "check_admin_token")]
+pub struct AdminAuth(pub Admin);
+
+async fn check_admin_token(req: &Request, bearer: Bearer) -> poem::Result<Admin> {
+    let state = req
+        .data::<Arc<AppState>>()
+        .ok_or_else(AdminError::internal)?;
+    let token = state
+        .config
+        .admin
+        .authenticate(bearer.token.trim())
+        .ok_or_else(AdminError::unauthorized)?;
+    tracing::Span::current().record("admin", token.name.as_str());
+    Ok(Admin {
+        name: token.name.clone(),
+        role: token.role,
+    })
+}
+
+impl AdminAuth {
+    /// 403 unless the token has at least `role`.
+    pub fn require(&self, role: AdminRole) -> std::result::Result<(), AdminError> {
+        if self.0.role >= role {
+            Ok(())
+        } else {
+            Err(AdminError::forbidden(role.as_str()))
+        }
+    }
+}
+
+pub struct AdminApi {
+    pub state: Arc<AppState>,
+}
+
+/// A tenant and what it has staged.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct TenantSummary {
+    /// The tenant's name: the path segment in /scim-api/v1/{tenant}/scim.
+    pub name: String,
+    /// Live users with active = true.
+    pub active_users: i64,
+    /// Live users with active = false (their retention clock runs).
+    pub inactive_users: i64,
+    pub groups: i64,
+    /// Group memberships (one per group and member).
+    pub memberships: i64,
+    /// The mapping file the tenant syncs with, when configured.
+    #[oai(nullable)]
+    pub mapping: Option<String>,
+    /// The tenant's custom extension schema URN.
+    pub custom_schema: String,
+}
+
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct TenantPage {
+    pub items: Vec<TenantSummary>,
+    /// How many match in all.
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A staged user, summarised.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct UserSummary {
+    pub id: String,
+    pub user_name: String,
+    #[oai(nullable)]
+    pub external_id: Option<String>,
+    #[oai(nullable)]
+    pub display_name: Option<String>,
+    pub active: bool,
+    /// The resource's version (its ETag is W/"version").
+    pub version: i64,
+    pub created: String,
+    pub last_modified: String,
+}
+
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct UserPage {
+    pub items: Vec<UserSummary>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A group a user belongs to.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct GroupRef {
+    pub id: String,
+    #[oai(nullable)]
+    pub display_name: Option<String>,
+}
+
+/// One staged user with its groups and its full stored document.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct UserDetail {
+    #[oai(flatten)]
+    pub summary: UserSummary,
+    pub groups: Vec<GroupRef>,
+    /// The staged SCIM attributes as received (normalised), without id and meta.
+    pub document: Value,
+}
+
+/// A staged group, summarised.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct GroupSummary {
+    pub id: String,
+    pub display_name: String,
+    #[oai(nullable)]
+    pub external_id: Option<String>,
+    pub members: i64,
+    pub version: i64,
+    pub created: String,
+    pub last_modified: String,
+}
+
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct GroupPage {
+    pub items: Vec<GroupSummary>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One SCIM request of the provisioning log.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ProvisioningRequest {
+    /// When the request arrived (RFC 3339, UTC).
+    pub time: String,
+    pub request_id: String,
+    pub method: String,
+    /// The route template, e.g. /Users/{id}: never a query string.
+    pub path: String,
+    #[oai(nullable)]
+    pub resource_id: Option<String>,
+    pub status: u16,
+    pub duration_ms: f64,
+    /// The SCIM error's detail, for error answers.
+    #[oai(nullable)]
+    pub error: Option<String>,
+}
+
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ProvisioningPage {
+    pub items: Vec<ProvisioningRequest>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// What a prune removed.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct PruneResult {
+    /// Entries deleted.
+    pub deleted: u64,
+    /// Entries older than this were deleted (RFC 3339).
+    pub before: String,
+}
+
+impl AdminApi {
+    fn tenant(&self, name: &str) -> std::result::Result<&Tenant, AdminError> {
+        self.state
+            .tenants
+            .get(name)
+            .ok_or_else(|| AdminError::no_such_tenant(name))
+    }
+
+    /// limit within 1..=max_page_size (default: default_page_size), offset ≥ 0.
+    fn paging(&self, limit: Option<i64>, offset: Option<i64>) -> (i64, i64) {
+        let server = &self.state.config.server;
+        let limit = limit
+            .unwrap_or(server.default_page_size)
+            .clamp(1, server.max_page_size);
+        (limit, offset.unwrap_or(0).max(0))
+    }
+
+    async fn summary(&self, t: &Tenant) -> std::result::Result<TenantSummary, AdminError> {
+        let c = self.state.store.tenant_counts(&t.config.name).await?;
+        Ok(TenantSummary {
+            name: t.config.name.clone(),
+            active_users: c.active_users,
+            inactive_users: c.inactive_users,
+            groups: c.groups,
+            memberships: c.memberships,
+            mapping: None,
+            custom_schema: t.config.custom_schema.clone(),
+        })
+    }
+
+    async fn staged(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        filter: Option<&str>,
+        page: Page,
+        related: bool,
+    ) -> std::result::Result<(i64, Vec<Stored>), AdminError> {
+        let t = self.tenant(tenant)?;
+        let rt = t.rt(kind);
+        let parsed = match filter.map(str::trim) {
+            None | Some("") => None,
+            Some(f) => Some(
+                parse_filter(f)
+                    .map_err(|e| AdminError::bad_request(format!("invalid filter: {e}")))?,
+            ),
+        };
+        let query = ListQuery {
+            filter: parsed.as_ref(),
+            ..ListQuery::default()
+        };
+        // The backend translates the filter: what it cannot translate is a bad filter.
+        self.state
+            .store
+            .list(tenant, rt, query, &page, related)
+            .await
+            .map_err(|e| match e {
+                StoreError::Rejected(e) => {
+                    AdminError::bad_request(format!("invalid filter: {}", e.detail))
+                }
+                other => other.into(),
+            })
+    }
+}
+
+fn doc_of(s: &Stored) -> std::result::Result<Map<String, Value>, AdminError> {
+    serde_json::from_str(&s.doc).map_err(|e| {
+        tracing::error!(error = %e, "a stored document is not JSON");
+        AdminError::internal()
+    })
+}
+
+fn text(doc: &Map<String, Value>, key: &str) -> Option<String> {
+    doc.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn user_summary(s: &Stored, doc: &Map<String, Value>) -> UserSummary {
+    UserSummary {
+        id: s.id.clone(),
+        user_name: text(doc, "userName").unwrap_or_default(),
+        external_id: text(doc, "externalId"),
+        display_name: text(doc, "displayName"),
+        active: doc.get("active").and_then(Value::as_bool).unwrap_or(true),
+        version: s.version,
+        created: s.created.clone(),
+        last_modified: s.last_modified.clone(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[OpenApi(prefix_path = "/admin/v1")]
+impl AdminApi {
+    /// List the configured tenants with their staged counts
+    #[oai(
+        path = "/tenants",
+        method = "get",
+        tag = "AdminTag::Tenants",
+        operation_id = "adminListTenants"
+    )]
+    async fn list_tenants(
+        &self,
+        _auth: AdminAuth,
+        /// Page size (default: server.default_page_size, at most server.max_page_size)
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<TenantPage> {
+        let (limit, offset) = self.paging(limit.0, offset.0);
+        let mut items = Vec::new();
+        for t in self
+            .state
+            .tenants
+            .values()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(limit).unwrap_or(0))
+        {
+            items.push(self.summary(t).await?);
+        }
+        Ok(Json(TenantPage {
+            items,
+            total: self.state.tenants.len() as i64,
+            limit,
+            offset,
+        }))
+    }
+
+    /// One tenant with its staged counts
+    #[oai(
+        path = "/tenants/:tenant",
+        method = "get",
+        tag = "AdminTag::Tenants",
+        operation_id = "adminGetTenant"
+    )]
+    async fn get_tenant(&self, _auth: AdminAuth, tenant: Path<String>) -> Result<TenantSummary> {
+        let t = self.tenant(&tenant)?;
+        Ok(Json(self.summary(t).await?))
+    }
+
+    /// A tenant's staged users, optionally filtered with a SCIM filter
+    #[oai(
+        path = "/tenants/:tenant/users",
+        method = "get",
+        tag = "AdminTag::Staging",
+        operation_id = "adminListUsers"
+    )]
+    async fn list_users(
+        &self,
+        _auth: AdminAuth,
+        tenant: Path<String>,
+        /// A SCIM filter (RFC 7644 §3.4.2.2), e.g. `active eq false` or `userName sw "a"`
+        filter: Query<Option<String>>,
+        /// Page size (default: server.default_page_size, at most server.max_page_size)
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<UserPage> {
+        let (limit, offset) = self.paging(limit.0, offset.0);
+        let page = Page {
+            start_index: offset.saturating_add(1),
+            count: limit,
+        };
+        let (total, rows) = self
+            .staged(
+                &tenant,
+                ResourceKind::User,
+                filter.0.as_deref(),
+                page,
+                false,
+            )
+            .await?;
+        let items = rows
+            .iter()
+            .map(|s| doc_of(s).map(|d| user_summary(s, &d)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Json(UserPage {
+            items,
+            total,
+            limit,
+            offset,
+        }))
+    }
+
+    /// One staged user with its groups
+    #[oai(
+        path = "/tenants/:tenant/users/:id",
+        method = "get",
+        tag = "AdminTag::Staging",
+        operation_id = "adminGetUser"
+    )]
+    async fn get_user(
+        &self,
+        _auth: AdminAuth,
+        tenant: Path<String>,
+        id: Path<String>,
+    ) -> Result<UserDetail> {
+        self.tenant(&tenant)?;
+        let s = self
+            .state
+            .store
+            .get_user(&tenant, &id, true)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::NotFound => {
+                    AdminError::not_found(format!("tenant {:?} has no user with this id", &*tenant))
+                }
+                other => other.into(),
+            })?;
+        let doc = doc_of(&s)?;
+        let groups = s
+            .related
+            .iter()
+            .flatten()
+            .map(|g| GroupRef {
+                id: g.id.clone(),
+                display_name: g.display.clone(),
+            })
+            .collect();
+        Ok(Json(UserDetail {
+            summary: user_summary(&s, &doc),
+            groups,
+            document: Value::Object(doc),
+        }))
+    }
+
+    /// A tenant's staged groups, optionally filtered with a SCIM filter
+    #[oai(
+        path = "/tenants/:tenant/groups",
+        method = "get",
+        tag = "AdminTag::Staging",
+        operation_id = "adminListGroups"
+    )]
+    async fn list_groups(
+        &self,
+        _auth: AdminAuth,
+        tenant: Path<String>,
+        /// A SCIM filter (RFC 7644 §3.4.2.2), e.g. `displayName sw "Sales"`
+        filter: Query<Option<String>>,
+        /// Page size (default: server.default_page_size, at most server.max_page_size)
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<GroupPage> {
+        let (limit, offset) = self.paging(limit.0, offset.0);
+        let page = Page {
+            start_index: offset.saturating_add(1),
+            count: limit,
+        };
+        let (total, rows) = self
+            .staged(
+                &tenant,
+                ResourceKind::Group,
+                filter.0.as_deref(),
+                page,
+                false,
+            )
+            .await?;
+        let ids: Vec<String> = rows.iter().map(|s| s.id.clone()).collect();
+        let counts = self.state.store.member_counts(&tenant, &ids).await?;
+        let items = rows
+            .iter()
+            .zip(counts)
+            .map(|(s, members)| {
+                doc_of(s).map(|d| GroupSummary {
+                    id: s.id.clone(),
+                    display_name: text(&d, "displayName").unwrap_or_default(),
+                    external_id: text(&d, "externalId"),
+                    members,
+                    version: s.version,
+                    created: s.created.clone(),
+                    last_modified: s.last_modified.clone(),
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Json(GroupPage {
+            items,
+            total,
+            limit,
+            offset,
+        }))
+    }
+
+    /// A tenant's provisioning log: its SCIM requests, newest first
+    #[oai(
+        path = "/tenants/:tenant/requests",
+        method = "get",
+        tag = "AdminTag::ProvisioningLog",
+        operation_id = "adminListRequests"
+    )]
+    async fn list_requests(
+        &self,
+        _auth: AdminAuth,
+        tenant: Path<String>,
+        /// A status (`404`) or a class (`4xx`, `5xx`)
+        #[oai(validator(pattern = "^([1-5][0-9][0-9]|[1-5][xX][xX])$"))]
+        status: Query<Option<String>>,
+        /// Requests at or after this time (RFC 3339)
+        since: Query<Option<DateTime<Utc>>>,
+        /// Requests before this time (RFC 3339)
+        until: Query<Option<DateTime<Utc>>>,
+        /// Page size (default: server.default_page_size, at most server.max_page_size)
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<ProvisioningPage> {
+        self.tenant(&tenant)?;
+        let (limit, offset) = self.paging(limit.0, offset.0);
+        let status = match status.0.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(StatusFilter::parse(s).ok_or_else(|| {
+                AdminError::bad_request("status must be a status code (404) or a class (4xx)")
+            })?),
+        };
+        let q = ProvisioningQuery {
+            status,
+            since: since.0,
+            until: until.0,
+            limit,
+            offset,
+        };
+        let (total, rows) = self.state.store.provisioning_log(&tenant, &q).await?;
+        let items = rows
+            .into_iter()
+            .map(|r| ProvisioningRequest {
+                time: r.at,
+                request_id: r.request_id,
+                method: r.method,
+                path: r.path,
+                resource_id: r.resource_id,
+                status: r.status,
+                duration_ms: r.duration_ms,
+                error: r.error,
+            })
+            .collect();
+        Ok(Json(ProvisioningPage {
+            items,
+            total,
+            limit,
+            offset,
+        }))
+    }
+
+    /// Prune the provisioning log now (operator): delete entries past admin.provisioning_log_days
+    #[oai(
+        path = "/provisioning-log/prune",
+        method = "post",
+        tag = "AdminTag::ProvisioningLog",
+        operation_id = "adminPruneProvisioningLog"
+    )]
+    async fn prune_log(&self, auth: AdminAuth) -> Result<PruneResult> {
+        auth.require(AdminRole::Operator)?;
+        self.state.provlog.flush().await;
+        let days = self.state.config.admin.provisioning_log_days;
+        let before = self.state.clock.now() - chrono::Duration::days(i64::from(days));
+        let deleted = self.state.store.prune_provisioning_log(before).await?;
+        tracing::info!(admin = %auth.0.name, deleted, "provisioning log pruned on request");
+        Ok(Json(PruneResult {
+            deleted,
+            before: crate::store::format_time(before),
+        }))
+    }
+}

@@ -1,0 +1,212 @@
+//! Admin API errors: RFC 9457 problem documents (`application/problem+json`).
+
+use poem::Response;
+use poem::error::ResponseError;
+use poem::http::{HeaderValue, StatusCode, header};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiResponse, Object};
+
+use crate::scim::ScimError;
+use crate::store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Object, serde::Serialize)]
+#[oai(rename = "Problem")]
+pub struct Problem {
+    /// A URI naming the kind of problem; `about:blank` when the status says it all.
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The HTTP status's name.
+    pub title: String,
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+}
+
+/// An error of the admin API.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct AdminError {
+    pub status: StatusCode,
+    pub detail: String,
+}
+
+impl AdminError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        AdminError {
+            status,
+            detail: detail.into(),
+        }
+    }
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid admin bearer token is required (Authorization: Bearer …); SCIM tenant tokens are not accepted here",
+        )
+    }
+    pub fn forbidden(needed: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            format!("this operation needs an admin token with the {needed} role"),
+        )
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+    pub fn no_such_tenant(tenant: &str) -> Self {
+        Self::not_found(format!("no tenant named {tenant:?} is configured"))
+    }
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+    }
+
+    pub fn problem(&self) -> Problem {
+        Problem {
+            kind: "about:blank".into(),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+impl ResponseError for AdminError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn as_response(&self) -> Response {
+        let body = serde_json::to_string(&self.problem()).unwrap_or_default();
+        let mut resp = Response::builder()
+            .status(self.status)
+            .content_type(PROBLEM_JSON)
+            .body(body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl ApiResponse for AdminError {
+    fn meta() -> MetaResponses {
+        let responses = [
+            (
+                400,
+                "The request is malformed: a parameter or filter is invalid",
+            ),
+            (401, "No valid admin bearer token"),
+            (403, "The token's role does not allow this operation"),
+            (404, "No such tenant, resource or endpoint"),
+            (500, "The server failed"),
+            (503, "The staging database is busy or unreachable; retry"),
+        ];
+        MetaResponses {
+            responses: responses
+                .into_iter()
+                .map(|(status, description)| MetaResponse {
+                    description,
+                    status: Some(status),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: PROBLEM_JSON,
+                        schema: Problem::schema_ref(),
+                    }],
+                    headers: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        let scim = ScimError::from(e);
+        match scim.status {
+            503 => AdminError::new(StatusCode::SERVICE_UNAVAILABLE, scim.detail),
+            s if s < 500 => AdminError::new(
+                StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST),
+                scim.detail,
+            ),
+            _ => AdminError::internal(),
+        }
+    }
+}
+
+impl From<ScimError> for AdminError {
+    fn from(e: ScimError) -> Self {
+        if e.status >= 500 {
+            return AdminError::internal();
+        }
+        AdminError::new(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.detail,
+        )
+    }
+}
+
+/// Any error that reached the edge of the admin API (or the operations endpoints), as a problem.
+pub fn to_problem_response(err: poem::Error) -> Response {
+    if let Some(e) = err.downcast_ref::<AdminError>() {
+        return e.as_response();
+    }
+    if let Some(e) = err.downcast_ref::<ScimError>() {
+        return AdminError::from(e.clone()).as_response();
+    }
+    let status = err.status();
+    let e = match status.as_u16() {
+        401 => AdminError::unauthorized(),
+        404 => AdminError::not_found("no such endpoint"),
+        405 => AdminError::new(status, "method not allowed on this endpoint"),
+        s if s < 500 => AdminError::new(status, err.to_string()),
+        _ => {
+            tracing::error!(error = %err, "request failed");
+            AdminError::internal()
+        }
+    };
+    e.as_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn problems_are_rfc9457_documents() {
+        let r = to_problem_response(poem::Error::from_status(StatusCode::UNAUTHORIZED));
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.content_type(), Some(PROBLEM_JSON));
+        assert_eq!(r.headers().get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
+        let body: serde_json::Value =
+            serde_json::from_str(&r.into_body().into_string().await.unwrap()).unwrap();
+        assert_eq!(body["type"], "about:blank");
+        assert_eq!(body["title"], "Unauthorized");
+        assert_eq!(body["status"], 401);
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("admin bearer token")
+        );
+        let r = to_problem_response(ScimError::invalid_filter("bad").into());
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = to_problem_response(AdminError::from(StoreError::NotFound).into());
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,142 @@
+//! Application databases: where the sync engine writes users and roles.
+//!
+//! [`AppDb`] is an enum over backends (SQLite today; SQL Server slots in as another variant).
+//! Writes happen in batches: [`AppDb::begin`] opens one transaction, [`AppBatch::apply_user`]
+//! and [`AppBatch::offboard`] each run inside their own savepoint, so a constraint violation
+//! fails only that user, and [`AppBatch::commit`] makes the batch durable.
+//!
+//! Identifiers (tables, columns) come validated from the mapping and are quoted anyway; every
+//! value is a bound parameter.
+
+pub mod sqlite;
+
+use std::collections::BTreeSet;
+
+use crate::config::ApplicationConfig;
+use crate::mapping::{FieldValue, Offboarding, Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("application database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot apply the schema {path}: {message}")]
+    Schema { path: String, message: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid identifier {0:?}")]
+    Identifier(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One user to write: upsert the row by key, then the role diff.
+#[derive(Debug, Clone)]
+pub struct UserWrite<'a> {
+    pub key: &'a str,
+    /// The key the application row had so far, when it differs from `key` (the key source
+    /// changed, e.g. a new e-mail address): the row and its roles are re-keyed first.
+    pub previous_key: Option<&'a str>,
+    pub fields: &'a [(String, FieldValue)],
+    pub roles_to_add: &'a BTreeSet<String>,
+    pub roles_to_remove: &'a BTreeSet<String>,
+}
+
+/// What a user write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserApplied {
+    /// A row was inserted (false: an existing row was updated).
+    pub created: bool,
+}
+
+/// An application database.
+#[derive(Clone)]
+pub enum AppDb {
+    Sqlite(sqlite::SqliteApp),
+}
+
+impl AppDb {
+    /// Open (creating if missing) the application database; a new file gets the configured schema.
+    pub async fn open(config: &ApplicationConfig) -> Result<AppDb, TargetError> {
+        Ok(AppDb::Sqlite(sqlite::SqliteApp::open(config).await?))
+    }
+
+    /// Start a batch: one transaction.
+    pub async fn begin(&self) -> Result<AppBatch, TargetError> {
+        match self {
+            AppDb::Sqlite(db) => Ok(AppBatch::Sqlite(db.begin().await?)),
+        }
+    }
+}
+
+/// One open transaction on an application database.
+pub enum AppBatch {
+    Sqlite(sqlite::SqliteBatch),
+}
+
+impl AppBatch {
+    /// Upsert one user's row and apply its role diff, inside a savepoint: an error leaves the
+    /// batch as it was before the call.
+    pub async fn apply_user(
+        &mut self,
+        target: &Target,
+        write: &UserWrite<'_>,
+    ) -> Result<UserApplied, TargetError> {
+        match self {
+            AppBatch::Sqlite(b) => b.apply_user(target, write).await,
+        }
+    }
+
+    /// Offboard one user: remove `roles` (the ones the engine applied), then delete the row,
+    /// update its fields, or leave it, inside a savepoint.
+    pub async fn offboard(
+        &mut self,
+        target: &Target,
+        key: &str,
+        action: &Offboarding,
+        roles: &BTreeSet<String>,
+    ) -> Result<(), TargetError> {
+        match self {
+            AppBatch::Sqlite(b) => b.offboard(target, key, action, roles).await,
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), TargetError> {
+        match self {
+            AppBatch::Sqlite(b) => b.commit().await,
+        }
+    }
+}
+
+/// Quote a validated identifier (`name` or `schema.name`) for SQL: each part in double
+/// quotes. Anything but letters, digits and `_` is refused, whatever the mapping checked.
+pub fn quote_ident(ident: &str) -> Result<String, TargetError> {
+    let parts: Vec<&str> = ident.split('.').collect();
+    if parts.len() > 2
+        || parts.iter().any(|p| {
+            p.is_empty()
+                || p.starts_with(|c: char| c.is_ascii_digit())
+                || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    {
+        return Err(TargetError::Identifier(ident.to_string()));
+    }
+    Ok(parts
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_or_refused() {
+        assert_eq!(quote_ident("users").unwrap(), "\"users\"");
+        assert_eq!(quote_ident("app.users").unwrap(), "\"app\".\"users\"");
+        for bad in ["", "a b", "a\"b", "a.b.c", "1a", "a;--", "a."] {
+            assert!(quote_ident(bad).is_err(), "{bad}");
+        }
+    }
+}

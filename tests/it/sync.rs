@@ -1,0 +1,171 @@
+//! The sync engine next to a running server: Entra-style provisioning over HTTP, then sync runs
+//! (as the CLI makes them: a second store on the same staging file) into an application database
+//! with the shipped Scifeon example mapping and schema.
+
+use std::path::Path;
+
+use chrono::Duration;
+use serde_json::{Value, json};
+
+use scim_bridge::config::Config;
+use scim_bridge::store::SqliteStore;
+use scim_bridge::store::sqlite::Durability;
+use scim_bridge::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
+
+use crate::helpers::*;
+
+struct Sync {
+    engine: SyncEngine,
+    app: sqlx::SqlitePool,
+    _dir: tempfile::TempDir,
+}
+
+async fn engine(t: &TestApp) -> Sync {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let app_db = dir.path().join("app.db");
+    let text = format!(
+        "[staging]\ndatabase = \"sqlite://{}\"\ndurability = \"normal\"\n\
+         [applications.scifeon]\ndatabase = \"sqlite://{}\"\nschema = \"{}\"\n\
+         [tenants.{ACME}]\ntoken = \"{ACME_TOKEN}\"\n\
+         [tenants.{ACME}.sync]\nmapping = \"{}\"\nretention_hours = 24\n",
+        t.db_path().display(),
+        app_db.display(),
+        root.join("sql/app/example_app.sql").display(),
+        root.join("mappings/scifeon.toml").display(),
+    );
+    let config = Config::parse(&text, &dir.path().join("c.toml"), dir.path(), []).unwrap();
+    let store = SqliteStore::open(config.staging_sqlite_path().unwrap(), Durability::Normal)
+        .await
+        .unwrap();
+    let engine = SyncEngine::new(&config, store, t.clock.clone())
+        .await
+        .unwrap();
+    let app = sqlx::SqlitePool::connect(&format!("sqlite://{}", app_db.display()))
+        .await
+        .unwrap();
+    Sync {
+        engine,
+        app,
+        _dir: dir,
+    }
+}
+
+impl Sync {
+    async fn run(&self) -> RunSummary {
+        let s = self
+            .engine
+            .run(ACME, Trigger::Api, RunOptions::default())
+            .await
+            .unwrap();
+        assert!(matches!(s.status, RunStatus::Succeeded), "{s:?}");
+        s
+    }
+
+    /// (UserName, IsActive) of every application user.
+    async fn users(&self) -> Vec<(String, bool)> {
+        sqlx::query_as("SELECT UserName, IsActive FROM scifeon_users ORDER BY UserName")
+            .fetch_all(&self.app)
+            .await
+            .unwrap()
+    }
+
+    async fn roles(&self, user: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT role FROM user_roles WHERE user_key = ? ORDER BY role")
+            .bind(user)
+            .fetch_all(&self.app)
+            .await
+            .unwrap()
+    }
+}
+
+fn person(user_name: &str, given: &str, family: &str) -> Value {
+    json!({"schemas": [USER_SCHEMA, ENTERPRISE], "userName": user_name, "active": true,
+        "name": {"givenName": given, "familyName": family},
+        "emails": [{"value": user_name, "type": "work", "primary": true}],
+        ENTERPRISE: {"department": "Quality Assurance"}})
+}
+
+#[tokio::test]
+async fn provisioning_deactivation_and_deletion_reach_the_application() {
+    let t = TestApp::start().await;
+    let s = engine(&t).await;
+    let mette = t
+        .create_user(person("mette@example.com", "Mette", "Hansen"))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lars = t
+        .create_user(person("lars@example.com", "Lars", "Berg"))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admins = t.group("Scifeon Admins", &[&mette]).await;
+    t.group("Scifeon Lab Aarhus", &[&lars]).await;
+
+    let r = s.run().await;
+    assert_eq!(r.counts.created, 2);
+    assert_eq!(
+        s.users().await,
+        [
+            ("lars@example.com".to_string(), true),
+            ("mette@example.com".to_string(), true)
+        ]
+    );
+    let dept: String = sqlx::query_scalar(
+        "SELECT Department FROM scifeon_users WHERE UserName = 'mette@example.com'",
+    )
+    .fetch_one(&s.app)
+    .await
+    .unwrap();
+    assert_eq!(dept, "QA");
+    assert_eq!(
+        s.roles("mette@example.com").await,
+        ["Administrator", "User"]
+    );
+    assert_eq!(s.roles("lars@example.com").await, ["LabTechnician", "User"]);
+
+    // Entra removes Mette from the admins group: her roles follow.
+    t.patch(
+        &format!("/Groups/{admins}"),
+        &patch_ops(json!([{"op": "Remove", "path": format!("members[value eq \"{mette}\"]")}])),
+    )
+    .await
+    .assert_status(204);
+    let r = s.run().await;
+    assert_eq!((r.counts.updated, r.counts.roles_removed), (1, 2));
+    assert!(s.roles("mette@example.com").await.is_empty());
+
+    // Entra unassigns Lars (active "False", its dialect), and deletes Mette.
+    t.patch(
+        &format!("/Users/{lars}"),
+        &patch_ops(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+    )
+    .await
+    .assert_status(200);
+    t.delete(&format!("/Users/{mette}"))
+        .await
+        .assert_status(204);
+    t.get(&format!("/Users/{mette}")).await.assert_status(404);
+    let r = s.run().await;
+    assert_eq!(r.counts.deactivated, 2);
+    assert_eq!(
+        s.users().await,
+        [
+            ("lars@example.com".to_string(), false),
+            ("mette@example.com".to_string(), false)
+        ]
+    );
+    assert!(s.roles("lars@example.com").await.is_empty(), "remove_roles");
+
+    // After the retention window both are offboarded (the example deletes the row).
+    t.clock.advance(Duration::hours(25));
+    let r = s.run().await;
+    assert_eq!(r.counts.offboarded, 2);
+    assert!(s.users().await.is_empty());
+    t.get(&format!("/Users/{lars}")).await.assert_status(404);
+    let again = s.run().await;
+    assert_eq!(again.counts.offboarded + again.counts.updated, 0);
+}
