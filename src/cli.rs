@@ -1,4 +1,4 @@
-//! The command line: serve, sync, bench, mapping check/test, openapi.
+//! The command line: serve, sync, migrate, bench, mapping check/test, openapi.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,12 @@ enum Command {
     },
     /// Sync one tenant's staged users into its application database, once
     Sync(SyncArgs),
+    /// Create or upgrade the staging database (SQLite or SQL Server) and exit
+    Migrate {
+        /// Configuration file
+        #[arg(long, env = "SCIM_BRIDGE_CONFIG", default_value = "scim-bridge.toml")]
+        config: PathBuf,
+    },
     /// Measure the SCIM server on a temporary SQLite database and print a table
     Bench(crate::bench::BenchArgs),
     /// Print the OpenAPI document of the SCIM and admin APIs (JSON)
@@ -66,6 +72,7 @@ pub async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Sync(args) => sync(args).await,
+        Command::Migrate { config } => migrate(config).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Mapping(cmd) => mapping(cmd),
         Command::Openapi => {
@@ -182,12 +189,16 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
             args.config.display()
         );
     }
-    let store = crate::store::SqliteStore::open(&config.staging_path, config.staging.durability)
+    crate::app::check_sync_staging(&config)?;
+    let crate::config::StagingDb::Sqlite(staging_path) = &config.staging_db else {
+        anyhow::bail!("sync needs the SQLite staging backend for now");
+    };
+    let store = crate::store::SqliteStore::open(staging_path, config.staging.durability)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
                 "opening the staging database {}: {e}",
-                config.staging_path.display()
+                staging_path.display()
             )
         })?;
     let engine = crate::sync::SyncEngine::new(&config, store, Arc::new(SystemClock)).await?;
@@ -219,6 +230,29 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
             summary.run_id,
             summary.error.as_deref().unwrap_or("unknown error")
         );
+    }
+    Ok(())
+}
+
+async fn migrate(config_path: PathBuf) -> anyhow::Result<()> {
+    use crate::config::StagingDb;
+    use crate::store::mssql::{migrate, pool::MssqlPool};
+    let config = load_config(&config_path)?;
+    match &config.staging_db {
+        StagingDb::Sqlite(path) => {
+            crate::store::SqliteStore::open(path, config.staging.durability).await?;
+            println!("{}: up to date", path.display());
+        }
+        StagingDb::SqlServer(c) => {
+            let pool = MssqlPool::connect(c).await?;
+            let report = migrate::run(&mut *pool.get().await?).await?;
+            println!(
+                "SQL Server {}: applied {:?}, already applied {:?}",
+                c.describe(),
+                report.applied,
+                report.already_applied
+            );
+        }
     }
     Ok(())
 }

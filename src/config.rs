@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 
 use crate::mapping::Mapping;
 use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
+use crate::store::mssql::config::MssqlConfig;
 use crate::store::sqlite::Durability;
 
 #[derive(Debug, thiserror::Error)]
@@ -221,12 +222,33 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StagingConfig {
-    /// `sqlite://PATH` or a plain path to the SQLite file.
+    /// `sqlite://PATH` or a plain path to the SQLite file; or SQL Server: `mssql://…` or an
+    /// ADO.NET connection string (`Server=…;Database=…;…`).
     pub database: String,
+    /// SQLite only.
     pub durability: Durability,
+    /// SQL Server only: the password, instead of `Password=` in the connection string
+    /// (inline, { env = "VAR" } or { file = "path" }).
+    pub password: Option<RawSecret>,
+}
+
+/// A SQL Server connection string may hold a password: Debug shows SQLite paths only.
+impl fmt::Debug for StagingConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let database = if MssqlConfig::is_sql_server(&self.database) {
+            "<SQL Server connection string>"
+        } else {
+            self.database.as_str()
+        };
+        f.debug_struct("StagingConfig")
+            .field("database", &database)
+            .field("durability", &self.durability)
+            .field("password", &self.password)
+            .finish()
+    }
 }
 
 impl Default for StagingConfig {
@@ -234,17 +256,36 @@ impl Default for StagingConfig {
         StagingConfig {
             database: "sqlite://data/staging.db".into(),
             durability: Durability::Full,
+            password: None,
         }
     }
 }
 
 /// A secret given inline, by environment variable or by file.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(untagged)]
-enum RawSecret {
+pub enum RawSecret {
     Inline(String),
     Env { env: String },
     File { file: PathBuf },
+}
+
+impl fmt::Debug for RawSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawSecret::Inline(_) => f.write_str("Inline(<redacted>)"),
+            RawSecret::Env { env } => f.debug_struct("Env").field("env", env).finish(),
+            RawSecret::File { file } => f.debug_struct("File").field("file", file).finish(),
+        }
+    }
+}
+
+/// Where the staging database is.
+#[derive(Debug, Clone)]
+pub enum StagingDb {
+    /// The SQLite file, resolved against the config file's folder.
+    Sqlite(PathBuf),
+    SqlServer(MssqlConfig),
 }
 
 #[derive(Deserialize)]
@@ -414,8 +455,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub staging: StagingConfig,
-    /// The staging database file, resolved against the config file's folder.
-    pub staging_path: PathBuf,
+    pub staging_db: StagingDb,
     pub tenants: BTreeMap<String, TenantConfig>,
     pub applications: BTreeMap<String, ApplicationConfig>,
     pub admin: AdminConfig,
@@ -424,6 +464,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The SQLite staging file, when the staging database is SQLite.
+    pub fn staging_sqlite_path(&self) -> Option<&Path> {
+        match &self.staging_db {
+            StagingDb::Sqlite(p) => Some(p),
+            StagingDb::SqlServer(_) => None,
+        }
+    }
+
     /// Load `path` and apply the SCIM_BRIDGE_* variables of `env`.
     pub fn load(
         path: &Path,
@@ -522,8 +570,12 @@ impl Config {
                 },
             );
         }
-        let staging_path = resolve_sqlite_path(&raw.staging.database, base_dir)
-            .map_err(|m| invalid(format!("staging.database: {m}")))?;
+        let staging_db = resolve_database(
+            &raw.staging.database,
+            raw.staging.password.as_ref(),
+            base_dir,
+        )
+        .map_err(|m| invalid(format!("staging.database: {m}")))?;
         if raw.server.max_page_size < 1 || raw.server.default_page_size < 1 {
             return Err(invalid("server page sizes must be at least 1".into()));
         }
@@ -554,12 +606,38 @@ impl Config {
             server: raw.server,
             log: raw.log,
             staging: raw.staging,
-            staging_path,
+            staging_db,
             tenants,
             applications,
             base_dir: base_dir.to_path_buf(),
         })
     }
+}
+
+/// An SQLite location, or a SQL Server connection string with its password (from the
+/// connection string or from `password`, which wins).
+pub fn resolve_database(
+    database: &str,
+    password: Option<&RawSecret>,
+    base_dir: &Path,
+) -> Result<StagingDb, String> {
+    if !MssqlConfig::is_sql_server(database) {
+        if password.is_some() {
+            return Err("a password applies to SQL Server only".into());
+        }
+        return resolve_sqlite_path(database, base_dir).map(StagingDb::Sqlite);
+    }
+    let mut c = MssqlConfig::parse(database).map_err(|e| e.to_string())?;
+    if let Some(p) = password {
+        c = c.with_password(read_secret(p, base_dir)?);
+    }
+    if c.password.as_ref().is_none_or(|p| p.0.is_empty()) {
+        return Err(format!(
+            "no password for SQL Server ({}): give Password= or a password secret",
+            c.describe()
+        ));
+    }
+    Ok(StagingDb::SqlServer(c))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -651,6 +729,15 @@ pub fn resolve_sqlite_path(url: &str, base_dir: &Path) -> Result<PathBuf, String
 }
 
 fn resolve_secret(s: &RawSecret, base_dir: &Path) -> Result<TokenHash, String> {
+    let value = read_secret(s, base_dir)?;
+    if value.len() < 16 {
+        return Err("a token must be at least 16 characters long".into());
+    }
+    Ok(TokenHash::of(&value))
+}
+
+/// The secret's value, trimmed.
+fn read_secret(s: &RawSecret, base_dir: &Path) -> Result<String, String> {
     let value = match s {
         RawSecret::Inline(v) => v.clone(),
         RawSecret::Env { env } => {
@@ -665,11 +752,7 @@ fn resolve_secret(s: &RawSecret, base_dir: &Path) -> Result<TokenHash, String> {
             std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?
         }
     };
-    let value = value.trim();
-    if value.len() < 16 {
-        return Err("a token must be at least 16 characters long".into());
-    }
-    Ok(TokenHash::of(value))
+    Ok(value.trim().to_string())
 }
 
 /// Apply one SCIM_BRIDGE_A__B=value variable to the parsed file.
@@ -743,7 +826,9 @@ mod tests {
     fn defaults_and_relative_paths() {
         let c = parse(MIN, &[]).unwrap();
         assert_eq!(c.server.max_body_bytes, 1024 * 1024);
-        assert_eq!(c.staging_path, Path::new("/base/data/staging.db"));
+        assert!(
+            matches!(&c.staging_db, StagingDb::Sqlite(p) if p == Path::new("/base/data/staging.db"))
+        );
         assert_eq!(c.tenants["demo"].custom_schema, DEFAULT_CUSTOM_SCHEMA);
         assert!(c.tenants["demo"].accepts("0123456789abcdef"));
         assert!(!c.tenants["demo"].accepts("0123456789abcdeF"));
@@ -940,6 +1025,83 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("SCIM token"), "{e}");
+    }
+
+    #[test]
+    fn sql_server_staging_by_connection_string_or_url() {
+        let c = parse(
+            &format!(
+                "{MIN}[staging]\ndatabase = \"Server=db,1433;Database=scim;User Id=bridge;Password=pw-inline;Encrypt=true;TrustServerCertificate=true\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let StagingDb::SqlServer(m) = &c.staging_db else {
+            panic!("{:?}", c.staging_db)
+        };
+        assert_eq!((m.host.as_str(), m.database.as_str()), ("db", "scim"));
+        assert!(
+            !format!("{c:?}").contains("pw-inline"),
+            "the password stays out of Debug"
+        );
+        // The password from a file wins over the connection string's; the URL form works too.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "pw-from-file\n").unwrap();
+        let c = Config::parse(
+            &format!(
+                "{MIN}[staging]\ndatabase = \"mssql://bridge@db/scim\"\npassword = {{ file = \"pw\" }}\n"
+            ),
+            Path::new("x.toml"),
+            dir.path(),
+            [],
+        )
+        .unwrap();
+        let StagingDb::SqlServer(m) = &c.staging_db else {
+            panic!("{:?}", c.staging_db)
+        };
+        assert_eq!(m.password.as_ref().unwrap().0, "pw-from-file");
+        // The whole connection string from the environment, as for any key.
+        let c = parse(
+            MIN,
+            &[(
+                "SCIM_BRIDGE_STAGING__DATABASE",
+                "Server=h;Database=d;User Id=u;Password=p",
+            )],
+        )
+        .unwrap();
+        assert!(matches!(c.staging_db, StagingDb::SqlServer(_)));
+    }
+
+    #[test]
+    fn sql_server_settings_are_validated() {
+        let err = |db: &str, extra: &str| {
+            parse(
+                &format!("{MIN}[staging]\ndatabase = \"{db}\"\n{extra}"),
+                &[],
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let e = err("Server=h;Database=d;User Id=u", "");
+        assert!(
+            e.contains("no password") && e.contains("server h,1433, database d"),
+            "{e}"
+        );
+        let e = err("Server=h;Database=d;Pooling=x;User Id=u;Password=p", "");
+        assert!(
+            e.contains("staging.database") && e.contains("pooling"),
+            "{e}"
+        );
+        let e = err(
+            "Server=h;Database=d;User Id=u",
+            "password = { env = \"SCIM_BRIDGE_TEST_UNSET_PW\" }\n",
+        );
+        assert!(e.contains("SCIM_BRIDGE_TEST_UNSET_PW"), "{e}");
+        // A malformed connection string is reported as one, never taken for a file name.
+        let e = err("Server=h;Database=d;User Id=u;Password=a;b", "");
+        assert!(e.contains("must be quoted") && !e.contains("a;b"), "{e}");
+        let e = err("data/staging.db", "password = \"x\"\n");
+        assert!(e.contains("SQL Server only"), "{e}");
     }
 
     #[test]

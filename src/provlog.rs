@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::store::{ProvisioningEntry, SqliteStore};
+use crate::store::{ProvisioningEntry, Store};
 
 /// Entries waiting for the writer; more are dropped (and counted) rather than slowing requests.
 const QUEUE: usize = 10_000;
@@ -41,7 +41,7 @@ pub struct ProvisioningLog {
 impl ProvisioningLog {
     /// Start the writer task; `retention_days` 0 keeps nothing (entries are not even written).
     pub fn start(
-        store: SqliteStore,
+        store: Store,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         retention_days: u32,
@@ -82,7 +82,7 @@ impl ProvisioningLog {
 }
 
 async fn run(
-    store: SqliteStore,
+    store: Store,
     clock: Arc<dyn Clock>,
     mut rx: mpsc::Receiver<Msg>,
     retention_days: u32,
@@ -133,7 +133,7 @@ async fn run(
     }
 }
 
-async fn write(store: &SqliteStore, batch: &mut Vec<ProvisioningEntry>, retention_days: u32) {
+async fn write(store: &Store, batch: &mut Vec<ProvisioningEntry>, retention_days: u32) {
     if batch.is_empty() {
         return;
     }

@@ -22,8 +22,7 @@ use super::{AppState, Tenant};
 use crate::config::AdminRole;
 use crate::scim::filter::parse_filter;
 use crate::scim::schema::ResourceKind;
-use crate::store::sqlite::filter_sql;
-use crate::store::{Page, ProvisioningQuery, StatusFilter, Stored};
+use crate::store::{ListQuery, Page, ProvisioningQuery, StatusFilter, StoreError, Stored};
 
 pub const ADMIN_PREFIX: &str = "/admin/v1";
 
@@ -297,21 +296,28 @@ impl AdminApi {
     ) -> std::result::Result<(i64, Vec<Stored>), AdminError> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        let cond = match filter.map(str::trim) {
+        let parsed = match filter.map(str::trim) {
             None | Some("") => None,
-            Some(f) => {
-                let parsed = parse_filter(f)
-                    .map_err(|e| AdminError::bad_request(format!("invalid filter: {e}")))?;
-                Some(filter_sql::compile(rt, tenant, &parsed).map_err(|e| {
-                    AdminError::bad_request(format!("invalid filter: {}", e.detail))
-                })?)
-            }
+            Some(f) => Some(
+                parse_filter(f)
+                    .map_err(|e| AdminError::bad_request(format!("invalid filter: {e}")))?,
+            ),
         };
-        Ok(self
-            .state
+        let query = ListQuery {
+            filter: parsed.as_ref(),
+            ..ListQuery::default()
+        };
+        // The backend translates the filter: what it cannot translate is a bad filter.
+        self.state
             .store
-            .list(tenant, kind, cond.as_ref(), None, &page, related)
-            .await?)
+            .list(tenant, rt, query, &page, related)
+            .await
+            .map_err(|e| match e {
+                StoreError::Rejected(e) => {
+                    AdminError::bad_request(format!("invalid filter: {}", e.detail))
+                }
+                other => other.into(),
+            })
     }
 }
 

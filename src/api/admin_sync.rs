@@ -416,7 +416,10 @@ pub async fn sync_summary(
     let Some(c) = engine.tenant_config(tenant) else {
         return Ok(None);
     };
-    let pool = state.store.reader();
+    let Some(handle) = &state.sync else {
+        return Ok(None);
+    };
+    let pool = handle.store().reader();
     Ok(Some(SyncSummary {
         mapping: c.mapping_path.display().to_string(),
         last_run: ledger::last_run(pool, tenant).await.map_err(db)?,
@@ -509,13 +512,19 @@ impl AdminSyncApi {
         (limit, offset.unwrap_or(0).max(0))
     }
 
-    fn pool(&self) -> &sqlx::SqlitePool {
-        self.state.store.reader()
+    /// The staging database's reader pool (sync runs on SQLite staging only); 404 when no
+    /// tenant syncs.
+    fn pool(&self) -> std::result::Result<&sqlx::SqlitePool, AdminError> {
+        self.state
+            .sync
+            .as_ref()
+            .map(|h| h.store().reader())
+            .ok_or_else(|| AdminError::not_found("no tenant syncs: there are no sync runs"))
     }
 
     /// 409 when a run of `tenant` holds its lease.
     async fn not_busy(&self, tenant: &str) -> std::result::Result<(), AdminError> {
-        match ledger::lease(self.pool(), tenant, self.state.clock.now())
+        match ledger::lease(self.pool()?, tenant, self.state.clock.now())
             .await
             .map_err(db)?
         {
@@ -588,7 +597,7 @@ impl AdminSyncApi {
             limit,
             offset,
         };
-        let (total, rows) = ledger::runs(self.pool(), &q).await.map_err(db)?;
+        let (total, rows) = ledger::runs(self.pool()?, &q).await.map_err(db)?;
         Ok(Json(RunPage {
             items: rows.into_iter().map(Run::from).collect(),
             total,
@@ -605,7 +614,7 @@ impl AdminSyncApi {
         operation_id = "adminGetRun"
     )]
     async fn get_run(&self, _auth: AdminAuth, id: Path<i64>) -> Result<Run> {
-        let run = ledger::run(self.pool(), id.0)
+        let run = ledger::run(self.pool()?, id.0)
             .await
             .map_err(db)?
             .ok_or_else(|| AdminError::not_found(format!("no run {}", id.0)))?;
@@ -635,11 +644,11 @@ impl AdminSyncApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<RunItemPage> {
-        if ledger::run(self.pool(), id.0).await.map_err(db)?.is_none() {
+        if ledger::run(self.pool()?, id.0).await.map_err(db)?.is_none() {
             return Err(AdminError::not_found(format!("no run {}", id.0)));
         }
         let (limit, offset) = self.paging(limit.0, offset.0);
-        let (total, rows) = ledger::items(self.pool(), id.0, outcome.0.as_deref(), limit, offset)
+        let (total, rows) = ledger::items(self.pool()?, id.0, outcome.0.as_deref(), limit, offset)
             .await
             .map_err(db)?;
         let items = rows
@@ -711,11 +720,11 @@ impl AdminSyncApi {
             Some(r) => r.map_err(join_error)?.map_err(sync_error)?,
             None => {
                 let id = if dry_run {
-                    ledger::newest_running(self.pool(), &tenant, Trigger::Api.as_str(), true, full)
+                    ledger::newest_running(self.pool()?, &tenant, Trigger::Api.as_str(), true, full)
                         .await
                         .map_err(db)?
                 } else {
-                    ledger::lease(self.pool(), &tenant, self.state.clock.now())
+                    ledger::lease(self.pool()?, &tenant, self.state.clock.now())
                         .await
                         .map_err(db)?
                         .flatten()
@@ -750,7 +759,7 @@ impl AdminSyncApi {
         id: Path<i64>,
     ) -> std::result::Result<Started, ActionError> {
         auth.require(AdminRole::Operator)?;
-        let run = ledger::run(self.pool(), id.0)
+        let run = ledger::run(self.pool()?, id.0)
             .await
             .map_err(db)?
             .ok_or_else(|| AdminError::not_found(format!("no run {}", id.0)))?;
@@ -792,7 +801,7 @@ impl AdminSyncApi {
                     return Ok(Started::new(s.run_id, s.tenant));
                 }
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                    if let Some(new) = ledger::approving_run(self.pool(), approved).await.map_err(db)? {
+                    if let Some(new) = ledger::approving_run(self.pool()?, approved).await.map_err(db)? {
                         return Ok(Started::new(new, run.tenant));
                     }
                 }
@@ -823,7 +832,7 @@ impl AdminSyncApi {
         };
         let (source, staged, state, user_name, link) = match (staged_ref, &body.0) {
             (Some(who), _) => {
-                let row = ledger::staged_user(self.pool(), &tenant, who)
+                let row = ledger::staged_user(self.pool()?, &tenant, who)
                     .await
                     .map_err(db)?
                     .ok_or_else(|| {
@@ -832,7 +841,7 @@ impl AdminSyncApi {
                             &*tenant
                         ))
                     })?;
-                let link = ledger::link(self.pool(), &tenant, &row.user.id)
+                let link = ledger::link(self.pool()?, &tenant, &row.user.id)
                     .await
                     .map_err(db)?;
                 let state = if row.active && !row.deleted {
@@ -1022,7 +1031,7 @@ impl AdminSyncApi {
         if let Some(tc) = config.tenants.get_mut(&*tenant) {
             tc.sync = Some(loaded);
         }
-        let (store, clock) = (self.state.store.clone(), self.state.clock.clone());
+        let (store, clock) = (handle.store().clone(), self.state.clock.clone());
         // Opened on a blocking thread: the engine's constructor is not a Send future.
         let new = tokio::task::spawn_blocking(move || {
             tokio::runtime::Handle::current().block_on(SyncEngine::new(&config, store, clock))
@@ -1060,7 +1069,7 @@ impl AdminSyncApi {
         let (_, _, config) = self.syncing(&tenant)?;
         let (limit, offset) = self.paging(limit.0, offset.0);
         let (total, rows) = ledger::pending_offboardings(
-            self.pool(),
+            self.pool()?,
             &tenant,
             config.retention_hours,
             limit,

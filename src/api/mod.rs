@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, ScimRequest};
 use crate::provlog::ProvisioningLog;
 use crate::scim::ScimError;
 use crate::scim::schema::ResourceType;
-use crate::store::{ProvisioningEntry, SqliteStore};
+use crate::store::{ProvisioningEntry, SqliteStore, Store};
 use crate::sync::SyncEngine;
 use crate::sync::scheduler::SyncHandle;
 pub use admin::ADMIN_PREFIX;
@@ -44,7 +44,7 @@ pub struct Tenant {
 /// Everything a request may need.
 pub struct AppState {
     pub config: Config,
-    pub store: SqliteStore,
+    pub store: Store,
     pub tenants: BTreeMap<String, Tenant>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
@@ -58,14 +58,15 @@ pub struct AppState {
 
 impl AppState {
     /// Must run inside a tokio runtime: starts the provisioning log writer.
+    /// `sync`: the sync engine and the SQLite staging store it runs on, when a tenant syncs.
     pub fn new(
         config: Config,
-        store: SqliteStore,
+        store: Store,
         clock: Arc<dyn Clock>,
-        sync: Option<SyncEngine>,
+        sync: Option<(SyncEngine, SqliteStore)>,
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let sync = sync.map(|e| Arc::new(SyncHandle::new(e, metrics.clone())));
+        let sync = sync.map(|(e, s)| Arc::new(SyncHandle::new(e, s, metrics.clone())));
         let provlog = ProvisioningLog::start(
             store.clone(),
             clock.clone(),

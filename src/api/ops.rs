@@ -111,13 +111,14 @@ pub async fn readyz(state: Data<&Arc<AppState>>) -> Response {
 /// The metrics, with each syncing tenant's pending offboardings counted at scrape time.
 #[handler]
 pub async fn metrics(state: Data<&Arc<AppState>>) -> Response {
-    if let Some(engine) = state.sync_engine() {
+    if let Some(handle) = &state.sync {
+        let engine = handle.engine();
         for tenant in engine.tenants() {
             let Some(c) = engine.tenant_config(tenant) else {
                 continue;
             };
             match crate::sync::ledger::count_pending(
-                state.store.reader(),
+                handle.store().reader(),
                 tenant,
                 c.retention_hours,
             )

@@ -19,8 +19,7 @@ use crate::scim::schema::{
     ResourceKind, ResourceType, SEARCH_REQUEST, resource_type_document, schema_document,
 };
 use crate::scim::{ScimError, patch};
-use crate::store::sqlite::filter_sql;
-use crate::store::{GroupChange, Page, Sort};
+use crate::store::{GroupChange, ListQuery, Page};
 
 type Result<T> = poem::Result<T>;
 
@@ -154,23 +153,21 @@ impl ScimApi {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
         let server = &self.state.config.server;
-        let cond = match p.filter.as_deref().map(str::trim) {
+        let filter = match p.filter.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(f) => {
-                let parsed =
-                    parse_filter(f).map_err(|e| ScimError::invalid_filter(e.to_string()))?;
-                Some(filter_sql::compile(rt, tenant, &parsed)?)
-            }
+            Some(f) => Some(parse_filter(f).map_err(|e| ScimError::invalid_filter(e.to_string()))?),
         };
-        let sort = match p.sort_by.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(s) => Some(Sort {
-                expr: filter_sql::sort_expression(rt, s)?,
-                descending: p
-                    .sort_order
-                    .as_deref()
-                    .is_some_and(|o| o.eq_ignore_ascii_case("descending")),
-            }),
+        let query = ListQuery {
+            filter: filter.as_ref(),
+            sort_by: p
+                .sort_by
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty()),
+            descending: p
+                .sort_order
+                .as_deref()
+                .is_some_and(|o| o.eq_ignore_ascii_case("descending")),
         };
         let start_index = p.start_index.unwrap_or(1).max(1);
         let count = p
@@ -186,7 +183,7 @@ impl ScimApi {
         let (total, items) = self
             .state
             .store
-            .list(tenant, kind, cond.as_ref(), sort.as_ref(), &page, related)
+            .list(tenant, rt, query, &page, related)
             .await?;
         Ok(render::list(
             rt,

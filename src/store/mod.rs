@@ -1,6 +1,8 @@
 //! The staging "operations" database: users, groups and memberships per tenant, with a change
 //! sequence for the sync engine. The store knows SQL, not HTTP; it speaks in SCIM's terms.
 
+mod backend;
+pub mod mssql;
 pub mod sqlite;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -10,6 +12,8 @@ use crate::scim::ScimError;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::MemberRef;
 
+pub use backend::{ListQuery, Store};
+pub use mssql::MssqlStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    SqlServer(mssql::pool::MssqlError),
     #[error("stored document is not valid JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("migration failed: {0}")]

@@ -19,6 +19,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
 use crate::metrics::Metrics;
+use crate::store::SqliteStore;
 
 /// Runs in progress at once, at most (a permit each); shutdown takes them all.
 const MAX_RUNS: u32 = 1024;
@@ -51,20 +52,28 @@ pub struct SyncHandle {
     engine: RwLock<Arc<SyncEngine>>,
     scheduler_running: AtomicBool,
     runs: Arc<Semaphore>,
+    store: SqliteStore,
     /// Held while a reload builds the new engine: one reload at a time.
     pub reload: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
 }
 
 impl SyncHandle {
-    pub fn new(engine: SyncEngine, metrics: Arc<Metrics>) -> SyncHandle {
+    /// `store`: the SQLite staging store the engine runs on.
+    pub fn new(engine: SyncEngine, store: SqliteStore, metrics: Arc<Metrics>) -> SyncHandle {
         SyncHandle {
             engine: RwLock::new(Arc::new(engine)),
             scheduler_running: AtomicBool::new(false),
             runs: Arc::new(Semaphore::new(MAX_RUNS as usize)),
+            store,
             reload: tokio::sync::Mutex::new(()),
             metrics,
         }
+    }
+
+    /// The staging store the engine runs on (the ledger's reads use its reader pool).
+    pub fn store(&self) -> &SqliteStore {
+        &self.store
     }
 
     /// The engine new runs use.

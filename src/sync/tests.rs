@@ -130,7 +130,7 @@ async fn env(offboarding: &str, settings: &str) -> Env {
          [tenants.t.sync]\nmapping = \"m.toml\"\n{settings}\n"
     );
     let config = Config::parse(&text, Path::new("c.toml"), dir.path(), []).unwrap();
-    let store = SqliteStore::open(&config.staging_path, Durability::Normal)
+    let store = SqliteStore::open(config.staging_sqlite_path().unwrap(), Durability::Normal)
         .await
         .unwrap();
     let clock = Arc::new(FakeClock::new(t0()));
@@ -893,7 +893,7 @@ async fn the_sample_configuration_syncs_out_of_the_box() {
             .schedule
             .is_some()
     );
-    let store = SqliteStore::open(&config.staging_path, Durability::Normal)
+    let store = SqliteStore::open(config.staging_sqlite_path().unwrap(), Durability::Normal)
         .await
         .unwrap();
     let clock = Arc::new(FakeClock::new(t0()));

@@ -412,7 +412,11 @@ impl TestApp {
 
     /// The application's own read pool on the staging database.
     pub fn db(&self) -> &sqlx::SqlitePool {
-        self.state.store.reader()
+        self.state
+            .store
+            .as_sqlite()
+            .expect("the integration tests run on SQLite")
+            .reader()
     }
 
     /// A separate read-only connection to the staging file, as the sync engine would open it.

@@ -14,4 +14,5 @@ mod groups;
 mod lists;
 mod ops;
 mod provisioning;
+mod store_conformance;
 mod sync;

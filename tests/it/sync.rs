@@ -35,7 +35,7 @@ async fn engine(t: &TestApp) -> Sync {
         root.join("mappings/scifeon.toml").display(),
     );
     let config = Config::parse(&text, &dir.path().join("c.toml"), dir.path(), []).unwrap();
-    let store = SqliteStore::open(&config.staging_path, Durability::Normal)
+    let store = SqliteStore::open(config.staging_sqlite_path().unwrap(), Durability::Normal)
         .await
         .unwrap();
     let engine = SyncEngine::new(&config, store, t.clock.clone())

@@ -1,0 +1,805 @@
+//! The SQL Server staging store: the same operations as [`crate::store::SqliteStore`], with
+//! the statements of [`super::statements`], on a bb8 pool of tiberius connections.
+//!
+//! Writes run in one transaction each (XACT_ABORT ON: any error rolls the whole write back).
+//! Updates are optimistic like on SQLite: read, change, then a compare-and-swap on the version
+//! inside the transaction, starting over when another writer came first. Every write takes its
+//! change sequence value under the shared application lock described in [`super::statements::HIGH_SEQ`].
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+use tiberius::{Query, Row};
+
+use super::config::MssqlConfig;
+use super::filter_sql::{Condition, Param};
+use super::migrate;
+use super::pool::{Client, MssqlError, MssqlPool};
+use super::statements as st;
+use crate::scim::ScimError;
+use crate::scim::patch::MemberOp;
+use crate::scim::resource::fold_case;
+use crate::scim::schema::{ResourceKind, ResourceType};
+use crate::store::{
+    GroupChange, Page, Related, Sort, StoreError, Stored, UserColumns, format_time,
+};
+
+/// Optimistic read-modify-write gives up after this many concurrent changes of one resource.
+const MAX_ATTEMPTS: usize = 8;
+
+#[derive(Clone)]
+pub struct MssqlStore {
+    pool: MssqlPool,
+}
+
+impl From<MssqlError> for StoreError {
+    fn from(e: MssqlError) -> Self {
+        StoreError::SqlServer(e)
+    }
+}
+
+impl From<tiberius::error::Error> for StoreError {
+    fn from(e: tiberius::error::Error) -> Self {
+        match e.code() {
+            // Chosen as a deadlock victim, or a lock wait timed out: the client may retry.
+            Some(1205 | 1222) => StoreError::Contended,
+            // String or binary data would be truncated.
+            Some(2628 | 8152) => StoreError::Rejected(ScimError::invalid_value(
+                "a value is longer than the staging database allows",
+            )),
+            _ => StoreError::SqlServer(MssqlError::Database(e)),
+        }
+    }
+}
+
+pub(super) fn naive(t: DateTime<Utc>) -> NaiveDateTime {
+    t.naive_utc()
+}
+
+fn time_text(t: NaiveDateTime) -> String {
+    format_time(Utc.from_utc_datetime(&t))
+}
+
+fn bind(q: &mut Query<'_>, p: &Param) {
+    match p {
+        Param::Text(s) => q.bind(s.clone()),
+        Param::Int(i) => q.bind(*i),
+        Param::Real(f) => q.bind(*f),
+        Param::Bool(b) => q.bind(*b),
+        Param::Time(t) => q.bind(*t),
+    }
+}
+
+/// A unique index refused the write: a conflict with `what`; anything else as it is.
+fn unique(e: tiberius::error::Error, what: &str) -> StoreError {
+    if matches!(e.code(), Some(2601 | 2627)) {
+        StoreError::Conflict(what.into())
+    } else {
+        StoreError::from(e)
+    }
+}
+
+pub(super) async fn simple(c: &mut Client, sql: &str) -> Result<(), StoreError> {
+    c.simple_query(sql).await?.into_results().await?;
+    Ok(())
+}
+
+/// The rows of the first result set that has any.
+pub(super) async fn rows(c: &mut Client, q: Query<'_>) -> Result<Vec<Row>, tiberius::error::Error> {
+    Ok(q.query(c)
+        .await?
+        .into_results()
+        .await?
+        .into_iter()
+        .find(|r| !r.is_empty())
+        .unwrap_or_default())
+}
+
+pub(super) async fn first(
+    c: &mut Client,
+    q: Query<'_>,
+) -> Result<Option<Row>, tiberius::error::Error> {
+    Ok(rows(c, q).await?.into_iter().next())
+}
+
+pub(super) fn get_i64(r: &Row, i: usize) -> Result<i64, StoreError> {
+    r.try_get::<i64, _>(i)?
+        .ok_or_else(|| StoreError::CommitFailed(format!("column {i} is NULL")))
+}
+
+pub(super) fn get_text(r: &Row, i: usize) -> Result<String, StoreError> {
+    Ok(r.try_get::<&str, _>(i)?.unwrap_or_default().to_string())
+}
+
+pub(super) fn get_time(r: &Row, i: usize) -> Result<String, StoreError> {
+    r.try_get::<NaiveDateTime, _>(i)?
+        .map(time_text)
+        .ok_or_else(|| StoreError::CommitFailed(format!("column {i} is NULL")))
+}
+
+/// The next change sequence value (inside the caller's transaction).
+async fn next_seq(c: &mut Client) -> Result<i64, StoreError> {
+    let row = first(c, Query::new(st::NEXT_SEQ))
+        .await?
+        .ok_or_else(|| StoreError::CommitFailed("no change sequence value".into()))?;
+    get_i64(&row, 0)
+}
+
+fn check_version(if_match: Option<&[i64]>, version: i64) -> Result<(), StoreError> {
+    match if_match {
+        Some(list) if !list.contains(&version) => Err(StoreError::VersionMismatch),
+        _ => Ok(()),
+    }
+}
+
+fn group_columns(doc: &Map<String, Value>) -> (String, Option<String>) {
+    let s = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_string);
+    (s("displayName").unwrap_or_default(), s("externalId"))
+}
+
+fn emails_json(cols: &UserColumns) -> String {
+    Value::Array(
+        cols.emails
+            .iter()
+            .map(|e| {
+                serde_json::json!({"type": e.type_ci, "value": e.value_ci, "primary": e.primary})
+            })
+            .collect(),
+    )
+    .to_string()
+}
+
+async fn insert_emails(
+    c: &mut Client,
+    tenant: &str,
+    pk: i64,
+    cols: &UserColumns,
+) -> Result<(), StoreError> {
+    if cols.emails.is_empty() {
+        return Ok(());
+    }
+    let mut q = Query::new(st::INSERT_USER_EMAILS);
+    q.bind(pk);
+    q.bind(tenant.to_string());
+    q.bind(emails_json(cols));
+    q.execute(c).await?;
+    Ok(())
+}
+
+/// Run `body` in a transaction: committed when it returns Ok(Some), rolled back otherwise.
+macro_rules! transaction {
+    ($c:expr, $body:expr) => {{
+        simple($c, "BEGIN TRANSACTION").await?;
+        let r = $body.await;
+        match r {
+            Ok(Some(v)) => {
+                simple($c, "COMMIT TRANSACTION").await?;
+                Ok(Some(v))
+            }
+            other => {
+                // XACT_ABORT may already have rolled back; only roll back what is open.
+                let _ = simple($c, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
+                other
+            }
+        }
+    }};
+}
+
+impl MssqlStore {
+    /// Connect (failing fast with the server and database named), then migrate.
+    pub async fn open(config: &MssqlConfig) -> Result<Self, StoreError> {
+        let pool = MssqlPool::connect(config).await?;
+        {
+            let mut c = pool.get().await?;
+            migrate::run(&mut c).await?;
+        }
+        Ok(MssqlStore { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.pool.get().await?;
+        simple(&mut c, st::PING).await
+    }
+
+    pub fn pool(&self) -> &MssqlPool {
+        &self.pool
+    }
+
+    // ---- users -------------------------------------------------------------------------
+
+    pub async fn create_user(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        doc: &Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Stored, StoreError> {
+        let cols = UserColumns::from_doc(doc, rt.custom_urn().unwrap_or_default());
+        let doc_text = serde_json::to_string(doc)?;
+        let doc_ci = serde_json::to_string(&fold_case(rt, doc))?;
+        let mut c = self.pool.get().await?;
+        let c = &mut *c;
+        let seq: Option<i64> = transaction!(c, async {
+            let seq = next_seq(c).await?;
+            let mut q = Query::new(st::INSERT_USER.as_str());
+            q.bind(tenant.to_string());
+            q.bind(id.to_string());
+            q.bind(cols.user_name.clone());
+            q.bind(cols.user_name.to_lowercase());
+            q.bind(cols.external_id.clone());
+            q.bind(cols.display_name.clone());
+            q.bind(cols.active);
+            q.bind((!cols.active).then(|| naive(now)));
+            for v in &cols.custom {
+                q.bind(v.clone());
+            }
+            q.bind(doc_text.clone());
+            q.bind(doc_ci.clone());
+            q.bind(seq);
+            q.bind(naive(now));
+            let row = first(c, q)
+                .await
+                .map_err(|e| unique(e, "a user with this userName already exists"))?
+                .ok_or_else(|| StoreError::CommitFailed("no row inserted".into()))?;
+            let pk = get_i64(&row, 0)?;
+            insert_emails(c, tenant, pk, &cols).await?;
+            Ok::<_, StoreError>(Some(seq))
+        })?;
+        let now_s = format_time(now);
+        Ok(Stored {
+            id: id.to_string(),
+            doc: doc_text,
+            version: seq.unwrap_or_default(),
+            created: now_s.clone(),
+            last_modified: now_s,
+            related: Some(vec![]),
+        })
+    }
+
+    pub async fn get_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        with_groups: bool,
+    ) -> Result<Stored, StoreError> {
+        self.get(tenant, ResourceKind::User, id, with_groups).await
+    }
+
+    pub async fn get_group(
+        &self,
+        tenant: &str,
+        id: &str,
+        with_members: bool,
+    ) -> Result<Stored, StoreError> {
+        self.get(tenant, ResourceKind::Group, id, with_members)
+            .await
+    }
+
+    async fn get(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        with_related: bool,
+    ) -> Result<Stored, StoreError> {
+        let sql = st::get_sql(kind, with_related);
+        let mut q = Query::new(sql.as_str());
+        q.bind(tenant.to_string());
+        q.bind(id.to_string());
+        let mut c = self.pool.get().await?;
+        let row = first(&mut c, q).await?.ok_or(StoreError::NotFound)?;
+        stored(kind, &row)
+    }
+
+    /// pk, doc, version, created, last_modified of a live resource.
+    async fn current(
+        &self,
+        kind: ResourceKind,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(i64, String, i64, String, String), StoreError> {
+        let sql = match kind {
+            ResourceKind::User => st::CURRENT_USER,
+            ResourceKind::Group => st::CURRENT_GROUP,
+        };
+        let mut q = Query::new(sql);
+        q.bind(tenant.to_string());
+        q.bind(id.to_string());
+        let mut c = self.pool.get().await?;
+        let r = first(&mut c, q).await?.ok_or(StoreError::NotFound)?;
+        Ok((
+            get_i64(&r, 0)?,
+            get_text(&r, 1)?,
+            get_i64(&r, 2)?,
+            get_time(&r, 3)?,
+            get_time(&r, 4)?,
+        ))
+    }
+
+    /// Read-modify-write of one user with a compare-and-swap on its version.
+    pub async fn update_user(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+        change: impl Fn(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
+    ) -> Result<Stored, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (pk, doc_text, version, created, last_modified) =
+                self.current(ResourceKind::User, tenant, id).await?;
+            check_version(if_match, version)?;
+            let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
+            let new = change(old.clone())?;
+            if new == old {
+                return Ok(Stored {
+                    id: id.to_string(),
+                    doc: doc_text,
+                    version,
+                    created,
+                    last_modified,
+                    related: None,
+                });
+            }
+            let cols = UserColumns::from_doc(&new, rt.custom_urn().unwrap_or_default());
+            let emails_changed = UserColumns::from_doc(&old, "").emails != cols.emails;
+            let new_text = serde_json::to_string(&new)?;
+            let new_ci = serde_json::to_string(&fold_case(rt, &new))?;
+            let mut conn = self.pool.get().await?;
+            let c = &mut *conn;
+            let written: Option<i64> = transaction!(c, async {
+                let seq = next_seq(c).await?;
+                let mut q = Query::new(st::UPDATE_USER.as_str());
+                q.bind(cols.user_name.clone());
+                q.bind(cols.user_name.to_lowercase());
+                q.bind(cols.external_id.clone());
+                q.bind(cols.display_name.clone());
+                q.bind(cols.active);
+                q.bind(naive(now));
+                for v in &cols.custom {
+                    q.bind(v.clone());
+                }
+                q.bind(new_text.clone());
+                q.bind(new_ci.clone());
+                q.bind(seq);
+                q.bind(pk);
+                q.bind(version);
+                let n: u64 = q
+                    .execute(c)
+                    .await
+                    .map_err(|e| unique(e, "a user with this userName already exists"))?
+                    .total();
+                if n == 0 {
+                    return Ok::<_, StoreError>(None);
+                }
+                if emails_changed {
+                    let mut q = Query::new(st::DELETE_USER_EMAILS);
+                    q.bind(pk);
+                    q.execute(c).await?;
+                    insert_emails(c, tenant, pk, &cols).await?;
+                }
+                Ok(Some(seq))
+            })?;
+            if let Some(seq) = written {
+                return Ok(Stored {
+                    id: id.to_string(),
+                    doc: new_text,
+                    version: seq,
+                    created,
+                    last_modified: format_time(now),
+                    related: None,
+                });
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// DELETE from the client: gone from SCIM at once, memberships removed, row kept.
+    pub async fn delete_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        let c = &mut *conn;
+        transaction!(c, async {
+            let mut q = Query::new(st::USER_VERSION_FOR_UPDATE);
+            q.bind(tenant.to_string());
+            q.bind(id.to_string());
+            let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
+            check_version(if_match, get_i64(&row, 0)?)?;
+            let seq = next_seq(c).await?;
+            let mut q = Query::new(st::SOFT_DELETE_USER);
+            q.bind(naive(now));
+            q.bind(seq);
+            q.bind(tenant.to_string());
+            q.bind(id.to_string());
+            let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
+            let mut q = Query::new(st::DELETE_USER_EMAILS);
+            q.bind(get_i64(&row, 0)?);
+            q.execute(c).await?;
+            remove_from_all_groups(c, tenant, id, seq, now).await?;
+            Ok::<_, StoreError>(Some(()))
+        })?;
+        Ok(())
+    }
+
+    // ---- groups ------------------------------------------------------------------------
+
+    pub async fn create_group(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        change: GroupChange,
+        now: DateTime<Utc>,
+    ) -> Result<Stored, StoreError> {
+        let (display, external_id) = group_columns(&change.doc);
+        let doc_text = serde_json::to_string(&change.doc)?;
+        let doc_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
+        let mut conn = self.pool.get().await?;
+        let c = &mut *conn;
+        let seq: Option<i64> = transaction!(c, async {
+            let seq = next_seq(c).await?;
+            let mut q = Query::new(st::INSERT_GROUP);
+            q.bind(tenant.to_string());
+            q.bind(id.to_string());
+            q.bind(display.clone());
+            q.bind(display.to_lowercase());
+            q.bind(external_id.clone());
+            q.bind(doc_text.clone());
+            q.bind(doc_ci.clone());
+            q.bind(seq);
+            q.bind(naive(now));
+            first(c, q)
+                .await
+                .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+            apply_member_ops(c, tenant, id, &change.members, seq).await?;
+            Ok::<_, StoreError>(Some(seq))
+        })?;
+        let now_s = format_time(now);
+        Ok(Stored {
+            id: id.to_string(),
+            doc: doc_text,
+            version: seq.unwrap_or_default(),
+            created: now_s.clone(),
+            last_modified: now_s,
+            related: None,
+        })
+    }
+
+    /// Read-modify-write of one group: document and member rows, atomically.
+    pub async fn update_group(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+        change: impl Fn(Map<String, Value>) -> Result<GroupChange, ScimError>,
+    ) -> Result<Stored, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (pk, doc_text, version, created, last_modified) =
+                self.current(ResourceKind::Group, tenant, id).await?;
+            check_version(if_match, version)?;
+            let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
+            let change = change(old.clone())?;
+            let doc_changed = change.doc != old;
+            let unchanged = || Stored {
+                id: id.to_string(),
+                doc: doc_text.clone(),
+                version,
+                created: created.clone(),
+                last_modified: last_modified.clone(),
+                related: None,
+            };
+            if !doc_changed && change.members.is_empty() {
+                return Ok(unchanged());
+            }
+            let (display, external_id) = group_columns(&change.doc);
+            let renamed = group_columns(&old) != (display.clone(), external_id.clone());
+            let new_text = serde_json::to_string(&change.doc)?;
+            let new_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
+            let needs_version = doc_changed || if_match.is_some();
+            let mut conn = self.pool.get().await?;
+            let c = &mut *conn;
+            let outcome: Option<Outcome> = transaction!(c, async {
+                let mut q = Query::new(st::GROUP_VERSION_FOR_UPDATE);
+                q.bind(pk);
+                let current = match first(c, q).await? {
+                    Some(r) => Some(get_i64(&r, 0)?),
+                    None => None,
+                };
+                if current.is_none() || needs_version && current != Some(version) {
+                    return Ok::<_, StoreError>(Some(Outcome::Retry));
+                }
+                let seq = next_seq(c).await?;
+                let members_changed = apply_member_ops(c, tenant, id, &change.members, seq).await?;
+                if !doc_changed && !members_changed {
+                    // Nothing to commit; the rollback also returns the sequence value.
+                    return Ok(None);
+                }
+                if doc_changed {
+                    let mut q = Query::new(st::UPDATE_GROUP);
+                    q.bind(display.clone());
+                    q.bind(display.to_lowercase());
+                    q.bind(external_id.clone());
+                    q.bind(new_text.clone());
+                    q.bind(new_ci.clone());
+                    q.bind(seq);
+                    q.bind(naive(now));
+                    q.bind(pk);
+                    q.bind(version);
+                    q.execute(c)
+                        .await
+                        .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+                    if renamed {
+                        stamp_members(c, tenant, id, seq).await?;
+                    }
+                } else {
+                    let mut q = Query::new(st::STAMP_GROUP);
+                    q.bind(seq);
+                    q.bind(naive(now));
+                    q.bind(pk);
+                    q.execute(c).await?;
+                }
+                Ok(Some(Outcome::Written(seq)))
+            })?;
+            match outcome {
+                Some(Outcome::Retry) => continue,
+                None => return Ok(unchanged()),
+                Some(Outcome::Written(seq)) => {
+                    return Ok(Stored {
+                        id: id.to_string(),
+                        doc: new_text,
+                        version: seq,
+                        created,
+                        last_modified: format_time(now),
+                        related: None,
+                    });
+                }
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    pub async fn delete_group(
+        &self,
+        tenant: &str,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        let c = &mut *conn;
+        transaction!(c, async {
+            let mut q = Query::new(st::GROUP_VERSION_BY_ID_FOR_UPDATE);
+            q.bind(tenant.to_string());
+            q.bind(id.to_string());
+            let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
+            check_version(if_match, get_i64(&row, 0)?)?;
+            let seq = next_seq(c).await?;
+            stamp_members(c, tenant, id, seq).await?;
+            let mut q = Query::new(st::DELETE_ALL_MEMBERS);
+            q.bind(tenant.to_string());
+            q.bind(id.to_string());
+            q.execute(c).await?;
+            remove_from_all_groups(c, tenant, id, seq, now).await?;
+            let mut q = Query::new(st::DELETE_GROUP);
+            q.bind(tenant.to_string());
+            q.bind(id.to_string());
+            q.execute(c).await?;
+            Ok::<_, StoreError>(Some(()))
+        })?;
+        Ok(())
+    }
+
+    // ---- lists -------------------------------------------------------------------------
+
+    /// One page of users or groups matching `cond` (compiled by [`super::filter_sql`]), and
+    /// the total count, from one batch.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        cond: Option<&Condition>,
+        sort: Option<&Sort>,
+        page: &Page,
+        with_related: bool,
+    ) -> Result<(i64, Vec<Stored>), StoreError> {
+        let base = match cond {
+            Some(c) => c.params.clone(),
+            None => vec![Param::Text(tenant.to_string())],
+        };
+        let count_sql = st::count_sql(kind, cond);
+        let wants_page = page.count > 0;
+        let sql = if wants_page {
+            format!(
+                "{count_sql}; {}",
+                st::page_sql(kind, cond, sort, with_related).0
+            )
+        } else {
+            count_sql
+        };
+        let mut q = Query::new(sql);
+        for p in &base {
+            bind(&mut q, p);
+        }
+        if wants_page {
+            q.bind((page.start_index - 1).max(0));
+            q.bind(page.count);
+        }
+        let mut c = self.pool.get().await?;
+        let mut results = q.query(&mut c).await?.into_results().await?.into_iter();
+        let total = match results.next().and_then(|r| r.into_iter().next()) {
+            Some(r) => get_i64(&r, 0)?,
+            None => 0,
+        };
+        let items = results
+            .next()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| stored(kind, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((total, items))
+    }
+}
+
+enum Outcome {
+    Retry,
+    Written(i64),
+}
+
+/// id, doc, change_seq, created, last_modified, related.
+fn stored(kind: ResourceKind, r: &Row) -> Result<Stored, StoreError> {
+    let related = match r.try_get::<&str, _>(5)? {
+        None => None,
+        Some(json) => {
+            let items: Vec<Map<String, Value>> = serde_json::from_str(json)?;
+            let s = |m: &Map<String, Value>, k: &str| {
+                m.get(k).and_then(Value::as_str).map(str::to_string)
+            };
+            Some(
+                items
+                    .iter()
+                    .map(|m| match kind {
+                        ResourceKind::Group => Related {
+                            id: s(m, "id").unwrap_or_default(),
+                            kind: s(m, "type").unwrap_or_default(),
+                            display: None,
+                        },
+                        ResourceKind::User => Related {
+                            id: s(m, "id").unwrap_or_default(),
+                            kind: "direct".into(),
+                            display: s(m, "name"),
+                        },
+                    })
+                    .collect(),
+            )
+        }
+    };
+    Ok(Stored {
+        id: get_text(r, 0)?,
+        doc: get_text(r, 1)?,
+        version: get_i64(r, 2)?,
+        created: get_time(r, 3)?,
+        last_modified: get_time(r, 4)?,
+        related,
+    })
+}
+
+async fn stamp_members(
+    c: &mut Client,
+    tenant: &str,
+    group_id: &str,
+    seq: i64,
+) -> Result<(), StoreError> {
+    let mut q = Query::new(st::STAMP_GROUP_MEMBERS);
+    q.bind(seq);
+    q.bind(tenant.to_string());
+    q.bind(group_id.to_string());
+    q.execute(c).await?;
+    Ok(())
+}
+
+async fn remove_from_all_groups(
+    c: &mut Client,
+    tenant: &str,
+    member_id: &str,
+    seq: i64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut q = Query::new(st::STAMP_GROUPS_OF_MEMBER);
+    q.bind(seq);
+    q.bind(naive(now));
+    q.bind(tenant.to_string());
+    q.bind(member_id.to_string());
+    q.execute(c).await?;
+    let mut q = Query::new(st::DELETE_MEMBERSHIPS_OF);
+    q.bind(tenant.to_string());
+    q.bind(member_id.to_string());
+    q.execute(c).await?;
+    Ok(())
+}
+
+async fn stamp_user(c: &mut Client, tenant: &str, id: &str, seq: i64) -> Result<(), StoreError> {
+    let mut q = Query::new(st::STAMP_USER);
+    q.bind(seq);
+    q.bind(tenant.to_string());
+    q.bind(id.to_string());
+    q.execute(c).await?;
+    Ok(())
+}
+
+/// Member changes as row changes: O(members changed). Returns whether anything changed.
+async fn apply_member_ops(
+    c: &mut Client,
+    tenant: &str,
+    group_id: &str,
+    ops: &[MemberOp],
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let mut changed = false;
+    for op in ops {
+        match op {
+            MemberOp::RemoveAll => {
+                stamp_members(c, tenant, group_id, seq).await?;
+                let mut q = Query::new(st::DELETE_ALL_MEMBERS);
+                q.bind(tenant.to_string());
+                q.bind(group_id.to_string());
+                changed |= q.execute(c).await?.total() > 0;
+            }
+            MemberOp::Add(members) => {
+                for m in members {
+                    if m.value == group_id {
+                        return Err(ScimError::invalid_value(
+                            "a group cannot be a member of itself",
+                        )
+                        .into());
+                    }
+                    let mut q = Query::new(st::MEMBER_KIND);
+                    q.bind(tenant.to_string());
+                    q.bind(m.value.clone());
+                    let kind = match first(c, q).await? {
+                        Some(r) => get_text(&r, 0)?,
+                        None => {
+                            return Err(StoreError::Rejected(ScimError::invalid_value(format!(
+                                "member {} is not a user or group of this tenant",
+                                m.value
+                            ))));
+                        }
+                    };
+                    let mut q = Query::new(st::ADD_MEMBER);
+                    q.bind(tenant.to_string());
+                    q.bind(group_id.to_string());
+                    q.bind(m.value.clone());
+                    q.bind(kind.clone());
+                    if q.execute(c).await?.total() > 0 {
+                        changed = true;
+                        if kind == "User" {
+                            stamp_user(c, tenant, &m.value, seq).await?;
+                        }
+                    }
+                }
+            }
+            MemberOp::Remove(ids) => {
+                for id in ids {
+                    let mut q = Query::new(st::REMOVE_MEMBER);
+                    q.bind(tenant.to_string());
+                    q.bind(group_id.to_string());
+                    q.bind(id.clone());
+                    if let Some(r) = first(c, q).await? {
+                        changed = true;
+                        if get_text(&r, 0)? == "User" {
+                            stamp_user(c, tenant, id, seq).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(changed)
+}

@@ -1,0 +1,577 @@
+//! Backend conformance: the same staging-store behaviour on every database. Each test runs on
+//! a fresh SQLite file, and also on SQL Server when SCIM_BRIDGE_TEST_MSSQL holds a connection
+//! string (ADO.NET or mssql://; see docs/sqlserver.md). On SQL Server every test works in its
+//! own tenant, so runs can share one database.
+
+use chrono::{DateTime, TimeZone, Utc};
+use scim_bridge::config::{StagingDb, resolve_database};
+use scim_bridge::scim::filter::parse_filter;
+use scim_bridge::scim::patch::MemberOp;
+use scim_bridge::scim::resource::{MemberRef, normalize};
+use scim_bridge::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ResourceType};
+use scim_bridge::store::sqlite::Durability;
+use scim_bridge::store::{GroupChange, ListQuery, Page, Store, StoreError};
+use serde_json::{Map, Value, json};
+
+struct Backend {
+    store: Store,
+    tenant: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// SQLite always; SQL Server when configured.
+async fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(
+        &StagingDb::Sqlite(dir.path().join("staging.db")),
+        Durability::Normal,
+    )
+    .await
+    .unwrap();
+    let mut out = vec![Backend {
+        store: sqlite,
+        tenant: "t1".into(),
+        _dir: Some(dir),
+    }];
+    if let Ok(conn) = std::env::var("SCIM_BRIDGE_TEST_MSSQL")
+        && !conn.trim().is_empty()
+    {
+        let db = resolve_database(&conn, None, std::path::Path::new("."))
+            .expect("SCIM_BRIDGE_TEST_MSSQL is not a valid SQL Server connection string");
+        let store = Store::open(&db, Durability::Normal).await.unwrap();
+        assert_eq!(store.backend_name(), "sqlserver");
+        out.push(Backend {
+            store,
+            tenant: format!("conformance-{}", uuid::Uuid::now_v7().simple()),
+            _dir: None,
+        });
+    }
+    out
+}
+
+fn rt() -> ResourceType {
+    ResourceType::user(DEFAULT_CUSTOM_SCHEMA)
+}
+
+fn t(h: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 1, 1, h, 0, 0).unwrap()
+}
+
+fn user_doc(name: &str, email: &str) -> Map<String, Value> {
+    normalize(
+        &rt(),
+        &json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": name,
+            "displayName": format!("Display {name}"),
+            "emails": [{"type": "work", "value": email, "primary": true}],
+            "active": true,
+        }),
+    )
+    .unwrap()
+    .doc
+}
+
+fn group_change(name: &str, members: &[&str]) -> GroupChange {
+    let doc = normalize(
+        &ResourceType::group(),
+        &json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": name,
+        }),
+    )
+    .unwrap()
+    .doc;
+    GroupChange {
+        doc,
+        members: vec![MemberOp::Add(
+            members
+                .iter()
+                .map(|m| MemberRef {
+                    value: m.to_string(),
+                })
+                .collect(),
+        )],
+    }
+}
+
+fn id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+async fn list_names(
+    b: &Backend,
+    filter: Option<&str>,
+    page: Page,
+    desc: bool,
+) -> (i64, Vec<String>) {
+    let parsed = filter.map(|f| parse_filter(f).unwrap());
+    let (total, items) = b
+        .store
+        .list(
+            &b.tenant,
+            &rt(),
+            ListQuery {
+                filter: parsed.as_ref(),
+                sort_by: Some("userName"),
+                descending: desc,
+            },
+            &page,
+            false,
+        )
+        .await
+        .unwrap();
+    let names = items
+        .iter()
+        .map(|s| {
+            let v: Value = serde_json::from_str(&s.doc).unwrap();
+            v["userName"].as_str().unwrap().to_string()
+        })
+        .collect();
+    (total, names)
+}
+
+#[tokio::test]
+async fn users_round_trip_with_case_insensitive_unique_names() {
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        let a = id();
+        let created = s
+            .create_user(
+                tn,
+                &rt,
+                &a,
+                &user_doc("Ann@Example.com", "ann@example.com"),
+                t(1),
+            )
+            .await
+            .unwrap();
+        let got = s.get_user(tn, &a, true).await.unwrap();
+        assert_eq!(got.version, created.version, "{}", s.backend_name());
+        assert_eq!(
+            got.created,
+            "2030-01-01T01:00:00.000Z",
+            "{}",
+            s.backend_name()
+        );
+        assert_eq!(got.related, Some(vec![]), "{}", s.backend_name());
+        let e = s
+            .create_user(
+                tn,
+                &rt,
+                &id(),
+                &user_doc("ANN@example.COM", "x@example.com"),
+                t(2),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(_)),
+            "{}: {e}",
+            s.backend_name()
+        );
+        // Deleted: gone from SCIM, and the name is free again.
+        s.delete_user(tn, &a, Some(&[created.version]), t(3))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.get_user(tn, &a, false).await,
+            Err(StoreError::NotFound)
+        ));
+        s.create_user(
+            tn,
+            &rt,
+            &id(),
+            &user_doc("ann@example.com", "ann@example.com"),
+            t(4),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn updates_compare_and_swap_on_the_version() {
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        let a = id();
+        let v1 = s
+            .create_user(tn, &rt, &a, &user_doc("bob", "bob@example.com"), t(1))
+            .await
+            .unwrap()
+            .version;
+        let e = s
+            .update_user(tn, &rt, &a, Some(&[v1 + 1000]), t(2), Ok)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::VersionMismatch),
+            "{}",
+            s.backend_name()
+        );
+        let deactivate = |mut d: Map<String, Value>| {
+            d.insert("active".into(), json!(false));
+            Ok(d)
+        };
+        let v2 = s
+            .update_user(tn, &rt, &a, Some(&[v1]), t(2), deactivate)
+            .await
+            .unwrap();
+        assert!(v2.version > v1, "{}", s.backend_name());
+        assert_eq!(v2.last_modified, "2030-01-01T02:00:00.000Z");
+        // No change: same version.
+        let v3 = s.update_user(tn, &rt, &a, None, t(3), Ok).await.unwrap();
+        assert_eq!(v3.version, v2.version, "{}", s.backend_name());
+        let (_, names) = list_names(
+            &b,
+            Some("active eq false"),
+            Page {
+                start_index: 1,
+                count: 10,
+            },
+            false,
+        )
+        .await;
+        assert_eq!(names, vec!["bob"], "{}", s.backend_name());
+    }
+}
+
+#[tokio::test]
+async fn memberships_are_rows_and_follow_deletes() {
+    for b in backends().await {
+        let (s, tn, rt, grt) = (&b.store, b.tenant.as_str(), rt(), ResourceType::group());
+        let (u1, u2, g) = (id(), id(), id());
+        for (u, n) in [(&u1, "m1"), (&u2, "m2")] {
+            s.create_user(tn, &rt, u, &user_doc(n, &format!("{n}@example.com")), t(1))
+                .await
+                .unwrap();
+        }
+        s.create_group(tn, &grt, &g, group_change("Sales", &[&u1, &u2]), t(2))
+            .await
+            .unwrap();
+        let members = s.get_group(tn, &g, true).await.unwrap().related.unwrap();
+        let mut ids: Vec<_> = members
+            .iter()
+            .map(|m| (m.id.clone(), m.kind.clone()))
+            .collect();
+        ids.sort();
+        let mut want = vec![
+            (u1.clone(), "User".to_string()),
+            (u2.clone(), "User".to_string()),
+        ];
+        want.sort();
+        assert_eq!(ids, want, "{}", s.backend_name());
+        let groups = s.get_user(tn, &u1, true).await.unwrap().related.unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            groups[0].display.as_deref(),
+            Some("Sales"),
+            "{}",
+            s.backend_name()
+        );
+        // Remove one, add an unknown one (rejected, nothing changes), add itself (rejected).
+        s.update_group(tn, &grt, &g, None, t(3), |doc| {
+            Ok(GroupChange {
+                doc,
+                members: vec![MemberOp::Remove(vec![u2.clone()])],
+            })
+        })
+        .await
+        .unwrap();
+        let e = s
+            .update_group(tn, &grt, &g, None, t(4), |doc| {
+                Ok(GroupChange {
+                    doc,
+                    members: vec![MemberOp::Add(vec![MemberRef {
+                        value: "nobody".into(),
+                    }])],
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Rejected(_)),
+            "{}: {e}",
+            s.backend_name()
+        );
+        let g_id = g.clone();
+        let e = s
+            .update_group(tn, &grt, &g, None, t(4), move |doc| {
+                Ok(GroupChange {
+                    doc,
+                    members: vec![MemberOp::Add(vec![MemberRef {
+                        value: g_id.clone(),
+                    }])],
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Rejected(_)),
+            "{}: {e}",
+            s.backend_name()
+        );
+        let members = s.get_group(tn, &g, true).await.unwrap().related.unwrap();
+        assert_eq!(members.len(), 1, "{}", s.backend_name());
+        // Filters over memberships.
+        let parsed = parse_filter(&format!("members[value eq \"{u1}\"]")).unwrap();
+        let (total, _) = s
+            .list(
+                tn,
+                &grt,
+                ListQuery {
+                    filter: Some(&parsed),
+                    ..Default::default()
+                },
+                &Page {
+                    start_index: 1,
+                    count: 10,
+                },
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(total, 1, "{}", s.backend_name());
+        // Deleting the user takes it out of the group; deleting the group leaves the user.
+        s.delete_user(tn, &u1, None, t(5)).await.unwrap();
+        assert_eq!(
+            s.get_group(tn, &g, true).await.unwrap().related.unwrap(),
+            vec![]
+        );
+        s.delete_group(tn, &g, None, t(6)).await.unwrap();
+        assert!(matches!(
+            s.get_group(tn, &g, false).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(
+            s.get_user(tn, &u2, true).await.unwrap().related.unwrap(),
+            vec![]
+        );
+    }
+}
+
+#[tokio::test]
+async fn filters_sorting_and_paging() {
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        for (n, e) in [
+            ("carol", "Carol@Work.example"),
+            ("a_b", "ab@example.com"),
+            ("axb", "axb@example.com"),
+            ("dave ", "dave@example.com"),
+        ] {
+            s.create_user(tn, &rt, &id(), &user_doc(n, e), t(1))
+                .await
+                .unwrap();
+        }
+        let all = Page {
+            start_index: 1,
+            count: 10,
+        };
+        let name = &b.store.backend_name();
+        let check = |f: &'static str, want: Vec<&'static str>| {
+            let b = &b;
+            let all = all.clone();
+            async move {
+                let (_, got) = list_names(b, Some(f), all, false).await;
+                assert_eq!(got, want, "{name}: {f}");
+            }
+        };
+        check("userName eq \"CAROL\"", vec!["carol"]).await;
+        check(
+            "emails[type eq \"work\"].value eq \"carol@work.example\"",
+            vec!["carol"],
+        )
+        .await;
+        check("userName sw \"a_\"", vec!["a_b"]).await; // '_' is not a wildcard
+        check("userName co \"X\"", vec!["axb"]).await;
+        check("userName ew \"b\"", vec!["a_b", "axb"]).await;
+        check("userName eq \"dave\"", vec![]).await; // trailing spaces count
+        check("userName eq \"dave \"", vec!["dave "]).await;
+        check("not (userName pr)", vec![]).await;
+        check(
+            "displayName co \"display c\" or userName eq \"axb\"",
+            vec!["axb", "carol"],
+        )
+        .await;
+        let (total, page) = list_names(
+            &b,
+            None,
+            Page {
+                start_index: 2,
+                count: 2,
+            },
+            true,
+        )
+        .await;
+        assert_eq!(total, 4, "{name}");
+        assert_eq!(page, vec!["carol", "axb"], "{name}");
+        let (total, page) = list_names(
+            &b,
+            None,
+            Page {
+                start_index: 1,
+                count: 0,
+            },
+            false,
+        )
+        .await;
+        assert_eq!((total, page.len()), (4, 0), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_name_give_one_user_and_one_conflict() {
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        let doc = user_doc("race@example.com", "race@example.com");
+        let (id1, id2) = (id(), id());
+        let (r1, r2) = tokio::join!(
+            s.create_user(tn, &rt, &id1, &doc, t(1)),
+            s.create_user(tn, &rt, &id2, &doc, t(1)),
+        );
+        let oks = [r1.is_ok(), r2.is_ok()].iter().filter(|ok| **ok).count();
+        assert_eq!(oks, 1, "{}", s.backend_name());
+        let err = r1.err().or(r2.err()).unwrap();
+        assert!(
+            matches!(err, StoreError::Conflict(_)),
+            "{}: {err}",
+            s.backend_name()
+        );
+        let (total, _) = list_names(
+            &b,
+            Some("userName eq \"race@example.com\""),
+            Page {
+                start_index: 1,
+                count: 10,
+            },
+            false,
+        )
+        .await;
+        assert_eq!(total, 1, "{}", s.backend_name());
+    }
+}
+
+#[tokio::test]
+async fn admin_counts_and_the_provisioning_log() {
+    use scim_bridge::store::{ProvisioningEntry, ProvisioningQuery, StatusFilter, TenantCounts};
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        assert_eq!(
+            s.tenant_counts(tn).await.unwrap(),
+            TenantCounts::default(),
+            "{}",
+            s.backend_name()
+        );
+        let (u1, u2, g1, g2) = (id(), id(), id(), id());
+        for (u, n) in [(&u1, "c1"), (&u2, "c2")] {
+            s.create_user(tn, &rt, u, &user_doc(n, &format!("{n}@example.com")), t(1))
+                .await
+                .unwrap();
+        }
+        s.update_user(tn, &rt, &u2, None, t(2), |mut doc| {
+            doc.insert("active".into(), Value::Bool(false));
+            Ok(doc)
+        })
+        .await
+        .unwrap();
+        let grt = ResourceType::group();
+        s.create_group(tn, &grt, &g1, group_change("Two", &[&u1, &u2]), t(3))
+            .await
+            .unwrap();
+        s.create_group(tn, &grt, &g2, group_change("None", &[]), t(3))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.tenant_counts(tn).await.unwrap(),
+            TenantCounts {
+                active_users: 1,
+                inactive_users: 1,
+                groups: 2,
+                memberships: 2,
+            },
+            "{}",
+            s.backend_name()
+        );
+        assert_eq!(
+            s.member_counts(tn, &[g1.clone(), g2.clone(), id()])
+                .await
+                .unwrap(),
+            [2, 0, 0]
+        );
+
+        let entry = |minute: u32, status: u16| ProvisioningEntry {
+            tenant: tn.to_string(),
+            at: Utc
+                .with_ymd_and_hms(2030, 1, 1, 10, minute, 0)
+                .unwrap()
+                .checked_add_signed(chrono::Duration::milliseconds(250))
+                .unwrap(),
+            request_id: format!("r{minute}"),
+            method: "PATCH".into(),
+            path: "/Users/{id}".into(),
+            resource_id: minute.is_multiple_of(2).then(|| format!("u{minute}")),
+            status,
+            duration_ms: 1.25,
+            error: (status >= 400).then(|| "nope".to_string()),
+        };
+        let entries: Vec<_> = [(0, 200), (1, 404), (2, 201), (3, 500), (4, 409)]
+            .iter()
+            .map(|(m, st)| entry(*m, *st))
+            .collect();
+        s.insert_provisioning_log(&entries).await.unwrap();
+        let all = ProvisioningQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        let (total, rows) = s.provisioning_log(tn, &all).await.unwrap();
+        assert_eq!(total, 5, "{}", s.backend_name());
+        let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["r4", "r3", "r2", "r1", "r0"], "newest first");
+        let r1 = &rows[3];
+        assert_eq!(
+            (
+                r1.at.as_str(),
+                r1.method.as_str(),
+                r1.path.as_str(),
+                r1.resource_id.as_deref(),
+                r1.status,
+                r1.duration_ms,
+                r1.error.as_deref()
+            ),
+            (
+                "2030-01-01T10:01:00.250Z",
+                "PATCH",
+                "/Users/{id}",
+                None,
+                404,
+                1.25,
+                Some("nope")
+            ),
+            "{}",
+            s.backend_name()
+        );
+        assert_eq!(rows[2].resource_id.as_deref(), Some("u2"));
+        let q = ProvisioningQuery {
+            status: Some(StatusFilter::Class(4)),
+            limit: 1,
+            offset: 1,
+            ..Default::default()
+        };
+        let (total, rows) = s.provisioning_log(tn, &q).await.unwrap();
+        assert_eq!((total, rows[0].request_id.as_str()), (2, "r1"));
+        let q = ProvisioningQuery {
+            since: Some(entries[1].at),
+            until: Some(entries[3].at),
+            limit: 10,
+            ..Default::default()
+        };
+        let (total, rows) = s.provisioning_log(tn, &q).await.unwrap();
+        assert_eq!(total, 2, "since is inclusive, until exclusive");
+        assert_eq!(rows.len(), 2);
+        // Other tenants' entries may share a SQL Server database: at least this tenant's two.
+        assert!(s.prune_provisioning_log(entries[2].at).await.unwrap() >= 2);
+        let (total, _) = s.provisioning_log(tn, &all).await.unwrap();
+        assert_eq!(total, 3, "{}", s.backend_name());
+    }
+}
