@@ -75,10 +75,7 @@ pub async fn main() -> ExitCode {
         Command::Migrate { config } => migrate(config).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Mapping(cmd) => mapping(cmd),
-        Command::Openapi => {
-            println!("{}", crate::api::openapi_spec());
-            Ok(())
-        }
+        Command::Openapi => print_stdout(&crate::api::openapi_spec()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -407,4 +404,14 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Write `text` to stdout; a reader that stopped early (`| head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
