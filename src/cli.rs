@@ -1,4 +1,4 @@
-//! The command line: serve, sync, bench, mapping check/test.
+//! The command line: serve, sync, bench, bench-sync, mapping check/test.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +36,11 @@ enum Command {
     Sync(SyncArgs),
     /// Measure the SCIM server on a temporary SQLite database and print a table
     Bench(crate::bench::BenchArgs),
+    /// Measure the sync engine (full and incremental runs, peak RSS) on temporary databases
+    BenchSync(crate::bench_sync::BenchSyncArgs),
+    /// One size of bench-sync, in a process of its own
+    #[command(hide = true)]
+    BenchSyncChild(crate::bench_sync::BenchSyncChildArgs),
     /// Validate a mapping file, or run its [[test]] cases
     #[command(subcommand)]
     Mapping(MappingCommand),
@@ -65,6 +70,8 @@ pub async fn main() -> ExitCode {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Sync(args) => sync(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchSync(args) => crate::bench_sync::run(args).await,
+        Command::BenchSyncChild(args) => crate::bench_sync::child(args).await,
         Command::Mapping(cmd) => mapping(cmd),
     };
     match result {

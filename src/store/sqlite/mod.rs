@@ -50,6 +50,8 @@ pub struct SqliteStore {
     /// Other writers in this process (the sync engine): one connection, BEGIN IMMEDIATE.
     writer: SqlitePool,
     reader: SqlitePool,
+    path: std::path::PathBuf,
+    durability: Durability,
 }
 
 type Conn = rusqlite::Connection;
@@ -144,6 +146,8 @@ impl SqliteStore {
             reads,
             writer,
             reader,
+            path: path.to_path_buf(),
+            durability,
         })
     }
 
@@ -160,6 +164,13 @@ impl SqliteStore {
 
     pub fn reader(&self) -> &SqlitePool {
         &self.reader
+    }
+
+    /// A connection of its own for a writer other than the SCIM API that runs its statements
+    /// synchronously (the sync engine's change pass): busy timeout, the store's durability,
+    /// statements cached.
+    pub fn connect(&self) -> Result<rusqlite::Connection, StoreError> {
+        conn::open_write(&self.path, self.durability)
     }
 
     // ---- users -------------------------------------------------------------------------
@@ -657,6 +668,105 @@ impl SqliteStore {
             .map(|row| stored(kind, row))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((total, items))
+    }
+}
+
+/// Bulk loading (the sync benchmark): rows exactly as the API writes them, on a connection of
+/// the caller's and inside the caller's transaction, stamped with a change_seq the caller
+/// assigns (it must also move the `change_seq` counter past it, see [`bulk::finish`]).
+pub mod bulk {
+    use super::*;
+
+    /// Open a write connection on a database [`SqliteStore::open`] has created and migrated.
+    pub fn open(path: &Path) -> Result<Conn, StoreError> {
+        conn::open_write(path, Durability::Normal)
+    }
+
+    /// One user and its e-mail rows, as `create_user` writes them.
+    pub fn insert_user(
+        c: &Conn,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        doc: &Map<String, Value>,
+        seq: i64,
+        now: &str,
+    ) -> Result<i64, StoreError> {
+        let cols = UserColumns::from_doc(doc, rt.custom_urn().unwrap_or_default());
+        let text = serde_json::to_string(doc)?;
+        let doc_ci = serde_json::to_string(&fold_case(rt, doc))?;
+        let user_name_ci = cols.user_name.to_lowercase();
+        let deactivated = if cols.active { None } else { Some(now) };
+        let mut p: Vec<&dyn ToSql> = vec![
+            &tenant,
+            &id,
+            &cols.user_name,
+            &user_name_ci,
+            &cols.external_id,
+            &cols.display_name,
+            &cols.active,
+            &deactivated,
+        ];
+        p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
+        p.extend([&text as &dyn ToSql, &doc_ci, &seq, &now, &now]);
+        let pk: i64 = c
+            .prepare_cached(&INSERT_USER)?
+            .query_row(&p[..], |r| r.get(0))
+            .map_err(|e| unique(e, "a user with this userName already exists"))?;
+        insert_emails(c, tenant, pk, &cols)?;
+        Ok(pk)
+    }
+
+    /// One group (no members), as `create_group` writes it.
+    pub fn insert_group(
+        c: &Conn,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        doc: &Map<String, Value>,
+        seq: i64,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let (display, external_id) = group_columns(doc);
+        c.prepare_cached(
+            "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, \
+             doc_ci, change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )?
+        .execute(params![
+            tenant,
+            id,
+            display,
+            display.to_lowercase(),
+            external_id,
+            serde_json::to_string(doc)?,
+            serde_json::to_string(&fold_case(rt, doc))?,
+            seq,
+            now,
+            now
+        ])
+        .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+        Ok(())
+    }
+
+    /// One membership of a user in a group.
+    pub fn insert_member(
+        c: &Conn,
+        tenant: &str,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<(), StoreError> {
+        c.prepare_cached(
+            "INSERT INTO group_members (tenant, group_id, member_id, member_type) VALUES (?, ?, ?, 'User')",
+        )?
+        .execute(params![tenant, group_id, user_id])?;
+        Ok(())
+    }
+
+    /// Move the change counter to `seq` (the highest one the load assigned).
+    pub fn finish(c: &Conn, seq: i64) -> Result<(), StoreError> {
+        c.prepare_cached("UPDATE change_seq SET value = max(value, ?) WHERE id = 1")?
+            .execute([seq])?;
+        Ok(())
     }
 }
 
