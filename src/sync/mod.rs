@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::config::{Config, SyncConfig};
 use crate::mapping::{FieldValue, Mapping, Offboarding, RenderedUser, UserState};
 use crate::store::{SqliteStore, format_time};
-use crate::target::{AppDb, TargetError, UserWrite};
+use crate::target::{AppDb, TargetError, UserApplied, UserWrite};
 use staging::{Mark, UserRow};
 
 /// How long a lease lasts without renewal; a run renews it at every batch.
@@ -39,6 +39,12 @@ pub enum SyncError {
     NotConfigured(String),
     #[error("staging database error: {0}")]
     Staging(#[from] sqlx::Error),
+    #[error("staging database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("sync task failed: {0}")]
+    Task(String),
     #[error("stored sync state is not valid JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error(transparent)]
@@ -216,6 +222,8 @@ impl TenantSync {
 /// The sync engine of every configured tenant; share it with `Arc`.
 pub struct SyncEngine {
     store: SqliteStore,
+    /// The change pass's own staging connection (statements run synchronously, off the runtime).
+    conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
     clock: Arc<dyn Clock>,
     tenants: BTreeMap<String, TenantSync>,
     #[cfg(test)]
@@ -354,8 +362,10 @@ impl SyncEngine {
                 },
             );
         }
+        let conn = Arc::new(std::sync::Mutex::new(store.connect()?));
         Ok(SyncEngine {
             store,
+            conn,
             clock,
             tenants,
             #[cfg(test)]
@@ -377,6 +387,23 @@ impl SyncEngine {
         self.tenants
             .get(tenant)
             .ok_or_else(|| SyncError::NotConfigured(tenant.to_string()))
+    }
+
+    /// Run `f` on the engine's staging connection, on a blocking thread.
+    async fn on_staging<R, F>(&self, f: F) -> Result<R, SyncError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<R, SyncError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn
+                .lock()
+                .map_err(|_| SyncError::Task("the staging connection's lock is poisoned".into()))?;
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))?
     }
 
     fn lease_ttl() -> chrono::Duration {
@@ -584,19 +611,35 @@ impl Run<'_> {
             // Failed users the watermark has passed; the others come with the changes.
             let mut after = 0;
             loop {
-                let rows = staging::retry_users(&reader, self.tenant, wm, after, batch).await?;
+                let tenant = self.tenant.to_string();
+                let (rows, links) = self
+                    .engine
+                    .on_staging(move |c| {
+                        let rows = staging::blocking::retry_users(c, &tenant, wm, after, batch)?;
+                        let links = staging::blocking::links(c, &tenant, &rows)?;
+                        Ok((rows, links))
+                    })
+                    .await?;
                 let Some(last) = rows.last() else { break };
                 after = last.pk;
-                self.batch(rows, None).await?;
+                self.batch(rows, links, None).await?;
             }
         }
         let mut cursor = from;
         loop {
-            let rows = staging::changed_users(&reader, self.tenant, cursor, high, batch).await?;
+            let tenant = self.tenant.to_string();
+            let (rows, links) = self
+                .engine
+                .on_staging(move |c| {
+                    let rows = staging::blocking::changed_users(c, &tenant, cursor, high, batch)?;
+                    let links = staging::blocking::links(c, &tenant, &rows)?;
+                    Ok((rows, links))
+                })
+                .await?;
             let Some(last) = rows.last() else { break };
             cursor = last.mark();
             let n = rows.len() as u64;
-            self.batch(rows, Some(cursor)).await?;
+            self.batch(rows, links, Some(cursor)).await?;
             self.watermark_to = Some(cursor.seq.max(wm.seq));
             if let Some(p) = &self.options.progress {
                 p.advance(n);
@@ -703,9 +746,13 @@ impl Run<'_> {
 
     /// One batch: plan, write to the application, record in staging (advancing the watermark
     /// to `advance` when given).
-    async fn batch(&mut self, rows: Vec<UserRow>, advance: Option<Mark>) -> Result<(), SyncError> {
+    async fn batch(
+        &mut self,
+        rows: Vec<UserRow>,
+        links: HashMap<String, staging::Link>,
+        advance: Option<Mark>,
+    ) -> Result<(), SyncError> {
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let links = self.links_of(&rows).await?;
         let plans: Vec<Plan> = rows
             .into_iter()
             .map(|row| {
@@ -713,74 +760,98 @@ impl Run<'_> {
                 self.plan(row, link)
             })
             .collect();
-        let mut items: Vec<(ItemReport, Option<Box<Write>>)> = Vec::new();
-        let target = self.ts.mapping().target().clone();
-        let mut app = None;
+        drop(links);
+        // The users to write, in batch order; failures keep their place among them.
+        enum Slot {
+            Failed(ItemReport),
+            Write(usize),
+        }
+        let mut slots = Vec::with_capacity(plans.len());
+        let mut writes: Vec<Box<Write>> = Vec::new();
         for plan in plans {
             match plan {
-                Plan::Unchanged => {
-                    self.counts.unchanged += 1;
-                }
+                Plan::Unchanged => self.counts.unchanged += 1,
                 Plan::Failed {
                     row,
                     app_key,
                     error,
-                } => {
-                    items.push((failed_item(&row, app_key, error), None));
-                }
+                } => slots.push(Slot::Failed(failed_item(&row, app_key, error))),
                 Plan::Write(w) => {
-                    let mut item = ItemReport {
-                        user_id: w.row.id.clone(),
-                        user_name: Some(w.row.user_name.clone()),
-                        app_key: Some(w.rendered.key.clone()),
-                        outcome: w.outcome,
-                        changes: w.changes.clone(),
-                        roles_added: w.roles_to_add.iter().cloned().collect(),
-                        roles_removed: w.roles_to_remove.iter().cloned().collect(),
-                        error: None,
-                    };
-                    if !self.options.dry_run {
-                        if app.is_none() {
-                            app = Some(self.ts.app.begin().await?);
-                        }
-                        if let Some(batch) = app.as_mut() {
-                            let write = UserWrite {
-                                key: &w.rendered.key,
-                                previous_key: w.previous_key.as_deref(),
-                                fields: &w.rendered.fields,
-                                // Every desired role: a role row lost in the application comes back,
-                                // and a write repeated after a crash adds nothing twice.
-                                roles_to_add: &w.rendered.roles,
-                                roles_to_remove: &w.roles_to_remove,
-                            };
-                            match batch.apply_user(&target, &write).await {
-                                Ok(applied) => {
-                                    if applied.created && item.outcome != Outcome::Created {
-                                        // The row had gone from the application: written again.
-                                        item.outcome = Outcome::Created;
-                                    } else if !applied.created && item.outcome == Outcome::Created {
-                                        // A row with this key was already there (a re-run after a
-                                        // crash, or a row the application made): now linked.
-                                        item.outcome = Outcome::Updated;
-                                    }
-                                }
-                                Err(e) => {
-                                    let row = w.row;
-                                    items.push((
-                                        failed_item(&row, Some(w.rendered.key), e.to_string()),
-                                        None,
-                                    ));
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    items.push((item, Some(w)));
+                    slots.push(Slot::Write(writes.len()));
+                    writes.push(w);
                 }
             }
         }
-        if let Some(batch) = app {
-            batch.commit().await?;
+        let (writes, applied): (Vec<Box<Write>>, Vec<Option<Result<UserApplied, String>>>) =
+            if self.options.dry_run || writes.is_empty() {
+                let n = writes.len();
+                (writes, vec![None; n])
+            } else {
+                let target = self.ts.mapping().target().clone();
+                self.ts
+                    .app
+                    .batch(move |app| {
+                        let applied = writes
+                            .iter()
+                            .map(|w| {
+                                let write = UserWrite {
+                                    key: &w.rendered.key,
+                                    previous_key: w.previous_key.as_deref(),
+                                    fields: &w.rendered.fields,
+                                    // Every desired role: a role row lost in the application
+                                    // comes back, and a write repeated after a crash adds
+                                    // nothing twice.
+                                    roles_to_add: &w.rendered.roles,
+                                    roles_to_remove: &w.roles_to_remove,
+                                };
+                                Some(app.apply_user(&target, &write).map_err(|e| e.to_string()))
+                            })
+                            .collect();
+                        Ok((writes, applied))
+                    })
+                    .await?
+            };
+        let mut writes: Vec<Option<Box<Write>>> = writes.into_iter().map(Some).collect();
+        let mut items: Vec<(ItemReport, Option<Box<Write>>)> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let i = match slot {
+                Slot::Failed(item) => {
+                    items.push((item, None));
+                    continue;
+                }
+                Slot::Write(i) => i,
+            };
+            let Some(w) = writes.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            let mut item = ItemReport {
+                user_id: w.row.id.clone(),
+                user_name: Some(w.row.user_name.clone()),
+                app_key: Some(w.rendered.key.clone()),
+                outcome: w.outcome,
+                changes: w.changes.clone(),
+                roles_added: w.roles_to_add.iter().cloned().collect(),
+                roles_removed: w.roles_to_remove.iter().cloned().collect(),
+                error: None,
+            };
+            match applied.get(i).cloned().flatten() {
+                None => {}
+                Some(Ok(applied)) => {
+                    if applied.created && item.outcome != Outcome::Created {
+                        // The row had gone from the application: written again.
+                        item.outcome = Outcome::Created;
+                    } else if !applied.created && item.outcome == Outcome::Created {
+                        // A row with this key was already there (a re-run after a crash, or
+                        // a row the application made): now linked.
+                        item.outcome = Outcome::Updated;
+                    }
+                }
+                Some(Err(e)) => {
+                    items.push((failed_item(&w.row, Some(w.rendered.key.clone()), e), None));
+                    continue;
+                }
+            }
+            items.push((item, Some(w)));
         }
         for (item, _) in &items {
             match item.outcome {
@@ -796,80 +867,24 @@ impl Run<'_> {
         }
         #[cfg(test)]
         self.engine.hooks.before_record().await;
-        let now = self.now();
-        let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
-        for (item, w) in &items {
-            staging::insert_item(&mut tx, self.run_id, item).await?;
-            if self.options.dry_run {
-                continue;
-            }
-            match w {
-                Some(w) => {
-                    staging::upsert_link(
-                        &mut tx,
-                        self.tenant,
-                        &w.row.id,
-                        &w.rendered.key,
-                        &w.fingerprint,
-                        &w.rendered.roles,
-                        &w.fields,
-                        state_name(w.state),
-                        now,
-                    )
-                    .await?;
-                }
-                None => {
-                    staging::add_retry(
-                        &mut tx,
-                        self.tenant,
-                        &item.user_id,
-                        item.error.as_deref().unwrap_or("failed"),
-                        now,
-                    )
-                    .await?;
-                }
-            }
-        }
-        if !self.options.dry_run {
-            // Written and unchanged users that were waiting for a retry are fine now.
-            let failed: std::collections::HashSet<&str> = items
-                .iter()
-                .filter(|(_, w)| w.is_none())
-                .map(|(i, _)| i.user_id.as_str())
-                .collect();
-            let fine: Vec<&str> = ids
-                .iter()
-                .map(String::as_str)
-                .filter(|id| !failed.contains(id))
-                .collect();
-            staging::clear_retries(&mut tx, self.tenant, &fine).await?;
-            if let Some(mark) = advance {
-                staging::advance_watermark(&mut tx, self.tenant, mark, now).await?;
-            }
-            staging::renew_lease(
-                &mut tx,
-                self.tenant,
-                &self.holder,
-                now,
-                SyncEngine::lease_ttl(),
-            )
-            .await?;
-        }
-        staging::update_run(
-            &mut tx,
-            self.run_id,
-            RunStatus::Running,
-            &self.counts,
-            self.watermark_to,
-            None,
-            None,
-        )
-        .await?;
         self.batches += 1;
         #[cfg(test)]
         self.engine.hooks.before_commit(self.batches)?;
-        tx.commit().await?;
-        Ok(())
+        let now = self.now();
+        let record = Record {
+            tenant: self.tenant.to_string(),
+            holder: self.holder.clone(),
+            run_id: self.run_id,
+            dry_run: self.options.dry_run,
+            now: format_time(now),
+            lease_expires: format_time(now + SyncEngine::lease_ttl()),
+            counts: self.counts,
+            watermark_to: self.watermark_to,
+            advance,
+            ids,
+            items,
+        };
+        self.engine.on_staging(move |c| record.commit(c)).await
     }
 
     /// Retention: purge and offboard the users that are due (all of them, or with `held_in`
@@ -1054,18 +1069,24 @@ impl Run<'_> {
                 staging::queued(&reader, self.tenant, after, self.ts.config.batch_size).await?;
             let Some(last) = queued.last() else { break };
             after = last.id;
-            let mut results: Vec<(staging::Queued, Option<String>)> = Vec::new();
-            if self.options.dry_run {
-                results = queued.into_iter().map(|q| (q, None)).collect();
+            let results: Vec<(staging::Queued, Option<String>)> = if self.options.dry_run {
+                queued.into_iter().map(|q| (q, None)).collect()
             } else {
-                let mut app = self.ts.app.begin().await?;
-                for q in queued {
-                    let action = offboarding_from_json(&q.action);
-                    let r = app.offboard(&target, &q.app_key, &action, &q.roles).await;
-                    results.push((q, r.err().map(|e| e.to_string())));
-                }
-                app.commit().await?;
-            }
+                let target = target.clone();
+                self.ts
+                    .app
+                    .batch(move |app| {
+                        Ok(queued
+                            .into_iter()
+                            .map(|q| {
+                                let action = offboarding_from_json(&q.action);
+                                let r = app.offboard(&target, &q.app_key, &action, &q.roles);
+                                (q, r.err().map(|e| e.to_string()))
+                            })
+                            .collect())
+                    })
+                    .await?
+            };
             let now = self.now();
             let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
             for (q, error) in &results {
@@ -1184,6 +1205,86 @@ impl Run<'_> {
             ended_at: ended,
             error,
         })
+    }
+}
+
+/// What one batch records in staging, in one transaction: ledger items, links, retries, the
+/// watermark, the lease and the run's counts.
+struct Record {
+    tenant: String,
+    holder: String,
+    run_id: i64,
+    dry_run: bool,
+    now: String,
+    lease_expires: String,
+    counts: Counts,
+    watermark_to: Option<i64>,
+    advance: Option<Mark>,
+    /// Every user of the batch.
+    ids: Vec<String>,
+    items: Vec<(ItemReport, Option<Box<Write>>)>,
+}
+
+impl Record {
+    fn commit(self, c: &mut rusqlite::Connection) -> Result<(), SyncError> {
+        use staging::blocking as b;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let t = self.tenant.as_str();
+        for (item, w) in &self.items {
+            b::insert_item(&tx, self.run_id, item)?;
+            if self.dry_run {
+                continue;
+            }
+            match w {
+                Some(w) => b::upsert_link(
+                    &tx,
+                    t,
+                    &w.row.id,
+                    &w.rendered.key,
+                    &w.fingerprint,
+                    &w.rendered.roles,
+                    &w.fields,
+                    state_name(w.state),
+                    &self.now,
+                )?,
+                None => b::add_retry(
+                    &tx,
+                    t,
+                    &item.user_id,
+                    item.error.as_deref().unwrap_or("failed"),
+                    &self.now,
+                )?,
+            }
+        }
+        if !self.dry_run {
+            // Written and unchanged users that were waiting for a retry are fine now.
+            let failed: std::collections::HashSet<&str> = self
+                .items
+                .iter()
+                .filter(|(_, w)| w.is_none())
+                .map(|(i, _)| i.user_id.as_str())
+                .collect();
+            let fine: Vec<&str> = self
+                .ids
+                .iter()
+                .map(String::as_str)
+                .filter(|id| !failed.contains(id))
+                .collect();
+            b::clear_retries(&tx, t, &fine)?;
+            if let Some(mark) = self.advance {
+                b::advance_watermark(&tx, t, mark, &self.now)?;
+            }
+            b::renew_lease(&tx, t, &self.holder, &self.lease_expires)?;
+        }
+        b::update_run(
+            &tx,
+            self.run_id,
+            RunStatus::Running,
+            &self.counts,
+            self.watermark_to,
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 }
 
