@@ -224,6 +224,8 @@ pub struct SyncEngine {
     store: SqliteStore,
     /// The change pass's own staging connection (statements run synchronously, off the runtime).
     conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
+    /// Its read connection: the next batch is read while the last one is recorded.
+    read_conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
     clock: Arc<dyn Clock>,
     tenants: BTreeMap<String, TenantSync>,
     #[cfg(test)]
@@ -363,9 +365,11 @@ impl SyncEngine {
             );
         }
         let conn = Arc::new(std::sync::Mutex::new(store.connect()?));
+        let read_conn = Arc::new(std::sync::Mutex::new(store.connect()?));
         Ok(SyncEngine {
             store,
             conn,
+            read_conn,
             clock,
             tenants,
             #[cfg(test)]
@@ -593,11 +597,19 @@ impl Run<'_> {
         }
     }
 
+    /// Start reading and planning a batch on a blocking thread.
+    fn fetch(&self, read: Read) -> tokio::task::JoinHandle<Result<Fetched, SyncError>> {
+        let conn = self.engine.read_conn.clone();
+        let mapping = self.ts.config.mapping.0.clone();
+        let tenant = self.tenant.to_string();
+        let limit = self.ts.config.batch_size;
+        tokio::task::spawn_blocking(move || fetch(&conn, &mapping, &tenant, read, limit))
+    }
+
     /// The change pass, then the lifecycle.
     async fn sync(&mut self, wm: Mark) -> Result<(), SyncError> {
         let reader = self.store().reader().clone();
         let high = staging::high_seq(&reader).await?;
-        let batch = self.ts.config.batch_size;
         let from = if self.options.full {
             Mark::default()
         } else {
@@ -611,35 +623,27 @@ impl Run<'_> {
             // Failed users the watermark has passed; the others come with the changes.
             let mut after = 0;
             loop {
-                let tenant = self.tenant.to_string();
-                let (rows, links) = self
-                    .engine
-                    .on_staging(move |c| {
-                        let rows = staging::blocking::retry_users(c, &tenant, wm, after, batch)?;
-                        let links = staging::blocking::links(c, &tenant, &rows)?;
-                        Ok((rows, links))
-                    })
-                    .await?;
-                let Some(last) = rows.last() else { break };
+                let read = Read::Retry {
+                    watermark: wm,
+                    after_pk: after,
+                };
+                let fetched = self.fetch(read).await.map_err(join_error)??;
+                let Some(last) = fetched.last else { break };
                 after = last.pk;
-                self.batch(rows, links, None).await?;
+                self.batch(fetched, None).await?;
             }
         }
-        let mut cursor = from;
-        loop {
-            let tenant = self.tenant.to_string();
-            let (rows, links) = self
-                .engine
-                .on_staging(move |c| {
-                    let rows = staging::blocking::changed_users(c, &tenant, cursor, high, batch)?;
-                    let links = staging::blocking::links(c, &tenant, &rows)?;
-                    Ok((rows, links))
-                })
-                .await?;
-            let Some(last) = rows.last() else { break };
-            cursor = last.mark();
-            let n = rows.len() as u64;
-            self.batch(rows, links, Some(cursor)).await?;
+        // The next batch is read and planned while the current one is written and recorded.
+        let mut next = Some(self.fetch(Read::Changed { after: from, high }));
+        while let Some(handle) = next.take() {
+            let fetched = handle.await.map_err(join_error)??;
+            let Some(cursor) = fetched.last else { break };
+            next = Some(self.fetch(Read::Changed {
+                after: cursor,
+                high,
+            }));
+            let n = fetched.ids.len() as u64;
+            self.batch(fetched, Some(cursor)).await?;
             self.watermark_to = Some(cursor.seq.max(wm.seq));
             if let Some(p) = &self.options.progress {
                 p.advance(n);
@@ -651,116 +655,10 @@ impl Run<'_> {
         self.lifecycle(None).await
     }
 
-    /// Decide what to do for one user.
-    fn plan(&self, row: UserRow, link: Option<&staging::Link>) -> Plan {
-        let state = if row.deleted || !row.active {
-            UserState::Deactivated
-        } else {
-            UserState::Active
-        };
-        let staged = match row.staged() {
-            Ok(s) => s,
-            Err(error) => {
-                return Plan::Failed {
-                    app_key: link.map(|l| l.app_key.clone()),
-                    row,
-                    error,
-                };
-            }
-        };
-        let rendered = match self.ts.mapping().render(&staged, state) {
-            Ok(r) => r,
-            Err(e) => {
-                return Plan::Failed {
-                    app_key: link.map(|l| l.app_key.clone()),
-                    row,
-                    error: e.to_string(),
-                };
-            }
-        };
-        let fingerprint = rendered.fingerprint();
-        if let Some(l) = link
-            && l.fingerprint == fingerprint
-            && l.app_key == rendered.key
-        {
-            return Plan::Unchanged;
-        }
-        let empty = BTreeSet::new();
-        let applied = link.map(|l| &l.applied_roles).unwrap_or(&empty);
-        let roles_to_add: BTreeSet<String> = rendered.roles.difference(applied).cloned().collect();
-        let roles_to_remove: BTreeSet<String> =
-            applied.difference(&rendered.roles).cloned().collect();
-        let fields: BTreeMap<String, Value> = rendered
-            .fields
-            .iter()
-            .map(|(c, v)| (c.clone(), field_json(v)))
-            .collect();
-        let mut changes = BTreeMap::new();
-        let target = self.ts.mapping().target();
-        let before_key = link.map(|l| Value::String(l.app_key.clone()));
-        if before_key.as_ref().and_then(Value::as_str) != Some(rendered.key.as_str()) {
-            changes.insert(
-                target.key_column.clone(),
-                Change {
-                    before: before_key.unwrap_or(Value::Null),
-                    after: Value::String(rendered.key.clone()),
-                },
-            );
-        }
-        for (c, after) in &fields {
-            let before = link
-                .and_then(|l| l.fields.get(c))
-                .cloned()
-                .unwrap_or(Value::Null);
-            if &before != after || link.is_none() {
-                changes.insert(
-                    c.clone(),
-                    Change {
-                        before,
-                        after: after.clone(),
-                    },
-                );
-            }
-        }
-        let outcome = match (link.map(|l| l.state.as_str()), state) {
-            (None, _) => Outcome::Created,
-            (Some("active"), UserState::Deactivated) => Outcome::Deactivated,
-            (Some("deactivated"), UserState::Active) => Outcome::Reactivated,
-            _ => Outcome::Updated,
-        };
-        Plan::Write(Box::new(Write {
-            previous_key: link
-                .map(|l| l.app_key.clone())
-                .filter(|k| *k != rendered.key),
-            row,
-            fingerprint,
-            state,
-            roles_to_add,
-            roles_to_remove,
-            fields,
-            outcome,
-            changes,
-            rendered,
-        }))
-    }
-
     /// One batch: plan, write to the application, record in staging (advancing the watermark
     /// to `advance` when given).
-    async fn batch(
-        &mut self,
-        rows: Vec<UserRow>,
-        links: HashMap<String, staging::Link>,
-        advance: Option<Mark>,
-    ) -> Result<(), SyncError> {
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let plans: Vec<Plan> = rows
-            .into_iter()
-            .map(|row| {
-                let link = links.get(&row.id);
-                self.plan(row, link)
-            })
-            .collect();
-        drop(links);
+    async fn batch(&mut self, fetched: Fetched, advance: Option<Mark>) -> Result<(), SyncError> {
+        let Fetched { ids, plans, .. } = fetched;
         // The users to write, in batch order; failures keep their place among them.
         enum Slot {
             Failed(ItemReport),
@@ -1208,6 +1106,192 @@ impl Run<'_> {
     }
 }
 
+/// Decide what to do for one user.
+fn plan(mapping: &Mapping, row: UserRow, link: Option<&staging::Link>) -> Plan {
+    let state = if row.deleted || !row.active {
+        UserState::Deactivated
+    } else {
+        UserState::Active
+    };
+    let staged = match row.staged() {
+        Ok(s) => s,
+        Err(error) => {
+            return Plan::Failed {
+                app_key: link.map(|l| l.app_key.clone()),
+                row,
+                error,
+            };
+        }
+    };
+    let rendered = match mapping.render(&staged, state) {
+        Ok(r) => r,
+        Err(e) => {
+            return Plan::Failed {
+                app_key: link.map(|l| l.app_key.clone()),
+                row,
+                error: e.to_string(),
+            };
+        }
+    };
+    let fingerprint = rendered.fingerprint();
+    if let Some(l) = link
+        && l.fingerprint == fingerprint
+        && l.app_key == rendered.key
+    {
+        return Plan::Unchanged;
+    }
+    let empty = BTreeSet::new();
+    let applied = link.map(|l| &l.applied_roles).unwrap_or(&empty);
+    let roles_to_add: BTreeSet<String> = rendered.roles.difference(applied).cloned().collect();
+    let roles_to_remove: BTreeSet<String> = applied.difference(&rendered.roles).cloned().collect();
+    let fields: BTreeMap<String, Value> = rendered
+        .fields
+        .iter()
+        .map(|(c, v)| (c.clone(), field_json(v)))
+        .collect();
+    let mut changes = BTreeMap::new();
+    let target = mapping.target();
+    let before_key = link.map(|l| Value::String(l.app_key.clone()));
+    if before_key.as_ref().and_then(Value::as_str) != Some(rendered.key.as_str()) {
+        changes.insert(
+            target.key_column.clone(),
+            Change {
+                before: before_key.unwrap_or(Value::Null),
+                after: Value::String(rendered.key.clone()),
+            },
+        );
+    }
+    for (c, after) in &fields {
+        let before = link
+            .and_then(|l| l.fields.get(c))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if &before != after || link.is_none() {
+            changes.insert(
+                c.clone(),
+                Change {
+                    before,
+                    after: after.clone(),
+                },
+            );
+        }
+    }
+    let outcome = match (link.map(|l| l.state.as_str()), state) {
+        (None, _) => Outcome::Created,
+        (Some("active"), UserState::Deactivated) => Outcome::Deactivated,
+        (Some("deactivated"), UserState::Active) => Outcome::Reactivated,
+        _ => Outcome::Updated,
+    };
+    Plan::Write(Box::new(Write {
+        previous_key: link
+            .map(|l| l.app_key.clone())
+            .filter(|k| *k != rendered.key),
+        row,
+        fingerprint,
+        state,
+        roles_to_add,
+        roles_to_remove,
+        fields,
+        outcome,
+        changes,
+        rendered,
+    }))
+}
+
+/// One batch as read and planned: the ids of its users, their plans, the last user's mark.
+struct Fetched {
+    ids: Vec<String>,
+    plans: Vec<Plan>,
+    last: Option<Mark>,
+}
+
+/// Which users a batch reads.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Users to retry that the watermark has passed, after this pk.
+    Retry { watermark: Mark, after_pk: i64 },
+    /// Users changed after this mark, up to `high`.
+    Changed { after: Mark, high: i64 },
+}
+
+/// Read a batch (users, groups and links) on the engine's read connection, then plan it,
+/// spread over the cores. Runs on a blocking thread.
+fn fetch(
+    conn: &std::sync::Mutex<rusqlite::Connection>,
+    mapping: &Mapping,
+    tenant: &str,
+    read: Read,
+    limit: u32,
+) -> Result<Fetched, SyncError> {
+    let (rows, links) = {
+        let c = conn
+            .lock()
+            .map_err(|_| SyncError::Task("the staging connection's lock is poisoned".into()))?;
+        let rows = match read {
+            Read::Retry {
+                watermark,
+                after_pk,
+            } => staging::blocking::retry_users(&c, tenant, watermark, after_pk, limit)?,
+            Read::Changed { after, high } => {
+                staging::blocking::changed_users(&c, tenant, after, high, limit)?
+            }
+        };
+        let links = staging::blocking::links(&c, tenant, &rows)?;
+        (rows, links)
+    };
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let last = rows.last().map(UserRow::mark);
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let per = rows.len().div_ceil(threads).max(64);
+    let plans = if rows.len() <= per {
+        rows.into_iter()
+            .map(|row| {
+                let link = links.get(&row.id);
+                plan(mapping, row, link)
+            })
+            .collect()
+    } else {
+        let mut chunks: Vec<Vec<UserRow>> = Vec::new();
+        let mut it = rows.into_iter();
+        loop {
+            let chunk: Vec<UserRow> = it.by_ref().take(per).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        let links = &links;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    s.spawn(move || {
+                        chunk
+                            .into_iter()
+                            .map(|row| {
+                                let link = links.get(&row.id);
+                                plan(mapping, row, link)
+                            })
+                            .collect::<Vec<Plan>>()
+                    })
+                })
+                .collect();
+            let mut plans = Vec::new();
+            for h in handles {
+                plans.extend(
+                    h.join()
+                        .map_err(|_| SyncError::Task("a render thread panicked".into()))?,
+                );
+            }
+            Ok::<_, SyncError>(plans)
+        })?
+    };
+    Ok(Fetched { ids, plans, last })
+}
+
 /// What one batch records in staging, in one transaction: ledger items, links, retries, the
 /// watermark, the lease and the run's counts.
 struct Record {
@@ -1286,6 +1370,10 @@ impl Record {
         tx.commit()?;
         Ok(())
     }
+}
+
+fn join_error(e: tokio::task::JoinError) -> SyncError {
+    SyncError::Task(e.to_string())
 }
 
 fn failed_item(row: &UserRow, app_key: Option<String>, error: String) -> ItemReport {
