@@ -680,7 +680,7 @@ impl Run<'_> {
                 }
             }
         }
-        let (writes, applied): (Vec<Box<Write>>, Vec<Option<Result<UserApplied, String>>>) =
+        let (writes, applied): (Vec<Box<Write>>, Vec<Applied>) =
             if self.options.dry_run || writes.is_empty() {
                 let n = writes.len();
                 (writes, vec![None; n])
@@ -1197,6 +1197,9 @@ fn plan(mapping: &Mapping, row: UserRow, link: Option<&staging::Link>) -> Plan {
         rendered,
     }))
 }
+
+/// What the application did with one write (None: not written, a dry run).
+type Applied = Option<Result<UserApplied, String>>;
 
 /// One batch as read and planned: the ids of its users, their plans, the last user's mark.
 struct Fetched {

@@ -1047,6 +1047,74 @@ mod tests {
         .doc
     }
 
+    /// The benchmark's bulk load writes the rows the API writes: the same columns, e-mail
+    /// rows and group rows, so the sync engine reads the same thing either way.
+    #[tokio::test]
+    async fn bulk_rows_are_the_rows_the_api_writes() {
+        let (d, s) = store().await;
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        let gt = ResourceType::group();
+        let doc = normalize(
+            &rt,
+            &json!({"userName": "Ann", "externalId": "x1", "displayName": "Ann A", "active": false,
+                "emails": [{"value": "Ann@Example.com", "type": "work", "primary": true}],
+                DEFAULT_CUSTOM_SCHEMA: {"customAttribute03": "C3", "customAttribute16": "C16"}}),
+        )
+        .unwrap()
+        .doc;
+        let group = normalize(&gt, &json!({"displayName": "G", "externalId": "gx"}))
+            .unwrap()
+            .doc;
+        s.create_user("api", &rt, "u1", &doc, t(0)).await.unwrap();
+        s.create_group(
+            "api",
+            &gt,
+            "g1",
+            GroupChange::replace_members(group.clone(), None),
+            t(0),
+        )
+        .await
+        .unwrap();
+        let c = bulk::open(&d.path().join("s.db")).unwrap();
+        let now = format_time(t(0));
+        bulk::insert_user(&c, "bulk", &rt, "u1", &doc, 1, &now).unwrap();
+        bulk::insert_group(&c, "bulk", &gt, "g1", &group, 2, &now).unwrap();
+        bulk::insert_member(&c, "bulk", "g1", "u1").unwrap();
+        bulk::finish(&c, 1000).unwrap();
+        let rows = |tenant: &str| {
+            let sql = format!(
+                "SELECT u.id, u.user_name, u.user_name_ci, u.external_id, u.display_name, u.active, \
+                 u.deactivated_at, u.deleted_at, {}, u.doc, u.doc_ci, u.created, u.last_modified, \
+                 (SELECT json_group_array(json_array(e.type_ci, e.value_ci, e.is_primary)) \
+                  FROM user_emails e WHERE e.user_pk = u.pk AND e.tenant = u.tenant), \
+                 (SELECT json_array(g.id, g.display_name, g.display_name_ci, g.external_id, g.doc, g.doc_ci) \
+                  FROM groups g WHERE g.tenant = u.tenant) \
+                 FROM users u WHERE u.tenant = ?",
+                CUSTOM_COLUMNS.join(", ")
+            );
+            let mut stmt = c.prepare(&sql).unwrap();
+            let n = stmt.column_count();
+            stmt.query_row([tenant], |r| {
+                (0..n)
+                    .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap()
+        };
+        let (api, bulk) = (rows("api"), rows("bulk"));
+        assert_eq!(api, bulk);
+        assert!(
+            matches!(&api[6], rusqlite::types::Value::Text(_)),
+            "inactive: deactivated_at set"
+        );
+        let high: i64 = c
+            .query_row("SELECT value FROM change_seq WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(high, 1000);
+    }
+
     async fn row(s: &SqliteStore, id: &str) -> (i64, Option<String>, i64, Option<String>) {
         sqlx::query_as(
             "SELECT active, deactivated_at, change_seq, custom_attribute_03 FROM users WHERE id = ?",
