@@ -686,10 +686,13 @@ impl Run<'_> {
                 (writes, vec![None; n])
             } else {
                 let target = self.ts.mapping().target().clone();
-                self.ts
+                let writes = Arc::new(writes);
+                let shared = writes.clone();
+                let applied = self
+                    .ts
                     .app
                     .batch(move |app| {
-                        let applied = writes
+                        Ok(shared
                             .iter()
                             .map(|w| {
                                 let write = UserWrite {
@@ -704,10 +707,13 @@ impl Run<'_> {
                                 };
                                 Some(app.apply_user(&target, &write).map_err(|e| e.to_string()))
                             })
-                            .collect();
-                        Ok((writes, applied))
+                            .collect::<Vec<Applied>>())
                     })
-                    .await?
+                    .await?;
+                // The closure (and its reference) is gone once the batch returned.
+                let writes = Arc::try_unwrap(writes)
+                    .map_err(|_| SyncError::Task("the batch's writes are still shared".into()))?;
+                (writes, applied)
             };
         let mut writes: Vec<Option<Box<Write>>> = writes.into_iter().map(Some).collect();
         let mut items: Vec<(ItemReport, Option<Box<Write>>)> = Vec::with_capacity(slots.len());
@@ -971,19 +977,22 @@ impl Run<'_> {
                 queued.into_iter().map(|q| (q, None)).collect()
             } else {
                 let target = target.clone();
-                self.ts
+                let shared = Arc::new(queued.clone());
+                let errors: Vec<Option<String>> = self
+                    .ts
                     .app
                     .batch(move |app| {
-                        Ok(queued
-                            .into_iter()
+                        Ok(shared
+                            .iter()
                             .map(|q| {
                                 let action = offboarding_from_json(&q.action);
                                 let r = app.offboard(&target, &q.app_key, &action, &q.roles);
-                                (q, r.err().map(|e| e.to_string()))
+                                r.err().map(|e| e.to_string())
                             })
                             .collect())
                     })
-                    .await?
+                    .await?;
+                queued.into_iter().zip(errors).collect()
             };
             let now = self.now();
             let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;

@@ -21,6 +21,8 @@ pub enum TargetError {
     Database(#[from] rusqlite::Error),
     #[error("application database task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
     #[error("cannot apply the schema {path}: {message}")]
     Schema { path: String, message: String },
     #[error("{0}")]
@@ -63,11 +65,13 @@ impl AppDb {
     }
 
     /// Run `f` as one batch: one transaction, committed when `f` returns Ok. `f` runs
-    /// synchronously, off the async runtime.
-    pub async fn batch<R, F>(&self, f: F) -> Result<R, TargetError>
+    /// synchronously, off the async runtime, and may run twice: a backend may try the batch
+    /// optimistically first and run it again when a user failed (only the last run's result
+    /// counts, and only its writes are committed).
+    pub async fn batch<R, F>(&self, mut f: F) -> Result<R, TargetError>
     where
         R: Send + 'static,
-        F: FnOnce(&mut AppBatch<'_, '_>) -> Result<R, TargetError> + Send + 'static,
+        F: FnMut(&mut AppBatch<'_, '_>) -> Result<R, TargetError> + Send + 'static,
     {
         match self {
             AppDb::Sqlite(db) => {

@@ -73,21 +73,38 @@ impl SqliteApp {
 
     /// Run `f` in one transaction (`BEGIN IMMEDIATE`) on a blocking thread; committed when
     /// `f` returns Ok, rolled back otherwise.
-    pub async fn batch<R, F>(&self, f: F) -> Result<R, TargetError>
+    ///
+    /// Writes are optimistic: the first attempt runs without a savepoint per user (a savepoint
+    /// copies every page it changes). When a user fails in it, the whole attempt is rolled
+    /// back and `f` runs again with a savepoint per user, so the failure leaves nothing
+    /// behind and the others are written.
+    pub async fn batch<R, F>(&self, mut f: F) -> Result<R, TargetError>
     where
         R: Send + 'static,
-        F: FnOnce(&mut SqliteBatch<'_>) -> Result<R, TargetError> + Send + 'static,
+        F: FnMut(&mut SqliteBatch<'_>) -> Result<R, TargetError> + Send + 'static,
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
                 .map_err(|_| TargetError::Task("the connection's lock is poisoned".into()))?;
-            let tx = guard.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut batch = SqliteBatch { c: &tx };
-            let r = f(&mut batch)?;
-            tx.commit()?;
-            Ok(r)
+            for savepoints in [false, true] {
+                let tx = guard.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut batch = SqliteBatch {
+                    c: &tx,
+                    savepoints,
+                    failed: false,
+                };
+                let r = f(&mut batch)?;
+                if !batch.failed {
+                    tx.commit()?;
+                    return Ok(r);
+                }
+                // Dropping the transaction rolls it back.
+            }
+            Err(TargetError::Task(
+                "a batch failed with a savepoint per user".into(),
+            ))
         })
         .await
         .map_err(|e| TargetError::Task(e.to_string()))?
@@ -97,6 +114,10 @@ impl SqliteApp {
 /// One open transaction.
 pub struct SqliteBatch<'a> {
     c: &'a Connection,
+    /// Each user in a savepoint of its own.
+    savepoints: bool,
+    /// A user failed without a savepoint: this attempt is rolled back.
+    failed: bool,
 }
 
 /// A statement without results, prepared once.
@@ -116,11 +137,23 @@ fn sql_value(v: &FieldValue) -> ToSqlOutput<'_> {
 }
 
 impl<'a> SqliteBatch<'a> {
-    /// Run `f` inside a savepoint: an error leaves the transaction as it was before.
+    /// Run `f` inside a savepoint: an error leaves the transaction as it was before. Without
+    /// savepoints, an error marks the attempt failed (it is rolled back and run again with
+    /// them) and the users after it are not tried.
     fn savepoint<T>(
         &mut self,
         f: impl FnOnce(&Connection) -> Result<T, TargetError>,
     ) -> Result<T, TargetError> {
+        if !self.savepoints {
+            if self.failed {
+                return Err(TargetError::Task(
+                    "not tried: the attempt is rolled back".into(),
+                ));
+            }
+            let r = f(self.c);
+            self.failed = r.is_err();
+            return r;
+        }
         exec(self.c, "SAVEPOINT write_one")?;
         match f(self.c) {
             Ok(r) => {
@@ -249,14 +282,13 @@ fn add_roles(
         quote_ident(&r.user_column)?,
         quote_ident(&r.role_column)?,
     );
+    // One statement for all of the user's roles.
     let sql = format!(
-        "INSERT INTO {t} ({u}, {ro}) SELECT ?1, ?2 \
-         WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {u} = ?1 AND {ro} = ?2)"
+        "INSERT INTO {t} ({u}, {ro}) SELECT ?1, r.value FROM json_each(?2) r \
+         WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {u} = ?1 AND {ro} = r.value)"
     );
-    let mut stmt = c.prepare_cached(&sql)?;
-    for role in roles {
-        stmt.execute([key, role.as_str()])?;
-    }
+    let list = serde_json::to_string(roles)?;
+    c.prepare_cached(&sql)?.execute([key, list.as_str()])?;
     Ok(())
 }
 
@@ -314,4 +346,104 @@ fn offboard(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user refused after part of its writes (its row went in, a role did not) leaves
+    /// nothing behind, and the users before and after it are written: the optimistic attempt
+    /// is rolled back and the batch runs again with a savepoint per user.
+    #[tokio::test]
+    async fn a_user_refused_mid_way_leaves_nothing_and_the_others_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("app.sql"),
+            "CREATE TABLE u (k TEXT NOT NULL UNIQUE, name TEXT);
+             CREATE TABLE r (k TEXT NOT NULL, role TEXT NOT NULL);
+             CREATE TRIGGER refuse BEFORE INSERT ON r WHEN NEW.role = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'role refused'); END;",
+        )
+        .unwrap();
+        let app = SqliteApp::open(&ApplicationConfig {
+            name: "app".into(),
+            database: "sqlite://app.db".into(),
+            path: dir.path().join("app.db"),
+            schema: Some(dir.path().join("app.sql")),
+        })
+        .await
+        .unwrap();
+        let target = Target {
+            database: "app".into(),
+            user_table: "u".into(),
+            key_column: "k".into(),
+            key_source: "userName".into(),
+            roles: Some(RoleTable {
+                table: "r".into(),
+                user_column: "k".into(),
+                role_column: "role".into(),
+            }),
+        };
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let results = app
+            .batch(move |b| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let none = BTreeSet::new();
+                Ok(["a", "b", "c"]
+                    .iter()
+                    .map(|k| {
+                        let fields = vec![("name".to_string(), FieldValue::Text(k.to_uppercase()))];
+                        let roles: BTreeSet<String> = if *k == "b" {
+                            ["ok".to_string(), "bad".to_string()].into()
+                        } else {
+                            ["ok".to_string()].into()
+                        };
+                        b.apply_user(
+                            &target,
+                            &UserWrite {
+                                key: k,
+                                previous_key: None,
+                                fields: &fields,
+                                roles_to_add: &roles,
+                                roles_to_remove: &none,
+                            },
+                        )
+                        .map(|a| a.created)
+                        .map_err(|e| e.to_string())
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "tried twice"
+        );
+        assert_eq!(results[0], Ok(true));
+        assert!(results[1].as_ref().unwrap_err().contains("role refused"));
+        assert_eq!(results[2], Ok(true));
+        let c = Connection::open(dir.path().join("app.db")).unwrap();
+        let rows: Vec<(String, String)> = c
+            .prepare("SELECT k, name FROM u ORDER BY k")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("a".into(), "A".into()), ("c".into(), "C".into())]);
+        let roles: Vec<(String, String)> = c
+            .prepare("SELECT k, role FROM r ORDER BY k, role")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            roles,
+            [("a".into(), "ok".into()), ("c".into(), "ok".into())]
+        );
+    }
 }
