@@ -110,7 +110,7 @@ const UPDATE_RUN: &str = "UPDATE sync_runs SET status = ?, ended_at = ?, created
     roles_added = ?, roles_removed = ?, deactivated = ?, offboarded = ?, failed = ?, \
     watermark_to = ?, error = ? WHERE id = ?";
 
-const LINKS: &str = "SELECT user_id, app_key, fingerprint, applied_roles, fields, state FROM sync_links \
+pub const LINKS: &str = "SELECT user_id, app_key, fingerprint, applied_roles, fields, state FROM sync_links \
     WHERE tenant = ? AND user_id IN (SELECT value FROM json_each(?))";
 
 /// How many users a run from `after` to `high` reads (for progress).
@@ -421,12 +421,13 @@ pub async fn insert_item(
     Ok(())
 }
 
-/// Retry rows of users that no longer exist in staging.
+/// Retry rows of users that no longer exist in staging: one index look-up per retry row (a
+/// `NOT IN (SELECT id …)` would list every user of the tenant).
 pub async fn drop_orphan_retries(c: &mut SqliteConnection, tenant: &str) -> Result<(), SyncError> {
     sqlx::query(
-        "DELETE FROM sync_retry WHERE tenant = ? AND user_id NOT IN (SELECT id FROM users WHERE tenant = ?)",
+        "DELETE FROM sync_retry WHERE tenant = ?1 AND NOT EXISTS \
+         (SELECT 1 FROM users u WHERE u.tenant = ?1 AND u.id = sync_retry.user_id)",
     )
-    .bind(tenant)
     .bind(tenant)
     .execute(&mut *c)
     .await?;
@@ -640,6 +641,14 @@ pub mod blocking {
         })
     }
 
+    /// The change feed: binds tenant, after.seq, after.pk, high, limit.
+    pub fn changed_users_sql() -> String {
+        format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.tenant = ? AND (u.change_seq, u.pk) > (?, ?) \
+             AND u.change_seq <= ? ORDER BY u.change_seq, u.pk LIMIT ?"
+        )
+    }
+
     /// Users changed after `after` and at or before sequence `high`, in change order.
     pub fn changed_users(
         c: &Connection,
@@ -648,11 +657,7 @@ pub mod blocking {
         high: i64,
         limit: u32,
     ) -> Result<Vec<UserRow>, SyncError> {
-        let sql = format!(
-            "SELECT {USER_COLUMNS} FROM users u WHERE u.tenant = ? AND (u.change_seq, u.pk) > (?, ?) \
-             AND u.change_seq <= ? ORDER BY u.change_seq, u.pk LIMIT ?"
-        );
-        let mut stmt = c.prepare_cached(&sql)?;
+        let mut stmt = c.prepare_cached(&changed_users_sql())?;
         let rows = stmt.query_map(params![tenant, after.seq, after.pk, high, limit], user_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
