@@ -32,6 +32,7 @@ const TENANT: &str = "bench";
 const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 /// Users generated and inserted per staging transaction while loading.
 const LOAD_CHUNK: usize = 20_000;
+const SENIOR: &str = "Senior Lab Technician";
 
 #[derive(clap::Args, Clone)]
 pub struct BenchSyncArgs {
@@ -267,7 +268,12 @@ pub async fn child(args: BenchSyncChildArgs) -> anyhow::Result<()> {
             for id in &ids {
                 store
                     .update_user(TENANT, &rt, id, None, now, |mut doc| {
-                        doc.insert("title".into(), json!("Senior Lab Technician"));
+                        // A promotion, or back again: every step changes every user.
+                        let title = match doc.get("title").and_then(Value::as_str) {
+                            Some(SENIOR) => "Lab Technician",
+                            _ => SENIOR,
+                        };
+                        doc.insert("title".into(), json!(title));
                         Ok(doc)
                     })
                     .await?;
