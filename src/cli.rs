@@ -1,4 +1,4 @@
-//! The command line: serve, sync, migrate, bench, mapping check/test, openapi.
+//! The command line: serve, sync, migrate, bench, bench-sync, mapping check/test, openapi.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,11 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// Print the OpenAPI document of the SCIM and admin APIs (JSON)
     Openapi,
+    /// Measure the sync engine (full and incremental runs, peak RSS) on temporary databases
+    BenchSync(crate::bench_sync::BenchSyncArgs),
+    /// One size of bench-sync, in a process of its own
+    #[command(hide = true)]
+    BenchSyncChild(crate::bench_sync::BenchSyncChildArgs),
     /// Validate a mapping file, or run its [[test]] cases
     #[command(subcommand)]
     Mapping(MappingCommand),
@@ -74,6 +79,8 @@ pub async fn main() -> ExitCode {
         Command::Sync(args) => sync(args).await,
         Command::Migrate { config } => migrate(config).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchSync(args) => crate::bench_sync::run(args).await,
+        Command::BenchSyncChild(args) => crate::bench_sync::child(args).await,
         Command::Mapping(cmd) => mapping(cmd),
         Command::Openapi => print_stdout(&crate::api::openapi_spec()),
     };

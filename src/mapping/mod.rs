@@ -646,11 +646,9 @@ impl Mapping {
     }
 }
 
+/// The context is already JSON: wrapped as it is, not serialised again.
 fn handlebars_context(v: serde_json::Value) -> Result<handlebars::Context, RenderError> {
-    handlebars::Context::wraps(v).map_err(|e| RenderError {
-        field: "context".into(),
-        reason: e.to_string(),
-    })
+    Ok(handlebars::Context::from(v))
 }
 
 /// Compile one `[fields]`-like section: identifiers, templates, strictness.

@@ -29,7 +29,7 @@ use crate::clock::Clock;
 use crate::config::{Config, SyncConfig};
 use crate::mapping::{FieldValue, Mapping, Offboarding, RenderedUser, UserState};
 use crate::store::{SqliteStore, format_time};
-use crate::target::{AppDb, TargetError, UserWrite};
+use crate::target::{AppDb, TargetError, UserApplied, UserWrite};
 use staging::{Mark, UserRow};
 
 /// How long a lease lasts without renewal; a run renews it at every batch.
@@ -41,6 +41,12 @@ pub enum SyncError {
     NotConfigured(String),
     #[error("staging database error: {0}")]
     Staging(#[from] sqlx::Error),
+    #[error("staging database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("sync task failed: {0}")]
+    Task(String),
     #[error("stored sync state is not valid JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error(transparent)]
@@ -218,6 +224,10 @@ impl TenantSync {
 /// The sync engine of every configured tenant; share it with `Arc`.
 pub struct SyncEngine {
     store: SqliteStore,
+    /// The change pass's own staging connection (statements run synchronously, off the runtime).
+    conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
+    /// Its read connection: the next batch is read while the last one is recorded.
+    read_conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
     clock: Arc<dyn Clock>,
     tenants: BTreeMap<String, TenantSync>,
     #[cfg(test)]
@@ -356,8 +366,12 @@ impl SyncEngine {
                 },
             );
         }
+        let conn = Arc::new(std::sync::Mutex::new(store.connect()?));
+        let read_conn = Arc::new(std::sync::Mutex::new(store.connect()?));
         Ok(SyncEngine {
             store,
+            conn,
+            read_conn,
             clock,
             tenants,
             #[cfg(test)]
@@ -379,6 +393,23 @@ impl SyncEngine {
         self.tenants
             .get(tenant)
             .ok_or_else(|| SyncError::NotConfigured(tenant.to_string()))
+    }
+
+    /// Run `f` on the engine's staging connection, on a blocking thread.
+    async fn on_staging<R, F>(&self, f: F) -> Result<R, SyncError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<R, SyncError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn
+                .lock()
+                .map_err(|_| SyncError::Task("the staging connection's lock is poisoned".into()))?;
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))?
     }
 
     fn lease_ttl() -> chrono::Duration {
@@ -568,11 +599,19 @@ impl Run<'_> {
         }
     }
 
+    /// Start reading and planning a batch on a blocking thread.
+    fn fetch(&self, read: Read) -> tokio::task::JoinHandle<Result<Fetched, SyncError>> {
+        let conn = self.engine.read_conn.clone();
+        let mapping = self.ts.config.mapping.0.clone();
+        let tenant = self.tenant.to_string();
+        let limit = self.ts.config.batch_size;
+        tokio::task::spawn_blocking(move || fetch(&conn, &mapping, &tenant, read, limit))
+    }
+
     /// The change pass, then the lifecycle.
     async fn sync(&mut self, wm: Mark) -> Result<(), SyncError> {
         let reader = self.store().reader().clone();
         let high = staging::high_seq(&reader).await?;
-        let batch = self.ts.config.batch_size;
         let from = if self.options.full {
             Mark::default()
         } else {
@@ -586,19 +625,27 @@ impl Run<'_> {
             // Failed users the watermark has passed; the others come with the changes.
             let mut after = 0;
             loop {
-                let rows = staging::retry_users(&reader, self.tenant, wm, after, batch).await?;
-                let Some(last) = rows.last() else { break };
+                let read = Read::Retry {
+                    watermark: wm,
+                    after_pk: after,
+                };
+                let fetched = self.fetch(read).await.map_err(join_error)??;
+                let Some(last) = fetched.last else { break };
                 after = last.pk;
-                self.batch(rows, None).await?;
+                self.batch(fetched, None).await?;
             }
         }
-        let mut cursor = from;
-        loop {
-            let rows = staging::changed_users(&reader, self.tenant, cursor, high, batch).await?;
-            let Some(last) = rows.last() else { break };
-            cursor = last.mark();
-            let n = rows.len() as u64;
-            self.batch(rows, Some(cursor)).await?;
+        // The next batch is read and planned while the current one is written and recorded.
+        let mut next = Some(self.fetch(Read::Changed { after: from, high }));
+        while let Some(handle) = next.take() {
+            let fetched = handle.await.map_err(join_error)??;
+            let Some(cursor) = fetched.last else { break };
+            next = Some(self.fetch(Read::Changed {
+                after: cursor,
+                high,
+            }));
+            let n = fetched.ids.len() as u64;
+            self.batch(fetched, Some(cursor)).await?;
             self.watermark_to = Some(cursor.seq.max(wm.seq));
             if let Some(p) = &self.options.progress {
                 p.advance(n);
@@ -610,179 +657,107 @@ impl Run<'_> {
         self.lifecycle(None).await
     }
 
-    /// Decide what to do for one user.
-    fn plan(&self, row: UserRow, link: Option<&staging::Link>) -> Plan {
-        let state = if row.deleted || !row.active {
-            UserState::Deactivated
-        } else {
-            UserState::Active
-        };
-        let staged = match row.staged() {
-            Ok(s) => s,
-            Err(error) => {
-                return Plan::Failed {
-                    app_key: link.map(|l| l.app_key.clone()),
-                    row,
-                    error,
-                };
-            }
-        };
-        let rendered = match self.ts.mapping().render(&staged, state) {
-            Ok(r) => r,
-            Err(e) => {
-                return Plan::Failed {
-                    app_key: link.map(|l| l.app_key.clone()),
-                    row,
-                    error: e.to_string(),
-                };
-            }
-        };
-        let fingerprint = rendered.fingerprint();
-        if let Some(l) = link
-            && l.fingerprint == fingerprint
-            && l.app_key == rendered.key
-        {
-            return Plan::Unchanged;
-        }
-        let empty = BTreeSet::new();
-        let applied = link.map(|l| &l.applied_roles).unwrap_or(&empty);
-        let roles_to_add: BTreeSet<String> = rendered.roles.difference(applied).cloned().collect();
-        let roles_to_remove: BTreeSet<String> =
-            applied.difference(&rendered.roles).cloned().collect();
-        let fields: BTreeMap<String, Value> = rendered
-            .fields
-            .iter()
-            .map(|(c, v)| (c.clone(), field_json(v)))
-            .collect();
-        let mut changes = BTreeMap::new();
-        let target = self.ts.mapping().target();
-        let before_key = link.map(|l| Value::String(l.app_key.clone()));
-        if before_key.as_ref().and_then(Value::as_str) != Some(rendered.key.as_str()) {
-            changes.insert(
-                target.key_column.clone(),
-                Change {
-                    before: before_key.unwrap_or(Value::Null),
-                    after: Value::String(rendered.key.clone()),
-                },
-            );
-        }
-        for (c, after) in &fields {
-            let before = link
-                .and_then(|l| l.fields.get(c))
-                .cloned()
-                .unwrap_or(Value::Null);
-            if &before != after || link.is_none() {
-                changes.insert(
-                    c.clone(),
-                    Change {
-                        before,
-                        after: after.clone(),
-                    },
-                );
-            }
-        }
-        let outcome = match (link.map(|l| l.state.as_str()), state) {
-            (None, _) => Outcome::Created,
-            (Some("active"), UserState::Deactivated) => Outcome::Deactivated,
-            (Some("deactivated"), UserState::Active) => Outcome::Reactivated,
-            _ => Outcome::Updated,
-        };
-        Plan::Write(Box::new(Write {
-            previous_key: link
-                .map(|l| l.app_key.clone())
-                .filter(|k| *k != rendered.key),
-            row,
-            fingerprint,
-            state,
-            roles_to_add,
-            roles_to_remove,
-            fields,
-            outcome,
-            changes,
-            rendered,
-        }))
-    }
-
     /// One batch: plan, write to the application, record in staging (advancing the watermark
     /// to `advance` when given).
-    async fn batch(&mut self, rows: Vec<UserRow>, advance: Option<Mark>) -> Result<(), SyncError> {
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let links = self.links_of(&rows).await?;
-        let plans: Vec<Plan> = rows
-            .into_iter()
-            .map(|row| {
-                let link = links.get(&row.id);
-                self.plan(row, link)
-            })
-            .collect();
-        let mut items: Vec<(ItemReport, Option<Box<Write>>)> = Vec::new();
-        let target = self.ts.mapping().target().clone();
-        let mut app = None;
+    async fn batch(&mut self, fetched: Fetched, advance: Option<Mark>) -> Result<(), SyncError> {
+        let Fetched { ids, plans, .. } = fetched;
+        // The users to write, in batch order; failures keep their place among them.
+        enum Slot {
+            Failed(ItemReport),
+            Write(usize),
+        }
+        let mut slots = Vec::with_capacity(plans.len());
+        let mut writes: Vec<Box<Write>> = Vec::new();
         for plan in plans {
             match plan {
-                Plan::Unchanged => {
-                    self.counts.unchanged += 1;
-                }
+                Plan::Unchanged => self.counts.unchanged += 1,
                 Plan::Failed {
                     row,
                     app_key,
                     error,
-                } => {
-                    items.push((failed_item(&row, app_key, error), None));
-                }
+                } => slots.push(Slot::Failed(failed_item(&row, app_key, error))),
                 Plan::Write(w) => {
-                    let mut item = ItemReport {
-                        user_id: w.row.id.clone(),
-                        user_name: Some(w.row.user_name.clone()),
-                        app_key: Some(w.rendered.key.clone()),
-                        outcome: w.outcome,
-                        changes: w.changes.clone(),
-                        roles_added: w.roles_to_add.iter().cloned().collect(),
-                        roles_removed: w.roles_to_remove.iter().cloned().collect(),
-                        error: None,
-                    };
-                    if !self.options.dry_run {
-                        if app.is_none() {
-                            app = Some(self.ts.app.begin().await?);
-                        }
-                        if let Some(batch) = app.as_mut() {
-                            let write = UserWrite {
-                                key: &w.rendered.key,
-                                previous_key: w.previous_key.as_deref(),
-                                fields: &w.rendered.fields,
-                                // Every desired role: a role row lost in the application comes back,
-                                // and a write repeated after a crash adds nothing twice.
-                                roles_to_add: &w.rendered.roles,
-                                roles_to_remove: &w.roles_to_remove,
-                            };
-                            match batch.apply_user(&target, &write).await {
-                                Ok(applied) => {
-                                    if applied.created && item.outcome != Outcome::Created {
-                                        // The row had gone from the application: written again.
-                                        item.outcome = Outcome::Created;
-                                    } else if !applied.created && item.outcome == Outcome::Created {
-                                        // A row with this key was already there (a re-run after a
-                                        // crash, or a row the application made): now linked.
-                                        item.outcome = Outcome::Updated;
-                                    }
-                                }
-                                Err(e) => {
-                                    let row = w.row;
-                                    items.push((
-                                        failed_item(&row, Some(w.rendered.key), e.to_string()),
-                                        None,
-                                    ));
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    items.push((item, Some(w)));
+                    slots.push(Slot::Write(writes.len()));
+                    writes.push(w);
                 }
             }
         }
-        if let Some(batch) = app {
-            batch.commit().await?;
+        let (writes, applied): (Vec<Box<Write>>, Vec<Applied>) =
+            if self.options.dry_run || writes.is_empty() {
+                let n = writes.len();
+                (writes, vec![None; n])
+            } else {
+                let target = self.ts.mapping().target().clone();
+                let writes = Arc::new(writes);
+                let shared = writes.clone();
+                let applied = self
+                    .ts
+                    .app
+                    .batch(move |app| {
+                        Ok(shared
+                            .iter()
+                            .map(|w| {
+                                let write = UserWrite {
+                                    key: &w.rendered.key,
+                                    previous_key: w.previous_key.as_deref(),
+                                    fields: &w.rendered.fields,
+                                    // Every desired role: a role row lost in the application
+                                    // comes back, and a write repeated after a crash adds
+                                    // nothing twice.
+                                    roles_to_add: &w.rendered.roles,
+                                    roles_to_remove: &w.roles_to_remove,
+                                };
+                                Some(app.apply_user(&target, &write).map_err(|e| e.to_string()))
+                            })
+                            .collect::<Vec<Applied>>())
+                    })
+                    .await?;
+                // The closure (and its reference) is gone once the batch returned.
+                let writes = Arc::try_unwrap(writes)
+                    .map_err(|_| SyncError::Task("the batch's writes are still shared".into()))?;
+                (writes, applied)
+            };
+        let mut writes: Vec<Option<Box<Write>>> = writes.into_iter().map(Some).collect();
+        let mut items: Vec<(ItemReport, Option<Box<Write>>)> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let i = match slot {
+                Slot::Failed(item) => {
+                    items.push((item, None));
+                    continue;
+                }
+                Slot::Write(i) => i,
+            };
+            let Some(w) = writes.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            let mut item = ItemReport {
+                user_id: w.row.id.clone(),
+                user_name: Some(w.row.user_name.clone()),
+                app_key: Some(w.rendered.key.clone()),
+                outcome: w.outcome,
+                changes: w.changes.clone(),
+                roles_added: w.roles_to_add.iter().cloned().collect(),
+                roles_removed: w.roles_to_remove.iter().cloned().collect(),
+                error: None,
+            };
+            match applied.get(i).cloned().flatten() {
+                None => {}
+                Some(Ok(applied)) => {
+                    if applied.created && item.outcome != Outcome::Created {
+                        // The row had gone from the application: written again.
+                        item.outcome = Outcome::Created;
+                    } else if !applied.created && item.outcome == Outcome::Created {
+                        // A row with this key was already there (a re-run after a crash, or
+                        // a row the application made): now linked.
+                        item.outcome = Outcome::Updated;
+                    }
+                }
+                Some(Err(e)) => {
+                    items.push((failed_item(&w.row, Some(w.rendered.key.clone()), e), None));
+                    continue;
+                }
+            }
+            items.push((item, Some(w)));
         }
         for (item, _) in &items {
             match item.outcome {
@@ -798,80 +773,24 @@ impl Run<'_> {
         }
         #[cfg(test)]
         self.engine.hooks.before_record().await;
-        let now = self.now();
-        let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
-        for (item, w) in &items {
-            staging::insert_item(&mut tx, self.run_id, item).await?;
-            if self.options.dry_run {
-                continue;
-            }
-            match w {
-                Some(w) => {
-                    staging::upsert_link(
-                        &mut tx,
-                        self.tenant,
-                        &w.row.id,
-                        &w.rendered.key,
-                        &w.fingerprint,
-                        &w.rendered.roles,
-                        &w.fields,
-                        state_name(w.state),
-                        now,
-                    )
-                    .await?;
-                }
-                None => {
-                    staging::add_retry(
-                        &mut tx,
-                        self.tenant,
-                        &item.user_id,
-                        item.error.as_deref().unwrap_or("failed"),
-                        now,
-                    )
-                    .await?;
-                }
-            }
-        }
-        if !self.options.dry_run {
-            // Written and unchanged users that were waiting for a retry are fine now.
-            let failed: std::collections::HashSet<&str> = items
-                .iter()
-                .filter(|(_, w)| w.is_none())
-                .map(|(i, _)| i.user_id.as_str())
-                .collect();
-            let fine: Vec<&str> = ids
-                .iter()
-                .map(String::as_str)
-                .filter(|id| !failed.contains(id))
-                .collect();
-            staging::clear_retries(&mut tx, self.tenant, &fine).await?;
-            if let Some(mark) = advance {
-                staging::advance_watermark(&mut tx, self.tenant, mark, now).await?;
-            }
-            staging::renew_lease(
-                &mut tx,
-                self.tenant,
-                &self.holder,
-                now,
-                SyncEngine::lease_ttl(),
-            )
-            .await?;
-        }
-        staging::update_run(
-            &mut tx,
-            self.run_id,
-            RunStatus::Running,
-            &self.counts,
-            self.watermark_to,
-            None,
-            None,
-        )
-        .await?;
         self.batches += 1;
         #[cfg(test)]
         self.engine.hooks.before_commit(self.batches)?;
-        tx.commit().await?;
-        Ok(())
+        let now = self.now();
+        let record = Record {
+            tenant: self.tenant.to_string(),
+            holder: self.holder.clone(),
+            run_id: self.run_id,
+            dry_run: self.options.dry_run,
+            now: format_time(now),
+            lease_expires: format_time(now + SyncEngine::lease_ttl()),
+            counts: self.counts,
+            watermark_to: self.watermark_to,
+            advance,
+            ids,
+            items,
+        };
+        self.engine.on_staging(move |c| record.commit(c)).await
     }
 
     /// Retention: purge and offboard the users that are due (all of them, or with `held_in`
@@ -1056,18 +975,27 @@ impl Run<'_> {
                 staging::queued(&reader, self.tenant, after, self.ts.config.batch_size).await?;
             let Some(last) = queued.last() else { break };
             after = last.id;
-            let mut results: Vec<(staging::Queued, Option<String>)> = Vec::new();
-            if self.options.dry_run {
-                results = queued.into_iter().map(|q| (q, None)).collect();
+            let results: Vec<(staging::Queued, Option<String>)> = if self.options.dry_run {
+                queued.into_iter().map(|q| (q, None)).collect()
             } else {
-                let mut app = self.ts.app.begin().await?;
-                for q in queued {
-                    let action = offboarding_from_json(&q.action);
-                    let r = app.offboard(&target, &q.app_key, &action, &q.roles).await;
-                    results.push((q, r.err().map(|e| e.to_string())));
-                }
-                app.commit().await?;
-            }
+                let target = target.clone();
+                let shared = Arc::new(queued.clone());
+                let errors: Vec<Option<String>> = self
+                    .ts
+                    .app
+                    .batch(move |app| {
+                        Ok(shared
+                            .iter()
+                            .map(|q| {
+                                let action = offboarding_from_json(&q.action);
+                                let r = app.offboard(&target, &q.app_key, &action, &q.roles);
+                                r.err().map(|e| e.to_string())
+                            })
+                            .collect())
+                    })
+                    .await?;
+                queued.into_iter().zip(errors).collect()
+            };
             let now = self.now();
             let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
             for (q, error) in &results {
@@ -1187,6 +1115,279 @@ impl Run<'_> {
             error,
         })
     }
+}
+
+/// Decide what to do for one user.
+fn plan(mapping: &Mapping, row: UserRow, link: Option<&staging::Link>) -> Plan {
+    let state = if row.deleted || !row.active {
+        UserState::Deactivated
+    } else {
+        UserState::Active
+    };
+    let staged = match row.staged() {
+        Ok(s) => s,
+        Err(error) => {
+            return Plan::Failed {
+                app_key: link.map(|l| l.app_key.clone()),
+                row,
+                error,
+            };
+        }
+    };
+    let rendered = match mapping.render(&staged, state) {
+        Ok(r) => r,
+        Err(e) => {
+            return Plan::Failed {
+                app_key: link.map(|l| l.app_key.clone()),
+                row,
+                error: e.to_string(),
+            };
+        }
+    };
+    let fingerprint = rendered.fingerprint();
+    if let Some(l) = link
+        && l.fingerprint == fingerprint
+        && l.app_key == rendered.key
+    {
+        return Plan::Unchanged;
+    }
+    let empty = BTreeSet::new();
+    let applied = link.map(|l| &l.applied_roles).unwrap_or(&empty);
+    let roles_to_add: BTreeSet<String> = rendered.roles.difference(applied).cloned().collect();
+    let roles_to_remove: BTreeSet<String> = applied.difference(&rendered.roles).cloned().collect();
+    let fields: BTreeMap<String, Value> = rendered
+        .fields
+        .iter()
+        .map(|(c, v)| (c.clone(), field_json(v)))
+        .collect();
+    let mut changes = BTreeMap::new();
+    let target = mapping.target();
+    let before_key = link.map(|l| Value::String(l.app_key.clone()));
+    if before_key.as_ref().and_then(Value::as_str) != Some(rendered.key.as_str()) {
+        changes.insert(
+            target.key_column.clone(),
+            Change {
+                before: before_key.unwrap_or(Value::Null),
+                after: Value::String(rendered.key.clone()),
+            },
+        );
+    }
+    for (c, after) in &fields {
+        let before = link
+            .and_then(|l| l.fields.get(c))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if &before != after || link.is_none() {
+            changes.insert(
+                c.clone(),
+                Change {
+                    before,
+                    after: after.clone(),
+                },
+            );
+        }
+    }
+    let outcome = match (link.map(|l| l.state.as_str()), state) {
+        (None, _) => Outcome::Created,
+        (Some("active"), UserState::Deactivated) => Outcome::Deactivated,
+        (Some("deactivated"), UserState::Active) => Outcome::Reactivated,
+        _ => Outcome::Updated,
+    };
+    Plan::Write(Box::new(Write {
+        previous_key: link
+            .map(|l| l.app_key.clone())
+            .filter(|k| *k != rendered.key),
+        row,
+        fingerprint,
+        state,
+        roles_to_add,
+        roles_to_remove,
+        fields,
+        outcome,
+        changes,
+        rendered,
+    }))
+}
+
+/// What the application did with one write (None: not written, a dry run).
+type Applied = Option<Result<UserApplied, String>>;
+
+/// One batch as read and planned: the ids of its users, their plans, the last user's mark.
+struct Fetched {
+    ids: Vec<String>,
+    plans: Vec<Plan>,
+    last: Option<Mark>,
+}
+
+/// Which users a batch reads.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Users to retry that the watermark has passed, after this pk.
+    Retry { watermark: Mark, after_pk: i64 },
+    /// Users changed after this mark, up to `high`.
+    Changed { after: Mark, high: i64 },
+}
+
+/// Read a batch (users, groups and links) on the engine's read connection, then plan it,
+/// spread over the cores. Runs on a blocking thread.
+fn fetch(
+    conn: &std::sync::Mutex<rusqlite::Connection>,
+    mapping: &Mapping,
+    tenant: &str,
+    read: Read,
+    limit: u32,
+) -> Result<Fetched, SyncError> {
+    let (rows, links) = {
+        let c = conn
+            .lock()
+            .map_err(|_| SyncError::Task("the staging connection's lock is poisoned".into()))?;
+        let rows = match read {
+            Read::Retry {
+                watermark,
+                after_pk,
+            } => staging::blocking::retry_users(&c, tenant, watermark, after_pk, limit)?,
+            Read::Changed { after, high } => {
+                staging::blocking::changed_users(&c, tenant, after, high, limit)?
+            }
+        };
+        let links = staging::blocking::links(&c, tenant, &rows)?;
+        (rows, links)
+    };
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let last = rows.last().map(UserRow::mark);
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let per = rows.len().div_ceil(threads).max(64);
+    let plans = if rows.len() <= per {
+        rows.into_iter()
+            .map(|row| {
+                let link = links.get(&row.id);
+                plan(mapping, row, link)
+            })
+            .collect()
+    } else {
+        let mut chunks: Vec<Vec<UserRow>> = Vec::new();
+        let mut it = rows.into_iter();
+        loop {
+            let chunk: Vec<UserRow> = it.by_ref().take(per).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        let links = &links;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    s.spawn(move || {
+                        chunk
+                            .into_iter()
+                            .map(|row| {
+                                let link = links.get(&row.id);
+                                plan(mapping, row, link)
+                            })
+                            .collect::<Vec<Plan>>()
+                    })
+                })
+                .collect();
+            let mut plans = Vec::new();
+            for h in handles {
+                plans.extend(
+                    h.join()
+                        .map_err(|_| SyncError::Task("a render thread panicked".into()))?,
+                );
+            }
+            Ok::<_, SyncError>(plans)
+        })?
+    };
+    Ok(Fetched { ids, plans, last })
+}
+
+/// What one batch records in staging, in one transaction: ledger items, links, retries, the
+/// watermark, the lease and the run's counts.
+struct Record {
+    tenant: String,
+    holder: String,
+    run_id: i64,
+    dry_run: bool,
+    now: String,
+    lease_expires: String,
+    counts: Counts,
+    watermark_to: Option<i64>,
+    advance: Option<Mark>,
+    /// Every user of the batch.
+    ids: Vec<String>,
+    items: Vec<(ItemReport, Option<Box<Write>>)>,
+}
+
+impl Record {
+    fn commit(self, c: &mut rusqlite::Connection) -> Result<(), SyncError> {
+        use staging::blocking as b;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let t = self.tenant.as_str();
+        for (item, w) in &self.items {
+            b::insert_item(&tx, self.run_id, item)?;
+            if self.dry_run {
+                continue;
+            }
+            match w {
+                Some(w) => b::upsert_link(
+                    &tx,
+                    t,
+                    &w.row.id,
+                    &w.rendered.key,
+                    &w.fingerprint,
+                    &w.rendered.roles,
+                    &w.fields,
+                    state_name(w.state),
+                    &self.now,
+                )?,
+                None => b::add_retry(
+                    &tx,
+                    t,
+                    &item.user_id,
+                    item.error.as_deref().unwrap_or("failed"),
+                    &self.now,
+                )?,
+            }
+        }
+        if !self.dry_run {
+            // Written and unchanged users that were waiting for a retry are fine now.
+            let failed: std::collections::HashSet<&str> = self
+                .items
+                .iter()
+                .filter(|(_, w)| w.is_none())
+                .map(|(i, _)| i.user_id.as_str())
+                .collect();
+            let fine: Vec<&str> = self
+                .ids
+                .iter()
+                .map(String::as_str)
+                .filter(|id| !failed.contains(id))
+                .collect();
+            b::clear_retries(&tx, t, &fine)?;
+            if let Some(mark) = self.advance {
+                b::advance_watermark(&tx, t, mark, &self.now)?;
+            }
+            b::renew_lease(&tx, t, &self.holder, &self.lease_expires)?;
+        }
+        b::update_run(
+            &tx,
+            self.run_id,
+            RunStatus::Running,
+            &self.counts,
+            self.watermark_to,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> SyncError {
+    SyncError::Task(e.to_string())
 }
 
 fn failed_item(row: &UserRow, app_key: Option<String>, error: String) -> ItemReport {

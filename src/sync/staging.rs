@@ -83,28 +83,35 @@ const USER_COLUMNS: &str = "u.pk, u.id, u.user_name, u.doc, u.active, u.deleted_
       FROM group_members m JOIN groups g ON g.tenant = m.tenant AND g.id = m.group_id \
       WHERE m.tenant = u.tenant AND m.member_id = u.id)";
 
-/// Users changed after `after` and at or before sequence `high`, in change order.
-pub async fn changed_users(
-    pool: &SqlitePool,
-    tenant: &str,
-    after: Mark,
-    high: i64,
-    limit: u32,
-) -> Result<Vec<UserRow>, SyncError> {
-    let sql = format!(
-        "SELECT {USER_COLUMNS} FROM users u WHERE u.tenant = ? AND (u.change_seq, u.pk) > (?, ?) \
-         AND u.change_seq <= ? ORDER BY u.change_seq, u.pk LIMIT ?"
-    );
-    let rows: Vec<RawUser> = sqlx::query_as(&sql)
-        .bind(tenant)
-        .bind(after.seq)
-        .bind(after.pk)
-        .bind(high)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(user_row).collect())
-}
+// Statements the async (sqlx) and the blocking (rusqlite) paths share.
+const INSERT_ITEM: &str = "INSERT INTO sync_run_items (run_id, user_id, user_name, app_key, outcome, changes, \
+    roles_added, roles_removed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+const UPSERT_LINK: &str = "INSERT INTO sync_links (tenant, user_id, app_key, fingerprint, applied_roles, fields, state, updated_at) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, user_id) DO UPDATE SET \
+    app_key = excluded.app_key, fingerprint = excluded.fingerprint, applied_roles = excluded.applied_roles, \
+    fields = excluded.fields, state = excluded.state, updated_at = excluded.updated_at";
+
+const ADD_RETRY: &str = "INSERT INTO sync_retry (tenant, user_id, attempts, last_error, first_failed_at, last_failed_at) \
+    VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (tenant, user_id) DO UPDATE SET \
+    attempts = sync_retry.attempts + 1, last_error = excluded.last_error, last_failed_at = excluded.last_failed_at";
+
+const CLEAR_RETRIES: &str =
+    "DELETE FROM sync_retry WHERE tenant = ? AND user_id IN (SELECT value FROM json_each(?))";
+
+const ADVANCE_WATERMARK: &str = "INSERT INTO sync_watermarks (tenant, change_seq, last_pk, updated_at) VALUES (?, ?, ?, ?) \
+    ON CONFLICT (tenant) DO UPDATE SET change_seq = excluded.change_seq, last_pk = excluded.last_pk, \
+    updated_at = excluded.updated_at \
+    WHERE (excluded.change_seq, excluded.last_pk) > (sync_watermarks.change_seq, sync_watermarks.last_pk)";
+
+const RENEW_LEASE: &str = "UPDATE sync_leases SET expires_at = ? WHERE tenant = ? AND holder = ?";
+
+const UPDATE_RUN: &str = "UPDATE sync_runs SET status = ?, ended_at = ?, created = ?, updated = ?, unchanged = ?, \
+    roles_added = ?, roles_removed = ?, deactivated = ?, offboarded = ?, failed = ?, \
+    watermark_to = ?, error = ? WHERE id = ?";
+
+pub const LINKS: &str = "SELECT user_id, app_key, fingerprint, applied_roles, fields, state FROM sync_links \
+    WHERE tenant = ? AND user_id IN (SELECT value FROM json_each(?))";
 
 /// How many users a run from `after` to `high` reads (for progress).
 pub async fn count_changed(
@@ -122,29 +129,6 @@ pub async fn count_changed(
     .bind(high)
     .fetch_one(pool)
     .await?)
-}
-
-/// Users to retry that the watermark has already passed (the others come with the changes).
-pub async fn retry_users(
-    pool: &SqlitePool,
-    tenant: &str,
-    watermark: Mark,
-    after_pk: i64,
-    limit: u32,
-) -> Result<Vec<UserRow>, SyncError> {
-    let sql = format!(
-        "SELECT {USER_COLUMNS} FROM sync_retry r JOIN users u ON u.tenant = r.tenant AND u.id = r.user_id \
-         WHERE r.tenant = ? AND (u.change_seq, u.pk) <= (?, ?) AND u.pk > ? ORDER BY u.pk LIMIT ?"
-    );
-    let rows: Vec<RawUser> = sqlx::query_as(&sql)
-        .bind(tenant)
-        .bind(watermark.seq)
-        .bind(watermark.pk)
-        .bind(after_pk)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(user_row).collect())
 }
 
 /// The condition for a user whose retention has ended: inactive since before `cutoff` and,
@@ -226,14 +210,11 @@ pub async fn links(
     ids: &[&str],
 ) -> Result<HashMap<String, Link>, SyncError> {
     let ids = serde_json::to_string(ids)?;
-    let rows: Vec<RawLink> = sqlx::query_as(
-        "SELECT user_id, app_key, fingerprint, applied_roles, fields, state FROM sync_links \
-         WHERE tenant = ? AND user_id IN (SELECT value FROM json_each(?))",
-    )
-    .bind(tenant)
-    .bind(ids)
-    .fetch_all(c)
-    .await?;
+    let rows: Vec<RawLink> = sqlx::query_as(LINKS)
+        .bind(tenant)
+        .bind(ids)
+        .fetch_all(c)
+        .await?;
     rows.into_iter()
         .map(|(id, app_key, fingerprint, roles, fields, state)| {
             Ok((
@@ -266,28 +247,6 @@ pub async fn watermark(c: impl sqlx::SqliteExecutor<'_>, tenant: &str) -> Result
             .fetch_optional(c)
             .await?;
     Ok(m.map(|(seq, pk)| Mark { seq, pk }).unwrap_or_default())
-}
-
-/// Move the watermark forward to `to` (never back: a full run starts below it).
-pub async fn advance_watermark(
-    c: &mut SqliteConnection,
-    tenant: &str,
-    to: Mark,
-    now: DateTime<Utc>,
-) -> Result<(), SyncError> {
-    sqlx::query(
-        "INSERT INTO sync_watermarks (tenant, change_seq, last_pk, updated_at) VALUES (?, ?, ?, ?) \
-         ON CONFLICT (tenant) DO UPDATE SET change_seq = excluded.change_seq, last_pk = excluded.last_pk, \
-         updated_at = excluded.updated_at \
-         WHERE (excluded.change_seq, excluded.last_pk) > (sync_watermarks.change_seq, sync_watermarks.last_pk)",
-    )
-    .bind(tenant)
-    .bind(to.seq)
-    .bind(to.pk)
-    .bind(format_time(now))
-    .execute(&mut *c)
-    .await?;
-    Ok(())
 }
 
 pub async fn high_seq(pool: &SqlitePool) -> Result<i64, SyncError> {
@@ -331,7 +290,7 @@ pub async fn renew_lease(
     now: DateTime<Utc>,
     ttl: chrono::Duration,
 ) -> Result<(), SyncError> {
-    let r = sqlx::query("UPDATE sync_leases SET expires_at = ? WHERE tenant = ? AND holder = ?")
+    let r = sqlx::query(RENEW_LEASE)
         .bind(format_time(now + ttl))
         .bind(tenant)
         .bind(holder)
@@ -415,26 +374,22 @@ pub async fn update_run(
     ended_at: Option<DateTime<Utc>>,
     error: Option<&str>,
 ) -> Result<(), SyncError> {
-    sqlx::query(
-        "UPDATE sync_runs SET status = ?, ended_at = ?, created = ?, updated = ?, unchanged = ?, \
-         roles_added = ?, roles_removed = ?, deactivated = ?, offboarded = ?, failed = ?, \
-         watermark_to = ?, error = ? WHERE id = ?",
-    )
-    .bind(status.as_str())
-    .bind(ended_at.map(format_time))
-    .bind(counts.created as i64)
-    .bind(counts.updated as i64)
-    .bind(counts.unchanged as i64)
-    .bind(counts.roles_added as i64)
-    .bind(counts.roles_removed as i64)
-    .bind(counts.deactivated as i64)
-    .bind(counts.offboarded as i64)
-    .bind(counts.failed as i64)
-    .bind(watermark_to)
-    .bind(error)
-    .bind(run_id)
-    .execute(&mut *c)
-    .await?;
+    sqlx::query(UPDATE_RUN)
+        .bind(status.as_str())
+        .bind(ended_at.map(format_time))
+        .bind(counts.created as i64)
+        .bind(counts.updated as i64)
+        .bind(counts.unchanged as i64)
+        .bind(counts.roles_added as i64)
+        .bind(counts.roles_removed as i64)
+        .bind(counts.deactivated as i64)
+        .bind(counts.offboarded as i64)
+        .bind(counts.failed as i64)
+        .bind(watermark_to)
+        .bind(error)
+        .bind(run_id)
+        .execute(&mut *c)
+        .await?;
     Ok(())
 }
 
@@ -451,85 +406,28 @@ pub async fn insert_item(
             .then(|| serde_json::to_string(v))
             .transpose()
     };
-    sqlx::query(
-        "INSERT INTO sync_run_items (run_id, user_id, user_name, app_key, outcome, changes, \
-         roles_added, roles_removed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(run_id)
-    .bind(&item.user_id)
-    .bind(&item.user_name)
-    .bind(&item.app_key)
-    .bind(item.outcome.as_str())
-    .bind(changes)
-    .bind(list(&item.roles_added)?)
-    .bind(list(&item.roles_removed)?)
-    .bind(&item.error)
-    .execute(&mut *c)
-    .await?;
+    sqlx::query(INSERT_ITEM)
+        .bind(run_id)
+        .bind(&item.user_id)
+        .bind(&item.user_name)
+        .bind(&item.app_key)
+        .bind(item.outcome.as_str())
+        .bind(changes)
+        .bind(list(&item.roles_added)?)
+        .bind(list(&item.roles_removed)?)
+        .bind(&item.error)
+        .execute(&mut *c)
+        .await?;
     Ok(())
 }
 
-/// Record the state written to the application for a user.
-#[allow(clippy::too_many_arguments)]
-pub async fn upsert_link(
-    c: &mut SqliteConnection,
-    tenant: &str,
-    user_id: &str,
-    app_key: &str,
-    fingerprint: &str,
-    roles: &BTreeSet<String>,
-    fields: &BTreeMap<String, Value>,
-    state: &str,
-    now: DateTime<Utc>,
-) -> Result<(), SyncError> {
-    sqlx::query(
-        "INSERT INTO sync_links (tenant, user_id, app_key, fingerprint, applied_roles, fields, state, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, user_id) DO UPDATE SET \
-         app_key = excluded.app_key, fingerprint = excluded.fingerprint, applied_roles = excluded.applied_roles, \
-         fields = excluded.fields, state = excluded.state, updated_at = excluded.updated_at",
-    )
-    .bind(tenant)
-    .bind(user_id)
-    .bind(app_key)
-    .bind(fingerprint)
-    .bind(serde_json::to_string(roles)?)
-    .bind(serde_json::to_string(fields)?)
-    .bind(state)
-    .bind(format_time(now))
-    .execute(&mut *c)
-    .await?;
-    Ok(())
-}
-
-pub async fn add_retry(
-    c: &mut SqliteConnection,
-    tenant: &str,
-    user_id: &str,
-    error: &str,
-    now: DateTime<Utc>,
-) -> Result<(), SyncError> {
-    let now = format_time(now);
-    sqlx::query(
-        "INSERT INTO sync_retry (tenant, user_id, attempts, last_error, first_failed_at, last_failed_at) \
-         VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (tenant, user_id) DO UPDATE SET \
-         attempts = sync_retry.attempts + 1, last_error = excluded.last_error, last_failed_at = excluded.last_failed_at",
-    )
-    .bind(tenant)
-    .bind(user_id)
-    .bind(error)
-    .bind(&now)
-    .bind(&now)
-    .execute(&mut *c)
-    .await?;
-    Ok(())
-}
-
-/// Retry rows of users that no longer exist in staging.
+/// Retry rows of users that no longer exist in staging: one index look-up per retry row (a
+/// `NOT IN (SELECT id …)` would list every user of the tenant).
 pub async fn drop_orphan_retries(c: &mut SqliteConnection, tenant: &str) -> Result<(), SyncError> {
     sqlx::query(
-        "DELETE FROM sync_retry WHERE tenant = ? AND user_id NOT IN (SELECT id FROM users WHERE tenant = ?)",
+        "DELETE FROM sync_retry WHERE tenant = ?1 AND NOT EXISTS \
+         (SELECT 1 FROM users u WHERE u.tenant = ?1 AND u.id = sync_retry.user_id)",
     )
-    .bind(tenant)
     .bind(tenant)
     .execute(&mut *c)
     .await?;
@@ -551,25 +449,6 @@ pub async fn unchanged_since_read(
             .fetch_optional(&mut *c)
             .await?;
     Ok(seq == Some(row.change_seq))
-}
-
-/// Remove retry rows of `ids` (users that synced, or had nothing to sync).
-pub async fn clear_retries(
-    c: &mut SqliteConnection,
-    tenant: &str,
-    ids: &[&str],
-) -> Result<(), SyncError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "DELETE FROM sync_retry WHERE tenant = ? AND user_id IN (SELECT value FROM json_each(?))",
-    )
-    .bind(tenant)
-    .bind(serde_json::to_string(ids)?)
-    .execute(&mut *c)
-    .await?;
-    Ok(())
 }
 
 /// Remove a user and its memberships from staging (the groups it left get a new version).
@@ -738,4 +617,228 @@ pub async fn offboarding_failed(
         .execute(&mut *c)
         .await?;
     Ok(())
+}
+
+/// The change pass's statements on the engine's own staging connection, run synchronously
+/// (on a blocking thread): one hand-over per batch instead of one per statement.
+pub mod blocking {
+    use std::collections::HashMap;
+
+    use rusqlite::{Connection, params};
+
+    use super::*;
+
+    fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+        Ok(UserRow {
+            pk: r.get(0)?,
+            id: r.get(1)?,
+            user_name: r.get(2)?,
+            doc: r.get(3)?,
+            active: r.get(4)?,
+            deleted: r.get(5)?,
+            change_seq: r.get(6)?,
+            groups: r.get(7)?,
+        })
+    }
+
+    /// The change feed: binds tenant, after.seq, after.pk, high, limit.
+    pub fn changed_users_sql() -> String {
+        format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.tenant = ? AND (u.change_seq, u.pk) > (?, ?) \
+             AND u.change_seq <= ? ORDER BY u.change_seq, u.pk LIMIT ?"
+        )
+    }
+
+    /// Users changed after `after` and at or before sequence `high`, in change order.
+    pub fn changed_users(
+        c: &Connection,
+        tenant: &str,
+        after: Mark,
+        high: i64,
+        limit: u32,
+    ) -> Result<Vec<UserRow>, SyncError> {
+        let mut stmt = c.prepare_cached(&changed_users_sql())?;
+        let rows = stmt.query_map(params![tenant, after.seq, after.pk, high, limit], user_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Users to retry that the watermark has already passed (the others come with the changes).
+    pub fn retry_users(
+        c: &Connection,
+        tenant: &str,
+        watermark: Mark,
+        after_pk: i64,
+        limit: u32,
+    ) -> Result<Vec<UserRow>, SyncError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM sync_retry r JOIN users u ON u.tenant = r.tenant AND u.id = r.user_id \
+             WHERE r.tenant = ? AND (u.change_seq, u.pk) <= (?, ?) AND u.pk > ? ORDER BY u.pk LIMIT ?"
+        );
+        let mut stmt = c.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![tenant, watermark.seq, watermark.pk, after_pk, limit],
+            user_row,
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The links of `rows` (one statement).
+    pub fn links(
+        c: &Connection,
+        tenant: &str,
+        rows: &[UserRow],
+    ) -> Result<HashMap<String, Link>, SyncError> {
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let ids = serde_json::to_string(&ids)?;
+        let mut stmt = c.prepare_cached(LINKS)?;
+        let raw = stmt.query_map(params![tenant, ids], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = HashMap::new();
+        for r in raw {
+            let (id, app_key, fingerprint, roles, fields, state) = r?;
+            out.insert(
+                id,
+                Link {
+                    app_key,
+                    fingerprint,
+                    applied_roles: serde_json::from_str(&roles)?,
+                    fields: serde_json::from_str(&fields)?,
+                    state,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn insert_item(c: &Connection, run_id: i64, item: &ItemReport) -> Result<(), SyncError> {
+        let changes = (!item.changes.is_empty())
+            .then(|| serde_json::to_string(&item.changes))
+            .transpose()?;
+        let list = |v: &Vec<String>| {
+            (!v.is_empty())
+                .then(|| serde_json::to_string(v))
+                .transpose()
+        };
+        c.prepare_cached(INSERT_ITEM)?.execute(params![
+            run_id,
+            item.user_id,
+            item.user_name,
+            item.app_key,
+            item.outcome.as_str(),
+            changes,
+            list(&item.roles_added)?,
+            list(&item.roles_removed)?,
+            item.error,
+        ])?;
+        Ok(())
+    }
+
+    /// Record the state written to the application for a user.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upsert_link(
+        c: &Connection,
+        tenant: &str,
+        user_id: &str,
+        app_key: &str,
+        fingerprint: &str,
+        roles: &BTreeSet<String>,
+        fields: &BTreeMap<String, Value>,
+        state: &str,
+        now: &str,
+    ) -> Result<(), SyncError> {
+        c.prepare_cached(UPSERT_LINK)?.execute(params![
+            tenant,
+            user_id,
+            app_key,
+            fingerprint,
+            serde_json::to_string(roles)?,
+            serde_json::to_string(fields)?,
+            state,
+            now,
+        ])?;
+        Ok(())
+    }
+
+    pub fn add_retry(
+        c: &Connection,
+        tenant: &str,
+        user_id: &str,
+        error: &str,
+        now: &str,
+    ) -> Result<(), SyncError> {
+        c.prepare_cached(ADD_RETRY)?
+            .execute(params![tenant, user_id, error, now, now])?;
+        Ok(())
+    }
+
+    /// Remove retry rows of `ids` (users that synced, or had nothing to sync).
+    pub fn clear_retries(c: &Connection, tenant: &str, ids: &[&str]) -> Result<(), SyncError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        c.prepare_cached(CLEAR_RETRIES)?
+            .execute(params![tenant, serde_json::to_string(ids)?])?;
+        Ok(())
+    }
+
+    /// Move the watermark forward to `to` (never back: a full run starts below it).
+    pub fn advance_watermark(
+        c: &Connection,
+        tenant: &str,
+        to: Mark,
+        now: &str,
+    ) -> Result<(), SyncError> {
+        c.prepare_cached(ADVANCE_WATERMARK)?
+            .execute(params![tenant, to.seq, to.pk, now])?;
+        Ok(())
+    }
+
+    /// Extend the lease; an error when it is no longer ours (it expired and was taken over).
+    pub fn renew_lease(
+        c: &Connection,
+        tenant: &str,
+        holder: &str,
+        expires: &str,
+    ) -> Result<(), SyncError> {
+        let n = c
+            .prepare_cached(RENEW_LEASE)?
+            .execute(params![expires, tenant, holder])?;
+        if n == 0 {
+            return Err(SyncError::LeaseLost);
+        }
+        Ok(())
+    }
+
+    pub fn update_run(
+        c: &Connection,
+        run_id: i64,
+        status: RunStatus,
+        counts: &Counts,
+        watermark_to: Option<i64>,
+    ) -> Result<(), SyncError> {
+        c.prepare_cached(UPDATE_RUN)?.execute(params![
+            status.as_str(),
+            None::<String>,
+            counts.created as i64,
+            counts.updated as i64,
+            counts.unchanged as i64,
+            counts.roles_added as i64,
+            counts.roles_removed as i64,
+            counts.deactivated as i64,
+            counts.offboarded as i64,
+            counts.failed as i64,
+            watermark_to,
+            None::<String>,
+            run_id,
+        ])?;
+        Ok(())
+    }
 }

@@ -1,9 +1,9 @@
 //! Application databases: where the sync engine writes users and roles.
 //!
 //! [`AppDb`] is an enum over backends (SQLite today; SQL Server slots in as another variant).
-//! Writes happen in batches: [`AppDb::begin`] opens one transaction, [`AppBatch::apply_user`]
-//! and [`AppBatch::offboard`] each run inside their own savepoint, so a constraint violation
-//! fails only that user, and [`AppBatch::commit`] makes the batch durable.
+//! Writes happen in batches: [`AppDb::batch`] runs a closure in one transaction (committed
+//! when it returns Ok), in which [`AppBatch::apply_user`] and [`AppBatch::offboard`] each run
+//! inside their own savepoint, so a constraint violation fails only that user.
 //!
 //! Identifiers (tables, columns) come validated from the mapping and are quoted anyway; every
 //! value is a bound parameter.
@@ -18,7 +18,11 @@ use crate::mapping::{FieldValue, Offboarding, Target};
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("application database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] rusqlite::Error),
+    #[error("application database task failed: {0}")]
+    Task(String),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
     #[error("cannot apply the schema {path}: {message}")]
     Schema { path: String, message: String },
     #[error("{0}")]
@@ -60,35 +64,48 @@ impl AppDb {
         Ok(AppDb::Sqlite(sqlite::SqliteApp::open(config).await?))
     }
 
-    /// Start a batch: one transaction.
-    pub async fn begin(&self) -> Result<AppBatch, TargetError> {
+    /// Run `f` as one batch: one transaction, committed when `f` returns Ok. `f` runs
+    /// synchronously, off the async runtime, and may run twice: a backend may try the batch
+    /// optimistically first and run it again when a user failed (only the last run's result
+    /// counts, and only its writes are committed).
+    pub async fn batch<R, F>(&self, mut f: F) -> Result<R, TargetError>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut AppBatch<'_, '_>) -> Result<R, TargetError> + Send + 'static,
+    {
         match self {
-            AppDb::Sqlite(db) => Ok(AppBatch::Sqlite(db.begin().await?)),
+            AppDb::Sqlite(db) => {
+                db.batch(move |b| {
+                    let mut batch = AppBatch::Sqlite(b);
+                    f(&mut batch)
+                })
+                .await
+            }
         }
     }
 }
 
 /// One open transaction on an application database.
-pub enum AppBatch {
-    Sqlite(sqlite::SqliteBatch),
+pub enum AppBatch<'a, 'c> {
+    Sqlite(&'a mut sqlite::SqliteBatch<'c>),
 }
 
-impl AppBatch {
+impl AppBatch<'_, '_> {
     /// Upsert one user's row and apply its role diff, inside a savepoint: an error leaves the
     /// batch as it was before the call.
-    pub async fn apply_user(
+    pub fn apply_user(
         &mut self,
         target: &Target,
         write: &UserWrite<'_>,
     ) -> Result<UserApplied, TargetError> {
         match self {
-            AppBatch::Sqlite(b) => b.apply_user(target, write).await,
+            AppBatch::Sqlite(b) => b.apply_user(target, write),
         }
     }
 
     /// Offboard one user: remove `roles` (the ones the engine applied), then delete the row,
     /// update its fields, or leave it, inside a savepoint.
-    pub async fn offboard(
+    pub fn offboard(
         &mut self,
         target: &Target,
         key: &str,
@@ -96,13 +113,7 @@ impl AppBatch {
         roles: &BTreeSet<String>,
     ) -> Result<(), TargetError> {
         match self {
-            AppBatch::Sqlite(b) => b.offboard(target, key, action, roles).await,
-        }
-    }
-
-    pub async fn commit(self) -> Result<(), TargetError> {
-        match self {
-            AppBatch::Sqlite(b) => b.commit().await,
+            AppBatch::Sqlite(b) => b.offboard(target, key, action, roles),
         }
     }
 }

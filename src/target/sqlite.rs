@@ -5,173 +5,217 @@
 //! schemas have none), and it is race-free because the batch holds SQLite's write lock from its
 //! first statement (`BEGIN IMMEDIATE`). Role rows are added with `INSERT … WHERE NOT EXISTS`,
 //! so a role table without a unique (user, role) index gets no duplicates either.
+//!
+//! A batch runs synchronously on a blocking thread, on a connection of its own, with its
+//! statements prepared once: one hand-over per batch instead of one per statement.
 
 use std::collections::BTreeSet;
-use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-};
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue};
+use rusqlite::{Connection, ToSql, TransactionBehavior};
 
 use super::{TargetError, UserApplied, UserWrite, quote_ident};
 use crate::config::ApplicationConfig;
 use crate::mapping::{FieldValue, Offboarding, RoleTable, Target};
 use crate::store::format_time;
 
+/// Statements kept prepared on the connection.
+const STATEMENT_CACHE: usize = 64;
+
 #[derive(Clone)]
 pub struct SqliteApp {
-    pool: SqlitePool,
+    conn: Arc<Mutex<Connection>>,
 }
 
 impl SqliteApp {
     pub async fn open(config: &ApplicationConfig) -> Result<SqliteApp, TargetError> {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&config))
+            .await
+            .map_err(|e| TargetError::Task(e.to_string()))?
+    }
+
+    fn open_blocking(config: &ApplicationConfig) -> Result<SqliteApp, TargetError> {
         if let Some(dir) = config.path.parent()
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir)?;
         }
-        let opts = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(&config.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        // One connection: the engine writes one batch at a time per application database.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(opts)
-            .await?;
+        let mut conn = Connection::open(&config.path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         if let Some(schema) = &config.schema {
-            let tables: i64 = sqlx::query_scalar(
+            let tables: i64 = conn.query_row(
                 "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-            )
-            .fetch_one(&pool)
-            .await?;
+                [],
+                |r| r.get(0),
+            )?;
             if tables == 0 {
-                let ddl = std::fs::read_to_string(schema).map_err(|e| TargetError::Schema {
+                let failed = |message: String| TargetError::Schema {
                     path: schema.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                sqlx::raw_sql(&ddl)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| TargetError::Schema {
-                        path: schema.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                tx.commit().await?;
+                    message,
+                };
+                let ddl = std::fs::read_to_string(schema).map_err(|e| failed(e.to_string()))?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(&ddl).map_err(|e| failed(e.to_string()))?;
+                tx.commit()?;
             }
         }
-        Ok(SqliteApp { pool })
-    }
-
-    /// The connection pool, for tests and checks.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    pub async fn begin(&self) -> Result<SqliteBatch, TargetError> {
-        Ok(SqliteBatch {
-            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        Ok(SqliteApp {
+            conn: Arc::new(Mutex::new(conn)),
         })
     }
-}
 
-pub struct SqliteBatch {
-    tx: Transaction<'static, Sqlite>,
-}
-
-type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
-
-fn bind_value<'q>(q: Query<'q>, v: &'q FieldValue) -> Query<'q> {
-    match v {
-        FieldValue::Null => q.bind(None::<String>),
-        FieldValue::Text(s) => q.bind(s.as_str()),
-        FieldValue::Integer(i) => q.bind(*i),
-        FieldValue::Boolean(b) => q.bind(*b),
-        FieldValue::Timestamp(t) => q.bind(format_time(*t)),
+    /// Run `f` in one transaction (`BEGIN IMMEDIATE`) on a blocking thread; committed when
+    /// `f` returns Ok, rolled back otherwise.
+    ///
+    /// Writes are optimistic: the first attempt runs without a savepoint per user (a savepoint
+    /// copies every page it changes). When a user fails in it, the whole attempt is rolled
+    /// back and `f` runs again with a savepoint per user, so the failure leaves nothing
+    /// behind and the others are written.
+    pub async fn batch<R, F>(&self, mut f: F) -> Result<R, TargetError>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut SqliteBatch<'_>) -> Result<R, TargetError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| TargetError::Task("the connection's lock is poisoned".into()))?;
+            for savepoints in [false, true] {
+                let tx = guard.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut batch = SqliteBatch {
+                    c: &tx,
+                    savepoints,
+                    failed: false,
+                };
+                let r = f(&mut batch)?;
+                if !batch.failed {
+                    tx.commit()?;
+                    return Ok(r);
+                }
+                // Dropping the transaction rolls it back.
+            }
+            Err(TargetError::Task(
+                "a batch failed with a savepoint per user".into(),
+            ))
+        })
+        .await
+        .map_err(|e| TargetError::Task(e.to_string()))?
     }
 }
 
-impl SqliteBatch {
-    pub async fn apply_user(
+/// One open transaction.
+pub struct SqliteBatch<'a> {
+    c: &'a Connection,
+    /// Each user in a savepoint of its own.
+    savepoints: bool,
+    /// A user failed without a savepoint: this attempt is rolled back.
+    failed: bool,
+}
+
+/// A statement without results, prepared once.
+fn exec(c: &Connection, sql: &str) -> Result<(), TargetError> {
+    c.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+fn sql_value(v: &FieldValue) -> ToSqlOutput<'_> {
+    match v {
+        FieldValue::Null => ToSqlOutput::Owned(SqlValue::Null),
+        FieldValue::Text(s) => ToSqlOutput::Borrowed(s.as_str().into()),
+        FieldValue::Integer(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
+        FieldValue::Boolean(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
+        FieldValue::Timestamp(t) => ToSqlOutput::Owned(SqlValue::Text(format_time(*t))),
+    }
+}
+
+impl<'a> SqliteBatch<'a> {
+    /// Run `f` inside a savepoint: an error leaves the transaction as it was before. Without
+    /// savepoints, an error marks the attempt failed (it is rolled back and run again with
+    /// them) and the users after it are not tried.
+    fn savepoint<T>(
         &mut self,
-        target: &Target,
-        write: &UserWrite<'_>,
-    ) -> Result<UserApplied, TargetError> {
-        let mut sp = sqlx::Acquire::begin(&mut *self.tx).await?;
-        match apply_user(&mut sp, target, write).await {
+        f: impl FnOnce(&Connection) -> Result<T, TargetError>,
+    ) -> Result<T, TargetError> {
+        if !self.savepoints {
+            if self.failed {
+                return Err(TargetError::Task(
+                    "not tried: the attempt is rolled back".into(),
+                ));
+            }
+            let r = f(self.c);
+            self.failed = r.is_err();
+            return r;
+        }
+        exec(self.c, "SAVEPOINT write_one")?;
+        match f(self.c) {
             Ok(r) => {
-                sp.commit().await?;
+                exec(self.c, "RELEASE write_one")?;
                 Ok(r)
             }
             Err(e) => {
-                sp.rollback().await?;
+                exec(self.c, "ROLLBACK TO write_one")?;
+                exec(self.c, "RELEASE write_one")?;
                 Err(e)
             }
         }
     }
 
-    pub async fn offboard(
+    pub fn apply_user(
+        &mut self,
+        target: &Target,
+        write: &UserWrite<'_>,
+    ) -> Result<UserApplied, TargetError> {
+        self.savepoint(|c| apply_user(c, target, write))
+    }
+
+    pub fn offboard(
         &mut self,
         target: &Target,
         key: &str,
         action: &Offboarding,
         roles: &BTreeSet<String>,
     ) -> Result<(), TargetError> {
-        let mut sp = sqlx::Acquire::begin(&mut *self.tx).await?;
-        match offboard(&mut sp, target, key, action, roles).await {
-            Ok(()) => {
-                sp.commit().await?;
-                Ok(())
-            }
-            Err(e) => {
-                sp.rollback().await?;
-                Err(e)
-            }
-        }
-    }
-
-    pub async fn commit(self) -> Result<(), TargetError> {
-        self.tx.commit().await?;
-        Ok(())
+        self.savepoint(|c| offboard(c, target, key, action, roles))
     }
 }
 
-async fn apply_user(
-    c: &mut SqliteConnection,
+fn count_by_key(c: &Connection, table: &str, key_col: &str, key: &str) -> Result<i64, TargetError> {
+    let sql = format!("SELECT count(*) FROM {table} WHERE {key_col} = ?");
+    Ok(c.prepare_cached(&sql)?.query_row([key], |r| r.get(0))?)
+}
+
+fn apply_user(
+    c: &Connection,
     target: &Target,
     w: &UserWrite<'_>,
 ) -> Result<UserApplied, TargetError> {
     let table = quote_ident(&target.user_table)?;
     let key_col = quote_ident(&target.key_column)?;
     if let Some(old) = w.previous_key.filter(|old| *old != w.key) {
-        rekey(c, target, &table, &key_col, old, w.key).await?;
+        rekey(c, target, &table, &key_col, old, w.key)?;
     }
     let cols = w
         .fields
         .iter()
         .map(|(c, _)| quote_ident(c))
         .collect::<Result<Vec<_>, _>>()?;
+    let values: Vec<ToSqlOutput<'_>> = w.fields.iter().map(|(_, v)| sql_value(v)).collect();
     let updated = if cols.is_empty() {
-        let sql = format!("SELECT count(*) FROM {table} WHERE {key_col} = ?");
-        sqlx::query_scalar::<_, i64>(&sql)
-            .bind(w.key)
-            .fetch_one(&mut *c)
-            .await?
-            > 0
+        count_by_key(c, &table, &key_col, w.key)? > 0
     } else {
         let sets: Vec<String> = cols.iter().map(|c| format!("{c} = ?")).collect();
         let sql = format!("UPDATE {table} SET {} WHERE {key_col} = ?", sets.join(", "));
-        let mut q = sqlx::query(&sql);
-        for (_, v) in w.fields {
-            q = bind_value(q, v);
-        }
-        q.bind(w.key).execute(&mut *c).await?.rows_affected() > 0
+        let mut p: Vec<&dyn ToSql> = values.iter().map(|v| v as &dyn ToSql).collect();
+        p.push(&w.key);
+        c.prepare_cached(&sql)?.execute(&p[..])? > 0
     };
     if !updated {
         let mut names = vec![key_col.clone()];
@@ -181,70 +225,51 @@ async fn apply_user(
             names.join(", "),
             vec!["?"; names.len()].join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(w.key);
-        for (_, v) in w.fields {
-            q = bind_value(q, v);
-        }
-        q.execute(&mut *c).await?;
+        let mut p: Vec<&dyn ToSql> = vec![&w.key];
+        p.extend(values.iter().map(|v| v as &dyn ToSql));
+        c.prepare_cached(&sql)?.execute(&p[..])?;
     }
     if let Some(roles) = &target.roles {
-        remove_roles(c, roles, w.key, w.roles_to_remove).await?;
-        add_roles(c, roles, w.key, w.roles_to_add).await?;
+        remove_roles(c, roles, w.key, w.roles_to_remove)?;
+        add_roles(c, roles, w.key, w.roles_to_add)?;
     }
     Ok(UserApplied { created: !updated })
 }
 
 /// Move the row (and its role rows) from `old` to `new`; nothing to do when there is no row
 /// under `old` (e.g. it was moved by a run that did not get to record it).
-async fn rekey(
-    c: &mut SqliteConnection,
+fn rekey(
+    c: &Connection,
     target: &Target,
     table: &str,
     key_col: &str,
     old: &str,
     new: &str,
 ) -> Result<(), TargetError> {
-    let count = format!("SELECT count(*) FROM {table} WHERE {key_col} = ?");
-    let old_rows: i64 = sqlx::query_scalar(&count)
-        .bind(old)
-        .fetch_one(&mut *c)
-        .await?;
-    if old_rows == 0 {
+    if count_by_key(c, table, key_col, old)? == 0 {
         return Ok(());
     }
-    let new_rows: i64 = sqlx::query_scalar(&count)
-        .bind(new)
-        .fetch_one(&mut *c)
-        .await?;
-    if new_rows > 0 {
+    if count_by_key(c, table, key_col, new)? > 0 {
         return Err(TargetError::Conflict(format!(
             "the key changed to a value another row already has ({})",
             target.key_column
         )));
     }
     let sql = format!("UPDATE {table} SET {key_col} = ? WHERE {key_col} = ?");
-    sqlx::query(&sql)
-        .bind(new)
-        .bind(old)
-        .execute(&mut *c)
-        .await?;
+    c.prepare_cached(&sql)?.execute([new, old])?;
     if let Some(r) = &target.roles {
         let sql = format!(
             "UPDATE {} SET {user} = ? WHERE {user} = ?",
             quote_ident(&r.table)?,
             user = quote_ident(&r.user_column)?
         );
-        sqlx::query(&sql)
-            .bind(new)
-            .bind(old)
-            .execute(&mut *c)
-            .await?;
+        c.prepare_cached(&sql)?.execute([new, old])?;
     }
     Ok(())
 }
 
-async fn add_roles(
-    c: &mut SqliteConnection,
+fn add_roles(
+    c: &Connection,
     r: &RoleTable,
     key: &str,
     roles: &BTreeSet<String>,
@@ -257,24 +282,18 @@ async fn add_roles(
         quote_ident(&r.user_column)?,
         quote_ident(&r.role_column)?,
     );
+    // One statement for all of the user's roles.
     let sql = format!(
-        "INSERT INTO {t} ({u}, {ro}) SELECT ?, ? \
-         WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {u} = ? AND {ro} = ?)"
+        "INSERT INTO {t} ({u}, {ro}) SELECT ?1, r.value FROM json_each(?2) r \
+         WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {u} = ?1 AND {ro} = r.value)"
     );
-    for role in roles {
-        sqlx::query(&sql)
-            .bind(key)
-            .bind(role)
-            .bind(key)
-            .bind(role)
-            .execute(&mut *c)
-            .await?;
-    }
+    let list = serde_json::to_string(roles)?;
+    c.prepare_cached(&sql)?.execute([key, list.as_str()])?;
     Ok(())
 }
 
-async fn remove_roles(
-    c: &mut SqliteConnection,
+fn remove_roles(
+    c: &Connection,
     r: &RoleTable,
     key: &str,
     roles: &BTreeSet<String>,
@@ -288,25 +307,22 @@ async fn remove_roles(
         quote_ident(&r.user_column)?,
         quote_ident(&r.role_column)?
     );
+    let mut stmt = c.prepare_cached(&sql)?;
     for role in roles {
-        sqlx::query(&sql)
-            .bind(key)
-            .bind(role)
-            .execute(&mut *c)
-            .await?;
+        stmt.execute([key, role.as_str()])?;
     }
     Ok(())
 }
 
-async fn offboard(
-    c: &mut SqliteConnection,
+fn offboard(
+    c: &Connection,
     target: &Target,
     key: &str,
     action: &Offboarding,
     roles: &BTreeSet<String>,
 ) -> Result<(), TargetError> {
     if let Some(r) = &target.roles {
-        remove_roles(c, r, key, roles).await?;
+        remove_roles(c, r, key, roles)?;
     }
     let table = quote_ident(&target.user_table)?;
     let key_col = quote_ident(&target.key_column)?;
@@ -314,7 +330,7 @@ async fn offboard(
         Offboarding::None => {}
         Offboarding::Delete => {
             let sql = format!("DELETE FROM {table} WHERE {key_col} = ?");
-            sqlx::query(&sql).bind(key).execute(&mut *c).await?;
+            c.prepare_cached(&sql)?.execute([key])?;
         }
         Offboarding::Update(fields) if fields.is_empty() => {}
         Offboarding::Update(fields) => {
@@ -323,12 +339,111 @@ async fn offboard(
                 .map(|(c, _)| Ok(format!("{} = ?", quote_ident(c)?)))
                 .collect::<Result<Vec<_>, TargetError>>()?;
             let sql = format!("UPDATE {table} SET {} WHERE {key_col} = ?", sets.join(", "));
-            let mut q = sqlx::query(&sql);
-            for (_, v) in fields {
-                q = bind_value(q, v);
-            }
-            q.bind(key).execute(&mut *c).await?;
+            let values: Vec<ToSqlOutput<'_>> = fields.iter().map(|(_, v)| sql_value(v)).collect();
+            let mut p: Vec<&dyn ToSql> = values.iter().map(|v| v as &dyn ToSql).collect();
+            p.push(&key);
+            c.prepare_cached(&sql)?.execute(&p[..])?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user refused after part of its writes (its row went in, a role did not) leaves
+    /// nothing behind, and the users before and after it are written: the optimistic attempt
+    /// is rolled back and the batch runs again with a savepoint per user.
+    #[tokio::test]
+    async fn a_user_refused_mid_way_leaves_nothing_and_the_others_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("app.sql"),
+            "CREATE TABLE u (k TEXT NOT NULL UNIQUE, name TEXT);
+             CREATE TABLE r (k TEXT NOT NULL, role TEXT NOT NULL);
+             CREATE TRIGGER refuse BEFORE INSERT ON r WHEN NEW.role = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'role refused'); END;",
+        )
+        .unwrap();
+        let app = SqliteApp::open(&ApplicationConfig {
+            name: "app".into(),
+            database: "sqlite://app.db".into(),
+            path: dir.path().join("app.db"),
+            schema: Some(dir.path().join("app.sql")),
+        })
+        .await
+        .unwrap();
+        let target = Target {
+            database: "app".into(),
+            user_table: "u".into(),
+            key_column: "k".into(),
+            key_source: "userName".into(),
+            roles: Some(RoleTable {
+                table: "r".into(),
+                user_column: "k".into(),
+                role_column: "role".into(),
+            }),
+        };
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let results = app
+            .batch(move |b| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let none = BTreeSet::new();
+                Ok(["a", "b", "c"]
+                    .iter()
+                    .map(|k| {
+                        let fields = vec![("name".to_string(), FieldValue::Text(k.to_uppercase()))];
+                        let roles: BTreeSet<String> = if *k == "b" {
+                            ["ok".to_string(), "bad".to_string()].into()
+                        } else {
+                            ["ok".to_string()].into()
+                        };
+                        b.apply_user(
+                            &target,
+                            &UserWrite {
+                                key: k,
+                                previous_key: None,
+                                fields: &fields,
+                                roles_to_add: &roles,
+                                roles_to_remove: &none,
+                            },
+                        )
+                        .map(|a| a.created)
+                        .map_err(|e| e.to_string())
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "tried twice"
+        );
+        assert_eq!(results[0], Ok(true));
+        assert!(results[1].as_ref().unwrap_err().contains("role refused"));
+        assert_eq!(results[2], Ok(true));
+        let c = Connection::open(dir.path().join("app.db")).unwrap();
+        let rows: Vec<(String, String)> = c
+            .prepare("SELECT k, name FROM u ORDER BY k")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("a".into(), "A".into()), ("c".into(), "C".into())]);
+        let roles: Vec<(String, String)> = c
+            .prepare("SELECT k, role FROM r ORDER BY k, role")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            roles,
+            [("a".into(), "ok".into()), ("c".into(), "ok".into())]
+        );
+    }
 }

@@ -51,6 +51,8 @@ pub struct SqliteStore {
     /// Other writers in this process (the sync engine): one connection, BEGIN IMMEDIATE.
     writer: SqlitePool,
     reader: SqlitePool,
+    path: std::path::PathBuf,
+    durability: Durability,
 }
 
 type Conn = rusqlite::Connection;
@@ -145,6 +147,8 @@ impl SqliteStore {
             reads,
             writer,
             reader,
+            path: path.to_path_buf(),
+            durability,
         })
     }
 
@@ -161,6 +165,13 @@ impl SqliteStore {
 
     pub fn reader(&self) -> &SqlitePool {
         &self.reader
+    }
+
+    /// A connection of its own for a writer other than the SCIM API that runs its statements
+    /// synchronously (the sync engine's change pass): busy timeout, the store's durability,
+    /// statements cached.
+    pub fn connect(&self) -> Result<rusqlite::Connection, StoreError> {
+        conn::open_write(&self.path, self.durability)
     }
 
     // ---- users -------------------------------------------------------------------------
@@ -661,6 +672,105 @@ impl SqliteStore {
     }
 }
 
+/// Bulk loading (the sync benchmark): rows exactly as the API writes them, on a connection of
+/// the caller's and inside the caller's transaction, stamped with a change_seq the caller
+/// assigns (it must also move the `change_seq` counter past it, see [`bulk::finish`]).
+pub mod bulk {
+    use super::*;
+
+    /// Open a write connection on a database [`SqliteStore::open`] has created and migrated.
+    pub fn open(path: &Path) -> Result<Conn, StoreError> {
+        conn::open_write(path, Durability::Normal)
+    }
+
+    /// One user and its e-mail rows, as `create_user` writes them.
+    pub fn insert_user(
+        c: &Conn,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        doc: &Map<String, Value>,
+        seq: i64,
+        now: &str,
+    ) -> Result<i64, StoreError> {
+        let cols = UserColumns::from_doc(doc, rt.custom_urn().unwrap_or_default());
+        let text = serde_json::to_string(doc)?;
+        let doc_ci = serde_json::to_string(&fold_case(rt, doc))?;
+        let user_name_ci = cols.user_name.to_lowercase();
+        let deactivated = if cols.active { None } else { Some(now) };
+        let mut p: Vec<&dyn ToSql> = vec![
+            &tenant,
+            &id,
+            &cols.user_name,
+            &user_name_ci,
+            &cols.external_id,
+            &cols.display_name,
+            &cols.active,
+            &deactivated,
+        ];
+        p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
+        p.extend([&text as &dyn ToSql, &doc_ci, &seq, &now, &now]);
+        let pk: i64 = c
+            .prepare_cached(&INSERT_USER)?
+            .query_row(&p[..], |r| r.get(0))
+            .map_err(|e| unique(e, "a user with this userName already exists"))?;
+        insert_emails(c, tenant, pk, &cols)?;
+        Ok(pk)
+    }
+
+    /// One group (no members), as `create_group` writes it.
+    pub fn insert_group(
+        c: &Conn,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        doc: &Map<String, Value>,
+        seq: i64,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let (display, external_id) = group_columns(doc);
+        c.prepare_cached(
+            "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, \
+             doc_ci, change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )?
+        .execute(params![
+            tenant,
+            id,
+            display,
+            display.to_lowercase(),
+            external_id,
+            serde_json::to_string(doc)?,
+            serde_json::to_string(&fold_case(rt, doc))?,
+            seq,
+            now,
+            now
+        ])
+        .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+        Ok(())
+    }
+
+    /// One membership of a user in a group.
+    pub fn insert_member(
+        c: &Conn,
+        tenant: &str,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<(), StoreError> {
+        c.prepare_cached(
+            "INSERT INTO group_members (tenant, group_id, member_id, member_type) VALUES (?, ?, ?, 'User')",
+        )?
+        .execute(params![tenant, group_id, user_id])?;
+        Ok(())
+    }
+
+    /// Move the change counter to `seq` (the highest one the load assigned).
+    pub fn finish(c: &Conn, seq: i64) -> Result<(), StoreError> {
+        c.prepare_cached("UPDATE change_seq SET value = max(value, ?) WHERE id = 1")?
+            .execute([seq])?;
+        Ok(())
+    }
+}
+
 enum Outcome {
     Retry,
     Unchanged,
@@ -936,6 +1046,74 @@ mod tests {
         )
         .unwrap()
         .doc
+    }
+
+    /// The benchmark's bulk load writes the rows the API writes: the same columns, e-mail
+    /// rows and group rows, so the sync engine reads the same thing either way.
+    #[tokio::test]
+    async fn bulk_rows_are_the_rows_the_api_writes() {
+        let (d, s) = store().await;
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        let gt = ResourceType::group();
+        let doc = normalize(
+            &rt,
+            &json!({"userName": "Ann", "externalId": "x1", "displayName": "Ann A", "active": false,
+                "emails": [{"value": "Ann@Example.com", "type": "work", "primary": true}],
+                DEFAULT_CUSTOM_SCHEMA: {"customAttribute03": "C3", "customAttribute16": "C16"}}),
+        )
+        .unwrap()
+        .doc;
+        let group = normalize(&gt, &json!({"displayName": "G", "externalId": "gx"}))
+            .unwrap()
+            .doc;
+        s.create_user("api", &rt, "u1", &doc, t(0)).await.unwrap();
+        s.create_group(
+            "api",
+            &gt,
+            "g1",
+            GroupChange::replace_members(group.clone(), None),
+            t(0),
+        )
+        .await
+        .unwrap();
+        let c = bulk::open(&d.path().join("s.db")).unwrap();
+        let now = format_time(t(0));
+        bulk::insert_user(&c, "bulk", &rt, "u1", &doc, 1, &now).unwrap();
+        bulk::insert_group(&c, "bulk", &gt, "g1", &group, 2, &now).unwrap();
+        bulk::insert_member(&c, "bulk", "g1", "u1").unwrap();
+        bulk::finish(&c, 1000).unwrap();
+        let rows = |tenant: &str| {
+            let sql = format!(
+                "SELECT u.id, u.user_name, u.user_name_ci, u.external_id, u.display_name, u.active, \
+                 u.deactivated_at, u.deleted_at, {}, u.doc, u.doc_ci, u.created, u.last_modified, \
+                 (SELECT json_group_array(json_array(e.type_ci, e.value_ci, e.is_primary)) \
+                  FROM user_emails e WHERE e.user_pk = u.pk AND e.tenant = u.tenant), \
+                 (SELECT json_array(g.id, g.display_name, g.display_name_ci, g.external_id, g.doc, g.doc_ci) \
+                  FROM groups g WHERE g.tenant = u.tenant) \
+                 FROM users u WHERE u.tenant = ?",
+                CUSTOM_COLUMNS.join(", ")
+            );
+            let mut stmt = c.prepare(&sql).unwrap();
+            let n = stmt.column_count();
+            stmt.query_row([tenant], |r| {
+                (0..n)
+                    .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap()
+        };
+        let (api, bulk) = (rows("api"), rows("bulk"));
+        assert_eq!(api, bulk);
+        assert!(
+            matches!(&api[6], rusqlite::types::Value::Text(_)),
+            "inactive: deactivated_at set"
+        );
+        let high: i64 = c
+            .query_row("SELECT value FROM change_seq WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(high, 1000);
     }
 
     async fn row(s: &SqliteStore, id: &str) -> (i64, Option<String>, i64, Option<String>) {
