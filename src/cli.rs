@@ -216,10 +216,20 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
             s
         }
         None => {
+            // Ctrl-C or SIGTERM: finish the batch in progress, record it, let go of the lease.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    shutdown_signal().await;
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
             let options = crate::sync::RunOptions {
                 dry_run: args.dry_run,
                 full: args.full,
                 progress: Some(progress.clone()),
+                stop: Some(stop),
             };
             engine
                 .run(&args.tenant, crate::sync::Trigger::Cli, options)

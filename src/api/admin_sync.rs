@@ -698,9 +698,8 @@ impl AdminSyncApi {
         let permit = handle.run_permit().await.ok_or_else(shutting_down)?;
         let (tx, rx) = oneshot::channel();
         let options = RunOptions {
-            dry_run,
-            full,
             progress: Some(Arc::new(StartSignal(Mutex::new(Some(tx))))),
+            ..handle.run_options(dry_run, full)
         };
         let name = tenant.0.clone();
         let mut task = tokio::spawn(async move {

@@ -53,6 +53,8 @@ pub enum SyncError {
     Target(#[from] TargetError),
     #[error("the run lost its lease (it expired and another run took it over)")]
     LeaseLost,
+    #[error("stopped at shutdown after its last committed batch; the next run resumes")]
+    Stopped,
     #[error("run {0} not found")]
     RunNotFound(i64),
     #[error("run {0} is not awaiting approval")]
@@ -189,6 +191,9 @@ pub struct RunOptions {
     /// Read every user of the tenant, not only those above the watermark.
     pub full: bool,
     pub progress: Option<Arc<dyn Progress>>,
+    /// When it turns true (shutdown), the run stops after the batch in progress is committed
+    /// and recorded, and lets go of its lease.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The result of a run, as recorded in the ledger.
@@ -633,6 +638,7 @@ impl Run<'_> {
                 let Some(last) = fetched.last else { break };
                 after = last.pk;
                 self.batch(fetched, None).await?;
+                self.check_stop()?;
             }
         }
         // The next batch is read and planned while the current one is written and recorded.
@@ -650,11 +656,21 @@ impl Run<'_> {
             if let Some(p) = &self.options.progress {
                 p.advance(n);
             }
+            self.check_stop()?;
         }
         if self.watermark_to.is_none() {
             self.watermark_to = Some(wm.seq);
         }
         self.lifecycle(None).await
+    }
+
+    /// Stop between batches when asked to (shutdown): what is committed stays, the watermark
+    /// covers it, and the next run goes on from there.
+    fn check_stop(&self) -> Result<(), SyncError> {
+        match &self.options.stop {
+            Some(stop) if stop.load(std::sync::atomic::Ordering::SeqCst) => Err(SyncError::Stopped),
+            _ => Ok(()),
+        }
     }
 
     /// One batch: plan, write to the application, record in staging (advancing the watermark

@@ -56,6 +56,8 @@ pub struct SyncHandle {
     /// Held while a reload builds the new engine: one reload at a time.
     pub reload: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    /// Set at shutdown: runs in progress stop after their current batch.
+    stop: Arc<AtomicBool>,
 }
 
 impl SyncHandle {
@@ -68,6 +70,17 @@ impl SyncHandle {
             store,
             reload: tokio::sync::Mutex::new(()),
             metrics,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Options for a run that stops between batches when the process shuts down.
+    pub fn run_options(&self, dry_run: bool, full: bool) -> RunOptions {
+        RunOptions {
+            dry_run,
+            full,
+            progress: None,
+            stop: Some(self.stop.clone()),
         }
     }
 
@@ -170,6 +183,8 @@ impl Scheduler {
     /// the admin API) to end.
     pub async fn shutdown(mut self, grace: Duration) {
         self.handle.scheduler_running.store(false, Ordering::SeqCst);
+        // Runs in progress finish the batch they are writing, record it and let go of their lease.
+        self.handle.stop.store(true, Ordering::SeqCst);
         if let Err(e) = self.jobs.shutdown().await {
             tracing::warn!(error = %e, "stopping the scheduler");
         }
@@ -185,21 +200,21 @@ impl Scheduler {
 
 /// One scheduled run of `tenant`; the outcome is in the ledger and the log.
 pub async fn scheduled_run(engine: &SyncEngine, tenant: &str) -> Option<RunStatus> {
-    run_logged(engine, tenant).await.map(|s| s.status)
+    run_logged(engine, tenant, RunOptions::default())
+        .await
+        .map(|s| s.status)
 }
 
 /// A scheduler tick: one run of `tenant` with the current engine, also reported to the metrics.
 async fn tick(handle: &SyncHandle, tenant: &str) {
-    if let Some(summary) = run_logged(&handle.engine(), tenant).await {
+    let options = handle.run_options(false, false);
+    if let Some(summary) = run_logged(&handle.engine(), tenant, options).await {
         handle.record(&summary);
     }
 }
 
-async fn run_logged(engine: &SyncEngine, tenant: &str) -> Option<RunSummary> {
-    match engine
-        .run(tenant, Trigger::Schedule, RunOptions::default())
-        .await
-    {
+async fn run_logged(engine: &SyncEngine, tenant: &str, options: RunOptions) -> Option<RunSummary> {
+    match engine.run(tenant, Trigger::Schedule, options).await {
         Ok(summary) => Some(summary),
         Err(e) => {
             tracing::error!(tenant, error = %e, "scheduled sync run could not start");

@@ -1048,3 +1048,51 @@ async fn the_change_feed_and_links_use_indexes() {
         );
     }
 }
+
+/// Stops the run it is given to after its first batch, as a shutdown would.
+struct StopAfterFirstBatch(Arc<std::sync::atomic::AtomicBool>);
+
+impl Progress for StopAfterFirstBatch {
+    fn advance(&self, _n: u64) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// At shutdown a run ends after the batch it is writing: that batch is recorded, the lease is
+/// released, and the next run goes on from there.
+#[tokio::test]
+async fn a_run_stopped_at_shutdown_keeps_its_committed_batches_and_releases_the_lease() {
+    let e = env(DELETE, "batch_size = 1").await;
+    for i in 1..=3 {
+        e.user(
+            &format!("u{i}"),
+            &format!("user{i}"),
+            Some(&format!("e{i}")),
+        )
+        .await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = e
+        .run_with(RunOptions {
+            progress: Some(Arc::new(StopAfterFirstBatch(stop.clone()))),
+            stop: Some(stop),
+            ..RunOptions::default()
+        })
+        .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert!(
+        s.error.as_deref().unwrap_or("").contains("shutdown"),
+        "{s:?}"
+    );
+    assert_eq!(s.counts.created, 1);
+    assert_eq!(e.rows().await.len(), 1);
+    assert_eq!(
+        e.count("SELECT count(*) FROM sync_leases").await,
+        0,
+        "released"
+    );
+    let s = e.run().await;
+    assert_eq!(s.status, RunStatus::Succeeded);
+    assert_eq!(s.counts.created, 2, "the rest, not the first again");
+    assert_eq!(e.rows().await.len(), 3);
+}
