@@ -1131,6 +1131,59 @@ mod tests {
     }
 
     #[test]
+    fn sql_server_application_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "app-pw-from-file\n").unwrap();
+        let c = Config::parse(
+            &format!(
+                "{MIN}[applications.crm]\ndatabase = \"Server=tcp:sql.example.com,1433;Database=crm;User Id=bridge;Password=inline-pw\"\n\
+                 schema = \"crm.mssql.sql\"\n\
+                 [applications.erp]\ndatabase = \"mssql://bridge@sql.example.com/erp\"\npassword = {{ file = \"pw\" }}\n\
+                 [applications.local]\ndatabase = \"sqlite://data/app.db\"\n"
+            ),
+            Path::new("x.toml"),
+            dir.path(),
+            [(
+                "SCIM_BRIDGE_APPLICATIONS__LOCAL__DATABASE".to_string(),
+                "Server=h;Database=local;User Id=u;Password=env-pw".to_string(),
+            )],
+        )
+        .unwrap();
+        let server = |name: &str| match &c.applications[name].location {
+            StagingDb::SqlServer(m) => m.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(server("crm").database, "crm");
+        assert!(
+            c.applications["crm"]
+                .schema
+                .as_ref()
+                .unwrap()
+                .ends_with("crm.mssql.sql")
+        );
+        assert_eq!(server("erp").password.unwrap().0, "app-pw-from-file");
+        assert_eq!(server("local").database, "local", "from the environment");
+        let shown = format!("{:?}", c.applications);
+        assert!(
+            !shown.contains("inline-pw")
+                && !shown.contains("app-pw-from-file")
+                && !shown.contains("env-pw"),
+            "{shown}"
+        );
+        // Without a password, the error names the application, the server and the database.
+        let e = parse(
+            &format!("{MIN}[applications.crm]\ndatabase = \"Server=h;Database=crm;User Id=u\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("applications.crm.database") && e.contains("server h,1433, database crm"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn token_debug_is_redacted() {
         let c = parse(MIN, &[]).unwrap();
         let dbg = format!("{:?}", c.tenants["demo"]);
