@@ -240,7 +240,21 @@ impl MssqlApp {
 
 /// The attempts of one batch on `ex`: optimistic, then with a savepoint per user, then again
 /// for every user whose error ended the transaction (that user is not tried again).
+///
+/// On any error the transaction is rolled back before the connection goes back to the pool.
 pub fn run_batch<R>(
+    ex: &mut dyn Exec,
+    f: &mut dyn FnMut(&mut MssqlBatch<'_>) -> Result<R, TargetError>,
+) -> Result<R, TargetError> {
+    let r = attempts(ex, f);
+    if r.is_err() {
+        // The error wins over a failure to roll back.
+        let _ = ex.execute(&Stmt::plain(st::APP_ROLLBACK));
+    }
+    r
+}
+
+fn attempts<R>(
     ex: &mut dyn Exec,
     f: &mut dyn FnMut(&mut MssqlBatch<'_>) -> Result<R, TargetError>,
 ) -> Result<R, TargetError> {
@@ -261,11 +275,7 @@ pub fn run_batch<R>(
         let (failed, restart, broken, calls) = (b.failed, b.restart, b.broken.take(), b.call);
         let r = match (r, broken) {
             (Ok(r), None) => r,
-            (Err(e), _) | (Ok(_), Some(e)) => {
-                // The error wins over a failure to roll back.
-                let _ = ex.execute(&Stmt::plain(st::APP_ROLLBACK));
-                return Err(e);
-            }
+            (Err(e), _) | (Ok(_), Some(e)) => return Err(e),
         };
         if !failed && !restart {
             ex.execute(&Stmt::plain(st::APP_COMMIT))?;

@@ -400,6 +400,33 @@ fn a_batch_whose_closure_fails_is_rolled_back() {
 }
 
 #[test]
+fn a_failed_commit_is_rolled_back_before_the_connection_is_returned() {
+    // The recorder fails statements by parameter; a commit has none, so fail it here.
+    struct FailCommit(Recorder);
+    impl Exec for FailCommit {
+        fn execute(&mut self, s: &Stmt) -> Result<u64, TargetError> {
+            let n = self.0.execute(s)?;
+            if s.sql == st::APP_COMMIT {
+                return Err(TargetError::SqlServer("commit refused".into()));
+            }
+            Ok(n)
+        }
+        fn scalar(&mut self, s: &Stmt) -> Result<i64, TargetError> {
+            self.0.scalar(s)
+        }
+    }
+    let mut ex = FailCommit(Recorder::default());
+    let target = target(false);
+    let e = run_batch(&mut ex, &mut |b| {
+        b.offboard(&target, "k", &Offboarding::Delete, &set(&[]))
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("commit refused"), "{e}");
+    let sqls: Vec<&str> = ex.0.log.iter().map(|s| s.sql.as_str()).collect();
+    assert_eq!(sqls[sqls.len() - 2..], [st::APP_COMMIT, st::APP_ROLLBACK]);
+}
+
+#[test]
 fn offboarding_removes_the_applied_roles_then_deletes_or_updates_the_row() {
     let target = target(true);
     let at = Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap();
