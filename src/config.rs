@@ -53,6 +53,8 @@ struct RawConfig {
 struct RawApplication {
     database: String,
     schema: Option<PathBuf>,
+    /// SQL Server only, as for `[staging]`.
+    password: Option<RawSecret>,
 }
 
 /// `[tenants.NAME.sync]`.
@@ -280,7 +282,7 @@ impl fmt::Debug for RawSecret {
     }
 }
 
-/// Where the staging database is.
+/// Where a database is: the staging database, or an application database.
 #[derive(Debug, Clone)]
 pub enum StagingDb {
     /// The SQLite file, resolved against the config file's folder.
@@ -335,15 +337,39 @@ pub struct TenantConfig {
 }
 
 /// An application database (`[applications.NAME]`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApplicationConfig {
     pub name: String,
-    /// The database URL as configured.
+    /// The database URL as configured (may hold a SQL Server password: not in Debug).
     pub database: String,
-    /// The SQLite file, resolved against the config file's folder.
-    pub path: PathBuf,
-    /// DDL applied when the database file is created (resolved path).
+    /// The SQLite file (resolved against the config file's folder), or the SQL Server.
+    pub location: StagingDb,
+    /// DDL applied when the database has no tables yet (resolved path): SQLite SQL for a
+    /// SQLite file, T-SQL (batches separated by `GO`) for SQL Server.
     pub schema: Option<PathBuf>,
+}
+
+impl ApplicationConfig {
+    /// An application database in the SQLite file `path`.
+    pub fn sqlite(name: &str, path: PathBuf, schema: Option<PathBuf>) -> ApplicationConfig {
+        ApplicationConfig {
+            name: name.to_string(),
+            database: format!("sqlite://{}", path.display()),
+            location: StagingDb::Sqlite(path),
+            schema,
+        }
+    }
+}
+
+/// A SQL Server connection string may hold a password: Debug shows the location only.
+impl fmt::Debug for ApplicationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApplicationConfig")
+            .field("name", &self.name)
+            .field("location", &self.location)
+            .field("schema", &self.schema)
+            .finish()
+    }
 }
 
 /// A validated cron expression: `sec min hour day-of-month month day-of-week` (six fields) or
@@ -515,7 +541,7 @@ impl Config {
                     "application name {name:?} may only contain letters, digits, '-' and '_'"
                 )));
             }
-            let path = resolve_sqlite_path(&a.database, base_dir)
+            let location = resolve_database(&a.database, a.password.as_ref(), base_dir)
                 .map_err(|m| invalid(format!("applications.{name}.database: {m}")))?;
             let schema = a.schema.map(|p| resolve(base_dir, &p));
             applications.insert(
@@ -523,7 +549,7 @@ impl Config {
                 ApplicationConfig {
                     name,
                     database: a.database,
-                    path,
+                    location,
                     schema,
                 },
             );
@@ -935,7 +961,7 @@ mod tests {
         assert!(s.schedule.is_none());
         assert_eq!(s.mapping.0.target().database, "app");
         let app = &c.applications["app"];
-        assert!(app.path.ends_with("data/app.db"));
+        assert!(matches!(&app.location, StagingDb::Sqlite(p) if p.ends_with("data/app.db")));
         assert!(app.schema.as_ref().unwrap().ends_with("app.sql"));
         let c = sync_config(
             "mapping = \"m.toml\"\nschedule = \"0 */15 * * * *\"\n",
@@ -1102,6 +1128,59 @@ mod tests {
         assert!(e.contains("must be quoted") && !e.contains("a;b"), "{e}");
         let e = err("data/staging.db", "password = \"x\"\n");
         assert!(e.contains("SQL Server only"), "{e}");
+    }
+
+    #[test]
+    fn sql_server_application_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "app-pw-from-file\n").unwrap();
+        let c = Config::parse(
+            &format!(
+                "{MIN}[applications.crm]\ndatabase = \"Server=tcp:sql.example.com,1433;Database=crm;User Id=bridge;Password=inline-pw\"\n\
+                 schema = \"crm.mssql.sql\"\n\
+                 [applications.erp]\ndatabase = \"mssql://bridge@sql.example.com/erp\"\npassword = {{ file = \"pw\" }}\n\
+                 [applications.local]\ndatabase = \"sqlite://data/app.db\"\n"
+            ),
+            Path::new("x.toml"),
+            dir.path(),
+            [(
+                "SCIM_BRIDGE_APPLICATIONS__LOCAL__DATABASE".to_string(),
+                "Server=h;Database=local;User Id=u;Password=env-pw".to_string(),
+            )],
+        )
+        .unwrap();
+        let server = |name: &str| match &c.applications[name].location {
+            StagingDb::SqlServer(m) => m.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(server("crm").database, "crm");
+        assert!(
+            c.applications["crm"]
+                .schema
+                .as_ref()
+                .unwrap()
+                .ends_with("crm.mssql.sql")
+        );
+        assert_eq!(server("erp").password.unwrap().0, "app-pw-from-file");
+        assert_eq!(server("local").database, "local", "from the environment");
+        let shown = format!("{:?}", c.applications);
+        assert!(
+            !shown.contains("inline-pw")
+                && !shown.contains("app-pw-from-file")
+                && !shown.contains("env-pw"),
+            "{shown}"
+        );
+        // Without a password, the error names the application, the server and the database.
+        let e = parse(
+            &format!("{MIN}[applications.crm]\ndatabase = \"Server=h;Database=crm;User Id=u\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("applications.crm.database") && e.contains("server h,1433, database crm"),
+            "{e}"
+        );
     }
 
     #[test]

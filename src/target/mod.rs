@@ -1,18 +1,20 @@
 //! Application databases: where the sync engine writes users and roles.
 //!
-//! [`AppDb`] is an enum over backends (SQLite today; SQL Server slots in as another variant).
-//! Writes happen in batches: [`AppDb::batch`] runs a closure in one transaction (committed
-//! when it returns Ok), in which [`AppBatch::apply_user`] and [`AppBatch::offboard`] each run
-//! inside their own savepoint, so a constraint violation fails only that user.
+//! [`AppDb`] is an enum over backends: SQLite ([`sqlite`]) and SQL Server ([`mssql`]), chosen
+//! by the `database` of `[applications.NAME]`. Writes happen in batches: [`AppDb::batch`] runs
+//! a synchronous closure in one transaction (committed when it returns Ok), in which
+//! [`AppBatch::apply_user`] and [`AppBatch::offboard`] each fail alone: a constraint violation
+//! fails only that user (each backend retries a batch with a savepoint per user).
 //!
 //! Identifiers (tables, columns) come validated from the mapping and are quoted anyway; every
 //! value is a bound parameter.
 
+pub mod mssql;
 pub mod sqlite;
 
 use std::collections::BTreeSet;
 
-use crate::config::ApplicationConfig;
+use crate::config::{ApplicationConfig, StagingDb};
 use crate::mapping::{FieldValue, Offboarding, Target};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,14 @@ pub enum TargetError {
     Identifier(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("application database {application}: {source}")]
+    Connect {
+        application: String,
+        source: crate::store::mssql::pool::MssqlError,
+    },
+    /// A SQL Server error, as text without the user data some messages quote.
+    #[error("application database error: {0}")]
+    SqlServer(String),
 }
 
 /// One user to write: upsert the row by key, then the role diff.
@@ -56,12 +66,20 @@ pub struct UserApplied {
 #[derive(Clone)]
 pub enum AppDb {
     Sqlite(sqlite::SqliteApp),
+    Mssql(mssql::MssqlApp),
 }
 
 impl AppDb {
     /// Open (creating if missing) the application database; a new file gets the configured schema.
     pub async fn open(config: &ApplicationConfig) -> Result<AppDb, TargetError> {
-        Ok(AppDb::Sqlite(sqlite::SqliteApp::open(config).await?))
+        Ok(match &config.location {
+            StagingDb::Sqlite(path) => {
+                AppDb::Sqlite(sqlite::SqliteApp::open(path, config.schema.as_deref()).await?)
+            }
+            StagingDb::SqlServer(server) => {
+                AppDb::Mssql(mssql::MssqlApp::open(config, server).await?)
+            }
+        })
     }
 
     /// Run `f` as one batch: one transaction, committed when `f` returns Ok. `f` runs
@@ -81,6 +99,13 @@ impl AppDb {
                 })
                 .await
             }
+            AppDb::Mssql(db) => {
+                db.batch(move |b| {
+                    let mut batch = AppBatch::Mssql(b);
+                    f(&mut batch)
+                })
+                .await
+            }
         }
     }
 }
@@ -88,6 +113,7 @@ impl AppDb {
 /// One open transaction on an application database.
 pub enum AppBatch<'a, 'c> {
     Sqlite(&'a mut sqlite::SqliteBatch<'c>),
+    Mssql(&'a mut mssql::MssqlBatch<'c>),
 }
 
 impl AppBatch<'_, '_> {
@@ -100,6 +126,7 @@ impl AppBatch<'_, '_> {
     ) -> Result<UserApplied, TargetError> {
         match self {
             AppBatch::Sqlite(b) => b.apply_user(target, write),
+            AppBatch::Mssql(b) => b.apply_user(target, write),
         }
     }
 
@@ -114,6 +141,7 @@ impl AppBatch<'_, '_> {
     ) -> Result<(), TargetError> {
         match self {
             AppBatch::Sqlite(b) => b.offboard(target, key, action, roles),
+            AppBatch::Mssql(b) => b.offboard(target, key, action, roles),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! statements prepared once: one hand-over per batch instead of one per statement.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,6 @@ use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{Connection, ToSql, TransactionBehavior};
 
 use super::{TargetError, UserApplied, UserWrite, quote_ident};
-use crate::config::ApplicationConfig;
 use crate::mapping::{FieldValue, Offboarding, RoleTable, Target};
 use crate::store::format_time;
 
@@ -30,26 +30,28 @@ pub struct SqliteApp {
 }
 
 impl SqliteApp {
-    pub async fn open(config: &ApplicationConfig) -> Result<SqliteApp, TargetError> {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&config))
+    /// Open (creating it with its folder) the file `path`; `schema` is applied when the
+    /// database has no tables.
+    pub async fn open(path: &Path, schema: Option<&Path>) -> Result<SqliteApp, TargetError> {
+        let (path, schema) = (path.to_path_buf(), schema.map(Path::to_path_buf));
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, schema.as_deref()))
             .await
             .map_err(|e| TargetError::Task(e.to_string()))?
     }
 
-    fn open_blocking(config: &ApplicationConfig) -> Result<SqliteApp, TargetError> {
-        if let Some(dir) = config.path.parent()
+    fn open_blocking(path: &Path, schema: Option<&Path>) -> Result<SqliteApp, TargetError> {
+        if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir)?;
         }
-        let mut conn = Connection::open(&config.path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        if let Some(schema) = &config.schema {
+        if let Some(schema) = schema {
             let tables: i64 = conn.query_row(
                 "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
                 [],
@@ -366,12 +368,10 @@ mod tests {
              BEGIN SELECT RAISE(ABORT, 'role refused'); END;",
         )
         .unwrap();
-        let app = SqliteApp::open(&ApplicationConfig {
-            name: "app".into(),
-            database: "sqlite://app.db".into(),
-            path: dir.path().join("app.db"),
-            schema: Some(dir.path().join("app.sql")),
-        })
+        let app = SqliteApp::open(
+            &dir.path().join("app.db"),
+            Some(&dir.path().join("app.sql")),
+        )
         .await
         .unwrap();
         let target = Target {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin;
 mod admin_sync;
+mod app_target_mssql;
 mod concurrency;
 mod discovery;
 mod errors;

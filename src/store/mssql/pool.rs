@@ -165,6 +165,19 @@ impl MssqlPool {
         })
     }
 
+    /// A pooled connection not tied to the pool's lifetime (to move it to another thread).
+    pub async fn get_owned(
+        &self,
+    ) -> Result<bb8::PooledConnection<'static, TiberiusManager>, MssqlError> {
+        self.pool.get_owned().await.map_err(|e| match e {
+            bb8::RunError::User(e) => e,
+            bb8::RunError::TimedOut => MssqlError::PoolTimeout {
+                target: self.config.describe(),
+                timeout: self.config.connect_timeout,
+            },
+        })
+    }
+
     pub fn config(&self) -> &MssqlConfig {
         &self.config
     }

@@ -575,7 +575,8 @@ pub const OFFBOARDING_FAILED: &str =
 // ---- application database -------------------------------------------------------------------
 
 /// An identifier (`name` or `schema.name`) from a mapping, bracket-quoted for T-SQL. Anything
-/// but ASCII letters, digits and `_` is refused, whatever the mapping checked.
+/// but ASCII letters, digits and `_` is refused, whatever the mapping checked (so a `]`, which
+/// would be escaped as `]]`, never gets this far).
 pub fn quote_ident(ident: &str) -> Option<String> {
     let parts: Vec<&str> = ident.split('.').collect();
     if parts.len() > 2
@@ -675,11 +676,23 @@ pub fn update_row(table: &str, key: &str, columns: &[String]) -> String {
 pub const SAVEPOINT: &str = "SAVE TRANSACTION scim_bridge_user";
 pub const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TRANSACTION scim_bridge_user";
 
+/// An application batch's transaction. XACT_ABORT is off on these connections (the pool of
+/// an application database is its own): an error then fails its statement, not the whole
+/// transaction, so a failed user can be rolled back to its savepoint. Some errors (in a
+/// trigger, a deadlock) still end the transaction: [`XACT_STATE`] tells.
+pub const APP_BEGIN: &str = "SET XACT_ABORT OFF; BEGIN TRANSACTION";
+pub const APP_COMMIT: &str = "COMMIT TRANSACTION";
+/// Roll back whatever is still open (nothing, when an error already ended the transaction).
+pub const APP_ROLLBACK: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION";
+/// 1: the transaction can go on; -1: an error doomed it (only a rollback is possible);
+/// 0: there is none (an error rolled it back).
+pub const XACT_STATE: &str = "SELECT CAST(XACT_STATE() AS INT)";
+
 /// How many user tables the application database has (an empty one gets the example schema).
 pub const COUNT_APP_TABLES: &str = "SELECT COUNT(*) FROM sys.tables WHERE is_ms_shipped = 0";
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ResourceType};
     use crate::store::mssql::filter_sql;
@@ -756,6 +769,10 @@ mod tests {
             ("SAVEPOINT", SAVEPOINT),
             ("ROLLBACK_TO_SAVEPOINT", ROLLBACK_TO_SAVEPOINT),
             ("COUNT_APP_TABLES", COUNT_APP_TABLES),
+            ("APP_BEGIN", APP_BEGIN),
+            ("APP_COMMIT", APP_COMMIT),
+            ("APP_ROLLBACK", APP_ROLLBACK),
+            ("XACT_STATE", XACT_STATE),
             ("TENANT_COUNTS", TENANT_COUNTS),
             ("MEMBER_COUNT", MEMBER_COUNT),
             ("PROVISIONING_LOG_TENANTS", PROVISIONING_LOG_TENANTS),
@@ -860,7 +877,7 @@ mod tests {
         out
     }
 
-    fn parse(sql: &str) -> Result<(), String> {
+    pub(crate) fn parse(sql: &str) -> Result<(), String> {
         Parser::parse_sql(&MsSqlDialect {}, &known_gaps(sql))
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -894,7 +911,7 @@ mod tests {
 
     /// Savepoint statements: sqlparser has no SAVE TRANSACTION and no ROLLBACK TRANSACTION
     /// with a savepoint name. These exact texts are allowed to fail, nothing else.
-    const UNPARSEABLE: &[&str] = &[
+    pub(crate) const UNPARSEABLE: &[&str] = &[
         "SAVE TRANSACTION scim_bridge_user",
         "ROLLBACK TRANSACTION scim_bridge_user",
     ];

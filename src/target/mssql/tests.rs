@@ -1,0 +1,508 @@
+//! The statements each batch issues and its attempts, recorded without a server (a recorder
+//! stands in for the connection and answers counts and upserts from a fixed set of keys), and
+//! the connection failure against a closed port. The same writer against a live SQL Server is
+//! tests/it/app_target_mssql.rs (with SCIM_BRIDGE_TEST_MSSQL).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+
+use super::*;
+use crate::config::StagingDb;
+use crate::store::mssql::statements::tests::{UNPARSEABLE, parse};
+use crate::target::AppDb;
+
+/// Records every statement; fails the ones listed.
+#[derive(Default)]
+struct Recorder {
+    log: Vec<Stmt>,
+    /// Keys that have a row (answers count_key, and whether an upsert creates).
+    existing: BTreeSet<String>,
+    /// A statement whose SQL contains `.0` with a parameter equal to `.1` fails; the
+    /// transaction state is then `.2` (1: goes on, -1 doomed, 0 rolled back).
+    fail: Vec<(String, Param, i64)>,
+    state: i64,
+}
+
+impl Recorder {
+    fn run(&mut self, s: &Stmt) -> Result<(), TargetError> {
+        self.log.push(s.clone());
+        if s.sql == st::APP_BEGIN {
+            self.state = 1;
+        } else if s.sql == st::APP_COMMIT || s.sql == st::APP_ROLLBACK {
+            self.state = 0;
+        }
+        if let Some((_, _, after)) = self
+            .fail
+            .iter()
+            .find(|(sql, p, _)| s.sql.contains(sql.as_str()) && s.params.contains(p))
+        {
+            self.state = *after;
+            return Err(TargetError::SqlServer("refused by the recorder".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Exec for Recorder {
+    fn execute(&mut self, s: &Stmt) -> Result<u64, TargetError> {
+        self.run(s)?;
+        Ok(1)
+    }
+
+    fn scalar(&mut self, s: &Stmt) -> Result<i64, TargetError> {
+        self.run(s)?;
+        if s.sql == st::XACT_STATE {
+            return Ok(self.state);
+        }
+        let key = match s.params.first() {
+            Some(Param::Text(k)) => k.clone(),
+            other => panic!("no key: {other:?}"),
+        };
+        let exists = self.existing.contains(&key);
+        Ok(if s.sql.starts_with("SELECT COUNT(*)") {
+            i64::from(exists)
+        } else {
+            // The upsert answers `created`.
+            i64::from(!exists)
+        })
+    }
+}
+
+fn target(roles: bool) -> Target {
+    Target {
+        database: "app".into(),
+        user_table: "dbo.app_users".into(),
+        key_column: "UserName".into(),
+        key_source: "userName".into(),
+        roles: roles.then(|| RoleTable {
+            table: "dbo.user_roles".into(),
+            user_column: "user_key".into(),
+            role_column: "role".into(),
+        }),
+    }
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn t(s: &str) -> Param {
+    Param::Text(s.into())
+}
+
+fn stmt(sql: impl Into<String>, params: Vec<Param>) -> Stmt {
+    Stmt::new(sql, params)
+}
+
+/// The statements of the tests' schema, quoted.
+fn upsert_sql(cols: &[&str]) -> String {
+    let cols: Vec<String> = cols.iter().map(|c| format!("[{c}]")).collect();
+    st::upsert_user("[dbo].[app_users]", "[UserName]", &cols)
+}
+const ROLES: (&str, &str, &str) = ("[dbo].[user_roles]", "[user_key]", "[role]");
+
+fn assert_parses(log: &[Stmt]) {
+    for s in log {
+        if !UNPARSEABLE.contains(&s.sql.as_str()) {
+            parse(&s.sql).unwrap_or_else(|e| panic!("{e}\n    {}", s.sql));
+        }
+    }
+}
+
+/// Users `keys` with one field and the roles `ok` (plus `bad` for the key `bad_for`).
+fn write_users(
+    rec: &mut Recorder,
+    keys: &'static [&'static str],
+) -> (usize, Result<Vec<Result<bool, String>>, TargetError>) {
+    let target = target(true);
+    let mut calls = 0;
+    let r = run_batch(rec, &mut |b| {
+        calls += 1;
+        Ok(keys
+            .iter()
+            .map(|k| {
+                let fields = vec![("Name".to_string(), FieldValue::Text(k.to_uppercase()))];
+                b.apply_user(
+                    &target,
+                    &UserWrite {
+                        key: k,
+                        previous_key: None,
+                        fields: &fields,
+                        roles_to_add: &set(&["ok"]),
+                        roles_to_remove: &set(&[]),
+                    },
+                )
+                .map(|a| a.created)
+                .map_err(|e| e.to_string())
+            })
+            .collect())
+    });
+    (calls, r)
+}
+
+#[test]
+fn parameters_are_typed_from_field_values() {
+    let at = Utc.with_ymd_and_hms(2030, 5, 6, 7, 8, 9).unwrap();
+    assert_eq!(Param::of(&FieldValue::Null), Param::Null);
+    assert_eq!(Param::of(&FieldValue::Text("Ann".into())), t("Ann"));
+    assert_eq!(Param::of(&FieldValue::Integer(-42)), Param::BigInt(-42));
+    assert_eq!(Param::of(&FieldValue::Boolean(true)), Param::Bit(true));
+    assert_eq!(
+        Param::of(&FieldValue::Timestamp(at)),
+        Param::DateTime2(at.naive_utc())
+    );
+    // Bound as the types SQL Server receives.
+    let mut q = Query::new("SELECT @P1, @P2, @P3, @P4, @P5");
+    for p in [
+        Param::Null,
+        t("x"),
+        Param::BigInt(1),
+        Param::Bit(false),
+        Param::DateTime2(at.naive_utc()),
+    ] {
+        p.bind(&mut q);
+    }
+}
+
+#[test]
+fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
+    let at = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
+    let fields = vec![
+        ("FirstName".to_string(), FieldValue::Text("Ann".into())),
+        ("IsActive".to_string(), FieldValue::Boolean(true)),
+        ("EmployeeNumber".to_string(), FieldValue::Integer(7)),
+        ("HireDate".to_string(), FieldValue::Timestamp(at)),
+        ("Phone".to_string(), FieldValue::Null),
+    ];
+    let mut rec = Recorder::default();
+    let target = target(true);
+    let created = run_batch(&mut rec, &mut |b| {
+        b.apply_user(
+            &target,
+            &UserWrite {
+                key: "ann@example.com",
+                previous_key: None,
+                fields: &fields,
+                roles_to_add: &set(&["Admin", "User"]),
+                roles_to_remove: &set(&["Guest"]),
+            },
+        )
+    })
+    .unwrap();
+    assert!(created.created);
+    let key = t("ann@example.com");
+    assert_eq!(
+        rec.log,
+        vec![
+            stmt(st::APP_BEGIN, vec![]),
+            stmt(
+                upsert_sql(&[
+                    "FirstName",
+                    "IsActive",
+                    "EmployeeNumber",
+                    "HireDate",
+                    "Phone"
+                ]),
+                vec![
+                    key.clone(),
+                    t("Ann"),
+                    Param::Bit(true),
+                    Param::BigInt(7),
+                    Param::DateTime2(at.naive_utc()),
+                    Param::Null
+                ]
+            ),
+            stmt(
+                st::remove_role(ROLES.0, ROLES.1, ROLES.2),
+                vec![key.clone(), t("Guest")]
+            ),
+            stmt(
+                st::add_role(ROLES.0, ROLES.1, ROLES.2),
+                vec![key.clone(), t("Admin")]
+            ),
+            stmt(
+                st::add_role(ROLES.0, ROLES.1, ROLES.2),
+                vec![key, t("User")]
+            ),
+            stmt(st::APP_COMMIT, vec![]),
+        ]
+    );
+    assert_parses(&rec.log);
+    // An existing row is updated, not created.
+    let mut rec = Recorder {
+        existing: set(&["ann@example.com"]),
+        ..Recorder::default()
+    };
+    let target = crate::mapping::Target {
+        roles: None,
+        ..target
+    };
+    let applied = run_batch(&mut rec, &mut |b| {
+        b.apply_user(
+            &target,
+            &UserWrite {
+                key: "ann@example.com",
+                previous_key: None,
+                fields: &[],
+                roles_to_add: &set(&["Admin"]),
+                roles_to_remove: &set(&[]),
+            },
+        )
+    })
+    .unwrap();
+    assert!(!applied.created);
+    assert_eq!(rec.log.len(), 3, "no role statements without a role table");
+    assert_eq!(rec.log[1].sql, upsert_sql(&[]));
+    assert_parses(&rec.log);
+}
+
+#[test]
+fn a_key_move_rekeys_the_row_and_its_roles_before_the_upsert() {
+    let target = target(true);
+    // The user's result, inside a batch that commits.
+    let move_to = |rec: &mut Recorder, new: &'static str| {
+        run_batch(rec, &mut |b| {
+            Ok(b.apply_user(
+                &target,
+                &UserWrite {
+                    key: new,
+                    previous_key: Some("old@example.com"),
+                    fields: &[],
+                    roles_to_add: &set(&[]),
+                    roles_to_remove: &set(&[]),
+                },
+            ))
+        })
+        .unwrap()
+    };
+    let count = st::count_key("[dbo].[app_users]", "[UserName]");
+    let mut rec = Recorder {
+        existing: set(&["old@example.com"]),
+        ..Recorder::default()
+    };
+    move_to(&mut rec, "new@example.com").unwrap();
+    let (new, old) = (t("new@example.com"), t("old@example.com"));
+    assert_eq!(
+        rec.log[1..6],
+        [
+            stmt(count.clone(), vec![old.clone()]),
+            stmt(count.clone(), vec![new.clone()]),
+            stmt(
+                st::rekey("[dbo].[app_users]", "[UserName]"),
+                vec![new.clone(), old.clone()]
+            ),
+            stmt(st::rekey(ROLES.0, ROLES.1), vec![new.clone(), old.clone()]),
+            stmt(upsert_sql(&[]), vec![new.clone()]),
+        ]
+    );
+    assert_parses(&rec.log);
+    // No row under the old key: nothing to move.
+    let mut rec = Recorder::default();
+    move_to(&mut rec, "new@example.com").unwrap();
+    assert_eq!(rec.log[1], stmt(count.clone(), vec![old.clone()]));
+    assert_eq!(rec.log[2].sql, upsert_sql(&[]));
+    // The new key is taken: a conflict, and nothing is moved (the batch retries with a
+    // savepoint and rolls the user back to it).
+    let mut rec = Recorder {
+        existing: set(&["old@example.com", "taken@example.com"]),
+        ..Recorder::default()
+    };
+    let e = move_to(&mut rec, "taken@example.com").unwrap_err();
+    assert!(matches!(e, TargetError::Conflict(_)), "{e}");
+    assert!(!rec.log.iter().any(|s| s.sql.starts_with("UPDATE")));
+    assert!(rec.log.iter().any(|s| s.sql == st::ROLLBACK_TO_SAVEPOINT));
+}
+
+#[test]
+fn a_failed_user_is_retried_in_a_savepoint_and_the_others_are_written() {
+    let mut rec = Recorder {
+        fail: vec![("INSERT INTO [dbo].[user_roles]".into(), t("b"), 1)],
+        ..Recorder::default()
+    };
+    let (calls, results) = write_users(&mut rec, &["a", "b", "c"]);
+    let results = results.unwrap();
+    assert_eq!(calls, 2, "optimistic, then a savepoint per user");
+    assert_eq!(results[0], Ok(true));
+    assert!(results[1].as_ref().unwrap_err().contains("refused"));
+    assert_eq!(results[2], Ok(true));
+    let sqls: Vec<&str> = rec.log.iter().map(|s| s.sql.as_str()).collect();
+    let n = |sql: &str| sqls.iter().filter(|s| **s == sql).count();
+    assert_eq!(
+        (
+            n(st::APP_BEGIN),
+            n(st::APP_ROLLBACK),
+            n(st::APP_COMMIT),
+            n(st::SAVEPOINT),
+            n(st::XACT_STATE),
+            n(st::ROLLBACK_TO_SAVEPOINT)
+        ),
+        (2, 1, 1, 3, 1, 1)
+    );
+    // The optimistic attempt stopped at b; c was written in the second attempt only.
+    let first_rollback = sqls.iter().position(|s| *s == st::APP_ROLLBACK).unwrap();
+    assert!(
+        !rec.log[..first_rollback]
+            .iter()
+            .any(|s| s.params.contains(&t("c")))
+    );
+    assert_eq!(sqls.last(), Some(&st::APP_COMMIT));
+    // In the second attempt, b is rolled back to its savepoint right after its error.
+    let state = sqls.iter().position(|s| *s == st::XACT_STATE).unwrap();
+    assert_eq!(sqls[state + 1], st::ROLLBACK_TO_SAVEPOINT);
+    assert_eq!(sqls[state + 2], st::SAVEPOINT);
+    assert_parses(&rec.log);
+}
+
+#[test]
+fn an_error_that_ends_the_transaction_is_not_tried_again() {
+    for after in [0, -1] {
+        let mut rec = Recorder {
+            fail: vec![("INSERT INTO [dbo].[user_roles]".into(), t("b"), after)],
+            ..Recorder::default()
+        };
+        let (calls, results) = write_users(&mut rec, &["a", "b", "c"]);
+        let results = results.unwrap();
+        assert_eq!(calls, 3, "state {after}");
+        assert_eq!(results[0], Ok(true));
+        assert!(results[1].as_ref().unwrap_err().contains("refused"));
+        assert_eq!(results[2], Ok(true));
+        // The last attempt: nothing for b, then a commit.
+        let begins: Vec<usize> = rec
+            .log
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.sql == st::APP_BEGIN)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(begins.len(), 3);
+        let last = &rec.log[begins[2]..];
+        assert!(!last.iter().any(|s| s.params.contains(&t("b"))));
+        assert!(last.iter().any(|s| s.params.contains(&t("c"))));
+        assert_eq!(last.last().unwrap().sql, st::APP_COMMIT);
+        assert!(!last.iter().any(|s| s.sql == st::ROLLBACK_TO_SAVEPOINT));
+    }
+}
+
+#[test]
+fn a_batch_whose_closure_fails_is_rolled_back() {
+    let mut rec = Recorder::default();
+    let target = target(false);
+    let e = run_batch(&mut rec, &mut |b| -> Result<(), TargetError> {
+        b.offboard(&target, "k", &Offboarding::Delete, &set(&[]))?;
+        Err(TargetError::Task("stop".into()))
+    })
+    .unwrap_err();
+    assert_eq!(e.to_string(), "application database task failed: stop");
+    assert_eq!(rec.log.last().unwrap().sql, st::APP_ROLLBACK);
+    assert!(!rec.log.iter().any(|s| s.sql == st::APP_COMMIT));
+}
+
+#[test]
+fn a_failed_commit_is_rolled_back_before_the_connection_is_returned() {
+    // The recorder fails statements by parameter; a commit has none, so fail it here.
+    struct FailCommit(Recorder);
+    impl Exec for FailCommit {
+        fn execute(&mut self, s: &Stmt) -> Result<u64, TargetError> {
+            let n = self.0.execute(s)?;
+            if s.sql == st::APP_COMMIT {
+                return Err(TargetError::SqlServer("commit refused".into()));
+            }
+            Ok(n)
+        }
+        fn scalar(&mut self, s: &Stmt) -> Result<i64, TargetError> {
+            self.0.scalar(s)
+        }
+    }
+    let mut ex = FailCommit(Recorder::default());
+    let target = target(false);
+    let e = run_batch(&mut ex, &mut |b| {
+        b.offboard(&target, "k", &Offboarding::Delete, &set(&[]))
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("commit refused"), "{e}");
+    let sqls: Vec<&str> = ex.0.log.iter().map(|s| s.sql.as_str()).collect();
+    assert_eq!(sqls[sqls.len() - 2..], [st::APP_COMMIT, st::APP_ROLLBACK]);
+}
+
+#[test]
+fn offboarding_removes_the_applied_roles_then_deletes_or_updates_the_row() {
+    let target = target(true);
+    let at = Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap();
+    let update = Offboarding::Update(vec![
+        ("IsActive".to_string(), FieldValue::Boolean(false)),
+        ("LeftAt".to_string(), FieldValue::Timestamp(at)),
+    ]);
+    let mut rec = Recorder::default();
+    run_batch(&mut rec, &mut |b| {
+        b.offboard(&target, "k1", &Offboarding::Delete, &set(&["Admin"]))?;
+        b.offboard(&target, "k2", &update, &set(&[]))?;
+        b.offboard(&target, "k3", &Offboarding::None, &set(&["User"]))
+    })
+    .unwrap();
+    let (tbl, key) = ("[dbo].[app_users]", "[UserName]");
+    assert_eq!(
+        rec.log,
+        vec![
+            stmt(st::APP_BEGIN, vec![]),
+            stmt(
+                st::remove_role(ROLES.0, ROLES.1, ROLES.2),
+                vec![t("k1"), t("Admin")]
+            ),
+            stmt(st::delete_row(tbl, key), vec![t("k1")]),
+            stmt(
+                st::update_row(tbl, key, &["[IsActive]".into(), "[LeftAt]".into()]),
+                vec![Param::Bit(false), Param::DateTime2(at.naive_utc()), t("k2")]
+            ),
+            stmt(
+                st::remove_role(ROLES.0, ROLES.1, ROLES.2),
+                vec![t("k3"), t("User")]
+            ),
+            stmt(st::APP_COMMIT, vec![]),
+        ]
+    );
+    assert_parses(&rec.log);
+}
+
+#[test]
+fn invalid_identifiers_are_refused_before_any_statement() {
+    let mut target = target(false);
+    target.user_table = "users]; DROP TABLE x; --".into();
+    let mut rec = Recorder::default();
+    let e = run_batch(&mut rec, &mut |b| {
+        Ok(b.offboard(&target, "k", &Offboarding::Delete, &set(&[])))
+    })
+    .unwrap()
+    .unwrap_err();
+    assert!(matches!(e, TargetError::Identifier(_)), "{e}");
+    let with_values = rec.log.iter().filter(|s| !s.params.is_empty()).count();
+    assert_eq!(with_values, 0, "{:?}", rec.log);
+    assert_eq!(rec.log.last().unwrap().sql, st::APP_COMMIT);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_fast_naming_application_server_and_database() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = MssqlConfig::parse(&format!(
+        "Server=127.0.0.1,{port};Database=crm_app;User Id=bridge;Password=do-not-print-me;\
+         TrustServerCertificate=true;Connect Timeout=5"
+    ))
+    .unwrap();
+    let config = ApplicationConfig {
+        name: "crm".into(),
+        database: "…".into(),
+        location: StagingDb::SqlServer(server),
+        schema: None,
+    };
+    let started = Instant::now();
+    let msg = AppDb::open(&config).await.err().unwrap().to_string();
+    assert!(started.elapsed() < Duration::from_secs(5), "{msg}");
+    assert!(msg.starts_with("application database crm: "), "{msg}");
+    assert!(msg.contains(&format!("127.0.0.1,{port}")), "{msg}");
+    assert!(msg.contains("database crm_app"), "{msg}");
+    assert!(!msg.contains("do-not-print-me"), "{msg}");
+}
