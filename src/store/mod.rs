@@ -2,6 +2,7 @@
 //! sequence for the sync engine. The store knows SQL, not HTTP; it speaks in SCIM's terms.
 
 mod backend;
+mod filter_walk;
 pub mod mssql;
 pub mod sqlite;
 

@@ -24,14 +24,17 @@
 //! bind an escaped pattern with `ESCAPE N'\'`). Every term yields true or false, never
 //! UNKNOWN, so `NOT` is exact.
 //!
+//! The walk over the filter is [`crate::store::filter_walk`]; this file holds the T-SQL spelling.
+//!
 //! Parameter numbering: `@P1` is always the tenant (the first entry of [`Condition::params`]);
 //! the enclosing statement compares `r.tenant = @P1` and binds the params in order.
 
 use chrono::NaiveDateTime;
 
 use crate::scim::ScimError;
-use crate::scim::filter::{AttrPath, CompValue, CompareOp, Filter};
-use crate::scim::schema::{Attr, AttrType, ResourceKind, ResourceType, Scope};
+use crate::scim::filter::{CompValue, CompareOp, Filter};
+use crate::scim::schema::{Attr, AttrType, ResourceType};
+use crate::store::filter_walk::{self, Dialect, Value};
 
 /// The collation every text comparison is made under.
 pub const BIN2: &str = "Latin1_General_100_BIN2";
@@ -59,59 +62,19 @@ pub struct Condition {
     pub params: Vec<Param>,
 }
 
-/// Bound on the number of terms, like the SQLite translation: keeps the SQL bounded.
-const MAX_TERMS: usize = 200;
-
 pub fn compile(rt: &ResourceType, tenant: &str, f: &Filter) -> Result<Condition, ScimError> {
-    let mut c = Compiler {
-        rt,
+    let d = Mssql {
         out: Condition {
             sql: String::new(),
             params: vec![Param::Text(tenant.to_string())],
         },
-        terms: 0,
     };
-    c.filter(f)?;
-    Ok(c.out)
+    Ok(filter_walk::compile(rt, d, f)?.out)
 }
 
 /// The ORDER BY expression for `sortBy`. Multi-valued attributes sort by their first value.
 pub fn sort_expression(rt: &ResourceType, sort_by: &str) -> Result<String, ScimError> {
-    let bad = || ScimError::invalid_value("sortBy names an attribute this resource does not have");
-    let (urn, name, sub) = rt.split_key(sort_by);
-    let (scope, attr) = rt.resolve(urn, name).ok_or_else(bad)?;
-    let sub = match sub {
-        Some(s) => Some(attr.sub_attr(s).ok_or_else(bad)?),
-        None if attr.ty == AttrType::Complex => attr.sub_attr("value"),
-        None => None,
-    };
-    if attr.multi {
-        let mut p = String::from("$");
-        if let Scope::Extension(i) = scope {
-            json_key(&mut p, &rt.extensions[i].id);
-        }
-        json_key(&mut p, attr.name);
-        p.push_str("[0]");
-        json_key(&mut p, sub.map(|s| s.name).unwrap_or("value"));
-        return Ok(json_value("r.doc_ci", &p));
-    }
-    Ok(match source(rt, scope, attr, sub).map_err(|_| bad())? {
-        Source::Column { col, .. } => col.to_string(),
-        Source::Json(p) => json_value("r.doc_ci", &p),
-    })
-}
-
-/// `JSON_VALUE(doc, N'path') COLLATE Latin1_General_100_BIN2`: text, compared binary.
-fn json_value(doc: &str, path: &str) -> String {
-    format!("JSON_VALUE({doc}, N'{path}') COLLATE {BIN2}")
-}
-
-/// Where an attribute's value lives.
-enum Source {
-    /// A column of its own SQL type; text columns are binary-collated.
-    Column { col: &'static str },
-    /// A JSON path into r.doc_ci, e.g. `$."name"."givenName"`.
-    Json(String),
+    filter_walk::sort_expression::<Mssql>(rt, sort_by)
 }
 
 /// How the SQL expression holds the value: a typed column, or JSON text.
@@ -121,196 +84,82 @@ enum Holder {
     Json,
 }
 
-/// The column or JSON path of a singular attribute (or sub-attribute).
-fn source(
-    rt: &ResourceType,
-    scope: Scope,
-    attr: &Attr,
-    sub: Option<&Attr>,
-) -> Result<Source, ScimError> {
-    let col = |col| Ok(Source::Column { col });
-    if scope == Scope::Core {
-        match (rt.kind, attr.name, sub.map(|s| s.name)) {
-            (_, "id", None) => return col("r.id"),
-            (_, "externalId", None) => return col("r.external_id"),
-            (ResourceKind::User, "userName", None) => return col("r.user_name_ci"),
-            (ResourceKind::User, "active", None) => return col("r.active"),
-            (ResourceKind::Group, "displayName", None) => return col("r.display_name_ci"),
-            (_, "meta", Some("created")) => return col("r.created"),
-            (_, "meta", Some("lastModified")) => return col("r.last_modified"),
-            (_, "meta", _) => {
-                return Err(ScimError::invalid_filter(
-                    "only meta.created and meta.lastModified can be filtered",
-                ));
-            }
-            _ => {}
-        }
-    }
-    let mut p = String::from("$");
-    if let Scope::Extension(i) = scope {
-        json_key(&mut p, &rt.extensions[i].id);
-    }
-    json_key(&mut p, attr.name);
-    if let Some(s) = sub {
-        json_key(&mut p, s.name);
-    }
-    Ok(Source::Json(p))
-}
-
-struct Compiler<'a> {
-    rt: &'a ResourceType,
+/// The T-SQL dialect.
+struct Mssql {
     out: Condition,
-    terms: usize,
 }
 
-impl Compiler<'_> {
-    fn push(&mut self, s: &str) {
-        self.out.sql.push_str(s);
-    }
-
+impl Mssql {
     /// Add a parameter and return its name.
     fn bind(&mut self, p: Param) -> String {
         self.out.params.push(p);
         format!("@P{}", self.out.params.len())
     }
+}
 
-    fn count_term(&mut self) -> Result<(), ScimError> {
-        self.terms += 1;
-        if self.terms > MAX_TERMS {
-            return Err(ScimError::invalid_filter("the filter has too many terms"));
+impl Dialect for Mssql {
+    type Holder = Holder;
+    const TABLES: &'static str = "scim.";
+    const DIRECT: &'static str = "N'direct'";
+    const MEMBER_TYPE: &'static str = "LOWER(m.member_type)";
+
+    fn push(&mut self, s: &str) {
+        self.out.sql.push_str(s);
+    }
+
+    /// Always `@P1`, bound first by [`compile`].
+    fn tenant(&mut self) -> String {
+        "@P1".to_string()
+    }
+
+    /// `JSON_VALUE(doc, N'path') COLLATE Latin1_General_100_BIN2`: text, compared binary.
+    fn json_value(doc: &str, path: &str) -> String {
+        format!("JSON_VALUE({doc}, N'{path}') COLLATE {BIN2}")
+    }
+
+    fn json_each(doc: &str, path: &str) -> String {
+        format!("OPENJSON({doc}, N'{path}')")
+    }
+
+    fn column(_ci: bool) -> Holder {
+        Holder::Column
+    }
+
+    fn json() -> Holder {
+        Holder::Json
+    }
+
+    fn present(&mut self, expr: &str, holder: Holder, attr: &Attr) {
+        // Present and, for text, not empty (DATALENGTH: '  ' is not empty).
+        if is_text(holder, attr) || holder == Holder::Json {
+            self.push(&format!("({expr} IS NOT NULL AND DATALENGTH({expr}) > 0)"));
+        } else {
+            self.push(&format!("({expr} IS NOT NULL)"));
         }
-        Ok(())
     }
 
-    fn filter(&mut self, f: &Filter) -> Result<(), ScimError> {
-        self.count_term()?;
-        match f {
-            Filter::And(a, b) | Filter::Or(a, b) => {
-                let op = if matches!(f, Filter::And(..)) {
-                    " AND "
-                } else {
-                    " OR "
-                };
-                self.push("(");
-                self.filter(a)?;
-                self.push(op);
-                self.filter(b)?;
-                self.push(")");
-            }
-            Filter::Not(inner) => {
-                // Every term below is true or false (never UNKNOWN), so NOT is exact.
-                self.push("NOT (");
-                self.filter(inner)?;
-                self.push(")");
-            }
-            Filter::Present(path) => self.term(path, None)?,
-            Filter::Compare { path, op, value } => self.term(path, Some((*op, value)))?,
-            Filter::ValuePath { attr, filter } => self.value_path(attr, filter)?,
-        }
-        Ok(())
-    }
-
-    fn resolve(&self, path: &AttrPath) -> Result<(Scope, &'static Attr), ScimError> {
-        self.rt
-            .resolve(path.urn.as_deref(), &path.name)
-            .ok_or_else(|| ScimError::invalid_filter(format!("unknown attribute {}", path.name)))
-    }
-
-    /// `attr op value` or `attr pr` (op None).
-    fn term(
-        &mut self,
-        path: &AttrPath,
-        cmp: Option<(CompareOp, &CompValue)>,
-    ) -> Result<(), ScimError> {
-        let (scope, attr) = self.resolve(path)?;
-        let sub = match &path.sub {
-            Some(s) => Some(attr.sub_attr(s).ok_or_else(|| {
-                ScimError::invalid_filter(format!("unknown attribute {}.{s}", attr.name))
-            })?),
-            None => None,
-        };
-        if attr.multi {
-            // emails.value eq "x" is emails[value eq "x"].
-            let elem_attr = sub.map(|s| s.name).unwrap_or("value");
-            let inner = AttrPath {
-                urn: None,
-                name: elem_attr.to_string(),
-                sub: None,
-            };
-            if cmp.is_some_and(|(op, _)| op == CompareOp::Ne) {
-                return Err(ScimError::invalid_filter(format!(
-                    "ne on the multi-valued attribute {} is ambiguous; use not({}[…])",
-                    attr.name, attr.name
-                )));
-            }
-            let f = match cmp {
-                None => Filter::Present(inner),
-                Some((op, v)) => Filter::Compare {
-                    path: inner,
-                    op,
-                    value: v.clone(),
-                },
-            };
-            return self.multi(scope, attr, &f);
-        }
-        // A singular complex attribute compares through its "value" (manager eq "id").
-        let (target, sub) = match (attr.ty, sub) {
-            (AttrType::Complex, None) => match attr.sub_attr("value") {
-                Some(v) => (v, Some(v)),
-                None => {
-                    return Err(ScimError::invalid_filter(format!(
-                        "{} is complex: name one of its sub-attributes",
-                        attr.name
-                    )));
-                }
-            },
-            (_, Some(s)) => (s, Some(s)),
-            (_, None) => (attr, None),
-        };
-        let (expr, holder) = match source(self.rt, scope, attr, sub)? {
-            Source::Column { col } => (col.to_string(), Holder::Column),
-            Source::Json(p) => (json_value("r.doc_ci", &p), Holder::Json),
-        };
-        self.compare_expr(&expr, holder, target, cmp)
-    }
-
-    /// Emit a true/false condition comparing `expr` (holding `attr`) with the value.
-    fn compare_expr(
+    fn compare(
         &mut self,
         expr: &str,
         holder: Holder,
         attr: &Attr,
-        cmp: Option<(CompareOp, &CompValue)>,
+        op: CompareOp,
+        value: &CompValue,
     ) -> Result<(), ScimError> {
-        let text = matches!(
-            attr.ty,
-            AttrType::String | AttrType::Reference | AttrType::Binary
-        ) || holder == Holder::Json && attr.ty == AttrType::Boolean;
-        let Some((op, value)) = cmp else {
-            // pr: present and, for text, not empty (DATALENGTH: '  ' is not empty).
-            if text || holder == Holder::Json {
-                self.push(&format!("({expr} IS NOT NULL AND DATALENGTH({expr}) > 0)"));
-            } else {
-                self.push(&format!("({expr} IS NOT NULL)"));
-            }
-            return Ok(());
+        let text = is_text(holder, attr);
+        let param = match filter_walk::value(attr, op, value)? {
+            Value::Text(s) => Param::Text(if attr.case_exact { s } else { s.to_lowercase() }),
+            // A BIT column takes a BIT; JSON_VALUE returns the text true/false.
+            Value::Bool(b) => match holder {
+                Holder::Column => Param::Bool(b),
+                Holder::Json => Param::Text(b.to_string()),
+            },
+            Value::Num(n) => match n.as_i64() {
+                Some(i) if holder == Holder::Column => Param::Int(i),
+                _ => Param::Real(n.as_f64().unwrap_or(0.0)),
+            },
+            Value::DateTime(d) => Param::Time(d.naive_utc()),
         };
-        if matches!(value, CompValue::Null) {
-            return match op {
-                CompareOp::Eq => {
-                    self.push(&format!("({expr} IS NULL)"));
-                    Ok(())
-                }
-                CompareOp::Ne => {
-                    self.push(&format!("({expr} IS NOT NULL)"));
-                    Ok(())
-                }
-                _ => Err(ScimError::invalid_filter(
-                    "null can only be compared with eq or ne",
-                )),
-            };
-        }
-        let param = self.param(attr, holder, op, value)?;
         // JSON holds numbers and date-times as text: compare them as their type.
         let typed = match (holder, attr.ty) {
             (Holder::Json, AttrType::Integer | AttrType::Decimal) => {
@@ -365,216 +214,14 @@ impl Compiler<'_> {
         }
         Ok(())
     }
-
-    /// The bound value for a comparison, checked against the attribute's type.
-    fn param(
-        &self,
-        attr: &Attr,
-        holder: Holder,
-        op: CompareOp,
-        value: &CompValue,
-    ) -> Result<Param, ScimError> {
-        let bad = |what: &str| ScimError::invalid_filter(format!("{} {what}", attr.name));
-        let text_only = matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew);
-        match attr.ty {
-            AttrType::String | AttrType::Reference | AttrType::Binary => {
-                let s = match value {
-                    CompValue::Str(s) => s.clone(),
-                    // Entra sends unquoted ids; a bare number is still a string here.
-                    CompValue::Num(n) => n.to_string(),
-                    CompValue::Bool(b) => b.to_string(),
-                    CompValue::Null => return Err(bad("cannot be compared with null here")),
-                };
-                Ok(Param::Text(if attr.case_exact {
-                    s
-                } else {
-                    s.to_lowercase()
-                }))
-            }
-            AttrType::Boolean => {
-                if !matches!(op, CompareOp::Eq | CompareOp::Ne) {
-                    return Err(bad("is a boolean: only eq, ne and pr apply"));
-                }
-                let b = match value {
-                    CompValue::Bool(b) => *b,
-                    CompValue::Str(s) if s.eq_ignore_ascii_case("true") => true,
-                    CompValue::Str(s) if s.eq_ignore_ascii_case("false") => false,
-                    _ => return Err(bad("is a boolean: compare it with true or false")),
-                };
-                // A BIT column takes a BIT; JSON_VALUE returns the text true/false.
-                Ok(match holder {
-                    Holder::Column => Param::Bool(b),
-                    Holder::Json => Param::Text(b.to_string()),
-                })
-            }
-            AttrType::Integer | AttrType::Decimal => {
-                if text_only {
-                    return Err(bad("is a number: co, sw and ew do not apply"));
-                }
-                match value {
-                    CompValue::Num(n) => Ok(match n.as_i64() {
-                        Some(i) if holder == Holder::Column => Param::Int(i),
-                        _ => Param::Real(n.as_f64().unwrap_or(0.0)),
-                    }),
-                    _ => Err(bad("is a number: compare it with a number")),
-                }
-            }
-            AttrType::DateTime => {
-                if text_only {
-                    return Err(bad("is a date-time: co, sw and ew do not apply"));
-                }
-                match value {
-                    CompValue::Str(s) => chrono::DateTime::parse_from_rfc3339(s)
-                        .map(|d| Param::Time(d.naive_utc()))
-                        .map_err(|_| bad("is a date-time: compare it with an RFC 3339 date-time")),
-                    _ => Err(bad("is a date-time: compare it with an RFC 3339 date-time")),
-                }
-            }
-            AttrType::Complex => Err(bad("is complex: name one of its sub-attributes")),
-        }
-    }
-
-    /// `attr[filter]`.
-    fn value_path(&mut self, path: &AttrPath, inner: &Filter) -> Result<(), ScimError> {
-        let (scope, attr) = self.resolve(path)?;
-        if !attr.multi || attr.ty != AttrType::Complex {
-            return Err(ScimError::invalid_filter(format!(
-                "{} is not a multi-valued complex attribute",
-                attr.name
-            )));
-        }
-        self.multi(scope, attr, inner)
-    }
-
-    /// A condition on the elements of a multi-valued attribute: true when one element matches.
-    fn multi(
-        &mut self,
-        scope: Scope,
-        attr: &'static Attr,
-        inner: &Filter,
-    ) -> Result<(), ScimError> {
-        match (self.rt.kind, scope, attr.name) {
-            (ResourceKind::User, Scope::Core, "emails")
-                if only_subs(inner, &["value", "type", "primary"]) =>
-            {
-                self.push(
-                    "r.pk IN (SELECT e.user_pk FROM scim.user_emails e WHERE e.tenant = @P1 AND ",
-                );
-                self.element(attr, inner, &|name| match name {
-                    "value" => ("e.value_ci".into(), Holder::Column),
-                    "type" => ("e.type_ci".into(), Holder::Column),
-                    _ => ("e.is_primary".into(), Holder::Column),
-                })?;
-                self.push(")");
-                Ok(())
-            }
-            (ResourceKind::User, Scope::Core, "groups")
-            | (ResourceKind::Group, Scope::Core, "members") => {
-                let (select, by) = if attr.name == "groups" {
-                    ("m.member_id", "m.group_id")
-                } else {
-                    ("m.group_id", "m.member_id")
-                };
-                if !only_subs(inner, &["value", "type"]) {
-                    return Err(ScimError::invalid_filter(format!(
-                        "{} can be filtered by value and type",
-                        attr.name
-                    )));
-                }
-                self.push(&format!(
-                    "r.id IN (SELECT {select} FROM scim.group_members m WHERE m.tenant = @P1 AND "
-                ));
-                let by = by.to_string();
-                // `type` is not caseExact: rows hold 'User'/'Group' (ASCII, so LOWER is exact),
-                // the bound value is folded. A user's groups are all direct memberships.
-                let ty = if attr.name == "groups" {
-                    "N'direct'"
-                } else {
-                    "LOWER(m.member_type)"
-                };
-                self.element(attr, inner, &move |name| match name {
-                    "value" => (by.clone(), Holder::Column),
-                    _ => (ty.into(), Holder::Column),
-                })?;
-                self.push(")");
-                Ok(())
-            }
-            _ => {
-                let mut p = String::from("$");
-                if let Scope::Extension(i) = scope {
-                    json_key(&mut p, &self.rt.extensions[i].id);
-                }
-                json_key(&mut p, attr.name);
-                self.push(&format!(
-                    "EXISTS (SELECT 1 FROM OPENJSON(r.doc_ci, N'{p}') j WHERE "
-                ));
-                self.element(attr, inner, &|name| {
-                    let mut k = String::from("$");
-                    json_key(&mut k, name);
-                    (json_value("j.value", &k), Holder::Json)
-                })?;
-                self.push(")");
-                Ok(())
-            }
-        }
-    }
-
-    /// A filter over one element, with `expr(sub)` giving the SQL of a sub-attribute.
-    fn element(
-        &mut self,
-        attr: &'static Attr,
-        f: &Filter,
-        expr: &dyn Fn(&str) -> (String, Holder),
-    ) -> Result<(), ScimError> {
-        self.count_term()?;
-        match f {
-            Filter::And(a, b) | Filter::Or(a, b) => {
-                let op = if matches!(f, Filter::And(..)) {
-                    " AND "
-                } else {
-                    " OR "
-                };
-                self.push("(");
-                self.element(attr, a, expr)?;
-                self.push(op);
-                self.element(attr, b, expr)?;
-                self.push(")");
-                Ok(())
-            }
-            Filter::Not(inner) => {
-                self.push("NOT (");
-                self.element(attr, inner, expr)?;
-                self.push(")");
-                Ok(())
-            }
-            Filter::Present(p) | Filter::Compare { path: p, .. } => {
-                let sub = attr.sub_attr(&p.name).ok_or_else(|| {
-                    ScimError::invalid_filter(format!("unknown attribute {}.{}", attr.name, p.name))
-                })?;
-                let cmp = match f {
-                    Filter::Compare { op, value, .. } => Some((*op, value)),
-                    _ => None,
-                };
-                let (e, holder) = expr(sub.name);
-                self.compare_expr(&e, holder, sub, cmp)
-            }
-            Filter::ValuePath { .. } => {
-                Err(ScimError::invalid_filter("value filters cannot be nested"))
-            }
-        }
-    }
 }
 
-/// Whether every attribute a filter names is one of `subs`.
-fn only_subs(f: &Filter, subs: &[&str]) -> bool {
-    match f {
-        Filter::And(a, b) | Filter::Or(a, b) => only_subs(a, subs) && only_subs(b, subs),
-        Filter::Not(a) => only_subs(a, subs),
-        Filter::Present(p) | Filter::Compare { path: p, .. } => {
-            p.sub.is_none() && subs.iter().any(|s| s.eq_ignore_ascii_case(&p.name))
-        }
-        Filter::ValuePath { .. } => false,
-    }
+/// Whether `expr` holds text: a string-like attribute, or a boolean read from JSON.
+fn is_text(holder: Holder, attr: &Attr) -> bool {
+    matches!(
+        attr.ty,
+        AttrType::String | AttrType::Reference | AttrType::Binary
+    ) || holder == Holder::Json && attr.ty == AttrType::Boolean
 }
 
 /// Escape LIKE's wildcards (`%`, `_`, `[`) and the escape character itself with `\`.
@@ -589,24 +236,11 @@ pub fn like_escape(s: &str) -> String {
     out
 }
 
-/// Append `."key"` to a JSON path; keys are schema names or URNs, never client text, but
-/// quote characters are dropped anyway so the path stays one N'…' literal.
-fn json_key(path: &mut String, key: &str) {
-    path.push_str(".\"");
-    for c in key.chars() {
-        if c == '"' || c == '\'' || c == '\\' {
-            continue;
-        }
-        path.push(c);
-    }
-    path.push('"');
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::scim::filter::parse_filter;
-    use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
+    use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ResourceKind};
 
     fn users(f: &str) -> Condition {
         compile(
