@@ -28,6 +28,23 @@ pub const ADMIN_PREFIX: &str = "/admin/v1";
 
 type Result<T> = std::result::Result<Json<T>, AdminError>;
 
+/// A page of a list answer: `page!(UserPage of UserSummary)` declares the object `UserPage`
+/// with the items and the paging applied (`total` is how many match in all).
+macro_rules! page {
+    ($name:ident of $item:ty $(, total: $doc:literal)?) => {
+        #[derive(poem_openapi::Object)]
+        #[oai(rename_all = "camelCase")]
+        pub struct $name {
+            pub items: Vec<$item>,
+            $(#[doc = $doc])?
+            pub total: i64,
+            pub limit: i64,
+            pub offset: i64,
+        }
+    };
+}
+pub(super) use page;
+
 #[derive(Tags)]
 enum AdminTag {
     /// Tenants and their staged counts
@@ -121,15 +138,7 @@ pub struct LastRun {
     pub ended_at: Option<String>,
 }
 
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-pub struct TenantPage {
-    pub items: Vec<TenantSummary>,
-    /// How many match in all.
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+page!(TenantPage of TenantSummary, total: " How many match in all.");
 
 /// A staged user, summarised.
 #[derive(Object)]
@@ -148,14 +157,7 @@ pub struct UserSummary {
     pub last_modified: String,
 }
 
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-pub struct UserPage {
-    pub items: Vec<UserSummary>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+page!(UserPage of UserSummary);
 
 /// A group a user belongs to.
 #[derive(Object)]
@@ -191,14 +193,7 @@ pub struct GroupSummary {
     pub last_modified: String,
 }
 
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-pub struct GroupPage {
-    pub items: Vec<GroupSummary>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+page!(GroupPage of GroupSummary);
 
 /// One SCIM request of the provisioning log.
 #[derive(Object)]
@@ -219,14 +214,7 @@ pub struct ProvisioningRequest {
     pub error: Option<String>,
 }
 
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-pub struct ProvisioningPage {
-    pub items: Vec<ProvisioningRequest>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+page!(ProvisioningPage of ProvisioningRequest);
 
 /// What a prune removed.
 #[derive(Object)]
@@ -238,23 +226,26 @@ pub struct PruneResult {
     pub before: String,
 }
 
-impl AdminApi {
-    fn tenant(&self, name: &str) -> std::result::Result<&Tenant, AdminError> {
-        self.state
-            .tenants
+/// What both admin APIs ask of the application state.
+impl AppState {
+    /// The configured tenant `name`; 404 otherwise.
+    pub(super) fn admin_tenant(&self, name: &str) -> std::result::Result<&Tenant, AdminError> {
+        self.tenants
             .get(name)
             .ok_or_else(|| AdminError::no_such_tenant(name))
     }
 
     /// limit within 1..=max_page_size (default: default_page_size), offset ≥ 0.
-    fn paging(&self, limit: Option<i64>, offset: Option<i64>) -> (i64, i64) {
-        let server = &self.state.config.server;
+    pub(super) fn admin_paging(&self, limit: Option<i64>, offset: Option<i64>) -> (i64, i64) {
+        let server = &self.config.server;
         let limit = limit
             .unwrap_or(server.default_page_size)
             .clamp(1, server.max_page_size);
         (limit, offset.unwrap_or(0).max(0))
     }
+}
 
+impl AdminApi {
     async fn summary(&self, t: &Tenant) -> std::result::Result<TenantSummary, AdminError> {
         let c = self.state.store.tenant_counts(&t.config.name).await?;
         let sync = super::admin_sync::sync_summary(&self.state, &t.config.name).await?;
@@ -286,15 +277,22 @@ impl AdminApi {
         })
     }
 
+    /// One page of a tenant's staged users or groups (without related resources):
+    /// the total, the rows, and the limit and offset applied.
     async fn staged(
         &self,
         tenant: &str,
         kind: ResourceKind,
         filter: Option<&str>,
-        page: Page,
-        related: bool,
-    ) -> std::result::Result<(i64, Vec<Stored>), AdminError> {
-        let t = self.tenant(tenant)?;
+        limit: Option<i64>,
+        offset: Option<i64>,
+    ) -> std::result::Result<(i64, Vec<Stored>, i64, i64), AdminError> {
+        let (limit, offset) = self.state.admin_paging(limit, offset);
+        let page = Page {
+            start_index: offset.saturating_add(1),
+            count: limit,
+        };
+        let t = self.state.admin_tenant(tenant)?;
         let rt = t.rt(kind);
         let parsed = match filter.map(str::trim) {
             None | Some("") => None,
@@ -310,8 +308,9 @@ impl AdminApi {
         // The backend translates the filter: what it cannot translate is a bad filter.
         self.state
             .store
-            .list(tenant, rt, query, &page, related)
+            .list(tenant, rt, query, &page, false)
             .await
+            .map(|(total, rows)| (total, rows, limit, offset))
             .map_err(|e| match e {
                 StoreError::Rejected(e) => {
                     AdminError::bad_request(format!("invalid filter: {}", e.detail))
@@ -365,7 +364,7 @@ impl AdminApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<TenantPage> {
-        let (limit, offset) = self.paging(limit.0, offset.0);
+        let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
         let mut items = Vec::new();
         for t in self
             .state
@@ -392,7 +391,7 @@ impl AdminApi {
         operation_id = "adminGetTenant"
     )]
     async fn get_tenant(&self, _auth: AdminAuth, tenant: Path<String>) -> Result<TenantSummary> {
-        let t = self.tenant(&tenant)?;
+        let t = self.state.admin_tenant(&tenant)?;
         Ok(Json(self.summary(t).await?))
     }
 
@@ -416,18 +415,13 @@ impl AdminApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<UserPage> {
-        let (limit, offset) = self.paging(limit.0, offset.0);
-        let page = Page {
-            start_index: offset.saturating_add(1),
-            count: limit,
-        };
-        let (total, rows) = self
+        let (total, rows, limit, offset) = self
             .staged(
                 &tenant,
                 ResourceKind::User,
                 filter.0.as_deref(),
-                page,
-                false,
+                limit.0,
+                offset.0,
             )
             .await?;
         let items = rows
@@ -455,7 +449,7 @@ impl AdminApi {
         tenant: Path<String>,
         id: Path<String>,
     ) -> Result<UserDetail> {
-        self.tenant(&tenant)?;
+        self.state.admin_tenant(&tenant)?;
         let s = self
             .state
             .store
@@ -504,18 +498,13 @@ impl AdminApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<GroupPage> {
-        let (limit, offset) = self.paging(limit.0, offset.0);
-        let page = Page {
-            start_index: offset.saturating_add(1),
-            count: limit,
-        };
-        let (total, rows) = self
+        let (total, rows, limit, offset) = self
             .staged(
                 &tenant,
                 ResourceKind::Group,
                 filter.0.as_deref(),
-                page,
-                false,
+                limit.0,
+                offset.0,
             )
             .await?;
         let ids: Vec<String> = rows.iter().map(|s| s.id.clone()).collect();
@@ -568,8 +557,8 @@ impl AdminApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<ProvisioningPage> {
-        self.tenant(&tenant)?;
-        let (limit, offset) = self.paging(limit.0, offset.0);
+        self.state.admin_tenant(&tenant)?;
+        let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
         let status = match status.0.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(s) => Some(StatusFilter::parse(s).ok_or_else(|| {

@@ -14,9 +14,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Tags, Union};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::admin::{ADMIN_PREFIX, AdminAuth};
+use super::AppState;
+use super::admin::{ADMIN_PREFIX, AdminAuth, page};
 use super::problem::{ActionError, AdminError};
-use super::{AppState, Tenant};
 use crate::config::{AdminRole, SyncConfig};
 use crate::mapping::{Mapping, StagedGroup, StagedUser, UserState};
 use crate::scim::resource::normalize;
@@ -150,14 +150,7 @@ impl From<ledger::RunRow> for Run {
     }
 }
 
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-pub struct RunPage {
-    pub items: Vec<Run>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+page!(RunPage of Run);
 
 /// A field's value before and after (null: none).
 #[derive(Object)]
@@ -203,14 +196,7 @@ pub struct RunItem {
     pub error: Option<String>,
 }
 
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-pub struct RunItemPage {
-    pub items: Vec<RunItem>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+page!(RunItemPage of RunItem);
 
 /// What to run.
 #[derive(Object, Default)]
@@ -480,19 +466,12 @@ pub struct AdminSyncApi {
 }
 
 impl AdminSyncApi {
-    fn tenant(&self, name: &str) -> std::result::Result<&Tenant, AdminError> {
-        self.state
-            .tenants
-            .get(name)
-            .ok_or_else(|| AdminError::no_such_tenant(name))
-    }
-
     /// The sync handle, engine and settings of a tenant that syncs; 404 otherwise.
     fn syncing(
         &self,
         tenant: &str,
     ) -> std::result::Result<(Arc<SyncHandle>, Arc<SyncEngine>, SyncConfig), AdminError> {
-        self.tenant(tenant)?;
+        self.state.admin_tenant(tenant)?;
         let not = || {
             AdminError::not_found(format!(
                 "tenant {tenant:?} has no [tenants.{tenant}.sync] configuration"
@@ -502,14 +481,6 @@ impl AdminSyncApi {
         let engine = handle.engine();
         let config = engine.tenant_config(tenant).cloned().ok_or_else(not)?;
         Ok((handle, engine, config))
-    }
-
-    fn paging(&self, limit: Option<i64>, offset: Option<i64>) -> (i64, i64) {
-        let server = &self.state.config.server;
-        let limit = limit
-            .unwrap_or(server.default_page_size)
-            .clamp(1, server.max_page_size);
-        (limit, offset.unwrap_or(0).max(0))
     }
 
     /// The staging database's reader pool (sync runs on SQLite staging only); 404 when no
@@ -586,9 +557,9 @@ impl AdminSyncApi {
         offset: Query<Option<i64>>,
     ) -> Result<RunPage> {
         if let Some(t) = tenant.0.as_deref() {
-            self.tenant(t)?;
+            self.state.admin_tenant(t)?;
         }
-        let (limit, offset) = self.paging(limit.0, offset.0);
+        let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
         let q = RunQuery {
             tenant: tenant.0,
             status: status.0,
@@ -647,7 +618,7 @@ impl AdminSyncApi {
         if ledger::run(self.pool()?, id.0).await.map_err(db)?.is_none() {
             return Err(AdminError::not_found(format!("no run {}", id.0)));
         }
-        let (limit, offset) = self.paging(limit.0, offset.0);
+        let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
         let (total, rows) = ledger::items(self.pool()?, id.0, outcome.0.as_deref(), limit, offset)
             .await
             .map_err(db)?;
@@ -823,7 +794,7 @@ impl AdminSyncApi {
     ) -> std::result::Result<Json<Preview>, ActionError> {
         auth.require(AdminRole::Operator)?;
         let (_, _, config) = self.syncing(&tenant)?;
-        let t = self.tenant(&tenant)?;
+        let t = self.state.admin_tenant(&tenant)?;
         let staged_ref = match &body.0 {
             PreviewRequest::ById(b) => Some(UserRef::Id(&b.user_id)),
             PreviewRequest::ByName(b) => Some(UserRef::UserName(&b.user_name)),
@@ -987,7 +958,7 @@ impl AdminSyncApi {
     ) -> std::result::Result<Json<MappingInfo>, ActionError> {
         auth.require(AdminRole::Operator)?;
         let (handle, _, _) = self.syncing(&tenant)?;
-        let t = self.tenant(&tenant)?;
+        let t = self.state.admin_tenant(&tenant)?;
         let _one = handle.reload.lock().await;
         // Under the lock: the engine as the last reload left it.
         let engine = handle.engine();
@@ -1066,7 +1037,7 @@ impl AdminSyncApi {
         offset: Query<Option<i64>>,
     ) -> Result<OffboardingPage> {
         let (_, _, config) = self.syncing(&tenant)?;
-        let (limit, offset) = self.paging(limit.0, offset.0);
+        let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
         let (total, rows) = ledger::pending_offboardings(
             self.pool()?,
             &tenant,
