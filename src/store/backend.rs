@@ -156,52 +156,22 @@ impl Store {
         let kind: ResourceKind = rt.kind;
         match self {
             Store::Sqlite(s) => {
-                let cond = query
-                    .filter
-                    .map(|f| sqlite::filter_sql::compile(rt, tenant, f))
-                    .transpose()?;
-                let sort = query
-                    .sort_by
-                    .map(|by| {
-                        sqlite::filter_sql::sort_expression(rt, by).map(|expr| Sort {
-                            expr,
-                            descending: query.descending,
-                        })
-                    })
-                    .transpose()?;
-                s.list(
-                    tenant,
-                    kind,
-                    cond.as_ref(),
-                    sort.as_ref(),
-                    page,
-                    with_related,
-                )
-                .await
+                let (cond, sort) = translate(
+                    &query,
+                    |f| sqlite::filter_sql::compile(rt, tenant, f),
+                    |by| sqlite::filter_sql::sort_expression(rt, by),
+                )?;
+                let (cond, sort) = (cond.as_ref(), sort.as_ref());
+                s.list(tenant, kind, cond, sort, page, with_related).await
             }
             Store::SqlServer(s) => {
-                let cond = query
-                    .filter
-                    .map(|f| mssql::filter_sql::compile(rt, tenant, f))
-                    .transpose()?;
-                let sort = query
-                    .sort_by
-                    .map(|by| {
-                        mssql::filter_sql::sort_expression(rt, by).map(|expr| Sort {
-                            expr,
-                            descending: query.descending,
-                        })
-                    })
-                    .transpose()?;
-                s.list(
-                    tenant,
-                    kind,
-                    cond.as_ref(),
-                    sort.as_ref(),
-                    page,
-                    with_related,
-                )
-                .await
+                let (cond, sort) = translate(
+                    &query,
+                    |f| mssql::filter_sql::compile(rt, tenant, f),
+                    |by| mssql::filter_sql::sort_expression(rt, by),
+                )?;
+                let (cond, sort) = (cond.as_ref(), sort.as_ref());
+                s.list(tenant, kind, cond, sort, page, with_related).await
             }
         }
     }
@@ -249,4 +219,24 @@ impl Store {
             Store::SqlServer(_) => None,
         }
     }
+}
+
+/// A list request's filter and sort key in one dialect, given its two translations: the
+/// filter's condition first, then the ORDER BY expression.
+fn translate<C>(
+    query: &ListQuery<'_>,
+    compile: impl Fn(&Filter) -> Result<C, ScimError>,
+    sort_expression: impl Fn(&str) -> Result<String, ScimError>,
+) -> Result<(Option<C>, Option<Sort>), StoreError> {
+    let cond = query.filter.map(compile).transpose()?;
+    let sort = query
+        .sort_by
+        .map(|by| {
+            sort_expression(by).map(|expr| Sort {
+                expr,
+                descending: query.descending,
+            })
+        })
+        .transpose()?;
+    Ok((cond, sort))
 }
