@@ -275,6 +275,49 @@ mod tests {
     }
 
     #[test]
+    fn sort_expressions() {
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        assert_eq!(sort_expression(&rt, "userName").unwrap(), "r.user_name_ci");
+        assert_eq!(sort_expression(&rt, "meta.created").unwrap(), "r.created");
+        assert_eq!(
+            sort_expression(&rt, "name.familyName").unwrap(),
+            "json_extract(r.doc_ci, '$.\"name\".\"familyName\"')"
+        );
+        assert_eq!(
+            sort_expression(&rt, "emails").unwrap(),
+            "json_extract(r.doc_ci, '$.\"emails\"[0].\"value\"')"
+        );
+        assert_eq!(
+            sort_expression(
+                &rt,
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"
+            )
+            .unwrap(),
+            "json_extract(r.doc_ci, '$.\"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User\".\"manager\".\"value\"')"
+        );
+        assert!(sort_expression(&rt, "nosuch").is_err());
+        assert!(sort_expression(&rt, "meta.version").is_err());
+    }
+
+    #[test]
+    fn the_number_of_terms_is_bounded() {
+        let chain = |n: usize| vec!["title pr"; n].join(" or ");
+        // n comparisons joined by n - 1 ors: 2n - 1 terms.
+        assert!(users(&chain(100)).sql.starts_with("(((("));
+        assert_eq!(
+            users_err(&chain(101)).scim_type,
+            Some(crate::scim::ScimType::InvalidFilter)
+        );
+        // The value path is one term, its element filter 2n - 1 more.
+        let elements = |n: usize| format!("emails[{}]", vec!["value pr"; n].join(" or "));
+        assert!(users(&elements(100)).sql.starts_with("r.pk IN"));
+        assert_eq!(
+            users_err(&elements(101)).scim_type,
+            Some(crate::scim::ScimType::InvalidFilter)
+        );
+    }
+
+    #[test]
     fn unanswerable_filters_are_errors() {
         for f in [
             "nosuch eq \"x\"",
