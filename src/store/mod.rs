@@ -5,6 +5,7 @@ mod backend;
 mod filter_walk;
 pub mod mssql;
 pub mod sqlite;
+pub mod update;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};

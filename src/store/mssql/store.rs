@@ -19,6 +19,7 @@ use crate::scim::ScimError;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::fold_case;
 use crate::scim::schema::{ResourceKind, ResourceType};
+use crate::store::update::{self, Current, GroupUpdate, UserUpdate, check_version, group_columns};
 use crate::store::{
     GroupChange, Page, Related, Sort, StoreError, Stored, UserColumns, format_time,
 };
@@ -122,18 +123,6 @@ async fn next_seq(c: &mut Client) -> Result<i64, StoreError> {
         .await?
         .ok_or_else(|| StoreError::CommitFailed("no change sequence value".into()))?;
     get_i64(&row, 0)
-}
-
-fn check_version(if_match: Option<&[i64]>, version: i64) -> Result<(), StoreError> {
-    match if_match {
-        Some(list) if !list.contains(&version) => Err(StoreError::VersionMismatch),
-        _ => Ok(()),
-    }
-}
-
-fn group_columns(doc: &Map<String, Value>) -> (String, Option<String>) {
-    let s = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_string);
-    (s("displayName").unwrap_or_default(), s("externalId"))
 }
 
 fn emails_json(cols: &UserColumns) -> String {
@@ -297,7 +286,7 @@ impl MssqlStore {
         kind: ResourceKind,
         tenant: &str,
         id: &str,
-    ) -> Result<(i64, String, i64, String, String), StoreError> {
+    ) -> Result<Current, StoreError> {
         let sql = match kind {
             ResourceKind::User => st::CURRENT_USER,
             ResourceKind::Group => st::CURRENT_GROUP,
@@ -307,13 +296,13 @@ impl MssqlStore {
         q.bind(id.to_string());
         let mut c = self.pool.get().await?;
         let r = first(&mut c, q).await?.ok_or(StoreError::NotFound)?;
-        Ok((
-            get_i64(&r, 0)?,
-            get_text(&r, 1)?,
-            get_i64(&r, 2)?,
-            get_time(&r, 3)?,
-            get_time(&r, 4)?,
-        ))
+        Ok(Current {
+            pk: get_i64(&r, 0)?,
+            doc: get_text(&r, 1)?,
+            version: get_i64(&r, 2)?,
+            created: get_time(&r, 3)?,
+            last_modified: get_time(&r, 4)?,
+        })
     }
 
     /// Read-modify-write of one user with a compare-and-swap on its version.
@@ -327,25 +316,17 @@ impl MssqlStore {
         change: impl Fn(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let (pk, doc_text, version, created, last_modified) =
-                self.current(ResourceKind::User, tenant, id).await?;
-            check_version(if_match, version)?;
-            let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
-            let new = change(old.clone())?;
-            if new == old {
-                return Ok(Stored {
-                    id: id.to_string(),
-                    doc: doc_text,
-                    version,
-                    created,
-                    last_modified,
-                    related: None,
-                });
-            }
-            let cols = UserColumns::from_doc(&new, rt.custom_urn().unwrap_or_default());
-            let emails_changed = UserColumns::from_doc(&old, "").emails != cols.emails;
-            let new_text = serde_json::to_string(&new)?;
-            let new_ci = serde_json::to_string(&fold_case(rt, &new))?;
+            let cur = self.current(ResourceKind::User, tenant, id).await?;
+            let Some(UserUpdate {
+                cols,
+                emails_changed,
+                text: new_text,
+                text_ci: new_ci,
+            }) = update::plan_user(rt, &cur, if_match, &change)?
+            else {
+                return Ok(cur.unchanged(id));
+            };
+            let (pk, version) = (cur.pk, cur.version);
             let mut conn = self.pool.get().await?;
             let c = &mut *conn;
             let written: Option<i64> = transaction!(c, async {
@@ -386,7 +367,7 @@ impl MssqlStore {
                     id: id.to_string(),
                     doc: new_text,
                     version: seq,
-                    created,
+                    created: cur.created,
                     last_modified: format_time(now),
                     related: None,
                 });
@@ -482,28 +463,21 @@ impl MssqlStore {
         change: impl Fn(Map<String, Value>) -> Result<GroupChange, ScimError>,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let (pk, doc_text, version, created, last_modified) =
-                self.current(ResourceKind::Group, tenant, id).await?;
-            check_version(if_match, version)?;
-            let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
-            let change = change(old.clone())?;
-            let doc_changed = change.doc != old;
-            let unchanged = || Stored {
-                id: id.to_string(),
-                doc: doc_text.clone(),
-                version,
-                created: created.clone(),
-                last_modified: last_modified.clone(),
-                related: None,
+            let cur = self.current(ResourceKind::Group, tenant, id).await?;
+            let Some(GroupUpdate {
+                members,
+                doc_changed,
+                renamed,
+                display,
+                external_id,
+                text: new_text,
+                text_ci: new_ci,
+                needs_version,
+            }) = update::plan_group(rt, &cur, if_match, &change)?
+            else {
+                return Ok(cur.unchanged(id));
             };
-            if !doc_changed && change.members.is_empty() {
-                return Ok(unchanged());
-            }
-            let (display, external_id) = group_columns(&change.doc);
-            let renamed = group_columns(&old) != (display.clone(), external_id.clone());
-            let new_text = serde_json::to_string(&change.doc)?;
-            let new_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
-            let needs_version = doc_changed || if_match.is_some();
+            let (pk, version) = (cur.pk, cur.version);
             let mut conn = self.pool.get().await?;
             let c = &mut *conn;
             let outcome: Option<Outcome> = transaction!(c, async {
@@ -517,7 +491,7 @@ impl MssqlStore {
                     return Ok::<_, StoreError>(Some(Outcome::Retry));
                 }
                 let seq = next_seq(c).await?;
-                let members_changed = apply_member_ops(c, tenant, id, &change.members, seq).await?;
+                let members_changed = apply_member_ops(c, tenant, id, &members, seq).await?;
                 if !doc_changed && !members_changed {
                     // Nothing to commit; the rollback also returns the sequence value.
                     return Ok(None);
@@ -550,13 +524,13 @@ impl MssqlStore {
             })?;
             match outcome {
                 Some(Outcome::Retry) => continue,
-                None => return Ok(unchanged()),
+                None => return Ok(cur.unchanged(id)),
                 Some(Outcome::Written(seq)) => {
                     return Ok(Stored {
                         id: id.to_string(),
                         doc: new_text,
                         version: seq,
-                        created,
+                        created: cur.created,
                         last_modified: format_time(now),
                         related: None,
                     });

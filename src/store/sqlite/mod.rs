@@ -23,6 +23,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection as _};
 
+use super::update::{self, Current, GroupUpdate, UserUpdate, check_version, group_columns};
 use super::{GroupChange, Page, Related, Sort, StoreError, Stored, UserColumns, format_time};
 use crate::scim::ScimError;
 use crate::scim::patch::MemberOp;
@@ -257,12 +258,7 @@ impl SqliteStore {
     }
 
     /// The current document and version of a live resource, for an optimistic update.
-    fn current(
-        &self,
-        kind: ResourceKind,
-        tenant: &str,
-        id: &str,
-    ) -> Result<(i64, String, i64, String, String), StoreError> {
+    fn current(&self, kind: ResourceKind, tenant: &str, id: &str) -> Result<Current, StoreError> {
         let sql = match kind {
             ResourceKind::User => {
                 "SELECT pk, doc, change_seq, created, last_modified FROM users \
@@ -276,7 +272,13 @@ impl SqliteStore {
             .with(|c| {
                 Ok(c.prepare_cached(sql)?
                     .query_row(params![tenant, id], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                        Ok(Current {
+                            pk: r.get(0)?,
+                            doc: r.get(1)?,
+                            version: r.get(2)?,
+                            created: r.get(3)?,
+                            last_modified: r.get(4)?,
+                        })
                     })
                     .optional()?)
             })?
@@ -296,26 +298,18 @@ impl SqliteStore {
         change: impl Fn(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let (pk, doc_text, version, created, last_modified) =
-                self.current(ResourceKind::User, tenant, id)?;
-            check_version(if_match, version)?;
-            let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
-            let new = change(old.clone())?;
-            if new == old {
+            let cur = self.current(ResourceKind::User, tenant, id)?;
+            let Some(UserUpdate {
+                cols,
+                emails_changed,
+                text: new_text,
+                text_ci: new_ci,
+            }) = update::plan_user(rt, &cur, if_match, &change)?
+            else {
                 // Nothing changed: no new version, nothing for the sync engine to do.
-                return Ok(Stored {
-                    id: id.to_string(),
-                    doc: doc_text,
-                    version,
-                    created,
-                    last_modified,
-                    related: None,
-                });
-            }
-            let cols = UserColumns::from_doc(&new, rt.custom_urn().unwrap_or_default());
-            let emails_changed = UserColumns::from_doc(&old, "").emails != cols.emails;
-            let new_text = serde_json::to_string(&new)?;
-            let new_ci = serde_json::to_string(&fold_case(rt, &new))?;
+                return Ok(cur.unchanged(id));
+            };
+            let (pk, version) = (cur.pk, cur.version);
             let now_s = format_time(now);
             let (tenant_o, text, now_o) = (tenant.to_string(), new_text.clone(), now_s.clone());
             let seq = self
@@ -355,7 +349,7 @@ impl SqliteStore {
                     id: id.to_string(),
                     doc: new_text,
                     version: seq,
-                    created,
+                    created: cur.created,
                     last_modified: now_s,
                     related: None,
                 });
@@ -476,26 +470,21 @@ impl SqliteStore {
         change: impl Fn(Map<String, Value>) -> Result<GroupChange, ScimError>,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let (pk, doc_text, version, created, last_modified) =
-                self.current(ResourceKind::Group, tenant, id)?;
-            check_version(if_match, version)?;
-            let old: Map<String, Value> = serde_json::from_str(&doc_text)?;
-            let change = change(old.clone())?;
-            let doc_changed = change.doc != old;
-            if !doc_changed && change.members.is_empty() {
-                return Ok(Stored {
-                    id: id.to_string(),
-                    doc: doc_text,
-                    version,
-                    created,
-                    last_modified,
-                    related: None,
-                });
-            }
-            let (display, external_id) = group_columns(&change.doc);
-            let renamed = group_columns(&old) != (display.clone(), external_id.clone());
-            let new_text = serde_json::to_string(&change.doc)?;
-            let new_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
+            let cur = self.current(ResourceKind::Group, tenant, id)?;
+            let Some(GroupUpdate {
+                members,
+                doc_changed,
+                renamed,
+                display,
+                external_id,
+                text: new_text,
+                text_ci: new_ci,
+                needs_version,
+            }) = update::plan_group(rt, &cur, if_match, &change)?
+            else {
+                return Ok(cur.unchanged(id));
+            };
+            let (pk, version) = (cur.pk, cur.version);
             let now_s = format_time(now);
             let (tenant_o, id_o, text, now_o) = (
                 tenant.to_string(),
@@ -503,11 +492,6 @@ impl SqliteStore {
                 new_text.clone(),
                 now_s.clone(),
             );
-            let members = change.members;
-            // Member rows change by key, independently of the document: when the document
-            // stays as it is and the client did not ask for a version, concurrent member
-            // changes need not wait for each other (Entra sends them in parallel batches).
-            let needs_version = doc_changed || if_match.is_some();
             let outcome = self
                 .writes
                 .run(move |c| {
@@ -554,22 +538,13 @@ impl SqliteStore {
                 .await?;
             match outcome {
                 Outcome::Retry => continue,
-                Outcome::Unchanged => {
-                    return Ok(Stored {
-                        id: id.to_string(),
-                        doc: doc_text,
-                        version,
-                        created,
-                        last_modified,
-                        related: None,
-                    });
-                }
+                Outcome::Unchanged => return Ok(cur.unchanged(id)),
                 Outcome::Written(seq) => {
                     return Ok(Stored {
                         id: id.to_string(),
                         doc: new_text,
                         version: seq,
-                        created,
+                        created: cur.created,
                         last_modified: now_s,
                         related: None,
                     });
@@ -870,13 +845,6 @@ fn next_seq(c: &Conn) -> Result<i64, StoreError> {
     )
 }
 
-fn check_version(if_match: Option<&[i64]>, version: i64) -> Result<(), StoreError> {
-    match if_match {
-        Some(list) if !list.contains(&version) => Err(StoreError::VersionMismatch),
-        _ => Ok(()),
-    }
-}
-
 fn unique(e: rusqlite::Error, what: &str) -> StoreError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _)
@@ -887,11 +855,6 @@ fn unique(e: rusqlite::Error, what: &str) -> StoreError {
         }
         _ => StoreError::Sqlite(e),
     }
-}
-
-fn group_columns(doc: &Map<String, Value>) -> (String, Option<String>) {
-    let s = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_string);
-    (s("displayName").unwrap_or_default(), s("externalId"))
 }
 
 fn insert_emails(c: &Conn, tenant: &str, pk: i64, cols: &UserColumns) -> Result<(), StoreError> {
