@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::config::{Config, StagingDb};
 use crate::store::{SqliteStore, Store};
 use crate::sync::SyncEngine;
+use crate::sync::db::SyncDb;
 use crate::sync::scheduler::Scheduler;
 
 pub struct Application {
@@ -45,13 +46,11 @@ impl Application {
                 }
             })?;
         let sync = if config.tenants.values().any(|t| t.sync.is_some()) {
-            let sqlite = sync_store(&store)?;
-            Some((
-                SyncEngine::new(&config, sqlite.clone(), clock.clone())
+            Some(
+                SyncEngine::new(&config, SyncDb::of(&store), clock.clone())
                     .await
                     .context("opening the application databases")?,
-                sqlite,
-            ))
+            )
         } else {
             None
         };

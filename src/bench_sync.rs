@@ -284,7 +284,8 @@ pub async fn child(args: BenchSyncChildArgs) -> anyhow::Result<()> {
             }
         }
         Step::Sync => {
-            let engine = SyncEngine::new(&config, store.clone(), Arc::new(SystemClock)).await?;
+            let engine =
+                SyncEngine::new(&config, store.clone().into(), Arc::new(SystemClock)).await?;
             let started = Instant::now();
             let s = engine
                 .run(TENANT, Trigger::Cli, RunOptions::default())

@@ -205,7 +205,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
                 staging_path.display()
             )
         })?;
-    let engine = crate::sync::SyncEngine::new(&config, store, Arc::new(SystemClock)).await?;
+    let engine = crate::sync::SyncEngine::new(&config, store.into(), Arc::new(SystemClock)).await?;
     let progress = Arc::new(SyncProgress::new(tty, args.dry_run));
     let summary = match args.approve {
         Some(run_id) => {

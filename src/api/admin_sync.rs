@@ -37,6 +37,10 @@ enum SyncTag {
     Offboardings,
 }
 
+fn sqlserver_pending() -> AdminError {
+    AdminError::not_found("the sync ledger on SQL Server staging is not readable yet")
+}
+
 fn db(e: sqlx::Error) -> AdminError {
     StoreError::from(e).into()
 }
@@ -405,7 +409,9 @@ pub async fn sync_summary(
     let Some(handle) = &state.sync else {
         return Ok(None);
     };
-    let pool = handle.store().reader();
+    let Some(pool) = handle.db().sqlite_reader() else {
+        return Err(sqlserver_pending());
+    };
     Ok(Some(SyncSummary {
         mapping: c.mapping_path.display().to_string(),
         last_run: ledger::last_run(pool, tenant).await.map_err(db)?,
@@ -489,8 +495,8 @@ impl AdminSyncApi {
         self.state
             .sync
             .as_ref()
-            .map(|h| h.store().reader())
             .ok_or_else(|| AdminError::not_found("no tenant syncs: there are no sync runs"))
+            .and_then(|h| h.db().sqlite_reader().ok_or_else(sqlserver_pending))
     }
 
     /// 409 when a run of `tenant` holds its lease.
@@ -1001,7 +1007,7 @@ impl AdminSyncApi {
         if let Some(tc) = config.tenants.get_mut(&*tenant) {
             tc.sync = Some(loaded);
         }
-        let (store, clock) = (handle.store().clone(), self.state.clock.clone());
+        let (store, clock) = (handle.db().clone(), self.state.clock.clone());
         // Opened on a blocking thread: the engine's constructor is not a Send future.
         let new = tokio::task::spawn_blocking(move || {
             tokio::runtime::Handle::current().block_on(SyncEngine::new(&config, store, clock))

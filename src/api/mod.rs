@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, ScimRequest};
 use crate::provlog::ProvisioningLog;
 use crate::scim::ScimError;
 use crate::scim::schema::ResourceType;
-use crate::store::{ProvisioningEntry, SqliteStore, Store};
+use crate::store::{ProvisioningEntry, Store};
 use crate::sync::SyncEngine;
 use crate::sync::scheduler::SyncHandle;
 pub use admin::ADMIN_PREFIX;
@@ -58,15 +58,15 @@ pub struct AppState {
 
 impl AppState {
     /// Must run inside a tokio runtime: starts the provisioning log writer.
-    /// `sync`: the sync engine and the SQLite staging store it runs on, when a tenant syncs.
+    /// `sync`: the sync engine, when a tenant syncs.
     pub fn new(
         config: Config,
         store: Store,
         clock: Arc<dyn Clock>,
-        sync: Option<(SyncEngine, SqliteStore)>,
+        sync: Option<SyncEngine>,
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let sync = sync.map(|(e, s)| Arc::new(SyncHandle::new(e, s, metrics.clone())));
+        let sync = sync.map(|e| Arc::new(SyncHandle::new(e, metrics.clone())));
         let provlog = ProvisioningLog::start(
             store.clone(),
             clock.clone(),

@@ -14,6 +14,7 @@
 //! The watermark only moves over committed work, so a run stopped at any point converges on
 //! the next one. See docs/sync.md.
 
+pub mod db;
 pub mod ledger;
 pub mod scheduler;
 mod staging;
@@ -30,6 +31,7 @@ use crate::config::{Config, SyncConfig};
 use crate::mapping::{FieldValue, Mapping, Offboarding, RenderedUser, UserState};
 use crate::store::{SqliteStore, format_time};
 use crate::target::{AppDb, TargetError, UserApplied, UserWrite};
+use db::SyncDb;
 use staging::{Mark, UserRow};
 
 /// How long a lease lasts without renewal; a run renews it at every batch.
@@ -43,6 +45,8 @@ pub enum SyncError {
     Staging(#[from] sqlx::Error),
     #[error("staging database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("staging database error: {0}")]
+    SqlServer(#[from] crate::store::mssql::pool::MssqlError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("sync task failed: {0}")]
@@ -228,6 +232,7 @@ impl TenantSync {
 
 /// The sync engine of every configured tenant; share it with `Arc`.
 pub struct SyncEngine {
+    db: SyncDb,
     store: SqliteStore,
     /// The change pass's own staging connection (statements run synchronously, off the runtime).
     conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
@@ -344,9 +349,14 @@ impl SyncEngine {
     /// Open the application databases of every tenant that has a `[tenants.NAME.sync]`.
     pub async fn new(
         config: &Config,
-        store: SqliteStore,
+        db: SyncDb,
         clock: Arc<dyn Clock>,
     ) -> Result<SyncEngine, SyncError> {
+        let SyncDb::Sqlite(store) = db.clone() else {
+            return Err(SyncError::Task(
+                "the sync engine on SQL Server staging is not built yet".into(),
+            ));
+        };
         let mut apps: HashMap<String, AppDb> = HashMap::new();
         let mut tenants = BTreeMap::new();
         for (name, t) in &config.tenants {
@@ -374,6 +384,7 @@ impl SyncEngine {
         let conn = Arc::new(std::sync::Mutex::new(store.connect()?));
         let read_conn = Arc::new(std::sync::Mutex::new(store.connect()?));
         Ok(SyncEngine {
+            db,
             store,
             conn,
             read_conn,
@@ -382,6 +393,11 @@ impl SyncEngine {
             #[cfg(test)]
             hooks: tests::Hooks::default(),
         })
+    }
+
+    /// The staging database the engine keeps its state and ledger in.
+    pub fn db(&self) -> &SyncDb {
+        &self.db
     }
 
     /// The tenants that sync.

@@ -17,9 +17,9 @@ use croner::parser::{CronParser, Seconds};
 use tokio::sync::Semaphore;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
+use super::db::SyncDb;
 use super::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
 use crate::metrics::Metrics;
-use crate::store::SqliteStore;
 
 /// Runs in progress at once, at most (a permit each); shutdown takes them all.
 const MAX_RUNS: u32 = 1024;
@@ -52,7 +52,7 @@ pub struct SyncHandle {
     engine: RwLock<Arc<SyncEngine>>,
     scheduler_running: AtomicBool,
     runs: Arc<Semaphore>,
-    store: SqliteStore,
+    db: SyncDb,
     /// Held while a reload builds the new engine: one reload at a time.
     pub reload: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
@@ -61,13 +61,12 @@ pub struct SyncHandle {
 }
 
 impl SyncHandle {
-    /// `store`: the SQLite staging store the engine runs on.
-    pub fn new(engine: SyncEngine, store: SqliteStore, metrics: Arc<Metrics>) -> SyncHandle {
+    pub fn new(engine: SyncEngine, metrics: Arc<Metrics>) -> SyncHandle {
         SyncHandle {
+            db: engine.db().clone(),
             engine: RwLock::new(Arc::new(engine)),
             scheduler_running: AtomicBool::new(false),
             runs: Arc::new(Semaphore::new(MAX_RUNS as usize)),
-            store,
             reload: tokio::sync::Mutex::new(()),
             metrics,
             stop: Arc::new(AtomicBool::new(false)),
@@ -84,9 +83,9 @@ impl SyncHandle {
         }
     }
 
-    /// The staging store the engine runs on (the ledger's reads use its reader pool).
-    pub fn store(&self) -> &SqliteStore {
-        &self.store
+    /// The staging database the engine keeps its state and ledger in.
+    pub fn db(&self) -> &SyncDb {
+        &self.db
     }
 
     /// The engine new runs use.

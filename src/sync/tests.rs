@@ -134,7 +134,7 @@ async fn env(offboarding: &str, settings: &str) -> Env {
         .await
         .unwrap();
     let clock = Arc::new(FakeClock::new(t0()));
-    let engine = SyncEngine::new(&config, store.clone(), clock.clone())
+    let engine = SyncEngine::new(&config, store.clone().into(), clock.clone())
         .await
         .unwrap();
     let app = SqlitePool::connect(&format!("sqlite://{}", dir.path().join("app.db").display()))
@@ -837,7 +837,7 @@ async fn the_schema_is_applied_to_a_new_application_database_only() {
         database = \"sqlite://app.db\"\nschema = \"app.sql\"\n[tenants.t]\n\
         token = \"0123456789abcdef\"\n[tenants.t.sync]\nmapping = \"m.toml\"\n";
     let config = Config::parse(text, Path::new("c.toml"), e.dir.path(), []).unwrap();
-    let again = SyncEngine::new(&config, e.store.clone(), e.clock.clone())
+    let again = SyncEngine::new(&config, e.store.clone().into(), e.clock.clone())
         .await
         .unwrap();
     assert_eq!(again.tenants().collect::<Vec<_>>(), ["t"]);
@@ -897,7 +897,7 @@ async fn the_sample_configuration_syncs_out_of_the_box() {
         .await
         .unwrap();
     let clock = Arc::new(FakeClock::new(t0()));
-    let engine = SyncEngine::new(&config, store.clone(), clock.clone())
+    let engine = SyncEngine::new(&config, store.clone().into(), clock.clone())
         .await
         .unwrap();
     let doc = normalize(

@@ -313,7 +313,7 @@ async fn a_run_while_the_lease_is_held_is_a_conflict() {
     .bind(ACME)
     .bind(start_time().to_rfc3339())
     .bind(expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    .execute(app.state.sync.as_ref().unwrap().store().writer())
+    .execute(app.state.sync.as_ref().unwrap().db().as_sqlite().unwrap().writer())
     .await
     .unwrap();
     let r = app

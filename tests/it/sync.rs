@@ -38,7 +38,7 @@ async fn engine(t: &TestApp) -> Sync {
     let store = SqliteStore::open(config.staging_sqlite_path().unwrap(), Durability::Normal)
         .await
         .unwrap();
-    let engine = SyncEngine::new(&config, store, t.clock.clone())
+    let engine = SyncEngine::new(&config, store.into(), t.clock.clone())
         .await
         .unwrap();
     let app = sqlx::SqlitePool::connect(&format!("sqlite://{}", app_db.display()))
