@@ -202,22 +202,26 @@ pub struct Record {
     pub advance: Option<Mark>,
 }
 
-/// An item's optional JSON columns: changes, roles added, roles removed (None when empty).
-pub fn item_json(
-    item: &ItemReport,
-) -> Result<(Option<String>, Option<String>, Option<String>), SyncError> {
+/// An item's optional JSON columns (None when empty).
+pub struct ItemJson {
+    pub changes: Option<String>,
+    pub roles_added: Option<String>,
+    pub roles_removed: Option<String>,
+}
+
+pub fn item_json(item: &ItemReport) -> Result<ItemJson, SyncError> {
     let list = |v: &Vec<String>| {
         (!v.is_empty())
             .then(|| serde_json::to_string(v))
             .transpose()
     };
-    Ok((
-        (!item.changes.is_empty())
+    Ok(ItemJson {
+        changes: (!item.changes.is_empty())
             .then(|| serde_json::to_string(&item.changes))
             .transpose()?,
-        list(&item.roles_added)?,
-        list(&item.roles_removed)?,
-    ))
+        roles_added: list(&item.roles_added)?,
+        roles_removed: list(&item.roles_removed)?,
+    })
 }
 
 /// The engine's side of the staging database.
@@ -334,7 +338,7 @@ impl Staging {
     pub async fn begin(&self) -> Result<Tx, SyncError> {
         Ok(match self {
             Staging::Sqlite(s) => Tx::Sqlite(s.begin().await?),
-            Staging::SqlServer(p) => Tx::SqlServer(mssql::MssqlTx::begin(p).await?),
+            Staging::SqlServer(p) => Tx::SqlServer(Box::new(mssql::MssqlTx::begin(p).await?)),
         })
     }
 }
@@ -342,7 +346,7 @@ impl Staging {
 /// A staging write transaction: committed by [`Tx::commit`], rolled back when dropped.
 pub enum Tx {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    SqlServer(mssql::MssqlTx),
+    SqlServer(Box<mssql::MssqlTx>),
 }
 
 /// Forward a call inside the transaction.

@@ -284,15 +284,15 @@ fn items_json(items: &[ItemReport]) -> Result<String, SyncError> {
     let rows = items
         .iter()
         .map(|item| {
-            let (changes, added, removed) = item_json(item)?;
+            let j = item_json(item)?;
             Ok(json!({
                 "user_id": item.user_id,
                 "user_name": item.user_name,
                 "app_key": item.app_key,
                 "outcome": item.outcome.as_str(),
-                "changes": changes,
-                "roles_added": added,
-                "roles_removed": removed,
+                "changes": j.changes,
+                "roles_added": j.roles_added,
+                "roles_removed": j.roles_removed,
                 "error": item.error,
             }))
         })
@@ -585,16 +585,16 @@ pub async fn insert_item(
     run_id: i64,
     item: &ItemReport,
 ) -> Result<(), SyncError> {
-    let (changes, added, removed) = item_json(item)?;
+    let j = item_json(item)?;
     let mut q = Query::new(st::INSERT_RUN_ITEM);
     q.bind(run_id);
     q.bind(item.user_id.clone());
     q.bind(item.user_name.clone());
     q.bind(item.app_key.clone());
     q.bind(item.outcome.as_str());
-    q.bind(changes);
-    q.bind(added);
-    q.bind(removed);
+    q.bind(j.changes);
+    q.bind(j.roles_added);
+    q.bind(j.roles_removed);
     q.bind(item.error.clone());
     exec(tx, q).await.map(drop)
 }

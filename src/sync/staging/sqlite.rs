@@ -473,16 +473,16 @@ pub async fn insert_item(
     run_id: i64,
     item: &ItemReport,
 ) -> Result<(), SyncError> {
-    let (changes, added, removed) = item_json(item)?;
+    let j = item_json(item)?;
     sqlx::query(INSERT_ITEM)
         .bind(run_id)
         .bind(&item.user_id)
         .bind(&item.user_name)
         .bind(&item.app_key)
         .bind(item.outcome.as_str())
-        .bind(changes)
-        .bind(added)
-        .bind(removed)
+        .bind(j.changes)
+        .bind(j.roles_added)
+        .bind(j.roles_removed)
         .bind(&item.error)
         .execute(&mut *c)
         .await?;
@@ -742,16 +742,16 @@ pub mod blocking {
         {
             let mut insert = tx.prepare_cached(INSERT_ITEM)?;
             for item in &r.items {
-                let (changes, added, removed) = item_json(item)?;
+                let j = item_json(item)?;
                 insert.execute(params![
                     r.run_id,
                     item.user_id,
                     item.user_name,
                     item.app_key,
                     item.outcome.as_str(),
-                    changes,
-                    added,
-                    removed,
+                    j.changes,
+                    j.roles_added,
+                    j.roles_removed,
                     item.error,
                 ])?;
             }
