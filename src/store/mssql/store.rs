@@ -85,7 +85,7 @@ pub(super) async fn simple(c: &mut Client, sql: &str) -> Result<(), StoreError> 
 }
 
 /// The rows of the first result set that has any.
-pub(super) async fn rows(c: &mut Client, q: Query<'_>) -> Result<Vec<Row>, tiberius::error::Error> {
+pub(crate) async fn rows(c: &mut Client, q: Query<'_>) -> Result<Vec<Row>, tiberius::error::Error> {
     Ok(q.query(c)
         .await?
         .into_results()
@@ -95,7 +95,7 @@ pub(super) async fn rows(c: &mut Client, q: Query<'_>) -> Result<Vec<Row>, tiber
         .unwrap_or_default())
 }
 
-pub(super) async fn first(
+pub(crate) async fn first(
     c: &mut Client,
     q: Query<'_>,
 ) -> Result<Option<Row>, tiberius::error::Error> {

@@ -10,10 +10,12 @@ use serde_json::{Value, json};
 use tiberius::{Query, Row};
 
 use super::{
-    Link, Mark, NewOffboarding, NewRun, Queued, Read, Record, RunState, UserRow, item_json,
+    Link, LinkWrite, Mark, NewOffboarding, NewRun, Queued, Read, Record, RunState, UserRow,
+    item_json,
 };
 use crate::store::mssql::pool::{Client, MssqlPool, TiberiusManager};
 use crate::store::mssql::statements as st;
+use crate::store::mssql::store::{first, rows};
 use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
 
 fn naive(t: DateTime<Utc>) -> NaiveDateTime {
@@ -39,21 +41,6 @@ fn int(r: &Row, i: usize) -> Result<i64, SyncError> {
 
 fn bit(r: &Row, i: usize) -> Result<bool, SyncError> {
     required(r.try_get::<bool, _>(i)?, "bit")
-}
-
-/// The rows of the first result set that has any.
-async fn rows(c: &mut Client, q: Query<'_>) -> Result<Vec<Row>, SyncError> {
-    Ok(q.query(c)
-        .await?
-        .into_results()
-        .await?
-        .into_iter()
-        .find(|r| !r.is_empty())
-        .unwrap_or_default())
-}
-
-async fn first(c: &mut Client, q: Query<'_>) -> Result<Option<Row>, SyncError> {
-    Ok(rows(c, q).await?.into_iter().next())
 }
 
 /// A single number the statement always returns (COUNT_BIG, a BIT flag cast to INT…).
@@ -300,6 +287,33 @@ fn items_json(items: &[ItemReport]) -> Result<String, SyncError> {
     Ok(Value::Array(rows).to_string())
 }
 
+/// The JSON rows of a batch's links (see UPSERT_LINKS).
+fn links_json(links: &[LinkWrite]) -> String {
+    let rows: Vec<Value> = links
+        .iter()
+        .map(|l| {
+            json!({
+                "user_id": l.user_id,
+                "app_key": l.app_key,
+                "fingerprint": l.fingerprint,
+                "applied_roles": l.applied_roles,
+                "fields": l.fields,
+                "state": l.state,
+            })
+        })
+        .collect();
+    Value::Array(rows).to_string()
+}
+
+/// The JSON rows of a batch's failed users (see UPSERT_RETRIES).
+fn retries_json(retries: &[(String, String)]) -> String {
+    let rows: Vec<Value> = retries
+        .iter()
+        .map(|(user_id, error)| json!({"user_id": user_id, "error": error}))
+        .collect();
+    Value::Array(rows).to_string()
+}
+
 /// Record a batch in one transaction, set-based: the items, links and retries each travel as
 /// one JSON parameter.
 pub async fn record(p: &MssqlPool, r: Record) -> Result<(), SyncError> {
@@ -314,35 +328,16 @@ pub async fn record(p: &MssqlPool, r: Record) -> Result<(), SyncError> {
     if !r.dry_run {
         let t = r.tenant.as_str();
         if !r.links.is_empty() {
-            let rows: Vec<Value> = r
-                .links
-                .iter()
-                .map(|l| {
-                    json!({
-                        "user_id": l.user_id,
-                        "app_key": l.app_key,
-                        "fingerprint": l.fingerprint,
-                        "applied_roles": l.applied_roles,
-                        "fields": l.fields,
-                        "state": l.state,
-                    })
-                })
-                .collect();
             let mut q = Query::new(st::UPSERT_LINKS.as_str());
             q.bind(t.to_string());
-            q.bind(Value::Array(rows).to_string());
+            q.bind(links_json(&r.links));
             q.bind(now);
             q.execute(tx.client()?).await?;
         }
         if !r.retries.is_empty() {
-            let rows: Vec<Value> = r
-                .retries
-                .iter()
-                .map(|(user_id, error)| json!({"user_id": user_id, "error": error}))
-                .collect();
             let mut q = Query::new(st::UPSERT_RETRIES.as_str());
             q.bind(t.to_string());
-            q.bind(Value::Array(rows).to_string());
+            q.bind(retries_json(&r.retries));
             q.bind(now);
             q.execute(tx.client()?).await?;
         }
@@ -696,4 +691,71 @@ pub async fn offboarding_failed(tx: &mut MssqlTx, id: i64, error: &str) -> Resul
     q.bind(error.to_string());
     q.bind(id);
     exec(tx, q).await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::sync::{Change, Outcome};
+
+    /// The `'$.key'` paths an OPENJSON … WITH clause reads.
+    fn paths(sql: &str) -> BTreeSet<String> {
+        sql.split("'$.")
+            .skip(1)
+            .filter_map(|rest| rest.split('\'').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The keys of the first row of a JSON array.
+    fn keys(rows: &str) -> BTreeSet<String> {
+        let v: Value = serde_json::from_str(rows).unwrap();
+        v[0].as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// The rows a batch binds carry exactly the keys its statements read: a key the statement
+    /// reads that the row lacks would be NULL on the server (and a NOT NULL column refused).
+    #[test]
+    fn batch_rows_carry_every_key_their_statement_reads() {
+        let item = ItemReport {
+            user_id: "u1".into(),
+            user_name: Some("ann@example.com".into()),
+            app_key: Some("ann".into()),
+            outcome: Outcome::Updated,
+            changes: BTreeMap::from([(
+                "FirstName".to_string(),
+                Change {
+                    before: Value::Null,
+                    after: json!("Ann"),
+                },
+            )]),
+            roles_added: vec!["User".into()],
+            roles_removed: vec![],
+            error: None,
+        };
+        let items = items_json(std::slice::from_ref(&item)).unwrap();
+        assert_eq!(keys(&items), paths(st::INSERT_RUN_ITEMS));
+        let row: Value = serde_json::from_str(&items).unwrap();
+        // JSON columns travel as JSON text (read as NVARCHAR(MAX), not AS JSON); empty lists as null.
+        assert_eq!(
+            row[0]["changes"],
+            json!("{\"FirstName\":{\"before\":null,\"after\":\"Ann\"}}")
+        );
+        assert_eq!(row[0]["roles_added"], json!("[\"User\"]"));
+        assert_eq!(row[0]["roles_removed"], Value::Null);
+
+        let links = links_json(&[LinkWrite {
+            user_id: "u1".into(),
+            app_key: "ann".into(),
+            fingerprint: "f".into(),
+            applied_roles: "[\"User\"]".into(),
+            fields: "{}".into(),
+            state: "active",
+        }]);
+        assert_eq!(keys(&links), paths(&st::UPSERT_LINKS));
+        let retries = retries_json(&[("u2".into(), "refused".into())]);
+        assert_eq!(keys(&retries), paths(&st::UPSERT_RETRIES));
+    }
 }
