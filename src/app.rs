@@ -12,7 +12,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::{Config, StagingDb};
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 use crate::sync::SyncEngine;
 use crate::sync::db::SyncDb;
 use crate::sync::scheduler::Scheduler;
@@ -31,20 +31,7 @@ impl Application {
         clock: Arc<dyn Clock>,
         listen: Option<&str>,
     ) -> anyhow::Result<Application> {
-        check_sync_staging(&config)?;
-        let store = Store::open(&config.staging_db, config.staging.durability)
-            .await
-            .with_context(|| match &config.staging_db {
-                StagingDb::Sqlite(path) => {
-                    format!("opening the staging database {}", path.display())
-                }
-                StagingDb::SqlServer(c) => {
-                    format!(
-                        "opening the staging database on SQL Server ({})",
-                        c.describe()
-                    )
-                }
-            })?;
+        let store = open_staging(&config).await?;
         let sync = if config.tenants.values().any(|t| t.sync.is_some()) {
             Some(
                 SyncEngine::new(&config, SyncDb::of(&store), clock.clone())
@@ -99,39 +86,21 @@ impl Application {
     }
 }
 
-/// The sync engine works on the SQLite staging store only (for now): with SQL Server staging,
-/// a configuration in which a tenant syncs is refused before anything starts.
-pub fn check_sync_staging(config: &Config) -> anyhow::Result<()> {
-    let StagingDb::SqlServer(c) = &config.staging_db else {
-        return Ok(());
-    };
-    let syncing: Vec<&str> = config
-        .tenants
-        .values()
-        .filter(|t| t.sync.is_some())
-        .map(|t| t.name.as_str())
-        .collect();
-    if syncing.is_empty() {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "sync needs the SQLite staging backend for now: the staging database is SQL Server ({}) \
-         and tenant(s) {} have a [tenants.NAME.sync] table; remove the sync tables or stage in \
-         SQLite",
-        c.describe(),
-        syncing.join(", ")
-    )
-}
-
-/// The SQLite staging store the sync engine runs on.
-pub fn sync_store(store: &Store) -> anyhow::Result<SqliteStore> {
-    match store.as_sqlite() {
-        Some(s) => Ok(s.clone()),
-        None => anyhow::bail!(
-            "sync needs the SQLite staging backend for now; the staging database is {}",
-            store.backend_name()
-        ),
-    }
+/// Open (creating or migrating as needed) the configured staging database; an error names it.
+pub async fn open_staging(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.staging_db, config.staging.durability)
+        .await
+        .with_context(|| match &config.staging_db {
+            StagingDb::Sqlite(path) => {
+                format!("opening the staging database {}", path.display())
+            }
+            StagingDb::SqlServer(c) => {
+                format!(
+                    "opening the staging database on SQL Server ({})",
+                    c.describe()
+                )
+            }
+        })
 }
 
 #[cfg(test)]
@@ -167,27 +136,31 @@ mod tests {
         .unwrap()
     }
 
-    const SQL_SERVER: &str = "Server=db.invalid,1433;Database=scim;User Id=u;Password=p";
+    /// A port nothing listens on.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
 
     #[tokio::test]
-    async fn sync_on_sql_server_staging_is_refused_before_connecting() {
-        let c = config(SQL_SERVER, true);
-        let e = check_sync_staging(&c).unwrap_err().to_string();
+    async fn sync_on_sql_server_staging_starts_by_connecting_to_it() {
+        let server = format!(
+            "Server=127.0.0.1,{};Database=scim;User Id=u;Password=p;Connect Timeout=2",
+            closed_port()
+        );
+        let e = match Application::build(
+            config(&server, true),
+            Arc::new(SystemClock),
+            Some("127.0.0.1:0"),
+        )
+        .await
+        {
+            Ok(_) => panic!("started without a database"),
+            Err(e) => format!("{e:#}"),
+        };
         assert!(
-            e.contains("sync needs the SQLite staging backend")
-                && e.contains("db.invalid")
-                && e.contains("demo")
-                && !e.contains("other"),
+            e.contains("opening the staging database on SQL Server") && e.contains("scim"),
             "{e}"
         );
-        // serve stops there too, without reaching the server.
-        let e = match Application::build(c, Arc::new(SystemClock), Some("127.0.0.1:0")).await {
-            Ok(_) => panic!("started"),
-            Err(e) => e.to_string(),
-        };
-        assert!(e.contains("sync needs the SQLite staging backend"), "{e}");
-        // Without a sync table SQL Server staging is fine; SQLite staging always is.
-        assert!(check_sync_staging(&config(SQL_SERVER, false)).is_ok());
-        assert!(check_sync_staging(&config("sqlite://staging.db", true)).is_ok());
     }
 }

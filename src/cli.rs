@@ -193,19 +193,13 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
             args.config.display()
         );
     }
-    crate::app::check_sync_staging(&config)?;
-    let crate::config::StagingDb::Sqlite(staging_path) = &config.staging_db else {
-        anyhow::bail!("sync needs the SQLite staging backend for now");
-    };
-    let store = crate::store::SqliteStore::open(staging_path, config.staging.durability)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "opening the staging database {}: {e}",
-                staging_path.display()
-            )
-        })?;
-    let engine = crate::sync::SyncEngine::new(&config, store.into(), Arc::new(SystemClock)).await?;
+    let store = crate::app::open_staging(&config).await?;
+    let engine = crate::sync::SyncEngine::new(
+        &config,
+        crate::sync::db::SyncDb::of(&store),
+        Arc::new(SystemClock),
+    )
+    .await?;
     let progress = Arc::new(SyncProgress::new(tty, args.dry_run));
     let summary = match args.approve {
         Some(run_id) => {

@@ -29,10 +29,10 @@ use serde_json::{Map, Value};
 use crate::clock::Clock;
 use crate::config::{Config, SyncConfig};
 use crate::mapping::{FieldValue, Mapping, Offboarding, RenderedUser, UserState};
-use crate::store::{SqliteStore, format_time};
+use crate::store::format_time;
 use crate::target::{AppDb, TargetError, UserApplied, UserWrite};
 use db::SyncDb;
-use staging::{Mark, UserRow};
+use staging::{LinkWrite, Mark, NewOffboarding, NewRun, Read, Record, Staging, UserRow};
 
 /// How long a lease lasts without renewal; a run renews it at every batch.
 pub const LEASE_TTL_SECONDS: i64 = 300;
@@ -233,11 +233,7 @@ impl TenantSync {
 /// The sync engine of every configured tenant; share it with `Arc`.
 pub struct SyncEngine {
     db: SyncDb,
-    store: SqliteStore,
-    /// The change pass's own staging connection (statements run synchronously, off the runtime).
-    conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
-    /// Its read connection: the next batch is read while the last one is recorded.
-    read_conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
+    staging: Staging,
     clock: Arc<dyn Clock>,
     tenants: BTreeMap<String, TenantSync>,
     #[cfg(test)]
@@ -352,11 +348,6 @@ impl SyncEngine {
         db: SyncDb,
         clock: Arc<dyn Clock>,
     ) -> Result<SyncEngine, SyncError> {
-        let SyncDb::Sqlite(store) = db.clone() else {
-            return Err(SyncError::Task(
-                "the sync engine on SQL Server staging is not built yet".into(),
-            ));
-        };
         let mut apps: HashMap<String, AppDb> = HashMap::new();
         let mut tenants = BTreeMap::new();
         for (name, t) in &config.tenants {
@@ -381,13 +372,9 @@ impl SyncEngine {
                 },
             );
         }
-        let conn = Arc::new(std::sync::Mutex::new(store.connect()?));
-        let read_conn = Arc::new(std::sync::Mutex::new(store.connect()?));
         Ok(SyncEngine {
+            staging: Staging::open(&db)?,
             db,
-            store,
-            conn,
-            read_conn,
             clock,
             tenants,
             #[cfg(test)]
@@ -416,23 +403,6 @@ impl SyncEngine {
             .ok_or_else(|| SyncError::NotConfigured(tenant.to_string()))
     }
 
-    /// Run `f` on the engine's staging connection, on a blocking thread.
-    async fn on_staging<R, F>(&self, f: F) -> Result<R, SyncError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut rusqlite::Connection) -> Result<R, SyncError> + Send + 'static,
-    {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = conn
-                .lock()
-                .map_err(|_| SyncError::Task("the staging connection's lock is poisoned".into()))?;
-            f(&mut c)
-        })
-        .await
-        .map_err(|e| SyncError::Task(e.to_string()))?
-    }
-
     fn lease_ttl() -> chrono::Duration {
         chrono::Duration::seconds(LEASE_TTL_SECONDS)
     }
@@ -449,23 +419,24 @@ impl SyncEngine {
         let ts = self.tenant(tenant)?;
         let started = self.clock.now();
         let holder = uuid::Uuid::new_v4().to_string();
-        let wm = staging::watermark(self.store.reader(), tenant).await?;
-        let mut tx = self.store.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let wm = self.staging.watermark(tenant).await?;
+        let mut tx = self.staging.begin().await?;
         // A dry run writes nothing but its ledger entry, so it needs no lease.
         let leased = options.dry_run
-            || staging::acquire_lease(&mut tx, tenant, &holder, started, Self::lease_ttl()).await?;
+            || tx
+                .acquire_lease(tenant, &holder, started, started + Self::lease_ttl())
+                .await?;
         if leased && !options.dry_run {
-            staging::abandon_stale_runs(&mut tx, tenant, started).await?;
-            staging::drop_orphan_retries(&mut tx, tenant).await?;
+            tx.abandon_stale_runs(tenant, started).await?;
+            tx.drop_orphan_retries(tenant).await?;
         }
         let status = if leased {
             RunStatus::Running
         } else {
             RunStatus::Skipped
         };
-        let run_id = staging::insert_run(
-            &mut tx,
-            &staging::NewRun {
+        let run_id = tx
+            .insert_run(&NewRun {
                 tenant,
                 trigger: trigger.as_str(),
                 dry_run: options.dry_run,
@@ -474,16 +445,10 @@ impl SyncEngine {
                 started_at: started,
                 watermark_from: Some(if options.full { 0 } else { wm.seq }),
                 approves_run: None,
-            },
-        )
-        .await?;
+            })
+            .await?;
         if leased && !options.dry_run {
-            sqlx::query("UPDATE sync_leases SET run_id = ? WHERE tenant = ? AND holder = ?")
-                .bind(run_id)
-                .bind(tenant)
-                .bind(&holder)
-                .execute(&mut *tx)
-                .await?;
+            tx.lease_run(tenant, &holder, run_id).await?;
         }
         tx.commit().await?;
         if !leased {
@@ -541,29 +506,29 @@ impl SyncEngine {
     /// Approve a run that is awaiting approval: perform the offboardings it held that are
     /// still due (users reactivated since are left alone). Recorded as a run of its own.
     pub async fn approve(&self, run_id: i64, trigger: Trigger) -> Result<RunSummary, SyncError> {
-        let row: Option<(String, String, bool, Option<String>)> = sqlx::query_as(
-            "SELECT tenant, status, dry_run, approved_at FROM sync_runs WHERE id = ?",
-        )
-        .bind(run_id)
-        .fetch_optional(self.store.reader())
-        .await?;
-        let Some((tenant, status, dry_run, approved_at)) = row else {
+        let Some(approved) = self.staging.run_state(run_id).await? else {
             return Err(SyncError::RunNotFound(run_id));
         };
-        if status != RunStatus::AwaitingApproval.as_str() || dry_run || approved_at.is_some() {
+        if approved.status != RunStatus::AwaitingApproval.as_str()
+            || approved.dry_run
+            || approved.approved
+        {
             return Err(SyncError::NotAwaitingApproval(run_id));
         }
+        let tenant = approved.tenant;
         let ts = self.tenant(&tenant)?;
         let started = self.clock.now();
         let holder = uuid::Uuid::new_v4().to_string();
-        let mut tx = self.store.writer().begin_with("BEGIN IMMEDIATE").await?;
-        if !staging::acquire_lease(&mut tx, &tenant, &holder, started, Self::lease_ttl()).await? {
+        let mut tx = self.staging.begin().await?;
+        if !tx
+            .acquire_lease(&tenant, &holder, started, started + Self::lease_ttl())
+            .await?
+        {
             return Err(SyncError::Busy(tenant));
         }
-        staging::abandon_stale_runs(&mut tx, &tenant, started).await?;
-        let new_id = staging::insert_run(
-            &mut tx,
-            &staging::NewRun {
+        tx.abandon_stale_runs(&tenant, started).await?;
+        let new_id = tx
+            .insert_run(&NewRun {
                 tenant: &tenant,
                 trigger: trigger.as_str(),
                 dry_run: false,
@@ -572,15 +537,9 @@ impl SyncEngine {
                 started_at: started,
                 watermark_from: None,
                 approves_run: Some(run_id),
-            },
-        )
-        .await?;
-        sqlx::query("UPDATE sync_runs SET approved_at = ?, approved_by = ? WHERE id = ?")
-            .bind(format_time(started))
-            .bind(new_id)
-            .bind(run_id)
-            .execute(&mut *tx)
+            })
             .await?;
+        tx.approve_run(run_id, started, new_id).await?;
         tx.commit().await?;
         tracing::info!(
             tenant,
@@ -606,8 +565,8 @@ impl SyncEngine {
 }
 
 impl Run<'_> {
-    fn store(&self) -> &SqliteStore {
-        &self.engine.store
+    fn staging(&self) -> &Staging {
+        &self.engine.staging
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -622,24 +581,31 @@ impl Run<'_> {
 
     /// Start reading and planning a batch on a blocking thread.
     fn fetch(&self, read: Read) -> tokio::task::JoinHandle<Result<Fetched, SyncError>> {
-        let conn = self.engine.read_conn.clone();
+        let staging = self.engine.staging.clone();
         let mapping = self.ts.config.mapping.0.clone();
         let tenant = self.tenant.to_string();
         let limit = self.ts.config.batch_size;
-        tokio::task::spawn_blocking(move || fetch(&conn, &mapping, &tenant, read, limit))
+        tokio::spawn(async move {
+            let (rows, links) = staging.read_batch(&tenant, read, limit).await?;
+            tokio::task::spawn_blocking(move || plan_batch(&mapping, rows, &links))
+                .await
+                .map_err(join_error)?
+        })
     }
 
     /// The change pass, then the lifecycle.
     async fn sync(&mut self, wm: Mark) -> Result<(), SyncError> {
-        let reader = self.store().reader().clone();
-        let high = staging::high_seq(&reader).await?;
+        let high = self.staging().high_seq().await?;
         let from = if self.options.full {
             Mark::default()
         } else {
             wm
         };
         if let Some(p) = &self.options.progress {
-            let n = staging::count_changed(&reader, self.tenant, from, high).await?;
+            let n = self
+                .staging()
+                .count_changed(self.tenant, from, high)
+                .await?;
             p.start(u64::try_from(n).unwrap_or(0));
         }
         if !self.options.full {
@@ -809,31 +775,58 @@ impl Run<'_> {
         #[cfg(test)]
         self.engine.hooks.before_commit(self.batches)?;
         let now = self.now();
-        let record = Record {
+        let mut record = Record {
             tenant: self.tenant.to_string(),
             holder: self.holder.clone(),
             run_id: self.run_id,
-            dry_run: self.options.dry_run,
-            now: format_time(now),
-            lease_expires: format_time(now + SyncEngine::lease_ttl()),
+            now,
+            lease_expires: now + SyncEngine::lease_ttl(),
             counts: self.counts,
             watermark_to: self.watermark_to,
+            items: Vec::with_capacity(items.len()),
+            dry_run: self.options.dry_run,
+            links: Vec::new(),
+            retries: Vec::new(),
+            cleared: Vec::new(),
             advance,
-            ids,
-            items,
         };
-        self.engine.on_staging(move |c| record.commit(c)).await
+        let mut failed = std::collections::HashSet::new();
+        for (item, w) in items {
+            match w {
+                Some(w) => record.links.push(LinkWrite {
+                    user_id: w.row.id,
+                    app_key: w.rendered.key,
+                    fingerprint: w.fingerprint,
+                    applied_roles: serde_json::to_string(&w.rendered.roles)?,
+                    fields: serde_json::to_string(&w.fields)?,
+                    state: state_name(w.state),
+                }),
+                None => {
+                    failed.insert(item.user_id.clone());
+                    record.retries.push((
+                        item.user_id.clone(),
+                        item.error.clone().unwrap_or_else(|| "failed".into()),
+                    ));
+                }
+            }
+            record.items.push(item);
+        }
+        // Written and unchanged users that were waiting for a retry are fine now.
+        record.cleared = ids.into_iter().filter(|id| !failed.contains(id)).collect();
+        self.staging().record(record).await
     }
 
     /// Retention: purge and offboard the users that are due (all of them, or with `held_in`
     /// only those that run held), unless the guard stops it; then apply the queue.
     async fn lifecycle(&mut self, held_in: Option<i64>) -> Result<(), SyncError> {
-        let reader = self.store().reader().clone();
         let cutoff = self.now() - self.ts.config.retention();
-        let due = staging::count_due(&reader, self.tenant, cutoff, held_in).await?;
+        let due = self
+            .staging()
+            .count_due(self.tenant, cutoff, held_in)
+            .await?;
         let batch = self.ts.config.batch_size;
         if held_in.is_none() && due > 0 {
-            let linked = staging::count_links(&reader, self.tenant).await?;
+            let linked = self.staging().count_links(self.tenant).await?;
             let allowed =
                 f64::from(self.ts.config.guard_min).max(self.ts.config.guard_share * linked as f64);
             if due as f64 > allowed {
@@ -846,12 +839,14 @@ impl Run<'_> {
                 );
                 let mut after = 0;
                 loop {
-                    let rows = staging::due_users(&reader, self.tenant, cutoff, None, after, batch)
+                    let rows = self
+                        .staging()
+                        .due_users(self.tenant, cutoff, None, after, batch)
                         .await?;
                     let Some(last) = rows.last() else { break };
                     after = last.pk;
                     let links = self.links_of(&rows).await?;
-                    let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
+                    let mut tx = self.staging().begin().await?;
                     for row in &rows {
                         let item = ItemReport {
                             user_id: row.id.clone(),
@@ -864,19 +859,13 @@ impl Run<'_> {
                             error: None,
                         };
                         self.report(&item);
-                        staging::insert_item(&mut tx, self.run_id, &item).await?;
+                        tx.insert_item(self.run_id, &item).await?;
                         self.held += 1;
                     }
                     if !self.options.dry_run {
                         let now = self.now();
-                        staging::renew_lease(
-                            &mut tx,
-                            self.tenant,
-                            &self.holder,
-                            now,
-                            SyncEngine::lease_ttl(),
-                        )
-                        .await?;
+                        tx.renew_lease(self.tenant, &self.holder, now + SyncEngine::lease_ttl())
+                            .await?;
                     }
                     tx.commit().await?;
                 }
@@ -885,19 +874,19 @@ impl Run<'_> {
         }
         let mut after = 0;
         loop {
-            let rows =
-                staging::due_users(&reader, self.tenant, cutoff, held_in, after, batch).await?;
+            let rows = self
+                .staging()
+                .due_users(self.tenant, cutoff, held_in, after, batch)
+                .await?;
             let Some(last) = rows.last() else { break };
             after = last.pk;
             let links = self.links_of(&rows).await?;
             #[cfg(test)]
             self.engine.hooks.after_due_read().await;
             let now = self.now();
-            let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.staging().begin().await?;
             for row in &rows {
-                if !self.options.dry_run
-                    && !staging::unchanged_since_read(&mut tx, self.tenant, row).await?
-                {
+                if !self.options.dry_run && !tx.unchanged_since_read(self.tenant, row).await? {
                     // Changed since it was read (reactivated?): the next run looks again.
                     continue;
                 }
@@ -912,14 +901,12 @@ impl Run<'_> {
                         let item = failed_item(row, link.map(|l| l.app_key.clone()), error);
                         self.counts.failed += 1;
                         self.report(&item);
-                        staging::insert_item(&mut tx, self.run_id, &item).await?;
+                        tx.insert_item(self.run_id, &item).await?;
                         continue;
                     }
                 };
                 let shared = match link {
-                    Some(l) => {
-                        staging::key_shared(&mut tx, self.tenant, &row.id, &l.app_key).await?
-                    }
+                    Some(l) => tx.key_shared(self.tenant, &row.id, &l.app_key).await?,
                     None => false,
                 };
                 let mut item = ItemReport {
@@ -941,48 +928,37 @@ impl Run<'_> {
                             self.counts.offboarded += 1;
                             self.counts.roles_removed += item.roles_removed.len() as u64;
                             self.report(&item);
-                            staging::insert_item(&mut tx, self.run_id, &item).await?;
+                            tx.insert_item(self.run_id, &item).await?;
                         } else {
                             // Recorded with the purge; applied (and reported) from the queue.
-                            staging::queue_offboarding(
-                                &mut tx,
-                                self.tenant,
-                                &row.id,
-                                &row.user_name,
-                                &l.app_key,
-                                &offboarding_json(&action),
-                                &l.applied_roles,
-                                self.run_id,
+                            tx.queue_offboarding(&NewOffboarding {
+                                tenant: self.tenant,
+                                user_id: &row.id,
+                                user_name: &row.user_name,
+                                app_key: &l.app_key,
+                                action: &offboarding_json(&action),
+                                roles: &l.applied_roles,
+                                run_id: self.run_id,
                                 now,
-                            )
+                            })
                             .await?;
-                            staging::purge_user(&mut tx, self.tenant, &row.id, now).await?;
+                            tx.purge_user(self.tenant, &row.id, now).await?;
                         }
                     }
                     _ => {
                         // Nothing in the application, or its row now belongs to another user.
                         self.report(&item);
-                        staging::insert_item(&mut tx, self.run_id, &item).await?;
+                        tx.insert_item(self.run_id, &item).await?;
                         if !self.options.dry_run {
-                            staging::purge_user(&mut tx, self.tenant, &row.id, now).await?;
-                            sqlx::query("DELETE FROM sync_links WHERE tenant = ? AND user_id = ?")
-                                .bind(self.tenant)
-                                .bind(&row.id)
-                                .execute(&mut *tx)
-                                .await?;
+                            tx.purge_user(self.tenant, &row.id, now).await?;
+                            tx.delete_link(self.tenant, &row.id).await?;
                         }
                     }
                 }
             }
             if !self.options.dry_run {
-                staging::renew_lease(
-                    &mut tx,
-                    self.tenant,
-                    &self.holder,
-                    now,
-                    SyncEngine::lease_ttl(),
-                )
-                .await?;
+                tx.renew_lease(self.tenant, &self.holder, now + SyncEngine::lease_ttl())
+                    .await?;
             }
             tx.commit().await?;
         }
@@ -994,17 +970,18 @@ impl Run<'_> {
         rows: &[UserRow],
     ) -> Result<HashMap<String, staging::Link>, SyncError> {
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        staging::links(self.store().reader(), self.tenant, &ids).await
+        self.staging().links(self.tenant, &ids).await
     }
 
     /// Apply the queued offboardings to the application, then forget them.
     async fn apply_queue(&mut self) -> Result<(), SyncError> {
-        let reader = self.store().reader().clone();
         let target = self.ts.mapping().target().clone();
         let mut after = 0;
         loop {
-            let queued =
-                staging::queued(&reader, self.tenant, after, self.ts.config.batch_size).await?;
+            let queued = self
+                .staging()
+                .queued(self.tenant, after, self.ts.config.batch_size)
+                .await?;
             let Some(last) = queued.last() else { break };
             after = last.id;
             let results: Vec<(staging::Queued, Option<String>)> = if self.options.dry_run {
@@ -1029,7 +1006,7 @@ impl Run<'_> {
                 queued.into_iter().zip(errors).collect()
             };
             let now = self.now();
-            let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.staging().begin().await?;
             for (q, error) in &results {
                 let item = ItemReport {
                     user_id: q.user_id.clone(),
@@ -1056,24 +1033,18 @@ impl Run<'_> {
                     self.counts.roles_removed += item.roles_removed.len() as u64;
                 }
                 self.report(&item);
-                staging::insert_item(&mut tx, self.run_id, &item).await?;
+                tx.insert_item(self.run_id, &item).await?;
                 if self.options.dry_run {
                     continue;
                 }
                 match error {
-                    None => staging::offboarding_done(&mut tx, self.tenant, q).await?,
-                    Some(e) => staging::offboarding_failed(&mut tx, q.id, e).await?,
+                    None => tx.offboarding_done(self.tenant, q).await?,
+                    Some(e) => tx.offboarding_failed(q.id, e).await?,
                 }
             }
             if !self.options.dry_run {
-                staging::renew_lease(
-                    &mut tx,
-                    self.tenant,
-                    &self.holder,
-                    now,
-                    SyncEngine::lease_ttl(),
-                )
-                .await?;
+                tx.renew_lease(self.tenant, &self.holder, now + SyncEngine::lease_ttl())
+                    .await?;
             }
             tx.commit().await?;
         }
@@ -1099,9 +1070,8 @@ impl Run<'_> {
         } else {
             RunStatus::Succeeded
         };
-        let mut tx = self.store().writer().begin_with("BEGIN IMMEDIATE").await?;
-        staging::update_run(
-            &mut tx,
+        let mut tx = self.staging().begin().await?;
+        tx.update_run(
             self.run_id,
             status,
             &self.counts,
@@ -1111,7 +1081,7 @@ impl Run<'_> {
         )
         .await?;
         if !self.options.dry_run {
-            staging::release_lease(&mut tx, self.tenant, &self.holder).await?;
+            tx.release_lease(self.tenant, &self.holder).await?;
         }
         tx.commit().await?;
         match &error {
@@ -1251,40 +1221,12 @@ struct Fetched {
     last: Option<Mark>,
 }
 
-/// Which users a batch reads.
-#[derive(Clone, Copy)]
-enum Read {
-    /// Users to retry that the watermark has passed, after this pk.
-    Retry { watermark: Mark, after_pk: i64 },
-    /// Users changed after this mark, up to `high`.
-    Changed { after: Mark, high: i64 },
-}
-
-/// Read a batch (users, groups and links) on the engine's read connection, then plan it,
-/// spread over the cores. Runs on a blocking thread.
-fn fetch(
-    conn: &std::sync::Mutex<rusqlite::Connection>,
+/// Plan a batch, spread over the cores. Runs on a blocking thread.
+fn plan_batch(
     mapping: &Mapping,
-    tenant: &str,
-    read: Read,
-    limit: u32,
+    rows: Vec<UserRow>,
+    links: &HashMap<String, staging::Link>,
 ) -> Result<Fetched, SyncError> {
-    let (rows, links) = {
-        let c = conn
-            .lock()
-            .map_err(|_| SyncError::Task("the staging connection's lock is poisoned".into()))?;
-        let rows = match read {
-            Read::Retry {
-                watermark,
-                after_pk,
-            } => staging::blocking::retry_users(&c, tenant, watermark, after_pk, limit)?,
-            Read::Changed { after, high } => {
-                staging::blocking::changed_users(&c, tenant, after, high, limit)?
-            }
-        };
-        let links = staging::blocking::links(&c, tenant, &rows)?;
-        (rows, links)
-    };
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let last = rows.last().map(UserRow::mark);
     let threads = std::thread::available_parallelism()
@@ -1336,86 +1278,6 @@ fn fetch(
         })?
     };
     Ok(Fetched { ids, plans, last })
-}
-
-/// What one batch records in staging, in one transaction: ledger items, links, retries, the
-/// watermark, the lease and the run's counts.
-struct Record {
-    tenant: String,
-    holder: String,
-    run_id: i64,
-    dry_run: bool,
-    now: String,
-    lease_expires: String,
-    counts: Counts,
-    watermark_to: Option<i64>,
-    advance: Option<Mark>,
-    /// Every user of the batch.
-    ids: Vec<String>,
-    items: Vec<(ItemReport, Option<Box<Write>>)>,
-}
-
-impl Record {
-    fn commit(self, c: &mut rusqlite::Connection) -> Result<(), SyncError> {
-        use staging::blocking as b;
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let t = self.tenant.as_str();
-        for (item, w) in &self.items {
-            b::insert_item(&tx, self.run_id, item)?;
-            if self.dry_run {
-                continue;
-            }
-            match w {
-                Some(w) => b::upsert_link(
-                    &tx,
-                    t,
-                    &w.row.id,
-                    &w.rendered.key,
-                    &w.fingerprint,
-                    &w.rendered.roles,
-                    &w.fields,
-                    state_name(w.state),
-                    &self.now,
-                )?,
-                None => b::add_retry(
-                    &tx,
-                    t,
-                    &item.user_id,
-                    item.error.as_deref().unwrap_or("failed"),
-                    &self.now,
-                )?,
-            }
-        }
-        if !self.dry_run {
-            // Written and unchanged users that were waiting for a retry are fine now.
-            let failed: std::collections::HashSet<&str> = self
-                .items
-                .iter()
-                .filter(|(_, w)| w.is_none())
-                .map(|(i, _)| i.user_id.as_str())
-                .collect();
-            let fine: Vec<&str> = self
-                .ids
-                .iter()
-                .map(String::as_str)
-                .filter(|id| !failed.contains(id))
-                .collect();
-            b::clear_retries(&tx, t, &fine)?;
-            if let Some(mark) = self.advance {
-                b::advance_watermark(&tx, t, mark, &self.now)?;
-            }
-            b::renew_lease(&tx, t, &self.holder, &self.lease_expires)?;
-        }
-        b::update_run(
-            &tx,
-            self.run_id,
-            RunStatus::Running,
-            &self.counts,
-            self.watermark_to,
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
 }
 
 fn join_error(e: tokio::task::JoinError) -> SyncError {

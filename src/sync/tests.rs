@@ -1021,7 +1021,7 @@ async fn the_change_feed_and_links_use_indexes() {
             .unwrap()
     };
     let feed = plan(
-        &super::staging::blocking::changed_users_sql(),
+        &super::staging::sqlite::blocking::changed_users_sql(),
         &[&"t", &5, &7, &100, &500],
     );
     assert!(
@@ -1036,7 +1036,7 @@ async fn the_change_feed_and_links_use_indexes() {
         feed.iter().any(|l| l.contains("group_members_member")),
         "{feed:?}"
     );
-    let links = plan(super::staging::LINKS, &[&"t", &"[\"u1\"]"]);
+    let links = plan(super::staging::sqlite::LINKS, &[&"t", &"[\"u1\"]"]);
     assert!(
         links[0].contains("PRIMARY KEY (tenant=? AND user_id=?)"),
         "{links:?}"

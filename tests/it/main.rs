@@ -17,3 +17,4 @@ mod ops;
 mod provisioning;
 mod store_conformance;
 mod sync;
+mod sync_conformance;

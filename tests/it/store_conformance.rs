@@ -13,24 +13,25 @@ use scim_bridge::store::sqlite::Durability;
 use scim_bridge::store::{GroupChange, ListQuery, Page, Store, StoreError};
 use serde_json::{Map, Value, json};
 
-struct Backend {
-    store: Store,
-    tenant: String,
-    _dir: Option<tempfile::TempDir>,
+pub struct Backend {
+    pub store: Store,
+    pub tenant: String,
+    /// The staging database as the configuration names it.
+    pub database: String,
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 /// SQLite always; SQL Server when configured.
-async fn backends() -> Vec<Backend> {
+pub async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open(
-        &StagingDb::Sqlite(dir.path().join("staging.db")),
-        Durability::Normal,
-    )
-    .await
-    .unwrap();
+    let path = dir.path().join("staging.db");
+    let sqlite = Store::open(&StagingDb::Sqlite(path.clone()), Durability::Normal)
+        .await
+        .unwrap();
     let mut out = vec![Backend {
         store: sqlite,
         tenant: "t1".into(),
+        database: format!("sqlite://{}", path.display()),
         _dir: Some(dir),
     }];
     if let Ok(conn) = std::env::var("SCIM_BRIDGE_TEST_MSSQL")
@@ -43,17 +44,18 @@ async fn backends() -> Vec<Backend> {
         out.push(Backend {
             store,
             tenant: format!("conformance-{}", uuid::Uuid::now_v7().simple()),
+            database: conn,
             _dir: None,
         });
     }
     out
 }
 
-fn rt() -> ResourceType {
+pub fn rt() -> ResourceType {
     ResourceType::user(DEFAULT_CUSTOM_SCHEMA)
 }
 
-fn t(h: u32) -> DateTime<Utc> {
+pub fn t(h: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2030, 1, 1, h, 0, 0).unwrap()
 }
 
@@ -72,7 +74,7 @@ fn user_doc(name: &str, email: &str) -> Map<String, Value> {
     .doc
 }
 
-fn group_change(name: &str, members: &[&str]) -> GroupChange {
+pub fn group_change(name: &str, members: &[&str]) -> GroupChange {
     let doc = normalize(
         &ResourceType::group(),
         &json!({
@@ -95,7 +97,7 @@ fn group_change(name: &str, members: &[&str]) -> GroupChange {
     }
 }
 
-fn id() -> String {
+pub fn id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 

@@ -439,6 +439,10 @@ pub const PURGE_USER: &str = "DELETE FROM scim.users WHERE tenant = @P1 AND id =
 pub const COUNT_MEMBERSHIPS: &str =
     "SELECT COUNT_BIG(*) FROM scim.group_members WHERE tenant = @P1 AND member_id = @P2";
 
+/// [`HIGH_SEQ`] in a transaction of its own (the lock goes with it).
+pub static HIGH_SEQ_IN_TRANSACTION: LazyLock<String> =
+    LazyLock::new(|| format!("BEGIN TRANSACTION; {HIGH_SEQ}; COMMIT TRANSACTION"));
+
 // ---- sync engine: state ---------------------------------------------------------------------
 
 /// @P1 tenant, @P2 JSON array of user ids.
@@ -455,6 +459,29 @@ pub const UPSERT_LINK: &str = "UPDATE sync.links WITH (UPDLOCK, HOLDLOCK) SET ap
      applied_roles = @P5, fields = @P6, state = @P7, updated_at = @P8 WHERE tenant = @P1 AND user_id = @P2; \
      IF @@ROWCOUNT = 0 INSERT INTO sync.links (tenant, user_id, app_key, fingerprint, applied_roles, fields, state, updated_at) \
      VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+
+/// A batch's link writes as rows: @P2 is a JSON array of objects with user_id, app_key,
+/// fingerprint, applied_roles and fields (JSON text), state.
+const LINK_ROWS: &str = "OPENJSON(@P2) WITH (user_id NVARCHAR(64) '$.user_id', \
+     app_key NVARCHAR(450) '$.app_key', fingerprint NVARCHAR(128) '$.fingerprint', \
+     applied_roles NVARCHAR(MAX) '$.applied_roles', fields NVARCHAR(MAX) '$.fields', \
+     state NVARCHAR(16) '$.state') j";
+
+/// Insert or replace a batch's links in two statements: @P1 tenant, @P2 the rows (see
+/// LINK_ROWS), @P3 now. The hints lock the keys (and the gaps of the new ones) until the
+/// transaction ends.
+pub static UPSERT_LINKS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE l SET app_key = j.app_key, fingerprint = j.fingerprint, applied_roles = j.applied_roles, \
+         fields = j.fields, state = j.state, updated_at = @P3 \
+         FROM sync.links l WITH (UPDLOCK, HOLDLOCK) JOIN {LINK_ROWS} \
+         ON l.user_id = j.user_id COLLATE Latin1_General_100_BIN2 WHERE l.tenant = @P1; \
+         INSERT INTO sync.links (tenant, user_id, app_key, fingerprint, applied_roles, fields, state, updated_at) \
+         SELECT @P1, j.user_id, j.app_key, j.fingerprint, j.applied_roles, j.fields, j.state, @P3 \
+         FROM {LINK_ROWS} WHERE NOT EXISTS (SELECT 1 FROM sync.links l WITH (UPDLOCK, HOLDLOCK) \
+         WHERE l.tenant = @P1 AND l.user_id = j.user_id COLLATE Latin1_General_100_BIN2)"
+    )
+});
 
 /// @P1 tenant, @P2 user id.
 pub const DELETE_LINK: &str = "DELETE FROM sync.links WHERE tenant = @P1 AND user_id = @P2";
@@ -483,6 +510,23 @@ pub const UPSERT_RETRY: &str = "UPDATE sync.retry WITH (UPDLOCK, HOLDLOCK) SET a
      last_error = @P3, last_failed_at = @P4 WHERE tenant = @P1 AND user_id = @P2; \
      IF @@ROWCOUNT = 0 INSERT INTO sync.retry (tenant, user_id, attempts, last_error, first_failed_at, last_failed_at) \
      VALUES (@P1, @P2, 1, @P3, @P4, @P4)";
+
+/// A batch's failed users as rows: @P2 is a JSON array of {"user_id", "error"}.
+const RETRY_ROWS: &str =
+    "OPENJSON(@P2) WITH (user_id NVARCHAR(64) '$.user_id', error NVARCHAR(MAX) '$.error') j";
+
+/// Record a batch's failed users: @P1 tenant, @P2 the rows (see RETRY_ROWS), @P3 now.
+pub static UPSERT_RETRIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE x SET attempts = x.attempts + 1, last_error = j.error, last_failed_at = @P3 \
+         FROM sync.retry x WITH (UPDLOCK, HOLDLOCK) JOIN {RETRY_ROWS} \
+         ON x.user_id = j.user_id COLLATE Latin1_General_100_BIN2 WHERE x.tenant = @P1; \
+         INSERT INTO sync.retry (tenant, user_id, attempts, last_error, first_failed_at, last_failed_at) \
+         SELECT @P1, j.user_id, 1, j.error, @P3, @P3 FROM {RETRY_ROWS} \
+         WHERE NOT EXISTS (SELECT 1 FROM sync.retry x WITH (UPDLOCK, HOLDLOCK) \
+         WHERE x.tenant = @P1 AND x.user_id = j.user_id COLLATE Latin1_General_100_BIN2)"
+    )
+});
 
 /// Retry rows of users no longer in staging: @P1 tenant.
 pub const DROP_ORPHAN_RETRIES: &str = "DELETE FROM sync.retry WHERE tenant = @P1 \
@@ -552,6 +596,18 @@ pub const APPROVE_RUN: &str =
 /// @P7 roles added, @P8 roles removed, @P9 error.
 pub const INSERT_RUN_ITEM: &str = "INSERT INTO sync.run_items (run_id, user_id, user_name, app_key, outcome, changes, \
      roles_added, roles_removed, error) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9)";
+
+/// A batch's ledger items in one statement, ids in array order: @P1 run id, @P2 a JSON array
+/// of objects with user_id, user_name, app_key, outcome, changes, roles_added, roles_removed
+/// (JSON text or null) and error.
+pub const INSERT_RUN_ITEMS: &str = "INSERT INTO sync.run_items (run_id, user_id, user_name, app_key, outcome, changes, \
+     roles_added, roles_removed, error) \
+     SELECT @P1, j.user_id, j.user_name, j.app_key, j.outcome, j.changes, j.roles_added, j.roles_removed, j.error \
+     FROM OPENJSON(@P2) a CROSS APPLY OPENJSON(a.value) WITH (user_id NVARCHAR(64) '$.user_id', \
+     user_name NVARCHAR(256) '$.user_name', app_key NVARCHAR(450) '$.app_key', outcome NVARCHAR(32) '$.outcome', \
+     changes NVARCHAR(MAX) '$.changes', roles_added NVARCHAR(MAX) '$.roles_added', \
+     roles_removed NVARCHAR(MAX) '$.roles_removed', error NVARCHAR(MAX) '$.error') j \
+     ORDER BY CAST(a.[key] AS INT)";
 
 // ---- sync engine: offboarding queue ---------------------------------------------------------
 
@@ -710,6 +766,10 @@ pub(crate) mod tests {
             ("RECORD_MIGRATION", RECORD_MIGRATION),
             ("NEXT_SEQ", NEXT_SEQ),
             ("HIGH_SEQ", HIGH_SEQ),
+            ("HIGH_SEQ_IN_TRANSACTION", HIGH_SEQ_IN_TRANSACTION.as_str()),
+            ("UPSERT_LINKS", UPSERT_LINKS.as_str()),
+            ("UPSERT_RETRIES", UPSERT_RETRIES.as_str()),
+            ("INSERT_RUN_ITEMS", INSERT_RUN_ITEMS),
             ("INSERT_USER", INSERT_USER.as_str()),
             ("UPDATE_USER", UPDATE_USER.as_str()),
             ("CURRENT_USER", CURRENT_USER),

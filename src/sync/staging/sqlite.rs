@@ -1,65 +1,62 @@
-//! The engine's SQL against the staging database: reads of users, the lease, the ledger.
+//! The engine's statements on SQLite staging: reads and short transactions through sqlx, the
+//! change pass's batches (read, record) on the engine's own rusqlite connections, on blocking
+//! threads: one hand-over per batch instead of one per statement.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqliteConnection;
 
-use super::{Counts, ItemReport, RunStatus, SyncError};
-use crate::mapping::{StagedGroup, StagedUser};
-use crate::store::format_time;
+use super::{
+    Link, Mark, NewOffboarding, NewRun, Queued, Read, Record, RunState, SharedConn, UserRow,
+    item_json,
+};
+use crate::store::{SqliteStore, format_time};
+use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
 
-/// A position in the change stream: (change_seq, pk) of the last user covered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Mark {
-    pub seq: i64,
-    pub pk: i64,
+/// The staging store and the engine's two connections: one records batches while the other
+/// reads the next.
+#[derive(Clone)]
+pub struct SqliteState {
+    store: SqliteStore,
+    conn: SharedConn,
+    read_conn: SharedConn,
 }
 
-/// One staged user as read for a run.
-#[derive(Debug, Clone)]
-pub struct UserRow {
-    pub pk: i64,
-    pub id: String,
-    pub user_name: String,
-    pub doc: String,
-    pub active: bool,
-    pub deleted: bool,
-    pub change_seq: i64,
-    pub groups: Option<String>,
-}
-
-impl UserRow {
-    pub fn mark(&self) -> Mark {
-        Mark {
-            seq: self.change_seq,
-            pk: self.pk,
-        }
-    }
-
-    /// The user as the mapping sees it.
-    pub fn staged(&self) -> Result<StagedUser, String> {
-        let doc: Map<String, Value> = serde_json::from_str(&self.doc)
-            .map_err(|e| format!("stored document is not valid JSON: {e}"))?;
-        let groups: Vec<(String, String, Option<String>)> = match &self.groups {
-            None => vec![],
-            Some(text) => serde_json::from_str(text)
-                .map_err(|e| format!("stored groups are not valid JSON: {e}"))?,
-        };
-        Ok(StagedUser {
-            id: self.id.clone(),
-            doc,
-            groups: groups
-                .into_iter()
-                .map(|(id, display_name, external_id)| StagedGroup {
-                    id,
-                    display_name,
-                    external_id,
-                })
-                .collect(),
+impl SqliteState {
+    pub fn open(store: &SqliteStore) -> Result<SqliteState, SyncError> {
+        Ok(SqliteState {
+            store: store.clone(),
+            conn: Arc::new(Mutex::new(store.connect()?)),
+            read_conn: Arc::new(Mutex::new(store.connect()?)),
         })
     }
+
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, SyncError> {
+        Ok(self.store.writer().begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    fn reader(&self) -> &sqlx::SqlitePool {
+        self.store.reader()
+    }
+}
+
+/// Run `f` on one of the engine's connections, on a blocking thread.
+async fn on_conn<R, F>(conn: &SharedConn, f: F) -> Result<R, SyncError>
+where
+    R: Send + 'static,
+    F: FnOnce(&mut rusqlite::Connection) -> Result<R, SyncError> + Send + 'static,
+{
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = conn
+            .lock()
+            .map_err(|_| SyncError::Task("the staging connection's lock is poisoned".into()))?;
+        f(&mut c)
+    })
+    .await
+    .map_err(|e| SyncError::Task(e.to_string()))?
 }
 
 type RawUser = (i64, String, String, String, bool, bool, i64, Option<String>);
@@ -115,7 +112,7 @@ pub const LINKS: &str = "SELECT user_id, app_key, fingerprint, applied_roles, fi
 
 /// How many users a run from `after` to `high` reads (for progress).
 pub async fn count_changed(
-    pool: &SqlitePool,
+    s: &SqliteState,
     tenant: &str,
     after: Mark,
     high: i64,
@@ -127,7 +124,7 @@ pub async fn count_changed(
     .bind(after.seq)
     .bind(after.pk)
     .bind(high)
-    .fetch_one(pool)
+    .fetch_one(s.reader())
     .await?)
 }
 
@@ -137,7 +134,7 @@ const DUE: &str = "u.tenant = ? AND u.deactivated_at IS NOT NULL AND u.deactivat
      AND (u.deleted_at IS NULL OR u.deleted_at <= ?)";
 
 pub async fn count_due(
-    pool: &SqlitePool,
+    s: &SqliteState,
     tenant: &str,
     cutoff: DateTime<Utc>,
     held_in: Option<i64>,
@@ -149,7 +146,11 @@ pub async fn count_due(
     if let Some(run) = held_in {
         q = q.bind(run);
     }
-    Ok(q.bind(tenant).bind(&c).bind(&c).fetch_one(pool).await?)
+    Ok(q.bind(tenant)
+        .bind(&c)
+        .bind(&c)
+        .fetch_one(s.reader())
+        .await?)
 }
 
 fn held_join(held_in: Option<i64>) -> (&'static str, &'static str) {
@@ -164,7 +165,7 @@ fn held_join(held_in: Option<i64>) -> (&'static str, &'static str) {
 
 /// Users whose retention has ended, by pk; with `held_in`, only those a run held for approval.
 pub async fn due_users(
-    pool: &SqlitePool,
+    s: &SqliteState,
     tenant: &str,
     cutoff: DateTime<Utc>,
     held_in: Option<i64>,
@@ -186,26 +187,16 @@ pub async fn due_users(
         .bind(&c)
         .bind(after_pk)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(s.reader())
         .await?;
     Ok(rows.into_iter().map(user_row).collect())
-}
-
-/// A user's link: what the application row holds since the last write.
-#[derive(Debug, Clone)]
-pub struct Link {
-    pub app_key: String,
-    pub fingerprint: String,
-    pub applied_roles: BTreeSet<String>,
-    pub fields: Map<String, Value>,
-    pub state: String,
 }
 
 type RawLink = (String, String, String, String, String, String);
 
 /// The links of `ids` (one statement).
 pub async fn links(
-    c: impl sqlx::SqliteExecutor<'_>,
+    s: &SqliteState,
     tenant: &str,
     ids: &[&str],
 ) -> Result<HashMap<String, Link>, SyncError> {
@@ -213,48 +204,115 @@ pub async fn links(
     let rows: Vec<RawLink> = sqlx::query_as(LINKS)
         .bind(tenant)
         .bind(ids)
-        .fetch_all(c)
+        .fetch_all(s.reader())
         .await?;
     rows.into_iter()
         .map(|(id, app_key, fingerprint, roles, fields, state)| {
             Ok((
                 id,
-                Link {
-                    app_key,
-                    fingerprint,
-                    applied_roles: serde_json::from_str(&roles)?,
-                    fields: serde_json::from_str(&fields)?,
-                    state,
-                },
+                Link::parse(app_key, fingerprint, &roles, &fields, state)?,
             ))
         })
         .collect()
 }
 
-pub async fn count_links(pool: &SqlitePool, tenant: &str) -> Result<i64, SyncError> {
+pub async fn count_links(s: &SqliteState, tenant: &str) -> Result<i64, SyncError> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM sync_links WHERE tenant = ?")
             .bind(tenant)
-            .fetch_one(pool)
+            .fetch_one(s.reader())
             .await?,
     )
 }
 
-pub async fn watermark(c: impl sqlx::SqliteExecutor<'_>, tenant: &str) -> Result<Mark, SyncError> {
+pub async fn watermark(s: &SqliteState, tenant: &str) -> Result<Mark, SyncError> {
     let m: Option<(i64, i64)> =
         sqlx::query_as("SELECT change_seq, last_pk FROM sync_watermarks WHERE tenant = ?")
             .bind(tenant)
-            .fetch_optional(c)
+            .fetch_optional(s.reader())
             .await?;
     Ok(m.map(|(seq, pk)| Mark { seq, pk }).unwrap_or_default())
 }
 
-pub async fn high_seq(pool: &SqlitePool) -> Result<i64, SyncError> {
+/// SQLite has one writer at a time: every committed write is below the counter.
+pub async fn high_seq(s: &SqliteState) -> Result<i64, SyncError> {
     Ok(
         sqlx::query_scalar("SELECT value FROM change_seq WHERE id = 1")
-            .fetch_one(pool)
+            .fetch_one(s.reader())
             .await?,
     )
+}
+
+pub async fn queued(
+    s: &SqliteState,
+    tenant: &str,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<Queued>, SyncError> {
+    let rows: Vec<(i64, String, Option<String>, String, String, String)> = sqlx::query_as(
+        "SELECT id, user_id, user_name, app_key, action, roles FROM sync_offboarding \
+         WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
+    )
+    .bind(tenant)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(s.reader())
+    .await?;
+    rows.into_iter()
+        .map(|(id, user_id, user_name, app_key, action, roles)| {
+            Ok(Queued {
+                id,
+                user_id,
+                user_name,
+                app_key,
+                action: serde_json::from_str(&action)?,
+                roles: serde_json::from_str(&roles)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn run_state(s: &SqliteState, run_id: i64) -> Result<Option<RunState>, SyncError> {
+    let row: Option<(String, String, bool, Option<String>)> =
+        sqlx::query_as("SELECT tenant, status, dry_run, approved_at FROM sync_runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_optional(s.reader())
+            .await?;
+    Ok(row.map(|(tenant, status, dry_run, approved_at)| RunState {
+        tenant,
+        status,
+        dry_run,
+        approved: approved_at.is_some(),
+    }))
+}
+
+/// One batch of users and their links, on the engine's read connection.
+pub async fn read_batch(
+    s: &SqliteState,
+    tenant: &str,
+    read: Read,
+    limit: u32,
+) -> Result<(Vec<UserRow>, HashMap<String, Link>), SyncError> {
+    let tenant = tenant.to_string();
+    on_conn(&s.read_conn, move |c| {
+        let rows = match read {
+            Read::Retry {
+                watermark,
+                after_pk,
+            } => blocking::retry_users(c, &tenant, watermark, after_pk, limit)?,
+            Read::Changed { after, high } => {
+                blocking::changed_users(c, &tenant, after, high, limit)?
+            }
+        };
+        let links = blocking::links(c, &tenant, &rows)?;
+        Ok((rows, links))
+    })
+    .await
+}
+
+/// Record a batch on the engine's write connection, in one transaction.
+pub async fn record(s: &SqliteState, r: Record) -> Result<(), SyncError> {
+    on_conn(&s.conn, move |c| blocking::record(c, &r)).await
 }
 
 // ---- lease ----------------------------------------------------------------------------
@@ -265,7 +323,7 @@ pub async fn acquire_lease(
     tenant: &str,
     holder: &str,
     now: DateTime<Utc>,
-    ttl: chrono::Duration,
+    expires: DateTime<Utc>,
 ) -> Result<bool, SyncError> {
     let r = sqlx::query(
         "INSERT INTO sync_leases (tenant, holder, acquired_at, expires_at) VALUES (?, ?, ?, ?) \
@@ -275,7 +333,7 @@ pub async fn acquire_lease(
     .bind(tenant)
     .bind(holder)
     .bind(format_time(now))
-    .bind(format_time(now + ttl))
+    .bind(format_time(expires))
     .bind(format_time(now))
     .execute(&mut *c)
     .await?;
@@ -287,11 +345,10 @@ pub async fn renew_lease(
     c: &mut SqliteConnection,
     tenant: &str,
     holder: &str,
-    now: DateTime<Utc>,
-    ttl: chrono::Duration,
+    expires: DateTime<Utc>,
 ) -> Result<(), SyncError> {
     let r = sqlx::query(RENEW_LEASE)
-        .bind(format_time(now + ttl))
+        .bind(format_time(expires))
         .bind(tenant)
         .bind(holder)
         .execute(&mut *c)
@@ -315,18 +372,22 @@ pub async fn release_lease(
     Ok(())
 }
 
-// ---- ledger ---------------------------------------------------------------------------
-
-pub struct NewRun<'a> {
-    pub tenant: &'a str,
-    pub trigger: &'a str,
-    pub dry_run: bool,
-    pub full: bool,
-    pub status: RunStatus,
-    pub started_at: DateTime<Utc>,
-    pub watermark_from: Option<i64>,
-    pub approves_run: Option<i64>,
+pub async fn lease_run(
+    c: &mut SqliteConnection,
+    tenant: &str,
+    holder: &str,
+    run_id: i64,
+) -> Result<(), SyncError> {
+    sqlx::query("UPDATE sync_leases SET run_id = ? WHERE tenant = ? AND holder = ?")
+        .bind(run_id)
+        .bind(tenant)
+        .bind(holder)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
 }
+
+// ---- ledger ---------------------------------------------------------------------------
 
 pub async fn insert_run(c: &mut SqliteConnection, r: &NewRun<'_>) -> Result<i64, SyncError> {
     let ended = (r.status != RunStatus::Running).then(|| format_time(r.started_at));
@@ -347,7 +408,6 @@ pub async fn insert_run(c: &mut SqliteConnection, r: &NewRun<'_>) -> Result<i64,
     .await?)
 }
 
-/// Runs of the tenant left `running` by a holder that stopped: they will never finish.
 pub async fn abandon_stale_runs(
     c: &mut SqliteConnection,
     tenant: &str,
@@ -393,36 +453,44 @@ pub async fn update_run(
     Ok(())
 }
 
+pub async fn approve_run(
+    c: &mut SqliteConnection,
+    run_id: i64,
+    at: DateTime<Utc>,
+    by: i64,
+) -> Result<(), SyncError> {
+    sqlx::query("UPDATE sync_runs SET approved_at = ?, approved_by = ? WHERE id = ?")
+        .bind(format_time(at))
+        .bind(by)
+        .bind(run_id)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
 pub async fn insert_item(
     c: &mut SqliteConnection,
     run_id: i64,
     item: &ItemReport,
 ) -> Result<(), SyncError> {
-    let changes = (!item.changes.is_empty())
-        .then(|| serde_json::to_string(&item.changes))
-        .transpose()?;
-    let list = |v: &Vec<String>| {
-        (!v.is_empty())
-            .then(|| serde_json::to_string(v))
-            .transpose()
-    };
+    let j = item_json(item)?;
     sqlx::query(INSERT_ITEM)
         .bind(run_id)
         .bind(&item.user_id)
         .bind(&item.user_name)
         .bind(&item.app_key)
         .bind(item.outcome.as_str())
-        .bind(changes)
-        .bind(list(&item.roles_added)?)
-        .bind(list(&item.roles_removed)?)
+        .bind(j.changes)
+        .bind(j.roles_added)
+        .bind(j.roles_removed)
         .bind(&item.error)
         .execute(&mut *c)
         .await?;
     Ok(())
 }
 
-/// Retry rows of users that no longer exist in staging: one index look-up per retry row (a
-/// `NOT IN (SELECT id …)` would list every user of the tenant).
+/// One index look-up per retry row (a `NOT IN (SELECT id …)` would list every user of the
+/// tenant).
 pub async fn drop_orphan_retries(c: &mut SqliteConnection, tenant: &str) -> Result<(), SyncError> {
     sqlx::query(
         "DELETE FROM sync_retry WHERE tenant = ?1 AND NOT EXISTS \
@@ -436,7 +504,6 @@ pub async fn drop_orphan_retries(c: &mut SqliteConnection, tenant: &str) -> Resu
 
 // ---- lifecycle ------------------------------------------------------------------------
 
-/// Whether the user is still as read (no SCIM write since: a reactivation must not be purged).
 pub async fn unchanged_since_read(
     c: &mut SqliteConnection,
     tenant: &str,
@@ -451,7 +518,6 @@ pub async fn unchanged_since_read(
     Ok(seq == Some(row.change_seq))
 }
 
-/// Remove a user and its memberships from staging (the groups it left get a new version).
 pub async fn purge_user(
     c: &mut SqliteConnection,
     tenant: &str,
@@ -501,7 +567,6 @@ pub async fn purge_user(
     Ok(())
 }
 
-/// Whether another user of the tenant is linked to the same application row.
 pub async fn key_shared(
     c: &mut SqliteConnection,
     tenant: &str,
@@ -519,76 +584,40 @@ pub async fn key_shared(
     Ok(n > 0)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn queue_offboarding(
+pub async fn delete_link(
     c: &mut SqliteConnection,
     tenant: &str,
     user_id: &str,
-    user_name: &str,
-    app_key: &str,
-    action: &Value,
-    roles: &BTreeSet<String>,
-    run_id: i64,
-    now: DateTime<Utc>,
+) -> Result<(), SyncError> {
+    sqlx::query("DELETE FROM sync_links WHERE tenant = ? AND user_id = ?")
+        .bind(tenant)
+        .bind(user_id)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+pub async fn queue_offboarding(
+    c: &mut SqliteConnection,
+    q: &NewOffboarding<'_>,
 ) -> Result<(), SyncError> {
     sqlx::query(
         "INSERT INTO sync_offboarding (tenant, user_id, user_name, app_key, action, roles, queued_at, run_id) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, user_id) DO NOTHING",
     )
-    .bind(tenant)
-    .bind(user_id)
-    .bind(user_name)
-    .bind(app_key)
-    .bind(serde_json::to_string(action)?)
-    .bind(serde_json::to_string(roles)?)
-    .bind(format_time(now))
-    .bind(run_id)
+    .bind(q.tenant)
+    .bind(q.user_id)
+    .bind(q.user_name)
+    .bind(q.app_key)
+    .bind(serde_json::to_string(q.action)?)
+    .bind(serde_json::to_string(q.roles)?)
+    .bind(format_time(q.now))
+    .bind(q.run_id)
     .execute(&mut *c)
     .await?;
     Ok(())
 }
 
-/// One queued offboarding.
-#[derive(Debug, Clone)]
-pub struct Queued {
-    pub id: i64,
-    pub user_id: String,
-    pub user_name: Option<String>,
-    pub app_key: String,
-    pub action: Value,
-    pub roles: BTreeSet<String>,
-}
-
-pub async fn queued(
-    pool: &SqlitePool,
-    tenant: &str,
-    after_id: i64,
-    limit: u32,
-) -> Result<Vec<Queued>, SyncError> {
-    let rows: Vec<(i64, String, Option<String>, String, String, String)> = sqlx::query_as(
-        "SELECT id, user_id, user_name, app_key, action, roles FROM sync_offboarding \
-         WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
-    )
-    .bind(tenant)
-    .bind(after_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|(id, user_id, user_name, app_key, action, roles)| {
-            Ok(Queued {
-                id,
-                user_id,
-                user_name,
-                app_key,
-                action: serde_json::from_str(&action)?,
-                roles: serde_json::from_str(&roles)?,
-            })
-        })
-        .collect()
-}
-
-/// An offboarding was applied: forget it and the user's link.
 pub async fn offboarding_done(
     c: &mut SqliteConnection,
     tenant: &str,
@@ -598,12 +627,7 @@ pub async fn offboarding_done(
         .bind(q.id)
         .execute(&mut *c)
         .await?;
-    sqlx::query("DELETE FROM sync_links WHERE tenant = ? AND user_id = ?")
-        .bind(tenant)
-        .bind(&q.user_id)
-        .execute(&mut *c)
-        .await?;
-    Ok(())
+    delete_link(c, tenant, &q.user_id).await
 }
 
 pub async fn offboarding_failed(
@@ -619,11 +643,8 @@ pub async fn offboarding_failed(
     Ok(())
 }
 
-/// The change pass's statements on the engine's own staging connection, run synchronously
-/// (on a blocking thread): one hand-over per batch instead of one per statement.
+/// The change pass's statements on the engine's own connections, run synchronously.
 pub mod blocking {
-    use std::collections::HashMap;
-
     use rusqlite::{Connection, params};
 
     use super::*;
@@ -706,139 +727,87 @@ pub mod blocking {
             let (id, app_key, fingerprint, roles, fields, state) = r?;
             out.insert(
                 id,
-                Link {
-                    app_key,
-                    fingerprint,
-                    applied_roles: serde_json::from_str(&roles)?,
-                    fields: serde_json::from_str(&fields)?,
-                    state,
-                },
+                Link::parse(app_key, fingerprint, &roles, &fields, state)?,
             );
         }
         Ok(out)
     }
 
-    pub fn insert_item(c: &Connection, run_id: i64, item: &ItemReport) -> Result<(), SyncError> {
-        let changes = (!item.changes.is_empty())
-            .then(|| serde_json::to_string(&item.changes))
-            .transpose()?;
-        let list = |v: &Vec<String>| {
-            (!v.is_empty())
-                .then(|| serde_json::to_string(v))
-                .transpose()
-        };
-        c.prepare_cached(INSERT_ITEM)?.execute(params![
-            run_id,
-            item.user_id,
-            item.user_name,
-            item.app_key,
-            item.outcome.as_str(),
-            changes,
-            list(&item.roles_added)?,
-            list(&item.roles_removed)?,
-            item.error,
-        ])?;
-        Ok(())
-    }
-
-    /// Record the state written to the application for a user.
-    #[allow(clippy::too_many_arguments)]
-    pub fn upsert_link(
-        c: &Connection,
-        tenant: &str,
-        user_id: &str,
-        app_key: &str,
-        fingerprint: &str,
-        roles: &BTreeSet<String>,
-        fields: &BTreeMap<String, Value>,
-        state: &str,
-        now: &str,
-    ) -> Result<(), SyncError> {
-        c.prepare_cached(UPSERT_LINK)?.execute(params![
-            tenant,
-            user_id,
-            app_key,
-            fingerprint,
-            serde_json::to_string(roles)?,
-            serde_json::to_string(fields)?,
-            state,
-            now,
-        ])?;
-        Ok(())
-    }
-
-    pub fn add_retry(
-        c: &Connection,
-        tenant: &str,
-        user_id: &str,
-        error: &str,
-        now: &str,
-    ) -> Result<(), SyncError> {
-        c.prepare_cached(ADD_RETRY)?
-            .execute(params![tenant, user_id, error, now, now])?;
-        Ok(())
-    }
-
-    /// Remove retry rows of `ids` (users that synced, or had nothing to sync).
-    pub fn clear_retries(c: &Connection, tenant: &str, ids: &[&str]) -> Result<(), SyncError> {
-        if ids.is_empty() {
-            return Ok(());
+    /// A batch's record, statement by statement (prepared once per connection), in one
+    /// transaction.
+    pub fn record(c: &mut Connection, r: &Record) -> Result<(), SyncError> {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let t = r.tenant.as_str();
+        let now = format_time(r.now);
+        {
+            let mut insert = tx.prepare_cached(INSERT_ITEM)?;
+            for item in &r.items {
+                let j = item_json(item)?;
+                insert.execute(params![
+                    r.run_id,
+                    item.user_id,
+                    item.user_name,
+                    item.app_key,
+                    item.outcome.as_str(),
+                    j.changes,
+                    j.roles_added,
+                    j.roles_removed,
+                    item.error,
+                ])?;
+            }
         }
-        c.prepare_cached(CLEAR_RETRIES)?
-            .execute(params![tenant, serde_json::to_string(ids)?])?;
-        Ok(())
-    }
-
-    /// Move the watermark forward to `to` (never back: a full run starts below it).
-    pub fn advance_watermark(
-        c: &Connection,
-        tenant: &str,
-        to: Mark,
-        now: &str,
-    ) -> Result<(), SyncError> {
-        c.prepare_cached(ADVANCE_WATERMARK)?
-            .execute(params![tenant, to.seq, to.pk, now])?;
-        Ok(())
-    }
-
-    /// Extend the lease; an error when it is no longer ours (it expired and was taken over).
-    pub fn renew_lease(
-        c: &Connection,
-        tenant: &str,
-        holder: &str,
-        expires: &str,
-    ) -> Result<(), SyncError> {
-        let n = c
-            .prepare_cached(RENEW_LEASE)?
-            .execute(params![expires, tenant, holder])?;
-        if n == 0 {
-            return Err(SyncError::LeaseLost);
+        if !r.dry_run {
+            let mut link = tx.prepare_cached(UPSERT_LINK)?;
+            for l in &r.links {
+                link.execute(params![
+                    t,
+                    l.user_id,
+                    l.app_key,
+                    l.fingerprint,
+                    l.applied_roles,
+                    l.fields,
+                    l.state,
+                    now,
+                ])?;
+            }
+            let mut retry = tx.prepare_cached(ADD_RETRY)?;
+            for (user_id, error) in &r.retries {
+                retry.execute(params![t, user_id, error, now, now])?;
+            }
+            if !r.cleared.is_empty() {
+                tx.prepare_cached(CLEAR_RETRIES)?
+                    .execute(params![t, serde_json::to_string(&r.cleared)?])?;
+            }
+            if let Some(mark) = r.advance {
+                tx.prepare_cached(ADVANCE_WATERMARK)?
+                    .execute(params![t, mark.seq, mark.pk, now])?;
+            }
+            let renewed = tx.prepare_cached(RENEW_LEASE)?.execute(params![
+                format_time(r.lease_expires),
+                t,
+                r.holder
+            ])?;
+            if renewed == 0 {
+                return Err(SyncError::LeaseLost);
+            }
         }
-        Ok(())
-    }
-
-    pub fn update_run(
-        c: &Connection,
-        run_id: i64,
-        status: RunStatus,
-        counts: &Counts,
-        watermark_to: Option<i64>,
-    ) -> Result<(), SyncError> {
-        c.prepare_cached(UPDATE_RUN)?.execute(params![
-            status.as_str(),
+        let c = &r.counts;
+        tx.prepare_cached(UPDATE_RUN)?.execute(params![
+            RunStatus::Running.as_str(),
             None::<String>,
-            counts.created as i64,
-            counts.updated as i64,
-            counts.unchanged as i64,
-            counts.roles_added as i64,
-            counts.roles_removed as i64,
-            counts.deactivated as i64,
-            counts.offboarded as i64,
-            counts.failed as i64,
-            watermark_to,
+            c.created as i64,
+            c.updated as i64,
+            c.unchanged as i64,
+            c.roles_added as i64,
+            c.roles_removed as i64,
+            c.deactivated as i64,
+            c.offboarded as i64,
+            c.failed as i64,
+            r.watermark_to,
             None::<String>,
-            run_id,
+            r.run_id,
         ])?;
+        tx.commit()?;
         Ok(())
     }
 }

@@ -1,0 +1,241 @@
+//! The sync engine on every staging backend: the same runs over a staging store filled through
+//! the store API, into an SQLite application database with the shipped Scifeon example. Runs on
+//! SQLite always, and on SQL Server staging when SCIM_BRIDGE_TEST_MSSQL is set (see
+//! docs/sqlserver.md), each backend in its own tenant.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Duration;
+use serde_json::{Map, Value, json};
+
+use scim_bridge::clock::FakeClock;
+use scim_bridge::config::Config;
+use scim_bridge::scim::resource::normalize;
+use scim_bridge::store::StoreError;
+use scim_bridge::sync::db::SyncDb;
+use scim_bridge::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
+
+use crate::store_conformance::{Backend, backends, group_change, id, rt, t};
+
+fn person(user_name: &str, given: &str) -> Map<String, Value> {
+    normalize(
+        &rt(),
+        &json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": user_name,
+            "name": {"givenName": given, "familyName": "Test"},
+            "emails": [{"type": "work", "value": user_name, "primary": true}],
+            "active": true,
+        }),
+    )
+    .unwrap()
+    .doc
+}
+
+struct Engine {
+    engine: SyncEngine,
+    clock: Arc<FakeClock>,
+    app: sqlx::SqlitePool,
+    tenant: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn engine(b: &Backend) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let app_db = dir.path().join("app.db");
+    // JSON string escapes are valid TOML basic-string escapes.
+    let quoted = |s: &str| serde_json::to_string(s).unwrap();
+    let text = format!(
+        "[staging]\ndatabase = {}\n\
+         [applications.scifeon]\ndatabase = {}\nschema = {}\n\
+         [tenants.\"{}\"]\ntoken = \"0123456789abcdef0123\"\n\
+         [tenants.\"{}\".sync]\nmapping = {}\nretention_hours = 24\n",
+        quoted(&b.database),
+        quoted(&format!("sqlite://{}", app_db.display())),
+        quoted(&root.join("sql/app/example_app.sql").display().to_string()),
+        b.tenant,
+        b.tenant,
+        quoted(&root.join("mappings/scifeon.toml").display().to_string()),
+    );
+    let config = Config::parse(&text, &dir.path().join("c.toml"), dir.path(), []).unwrap();
+    let clock = Arc::new(FakeClock::new(t(3)));
+    let engine = SyncEngine::new(&config, SyncDb::of(&b.store), clock.clone())
+        .await
+        .unwrap();
+    let app = sqlx::SqlitePool::connect(&format!("sqlite://{}", app_db.display()))
+        .await
+        .unwrap();
+    Engine {
+        engine,
+        clock,
+        app,
+        tenant: b.tenant.clone(),
+        _dir: dir,
+    }
+}
+
+impl Engine {
+    async fn run(&self, dry_run: bool) -> RunSummary {
+        let options = RunOptions {
+            dry_run,
+            ..RunOptions::default()
+        };
+        let s = self
+            .engine
+            .run(&self.tenant, Trigger::Api, options)
+            .await
+            .unwrap();
+        assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+        s
+    }
+
+    /// (UserName, FirstName, IsActive) of every application user.
+    async fn users(&self) -> Vec<(String, String, bool)> {
+        sqlx::query_as("SELECT UserName, FirstName, IsActive FROM scifeon_users ORDER BY UserName")
+            .fetch_all(&self.app)
+            .await
+            .unwrap()
+    }
+
+    async fn roles(&self, user: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT role FROM user_roles WHERE user_key = ? ORDER BY role")
+            .bind(user)
+            .fetch_all(&self.app)
+            .await
+            .unwrap()
+    }
+}
+
+fn row(name: &str, first: &str, active: bool) -> (String, String, bool) {
+    (name.to_string(), first.to_string(), active)
+}
+
+#[tokio::test]
+async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        let backend = s.backend_name();
+        let e = engine(&b).await;
+        let (ann, bob, carl) = (id(), id(), id());
+        for (uid, name, given) in [
+            (&ann, "ann@example.com", "Ann"),
+            (&bob, "bob@example.com", "Bob"),
+            (&carl, "carl@example.com", "Carl"),
+        ] {
+            s.create_user(tn, &rt, uid, &person(name, given), t(1))
+                .await
+                .unwrap();
+        }
+        s.create_group(
+            tn,
+            &rt,
+            &id(),
+            group_change("Scifeon Admins", &[&ann]),
+            t(1),
+        )
+        .await
+        .unwrap();
+        s.create_group(
+            tn,
+            &rt,
+            &id(),
+            group_change("Scifeon Lab Aarhus", &[&bob, &carl]),
+            t(1),
+        )
+        .await
+        .unwrap();
+
+        // A dry run reports and writes nothing.
+        let dry = e.run(true).await;
+        assert_eq!(dry.counts.created, 3, "{backend}");
+        assert!(e.users().await.is_empty(), "{backend}");
+
+        let r = e.run(false).await;
+        assert_eq!(
+            (r.counts.created, r.counts.roles_added),
+            (3, 6),
+            "{backend}"
+        );
+        assert_eq!(
+            e.users().await,
+            [
+                row("ann@example.com", "Ann", true),
+                row("bob@example.com", "Bob", true),
+                row("carl@example.com", "Carl", true)
+            ],
+            "{backend}"
+        );
+        assert_eq!(e.roles("ann@example.com").await, ["Administrator", "User"]);
+        assert_eq!(e.roles("bob@example.com").await, ["LabTechnician", "User"]);
+
+        // Nothing changed: the watermark covers everyone.
+        let r = e.run(false).await;
+        assert_eq!(
+            (r.counts.created, r.counts.updated, r.counts.unchanged),
+            (0, 0, 0),
+            "{backend}"
+        );
+
+        // One rename: one update; a deactivation: inactive and without roles.
+        let rename = |mut d: Map<String, Value>| {
+            d.insert(
+                "name".into(),
+                json!({"givenName": "Robert", "familyName": "Test"}),
+            );
+            Ok(d)
+        };
+        s.update_user(tn, &rt, &bob, None, t(2), rename)
+            .await
+            .unwrap();
+        let deactivate = |mut d: Map<String, Value>| {
+            d.insert("active".into(), Value::Bool(false));
+            Ok(d)
+        };
+        s.update_user(tn, &rt, &carl, None, t(2), deactivate)
+            .await
+            .unwrap();
+        let r = e.run(false).await;
+        assert_eq!(
+            (
+                r.counts.updated,
+                r.counts.deactivated,
+                r.counts.roles_removed
+            ),
+            (1, 1, 2),
+            "{backend}"
+        );
+        assert_eq!(
+            e.users().await,
+            [
+                row("ann@example.com", "Ann", true),
+                row("bob@example.com", "Robert", true),
+                row("carl@example.com", "Carl", false)
+            ],
+            "{backend}"
+        );
+        assert!(e.roles("carl@example.com").await.is_empty(), "{backend}");
+
+        // Inside the retention nothing more happens; after it, purge and offboard.
+        let r = e.run(false).await;
+        assert_eq!(r.counts.offboarded, 0, "{backend}");
+        e.clock.advance(Duration::hours(24));
+        let r = e.run(false).await;
+        assert_eq!(r.counts.offboarded, 1, "{backend}");
+        assert_eq!(e.users().await.len(), 2, "{backend}");
+        assert!(
+            matches!(
+                s.get_user(tn, &carl, false).await,
+                Err(StoreError::NotFound)
+            ),
+            "{backend}"
+        );
+        let again = e.run(false).await;
+        assert_eq!(
+            again.counts.offboarded + again.counts.updated,
+            0,
+            "{backend}"
+        );
+    }
+}
