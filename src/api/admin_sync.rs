@@ -21,6 +21,8 @@ use crate::config::{AdminRole, SyncConfig};
 use crate::mapping::{Mapping, StagedGroup, StagedUser, UserState};
 use crate::scim::resource::normalize;
 use crate::store::StoreError;
+use crate::store::mssql::pool::MssqlError;
+use crate::sync::db::SyncDb;
 use crate::sync::ledger::{self, RunQuery, UserRef};
 use crate::sync::scheduler::SyncHandle;
 use crate::sync::{Progress, RunOptions, RunStatus, SyncEngine, SyncError, Trigger, field_json};
@@ -37,12 +39,20 @@ enum SyncTag {
     Offboardings,
 }
 
-fn sqlserver_pending() -> AdminError {
-    AdminError::not_found("the sync ledger on SQL Server staging is not readable yet")
-}
-
-fn db(e: sqlx::Error) -> AdminError {
-    StoreError::from(e).into()
+/// A failed ledger read, as the store's errors map: a busy or contended staging database is a
+/// 503, anything else a 500 (logged, never shown).
+fn db(e: SyncError) -> AdminError {
+    match e {
+        SyncError::Staging(e) => StoreError::from(e).into(),
+        SyncError::Sqlite(e) => StoreError::from(e).into(),
+        SyncError::SqlServer(MssqlError::Database(e)) => StoreError::from(e).into(),
+        SyncError::SqlServer(e) => StoreError::from(e).into(),
+        SyncError::Store(e) => e.into(),
+        other => {
+            tracing::error!(error = %other, "reading the sync ledger failed");
+            AdminError::internal()
+        }
+    }
 }
 
 /// A run's counts, as in the ledger.
@@ -409,18 +419,16 @@ pub async fn sync_summary(
     let Some(handle) = &state.sync else {
         return Ok(None);
     };
-    let Some(pool) = handle.db().sqlite_reader() else {
-        return Err(sqlserver_pending());
-    };
+    let staging = handle.db();
     Ok(Some(SyncSummary {
         mapping: c.mapping_path.display().to_string(),
-        last_run: ledger::last_run(pool, tenant).await.map_err(db)?,
+        last_run: ledger::last_run(staging, tenant).await.map_err(db)?,
         next_run_at: c
             .schedule
             .as_ref()
             .and_then(|s| s.next_after(state.clock.now()))
             .map(crate::store::format_time),
-        pending_offboardings: ledger::count_pending(pool, tenant, c.retention_hours)
+        pending_offboardings: ledger::count_pending(staging, tenant, c.retention_hours)
             .await
             .map_err(db)?,
     }))
@@ -489,19 +497,18 @@ impl AdminSyncApi {
         Ok((handle, engine, config))
     }
 
-    /// The staging database's reader pool (sync runs on SQLite staging only); 404 when no
-    /// tenant syncs.
-    fn pool(&self) -> std::result::Result<&sqlx::SqlitePool, AdminError> {
+    /// The staging database the ledger lives in; 404 when no tenant syncs.
+    fn ledger_db(&self) -> std::result::Result<&SyncDb, AdminError> {
         self.state
             .sync
             .as_ref()
+            .map(|h| h.db())
             .ok_or_else(|| AdminError::not_found("no tenant syncs: there are no sync runs"))
-            .and_then(|h| h.db().sqlite_reader().ok_or_else(sqlserver_pending))
     }
 
     /// 409 when a run of `tenant` holds its lease.
     async fn not_busy(&self, tenant: &str) -> std::result::Result<(), AdminError> {
-        match ledger::lease(self.pool()?, tenant, self.state.clock.now())
+        match ledger::lease(self.ledger_db()?, tenant, self.state.clock.now())
             .await
             .map_err(db)?
         {
@@ -574,7 +581,7 @@ impl AdminSyncApi {
             limit,
             offset,
         };
-        let (total, rows) = ledger::runs(self.pool()?, &q).await.map_err(db)?;
+        let (total, rows) = ledger::runs(self.ledger_db()?, &q).await.map_err(db)?;
         Ok(Json(RunPage {
             items: rows.into_iter().map(Run::from).collect(),
             total,
@@ -591,7 +598,7 @@ impl AdminSyncApi {
         operation_id = "adminGetRun"
     )]
     async fn get_run(&self, _auth: AdminAuth, id: Path<i64>) -> Result<Run> {
-        let run = ledger::run(self.pool()?, id.0)
+        let run = ledger::run(self.ledger_db()?, id.0)
             .await
             .map_err(db)?
             .ok_or_else(|| AdminError::not_found(format!("no run {}", id.0)))?;
@@ -621,13 +628,18 @@ impl AdminSyncApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<RunItemPage> {
-        if ledger::run(self.pool()?, id.0).await.map_err(db)?.is_none() {
+        if ledger::run(self.ledger_db()?, id.0)
+            .await
+            .map_err(db)?
+            .is_none()
+        {
             return Err(AdminError::not_found(format!("no run {}", id.0)));
         }
         let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
-        let (total, rows) = ledger::items(self.pool()?, id.0, outcome.0.as_deref(), limit, offset)
-            .await
-            .map_err(db)?;
+        let (total, rows) =
+            ledger::items(self.ledger_db()?, id.0, outcome.0.as_deref(), limit, offset)
+                .await
+                .map_err(db)?;
         let items = rows
             .into_iter()
             .map(|r| RunItem {
@@ -696,11 +708,17 @@ impl AdminSyncApi {
             Some(r) => r.map_err(join_error)?.map_err(sync_error)?,
             None => {
                 let id = if dry_run {
-                    ledger::newest_running(self.pool()?, &tenant, Trigger::Api.as_str(), true, full)
-                        .await
-                        .map_err(db)?
+                    ledger::newest_running(
+                        self.ledger_db()?,
+                        &tenant,
+                        Trigger::Api.as_str(),
+                        true,
+                        full,
+                    )
+                    .await
+                    .map_err(db)?
                 } else {
-                    ledger::lease(self.pool()?, &tenant, self.state.clock.now())
+                    ledger::lease(self.ledger_db()?, &tenant, self.state.clock.now())
                         .await
                         .map_err(db)?
                         .flatten()
@@ -735,7 +753,7 @@ impl AdminSyncApi {
         id: Path<i64>,
     ) -> std::result::Result<Started, ActionError> {
         auth.require(AdminRole::Operator)?;
-        let run = ledger::run(self.pool()?, id.0)
+        let run = ledger::run(self.ledger_db()?, id.0)
             .await
             .map_err(db)?
             .ok_or_else(|| AdminError::not_found(format!("no run {}", id.0)))?;
@@ -777,7 +795,7 @@ impl AdminSyncApi {
                     return Ok(Started::new(s.run_id, s.tenant));
                 }
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                    if let Some(new) = ledger::approving_run(self.pool()?, approved).await.map_err(db)? {
+                    if let Some(new) = ledger::approving_run(self.ledger_db()?, approved).await.map_err(db)? {
                         return Ok(Started::new(new, run.tenant));
                     }
                 }
@@ -808,7 +826,7 @@ impl AdminSyncApi {
         };
         let (source, staged, state, user_name, link) = match (staged_ref, &body.0) {
             (Some(who), _) => {
-                let row = ledger::staged_user(self.pool()?, &tenant, who)
+                let row = ledger::staged_user(self.ledger_db()?, &tenant, who)
                     .await
                     .map_err(db)?
                     .ok_or_else(|| {
@@ -817,7 +835,7 @@ impl AdminSyncApi {
                             &*tenant
                         ))
                     })?;
-                let link = ledger::link(self.pool()?, &tenant, &row.user.id)
+                let link = ledger::link(self.ledger_db()?, &tenant, &row.user.id)
                     .await
                     .map_err(db)?;
                 let state = if row.active && !row.deleted {
@@ -1045,7 +1063,7 @@ impl AdminSyncApi {
         let (_, _, config) = self.syncing(&tenant)?;
         let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
         let (total, rows) = ledger::pending_offboardings(
-            self.pool()?,
+            self.ledger_db()?,
             &tenant,
             config.retention_hours,
             limit,

@@ -117,10 +117,7 @@ pub async fn metrics(state: Data<&Arc<AppState>>) -> Response {
             let Some(c) = engine.tenant_config(tenant) else {
                 continue;
             };
-            let Some(reader) = handle.db().sqlite_reader() else {
-                continue;
-            };
-            match crate::sync::ledger::count_pending(reader, tenant, c.retention_hours).await {
+            match crate::sync::ledger::count_pending(handle.db(), tenant, c.retention_hours).await {
                 Ok(n) => state.metrics.set_pending_offboardings(tenant, n),
                 Err(e) => {
                     tracing::warn!(tenant, error = %e, "metrics: counting pending offboardings")

@@ -20,14 +20,6 @@ impl SyncDb {
         }
     }
 
-    /// The SQLite reader pool (ledger reads), when the staging database is SQLite.
-    pub fn sqlite_reader(&self) -> Option<&sqlx::SqlitePool> {
-        match self {
-            SyncDb::Sqlite(s) => Some(s.reader()),
-            SyncDb::SqlServer(_) => None,
-        }
-    }
-
     /// The SQLite store, when the staging database is SQLite.
     pub fn as_sqlite(&self) -> Option<&SqliteStore> {
         match self {

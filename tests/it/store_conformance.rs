@@ -577,3 +577,161 @@ async fn admin_counts_and_the_provisioning_log() {
         assert_eq!(total, 3, "{}", s.backend_name());
     }
 }
+
+/// The sync ledger's reads on the staging database: a staged user as the engine would read it
+/// (groups included, by id or case-insensitive userName, a live user before a deleted one of
+/// the same name), and the reads of a tenant that has not synced yet.
+#[tokio::test]
+async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
+    use scim_bridge::sync::db::SyncDb;
+    use scim_bridge::sync::ledger::{self, RunQuery, UserRef};
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        let db = SyncDb::of(s);
+        let name = s.backend_name();
+        let (ann, old_bob, bob, g) = (id(), id(), id(), id());
+        s.create_user(
+            tn,
+            &rt,
+            &ann,
+            &user_doc("Ledger.Ann", "ann@example.com"),
+            t(1),
+        )
+        .await
+        .unwrap();
+        s.create_group(
+            tn,
+            &ResourceType::group(),
+            &g,
+            group_change("Ledger Group", &[&ann]),
+            t(2),
+        )
+        .await
+        .unwrap();
+        s.create_user(
+            tn,
+            &rt,
+            &old_bob,
+            &user_doc("Ledger.Bob", "bob@example.com"),
+            t(1),
+        )
+        .await
+        .unwrap();
+        s.delete_user(tn, &old_bob, None, t(2)).await.unwrap();
+        s.create_user(
+            tn,
+            &rt,
+            &bob,
+            &user_doc("ledger.bob", "bob@example.com"),
+            t(3),
+        )
+        .await
+        .unwrap();
+
+        let row = ledger::staged_user(&db, tn, UserRef::UserName("LEDGER.ann"))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: Ann by name"));
+        assert_eq!(
+            (
+                row.user.id.as_str(),
+                row.user_name.as_str(),
+                row.active,
+                row.deleted
+            ),
+            (ann.as_str(), "Ledger.Ann", true, false),
+            "{name}"
+        );
+        assert_eq!(
+            row.user.doc.get("userName"),
+            Some(&json!("Ledger.Ann")),
+            "{name}"
+        );
+        let groups: Vec<_> = row
+            .user
+            .groups
+            .iter()
+            .map(|x| {
+                (
+                    x.id.as_str(),
+                    x.display_name.as_str(),
+                    x.external_id.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(groups, [(g.as_str(), "Ledger Group", None)], "{name}");
+
+        let live = ledger::staged_user(&db, tn, UserRef::UserName("Ledger.Bob"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (live.user.id.as_str(), live.deleted),
+            (bob.as_str(), false),
+            "{name}"
+        );
+        assert!(live.user.groups.is_empty(), "{name}");
+        let gone = ledger::staged_user(&db, tn, UserRef::Id(&old_bob))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            gone.deleted,
+            "{name}: a deleted user is read until it is purged"
+        );
+        assert!(
+            ledger::staged_user(&db, tn, UserRef::Id(&id()))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            ledger::staged_user(&db, "another-tenant", UserRef::Id(&ann))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+
+        let q = RunQuery {
+            tenant: Some(tn.to_string()),
+            status: Some("running".into()),
+            since: Some(t(0)),
+            until: Some(t(5)),
+            limit: 10,
+            offset: 0,
+        };
+        let (total, runs) = ledger::runs(&db, &q).await.unwrap();
+        assert_eq!((total, runs.len()), (0, 0), "{name}");
+        assert!(ledger::last_run(&db, tn).await.unwrap().is_none());
+        assert!(ledger::run(&db, i64::MAX).await.unwrap().is_none());
+        assert!(
+            ledger::approving_run(&db, i64::MAX)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            ledger::newest_running(&db, tn, "api", true, false)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let (total, items) = ledger::items(&db, i64::MAX, Some("created"), 10, 0)
+            .await
+            .unwrap();
+        assert_eq!((total, items.len()), (0, 0), "{name}");
+        assert_eq!(ledger::lease(&db, tn, t(1)).await.unwrap(), None, "{name}");
+        assert!(ledger::link(&db, tn, &ann).await.unwrap().is_none());
+        // Inactive and deleted users count only once the engine has written them (a link).
+        assert_eq!(
+            ledger::count_pending(&db, tn, 24).await.unwrap(),
+            0,
+            "{name}"
+        );
+        let (total, pending) = ledger::pending_offboardings(&db, tn, 24, 10, 0)
+            .await
+            .unwrap();
+        assert_eq!((total, pending.len()), (0, 0), "{name}");
+    }
+}

@@ -52,11 +52,11 @@ impl From<tiberius::error::Error> for StoreError {
     }
 }
 
-pub(super) fn naive(t: DateTime<Utc>) -> NaiveDateTime {
+pub(crate) fn naive(t: DateTime<Utc>) -> NaiveDateTime {
     t.naive_utc()
 }
 
-fn time_text(t: NaiveDateTime) -> String {
+pub(crate) fn time_text(t: NaiveDateTime) -> String {
     format_time(Utc.from_utc_datetime(&t))
 }
 
@@ -102,16 +102,16 @@ pub(crate) async fn first(
     Ok(rows(c, q).await?.into_iter().next())
 }
 
-pub(super) fn get_i64(r: &Row, i: usize) -> Result<i64, StoreError> {
+pub(crate) fn get_i64(r: &Row, i: usize) -> Result<i64, StoreError> {
     r.try_get::<i64, _>(i)?
         .ok_or_else(|| StoreError::CommitFailed(format!("column {i} is NULL")))
 }
 
-pub(super) fn get_text(r: &Row, i: usize) -> Result<String, StoreError> {
+pub(crate) fn get_text(r: &Row, i: usize) -> Result<String, StoreError> {
     Ok(r.try_get::<&str, _>(i)?.unwrap_or_default().to_string())
 }
 
-pub(super) fn get_time(r: &Row, i: usize) -> Result<String, StoreError> {
+pub(crate) fn get_time(r: &Row, i: usize) -> Result<String, StoreError> {
     r.try_get::<NaiveDateTime, _>(i)?
         .map(time_text)
         .ok_or_else(|| StoreError::CommitFailed(format!("column {i} is NULL")))

@@ -1,0 +1,623 @@
+//! The ledger reads on SQL Server staging (schema `sync.*`, users and groups in `scim.*`): the
+//! same rows, filters, order and paging as the SQLite statements beside them.
+//!
+//! Times are DATETIME2(3) and come back as RFC 3339 text with milliseconds and Z, like the text
+//! SQLite stores. A time bound in a comparison is cut to milliseconds first: SQLite compares it
+//! as that text, so a sub-millisecond part never counts there either. INT counters are read as
+//! BIGINT. Every value is bound (@P1…), never formatted into the statement.
+
+use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
+use tiberius::{Query, Row};
+
+use super::{
+    ItemRow, LinkRow, PendingRow, RunQuery, RunRow, StagedRow, UserRef, decode_item, decode_link,
+    decode_pending, decode_staged,
+};
+use crate::store::StoreError;
+use crate::store::mssql::pool::MssqlPool;
+use crate::store::mssql::store::{first, get_i64, get_text, get_time, naive, rows, time_text};
+use crate::sync::SyncError;
+
+// ---- statements ---------------------------------------------------------------------------
+
+/// A run's columns over `sync.runs r`, in [`RunRow`]'s field order.
+const RUN_COLUMNS: &str = "r.id, r.tenant, r.[trigger], r.dry_run, r.[full], r.status, \
+     r.started_at, r.ended_at, CAST(r.created AS BIGINT) AS created, \
+     CAST(r.updated AS BIGINT) AS updated, CAST(r.unchanged AS BIGINT) AS unchanged, \
+     CAST(r.roles_added AS BIGINT) AS roles_added, CAST(r.roles_removed AS BIGINT) AS roles_removed, \
+     CAST(r.deactivated AS BIGINT) AS deactivated, CAST(r.offboarded AS BIGINT) AS offboarded, \
+     CAST(r.failed AS BIGINT) AS failed, \
+     (SELECT COUNT_BIG(*) FROM sync.run_items i WHERE i.run_id = r.id AND i.outcome = N'offboarding_held') AS held, \
+     r.watermark_from, r.watermark_to, r.error, r.approves_run, r.approved_at, r.approved_by";
+
+/// Which of [`RunQuery`]'s filters are set: each set one is a parameter, numbered from @P1
+/// in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunFilters {
+    tenant: bool,
+    status: bool,
+    since: bool,
+    until: bool,
+}
+
+impl RunFilters {
+    fn of(q: &RunQuery) -> Self {
+        RunFilters {
+            tenant: q.tenant.is_some(),
+            status: q.status.is_some(),
+            since: q.since.is_some(),
+            until: q.until.is_some(),
+        }
+    }
+
+    /// The WHERE condition and how many parameters it takes.
+    fn condition(self) -> (String, usize) {
+        let mut cond = vec!["1 = 1".to_string()];
+        let mut n = 0;
+        for (set, test) in [
+            (self.tenant, "r.tenant ="),
+            (self.status, "r.status ="),
+            (self.since, "r.started_at >="),
+            (self.until, "r.started_at <"),
+        ] {
+            if set {
+                n += 1;
+                cond.push(format!("{test} @P{n}"));
+            }
+        }
+        (cond.join(" AND "), n)
+    }
+}
+
+/// How many runs match the filters.
+fn count_runs(f: RunFilters) -> String {
+    let (cond, _) = f.condition();
+    format!("SELECT COUNT_BIG(*) FROM sync.runs r WHERE {cond}")
+}
+
+/// The matching runs, newest first; after the filters' parameters: offset, then limit.
+fn runs_page(f: RunFilters) -> String {
+    let (cond, n) = f.condition();
+    format!(
+        "SELECT {RUN_COLUMNS} FROM sync.runs r WHERE {cond} ORDER BY r.id DESC \
+         OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY",
+        n + 1,
+        n + 2
+    )
+}
+
+/// @P1 id.
+fn run_by_id() -> String {
+    format!("SELECT {RUN_COLUMNS} FROM sync.runs r WHERE r.id = @P1")
+}
+
+/// @P1 tenant.
+fn last_run_of() -> String {
+    format!("SELECT TOP (1) {RUN_COLUMNS} FROM sync.runs r WHERE r.tenant = @P1 ORDER BY r.id DESC")
+}
+
+/// @P1 the approved run.
+const APPROVING_RUN: &str =
+    "SELECT TOP (1) id FROM sync.runs WHERE approves_run = @P1 ORDER BY id DESC";
+
+/// @P1 tenant, @P2 trigger, @P3 dry_run, @P4 full.
+const NEWEST_RUNNING: &str = "SELECT TOP (1) id FROM sync.runs WHERE tenant = @P1 \
+     AND [trigger] = @P2 AND dry_run = @P3 AND [full] = @P4 AND status = N'running' ORDER BY id DESC";
+
+/// @P1 run id and, with `outcome`, @P2 the outcome.
+fn items_condition(outcome: bool) -> &'static str {
+    if outcome {
+        "run_id = @P1 AND outcome = @P2"
+    } else {
+        "run_id = @P1"
+    }
+}
+
+fn count_items(outcome: bool) -> String {
+    format!(
+        "SELECT COUNT_BIG(*) FROM sync.run_items WHERE {}",
+        items_condition(outcome)
+    )
+}
+
+/// The items in the order they were recorded; after the condition's parameters: offset, then
+/// limit.
+fn items_page(outcome: bool) -> String {
+    let n = if outcome { 2 } else { 1 };
+    format!(
+        "SELECT id, user_id, user_name, app_key, outcome, changes, roles_added, roles_removed, \
+         error FROM sync.run_items WHERE {} ORDER BY id OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY",
+        items_condition(outcome),
+        n + 1,
+        n + 2
+    )
+}
+
+/// @P1 tenant, @P2 now.
+const LEASE: &str = "SELECT run_id FROM sync.leases WHERE tenant = @P1 AND expires_at > @P2";
+
+/// One staged user with its groups (FOR JSON PATH objects, a NULL external_id left out): @P1
+/// tenant, @P2 the id or (`by_name`) the lower-cased userName. A live user wins over a deleted
+/// one, then the newest.
+fn staged_user_sql(by_name: bool) -> String {
+    let cond = if by_name {
+        "u.user_name_ci = @P2"
+    } else {
+        "u.id = @P2"
+    };
+    format!(
+        "SELECT TOP (1) u.id, u.user_name, u.doc, u.active, \
+         CAST(CASE WHEN u.deleted_at IS NULL THEN 0 ELSE 1 END AS BIT) AS deleted, \
+         ISNULL((SELECT g.id AS id, g.display_name AS display_name, g.external_id AS external_id \
+         FROM scim.group_members m JOIN scim.groups g ON g.tenant = m.tenant AND g.id = m.group_id \
+         WHERE m.tenant = u.tenant AND m.member_id = u.id FOR JSON PATH), N'[]') AS groups \
+         FROM scim.users u WHERE u.tenant = @P1 AND {cond} \
+         ORDER BY CASE WHEN u.deleted_at IS NULL THEN 0 ELSE 1 END, u.pk DESC"
+    )
+}
+
+/// @P1 tenant, @P2 user id.
+const LINK: &str = "SELECT app_key, applied_roles, fields, state, updated_at FROM sync.links \
+     WHERE tenant = @P1 AND user_id = @P2";
+
+/// Staged users with an application row whose retention clock runs (inactive or deleted), due
+/// @P2 hours after the later of deactivated_at and deleted_at, then queued offboardings: @P1
+/// tenant. Columns in [`PendingRow`]'s field order.
+const PENDING: &str = "\
+    SELECT CASE WHEN u.deleted_at IS NOT NULL THEN N'deleted' ELSE N'inactive' END AS state, \
+           u.id AS user_id, u.user_name AS user_name, l.app_key AS app_key, \
+           u.deactivated_at AS deactivated_at, u.deleted_at AS deleted_at, \
+           DATEADD(hour, @P2, CASE WHEN u.deleted_at > u.deactivated_at THEN u.deleted_at \
+           ELSE u.deactivated_at END) AS due_at, \
+           CAST(NULL AS DATETIME2(3)) AS queued_at, CAST(0 AS BIGINT) AS attempts, \
+           CAST(NULL AS NVARCHAR(MAX)) AS last_error \
+    FROM scim.users u JOIN sync.links l ON l.tenant = u.tenant AND l.user_id = u.id \
+    WHERE u.tenant = @P1 AND u.deactivated_at IS NOT NULL \
+    UNION ALL \
+    SELECT N'queued', o.user_id, o.user_name, o.app_key, NULL, NULL, o.queued_at, o.queued_at, \
+           CAST(o.attempts AS BIGINT), o.last_error \
+    FROM sync.offboarding o WHERE o.tenant = @P1";
+
+/// Soonest due first: @P1 tenant, @P2 retention hours, @P3 offset, @P4 limit.
+fn pending_page() -> String {
+    format!(
+        "SELECT p.state, p.user_id, p.user_name, p.app_key, p.deactivated_at, p.deleted_at, \
+         p.due_at, p.queued_at, p.attempts, p.last_error FROM ({PENDING}) p \
+         ORDER BY p.due_at, p.user_id OFFSET @P3 ROWS FETCH NEXT @P4 ROWS ONLY"
+    )
+}
+
+/// @P1 tenant, @P2 retention hours.
+fn count_pending_sql() -> String {
+    format!("SELECT COUNT_BIG(*) FROM ({PENDING}) p")
+}
+
+// ---- reading rows -------------------------------------------------------------------------
+
+fn null(i: usize) -> StoreError {
+    StoreError::CommitFailed(format!("column {i} is NULL"))
+}
+
+fn get_bool(r: &Row, i: usize) -> Result<bool, SyncError> {
+    Ok(r.try_get::<bool, _>(i)?.ok_or_else(|| null(i))?)
+}
+
+fn opt_i64(r: &Row, i: usize) -> Result<Option<i64>, SyncError> {
+    Ok(r.try_get::<i64, _>(i)?)
+}
+
+fn opt_text(r: &Row, i: usize) -> Result<Option<String>, SyncError> {
+    Ok(r.try_get::<&str, _>(i)?.map(str::to_string))
+}
+
+fn opt_time(r: &Row, i: usize) -> Result<Option<String>, SyncError> {
+    Ok(r.try_get::<NaiveDateTime, _>(i)?.map(time_text))
+}
+
+/// A time as bound in a comparison: DATETIME2 at the milliseconds the ledger keeps.
+fn at_ms(t: DateTime<Utc>) -> NaiveDateTime {
+    let t = naive(t);
+    t.with_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(t)
+}
+
+fn run_row(r: &Row) -> Result<RunRow, SyncError> {
+    Ok(RunRow {
+        id: get_i64(r, 0)?,
+        tenant: get_text(r, 1)?,
+        trigger: get_text(r, 2)?,
+        dry_run: get_bool(r, 3)?,
+        full: get_bool(r, 4)?,
+        status: get_text(r, 5)?,
+        started_at: get_time(r, 6)?,
+        ended_at: opt_time(r, 7)?,
+        created: get_i64(r, 8)?,
+        updated: get_i64(r, 9)?,
+        unchanged: get_i64(r, 10)?,
+        roles_added: get_i64(r, 11)?,
+        roles_removed: get_i64(r, 12)?,
+        deactivated: get_i64(r, 13)?,
+        offboarded: get_i64(r, 14)?,
+        failed: get_i64(r, 15)?,
+        held: get_i64(r, 16)?,
+        watermark_from: opt_i64(r, 17)?,
+        watermark_to: opt_i64(r, 18)?,
+        error: opt_text(r, 19)?,
+        approves_run: opt_i64(r, 20)?,
+        approved_at: opt_time(r, 21)?,
+        approved_by: opt_i64(r, 22)?,
+    })
+}
+
+/// The one BIGINT of a COUNT_BIG(*).
+async fn count(pool: &MssqlPool, q: Query<'_>) -> Result<i64, SyncError> {
+    let mut c = pool.get().await?;
+    match first(&mut c, q).await? {
+        Some(row) => Ok(get_i64(&row, 0)?),
+        None => Ok(0),
+    }
+}
+
+async fn one_run(pool: &MssqlPool, q: Query<'_>) -> Result<Option<RunRow>, SyncError> {
+    let mut c = pool.get().await?;
+    first(&mut c, q).await?.as_ref().map(run_row).transpose()
+}
+
+async fn one_id(pool: &MssqlPool, q: Query<'_>) -> Result<Option<i64>, SyncError> {
+    let mut c = pool.get().await?;
+    match first(&mut c, q).await? {
+        Some(row) => Ok(Some(get_i64(&row, 0)?)),
+        None => Ok(None),
+    }
+}
+
+// ---- the reads ----------------------------------------------------------------------------
+
+pub(super) async fn runs(pool: &MssqlPool, q: &RunQuery) -> Result<(i64, Vec<RunRow>), SyncError> {
+    let f = RunFilters::of(q);
+    let bind = |q: &mut Query<'_>, r: &RunQuery| {
+        if let Some(t) = &r.tenant {
+            q.bind(t.clone());
+        }
+        if let Some(s) = &r.status {
+            q.bind(s.clone());
+        }
+        if let Some(t) = r.since {
+            q.bind(at_ms(t));
+        }
+        if let Some(t) = r.until {
+            q.bind(at_ms(t));
+        }
+    };
+    let mut total = Query::new(count_runs(f));
+    bind(&mut total, q);
+    let total = count(pool, total).await?;
+    let mut page = Query::new(runs_page(f));
+    bind(&mut page, q);
+    page.bind(q.offset);
+    page.bind(q.limit);
+    let mut c = pool.get().await?;
+    let runs = rows(&mut c, page)
+        .await?
+        .iter()
+        .map(run_row)
+        .collect::<Result<_, _>>()?;
+    Ok((total, runs))
+}
+
+pub(super) async fn run(pool: &MssqlPool, id: i64) -> Result<Option<RunRow>, SyncError> {
+    let mut q = Query::new(run_by_id());
+    q.bind(id);
+    one_run(pool, q).await
+}
+
+pub(super) async fn last_run(pool: &MssqlPool, tenant: &str) -> Result<Option<RunRow>, SyncError> {
+    let mut q = Query::new(last_run_of());
+    q.bind(tenant.to_string());
+    one_run(pool, q).await
+}
+
+pub(super) async fn approving_run(
+    pool: &MssqlPool,
+    approved: i64,
+) -> Result<Option<i64>, SyncError> {
+    let mut q = Query::new(APPROVING_RUN);
+    q.bind(approved);
+    one_id(pool, q).await
+}
+
+pub(super) async fn newest_running(
+    pool: &MssqlPool,
+    tenant: &str,
+    trigger: &str,
+    dry_run: bool,
+    full: bool,
+) -> Result<Option<i64>, SyncError> {
+    let mut q = Query::new(NEWEST_RUNNING);
+    q.bind(tenant.to_string());
+    q.bind(trigger.to_string());
+    q.bind(dry_run);
+    q.bind(full);
+    one_id(pool, q).await
+}
+
+pub(super) async fn items(
+    pool: &MssqlPool,
+    run_id: i64,
+    outcome: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<(i64, Vec<ItemRow>), SyncError> {
+    let bind = |q: &mut Query<'_>| {
+        q.bind(run_id);
+        if let Some(o) = outcome {
+            q.bind(o.to_string());
+        }
+    };
+    let mut total = Query::new(count_items(outcome.is_some()));
+    bind(&mut total);
+    let total = count(pool, total).await?;
+    let mut page = Query::new(items_page(outcome.is_some()));
+    bind(&mut page);
+    page.bind(offset);
+    page.bind(limit);
+    let mut c = pool.get().await?;
+    let items = rows(&mut c, page)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok::<_, SyncError>(decode_item((
+                get_i64(r, 0)?,
+                get_text(r, 1)?,
+                opt_text(r, 2)?,
+                opt_text(r, 3)?,
+                get_text(r, 4)?,
+                opt_text(r, 5)?,
+                opt_text(r, 6)?,
+                opt_text(r, 7)?,
+                opt_text(r, 8)?,
+            )))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((total, items))
+}
+
+pub(super) async fn lease(
+    pool: &MssqlPool,
+    tenant: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Option<i64>>, SyncError> {
+    let mut q = Query::new(LEASE);
+    q.bind(tenant.to_string());
+    q.bind(at_ms(now));
+    let mut c = pool.get().await?;
+    first(&mut c, q).await?.map(|r| opt_i64(&r, 0)).transpose()
+}
+
+pub(super) async fn staged_user(
+    pool: &MssqlPool,
+    tenant: &str,
+    who: UserRef<'_>,
+) -> Result<Option<StagedRow>, SyncError> {
+    let mut q = Query::new(staged_user_sql(matches!(who, UserRef::UserName(_))));
+    q.bind(tenant.to_string());
+    q.bind(who.key());
+    let mut c = pool.get().await?;
+    let Some(r) = first(&mut c, q).await? else {
+        return Ok(None);
+    };
+    Ok(decode_staged((
+        get_text(&r, 0)?,
+        get_text(&r, 1)?,
+        get_text(&r, 2)?,
+        get_bool(&r, 3)?,
+        get_bool(&r, 4)?,
+        opt_text(&r, 5)?,
+    )))
+}
+
+pub(super) async fn link(
+    pool: &MssqlPool,
+    tenant: &str,
+    user_id: &str,
+) -> Result<Option<LinkRow>, SyncError> {
+    let mut q = Query::new(LINK);
+    q.bind(tenant.to_string());
+    q.bind(user_id.to_string());
+    let mut c = pool.get().await?;
+    let Some(r) = first(&mut c, q).await? else {
+        return Ok(None);
+    };
+    Ok(Some(decode_link((
+        get_text(&r, 0)?,
+        get_text(&r, 1)?,
+        get_text(&r, 2)?,
+        get_text(&r, 3)?,
+        get_time(&r, 4)?,
+    ))))
+}
+
+/// DATEADD takes an INT; a retention beyond it is beyond DATETIME2 too, and fails there.
+fn retention(hours: u32) -> i32 {
+    i32::try_from(hours).unwrap_or(i32::MAX)
+}
+
+pub(super) async fn pending_offboardings(
+    pool: &MssqlPool,
+    tenant: &str,
+    retention_hours: u32,
+    limit: i64,
+    offset: i64,
+) -> Result<(i64, Vec<PendingRow>), SyncError> {
+    let total = count_pending(pool, tenant, retention_hours).await?;
+    let mut q = Query::new(pending_page());
+    q.bind(tenant.to_string());
+    q.bind(retention(retention_hours));
+    q.bind(offset);
+    q.bind(limit);
+    let mut c = pool.get().await?;
+    let pending = rows(&mut c, q)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok::<_, SyncError>(decode_pending((
+                get_text(r, 0)?,
+                get_text(r, 1)?,
+                opt_text(r, 2)?,
+                get_text(r, 3)?,
+                opt_time(r, 4)?,
+                opt_time(r, 5)?,
+                get_time(r, 6)?,
+                opt_time(r, 7)?,
+                get_i64(r, 8)?,
+                opt_text(r, 9)?,
+            )))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((total, pending))
+}
+
+pub(super) async fn count_pending(
+    pool: &MssqlPool,
+    tenant: &str,
+    retention_hours: u32,
+) -> Result<i64, SyncError> {
+    let mut q = Query::new(count_pending_sql());
+    q.bind(tenant.to_string());
+    q.bind(retention(retention_hours));
+    count(pool, q).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mssql::statements::tests::parse;
+    use chrono::TimeZone;
+
+    fn all_filters() -> Vec<RunFilters> {
+        let mut out = vec![];
+        for bits in 0..16u8 {
+            out.push(RunFilters {
+                tenant: bits & 1 != 0,
+                status: bits & 2 != 0,
+                since: bits & 4 != 0,
+                until: bits & 8 != 0,
+            });
+        }
+        out
+    }
+
+    /// Every statement the ledger can issue on SQL Server, by name.
+    fn all_statements() -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = vec![
+            ("run_by_id".into(), run_by_id()),
+            ("last_run_of".into(), last_run_of()),
+            ("APPROVING_RUN".into(), APPROVING_RUN.into()),
+            ("NEWEST_RUNNING".into(), NEWEST_RUNNING.into()),
+            ("LEASE".into(), LEASE.into()),
+            ("LINK".into(), LINK.into()),
+            ("pending_page".into(), pending_page()),
+            ("count_pending_sql".into(), count_pending_sql()),
+        ];
+        for f in all_filters() {
+            out.push((format!("count_runs({f:?})"), count_runs(f)));
+            out.push((format!("runs_page({f:?})"), runs_page(f)));
+        }
+        for o in [false, true] {
+            out.push((format!("count_items({o})"), count_items(o)));
+            out.push((format!("items_page({o})"), items_page(o)));
+            out.push((format!("staged_user_sql({o})"), staged_user_sql(o)));
+        }
+        out
+    }
+
+    #[test]
+    fn every_ledger_statement_parses_as_t_sql() {
+        let statements = all_statements();
+        assert_eq!(statements.len(), 8 + 32 + 6);
+        let failures: Vec<String> = statements
+            .iter()
+            .filter_map(|(name, sql)| parse(sql).err().map(|e| format!("{name}: {e}\n    {sql}")))
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn run_filters_number_their_parameters_in_order_then_page() {
+        let f = RunFilters {
+            tenant: true,
+            status: false,
+            since: true,
+            until: true,
+        };
+        assert_eq!(
+            count_runs(f),
+            "SELECT COUNT_BIG(*) FROM sync.runs r WHERE 1 = 1 AND r.tenant = @P1 \
+             AND r.started_at >= @P2 AND r.started_at < @P3"
+        );
+        assert_eq!(
+            runs_page(f),
+            format!(
+                "SELECT {RUN_COLUMNS} FROM sync.runs r WHERE 1 = 1 AND r.tenant = @P1 \
+                 AND r.started_at >= @P2 AND r.started_at < @P3 ORDER BY r.id DESC \
+                 OFFSET @P4 ROWS FETCH NEXT @P5 ROWS ONLY"
+            )
+        );
+        let none = RunFilters::of(&RunQuery::default());
+        assert_eq!(
+            count_runs(none),
+            "SELECT COUNT_BIG(*) FROM sync.runs r WHERE 1 = 1"
+        );
+        assert!(runs_page(none).ends_with("OFFSET @P1 ROWS FETCH NEXT @P2 ROWS ONLY"));
+        // Every variant numbers its page parameters right after its filters.
+        for f in all_filters() {
+            let n = [f.tenant, f.status, f.since, f.until]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            let page = runs_page(f);
+            let last_filter = if n == 0 {
+                "WHERE 1 = 1 ORDER BY".to_string()
+            } else {
+                format!("@P{n} ORDER BY")
+            };
+            assert!(page.contains(&last_filter), "{page}");
+            assert!(
+                page.ends_with(&format!(
+                    "OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY",
+                    n + 1,
+                    n + 2
+                )),
+                "{page}"
+            );
+            assert!(!page.contains(&format!("@P{}", n + 3)), "{page}");
+        }
+    }
+
+    #[test]
+    fn items_page_after_the_outcome() {
+        assert!(
+            items_page(false)
+                .contains("WHERE run_id = @P1 ORDER BY id OFFSET @P2 ROWS FETCH NEXT @P3")
+        );
+        assert!(items_page(true).contains(
+            "WHERE run_id = @P1 AND outcome = @P2 ORDER BY id OFFSET @P3 ROWS FETCH NEXT @P4"
+        ));
+    }
+
+    #[test]
+    fn bound_times_are_cut_to_the_millisecond() {
+        let t = Utc.with_ymd_and_hms(2030, 1, 1, 10, 0, 0).unwrap()
+            + chrono::Duration::nanoseconds(250_999_999);
+        let cut = at_ms(t);
+        assert_eq!(cut.nanosecond(), 250_000_000);
+        // The same instant SQLite compares as text.
+        assert_eq!(time_text(cut), crate::store::format_time(t));
+    }
+
+    #[test]
+    fn retention_beyond_int_saturates() {
+        assert_eq!(retention(720), 720);
+        assert_eq!(retention(u32::MAX), i32::MAX);
+    }
+}
