@@ -14,6 +14,7 @@ use scim_bridge::config::Config;
 use scim_bridge::scim::resource::normalize;
 use scim_bridge::store::StoreError;
 use scim_bridge::sync::db::SyncDb;
+use scim_bridge::sync::ledger::{self, RunQuery};
 use scim_bridge::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
 
 use crate::store_conformance::{Backend, backends, group_change, id, rt, t};
@@ -217,6 +218,55 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
         );
         assert!(e.roles("carl@example.com").await.is_empty(), "{backend}");
 
+        // What the admin API reads back: the run, its items with field-level changes, the
+        // links, the pending offboarding and its due time, no lease held.
+        let db = e.engine.db();
+        let last = ledger::last_run(db, tn).await.unwrap().unwrap();
+        assert_eq!(last.id, r.run_id, "{backend}");
+        assert_eq!(
+            (
+                last.status.as_str(),
+                last.updated,
+                last.deactivated,
+                last.roles_removed
+            ),
+            ("succeeded", 1, 1, 2),
+            "{backend}"
+        );
+        let (n, items) = ledger::items(db, r.run_id, None, 10, 0).await.unwrap();
+        assert_eq!(n, 2, "{backend}");
+        let by_user = |u: &str| items.iter().find(|i| i.user_id == u).unwrap();
+        assert_eq!(by_user(&bob).outcome, "updated", "{backend}");
+        assert_eq!(
+            by_user(&bob).changes["FirstName"],
+            json!({"before": "Bob", "after": "Robert"}),
+            "{backend}"
+        );
+        assert_eq!(by_user(&carl).outcome, "deactivated", "{backend}");
+        assert_eq!(by_user(&carl).roles_removed, ["LabTechnician", "User"]);
+        let link = ledger::link(db, tn, &carl).await.unwrap().unwrap();
+        assert_eq!(
+            (link.app_key.as_str(), link.state.as_str()),
+            ("carl@example.com", "deactivated"),
+            "{backend}"
+        );
+        assert!(link.applied_roles.is_empty(), "{backend}");
+        let (n, pending) = ledger::pending_offboardings(db, tn, 24, 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{backend}");
+        assert_eq!(
+            (pending[0].user_id.as_str(), pending[0].state.as_str()),
+            (carl.as_str(), "inactive"),
+            "{backend}"
+        );
+        assert_eq!(pending[0].due_at, "2030-01-02T02:00:00.000Z", "{backend}");
+        assert_eq!(
+            ledger::lease(db, tn, t(3)).await.unwrap(),
+            None,
+            "{backend}"
+        );
+
         // Inside the retention nothing more happens; after it, purge and offboard.
         let r = e.run(false).await;
         assert_eq!(r.counts.offboarded, 0, "{backend}");
@@ -231,11 +281,46 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             ),
             "{backend}"
         );
+        let (_, items) = ledger::items(db, r.run_id, None, 10, 0).await.unwrap();
+        assert_eq!(
+            items
+                .iter()
+                .map(|i| (i.user_id.as_str(), i.outcome.as_str()))
+                .collect::<Vec<_>>(),
+            [(carl.as_str(), "offboarded")],
+            "{backend}"
+        );
+        assert_eq!(
+            ledger::count_pending(db, tn, 24).await.unwrap(),
+            0,
+            "{backend}"
+        );
+        assert!(
+            ledger::link(db, tn, &carl).await.unwrap().is_none(),
+            "{backend}"
+        );
         let again = e.run(false).await;
         assert_eq!(
             again.counts.offboarded + again.counts.updated,
             0,
             "{backend}"
         );
+        // Every run is in the ledger, newest first; the first was the dry run.
+        let (total, runs) = ledger::runs(
+            db,
+            &RunQuery {
+                tenant: Some(tn.to_string()),
+                status: None,
+                since: None,
+                until: None,
+                limit: 100,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(total, 7, "{backend}");
+        assert_eq!(runs[0].id, again.run_id, "{backend}");
+        assert!(runs[6].dry_run && !runs[5].dry_run, "{backend}");
     }
 }
