@@ -586,10 +586,11 @@ impl Run<'_> {
         let tenant = self.tenant.to_string();
         let limit = self.ts.config.batch_size;
         tokio::spawn(async move {
-            let (rows, links) = staging.read_batch(&tenant, read, limit).await?;
-            tokio::task::spawn_blocking(move || plan_batch(&mapping, rows, &links))
+            staging
+                .read_batch(&tenant, read, limit, move |rows, links| {
+                    plan_batch(&mapping, rows, &links)
+                })
                 .await
-                .map_err(join_error)?
         })
     }
 
@@ -797,8 +798,8 @@ impl Run<'_> {
                     user_id: w.row.id,
                     app_key: w.rendered.key,
                     fingerprint: w.fingerprint,
-                    applied_roles: serde_json::to_string(&w.rendered.roles)?,
-                    fields: serde_json::to_string(&w.fields)?,
+                    applied_roles: w.rendered.roles,
+                    fields: w.fields,
                     state: state_name(w.state),
                 }),
                 None => {

@@ -3,7 +3,7 @@
 //! bookkeeping, the lease and the lifecycle. [`Staging`] and [`Tx`] forward each operation to
 //! the SQLite or the SQL Server implementation; both keep the same model (docs/sync.md).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -170,13 +170,13 @@ pub enum Read {
     Changed { after: Mark, high: i64 },
 }
 
-/// The state written to the application for one user (roles and fields as JSON text).
+/// The state written to the application for one user.
 pub struct LinkWrite {
     pub user_id: String,
     pub app_key: String,
     pub fingerprint: String,
-    pub applied_roles: String,
-    pub fields: String,
+    pub applied_roles: BTreeSet<String>,
+    pub fields: BTreeMap<String, Value>,
     pub state: &'static str,
 }
 
@@ -318,14 +318,20 @@ impl Staging {
         forward!(self, run_state(run_id))
     }
 
-    /// One batch of users and their links.
-    pub async fn read_batch(
+    /// One batch of users and their links, handed to `then` on a blocking thread (the engine
+    /// plans the batch there).
+    pub async fn read_batch<R, F>(
         &self,
         tenant: &str,
         read: Read,
         limit: u32,
-    ) -> Result<(Vec<UserRow>, HashMap<String, Link>), SyncError> {
-        forward!(self, read_batch(tenant, read, limit))
+        then: F,
+    ) -> Result<R, SyncError>
+    where
+        R: Send + 'static,
+        F: FnOnce(Vec<UserRow>, HashMap<String, Link>) -> Result<R, SyncError> + Send + 'static,
+    {
+        forward!(self, read_batch(tenant, read, limit, then))
     }
 
     /// Record a batch in one transaction; `SyncError::LeaseLost` (and nothing written) when

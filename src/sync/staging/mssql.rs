@@ -231,13 +231,19 @@ pub async fn run_state(p: &MssqlPool, run_id: i64) -> Result<Option<RunState>, S
     }))
 }
 
-/// A batch of users (groups included) and their links: two statements on one connection.
-pub async fn read_batch(
+/// A batch of users (groups included) and their links: two statements on one connection;
+/// then `then` on a blocking thread.
+pub async fn read_batch<R, F>(
     p: &MssqlPool,
     tenant: &str,
     read: Read,
     limit: u32,
-) -> Result<(Vec<UserRow>, HashMap<String, Link>), SyncError> {
+    then: F,
+) -> Result<R, SyncError>
+where
+    R: Send + 'static,
+    F: FnOnce(Vec<UserRow>, HashMap<String, Link>) -> Result<R, SyncError> + Send + 'static,
+{
     let mut q = match read {
         Read::Changed { .. } => Query::new(st::CHANGED_USERS.as_str()),
         Read::Retry { .. } => Query::new(st::RETRY_USERS.as_str()),
@@ -263,7 +269,10 @@ pub async fn read_batch(
     let users = user_rows(rows(&mut c, q).await?)?;
     let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
     let links = links_on(&mut c, tenant, &ids).await?;
-    Ok((users, links))
+    drop(c);
+    tokio::task::spawn_blocking(move || then(users, links))
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))?
 }
 
 /// The JSON rows of a batch's ledger items (see INSERT_RUN_ITEMS).
@@ -288,21 +297,22 @@ fn items_json(items: &[ItemReport]) -> Result<String, SyncError> {
 }
 
 /// The JSON rows of a batch's links (see UPSERT_LINKS).
-fn links_json(links: &[LinkWrite]) -> String {
-    let rows: Vec<Value> = links
+fn links_json(links: &[LinkWrite]) -> Result<String, SyncError> {
+    let rows = links
         .iter()
         .map(|l| {
-            json!({
+            Ok(json!({
                 "user_id": l.user_id,
                 "app_key": l.app_key,
                 "fingerprint": l.fingerprint,
-                "applied_roles": l.applied_roles,
-                "fields": l.fields,
+                // JSON text: the columns hold it as NVARCHAR(MAX).
+                "applied_roles": serde_json::to_string(&l.applied_roles)?,
+                "fields": serde_json::to_string(&l.fields)?,
                 "state": l.state,
-            })
+            }))
         })
-        .collect();
-    Value::Array(rows).to_string()
+        .collect::<Result<Vec<Value>, SyncError>>()?;
+    Ok(Value::Array(rows).to_string())
 }
 
 /// The JSON rows of a batch's failed users (see UPSERT_RETRIES).
@@ -330,7 +340,7 @@ pub async fn record(p: &MssqlPool, r: Record) -> Result<(), SyncError> {
         if !r.links.is_empty() {
             let mut q = Query::new(st::UPSERT_LINKS.as_str());
             q.bind(t.to_string());
-            q.bind(links_json(&r.links));
+            q.bind(links_json(&r.links)?);
             q.bind(now);
             q.execute(tx.client()?).await?;
         }
@@ -750,10 +760,11 @@ mod tests {
             user_id: "u1".into(),
             app_key: "ann".into(),
             fingerprint: "f".into(),
-            applied_roles: "[\"User\"]".into(),
-            fields: "{}".into(),
+            applied_roles: BTreeSet::from(["User".to_string()]),
+            fields: BTreeMap::new(),
             state: "active",
-        }]);
+        }])
+        .unwrap();
         assert_eq!(keys(&links), paths(&st::UPSERT_LINKS));
         let retries = retries_json(&[("u2".into(), "refused".into())]);
         assert_eq!(keys(&retries), paths(&st::UPSERT_RETRIES));

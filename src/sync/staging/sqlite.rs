@@ -42,21 +42,9 @@ impl SqliteState {
     }
 }
 
-/// Run `f` on one of the engine's connections, on a blocking thread.
-async fn on_conn<R, F>(conn: &SharedConn, f: F) -> Result<R, SyncError>
-where
-    R: Send + 'static,
-    F: FnOnce(&mut rusqlite::Connection) -> Result<R, SyncError> + Send + 'static,
-{
-    let conn = conn.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut c = conn
-            .lock()
-            .map_err(|_| SyncError::Task("the staging connection's lock is poisoned".into()))?;
-        f(&mut c)
-    })
-    .await
-    .map_err(|e| SyncError::Task(e.to_string()))?
+fn lock(conn: &SharedConn) -> Result<std::sync::MutexGuard<'_, rusqlite::Connection>, SyncError> {
+    conn.lock()
+        .map_err(|_| SyncError::Task("the staging connection's lock is poisoned".into()))
 }
 
 type RawUser = (i64, String, String, String, bool, bool, i64, Option<String>);
@@ -286,33 +274,48 @@ pub async fn run_state(s: &SqliteState, run_id: i64) -> Result<Option<RunState>,
     }))
 }
 
-/// One batch of users and their links, on the engine's read connection.
-pub async fn read_batch(
+/// One batch of users and their links, read on the engine's read connection, then handed to
+/// `then` on the same blocking thread (with the connection free for the next read).
+pub async fn read_batch<R, F>(
     s: &SqliteState,
     tenant: &str,
     read: Read,
     limit: u32,
-) -> Result<(Vec<UserRow>, HashMap<String, Link>), SyncError> {
+    then: F,
+) -> Result<R, SyncError>
+where
+    R: Send + 'static,
+    F: FnOnce(Vec<UserRow>, HashMap<String, Link>) -> Result<R, SyncError> + Send + 'static,
+{
+    let conn = s.read_conn.clone();
     let tenant = tenant.to_string();
-    on_conn(&s.read_conn, move |c| {
-        let rows = match read {
-            Read::Retry {
-                watermark,
-                after_pk,
-            } => blocking::retry_users(c, &tenant, watermark, after_pk, limit)?,
-            Read::Changed { after, high } => {
-                blocking::changed_users(c, &tenant, after, high, limit)?
-            }
+    tokio::task::spawn_blocking(move || {
+        let (rows, links) = {
+            let c = lock(&conn)?;
+            let rows = match read {
+                Read::Retry {
+                    watermark,
+                    after_pk,
+                } => blocking::retry_users(&c, &tenant, watermark, after_pk, limit)?,
+                Read::Changed { after, high } => {
+                    blocking::changed_users(&c, &tenant, after, high, limit)?
+                }
+            };
+            let links = blocking::links(&c, &tenant, &rows)?;
+            (rows, links)
         };
-        let links = blocking::links(c, &tenant, &rows)?;
-        Ok((rows, links))
+        then(rows, links)
     })
     .await
+    .map_err(|e| SyncError::Task(e.to_string()))?
 }
 
-/// Record a batch on the engine's write connection, in one transaction.
+/// Record a batch on the engine's write connection, in one transaction, on a blocking thread.
 pub async fn record(s: &SqliteState, r: Record) -> Result<(), SyncError> {
-    on_conn(&s.conn, move |c| blocking::record(c, &r)).await
+    let conn = s.conn.clone();
+    tokio::task::spawn_blocking(move || blocking::record(&mut *lock(&conn)?, &r))
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))?
 }
 
 // ---- lease ----------------------------------------------------------------------------
@@ -764,8 +767,8 @@ pub mod blocking {
                     l.user_id,
                     l.app_key,
                     l.fingerprint,
-                    l.applied_roles,
-                    l.fields,
+                    serde_json::to_string(&l.applied_roles)?,
+                    serde_json::to_string(&l.fields)?,
                     l.state,
                     now,
                 ])?;
