@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::SyncError;
 use super::db::SyncDb;
-use crate::mapping::{StagedGroup, StagedUser};
+use crate::mapping::StagedUser;
 
 /// Call the backend's `$f` with the same arguments: SQLite on the store's reader pool,
 /// SQL Server on its connection pool.
@@ -201,49 +201,13 @@ impl UserRef<'_> {
 /// A staged user as stored: id, user_name, doc (JSON text), active, deleted, groups (JSON text).
 type RawStaged = (String, String, String, bool, bool, Option<String>);
 
-/// One group of a staged user's groups column: `[id, display_name, external_id]` from
-/// SQLite's json_array, `{"id", "display_name", "external_id"}` from SQL Server's FOR JSON
-/// PATH (which leaves a NULL external_id out).
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum GroupJson {
-    Array(String, String, Option<String>),
-    Object {
-        id: String,
-        display_name: String,
-        #[serde(default)]
-        external_id: Option<String>,
-    },
-}
-
-impl From<GroupJson> for StagedGroup {
-    fn from(g: GroupJson) -> StagedGroup {
-        let (id, display_name, external_id) = match g {
-            GroupJson::Array(id, display_name, external_id) => (id, display_name, external_id),
-            GroupJson::Object {
-                id,
-                display_name,
-                external_id,
-            } => (id, display_name, external_id),
-        };
-        StagedGroup {
-            id,
-            display_name,
-            external_id,
-        }
-    }
-}
-
 /// None when the stored document is not a JSON object (which the store never writes).
 fn decode_staged((id, user_name, doc, active, deleted, groups): RawStaged) -> Option<StagedRow> {
     let doc = serde_json::from_str::<Map<String, Value>>(&doc).ok()?;
-    let groups: Vec<GroupJson> = json_or_default(groups.as_deref());
+    // Unreadable groups read as none, like the other stored JSON the ledger shows.
+    let groups = super::staging::groups_from_json(groups.as_deref()).unwrap_or_default();
     Some(StagedRow {
-        user: StagedUser {
-            id,
-            doc,
-            groups: groups.into_iter().map(StagedGroup::from).collect(),
-        },
+        user: StagedUser { id, doc, groups },
         user_name,
         active,
         deleted,

@@ -15,12 +15,8 @@ use super::{
 };
 use crate::store::mssql::pool::{Client, MssqlPool, TiberiusManager};
 use crate::store::mssql::statements as st;
-use crate::store::mssql::store::{first, rows};
+use crate::store::mssql::store::{first, naive, rows};
 use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
-
-fn naive(t: DateTime<Utc>) -> NaiveDateTime {
-    t.naive_utc()
-}
 
 /// A value the statement promised (a NULL or missing column is a broken promise, not data).
 fn required<T>(v: Option<T>, what: &str) -> Result<T, SyncError> {
