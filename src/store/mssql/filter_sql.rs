@@ -52,6 +52,8 @@ pub enum Param {
     Bool(bool),
     /// DATETIME2, UTC
     Time(NaiveDateTime),
+    /// A NULL NVARCHAR
+    NullText,
 }
 
 /// A WHERE-clause fragment over the resource table aliased `r`, with its parameters in order

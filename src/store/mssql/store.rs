@@ -67,7 +67,42 @@ fn bind(q: &mut Query<'_>, p: &Param) {
         Param::Real(f) => q.bind(*f),
         Param::Bool(b) => q.bind(*b),
         Param::Time(t) => q.bind(*t),
+        Param::NullText => q.bind(Option::<String>::None),
     }
+}
+
+fn text_param(v: &Option<String>) -> Param {
+    v.clone().map_or(Param::NullText, Param::Text)
+}
+
+/// The parameters of [`st::UPDATE_USER`], in @P order, for a planned update of the user at
+/// `pk` read at `version`, written with change sequence value `seq`.
+fn update_user_params(
+    cols: &UserColumns,
+    text: &str,
+    text_ci: &str,
+    now: DateTime<Utc>,
+    seq: i64,
+    pk: i64,
+    version: i64,
+) -> Vec<Param> {
+    let mut p = vec![
+        Param::Text(cols.user_name.clone()),
+        Param::Text(cols.user_name.to_lowercase()),
+        text_param(&cols.external_id),
+        text_param(&cols.display_name),
+        Param::Bool(cols.active),
+        Param::Time(naive(now)),
+    ];
+    p.extend(cols.custom.iter().map(text_param));
+    p.extend([
+        Param::Text(text.to_string()),
+        Param::Text(text_ci.to_string()),
+        Param::Int(seq),
+        Param::Int(pk),
+        Param::Int(version),
+    ]);
+    p
 }
 
 /// A unique index refused the write: a conflict with `what`; anything else as it is.
@@ -332,20 +367,9 @@ impl MssqlStore {
             let written: Option<i64> = transaction!(c, async {
                 let seq = next_seq(c).await?;
                 let mut q = Query::new(st::UPDATE_USER.as_str());
-                q.bind(cols.user_name.clone());
-                q.bind(cols.user_name.to_lowercase());
-                q.bind(cols.external_id.clone());
-                q.bind(cols.display_name.clone());
-                q.bind(cols.active);
-                q.bind(naive(now));
-                for v in &cols.custom {
-                    q.bind(v.clone());
+                for p in update_user_params(&cols, &new_text, &new_ci, now, seq, pk, version) {
+                    bind(&mut q, &p);
                 }
-                q.bind(new_text.clone());
-                q.bind(new_ci.clone());
-                q.bind(seq);
-                q.bind(pk);
-                q.bind(version);
                 let n: u64 = q
                     .execute(c)
                     .await
@@ -776,4 +800,104 @@ async fn apply_member_ops(
         }
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+    use crate::scim::patch;
+    use crate::scim::resource::normalize;
+    use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
+
+    /// What an Entra PATCH writes on SQL Server: the statement, and its parameters in @P
+    /// order, read against the statement's SET list. `active` arrives as the string "False"
+    /// (Entra's dialect) and is written as a BIT 0, which also sets deactivated_at (@P5 = 0
+    /// with the stored active = 1 → @P6); the work email changes in the document; the custom
+    /// attribute lands in its column (@P7 is customAttribute01); absent custom attributes are
+    /// NULL.
+    #[test]
+    fn an_entra_patch_writes_these_parameters() {
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        let created = normalize(
+            &rt,
+            &json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "Mette@Example.com",
+                "externalId": "0a1b",
+                "displayName": "Mette Hansen",
+                "active": true,
+                "emails": [{"type": "work", "value": "mette@example.com", "primary": true}],
+            }),
+        )
+        .unwrap()
+        .doc;
+        let current = Current {
+            pk: 7,
+            doc: serde_json::to_string(&created).unwrap(),
+            version: 41,
+            created: "2030-01-01T00:00:00.000Z".into(),
+            last_modified: "2030-01-01T00:00:00.000Z".into(),
+        };
+        let ops = patch::parse(&json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [
+                {"op": "Replace", "path": "active", "value": "False"},
+                {"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "M.Hansen@Example.com"},
+                {"op": "Add", "path": format!("{DEFAULT_CUSTOM_SCHEMA}:customAttribute01"), "value": "2021-08-01"},
+            ],
+        }))
+        .unwrap();
+        let plan = update::plan_user(&rt, &current, Some(&[41]), |mut d| {
+            patch::apply(&rt, &mut d, &ops)?;
+            Ok(d)
+        })
+        .unwrap()
+        .unwrap();
+        assert!(plan.emails_changed);
+        let now = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
+        let params = update_user_params(&plan.cols, &plan.text, &plan.text_ci, now, 42, 7, 41);
+        let doc: Value = serde_json::from_str(&plan.text).unwrap();
+        assert_eq!(doc["active"], json!(false));
+        assert_eq!(doc["emails"][0]["value"], json!("M.Hansen@Example.com"));
+        let mut expected = vec![
+            Param::Text("Mette@Example.com".into()),
+            Param::Text("mette@example.com".into()),
+            Param::Text("0a1b".into()),
+            Param::Text("Mette Hansen".into()),
+            Param::Bool(false),
+            Param::Time(naive(now)),
+            Param::Text("2021-08-01".into()),
+        ];
+        expected.extend((0..15).map(|_| Param::NullText));
+        expected.extend([
+            Param::Text(plan.text.clone()),
+            Param::Text(plan.text_ci.clone()),
+            Param::Int(42),
+            Param::Int(7),
+            Param::Int(41),
+        ]);
+        assert_eq!(params, expected);
+        // 27 parameters, and the statement names exactly @P1…@P27.
+        assert_eq!(params.len(), 27);
+        for i in 1..=27 {
+            assert!(st::UPDATE_USER.contains(&format!("@P{i}")), "@P{i}");
+        }
+        assert!(!st::UPDATE_USER.contains("@P28"));
+        assert_eq!(
+            st::UPDATE_USER.as_str(),
+            "UPDATE scim.users SET user_name = @P1, user_name_ci = @P2, external_id = @P3, \
+             display_name = @P4, deactivated_at = CASE WHEN @P5 = 0 AND active = 1 THEN @P6 \
+             WHEN @P5 = 1 THEN NULL ELSE deactivated_at END, active = @P5, \
+             custom_attribute_01 = @P7, custom_attribute_02 = @P8, custom_attribute_03 = @P9, \
+             custom_attribute_04 = @P10, custom_attribute_05 = @P11, custom_attribute_06 = @P12, \
+             custom_attribute_07 = @P13, custom_attribute_08 = @P14, custom_attribute_09 = @P15, \
+             custom_attribute_10 = @P16, custom_attribute_11 = @P17, custom_attribute_12 = @P18, \
+             custom_attribute_13 = @P19, custom_attribute_14 = @P20, custom_attribute_15 = @P21, \
+             custom_attribute_16 = @P22, doc = @P23, doc_ci = @P24, change_seq = @P25, \
+             last_modified = @P6 WHERE pk = @P26 AND change_seq = @P27 AND deleted_at IS NULL"
+        );
+    }
 }
