@@ -2,7 +2,8 @@
 //!
 //! [`TiberiusManager`] is the bb8 connection manager (written here because bb8-tiberius
 //! pins an older tiberius). Every new connection runs [`CONNECTION_INIT`]; the pool checks a
-//! connection with `SELECT 1` before handing it out. Opening a pool makes one connection first,
+//! connection before handing it out ([`CHECKOUT`]): one that fails, or that still has a
+//! transaction open, is closed (the server rolls that transaction back) and another is taken. Opening a pool makes one connection first,
 //! so a wrong host, port, password or database fails at start-up, within the connect timeout,
 //! with an error that names the server and the database (never the password).
 
@@ -12,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::config::MssqlConfig;
-use super::statements::{CONNECTION_INIT, PING};
+use super::statements::{CHECKOUT, CONNECTION_INIT};
 
 pub type Client = tiberius::Client<Compat<TcpStream>>;
 
@@ -26,6 +27,8 @@ pub enum MssqlError {
     Migration(String),
     #[error("no SQL Server connection to {target} became available within {timeout:?}")]
     PoolTimeout { target: String, timeout: Duration },
+    #[error("a pooled SQL Server connection cannot be reused: {0}")]
+    Unusable(String),
 }
 
 impl MssqlError {
@@ -118,13 +121,32 @@ impl bb8::ManageConnection for TiberiusManager {
     }
 
     async fn is_valid(&self, conn: &mut Client) -> Result<(), MssqlError> {
-        conn.simple_query(PING).await?.into_results().await?;
-        Ok(())
+        let results = conn.simple_query(CHECKOUT).await?.into_results().await?;
+        let open = match results.first().and_then(|rows| rows.first()) {
+            Some(row) => row.try_get::<i32, _>(0)?,
+            None => None,
+        };
+        reusable(open)
     }
 
     fn has_broken(&self, _conn: &mut Client) -> bool {
         // tiberius does not expose a closed flag; is_valid catches dead connections.
         false
+    }
+}
+
+/// Whether a connection whose [`CHECKOUT`] answered `open_transactions` may be handed out:
+/// only with none open. (Closing it is the rollback: the server ends the session's
+/// transaction with the connection.)
+fn reusable(open_transactions: Option<i32>) -> Result<(), MssqlError> {
+    match open_transactions {
+        Some(0) => Ok(()),
+        Some(n) => Err(MssqlError::Unusable(format!(
+            "{n} transaction(s) still open on it"
+        ))),
+        None => Err(MssqlError::Unusable(
+            "its check-out test returned no transaction count".into(),
+        )),
     }
 }
 
@@ -203,6 +225,21 @@ mod tests {
                 .into(),
         );
         assert!(!MssqlError::Database(e).to_string().contains("secret"));
+    }
+
+    #[test]
+    fn a_connection_with_a_transaction_left_open_is_not_handed_out() {
+        assert!(reusable(Some(0)).is_ok());
+        for open in [Some(1), Some(2), None] {
+            let err = reusable(open).unwrap_err();
+            assert!(matches!(err, MssqlError::Unusable(_)), "{err}");
+        }
+        assert!(
+            reusable(Some(1))
+                .unwrap_err()
+                .to_string()
+                .contains("1 transaction")
+        );
     }
 
     /// A port nothing listens on: bind one, note it, close it.

@@ -50,8 +50,14 @@ pub const CONNECTION_INIT: &str = "SET ANSI_NULLS ON; SET ANSI_PADDING ON; SET A
      SET ARITHABORT ON; SET CONCAT_NULL_YIELDS_NULL ON; SET QUOTED_IDENTIFIER ON; \
      SET NUMERIC_ROUNDABORT OFF; SET XACT_ABORT ON;";
 
-/// The pool's health check.
+/// The health check of `ping`.
 pub const PING: &str = "SELECT 1";
+
+/// The pool's check-out test: how many transactions the connection has open. A connection
+/// handed back with one still open (a cancelled request between BEGIN and COMMIT, a rollback
+/// that failed) must not be reused: the next BEGIN would nest in it and its COMMIT commit
+/// nothing, and the locks it holds would stay held.
+pub const CHECKOUT: &str = "SELECT @@TRANCOUNT";
 
 /// The migrations ledger, created when missing (idempotent).
 pub const MIGRATIONS_TABLE: &str = "IF OBJECT_ID(N'dbo.scim_bridge_migrations', N'U') IS NULL \
@@ -81,8 +87,11 @@ pub const RECORD_MIGRATION: &str =
 
 /// The next change sequence value for a write transaction. The shared application lock, held
 /// until the transaction ends, lets [`HIGH_SEQ`] wait for every transaction that took a value.
+/// The lock waits (here and in [`HIGH_SEQ`]) end before the default command timeout (30 s):
+/// the server's THROW then fails the statement cleanly, where a client-side timeout would
+/// leave the connection out of step with the server and its transaction open.
 pub const NEXT_SEQ: &str = "EXEC sp_getapplock @Resource = N'scim.change_seq', \
-     @LockMode = N'Shared', @LockOwner = N'Transaction', @LockTimeout = 30000; \
+     @LockMode = N'Shared', @LockOwner = N'Transaction', @LockTimeout = 20000; \
      IF APPLOCK_MODE(N'public', N'scim.change_seq', N'Transaction') = N'NoLock' \
      THROW 51000, N'the change sequence lock was not granted', 1; \
      SELECT NEXT VALUE FOR scim.change_seq";
@@ -91,7 +100,7 @@ pub const NEXT_SEQ: &str = "EXEC sp_getapplock @Resource = N'scim.change_seq', \
 /// exclusively waits for the writers holding it shared; writers that come later take later
 /// values. Run in its own short transaction. Values of rolled-back transactions are gaps.
 pub const HIGH_SEQ: &str = "EXEC sp_getapplock @Resource = N'scim.change_seq', \
-     @LockMode = N'Exclusive', @LockOwner = N'Transaction', @LockTimeout = 30000; \
+     @LockMode = N'Exclusive', @LockOwner = N'Transaction', @LockTimeout = 20000; \
      IF APPLOCK_MODE(N'public', N'scim.change_seq', N'Transaction') = N'NoLock' \
      THROW 51000, N'the change sequence lock was not granted', 1; \
      SELECT CAST(current_value AS BIGINT) FROM sys.sequences WHERE object_id = OBJECT_ID(N'scim.change_seq')";
@@ -754,12 +763,14 @@ pub(crate) mod tests {
     use crate::store::mssql::filter_sql;
     use sqlparser::dialect::MsSqlDialect;
     use sqlparser::parser::Parser;
+    use std::time::Duration;
 
     /// Every statement the backend can issue, by name.
     fn all_statements() -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = [
             ("CONNECTION_INIT", CONNECTION_INIT),
             ("PING", PING),
+            ("CHECKOUT", CHECKOUT),
             ("MIGRATIONS_TABLE", MIGRATIONS_TABLE),
             ("MIGRATION_LOCK", MIGRATION_LOCK),
             ("APPLIED_MIGRATIONS", APPLIED_MIGRATIONS),
@@ -1009,6 +1020,118 @@ pub(crate) mod tests {
             page.contains("[at] < @P5") && !page.contains("@P4"),
             "{page}"
         );
+    }
+
+    /// The distinct @Pn numbers a statement uses, in ascending order.
+    fn param_numbers(sql: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = sql
+            .split("@P")
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Parameters are bound by position: a statement that skipped a number would read a value
+    /// bound for another. Every statement uses @P1…@Pn without a gap (the provisioning log
+    /// page binds its optional bounds whether it uses them or not).
+    #[test]
+    fn every_statement_numbers_its_parameters_without_a_gap() {
+        let mut failures = vec![];
+        for (name, sql) in all_statements() {
+            if name.starts_with("provisioning_log_page") {
+                continue;
+            }
+            let n = param_numbers(&sql);
+            if n != (1..=n.len()).collect::<Vec<_>>() {
+                failures.push(format!("{name}: {n:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// How many parameters the sync engine binds for each of its statements
+    /// (src/sync/staging/mssql.rs), against the numbers the statement uses.
+    #[test]
+    fn the_sync_engine_statements_take_as_many_parameters_as_it_binds() {
+        let engine: [(&str, &str, usize); 34] = [
+            ("GET_WATERMARK", GET_WATERMARK, 1),
+            ("COUNT_CHANGED", COUNT_CHANGED, 4),
+            ("CHANGED_USERS", &CHANGED_USERS, 5),
+            ("RETRY_USERS", &RETRY_USERS, 5),
+            ("LINKS_FOR_USERS", LINKS_FOR_USERS, 2),
+            ("COUNT_LINKS", COUNT_LINKS, 1),
+            ("PENDING_OFFBOARDINGS", PENDING_OFFBOARDINGS, 3),
+            ("GET_RUN", GET_RUN, 1),
+            ("INSERT_RUN_ITEMS", INSERT_RUN_ITEMS, 2),
+            ("UPSERT_LINKS", &UPSERT_LINKS, 3),
+            ("UPSERT_RETRIES", &UPSERT_RETRIES, 3),
+            ("CLEAR_RETRIES", CLEAR_RETRIES, 2),
+            ("ADVANCE_WATERMARK", ADVANCE_WATERMARK, 4),
+            ("ACQUIRE_LEASE", ACQUIRE_LEASE, 4),
+            ("RENEW_LEASE", RENEW_LEASE, 3),
+            ("RELEASE_LEASE", RELEASE_LEASE, 2),
+            ("LEASE_RUN", LEASE_RUN, 3),
+            ("ABANDON_STALE_RUNS", ABANDON_STALE_RUNS, 2),
+            ("DROP_ORPHAN_RETRIES", DROP_ORPHAN_RETRIES, 1),
+            ("INSERT_RUN", INSERT_RUN, 9),
+            ("UPDATE_RUN", UPDATE_RUN, 13),
+            ("APPROVE_RUN", APPROVE_RUN, 3),
+            ("INSERT_RUN_ITEM", INSERT_RUN_ITEM, 9),
+            ("USER_SEQ_FOR_UPDATE", USER_SEQ_FOR_UPDATE, 2),
+            ("APP_KEY_TAKEN", APP_KEY_TAKEN, 3),
+            ("QUEUE_OFFBOARDING", QUEUE_OFFBOARDING, 8),
+            ("COUNT_MEMBERSHIPS", COUNT_MEMBERSHIPS, 2),
+            ("NEXT_SEQ", NEXT_SEQ, 0),
+            ("HIGH_SEQ_IN_TRANSACTION", &HIGH_SEQ_IN_TRANSACTION, 0),
+            ("STAMP_GROUPS_OF_MEMBER", STAMP_GROUPS_OF_MEMBER, 4),
+            ("DELETE_MEMBERSHIPS_OF", DELETE_MEMBERSHIPS_OF, 2),
+            ("PURGE_USER", PURGE_USER, 2),
+            ("DELETE_RETRY", DELETE_RETRY, 2),
+            ("DELETE_LINK", DELETE_LINK, 2),
+        ];
+        for (name, sql, binds) in engine {
+            assert_eq!(param_numbers(sql).len(), binds, "{name}");
+        }
+        for (held, binds) in [(false, 2), (true, 3)] {
+            assert_eq!(param_numbers(&count_due(held)).len(), binds);
+        }
+        for (held, binds) in [(false, 4), (true, 5)] {
+            assert_eq!(param_numbers(&due_users(held)).len(), binds);
+        }
+        // The run is the last parameter of the held form.
+        assert!(due_users(true).contains("i.run_id = @P5"));
+        assert!(count_due(true).contains("i.run_id = @P3"));
+    }
+
+    /// The milliseconds of a statement's `@LockTimeout`.
+    fn lock_timeout(sql: &str) -> Duration {
+        let rest = sql.split("@LockTimeout = ").nth(1).unwrap();
+        let ms: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        Duration::from_millis(ms.parse().unwrap())
+    }
+
+    /// A change sequence lock not granted in time fails on the server (THROW), leaving the
+    /// connection usable, before the default command timeout gives up on the client side.
+    #[test]
+    fn change_sequence_lock_waits_end_before_the_default_command_timeout() {
+        let config = crate::store::mssql::config::MssqlConfig::parse(
+            "Server=h;Database=d;User Id=u;Password=p",
+        )
+        .unwrap();
+        let command = config.command_timeout.unwrap();
+        for sql in [NEXT_SEQ, HIGH_SEQ, HIGH_SEQ_IN_TRANSACTION.as_str()] {
+            let wait = lock_timeout(sql);
+            assert!(
+                wait + Duration::from_secs(5) <= command,
+                "{wait:?} vs {command:?}"
+            );
+        }
     }
 
     #[test]

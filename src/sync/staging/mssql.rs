@@ -379,7 +379,9 @@ pub async fn record(p: &MssqlPool, r: Record) -> Result<(), SyncError> {
 // ---- transactions -----------------------------------------------------------------------
 
 /// A transaction on a pooled connection (XACT_ABORT is on: an error rolls it all back).
-/// Dropped without [`MssqlTx::commit`], it is rolled back before the connection is used again.
+/// Dropped without [`MssqlTx::commit`], it is rolled back before the connection is used again;
+/// if that rollback cannot run (no runtime, a connection a command timeout left out of step),
+/// the pool's check-out test finds the transaction still open and closes the connection.
 pub struct MssqlTx {
     conn: Option<PooledConnection<'static, TiberiusManager>>,
 }
