@@ -36,6 +36,7 @@ fn person(user_name: &str, given: &str) -> Map<String, Value> {
 
 struct Engine {
     engine: SyncEngine,
+    config: Config,
     clock: Arc<FakeClock>,
     app: sqlx::SqlitePool,
     tenant: String,
@@ -70,6 +71,7 @@ async fn engine(b: &Backend) -> Engine {
         .unwrap();
     Engine {
         engine,
+        config,
         clock,
         app,
         tenant: b.tenant.clone(),
@@ -322,5 +324,101 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
         assert_eq!(total, 7, "{backend}");
         assert_eq!(runs[0].id, again.run_id, "{backend}");
         assert!(runs[6].dry_run && !runs[5].dry_run, "{backend}");
+    }
+}
+
+/// Holds a run at the start of its change pass (lease taken) until told to go on.
+struct Pause {
+    started: std::sync::mpsc::Sender<()>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl scim_bridge::sync::Progress for Pause {
+    fn start(&self, _users: u64) {
+        self.started.send(()).unwrap();
+        self.go.lock().unwrap().recv().unwrap();
+    }
+}
+
+/// Two replicas on one staging database: while one runs (holding the tenant's lease), the
+/// other's run is recorded as skipped; once the first has finished, the second runs.
+#[tokio::test]
+async fn a_second_replica_is_skipped_while_a_run_holds_the_lease() {
+    for b in backends().await {
+        let backend = b.store.backend_name();
+        let e = engine(&b).await;
+        b.store
+            .create_user(
+                &b.tenant,
+                &rt(),
+                &id(),
+                &person("ann@example.com", "Ann"),
+                t(1),
+            )
+            .await
+            .unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        // The other replica: its own process, as far as the database can tell (own runtime,
+        // own connections, own engine).
+        let replica = {
+            let (config, tenant, database, clock) = (
+                e.config.clone(),
+                b.tenant.clone(),
+                b.database.clone(),
+                e.clock.clone(),
+            );
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(async {
+                    let db = scim_bridge::config::resolve_database(&database, None, Path::new("."))
+                        .unwrap();
+                    let store = scim_bridge::store::Store::open(
+                        &db,
+                        scim_bridge::store::sqlite::Durability::Normal,
+                    )
+                    .await
+                    .unwrap();
+                    let other = SyncEngine::new(&config, SyncDb::of(&store), clock)
+                        .await
+                        .unwrap();
+                    started.recv().unwrap();
+                    let skipped = other
+                        .run(&tenant, Trigger::Schedule, RunOptions::default())
+                        .await
+                        .unwrap();
+                    go.send(()).unwrap();
+                    skipped
+                })
+            })
+        };
+        let pause = Arc::new(Pause {
+            started: started_tx,
+            go: std::sync::Mutex::new(go_rx),
+        });
+        let options = RunOptions {
+            progress: Some(pause),
+            ..RunOptions::default()
+        };
+        // The progress hook blocks this runtime while the replica runs on its own.
+        let first = e
+            .engine
+            .run(&e.tenant, Trigger::Api, options)
+            .await
+            .unwrap();
+        let skipped = replica.join().unwrap();
+        assert_eq!(skipped.status, RunStatus::Skipped, "{backend}");
+        assert_eq!(first.status, RunStatus::Succeeded, "{backend}");
+        assert_eq!(first.counts.created, 1, "{backend}");
+        let db = e.engine.db();
+        let recorded = ledger::run(db, skipped.run_id).await.unwrap().unwrap();
+        assert_eq!(recorded.status, "skipped", "{backend}");
+        assert_eq!(
+            ledger::lease(db, &b.tenant, t(3)).await.unwrap(),
+            None,
+            "{backend}"
+        );
+        // Free again: the next run takes the lease.
+        assert_eq!(e.run(false).await.status, RunStatus::Succeeded, "{backend}");
     }
 }
