@@ -3,9 +3,10 @@
 //! [`TiberiusManager`] is the bb8 connection manager (written here because bb8-tiberius
 //! pins an older tiberius). Every new connection runs [`CONNECTION_INIT`]; the pool checks a
 //! connection before handing it out ([`CHECKOUT`]): one that fails, or that still has a
-//! transaction open, is closed (the server rolls that transaction back) and another is taken. Opening a pool makes one connection first,
-//! so a wrong host, port, password or database fails at start-up, within the connect timeout,
-//! with an error that names the server and the database (never the password).
+//! transaction open, is closed (the server rolls that transaction back) and another is taken.
+//! Opening a pool makes one connection first, so a wrong host, port, password or database
+//! fails at start-up, within the connect timeout, with an error that names the server and the
+//! database (never the password).
 
 use std::time::Duration;
 
