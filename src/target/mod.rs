@@ -146,9 +146,10 @@ impl AppBatch<'_, '_> {
     }
 }
 
-/// Quote a validated identifier (`name` or `schema.name`) for SQL: each part in double
-/// quotes. Anything but letters, digits and `_` is refused, whatever the mapping checked.
-pub fn quote_ident(ident: &str) -> Result<String, TargetError> {
+/// An identifier from a mapping (`name` or `schema.name`) quoted part by part with
+/// `open`/`close`, or None when a part holds anything but ASCII letters, digits and `_` (or
+/// starts with a digit), whatever the mapping checked: no quote character ever needs escaping.
+pub fn quote_parts(ident: &str, open: char, close: char) -> Option<String> {
     let parts: Vec<&str> = ident.split('.').collect();
     if parts.len() > 2
         || parts.iter().any(|p| {
@@ -157,13 +158,20 @@ pub fn quote_ident(ident: &str) -> Result<String, TargetError> {
                 || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
     {
-        return Err(TargetError::Identifier(ident.to_string()));
+        return None;
     }
-    Ok(parts
-        .iter()
-        .map(|p| format!("\"{p}\""))
-        .collect::<Vec<_>>()
-        .join("."))
+    Some(
+        parts
+            .iter()
+            .map(|p| format!("{open}{p}{close}"))
+            .collect::<Vec<_>>()
+            .join("."),
+    )
+}
+
+/// Quote a validated identifier for SQLite: each part in double quotes.
+pub fn quote_ident(ident: &str) -> Result<String, TargetError> {
+    quote_parts(ident, '"', '"').ok_or_else(|| TargetError::Identifier(ident.to_string()))
 }
 
 #[cfg(test)]

@@ -401,8 +401,8 @@ fn apply_user(
     params.extend(w.fields.iter().map(|(_, v)| Param::of(v)));
     let created = ex.scalar(&Stmt::new(st::upsert_user(&table, &key_col, &cols), params))? != 0;
     if let Some(roles) = &target.roles {
-        remove_roles(ex, roles, w.key, w.roles_to_remove)?;
-        add_roles(ex, roles, w.key, w.roles_to_add)?;
+        role_rows(ex, roles, w.key, w.roles_to_remove, st::remove_role)?;
+        role_rows(ex, roles, w.key, w.roles_to_add, st::add_role)?;
     }
     Ok(UserApplied { created })
 }
@@ -440,36 +440,18 @@ fn rekey(
     Ok(())
 }
 
-fn add_roles(
+/// Run `statement` (st::add_role or st::remove_role) once per role of `key`.
+fn role_rows(
     ex: &mut dyn Exec,
     r: &RoleTable,
     key: &str,
     roles: &BTreeSet<String>,
+    statement: fn(&str, &str, &str) -> String,
 ) -> Result<(), TargetError> {
     if roles.is_empty() {
         return Ok(());
     }
-    let sql = st::add_role(
-        &quote(&r.table)?,
-        &quote(&r.user_column)?,
-        &quote(&r.role_column)?,
-    );
-    for role in roles {
-        ex.execute(&Stmt::new(sql.clone(), vec![text(key), text(role)]))?;
-    }
-    Ok(())
-}
-
-fn remove_roles(
-    ex: &mut dyn Exec,
-    r: &RoleTable,
-    key: &str,
-    roles: &BTreeSet<String>,
-) -> Result<(), TargetError> {
-    if roles.is_empty() {
-        return Ok(());
-    }
-    let sql = st::remove_role(
+    let sql = statement(
         &quote(&r.table)?,
         &quote(&r.user_column)?,
         &quote(&r.role_column)?,
@@ -488,7 +470,7 @@ fn offboard(
     roles: &BTreeSet<String>,
 ) -> Result<(), TargetError> {
     if let Some(r) = &target.roles {
-        remove_roles(ex, r, key, roles)?;
+        role_rows(ex, r, key, roles, st::remove_role)?;
     }
     let table = quote(&target.user_table)?;
     let key_col = quote(&target.key_column)?;

@@ -643,23 +643,7 @@ pub const OFFBOARDING_FAILED: &str =
 /// but ASCII letters, digits and `_` is refused, whatever the mapping checked (so a `]`, which
 /// would be escaped as `]]`, never gets this far).
 pub fn quote_ident(ident: &str) -> Option<String> {
-    let parts: Vec<&str> = ident.split('.').collect();
-    if parts.len() > 2
-        || parts.iter().any(|p| {
-            p.is_empty()
-                || p.starts_with(|c: char| c.is_ascii_digit())
-                || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-    {
-        return None;
-    }
-    Some(
-        parts
-            .iter()
-            .map(|p| format!("[{p}]"))
-            .collect::<Vec<_>>()
-            .join("."),
-    )
+    crate::target::quote_parts(ident, '[', ']')
 }
 
 /// Upsert one application row by key, as one batch: @P1 the key, @P2… the field values in
