@@ -4,7 +4,6 @@
 //! the SQLite or the SQL Server implementation; both keep the same model (docs/sync.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -517,6 +516,3 @@ pub struct NewOffboarding<'a> {
     pub run_id: i64,
     pub now: DateTime<Utc>,
 }
-
-/// A connection of the engine's own, used from blocking threads.
-pub type SharedConn = Arc<Mutex<rusqlite::Connection>>;

@@ -9,11 +9,13 @@ use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
 use super::{
-    Link, Mark, NewOffboarding, NewRun, Queued, Read, Record, RunState, SharedConn, UserRow,
-    item_json,
+    Link, Mark, NewOffboarding, NewRun, Queued, Read, Record, RunState, UserRow, item_json,
 };
 use crate::store::{SqliteStore, format_time};
 use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
+
+/// A connection of the engine's own, used from blocking threads.
+type SharedConn = Arc<Mutex<rusqlite::Connection>>;
 
 /// The staging store and the engine's two connections: one records batches while the other
 /// reads the next.
