@@ -11,7 +11,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::api::{self, AppState};
 use crate::clock::Clock;
-use crate::config::{Config, StagingDb};
+use crate::config::{Config, DbLocation};
 use crate::store::Store;
 use crate::sync::SyncEngine;
 use crate::sync::db::SyncDb;
@@ -91,10 +91,10 @@ pub async fn open_staging(config: &Config) -> anyhow::Result<Store> {
     Store::open(&config.staging_db, config.staging.durability)
         .await
         .with_context(|| match &config.staging_db {
-            StagingDb::Sqlite(path) => {
+            DbLocation::Sqlite(path) => {
                 format!("opening the staging database {}", path.display())
             }
-            StagingDb::SqlServer(c) => {
+            DbLocation::SqlServer(c) => {
                 format!(
                     "opening the staging database on SQL Server ({})",
                     c.describe()

@@ -243,15 +243,15 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
 }
 
 async fn migrate(config_path: PathBuf) -> anyhow::Result<()> {
-    use crate::config::StagingDb;
+    use crate::config::DbLocation;
     use crate::store::mssql::{migrate, pool::MssqlPool};
     let config = load_config(&config_path)?;
     match &config.staging_db {
-        StagingDb::Sqlite(path) => {
+        DbLocation::Sqlite(path) => {
             crate::store::SqliteStore::open(path, config.staging.durability).await?;
             println!("{}: up to date", path.display());
         }
-        StagingDb::SqlServer(c) => {
+        DbLocation::SqlServer(c) => {
             let pool = MssqlPool::connect(c).await?;
             let report = migrate::run(&mut *pool.get().await?).await?;
             println!(

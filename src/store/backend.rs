@@ -10,7 +10,7 @@ use super::{
     GroupChange, Page, ProvisioningEntry, ProvisioningQuery, ProvisioningRow, Sort, StoreError,
     Stored, TenantCounts,
 };
-use crate::config::StagingDb;
+use crate::config::DbLocation;
 use crate::scim::ScimError;
 use crate::scim::filter::Filter;
 use crate::scim::schema::{ResourceKind, ResourceType};
@@ -41,10 +41,10 @@ macro_rules! each {
 
 impl Store {
     /// Open (creating or migrating as needed) the configured staging database.
-    pub async fn open(db: &StagingDb, durability: Durability) -> Result<Store, StoreError> {
+    pub async fn open(db: &DbLocation, durability: Durability) -> Result<Store, StoreError> {
         Ok(match db {
-            StagingDb::Sqlite(path) => Store::Sqlite(SqliteStore::open(path, durability).await?),
-            StagingDb::SqlServer(c) => Store::SqlServer(MssqlStore::open(c).await?),
+            DbLocation::Sqlite(path) => Store::Sqlite(SqliteStore::open(path, durability).await?),
+            DbLocation::SqlServer(c) => Store::SqlServer(MssqlStore::open(c).await?),
         })
     }
 

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use croner::parser::{CronParser, Seconds};
 use tokio::sync::Semaphore;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
@@ -23,27 +22,6 @@ use crate::metrics::Metrics;
 
 /// Runs in progress at once, at most (a permit each); shutdown takes them all.
 const MAX_RUNS: u32 = 1024;
-
-/// The parser the scheduler uses (six fields, a day must match both day fields); the
-/// configuration validates with the same one.
-pub fn parser() -> CronParser {
-    CronParser::builder()
-        .seconds(Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-}
-
-/// The six-field expression of a nickname.
-pub fn nickname(s: &str) -> Option<&'static str> {
-    Some(match s.to_ascii_lowercase().as_str() {
-        "@yearly" | "@annually" => "0 0 0 1 1 *",
-        "@monthly" => "0 0 0 1 * *",
-        "@weekly" => "0 0 0 * * SUN",
-        "@daily" | "@midnight" => "0 0 0 * * *",
-        "@hourly" => "0 0 * * * *",
-        _ => return None,
-    })
-}
 
 /// The current sync engine (replaced whole by a mapping reload), whether the scheduler is
 /// running, the permits of runs in progress (shutdown waits for them) and the metrics every
@@ -226,40 +204,6 @@ async fn run_logged(engine: &SyncEngine, tenant: &str, options: RunOptions) -> O
 mod tests {
     use super::*;
     use crate::config::Schedule;
-    use chrono::{TimeZone, Utc};
-
-    #[test]
-    fn five_and_six_fields_and_nicknames() {
-        let t = Utc.with_ymd_and_hms(2026, 3, 2, 10, 7, 30).unwrap(); // a Monday
-        let next = |e: &str| Schedule::parse(e).unwrap().next_after(t).unwrap();
-        assert_eq!(
-            next("*/15 * * * *"),
-            Utc.with_ymd_and_hms(2026, 3, 2, 10, 15, 0).unwrap()
-        );
-        assert_eq!(
-            next("30 */5 * * * *"),
-            Utc.with_ymd_and_hms(2026, 3, 2, 10, 10, 30).unwrap()
-        );
-        assert_eq!(
-            next("@hourly"),
-            Utc.with_ymd_and_hms(2026, 3, 2, 11, 0, 0).unwrap()
-        );
-        assert_eq!(
-            next("@daily"),
-            Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 0).unwrap()
-        );
-        assert_eq!(
-            next("0 0 6 * * MON-FRI"),
-            Utc.with_ymd_and_hms(2026, 3, 3, 6, 0, 0).unwrap()
-        );
-        assert_eq!(
-            Schedule::parse("*/5 * * * *").unwrap().normalized,
-            "0 */5 * * * *"
-        );
-        for bad in ["every hour", "61 * * * *", "@fortnightly", "* * * *", ""] {
-            assert!(Schedule::parse(bad).is_err(), "{bad:?}");
-        }
-    }
 
     /// Every expression the configuration accepts is one the scheduler accepts.
     #[tokio::test]

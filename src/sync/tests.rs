@@ -55,10 +55,10 @@ use super::{
 };
 use crate::clock::FakeClock;
 use crate::config::Config;
+use crate::config::Durability;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::{MemberRef, normalize};
 use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ENTERPRISE_SCHEMA, ResourceType};
-use crate::store::sqlite::Durability;
 use crate::store::{GroupChange, SqliteStore, StoreError};
 
 const MAPPING: &str = r#"

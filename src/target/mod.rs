@@ -14,7 +14,7 @@ pub mod sqlite;
 
 use std::collections::BTreeSet;
 
-use crate::config::{ApplicationConfig, StagingDb};
+use crate::config::{ApplicationConfig, DbLocation};
 use crate::mapping::{FieldValue, Offboarding, Target};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +73,10 @@ impl AppDb {
     /// Open (creating if missing) the application database; a new file gets the configured schema.
     pub async fn open(config: &ApplicationConfig) -> Result<AppDb, TargetError> {
         Ok(match &config.location {
-            StagingDb::Sqlite(path) => {
+            DbLocation::Sqlite(path) => {
                 AppDb::Sqlite(sqlite::SqliteApp::open(path, config.schema.as_deref()).await?)
             }
-            StagingDb::SqlServer(server) => {
+            DbLocation::SqlServer(server) => {
                 AppDb::Mssql(mssql::MssqlApp::open(config, server).await?)
             }
         })

@@ -24,8 +24,8 @@ use tokio::runtime::Handle;
 
 use super::{TargetError, UserApplied, UserWrite};
 use crate::config::ApplicationConfig;
+use crate::config::MssqlConfig;
 use crate::mapping::{FieldValue, Offboarding, RoleTable, Target};
-use crate::store::mssql::config::MssqlConfig;
 use crate::store::mssql::pool::{Client, MssqlPool, TiberiusManager, redact};
 use crate::store::mssql::{migrate, statements as st};
 

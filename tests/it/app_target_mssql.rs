@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use scim_bridge::config::{ApplicationConfig, StagingDb, resolve_database};
+use scim_bridge::config::{ApplicationConfig, DbLocation, resolve_database};
 use scim_bridge::mapping::{FieldValue, Offboarding, RoleTable, Target};
 use scim_bridge::store::mssql::pool::{MssqlPool, TiberiusManager};
 use scim_bridge::target::{AppDb, UserWrite};
@@ -79,7 +79,7 @@ async fn sql_server_application_writes_upserts_roles_key_moves_and_offboarding()
     else {
         return;
     };
-    let StagingDb::SqlServer(server) = resolve_database(&conn, None, std::path::Path::new("."))
+    let DbLocation::SqlServer(server) = resolve_database(&conn, None, std::path::Path::new("."))
         .expect("SCIM_BRIDGE_TEST_MSSQL is not a valid SQL Server connection string")
     else {
         panic!("SCIM_BRIDGE_TEST_MSSQL is not a SQL Server connection string");
@@ -112,7 +112,7 @@ async fn sql_server_application_writes_upserts_roles_key_moves_and_offboarding()
     let app = AppDb::open(&ApplicationConfig {
         name: "it".into(),
         database: "(from SCIM_BRIDGE_TEST_MSSQL)".into(),
-        location: StagingDb::SqlServer(server.clone()),
+        location: DbLocation::SqlServer(server.clone()),
         schema: None,
     })
     .await

@@ -4,12 +4,12 @@
 //! own tenant, so runs can share one database.
 
 use chrono::{DateTime, TimeZone, Utc};
-use scim_bridge::config::{StagingDb, resolve_database};
+use scim_bridge::config::Durability;
+use scim_bridge::config::{DbLocation, resolve_database};
 use scim_bridge::scim::filter::parse_filter;
 use scim_bridge::scim::patch::MemberOp;
 use scim_bridge::scim::resource::{MemberRef, normalize};
 use scim_bridge::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ResourceType};
-use scim_bridge::store::sqlite::Durability;
 use scim_bridge::store::{GroupChange, ListQuery, Page, Store, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -25,7 +25,7 @@ pub struct Backend {
 pub async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("staging.db");
-    let sqlite = Store::open(&StagingDb::Sqlite(path.clone()), Durability::Normal)
+    let sqlite = Store::open(&DbLocation::Sqlite(path.clone()), Durability::Normal)
         .await
         .unwrap();
     let mut out = vec![Backend {

@@ -8,8 +8,8 @@ use chrono::Duration;
 use serde_json::{Value, json};
 
 use scim_bridge::config::Config;
+use scim_bridge::config::Durability;
 use scim_bridge::store::SqliteStore;
-use scim_bridge::store::sqlite::Durability;
 use scim_bridge::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
 
 use crate::helpers::*;

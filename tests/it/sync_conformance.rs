@@ -375,7 +375,7 @@ async fn a_second_replica_is_skipped_while_a_run_holds_the_lease() {
                         .unwrap();
                     let store = scim_bridge::store::Store::open(
                         &db,
-                        scim_bridge::store::sqlite::Durability::Normal,
+                        scim_bridge::config::Durability::Normal,
                     )
                     .await
                     .unwrap();

@@ -3,7 +3,6 @@
 //! configuration and a bb8 pool of tiberius connections.
 
 mod admin;
-pub mod config;
 pub mod filter_sql;
 pub mod migrate;
 pub mod pool;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use super::config::MssqlConfig;
 use super::statements::{CHECKOUT, CONNECTION_INIT};
+use crate::config::MssqlConfig;
 
 pub type Client = tiberius::Client<Compat<TcpStream>>;
 

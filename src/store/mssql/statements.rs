@@ -1104,10 +1104,8 @@ pub(crate) mod tests {
     /// connection usable, before the default command timeout gives up on the client side.
     #[test]
     fn change_sequence_lock_waits_end_before_the_default_command_timeout() {
-        let config = crate::store::mssql::config::MssqlConfig::parse(
-            "Server=h;Database=d;User Id=u;Password=p",
-        )
-        .unwrap();
+        let config =
+            crate::config::MssqlConfig::parse("Server=h;Database=d;User Id=u;Password=p").unwrap();
         let command = config.command_timeout.unwrap();
         for sql in [NEXT_SEQ, HIGH_SEQ, HIGH_SEQ_IN_TRANSACTION.as_str()] {
             let wait = lock_timeout(sql);

@@ -10,11 +10,11 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 use tiberius::{Query, Row};
 
-use super::config::MssqlConfig;
 use super::filter_sql::{Condition, Param};
 use super::migrate;
 use super::pool::{Client, MssqlError, MssqlPool};
 use super::statements as st;
+use crate::config::MssqlConfig;
 use crate::scim::ScimError;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::fold_case;

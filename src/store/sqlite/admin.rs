@@ -172,8 +172,8 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Durability;
     use crate::store::StatusFilter;
-    use crate::store::sqlite::Durability;
     use chrono::TimeZone;
 
     fn entry(tenant: &str, minute: u32, status: u16) -> ProvisioningEntry {

@@ -25,6 +25,7 @@ use sqlx::{ConnectOptions, Connection as _};
 
 use super::update::{self, Current, GroupUpdate, UserUpdate, check_version, group_columns};
 use super::{GroupChange, Page, Related, Sort, StoreError, Stored, UserColumns, format_time};
+pub use crate::config::Durability;
 use crate::scim::ScimError;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::fold_case;
@@ -32,16 +33,6 @@ use crate::scim::schema::{ResourceKind, ResourceType};
 use filter_sql::{Condition, Param};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql/sqlite");
-
-/// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full` also a
-/// power loss, at the cost of an fsync per commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    Normal,
-    #[default]
-    Full,
-}
 
 #[derive(Clone)]
 pub struct SqliteStore {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 
 use super::*;
-use crate::config::StagingDb;
+use crate::config::DbLocation;
 use crate::store::mssql::statements::tests::{UNPARSEABLE, parse};
 use crate::target::AppDb;
 
@@ -495,7 +495,7 @@ async fn an_unreachable_server_fails_fast_naming_application_server_and_database
     let config = ApplicationConfig {
         name: "crm".into(),
         database: "…".into(),
-        location: StagingDb::SqlServer(server),
+        location: DbLocation::SqlServer(server),
         schema: None,
     };
     let started = Instant::now();

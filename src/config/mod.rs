@@ -4,6 +4,17 @@
 //! double underscore); a variable ending in `_FILE` reads its value from that file, so
 //! `SCIM_BRIDGE_TENANTS__ACME__TOKEN_FILE=/run/secrets/acme` sets `tenants.acme.token`.
 //! Unknown keys are errors that name the key. Relative paths resolve against the config file's folder.
+//!
+//! The file's shape is [`raw`], the environment overlay [`env`], secrets and token hashes
+//! [`secret`], database locations [`location`] (SQL Server connection settings in
+//! [`sqlserver`]) and schedules [`schedule`]; this module validates the whole into [`Config`].
+
+mod env;
+pub mod location;
+mod raw;
+pub mod schedule;
+pub mod secret;
+pub mod sqlserver;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,13 +22,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::mapping::Mapping;
 use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
-use crate::store::mssql::config::MssqlConfig;
-use crate::store::sqlite::Durability;
+pub use location::{DbLocation, Durability, MssqlConfig, resolve_database, resolve_sqlite_path};
+pub use raw::{LogConfig, LogFormat, ServerConfig, StagingConfig};
+use raw::{RawConfig, RawSync, default_log_days};
+pub use schedule::Schedule;
+use secret::resolve_secret;
+pub use secret::{RawSecret, TokenHash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,99 +41,6 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    server: ServerConfig,
-    #[serde(default)]
-    log: LogConfig,
-    #[serde(default)]
-    staging: StagingConfig,
-    #[serde(default)]
-    tenants: BTreeMap<String, RawTenant>,
-    #[serde(default)]
-    applications: BTreeMap<String, RawApplication>,
-    #[serde(default)]
-    admin: RawAdmin,
-}
-
-/// `[applications.NAME]`: an application database the sync engine writes to.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApplication {
-    database: String,
-    schema: Option<PathBuf>,
-    /// SQL Server only, as for `[staging]`.
-    password: Option<RawSecret>,
-}
-
-/// `[tenants.NAME.sync]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSync {
-    mapping: PathBuf,
-    schedule: Option<String>,
-    #[serde(default = "default_retention_hours")]
-    retention_hours: u32,
-    #[serde(default = "default_guard_share")]
-    guard_share: f64,
-    #[serde(default = "default_guard_min")]
-    guard_min: u32,
-    #[serde(default = "default_batch_size")]
-    batch_size: u32,
-}
-
-fn default_retention_hours() -> u32 {
-    48
-}
-fn default_guard_share() -> f64 {
-    0.10
-}
-fn default_guard_min() -> u32 {
-    10
-}
-fn default_batch_size() -> u32 {
-    500
-}
-
-/// `[admin]`: the admin API's tokens and the provisioning log's retention.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    #[serde(default = "default_log_days")]
-    provisioning_log_days: u32,
-    #[serde(default)]
-    tokens: BTreeMap<String, RawAdminToken>,
-}
-
-impl Default for RawAdmin {
-    fn default() -> Self {
-        RawAdmin {
-            provisioning_log_days: default_log_days(),
-            tokens: BTreeMap::new(),
-        }
-    }
-}
-
-fn default_log_days() -> u32 {
-    14
-}
-
-impl fmt::Debug for RawAdmin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawAdmin").finish_non_exhaustive()
-    }
-}
-
-/// `[admin.tokens.NAME]`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdminToken {
-    token: RawSecret,
-    role: AdminRole,
 }
 
 /// What an admin token may do: a reader reads; an operator also triggers, approves and reloads.
@@ -175,158 +95,6 @@ impl AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    pub listen: String,
-    /// Base URL clients use to reach this server, for meta.location and Location headers.
-    /// Without it, the request's Host header is used.
-    pub public_url: Option<String>,
-    pub max_body_bytes: usize,
-    pub default_page_size: i64,
-    pub max_page_size: i64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: "127.0.0.1:8080".into(),
-            public_url: None,
-            max_body_bytes: 1024 * 1024,
-            default_page_size: 100,
-            max_page_size: 1000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    /// A tracing filter, e.g. "info" or "scim_bridge=debug".
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StagingConfig {
-    /// `sqlite://PATH` or a plain path to the SQLite file; or SQL Server: `mssql://…` or an
-    /// ADO.NET connection string (`Server=…;Database=…;…`).
-    pub database: String,
-    /// SQLite only.
-    pub durability: Durability,
-    /// SQL Server only: the password, instead of `Password=` in the connection string
-    /// (inline, { env = "VAR" } or { file = "path" }).
-    pub password: Option<RawSecret>,
-}
-
-/// A SQL Server connection string may hold a password: Debug shows SQLite paths only.
-impl fmt::Debug for StagingConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let database = if MssqlConfig::is_sql_server(&self.database) {
-            "<SQL Server connection string>"
-        } else {
-            self.database.as_str()
-        };
-        f.debug_struct("StagingConfig")
-            .field("database", &database)
-            .field("durability", &self.durability)
-            .field("password", &self.password)
-            .finish()
-    }
-}
-
-impl Default for StagingConfig {
-    fn default() -> Self {
-        StagingConfig {
-            database: "sqlite://data/staging.db".into(),
-            durability: Durability::Full,
-            password: None,
-        }
-    }
-}
-
-/// A secret given inline, by environment variable or by file.
-#[derive(Clone, Deserialize)]
-#[serde(untagged)]
-pub enum RawSecret {
-    Inline(String),
-    Env { env: String },
-    File { file: PathBuf },
-}
-
-impl fmt::Debug for RawSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RawSecret::Inline(_) => f.write_str("Inline(<redacted>)"),
-            RawSecret::Env { env } => f.debug_struct("Env").field("env", env).finish(),
-            RawSecret::File { file } => f.debug_struct("File").field("file", file).finish(),
-        }
-    }
-}
-
-/// Where a database is: the staging database, or an application database.
-#[derive(Debug, Clone)]
-pub enum StagingDb {
-    /// The SQLite file, resolved against the config file's folder.
-    Sqlite(PathBuf),
-    SqlServer(MssqlConfig),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTenant {
-    /// The bearer token (inline, { env = "VAR" } or { file = "path" }).
-    token: RawSecret,
-    /// A second valid token, so a token can be rotated without downtime.
-    next_token: Option<RawSecret>,
-    custom_schema: Option<String>,
-    sync: Option<RawSync>,
-}
-
-impl fmt::Debug for RawTenant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawTenant").finish_non_exhaustive()
-    }
-}
-
-/// A token held only as its SHA-256; compared in constant time.
-#[derive(Clone)]
-pub struct TokenHash([u8; 32]);
-
-impl TokenHash {
-    pub fn of(token: &str) -> Self {
-        TokenHash(Sha256::digest(token.as_bytes()).into())
-    }
-    pub fn matches(&self, presented: &str) -> bool {
-        let h: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        bool::from(self.0.ct_eq(&h))
-    }
-}
-
-impl fmt::Debug for TokenHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenHash(<redacted>)")
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct TenantConfig {
     pub name: String,
@@ -343,7 +111,7 @@ pub struct ApplicationConfig {
     /// The database URL as configured (may hold a SQL Server password: not in Debug).
     pub database: String,
     /// The SQLite file (resolved against the config file's folder), or the SQL Server.
-    pub location: StagingDb,
+    pub location: DbLocation,
     /// DDL applied when the database has no tables yet (resolved path): SQLite SQL for a
     /// SQLite file, T-SQL (batches separated by `GO`) for SQL Server.
     pub schema: Option<PathBuf>,
@@ -355,7 +123,7 @@ impl ApplicationConfig {
         ApplicationConfig {
             name: name.to_string(),
             database: format!("sqlite://{}", path.display()),
-            location: StagingDb::Sqlite(path),
+            location: DbLocation::Sqlite(path),
             schema,
         }
     }
@@ -369,50 +137,6 @@ impl fmt::Debug for ApplicationConfig {
             .field("location", &self.location)
             .field("schema", &self.schema)
             .finish()
-    }
-}
-
-/// A validated cron expression: `sec min hour day-of-month month day-of-week` (six fields) or
-/// the classic five without seconds (run at second 0); `*`, lists, ranges, steps, names (`MON`,
-/// `JAN`) and `@hourly`/`@daily`-style nicknames. When both day fields are restricted, a day
-/// must match both. Parsed exactly as the scheduler parses it.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    /// As written in the configuration.
-    pub expr: String,
-    /// The six-field form the scheduler runs.
-    pub normalized: String,
-    pub cron: croner::Cron,
-}
-
-impl Schedule {
-    pub fn parse(expr: &str) -> Result<Schedule, String> {
-        let trimmed = expr.trim();
-        let normalized = if trimmed.starts_with('@') {
-            crate::sync::scheduler::nickname(trimmed)
-                .ok_or_else(|| format!("unknown cron nickname {expr:?}"))?
-                .to_string()
-        } else if trimmed.split_whitespace().count() == 5 {
-            format!("0 {trimmed}")
-        } else {
-            trimmed.to_string()
-        };
-        let cron = crate::sync::scheduler::parser()
-            .parse(&normalized)
-            .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
-        Ok(Schedule {
-            expr: expr.to_string(),
-            normalized,
-            cron,
-        })
-    }
-
-    /// The first time after `after` the schedule is due.
-    pub fn next_after(
-        &self,
-        after: chrono::DateTime<chrono::Utc>,
-    ) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.cron.find_next_occurrence(&after, false).ok()
     }
 }
 
@@ -481,7 +205,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub staging: StagingConfig,
-    pub staging_db: StagingDb,
+    pub staging_db: DbLocation,
     pub tenants: BTreeMap<String, TenantConfig>,
     pub applications: BTreeMap<String, ApplicationConfig>,
     pub admin: AdminConfig,
@@ -493,8 +217,8 @@ impl Config {
     /// The SQLite staging file, when the staging database is SQLite.
     pub fn staging_sqlite_path(&self) -> Option<&Path> {
         match &self.staging_db {
-            StagingDb::Sqlite(p) => Some(p),
-            StagingDb::SqlServer(_) => None,
+            DbLocation::Sqlite(p) => Some(p),
+            DbLocation::SqlServer(_) => None,
         }
     }
 
@@ -531,7 +255,7 @@ impl Config {
         };
         let mut value: toml::Value = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         for (key, val) in env {
-            apply_env(&mut value, &key, &val, base_dir).map_err(&invalid)?;
+            env::apply_env(&mut value, &key, &val, base_dir).map_err(&invalid)?;
         }
         let raw = RawConfig::deserialize(value).map_err(|e| invalid(e.to_string()))?;
         let mut applications = BTreeMap::new();
@@ -611,7 +335,7 @@ impl Config {
                 .map_err(|m| invalid(format!("admin.tokens.{name}.token: {m}")))?;
             if tenants
                 .values()
-                .any(|tc: &TenantConfig| tc.tokens.iter().any(|h| h.0 == hash.0))
+                .any(|tc: &TenantConfig| tc.tokens.contains(&hash))
             {
                 return Err(invalid(format!(
                     "admin.tokens.{name}.token is also a tenant's SCIM token; use separate tokens"
@@ -638,32 +362,6 @@ impl Config {
             base_dir: base_dir.to_path_buf(),
         })
     }
-}
-
-/// An SQLite location, or a SQL Server connection string with its password (from the
-/// connection string or from `password`, which wins).
-pub fn resolve_database(
-    database: &str,
-    password: Option<&RawSecret>,
-    base_dir: &Path,
-) -> Result<StagingDb, String> {
-    if !MssqlConfig::is_sql_server(database) {
-        if password.is_some() {
-            return Err("a password applies to SQL Server only".into());
-        }
-        return resolve_sqlite_path(database, base_dir).map(StagingDb::Sqlite);
-    }
-    let mut c = MssqlConfig::parse(database).map_err(|e| e.to_string())?;
-    if let Some(p) = password {
-        c = c.with_password(read_secret(p, base_dir)?);
-    }
-    if c.password.as_ref().is_none_or(|p| p.0.is_empty()) {
-        return Err(format!(
-            "no password for SQL Server ({}): give Password= or a password secret",
-            c.describe()
-        ));
-    }
-    Ok(StagingDb::SqlServer(c))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -735,104 +433,6 @@ fn sync_config(
     })
 }
 
-/// `sqlite://relative/or/absolute.db`, `sqlite:path` or a plain path.
-pub fn resolve_sqlite_path(url: &str, base_dir: &Path) -> Result<PathBuf, String> {
-    let p = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    if p.is_empty() || url.contains("://") && !url.starts_with("sqlite://") {
-        return Err(format!(
-            "{url:?} is not a SQLite location (use sqlite://PATH)"
-        ));
-    }
-    let p = Path::new(p);
-    Ok(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base_dir.join(p)
-    })
-}
-
-fn resolve_secret(s: &RawSecret, base_dir: &Path) -> Result<TokenHash, String> {
-    let value = read_secret(s, base_dir)?;
-    if value.len() < 16 {
-        return Err("a token must be at least 16 characters long".into());
-    }
-    Ok(TokenHash::of(&value))
-}
-
-/// The secret's value, trimmed.
-fn read_secret(s: &RawSecret, base_dir: &Path) -> Result<String, String> {
-    let value = match s {
-        RawSecret::Inline(v) => v.clone(),
-        RawSecret::Env { env } => {
-            std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))?
-        }
-        RawSecret::File { file } => {
-            let p = if file.is_absolute() {
-                file.clone()
-            } else {
-                base_dir.join(file)
-            };
-            std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?
-        }
-    };
-    Ok(value.trim().to_string())
-}
-
-/// Apply one SCIM_BRIDGE_A__B=value variable to the parsed file.
-fn apply_env(root: &mut toml::Value, key: &str, val: &str, base_dir: &Path) -> Result<(), String> {
-    let Some(rest) = key.strip_prefix("SCIM_BRIDGE_") else {
-        return Ok(());
-    };
-    if rest == "CONFIG" || rest.is_empty() {
-        return Ok(());
-    }
-    let (rest, val) = match rest.strip_suffix("_FILE") {
-        Some(r) => {
-            let p = Path::new(val);
-            let p = if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base_dir.join(p)
-            };
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| format!("{key}: cannot read {}: {e}", p.display()))?;
-            (r, text.trim().to_string())
-        }
-        None => (rest, val.to_string()),
-    };
-    let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
-    let mut node = root;
-    for (i, part) in parts.iter().enumerate() {
-        let table = node
-            .as_table_mut()
-            .ok_or_else(|| format!("{key}: {} is not a section", parts[..i].join(".")))?;
-        if i + 1 == parts.len() {
-            let parsed = val
-                .parse::<i64>()
-                .map(toml::Value::Integer)
-                .or_else(|_| val.parse::<bool>().map(toml::Value::Boolean))
-                .or_else(|_| {
-                    // Decimals (guard_share = 0.2); not "inf"/"nan", which stay strings.
-                    val.parse::<f64>()
-                        .ok()
-                        .filter(|f| f.is_finite() && val.contains('.'))
-                        .map(toml::Value::Float)
-                        .ok_or(())
-                })
-                .unwrap_or_else(|_| toml::Value::String(val.clone()));
-            table.insert(part.clone(), parsed);
-            return Ok(());
-        }
-        node = table
-            .entry(part.clone())
-            .or_insert_with(|| toml::Value::Table(toml::map::Map::new()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -853,7 +453,7 @@ mod tests {
         let c = parse(MIN, &[]).unwrap();
         assert_eq!(c.server.max_body_bytes, 1024 * 1024);
         assert!(
-            matches!(&c.staging_db, StagingDb::Sqlite(p) if p == Path::new("/base/data/staging.db"))
+            matches!(&c.staging_db, DbLocation::Sqlite(p) if p == Path::new("/base/data/staging.db"))
         );
         assert_eq!(c.tenants["demo"].custom_schema, DEFAULT_CUSTOM_SCHEMA);
         assert!(c.tenants["demo"].accepts("0123456789abcdef"));
@@ -961,7 +561,7 @@ mod tests {
         assert!(s.schedule.is_none());
         assert_eq!(s.mapping.0.target().database, "app");
         let app = &c.applications["app"];
-        assert!(matches!(&app.location, StagingDb::Sqlite(p) if p.ends_with("data/app.db")));
+        assert!(matches!(&app.location, DbLocation::Sqlite(p) if p.ends_with("data/app.db")));
         assert!(app.schema.as_ref().unwrap().ends_with("app.sql"));
         let c = sync_config(
             "mapping = \"m.toml\"\nschedule = \"0 */15 * * * *\"\n",
@@ -1062,7 +662,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let StagingDb::SqlServer(m) = &c.staging_db else {
+        let DbLocation::SqlServer(m) = &c.staging_db else {
             panic!("{:?}", c.staging_db)
         };
         assert_eq!((m.host.as_str(), m.database.as_str()), ("db", "scim"));
@@ -1082,7 +682,7 @@ mod tests {
             [],
         )
         .unwrap();
-        let StagingDb::SqlServer(m) = &c.staging_db else {
+        let DbLocation::SqlServer(m) = &c.staging_db else {
             panic!("{:?}", c.staging_db)
         };
         assert_eq!(m.password.as_ref().unwrap().0, "pw-from-file");
@@ -1095,7 +695,7 @@ mod tests {
             )],
         )
         .unwrap();
-        assert!(matches!(c.staging_db, StagingDb::SqlServer(_)));
+        assert!(matches!(c.staging_db, DbLocation::SqlServer(_)));
     }
 
     #[test]
@@ -1150,7 +750,7 @@ mod tests {
         )
         .unwrap();
         let server = |name: &str| match &c.applications[name].location {
-            StagingDb::SqlServer(m) => m.clone(),
+            DbLocation::SqlServer(m) => m.clone(),
             other => panic!("{other:?}"),
         };
         assert_eq!(server("crm").database, "crm");

@@ -1,0 +1,210 @@
+//! The configuration file's shape, as TOML deserialises it (unknown keys are errors). The
+//! sections that need no validation beyond their types are used as they are.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::AdminRole;
+use super::location::{Durability, MssqlConfig};
+use super::secret::RawSecret;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) server: ServerConfig,
+    #[serde(default)]
+    pub(super) log: LogConfig,
+    #[serde(default)]
+    pub(super) staging: StagingConfig,
+    #[serde(default)]
+    pub(super) tenants: BTreeMap<String, RawTenant>,
+    #[serde(default)]
+    pub(super) applications: BTreeMap<String, RawApplication>,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
+}
+
+/// `[applications.NAME]`: an application database the sync engine writes to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApplication {
+    pub(super) database: String,
+    pub(super) schema: Option<PathBuf>,
+    /// SQL Server only, as for `[staging]`.
+    pub(super) password: Option<RawSecret>,
+}
+
+/// `[tenants.NAME.sync]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSync {
+    pub(super) mapping: PathBuf,
+    pub(super) schedule: Option<String>,
+    #[serde(default = "default_retention_hours")]
+    pub(super) retention_hours: u32,
+    #[serde(default = "default_guard_share")]
+    pub(super) guard_share: f64,
+    #[serde(default = "default_guard_min")]
+    pub(super) guard_min: u32,
+    #[serde(default = "default_batch_size")]
+    pub(super) batch_size: u32,
+}
+
+fn default_retention_hours() -> u32 {
+    48
+}
+fn default_guard_share() -> f64 {
+    0.10
+}
+fn default_guard_min() -> u32 {
+    10
+}
+fn default_batch_size() -> u32 {
+    500
+}
+
+/// `[admin]`: the admin API's tokens and the provisioning log's retention.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    #[serde(default = "default_log_days")]
+    pub(super) provisioning_log_days: u32,
+    #[serde(default)]
+    pub(super) tokens: BTreeMap<String, RawAdminToken>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            provisioning_log_days: default_log_days(),
+            tokens: BTreeMap::new(),
+        }
+    }
+}
+
+pub(super) fn default_log_days() -> u32 {
+    14
+}
+
+impl fmt::Debug for RawAdmin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawAdmin").finish_non_exhaustive()
+    }
+}
+
+/// `[admin.tokens.NAME]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdminToken {
+    pub(super) token: RawSecret,
+    pub(super) role: AdminRole,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTenant {
+    /// The bearer token (inline, { env = "VAR" } or { file = "path" }).
+    pub(super) token: RawSecret,
+    /// A second valid token, so a token can be rotated without downtime.
+    pub(super) next_token: Option<RawSecret>,
+    pub(super) custom_schema: Option<String>,
+    pub(super) sync: Option<RawSync>,
+}
+
+impl fmt::Debug for RawTenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawTenant").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Base URL clients use to reach this server, for meta.location and Location headers.
+    /// Without it, the request's Host header is used.
+    pub public_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub default_page_size: i64,
+    pub max_page_size: i64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            max_body_bytes: 1024 * 1024,
+            default_page_size: 100,
+            max_page_size: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. "info" or "scim_bridge=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagingConfig {
+    /// `sqlite://PATH` or a plain path to the SQLite file; or SQL Server: `mssql://…` or an
+    /// ADO.NET connection string (`Server=…;Database=…;…`).
+    pub database: String,
+    /// SQLite only.
+    pub durability: Durability,
+    /// SQL Server only: the password, instead of `Password=` in the connection string
+    /// (inline, { env = "VAR" } or { file = "path" }).
+    pub password: Option<RawSecret>,
+}
+
+/// A SQL Server connection string may hold a password: Debug shows SQLite paths only.
+impl fmt::Debug for StagingConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let database = if MssqlConfig::is_sql_server(&self.database) {
+            "<SQL Server connection string>"
+        } else {
+            self.database.as_str()
+        };
+        f.debug_struct("StagingConfig")
+            .field("database", &database)
+            .field("durability", &self.durability)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+impl Default for StagingConfig {
+    fn default() -> Self {
+        StagingConfig {
+            database: "sqlite://data/staging.db".into(),
+            durability: Durability::Full,
+            password: None,
+        }
+    }
+}
