@@ -12,10 +12,10 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::{Config, DbLocation};
-use crate::store::Store;
-use crate::sync::SyncEngine;
-use crate::sync::db::SyncDb;
+use crate::db::{self, Connector, Staging};
+use crate::metrics::Metrics;
 use crate::sync::scheduler::Scheduler;
+use crate::sync::{SyncEngine, SyncService};
 
 pub struct Application {
     acceptor: TcpAcceptor,
@@ -32,17 +32,24 @@ impl Application {
         listen: Option<&str>,
     ) -> anyhow::Result<Application> {
         let store = open_staging(&config).await?;
+        let metrics = Arc::new(Metrics::new());
         let sync = if config.tenants.values().any(|t| t.sync.is_some()) {
-            Some(
-                SyncEngine::new(&config, SyncDb::of(&store), clock.clone())
-                    .await
-                    .context("opening the application databases")?,
-            )
+            let engine = SyncEngine::new(&config, store.clone(), &Connector, clock.clone())
+                .await
+                .context("opening the application databases")?;
+            Some(Arc::new(SyncService::new(
+                engine,
+                store.clone(),
+                Arc::new(Connector),
+                config.applications.clone(),
+                clock.clone(),
+                metrics.clone(),
+            )))
         } else {
             None
         };
         let listen = listen.unwrap_or(&config.server.listen).to_string();
-        let state = Arc::new(AppState::new(config, store, clock, sync));
+        let state = Arc::new(AppState::new(config, store, clock, metrics, sync));
         let acceptor = TcpListener::bind(listen.clone())
             .into_acceptor()
             .await
@@ -87,8 +94,8 @@ impl Application {
 }
 
 /// Open (creating or migrating as needed) the configured staging database; an error names it.
-pub async fn open_staging(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.staging_db, config.staging.durability)
+pub async fn open_staging(config: &Config) -> anyhow::Result<Arc<dyn Staging>> {
+    db::open_staging(&config.staging_db, config.staging.durability)
         .await
         .with_context(|| match &config.staging_db {
             DbLocation::Sqlite(path) => {

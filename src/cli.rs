@@ -1,4 +1,4 @@
-//! The command line: serve, sync, migrate, bench, bench-sync, mapping check/test, openapi.
+//! The command line: serve, sync, migrate, mapping check/test, openapi.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,15 +40,8 @@ enum Command {
         #[arg(long, env = "SCIM_BRIDGE_CONFIG", default_value = "scim-bridge.toml")]
         config: PathBuf,
     },
-    /// Measure the SCIM server on a temporary SQLite database and print a table
-    Bench(crate::bench::BenchArgs),
     /// Print the OpenAPI document of the SCIM and admin APIs (JSON)
     Openapi,
-    /// Measure the sync engine (full and incremental runs, peak RSS) on temporary databases
-    BenchSync(crate::bench_sync::BenchSyncArgs),
-    /// One size of bench-sync, in a process of its own
-    #[command(hide = true)]
-    BenchSyncChild(crate::bench_sync::BenchSyncChildArgs),
     /// Validate a mapping file, or run its [[test]] cases
     #[command(subcommand)]
     Mapping(MappingCommand),
@@ -78,9 +71,6 @@ pub async fn main() -> ExitCode {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Sync(args) => sync(args).await,
         Command::Migrate { config } => migrate(config).await,
-        Command::Bench(args) => crate::bench::run(args).await,
-        Command::BenchSync(args) => crate::bench_sync::run(args).await,
-        Command::BenchSyncChild(args) => crate::bench_sync::child(args).await,
         Command::Mapping(cmd) => mapping(cmd),
         Command::Openapi => print_stdout(&crate::api::openapi_spec()),
     };
@@ -194,12 +184,9 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         );
     }
     let store = crate::app::open_staging(&config).await?;
-    let engine = crate::sync::SyncEngine::new(
-        &config,
-        crate::sync::db::SyncDb::of(&store),
-        Arc::new(SystemClock),
-    )
-    .await?;
+    let engine =
+        crate::sync::SyncEngine::new(&config, store, &crate::db::Connector, Arc::new(SystemClock))
+            .await?;
     let progress = Arc::new(SyncProgress::new(tty, args.dry_run));
     let summary = match args.approve {
         Some(run_id) => {
@@ -244,23 +231,16 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
 
 async fn migrate(config_path: PathBuf) -> anyhow::Result<()> {
     use crate::config::DbLocation;
-    use crate::store::mssql::{migrate, pool::MssqlPool};
     let config = load_config(&config_path)?;
+    let report = crate::db::migrate(&config.staging_db, config.staging.durability).await?;
     match &config.staging_db {
-        DbLocation::Sqlite(path) => {
-            crate::store::SqliteStore::open(path, config.staging.durability).await?;
-            println!("{}: up to date", path.display());
-        }
-        DbLocation::SqlServer(c) => {
-            let pool = MssqlPool::connect(c).await?;
-            let report = migrate::run(&mut *pool.get().await?).await?;
-            println!(
-                "SQL Server {}: applied {:?}, already applied {:?}",
-                c.describe(),
-                report.applied,
-                report.already_applied
-            );
-        }
+        DbLocation::Sqlite(path) => println!("{}: up to date", path.display()),
+        DbLocation::SqlServer(c) => println!(
+            "SQL Server {}: applied {:?}, already applied {:?}",
+            c.describe(),
+            report.applied,
+            report.already_applied
+        ),
     }
     Ok(())
 }

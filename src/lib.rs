@@ -6,11 +6,10 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
-pub mod bench_sync;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod db;
 pub mod mapping;
 pub mod metrics;
 pub mod provlog;

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::store::{ProvisioningEntry, Store};
+use crate::store::{ProvisioningEntry, ProvisioningLogStore};
 
 /// Entries waiting for the writer; more are dropped (and counted) rather than slowing requests.
 const QUEUE: usize = 10_000;
@@ -41,7 +41,7 @@ pub struct ProvisioningLog {
 impl ProvisioningLog {
     /// Start the writer task; `retention_days` 0 keeps nothing (entries are not even written).
     pub fn start(
-        store: Store,
+        store: Arc<dyn ProvisioningLogStore>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         retention_days: u32,
@@ -82,7 +82,7 @@ impl ProvisioningLog {
 }
 
 async fn run(
-    store: Store,
+    store: Arc<dyn ProvisioningLogStore>,
     clock: Arc<dyn Clock>,
     mut rx: mpsc::Receiver<Msg>,
     retention_days: u32,
@@ -97,26 +97,26 @@ async fn run(
         tokio::select! {
             msg = rx.recv() => match msg {
                 None => {
-                    write(&store, &mut batch, retention_days).await;
+                    write(store.as_ref(), &mut batch, retention_days).await;
                     return;
                 }
                 Some(Msg::Entry(e)) => {
                     batch.push(*e);
                     if batch.len() >= BATCH {
-                        write(&store, &mut batch, retention_days).await;
+                        write(store.as_ref(), &mut batch, retention_days).await;
                         deadline = None;
                     } else if deadline.is_none() {
                         deadline = Some(Instant::now() + LINGER);
                     }
                 }
                 Some(Msg::Flush(ack)) => {
-                    write(&store, &mut batch, retention_days).await;
+                    write(store.as_ref(), &mut batch, retention_days).await;
                     deadline = None;
                     let _ = ack.send(());
                 }
             },
             _ = tokio::time::sleep_until(due), if deadline.is_some() => {
-                write(&store, &mut batch, retention_days).await;
+                write(store.as_ref(), &mut batch, retention_days).await;
                 deadline = None;
             }
             _ = prune.tick() => {
@@ -133,7 +133,11 @@ async fn run(
     }
 }
 
-async fn write(store: &Store, batch: &mut Vec<ProvisioningEntry>, retention_days: u32) {
+async fn write(
+    store: &dyn ProvisioningLogStore,
+    batch: &mut Vec<ProvisioningEntry>,
+    retention_days: u32,
+) {
     if batch.is_empty() {
         return;
     }

@@ -248,7 +248,10 @@ impl AppState {
 impl AdminApi {
     async fn summary(&self, t: &Tenant) -> std::result::Result<TenantSummary, AdminError> {
         let c = self.state.store.tenant_counts(&t.config.name).await?;
-        let sync = super::admin_sync::sync_summary(&self.state, &t.config.name).await?;
+        let sync = match &self.state.sync {
+            Some(service) => service.summary(&t.config.name).await?,
+            None => None,
+        };
         let (mapping, last_run, next_run_at, pending) = match sync {
             None => (None, None, None, None),
             Some(s) => (

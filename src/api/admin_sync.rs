@@ -4,28 +4,23 @@
 //! may call every GET, every POST needs an operator.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags, Union};
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
 
 use super::AppState;
 use super::admin::{ADMIN_PREFIX, AdminAuth, page};
 use super::problem::{ActionError, AdminError};
 use crate::config::{AdminRole, SyncConfig};
-use crate::mapping::{Mapping, StagedGroup, StagedUser, UserState};
+use crate::mapping::{Mapping, StagedGroup, StagedUser};
 use crate::scim::resource::normalize;
-use crate::store::StoreError;
-use crate::store::mssql::pool::MssqlError;
-use crate::sync::db::SyncDb;
-use crate::sync::ledger::{self, RunQuery, UserRef};
-use crate::sync::scheduler::SyncHandle;
-use crate::sync::{Progress, RunOptions, RunStatus, SyncEngine, SyncError, Trigger, field_json};
+use crate::sync::ledger::{self, LedgerReads, RunQuery, UserRef};
+use crate::sync::service::{PreviewSource, StartedRun};
+use crate::sync::{SyncService, Trigger};
 
 type Result<T> = std::result::Result<Json<T>, AdminError>;
 
@@ -37,22 +32,6 @@ enum SyncTag {
     Mapping,
     /// Offboardings not applied yet
     Offboardings,
-}
-
-/// A failed ledger read, as the store's errors map: a busy or contended staging database is a
-/// 503, anything else a 500 (logged, never shown).
-fn db(e: SyncError) -> AdminError {
-    match e {
-        SyncError::Staging(e) => StoreError::from(e).into(),
-        SyncError::Sqlite(e) => StoreError::from(e).into(),
-        SyncError::SqlServer(MssqlError::Database(e)) => StoreError::from(e).into(),
-        SyncError::SqlServer(e) => StoreError::from(e).into(),
-        SyncError::Store(e) => e.into(),
-        other => {
-            tracing::error!(error = %other, "reading the sync ledger failed");
-            AdminError::internal()
-        }
-    }
 }
 
 /// A run's counts, as in the ledger.
@@ -397,127 +376,38 @@ pub struct OffboardingPage {
     pub retention_hours: i64,
 }
 
-/// A tenant's sync state for its summary.
-pub struct SyncSummary {
-    pub mapping: String,
-    pub last_run: Option<ledger::RunRow>,
-    pub next_run_at: Option<String>,
-    pub pending_offboardings: i64,
-}
-
-/// The sync side of a tenant's summary; None when the tenant does not sync.
-pub async fn sync_summary(
-    state: &AppState,
-    tenant: &str,
-) -> std::result::Result<Option<SyncSummary>, AdminError> {
-    let Some(engine) = state.sync_engine() else {
-        return Ok(None);
-    };
-    let Some(c) = engine.tenant_config(tenant) else {
-        return Ok(None);
-    };
-    let Some(handle) = &state.sync else {
-        return Ok(None);
-    };
-    let staging = handle.db();
-    Ok(Some(SyncSummary {
-        mapping: c.mapping_path.display().to_string(),
-        last_run: ledger::last_run(staging, tenant).await.map_err(db)?,
-        next_run_at: c
-            .schedule
-            .as_ref()
-            .and_then(|s| s.next_after(state.clock.now()))
-            .map(crate::store::format_time),
-        pending_offboardings: ledger::count_pending(staging, tenant, c.retention_hours)
-            .await
-            .map_err(db)?,
-    }))
-}
-
-/// Tells the admin API that a run it started has its ledger entry (the engine reports the
-/// start of its change pass after inserting the run).
-struct StartSignal(Mutex<Option<oneshot::Sender<()>>>);
-
-impl Progress for StartSignal {
-    fn start(&self, _users: u64) {
-        if let Ok(mut s) = self.0.lock()
-            && let Some(tx) = s.take()
-        {
-            let _ = tx.send(());
-        }
-    }
-}
-
-fn sync_error(e: SyncError) -> ActionError {
-    match e {
-        SyncError::NotConfigured(_) | SyncError::RunNotFound(_) => {
-            AdminError::not_found(e.to_string()).into()
-        }
-        SyncError::NotAwaitingApproval(_) | SyncError::Busy(_) => {
-            AdminError::conflict(e.to_string()).into()
-        }
-        other => {
-            tracing::error!(error = %other, "sync run failed to start");
-            AdminError::internal().into()
-        }
-    }
-}
-
-fn shutting_down() -> AdminError {
-    AdminError::new(
-        poem::http::StatusCode::SERVICE_UNAVAILABLE,
-        "the server is shutting down; no new runs start",
-    )
-}
-
-fn join_error(e: tokio::task::JoinError) -> ActionError {
-    tracing::error!(error = %e, "sync run task failed");
-    AdminError::internal().into()
-}
-
 pub struct AdminSyncApi {
     pub state: Arc<AppState>,
 }
 
 impl AdminSyncApi {
-    /// The sync handle, engine and settings of a tenant that syncs; 404 otherwise.
+    /// The sync service and settings of a tenant that syncs; 404 otherwise.
     fn syncing(
         &self,
         tenant: &str,
-    ) -> std::result::Result<(Arc<SyncHandle>, Arc<SyncEngine>, SyncConfig), AdminError> {
+    ) -> std::result::Result<(&Arc<SyncService>, SyncConfig), AdminError> {
         self.state.admin_tenant(tenant)?;
-        let not = || {
-            AdminError::not_found(format!(
-                "tenant {tenant:?} has no [tenants.{tenant}.sync] configuration"
-            ))
-        };
-        let handle = self.state.sync.clone().ok_or_else(not)?;
-        let engine = handle.engine();
-        let config = engine.tenant_config(tenant).cloned().ok_or_else(not)?;
-        Ok((handle, engine, config))
+        let service = self.service()?;
+        Ok((service, service.tenant_config(tenant)?))
     }
 
-    /// The staging database the ledger lives in; 404 when no tenant syncs.
-    fn ledger_db(&self) -> std::result::Result<&SyncDb, AdminError> {
+    /// The sync service; 404 when no tenant syncs.
+    fn service(&self) -> std::result::Result<&Arc<SyncService>, AdminError> {
         self.state
             .sync
             .as_ref()
-            .map(|h| h.db())
             .ok_or_else(|| AdminError::not_found("no tenant syncs: there are no sync runs"))
     }
 
-    /// 409 when a run of `tenant` holds its lease.
-    async fn not_busy(&self, tenant: &str) -> std::result::Result<(), AdminError> {
-        match ledger::lease(self.ledger_db()?, tenant, self.state.clock.now())
-            .await
-            .map_err(db)?
-        {
-            None => Ok(()),
-            Some(run) => Err(AdminError::conflict(format!(
-                "a run of tenant {tenant:?} is in progress{}; try again when it has ended",
-                run.map(|id| format!(" (run {id})")).unwrap_or_default()
-            ))),
-        }
+    /// The ledger; 404 when no tenant syncs.
+    fn ledger(&self) -> std::result::Result<&Arc<dyn LedgerReads>, AdminError> {
+        Ok(self.service()?.ledger())
+    }
+}
+
+impl From<StartedRun> for Started {
+    fn from(r: StartedRun) -> Started {
+        Started::new(r.run_id, r.tenant)
     }
 }
 
@@ -581,7 +471,7 @@ impl AdminSyncApi {
             limit,
             offset,
         };
-        let (total, rows) = ledger::runs(self.ledger_db()?, &q).await.map_err(db)?;
+        let (total, rows) = self.ledger()?.runs(&q).await?;
         Ok(Json(RunPage {
             items: rows.into_iter().map(Run::from).collect(),
             total,
@@ -598,9 +488,10 @@ impl AdminSyncApi {
         operation_id = "adminGetRun"
     )]
     async fn get_run(&self, _auth: AdminAuth, id: Path<i64>) -> Result<Run> {
-        let run = ledger::run(self.ledger_db()?, id.0)
-            .await
-            .map_err(db)?
+        let run = self
+            .ledger()?
+            .run(id.0)
+            .await?
             .ok_or_else(|| AdminError::not_found(format!("no run {}", id.0)))?;
         Ok(Json(run.into()))
     }
@@ -628,18 +519,14 @@ impl AdminSyncApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<RunItemPage> {
-        if ledger::run(self.ledger_db()?, id.0)
-            .await
-            .map_err(db)?
-            .is_none()
-        {
+        let ledger = self.ledger()?;
+        if ledger.run(id.0).await?.is_none() {
             return Err(AdminError::not_found(format!("no run {}", id.0)));
         }
         let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
-        let (total, rows) =
-            ledger::items(self.ledger_db()?, id.0, outcome.0.as_deref(), limit, offset)
-                .await
-                .map_err(db)?;
+        let (total, rows) = ledger
+            .items(id.0, outcome.0.as_deref(), limit, offset)
+            .await?;
         let items = rows
             .into_iter()
             .map(|r| RunItem {
@@ -676,68 +563,13 @@ impl AdminSyncApi {
         body: Json<RunRequest>,
     ) -> std::result::Result<Started, ActionError> {
         auth.require(AdminRole::Operator)?;
-        let (handle, engine, _) = self.syncing(&tenant)?;
+        let (service, _) = self.syncing(&tenant)?;
         let RunRequest { dry_run, full } = body.0;
-        // One start at a time, so the newest running run of this kind is the one started here.
-        let _starting = self.state.run_starts.lock().await;
-        if !dry_run {
-            // A dry run takes no lease and may run beside another run.
-            self.not_busy(&tenant).await?;
-        }
-        let permit = handle.run_permit().await.ok_or_else(shutting_down)?;
-        let (tx, rx) = oneshot::channel();
-        let options = RunOptions {
-            progress: Some(Arc::new(StartSignal(Mutex::new(Some(tx))))),
-            ..handle.run_options(dry_run, full)
-        };
-        let name = tenant.0.clone();
-        let mut task = tokio::spawn(async move {
-            let _permit = permit;
-            let r = engine.run(&name, Trigger::Api, options).await;
-            if let Ok(s) = &r {
-                handle.record(s);
-            }
-            r
-        });
         tracing::info!(admin = %auth.0.name, tenant = %*tenant, dry_run, full, "sync run requested");
-        let finished = tokio::select! {
-            r = &mut task => Some(r),
-            _ = rx => None,
-        };
-        let summary = match finished {
-            Some(r) => r.map_err(join_error)?.map_err(sync_error)?,
-            None => {
-                let id = if dry_run {
-                    ledger::newest_running(
-                        self.ledger_db()?,
-                        &tenant,
-                        Trigger::Api.as_str(),
-                        true,
-                        full,
-                    )
-                    .await
-                    .map_err(db)?
-                } else {
-                    ledger::lease(self.ledger_db()?, &tenant, self.state.clock.now())
-                        .await
-                        .map_err(db)?
-                        .flatten()
-                };
-                match id {
-                    Some(id) => return Ok(Started::new(id, tenant.0)),
-                    // It has ended already.
-                    None => task.await.map_err(join_error)?.map_err(sync_error)?,
-                }
-            }
-        };
-        if summary.status == RunStatus::Skipped {
-            return Err(AdminError::conflict(format!(
-                "a run of tenant {:?} is in progress; this request was recorded as skipped run {}",
-                &*tenant, summary.run_id
-            ))
-            .into());
-        }
-        Ok(Started::new(summary.run_id, tenant.0))
+        let started = service
+            .start_run(&tenant, Trigger::Api, dry_run, full)
+            .await?;
+        Ok(started.into())
     }
 
     /// Approve a run that waits for approval (operator): apply the offboardings it held
@@ -753,11 +585,12 @@ impl AdminSyncApi {
         id: Path<i64>,
     ) -> std::result::Result<Started, ActionError> {
         auth.require(AdminRole::Operator)?;
-        let run = ledger::run(self.ledger_db()?, id.0)
-            .await
-            .map_err(db)?
+        let run = self
+            .ledger()?
+            .run(id.0)
+            .await?
             .ok_or_else(|| AdminError::not_found(format!("no run {}", id.0)))?;
-        if run.status != RunStatus::AwaitingApproval.as_str()
+        if run.status != crate::sync::RunStatus::AwaitingApproval.as_str()
             || run.dry_run
             || run.approved_at.is_some()
         {
@@ -773,34 +606,9 @@ impl AdminSyncApi {
             ))
             .into());
         }
-        let (handle, engine, _) = self.syncing(&run.tenant)?;
-        let _starting = self.state.run_starts.lock().await;
-        self.not_busy(&run.tenant).await?;
-        let approved = id.0;
-        let permit = handle.run_permit().await.ok_or_else(shutting_down)?;
-        let mut task = tokio::spawn(async move {
-            let _permit = permit;
-            let r = engine.approve(approved, Trigger::Api).await;
-            if let Ok(s) = &r {
-                handle.record(s);
-            }
-            r
-        });
-        tracing::info!(admin = %auth.0.name, tenant = %run.tenant, run_id = approved, "approval requested");
-        // The engine records the approving run (approves_run = id) before it starts work.
-        loop {
-            tokio::select! {
-                r = &mut task => {
-                    let s = r.map_err(join_error)?.map_err(sync_error)?;
-                    return Ok(Started::new(s.run_id, s.tenant));
-                }
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                    if let Some(new) = ledger::approving_run(self.ledger_db()?, approved).await.map_err(db)? {
-                        return Ok(Started::new(new, run.tenant));
-                    }
-                }
-            }
-        }
+        let (service, _) = self.syncing(&run.tenant)?;
+        tracing::info!(admin = %auth.0.name, tenant = %run.tenant, run_id = id.0, "approval requested");
+        Ok(service.approve(id.0, Trigger::Api).await?.into())
     }
 
     /// Render a staged user or a posted SCIM user with the tenant's mapping (operator); writes nothing
@@ -817,43 +625,15 @@ impl AdminSyncApi {
         body: Json<PreviewRequest>,
     ) -> std::result::Result<Json<Preview>, ActionError> {
         auth.require(AdminRole::Operator)?;
-        let (_, _, config) = self.syncing(&tenant)?;
+        let (service, _) = self.syncing(&tenant)?;
         let t = self.state.admin_tenant(&tenant)?;
-        let staged_ref = match &body.0 {
-            PreviewRequest::ById(b) => Some(UserRef::Id(&b.user_id)),
-            PreviewRequest::ByName(b) => Some(UserRef::UserName(&b.user_name)),
-            PreviewRequest::Document(_) => None,
-        };
-        let (source, staged, state, user_name, link) = match (staged_ref, &body.0) {
-            (Some(who), _) => {
-                let row = ledger::staged_user(self.ledger_db()?, &tenant, who)
-                    .await
-                    .map_err(db)?
-                    .ok_or_else(|| {
-                        AdminError::not_found(format!(
-                            "tenant {:?} has no such staged user",
-                            &*tenant
-                        ))
-                    })?;
-                let link = ledger::link(self.ledger_db()?, &tenant, &row.user.id)
-                    .await
-                    .map_err(db)?;
-                let state = if row.active && !row.deleted {
-                    UserState::Active
-                } else {
-                    UserState::Deactivated
-                };
-                ("staged", row.user, state, Some(row.user_name), link)
-            }
-            (None, PreviewRequest::Document(d)) => {
+        let source = match &body.0 {
+            PreviewRequest::ById(b) => PreviewSource::Staged(UserRef::Id(&b.user_id)),
+            PreviewRequest::ByName(b) => PreviewSource::Staged(UserRef::UserName(&b.user_name)),
+            PreviewRequest::Document(d) => {
                 let doc = Value::Object(d.user.clone().into_iter().collect());
                 let n = normalize(&t.users, &doc).map_err(AdminError::from)?;
                 let active = n.doc.get("active").and_then(Value::as_bool).unwrap_or(true);
-                let user_name = n
-                    .doc
-                    .get("userName")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
                 let groups = d
                     .groups
                     .iter()
@@ -863,95 +643,48 @@ impl AdminSyncApi {
                         external_id: g.external_id.clone(),
                     })
                     .collect();
-                let staged = StagedUser {
-                    id: String::new(),
-                    doc: n.doc,
-                    groups,
-                };
-                let state = if active {
-                    UserState::Active
-                } else {
-                    UserState::Deactivated
-                };
-                ("document", staged, state, user_name, None)
+                PreviewSource::Document {
+                    user: StagedUser {
+                        id: String::new(),
+                        doc: n.doc,
+                        groups,
+                    },
+                    active,
+                }
             }
-            (None, _) => return Err(AdminError::internal().into()),
         };
-        let mapping = &config.mapping.0;
-        let rendered = mapping
-            .render(&staged, state)
-            .map_err(|e| AdminError::render(&e.field, &e.reason))?;
-        let fields: BTreeMap<String, Value> = rendered
-            .fields
-            .iter()
-            .map(|(c, v)| (c.clone(), field_json(v)))
-            .collect();
-        let key_column = mapping.target().key_column.clone();
-        let (changes, roles_added, roles_removed) = match &link {
-            None => (None, None, None),
-            Some(l) => {
-                let mut changes = BTreeMap::new();
-                if l.app_key != rendered.key {
-                    changes.insert(
-                        key_column.clone(),
+        let p = service.preview(&tenant, source).await?;
+        let fc = |m: BTreeMap<String, crate::sync::Change>| -> BTreeMap<String, FieldChange> {
+            m.into_iter()
+                .map(|(c, ch)| {
+                    (
+                        c,
                         FieldChange {
-                            before: Value::String(l.app_key.clone()),
-                            after: Value::String(rendered.key.clone()),
+                            before: ch.before,
+                            after: ch.after,
                         },
-                    );
-                }
-                for (c, after) in &fields {
-                    let before = l.fields.get(c).cloned().unwrap_or(Value::Null);
-                    if &before != after {
-                        changes.insert(
-                            c.clone(),
-                            FieldChange {
-                                before,
-                                after: after.clone(),
-                            },
-                        );
-                    }
-                }
-                (
-                    Some(changes),
-                    Some(
-                        rendered
-                            .roles
-                            .difference(&l.applied_roles)
-                            .cloned()
-                            .collect(),
-                    ),
-                    Some(
-                        l.applied_roles
-                            .difference(&rendered.roles)
-                            .cloned()
-                            .collect(),
-                    ),
-                )
-            }
+                    )
+                })
+                .collect()
         };
         Ok(Json(Preview {
-            source: source.to_string(),
-            user_id: (!staged.id.is_empty()).then(|| staged.id.clone()),
-            user_name,
-            state: match state {
-                UserState::Active => "active",
-                UserState::Deactivated => "deactivated",
-            }
-            .to_string(),
-            key_column,
-            key: rendered.key.clone(),
-            fields,
-            roles: rendered.roles.iter().cloned().collect(),
-            link: link.map(|l| LinkState {
+            source: p.source.to_string(),
+            user_id: p.user_id,
+            user_name: p.user_name,
+            state: p.state.to_string(),
+            key_column: p.key_column,
+            key: p.key,
+            fields: p.fields,
+            roles: p.roles,
+            link: p.link.map(|l| LinkState {
                 app_key: l.app_key,
                 state: l.state,
                 roles: l.applied_roles.into_iter().collect(),
                 updated_at: l.updated_at,
             }),
-            changes,
-            roles_added,
-            roles_removed,
+            changes: p.changes.map(fc),
+            roles_added: p.roles_added,
+            roles_removed: p.roles_removed,
         }))
     }
 
@@ -963,7 +696,7 @@ impl AdminSyncApi {
         operation_id = "adminGetMapping"
     )]
     async fn get_mapping(&self, _auth: AdminAuth, tenant: Path<String>) -> Result<MappingInfo> {
-        let (_, _, config) = self.syncing(&tenant)?;
+        let (_, config) = self.syncing(&tenant)?;
         Ok(Json(mapping_info(&tenant, &config)))
     }
 
@@ -981,65 +714,16 @@ impl AdminSyncApi {
         tenant: Path<String>,
     ) -> std::result::Result<Json<MappingInfo>, ActionError> {
         auth.require(AdminRole::Operator)?;
-        let (handle, _, _) = self.syncing(&tenant)?;
+        let (service, _) = self.syncing(&tenant)?;
         let t = self.state.admin_tenant(&tenant)?;
-        let _one = handle.reload.lock().await;
-        // Under the lock: the engine as the last reload left it.
-        let engine = handle.engine();
-        let current = engine
-            .tenant_config(&tenant)
-            .ok_or_else(AdminError::internal)?;
-        let loaded = current
-            .reload_mapping(&t.config.custom_schema, &self.state.config.applications)
-            .map_err(|e| {
-                tracing::warn!(tenant = %*tenant, admin = %auth.0.name, "mapping reload rejected");
-                AdminError::unprocessable(e)
+        let loaded = service
+            .reload_mapping(&tenant, &t.config.custom_schema)
+            .await
+            .inspect_err(|_| {
+                tracing::warn!(tenant = %*tenant, admin = %auth.0.name, "mapping reload rejected")
             })?;
-        let failures: Vec<String> = loaded
-            .mapping
-            .0
-            .run_tests()
-            .into_iter()
-            .flat_map(|o| {
-                let origin = loaded.mapping_path.display().to_string();
-                o.failures
-                    .into_iter()
-                    .map(move |f| format!("{origin}:{}: test {:?}: {f}", o.line, o.name))
-            })
-            .collect();
-        if !failures.is_empty() {
-            return Err(AdminError::unprocessable(format!(
-                "the mapping's own tests fail: {}",
-                failures.join("; ")
-            ))
-            .into());
-        }
-        // Every tenant keeps the mapping it has now; this one gets the new file.
-        let mut config = self.state.config.clone();
-        for (name, tc) in config.tenants.iter_mut() {
-            if let Some(c) = engine.tenant_config(name) {
-                tc.sync = Some(c.clone());
-            }
-        }
-        let info = mapping_info(&tenant, &loaded);
-        if let Some(tc) = config.tenants.get_mut(&*tenant) {
-            tc.sync = Some(loaded);
-        }
-        let (store, clock) = (handle.db().clone(), self.state.clock.clone());
-        // Opened on a blocking thread: the engine's constructor is not a Send future.
-        let new = tokio::task::spawn_blocking(move || {
-            tokio::runtime::Handle::current().block_on(SyncEngine::new(&config, store, clock))
-        })
-        .await
-        .map_err(join_error)?
-        .map_err(|e| {
-            AdminError::unprocessable(format!(
-                "the mapping loads, but the sync engine cannot use it: {e}"
-            ))
-        })?;
-        handle.replace(new);
         tracing::info!(tenant = %*tenant, admin = %auth.0.name, "mapping reloaded");
-        Ok(Json(info))
+        Ok(Json(mapping_info(&tenant, &loaded)))
     }
 
     /// Offboardings not applied yet: users whose retention runs, and queued offboardings
@@ -1060,17 +744,12 @@ impl AdminSyncApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<OffboardingPage> {
-        let (_, _, config) = self.syncing(&tenant)?;
+        let (service, config) = self.syncing(&tenant)?;
         let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
-        let (total, rows) = ledger::pending_offboardings(
-            self.ledger_db()?,
-            &tenant,
-            config.retention_hours,
-            limit,
-            offset,
-        )
-        .await
-        .map_err(db)?;
+        let (total, rows) = service
+            .ledger()
+            .pending_offboardings(&tenant, config.retention_hours, limit, offset)
+            .await?;
         let now = self.state.clock.now();
         let items = rows
             .into_iter()

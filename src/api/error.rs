@@ -6,7 +6,7 @@ use poem::{IntoResponse, Response};
 
 use super::payload::SCIM_JSON;
 use crate::scim::ScimError;
-use crate::store::StoreError;
+use crate::store::{DbError, StoreError};
 
 impl ResponseError for ScimError {
     fn status(&self) -> StatusCode {
@@ -58,16 +58,7 @@ impl From<StoreError> for ScimError {
             StoreError::Conflict(what) => ScimError::uniqueness(what),
             StoreError::VersionMismatch => ScimError::precondition_failed(),
             StoreError::Rejected(e) => e,
-            StoreError::Database(sqlx::Error::Database(d))
-                if d.message().contains("database is locked") =>
-            {
-                tracing::warn!(error = %d, "staging database busy");
-                ScimError::new(503, None, "the staging database is busy; retry")
-            }
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-                if f.code == rusqlite::ErrorCode::DatabaseBusy
-                    || f.code == rusqlite::ErrorCode::DatabaseLocked =>
-            {
+            StoreError::Db(DbError::Busy) => {
                 tracing::warn!("staging database busy");
                 ScimError::new(503, None, "the staging database is busy; retry")
             }
@@ -134,9 +125,11 @@ mod tests {
         );
         assert_eq!(ScimError::from(StoreError::NotFound).status, 404);
         assert_eq!(ScimError::from(StoreError::VersionMismatch).status, 412);
-        let e = ScimError::from(StoreError::Database(sqlx::Error::RowNotFound));
+        let e = ScimError::from(StoreError::Db(DbError::Failed("disk I/O error".into())));
         assert_eq!(e.status, 500);
         assert_eq!(e.detail, "internal server error", "no internals leak");
+        let e = ScimError::from(StoreError::Db(DbError::Busy));
+        assert_eq!(e.status, 503);
     }
 
     #[test]

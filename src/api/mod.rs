@@ -24,13 +24,13 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::{Config, TenantConfig};
+use crate::db::Staging;
 use crate::metrics::{Metrics, ScimRequest};
 use crate::provlog::ProvisioningLog;
 use crate::scim::ScimError;
 use crate::scim::schema::ResourceType;
-use crate::store::{ProvisioningEntry, Store};
-use crate::sync::SyncEngine;
-use crate::sync::scheduler::SyncHandle;
+use crate::store::ProvisioningEntry;
+use crate::sync::{SyncEngine, SyncService};
 pub use admin::ADMIN_PREFIX;
 use payload::BodyLimit;
 
@@ -44,29 +44,27 @@ pub struct Tenant {
 /// Everything a request may need.
 pub struct AppState {
     pub config: Config,
-    pub store: Store,
+    /// The staging database, in every role it plays.
+    pub store: Arc<dyn Staging>,
     pub tenants: BTreeMap<String, Tenant>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     /// Where SCIM requests are recorded (written off the request path).
     pub provlog: ProvisioningLog,
-    /// The sync engine (through its handle), when a tenant syncs.
-    pub sync: Option<Arc<SyncHandle>>,
-    /// Held by the admin API while it starts a run and learns its id.
-    pub run_starts: tokio::sync::Mutex<()>,
+    /// The sync use cases, when a tenant syncs.
+    pub sync: Option<Arc<SyncService>>,
 }
 
 impl AppState {
     /// Must run inside a tokio runtime: starts the provisioning log writer.
-    /// `sync`: the sync engine, when a tenant syncs.
+    /// `sync`: the sync service, when a tenant syncs.
     pub fn new(
         config: Config,
-        store: Store,
+        store: Arc<dyn Staging>,
         clock: Arc<dyn Clock>,
-        sync: Option<SyncEngine>,
+        metrics: Arc<Metrics>,
+        sync: Option<Arc<SyncService>>,
     ) -> Self {
-        let metrics = Arc::new(Metrics::new());
-        let sync = sync.map(|e| Arc::new(SyncHandle::new(e, metrics.clone())));
         let provlog = ProvisioningLog::start(
             store.clone(),
             clock.clone(),
@@ -95,7 +93,6 @@ impl AppState {
             metrics,
             provlog,
             sync,
-            run_starts: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -117,7 +117,11 @@ pub async fn metrics(state: Data<&Arc<AppState>>) -> Response {
             let Some(c) = engine.tenant_config(tenant) else {
                 continue;
             };
-            match crate::sync::ledger::count_pending(handle.db(), tenant, c.retention_hours).await {
+            match handle
+                .ledger()
+                .count_pending(tenant, c.retention_hours)
+                .await
+            {
                 Ok(n) => state.metrics.set_pending_offboardings(tenant, n),
                 Err(e) => {
                     tracing::warn!(tenant, error = %e, "metrics: counting pending offboardings")

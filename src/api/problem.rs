@@ -9,6 +9,7 @@ use poem_openapi::{ApiResponse, Object};
 
 use crate::scim::ScimError;
 use crate::store::StoreError;
+use crate::sync::SyncError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -225,6 +226,39 @@ impl From<StoreError> for AdminError {
             ),
             _ => AdminError::internal(),
         }
+    }
+}
+
+/// The sync layer's errors: what is missing is a 404, what the state refuses now a 409, a
+/// mapping that cannot be used a 422, shutdown a 503, the staging database as for every other
+/// read; anything else a 500 (logged, never shown).
+impl From<SyncError> for AdminError {
+    fn from(e: SyncError) -> Self {
+        match e {
+            SyncError::NotConfigured(_)
+            | SyncError::RunNotFound(_)
+            | SyncError::NoStagedUser(_) => AdminError::not_found(e.to_string()),
+            SyncError::NotAwaitingApproval(_)
+            | SyncError::Busy(_)
+            | SyncError::InProgress { .. }
+            | SyncError::Skipped { .. } => AdminError::conflict(e.to_string()),
+            SyncError::Mapping(detail) => AdminError::unprocessable(detail),
+            SyncError::Render { field, reason } => AdminError::render(&field, &reason),
+            SyncError::ShuttingDown => {
+                AdminError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            SyncError::Db(e) => StoreError::Db(e).into(),
+            other => {
+                tracing::error!(error = %other, "sync operation failed");
+                AdminError::internal()
+            }
+        }
+    }
+}
+
+impl From<SyncError> for ActionError {
+    fn from(e: SyncError) -> Self {
+        ActionError(e.into())
     }
 }
 

@@ -212,7 +212,7 @@ impl ScimApi {
         let stored = match kind {
             ResourceKind::User => {
                 store
-                    .update_user(tenant, rt, id, if_match.as_deref(), now, |_| {
+                    .update_user(tenant, rt, id, if_match.as_deref(), now, &|_| {
                         Ok(n.doc.clone())
                     })
                     .await?;
@@ -221,7 +221,7 @@ impl ScimApi {
             ResourceKind::Group => {
                 let change = GroupChange::replace_members(n.doc, n.members);
                 store
-                    .update_group(tenant, rt, id, if_match.as_deref(), now, |_| {
+                    .update_group(tenant, rt, id, if_match.as_deref(), now, &|_| {
                         Ok(change.clone())
                     })
                     .await?;
@@ -256,7 +256,7 @@ impl ScimApi {
         let stored = match kind {
             ResourceKind::User => {
                 store
-                    .update_user(tenant, rt, id, if_match.as_deref(), now, |mut doc| {
+                    .update_user(tenant, rt, id, if_match.as_deref(), now, &|mut doc| {
                         patch::apply(rt, &mut doc, &ops)?;
                         Ok(doc)
                     })
@@ -267,7 +267,7 @@ impl ScimApi {
             }
             ResourceKind::Group => {
                 store
-                    .update_group(tenant, rt, id, if_match.as_deref(), now, |mut doc| {
+                    .update_group(tenant, rt, id, if_match.as_deref(), now, &|mut doc| {
                         let members = patch::apply(rt, &mut doc, &ops)?;
                         Ok(GroupChange { doc, members })
                     })

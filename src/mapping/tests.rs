@@ -777,28 +777,23 @@ fn example_check_report_names_target_reads_and_writes() {
     assert!(text.contains("offboarding: delete"), "{text}");
 }
 
-#[tokio::test]
-async fn example_app_schema_has_every_column_the_examples_write() {
-    use sqlx::{Connection, Row, SqliteConnection};
+#[test]
+fn example_app_schema_has_every_column_the_examples_write() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
-    let mut conn = SqliteConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(include_str!("../../sql/app/example_app.sql"))
-        .execute(&mut conn)
-        .await
+    let conn = rusqlite::Connection::open(dir.path().join("app.db")).unwrap();
+    conn.execute_batch(include_str!("../../sql/app/example_app.sql"))
         .unwrap();
     for name in ["primedocs.toml", "scifeon.toml"] {
         let m = example(name);
         for w in m.writes() {
             let (table, column) = w.split_once('.').unwrap();
-            let cols: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info(?)")
-                .bind(table)
-                .fetch_all(&mut conn)
-                .await
+            let cols: Vec<String> = conn
+                .prepare("SELECT name FROM pragma_table_info(?)")
                 .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>(0))
-                .collect();
+                .query_map([table], |r| r.get::<_, String>(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
             assert!(
                 cols.iter().any(|c| c == column),
                 "{name}: {w} not in {cols:?}"
@@ -821,11 +816,8 @@ async fn example_app_schema_has_every_column_the_examples_write() {
         } else {
             insert
         };
-        sqlx::query(&insert).execute(&mut conn).await.unwrap();
-        assert!(
-            sqlx::query(&insert).execute(&mut conn).await.is_err(),
-            "{name}"
-        );
+        conn.execute(&insert, []).unwrap();
+        assert!(conn.execute(&insert, []).is_err(), "{name}");
     }
 }
 

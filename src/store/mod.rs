@@ -1,22 +1,39 @@
-//! The staging "operations" database: users, groups and memberships per tenant, with a change
-//! sequence for the sync engine. The store knows SQL, not HTTP; it speaks in SCIM's terms.
+//! The staging "operations" database, in the domain's terms: users, groups and memberships
+//! per tenant, with a change sequence for the sync engine; the roles a backend plays for the
+//! SCIM API ([`ScimStore`]), the admin API ([`StagingCounts`]) and the provisioning log
+//! ([`ProvisioningLogStore`]). Backends (src/db) implement them; nothing here knows SQL, a
+//! driver or HTTP. The update plan ([`update`]) and the walk over filters ([`filter_walk`]) are
+//! shared by every backend.
 
-mod backend;
-mod filter_walk;
-pub mod mssql;
-pub mod sqlite;
+pub mod filter_walk;
 pub mod update;
 
+use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 use crate::scim::ScimError;
+use crate::scim::filter::Filter;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::MemberRef;
+use crate::scim::schema::ResourceType;
 
-pub use backend::{ListQuery, Store};
-pub use mssql::MssqlStore;
-pub use sqlite::SqliteStore;
+/// A database failure in the domain's terms: each backend turns its driver's errors into these,
+/// so nothing above a backend matches a driver's error.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    /// Another writer holds a lock the statement needed, past the wait (SQLite busy or locked,
+    /// a SQL Server deadlock victim or lock timeout): worth retrying.
+    #[error("the database is busy")]
+    Busy,
+    /// The database cannot be reached or cannot take writes (no connection, the writer has
+    /// stopped, a read-only or full disk).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; the text names the failure, never the values involved.
+    #[error("{0}")]
+    Failed(String),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,19 +46,9 @@ pub enum StoreError {
     #[error("{0}")]
     Rejected(ScimError),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("{0}")]
-    SqlServer(mssql::pool::MssqlError),
+    Db(#[from] DbError),
     #[error("stored document is not valid JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("the write was not committed: {0}")]
-    CommitFailed(String),
-    #[error("the staging writer has stopped")]
-    WriterGone,
     #[error("the resource kept changing; retry")]
     Contended,
 }
@@ -50,6 +57,146 @@ impl From<ScimError> for StoreError {
     fn from(e: ScimError) -> Self {
         StoreError::Rejected(e)
     }
+}
+
+/// A list request's filter and order, independent of the dialect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListQuery<'a> {
+    pub filter: Option<&'a Filter>,
+    pub sort_by: Option<&'a str>,
+    pub descending: bool,
+}
+
+/// A user's new document from its current one (an error leaves the store as it was).
+pub type UserChange<'a> =
+    &'a (dyn Fn(Map<String, Value>) -> Result<Map<String, Value>, ScimError> + Send + Sync);
+
+/// A group's change (document and member operations) from its current document.
+pub type GroupChangeFn<'a> =
+    &'a (dyn Fn(Map<String, Value>) -> Result<GroupChange, ScimError> + Send + Sync);
+
+/// What the SCIM API needs of the staging database.
+///
+/// Updates are optimistic: the backend reads the resource, [`update`] plans the change, and the
+/// write succeeds only if the resource did not change in between (compare-and-swap on its
+/// version); `if_match` are the versions the client accepts.
+#[async_trait]
+pub trait ScimStore: Send + Sync {
+    async fn create_user(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        doc: &Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Stored, StoreError>;
+
+    async fn get_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        with_groups: bool,
+    ) -> Result<Stored, StoreError>;
+
+    async fn update_user(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+        change: UserChange<'_>,
+    ) -> Result<Stored, StoreError>;
+
+    /// DELETE from the client: the user disappears from SCIM at once and loses its
+    /// memberships; the row stays (deleted) so the sync lifecycle can offboard it after
+    /// retention.
+    async fn delete_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    async fn create_group(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        change: GroupChange,
+        now: DateTime<Utc>,
+    ) -> Result<Stored, StoreError>;
+
+    async fn get_group(
+        &self,
+        tenant: &str,
+        id: &str,
+        with_members: bool,
+    ) -> Result<Stored, StoreError>;
+
+    /// A group's document and member rows, changed atomically.
+    async fn update_group(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+        change: GroupChangeFn<'_>,
+    ) -> Result<Stored, StoreError>;
+
+    async fn delete_group(
+        &self,
+        tenant: &str,
+        id: &str,
+        if_match: Option<&[i64]>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// One page of users or groups and the total; the backend translates the filter and sort
+    /// key into its dialect (an untranslatable filter is an invalidFilter error).
+    async fn list(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        query: ListQuery<'_>,
+        page: &Page,
+        with_related: bool,
+    ) -> Result<(i64, Vec<Stored>), StoreError>;
+}
+
+/// What the admin API counts in the staging database.
+#[async_trait]
+pub trait StagingCounts: Send + Sync {
+    /// Live users (active and inactive), groups and memberships of `tenant`.
+    async fn tenant_counts(&self, tenant: &str) -> Result<TenantCounts, StoreError>;
+
+    /// The member count of each of `group_ids` (missing ids: 0).
+    async fn member_counts(
+        &self,
+        tenant: &str,
+        group_ids: &[String],
+    ) -> Result<Vec<i64>, StoreError>;
+}
+
+/// The provisioning log: one entry per SCIM request.
+#[async_trait]
+pub trait ProvisioningLogStore: Send + Sync {
+    async fn insert_provisioning_log(
+        &self,
+        entries: &[ProvisioningEntry],
+    ) -> Result<(), StoreError>;
+
+    /// Delete entries older than `cutoff`, in bounded steps; how many.
+    async fn prune_provisioning_log(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// One page of a tenant's log, newest first, and the number of matches.
+    async fn provisioning_log(
+        &self,
+        tenant: &str,
+        q: &ProvisioningQuery,
+    ) -> Result<(i64, Vec<ProvisioningRow>), StoreError>;
 }
 
 /// The one timestamp format of the store: RFC 3339, UTC, milliseconds; sorts as text.
@@ -77,14 +224,6 @@ pub struct Related {
     /// "User" or "Group" (members); "direct" for a user's groups.
     pub kind: String,
     pub display: Option<String>,
-}
-
-/// A sort key for lists.
-#[derive(Debug, Clone)]
-pub struct Sort {
-    /// A SQL expression over `r` produced by the dialect's filter module.
-    pub expr: String,
-    pub descending: bool,
 }
 
 /// One page of a list request.

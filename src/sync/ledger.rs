@@ -1,35 +1,71 @@
 //! Read-only queries over the sync state and the run ledger (runs, run items, links, leases,
-//! queued offboardings), for the admin API and the metrics. Nothing here writes.
-//!
-//! The staging database is SQLite ([`sqlite`], tables `sync_*`, on the store's reader pool) or
-//! SQL Server ([`mssql`], schema `sync.*`): each holds its own SQL and reads the same rows, with
-//! the same filters, order and paging; the rows, and how their JSON columns decode, are here.
-
-mod mssql;
-mod sqlite;
+//! queued offboardings), for the admin API and the metrics: the [`LedgerReads`] role of the
+//! staging database. Nothing here writes. Each backend holds its own SQL and reads the same
+//! rows, with the same filters, order and paging; the rows, and how their JSON columns decode,
+//! are here.
 
 use std::collections::BTreeSet;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::SyncError;
-use super::db::SyncDb;
 use crate::mapping::StagedUser;
 
-/// Call the backend's `$f` with the same arguments: SQLite on the store's reader pool,
-/// SQL Server on its connection pool.
-macro_rules! dispatch {
-    ($db:expr, $f:ident($($arg:expr),* $(,)?)) => {
-        match $db {
-            SyncDb::Sqlite(s) => Ok(sqlite::$f(s.reader(), $($arg),*).await?),
-            SyncDb::SqlServer(p) => mssql::$f(p, $($arg),*).await,
-        }
-    };
+#[async_trait]
+pub trait LedgerReads: Send + Sync {
+    /// Runs matching `q`, newest first, and how many match in all.
+    async fn runs(&self, q: &RunQuery) -> Result<(i64, Vec<RunRow>), SyncError>;
+
+    async fn run(&self, id: i64) -> Result<Option<RunRow>, SyncError>;
+
+    /// The newest run of `tenant`.
+    async fn last_run(&self, tenant: &str) -> Result<Option<RunRow>, SyncError>;
+
+    /// The items of run `run_id` (optionally of one outcome) in the order they were recorded,
+    /// and how many match in all.
+    async fn items(
+        &self,
+        run_id: i64,
+        outcome: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<ItemRow>), SyncError>;
+
+    /// The run holding `tenant`'s lease at `now` (an expired lease holds nothing): Some(run
+    /// id, when known).
+    async fn lease(
+        &self,
+        tenant: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Option<i64>>, SyncError>;
+
+    /// A staged user with its document and groups; None when there is none (or its stored
+    /// document is not JSON, which the store never writes).
+    async fn staged_user(
+        &self,
+        tenant: &str,
+        who: UserRef<'_>,
+    ) -> Result<Option<StagedRow>, SyncError>;
+
+    /// What the application row holds since the engine last wrote it.
+    async fn link(&self, tenant: &str, user_id: &str) -> Result<Option<LinkRow>, SyncError>;
+
+    /// Pending offboardings of `tenant`, soonest due first, and how many there are.
+    async fn pending_offboardings(
+        &self,
+        tenant: &str,
+        retention_hours: u32,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<PendingRow>), SyncError>;
+
+    async fn count_pending(&self, tenant: &str, retention_hours: u32) -> Result<i64, SyncError>;
 }
 
 /// One ledger row of the runs table, with the number of offboardings it held.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct RunRow {
     pub id: i64,
     pub tenant: String,
@@ -69,36 +105,6 @@ pub struct RunQuery {
     pub offset: i64,
 }
 
-/// Runs matching `q`, newest first, and how many match in all.
-pub async fn runs(db: &SyncDb, q: &RunQuery) -> Result<(i64, Vec<RunRow>), SyncError> {
-    dispatch!(db, runs(q))
-}
-
-pub async fn run(db: &SyncDb, id: i64) -> Result<Option<RunRow>, SyncError> {
-    dispatch!(db, run(id))
-}
-
-/// The newest run of `tenant`.
-pub async fn last_run(db: &SyncDb, tenant: &str) -> Result<Option<RunRow>, SyncError> {
-    dispatch!(db, last_run(tenant))
-}
-
-/// The run that performed the approval of run `approved`, once the engine recorded it.
-pub async fn approving_run(db: &SyncDb, approved: i64) -> Result<Option<i64>, SyncError> {
-    dispatch!(db, approving_run(approved))
-}
-
-/// The newest run of `tenant` with this trigger and options that is still running.
-pub async fn newest_running(
-    db: &SyncDb,
-    tenant: &str,
-    trigger: &str,
-    dry_run: bool,
-    full: bool,
-) -> Result<Option<i64>, SyncError> {
-    dispatch!(db, newest_running(tenant, trigger, dry_run, full))
-}
-
 /// One ledger item of a run.
 #[derive(Debug, Clone)]
 pub struct ItemRow {
@@ -116,7 +122,7 @@ pub struct ItemRow {
 
 /// An item as stored: id, user_id, user_name, app_key, outcome, then the JSON texts of
 /// changes, roles_added and roles_removed, and error.
-type RawItem = (
+pub type RawItem = (
     i64,
     String,
     Option<String>,
@@ -133,7 +139,7 @@ fn json_or_default<T: serde::de::DeserializeOwned + Default>(text: Option<&str>)
         .unwrap_or_default()
 }
 
-fn decode_item(
+pub fn decode_item(
     (id, user_id, user_name, app_key, outcome, changes, added, removed, error): RawItem,
 ) -> ItemRow {
     ItemRow {
@@ -147,28 +153,6 @@ fn decode_item(
         roles_removed: json_or_default(removed.as_deref()),
         error,
     }
-}
-
-/// The items of run `run_id` (optionally of one outcome) in the order they were recorded,
-/// and how many match in all.
-pub async fn items(
-    db: &SyncDb,
-    run_id: i64,
-    outcome: Option<&str>,
-    limit: i64,
-    offset: i64,
-) -> Result<(i64, Vec<ItemRow>), SyncError> {
-    dispatch!(db, items(run_id, outcome, limit, offset))
-}
-
-/// The run holding `tenant`'s lease at `now` (an expired lease holds nothing): Some(run id,
-/// when known).
-pub async fn lease(
-    db: &SyncDb,
-    tenant: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<Option<i64>>, SyncError> {
-    dispatch!(db, lease(tenant, now))
 }
 
 /// A staged user (live, inactive or deleted but not yet purged) as the engine would read it.
@@ -190,7 +174,7 @@ pub enum UserRef<'a> {
 
 impl UserRef<'_> {
     /// The value compared with users.id or users.user_name_ci (names are stored lower-cased).
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         match self {
             UserRef::Id(id) => id.to_string(),
             UserRef::UserName(n) => n.to_lowercase(),
@@ -199,29 +183,21 @@ impl UserRef<'_> {
 }
 
 /// A staged user as stored: id, user_name, doc (JSON text), active, deleted, groups (JSON text).
-type RawStaged = (String, String, String, bool, bool, Option<String>);
+pub type RawStaged = (String, String, String, bool, bool, Option<String>);
 
 /// None when the stored document is not a JSON object (which the store never writes).
-fn decode_staged((id, user_name, doc, active, deleted, groups): RawStaged) -> Option<StagedRow> {
+pub fn decode_staged(
+    (id, user_name, doc, active, deleted, groups): RawStaged,
+) -> Option<StagedRow> {
     let doc = serde_json::from_str::<Map<String, Value>>(&doc).ok()?;
     // Unreadable groups read as none, like the other stored JSON the ledger shows.
-    let groups = super::staging::groups_from_json(groups.as_deref()).unwrap_or_default();
+    let groups = super::store::groups_from_json(groups.as_deref()).unwrap_or_default();
     Some(StagedRow {
         user: StagedUser { id, doc, groups },
         user_name,
         active,
         deleted,
     })
-}
-
-/// A staged user with its document and groups; None when there is none (or its stored
-/// document is not JSON, which the store never writes).
-pub async fn staged_user(
-    db: &SyncDb,
-    tenant: &str,
-    who: UserRef<'_>,
-) -> Result<Option<StagedRow>, SyncError> {
-    dispatch!(db, staged_user(tenant, who))
 }
 
 /// What the application row holds since the engine last wrote it.
@@ -235,9 +211,9 @@ pub struct LinkRow {
 }
 
 /// A link as stored: app_key, applied_roles (JSON), fields (JSON), state, updated_at.
-type RawLink = (String, String, String, String, String);
+pub type RawLink = (String, String, String, String, String);
 
-fn decode_link((app_key, roles, fields, state, updated_at): RawLink) -> LinkRow {
+pub fn decode_link((app_key, roles, fields, state, updated_at): RawLink) -> LinkRow {
     LinkRow {
         app_key,
         applied_roles: json_or_default(Some(&roles)),
@@ -245,10 +221,6 @@ fn decode_link((app_key, roles, fields, state, updated_at): RawLink) -> LinkRow 
         state,
         updated_at,
     }
-}
-
-pub async fn link(db: &SyncDb, tenant: &str, user_id: &str) -> Result<Option<LinkRow>, SyncError> {
-    dispatch!(db, link(tenant, user_id))
 }
 
 /// An offboarding that has not been applied yet.
@@ -270,7 +242,7 @@ pub struct PendingRow {
 }
 
 /// A pending offboarding as stored, in [`PendingRow`]'s field order.
-type RawPending = (
+pub type RawPending = (
     String,
     String,
     Option<String>,
@@ -283,7 +255,7 @@ type RawPending = (
     Option<String>,
 );
 
-fn decode_pending(
+pub fn decode_pending(
     (
         state,
         user_id,
@@ -309,28 +281,6 @@ fn decode_pending(
         attempts,
         last_error,
     }
-}
-
-/// Pending offboardings of `tenant`, soonest due first, and how many there are.
-pub async fn pending_offboardings(
-    db: &SyncDb,
-    tenant: &str,
-    retention_hours: u32,
-    limit: i64,
-    offset: i64,
-) -> Result<(i64, Vec<PendingRow>), SyncError> {
-    dispatch!(
-        db,
-        pending_offboardings(tenant, retention_hours, limit, offset)
-    )
-}
-
-pub async fn count_pending(
-    db: &SyncDb,
-    tenant: &str,
-    retention_hours: u32,
-) -> Result<i64, SyncError> {
-    dispatch!(db, count_pending(tenant, retention_hours))
 }
 
 #[cfg(test)]

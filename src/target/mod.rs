@@ -1,26 +1,31 @@
 //! Application databases: where the sync engine writes users and roles.
 //!
-//! [`AppDb`] is an enum over backends: SQLite ([`sqlite`]) and SQL Server ([`mssql`]), chosen
-//! by the `database` of `[applications.NAME]`. Writes happen in batches: [`AppDb::batch`] runs
-//! a synchronous closure in one transaction (committed when it returns Ok), in which
-//! [`AppBatch::apply_user`] and [`AppBatch::offboard`] each fail alone: a constraint violation
-//! fails only that user (each backend retries a batch with a savepoint per user).
+//! [`AppDatabase`] is the role an application database plays; backends (src/db) implement it
+//! for SQLite and SQL Server, and [`AppConnector`] opens one by its location. A batch runs a
+//! synchronous closure in one transaction, in which [`writer::AppBatch::apply_user`] and
+//! [`writer::AppBatch::offboard`] each fail alone. How a batch writes — upsert by key, re-key,
+//! the role diff, offboarding, the optimistic attempt and the savepoint per user after a
+//! failure — is written once, in [`writer`], over each dialect's spelling.
 //!
 //! Identifiers (tables, columns) come validated from the mapping and are quoted anyway; every
 //! value is a bound parameter.
 
-pub mod mssql;
-pub mod sqlite;
+pub mod writer;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use crate::config::{ApplicationConfig, DbLocation};
-use crate::mapping::{FieldValue, Offboarding, Target};
+use async_trait::async_trait;
+
+use crate::config::ApplicationConfig;
+use crate::mapping::FieldValue;
+use crate::store::DbError;
+pub use writer::AppBatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("application database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Db(#[from] DbError),
     #[error("application database task failed: {0}")]
     Task(String),
     #[error("{0}")]
@@ -33,14 +38,14 @@ pub enum TargetError {
     Identifier(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The error a user's write ended the transaction with in an earlier attempt.
+    #[error("{0}")]
+    Ended(String),
     #[error("application database {application}: {source}")]
     Connect {
         application: String,
-        source: crate::store::mssql::pool::MssqlError,
+        source: DbError,
     },
-    /// A SQL Server error, as text without the user data some messages quote.
-    #[error("application database error: {0}")]
-    SqlServer(String),
 }
 
 /// One user to write: upsert the row by key, then the role diff.
@@ -62,88 +67,31 @@ pub struct UserApplied {
     pub created: bool,
 }
 
+/// A batch: called with the open transaction, it makes its writes and answers what each did
+/// (the error text of a write that failed). It may run more than once (see
+/// [`AppDatabase::batch`]).
+pub type BatchFn = Box<
+    dyn FnMut(&mut AppBatch<'_>) -> Result<Vec<Result<UserApplied, String>>, TargetError>
+        + Send
+        + 'static,
+>;
+
 /// An application database.
-#[derive(Clone)]
-pub enum AppDb {
-    Sqlite(sqlite::SqliteApp),
-    Mssql(mssql::MssqlApp),
+#[async_trait]
+pub trait AppDatabase: Send + Sync {
+    /// Run `f` as one batch: one transaction, committed when it returns. `f` runs
+    /// synchronously, off the async runtime, and may run more than once: the first attempt
+    /// is optimistic and runs again with a savepoint per user when a user failed (only the
+    /// last run's result counts, and only its writes are committed).
+    async fn batch(&self, f: BatchFn) -> Result<Vec<Result<UserApplied, String>>, TargetError>;
 }
 
-impl AppDb {
-    /// Open (creating if missing) the application database; a new file gets the configured schema.
-    pub async fn open(config: &ApplicationConfig) -> Result<AppDb, TargetError> {
-        Ok(match &config.location {
-            DbLocation::Sqlite(path) => {
-                AppDb::Sqlite(sqlite::SqliteApp::open(path, config.schema.as_deref()).await?)
-            }
-            DbLocation::SqlServer(server) => {
-                AppDb::Mssql(mssql::MssqlApp::open(config, server).await?)
-            }
-        })
-    }
-
-    /// Run `f` as one batch: one transaction, committed when `f` returns Ok. `f` runs
-    /// synchronously, off the async runtime, and may run twice: a backend may try the batch
-    /// optimistically first and run it again when a user failed (only the last run's result
-    /// counts, and only its writes are committed).
-    pub async fn batch<R, F>(&self, mut f: F) -> Result<R, TargetError>
-    where
-        R: Send + 'static,
-        F: FnMut(&mut AppBatch<'_, '_>) -> Result<R, TargetError> + Send + 'static,
-    {
-        match self {
-            AppDb::Sqlite(db) => {
-                db.batch(move |b| {
-                    let mut batch = AppBatch::Sqlite(b);
-                    f(&mut batch)
-                })
-                .await
-            }
-            AppDb::Mssql(db) => {
-                db.batch(move |b| {
-                    let mut batch = AppBatch::Mssql(b);
-                    f(&mut batch)
-                })
-                .await
-            }
-        }
-    }
-}
-
-/// One open transaction on an application database.
-pub enum AppBatch<'a, 'c> {
-    Sqlite(&'a mut sqlite::SqliteBatch<'c>),
-    Mssql(&'a mut mssql::MssqlBatch<'c>),
-}
-
-impl AppBatch<'_, '_> {
-    /// Upsert one user's row and apply its role diff, inside a savepoint: an error leaves the
-    /// batch as it was before the call.
-    pub fn apply_user(
-        &mut self,
-        target: &Target,
-        write: &UserWrite<'_>,
-    ) -> Result<UserApplied, TargetError> {
-        match self {
-            AppBatch::Sqlite(b) => b.apply_user(target, write),
-            AppBatch::Mssql(b) => b.apply_user(target, write),
-        }
-    }
-
-    /// Offboard one user: remove `roles` (the ones the engine applied), then delete the row,
-    /// update its fields, or leave it, inside a savepoint.
-    pub fn offboard(
-        &mut self,
-        target: &Target,
-        key: &str,
-        action: &Offboarding,
-        roles: &BTreeSet<String>,
-    ) -> Result<(), TargetError> {
-        match self {
-            AppBatch::Sqlite(b) => b.offboard(target, key, action, roles),
-            AppBatch::Mssql(b) => b.offboard(target, key, action, roles),
-        }
-    }
+/// Opens application databases, each with the backend its location names.
+#[async_trait]
+pub trait AppConnector: Send + Sync {
+    /// Open (creating it if the backend can) the application database; one with no tables
+    /// gets the configured schema.
+    async fn open(&self, config: &ApplicationConfig) -> Result<Arc<dyn AppDatabase>, TargetError>;
 }
 
 /// An identifier from a mapping (`name` or `schema.name`) quoted part by part with
@@ -169,21 +117,18 @@ pub fn quote_parts(ident: &str, open: char, close: char) -> Option<String> {
     )
 }
 
-/// Quote a validated identifier for SQLite: each part in double quotes.
-pub fn quote_ident(ident: &str) -> Result<String, TargetError> {
-    quote_parts(ident, '"', '"').ok_or_else(|| TargetError::Identifier(ident.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn identifiers_are_quoted_or_refused() {
-        assert_eq!(quote_ident("users").unwrap(), "\"users\"");
-        assert_eq!(quote_ident("app.users").unwrap(), "\"app\".\"users\"");
-        for bad in ["", "a b", "a\"b", "a.b.c", "1a", "a;--", "a."] {
-            assert!(quote_ident(bad).is_err(), "{bad}");
+        let quote = |s: &str| quote_parts(s, '"', '"');
+        assert_eq!(quote("users").unwrap(), "\"users\"");
+        assert_eq!(quote("app.users").unwrap(), "\"app\".\"users\"");
+        assert_eq!(quote_parts("app.users", '[', ']').unwrap(), "[app].[users]");
+        for bad in ["", "a b", "a\"b", "a.b.c", "1a", "a;--", "a.", "a]b"] {
+            assert!(quote(bad).is_none(), "{bad}");
         }
     }
 }

@@ -431,12 +431,11 @@ async fn provisioning_log_records_scim_requests_without_personal_data() {
     // Never a filter value or a body, in the answer or in the table.
     assert!(!r.text.contains("filter-secret"), "{}", r.text);
     assert!(!r.text.contains("Body Secret"), "{}", r.text);
-    let dump: Vec<String> = sqlx::query_scalar(
+    let dump: Vec<String> = app.db().query(
         "SELECT tenant || method || path || coalesce(resource_id, '') || coalesce(error, '') FROM provisioning_log",
-    )
-    .fetch_all(app.db())
-    .await
-    .unwrap();
+        &[],
+        |r| r.get(0),
+    );
     assert_eq!(dump.len(), 8, "acme's 7 and other's 1: {dump:?}");
     for row in &dump {
         assert!(
@@ -527,9 +526,9 @@ async fn provisioning_log_is_written_at_shutdown() {
     // No flush: stopping the server must write what is still queued (the writer would
     // otherwise hold it for a while to batch it with more).
     app.stop().await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM provisioning_log WHERE status = 201")
-        .fetch_one(&app.open_db().await)
-        .await
-        .unwrap();
+    let n = app.db().scalar(
+        "SELECT count(*) FROM provisioning_log WHERE status = 201",
+        &[],
+    );
     assert_eq!(n, 20);
 }

@@ -307,15 +307,14 @@ async fn a_run_while_the_lease_is_held_is_a_conflict() {
     let app = TestApp::start_syncing("").await;
     app.scifeon_user("ann@example.com", "Ann", &[]).await;
     let expires = crate::helpers::start_time() + Duration::minutes(5);
-    sqlx::query(
+    app.db().exec(
         "INSERT INTO sync_leases (tenant, holder, run_id, acquired_at, expires_at) VALUES (?, 'elsewhere', 41, ?, ?)",
-    )
-    .bind(ACME)
-    .bind(start_time().to_rfc3339())
-    .bind(expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    .execute(app.state.sync.as_ref().unwrap().db().as_sqlite().unwrap().writer())
-    .await
-    .unwrap();
+        &[
+            &ACME,
+            &start_time().to_rfc3339(),
+            &expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ],
+    );
     let r = app
         .admin_post(
             &format!("/tenants/{ACME}/runs"),

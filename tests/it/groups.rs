@@ -352,11 +352,10 @@ async fn deleting_a_user_removes_its_memberships() {
     let f = format!("members[value eq \"{}\"]", u[0]);
     let r = app.list(ACME, "/Groups", &[("filter", f.as_str())]).await;
     assert_eq!(r.total(), 0);
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM group_members WHERE member_id = ?")
-        .bind(&u[0])
-        .fetch_one(app.db())
-        .await
-        .unwrap();
+    let n = app.db().scalar(
+        "SELECT count(*) FROM group_members WHERE member_id = ?",
+        &[&u[0]],
+    );
     assert_eq!(n, 0);
     // The deleted user cannot be added back.
     app.patch(
@@ -373,17 +372,10 @@ async fn deleting_a_user_removes_its_memberships() {
 async fn membership_changes_advance_the_users_change_seq() {
     let app = TestApp::start().await;
     let u = users(&app, "s", 2).await;
-    let file = app.open_db().await;
+    let file = app.db();
     let seq = |id: String| {
-        let db = file.clone();
-        async move {
-            let (s,): (i64,) = sqlx::query_as("SELECT change_seq FROM users WHERE id = ?")
-                .bind(id)
-                .fetch_one(&db)
-                .await
-                .unwrap();
-            s
-        }
+        let s = file.scalar("SELECT change_seq FROM users WHERE id = ?", &[&id]);
+        async move { s }
     };
     let s0 = seq(u[0].clone()).await;
     let other0 = seq(u[1].clone()).await;

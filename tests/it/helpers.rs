@@ -410,25 +410,52 @@ impl TestApp {
         ids
     }
 
-    /// The application's own read pool on the staging database.
-    pub fn db(&self) -> &sqlx::SqlitePool {
-        self.state
-            .store
-            .as_sqlite()
-            .expect("the integration tests run on SQLite")
-            .reader()
+    /// Raw SQL on the staging file, from a connection of the test's own.
+    pub fn db(&self) -> Sql {
+        Sql(self.db_path())
+    }
+}
+
+/// Raw SQL on an SQLite file, for set-up and assertions: a connection per call.
+pub struct Sql(pub std::path::PathBuf);
+
+impl Sql {
+    fn conn(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(&self.0).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        c
     }
 
-    /// A separate read-only connection to the staging file, as the sync engine would open it.
-    pub async fn open_db(&self) -> sqlx::SqlitePool {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(self.db_path())
-            .read_only(true);
-        sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts)
-            .await
+    pub fn exec(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) {
+        self.conn().execute(sql, params).unwrap();
+    }
+
+    pub fn query<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Vec<T> {
+        let c = self.conn();
+        let mut stmt = c.prepare(sql).unwrap();
+        stmt.query_map(params, f)
             .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    /// The one row `sql` returns.
+    pub fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> T {
+        self.conn().query_row(sql, params, f).unwrap()
+    }
+
+    pub fn scalar(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) -> i64 {
+        self.one(sql, params, |r| r.get(0))
     }
 }
 

@@ -210,12 +210,11 @@ async fn entra_provisioning_cycle() {
     assert_eq!(r.assert_status(200).body["active"], false);
     let r = app.get(&format!("/Users/{id}")).await;
     assert_eq!(r.assert_status(200).body["active"], false);
-    let (active, deactivated): (i64, Option<String>) =
-        sqlx::query_as("SELECT active, deactivated_at FROM users WHERE id = ?")
-            .bind(&id)
-            .fetch_one(app.db())
-            .await
-            .unwrap();
+    let (active, deactivated): (i64, Option<String>) = app.db().one(
+        "SELECT active, deactivated_at FROM users WHERE id = ?",
+        &[&id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
     assert_eq!(active, 0);
     assert_eq!(
         deactivated.as_deref(),
@@ -233,11 +232,11 @@ async fn entra_provisioning_cycle() {
     )
     .await
     .assert_status(200);
-    let (d2,): (Option<String>,) = sqlx::query_as("SELECT deactivated_at FROM users WHERE id = ?")
-        .bind(&id)
-        .fetch_one(app.db())
-        .await
-        .unwrap();
+    let d2: Option<String> = app.db().one(
+        "SELECT deactivated_at FROM users WHERE id = ?",
+        &[&id],
+        |r| r.get(0),
+    );
     assert_eq!(d2, deactivated);
     let r = app
         .list(ACME, "/Users", &[("filter", "active eq false")])
@@ -252,12 +251,11 @@ async fn entra_provisioning_cycle() {
         )
         .await;
     assert_eq!(r.assert_status(200).body["active"], true);
-    let (active, deactivated): (i64, Option<String>) =
-        sqlx::query_as("SELECT active, deactivated_at FROM users WHERE id = ?")
-            .bind(&id)
-            .fetch_one(app.db())
-            .await
-            .unwrap();
+    let (active, deactivated): (i64, Option<String>) = app.db().one(
+        "SELECT active, deactivated_at FROM users WHERE id = ?",
+        &[&id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
     assert_eq!((active, deactivated), (1, None));
 
     // Delete: 204 and empty, then 404, then the userName is free again.
@@ -410,11 +408,9 @@ async fn password_is_dropped_and_roles_as_json_strings() {
     r.assert_status(201);
     assert!(!r.text.contains("Secr3t"));
     let id = r.id();
-    let (doc,): (String,) = sqlx::query_as("SELECT doc FROM users WHERE id = ?")
-        .bind(&id)
-        .fetch_one(app.db())
-        .await
-        .unwrap();
+    let doc: String = app
+        .db()
+        .one("SELECT doc FROM users WHERE id = ?", &[&id], |r| r.get(0));
     assert!(
         !doc.contains("Secr3t") && !doc.contains("password"),
         "{doc}"

@@ -10,11 +10,14 @@ use scim_bridge::scim::filter::parse_filter;
 use scim_bridge::scim::patch::MemberOp;
 use scim_bridge::scim::resource::{MemberRef, normalize};
 use scim_bridge::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ResourceType};
-use scim_bridge::store::{GroupChange, ListQuery, Page, Store, StoreError};
+use std::sync::Arc;
+
+use scim_bridge::db::{Staging, open_staging};
+use scim_bridge::store::{GroupChange, ListQuery, Page, StoreError};
 use serde_json::{Map, Value, json};
 
 pub struct Backend {
-    pub store: Store,
+    pub store: Arc<dyn Staging>,
     pub tenant: String,
     /// The staging database as the configuration names it.
     pub database: String,
@@ -25,7 +28,7 @@ pub struct Backend {
 pub async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("staging.db");
-    let sqlite = Store::open(&DbLocation::Sqlite(path.clone()), Durability::Normal)
+    let sqlite = open_staging(&DbLocation::Sqlite(path.clone()), Durability::Normal)
         .await
         .unwrap();
     let mut out = vec![Backend {
@@ -39,7 +42,7 @@ pub async fn backends() -> Vec<Backend> {
     {
         let db = resolve_database(&conn, None, std::path::Path::new("."))
             .expect("SCIM_BRIDGE_TEST_MSSQL is not a valid SQL Server connection string");
-        let store = Store::open(&db, Durability::Normal).await.unwrap();
+        let store = open_staging(&db, Durability::Normal).await.unwrap();
         assert_eq!(store.backend_name(), "sqlserver");
         out.push(Backend {
             store,
@@ -203,7 +206,7 @@ async fn updates_compare_and_swap_on_the_version() {
             .unwrap()
             .version;
         let e = s
-            .update_user(tn, &rt, &a, Some(&[v1 + 1000]), t(2), Ok)
+            .update_user(tn, &rt, &a, Some(&[v1 + 1000]), t(2), &Ok)
             .await
             .unwrap_err();
         assert!(
@@ -216,13 +219,13 @@ async fn updates_compare_and_swap_on_the_version() {
             Ok(d)
         };
         let v2 = s
-            .update_user(tn, &rt, &a, Some(&[v1]), t(2), deactivate)
+            .update_user(tn, &rt, &a, Some(&[v1]), t(2), &deactivate)
             .await
             .unwrap();
         assert!(v2.version > v1, "{}", s.backend_name());
         assert_eq!(v2.last_modified, "2030-01-01T02:00:00.000Z");
         // No change: same version.
-        let v3 = s.update_user(tn, &rt, &a, None, t(3), Ok).await.unwrap();
+        let v3 = s.update_user(tn, &rt, &a, None, t(3), &Ok).await.unwrap();
         assert_eq!(v3.version, v2.version, "{}", s.backend_name());
         let (_, names) = list_names(
             &b,
@@ -272,7 +275,7 @@ async fn memberships_are_rows_and_follow_deletes() {
             s.backend_name()
         );
         // Remove one, add an unknown one (rejected, nothing changes), add itself (rejected).
-        s.update_group(tn, &grt, &g, None, t(3), |doc| {
+        s.update_group(tn, &grt, &g, None, t(3), &|doc| {
             Ok(GroupChange {
                 doc,
                 members: vec![MemberOp::Remove(vec![u2.clone()])],
@@ -281,7 +284,7 @@ async fn memberships_are_rows_and_follow_deletes() {
         .await
         .unwrap();
         let e = s
-            .update_group(tn, &grt, &g, None, t(4), |doc| {
+            .update_group(tn, &grt, &g, None, t(4), &|doc| {
                 Ok(GroupChange {
                     doc,
                     members: vec![MemberOp::Add(vec![MemberRef {
@@ -298,7 +301,7 @@ async fn memberships_are_rows_and_follow_deletes() {
         );
         let g_id = g.clone();
         let e = s
-            .update_group(tn, &grt, &g, None, t(4), move |doc| {
+            .update_group(tn, &grt, &g, None, t(4), &move |doc| {
                 Ok(GroupChange {
                     doc,
                     members: vec![MemberOp::Add(vec![MemberRef {
@@ -471,7 +474,7 @@ async fn admin_counts_and_the_provisioning_log() {
                 .await
                 .unwrap();
         }
-        s.update_user(tn, &rt, &u2, None, t(2), |mut doc| {
+        s.update_user(tn, &rt, &u2, None, t(2), &|mut doc| {
             doc.insert("active".into(), Value::Bool(false));
             Ok(doc)
         })
@@ -583,11 +586,10 @@ async fn admin_counts_and_the_provisioning_log() {
 /// the same name), and the reads of a tenant that has not synced yet.
 #[tokio::test]
 async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
-    use scim_bridge::sync::db::SyncDb;
-    use scim_bridge::sync::ledger::{self, RunQuery, UserRef};
+    use scim_bridge::sync::ledger::{RunQuery, UserRef};
     for b in backends().await {
         let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
-        let db = SyncDb::of(s);
+        let db = s.clone();
         let name = s.backend_name();
         let (ann, old_bob, bob, g) = (id(), id(), id(), id());
         s.create_user(
@@ -628,7 +630,8 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
         .await
         .unwrap();
 
-        let row = ledger::staged_user(&db, tn, UserRef::UserName("LEDGER.ann"))
+        let row = db
+            .staged_user(tn, UserRef::UserName("LEDGER.ann"))
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("{name}: Ann by name"));
@@ -661,7 +664,8 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
             .collect();
         assert_eq!(groups, [(g.as_str(), "Ledger Group", None)], "{name}");
 
-        let live = ledger::staged_user(&db, tn, UserRef::UserName("Ledger.Bob"))
+        let live = db
+            .staged_user(tn, UserRef::UserName("Ledger.Bob"))
             .await
             .unwrap()
             .unwrap();
@@ -671,7 +675,8 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
             "{name}"
         );
         assert!(live.user.groups.is_empty(), "{name}");
-        let gone = ledger::staged_user(&db, tn, UserRef::Id(&old_bob))
+        let gone = db
+            .staged_user(tn, UserRef::Id(&old_bob))
             .await
             .unwrap()
             .unwrap();
@@ -680,13 +685,13 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
             "{name}: a deleted user is read until it is purged"
         );
         assert!(
-            ledger::staged_user(&db, tn, UserRef::Id(&id()))
+            db.staged_user(tn, UserRef::Id(&id()))
                 .await
                 .unwrap()
                 .is_none()
         );
         assert!(
-            ledger::staged_user(&db, "another-tenant", UserRef::Id(&ann))
+            db.staged_user("another-tenant", UserRef::Id(&ann))
                 .await
                 .unwrap()
                 .is_none(),
@@ -701,37 +706,19 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
             limit: 10,
             offset: 0,
         };
-        let (total, runs) = ledger::runs(&db, &q).await.unwrap();
+        let (total, runs) = db.runs(&q).await.unwrap();
         assert_eq!((total, runs.len()), (0, 0), "{name}");
-        assert!(ledger::last_run(&db, tn).await.unwrap().is_none());
-        assert!(ledger::run(&db, i64::MAX).await.unwrap().is_none());
-        assert!(
-            ledger::approving_run(&db, i64::MAX)
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            ledger::newest_running(&db, tn, "api", true, false)
-                .await
-                .unwrap()
-                .is_none()
-        );
-        let (total, items) = ledger::items(&db, i64::MAX, Some("created"), 10, 0)
-            .await
-            .unwrap();
+        assert!(db.last_run(tn).await.unwrap().is_none());
+        assert!(db.run(i64::MAX).await.unwrap().is_none());
+        assert!(db.run_state(i64::MAX).await.unwrap().is_none());
+        assert_eq!(db.count_links(tn).await.unwrap(), 0, "{name}");
+        let (total, items) = db.items(i64::MAX, Some("created"), 10, 0).await.unwrap();
         assert_eq!((total, items.len()), (0, 0), "{name}");
-        assert_eq!(ledger::lease(&db, tn, t(1)).await.unwrap(), None, "{name}");
-        assert!(ledger::link(&db, tn, &ann).await.unwrap().is_none());
+        assert_eq!(db.lease(tn, t(1)).await.unwrap(), None, "{name}");
+        assert!(db.link(tn, &ann).await.unwrap().is_none());
         // Inactive and deleted users count only once the engine has written them (a link).
-        assert_eq!(
-            ledger::count_pending(&db, tn, 24).await.unwrap(),
-            0,
-            "{name}"
-        );
-        let (total, pending) = ledger::pending_offboardings(&db, tn, 24, 10, 0)
-            .await
-            .unwrap();
+        assert_eq!(db.count_pending(tn, 24).await.unwrap(), 0, "{name}");
+        let (total, pending) = db.pending_offboardings(tn, 24, 10, 0).await.unwrap();
         assert_eq!((total, pending.len()), (0, 0), "{name}");
     }
 }

@@ -9,14 +9,14 @@ use serde_json::{Value, json};
 
 use scim_bridge::config::Config;
 use scim_bridge::config::Durability;
-use scim_bridge::store::SqliteStore;
+use scim_bridge::db::{Connector, open_staging};
 use scim_bridge::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
 
 use crate::helpers::*;
 
 struct Sync {
     engine: SyncEngine,
-    app: sqlx::SqlitePool,
+    app: Sql,
     _dir: tempfile::TempDir,
 }
 
@@ -35,15 +35,13 @@ async fn engine(t: &TestApp) -> Sync {
         root.join("mappings/scifeon.toml").display(),
     );
     let config = Config::parse(&text, &dir.path().join("c.toml"), dir.path(), []).unwrap();
-    let store = SqliteStore::open(config.staging_sqlite_path().unwrap(), Durability::Normal)
+    let store = open_staging(&config.staging_db, Durability::Normal)
         .await
         .unwrap();
-    let engine = SyncEngine::new(&config, store.into(), t.clock.clone())
+    let engine = SyncEngine::new(&config, store, &Connector, t.clock.clone())
         .await
         .unwrap();
-    let app = sqlx::SqlitePool::connect(&format!("sqlite://{}", app_db.display()))
-        .await
-        .unwrap();
+    let app = Sql(app_db);
     Sync {
         engine,
         app,
@@ -64,18 +62,19 @@ impl Sync {
 
     /// (UserName, IsActive) of every application user.
     async fn users(&self) -> Vec<(String, bool)> {
-        sqlx::query_as("SELECT UserName, IsActive FROM scifeon_users ORDER BY UserName")
-            .fetch_all(&self.app)
-            .await
-            .unwrap()
+        self.app.query(
+            "SELECT UserName, IsActive FROM scifeon_users ORDER BY UserName",
+            &[],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     async fn roles(&self, user: &str) -> Vec<String> {
-        sqlx::query_scalar("SELECT role FROM user_roles WHERE user_key = ? ORDER BY role")
-            .bind(user)
-            .fetch_all(&self.app)
-            .await
-            .unwrap()
+        self.app.query(
+            "SELECT role FROM user_roles WHERE user_key = ? ORDER BY role",
+            &[&user],
+            |r| r.get(0),
+        )
     }
 }
 
@@ -114,12 +113,11 @@ async fn provisioning_deactivation_and_deletion_reach_the_application() {
             ("mette@example.com".to_string(), true)
         ]
     );
-    let dept: String = sqlx::query_scalar(
+    let dept: String = s.app.one(
         "SELECT Department FROM scifeon_users WHERE UserName = 'mette@example.com'",
-    )
-    .fetch_one(&s.app)
-    .await
-    .unwrap();
+        &[],
+        |r| r.get(0),
+    );
     assert_eq!(dept, "QA");
     assert_eq!(
         s.roles("mette@example.com").await,

@@ -11,10 +11,10 @@ use serde_json::{Map, Value, json};
 
 use scim_bridge::clock::FakeClock;
 use scim_bridge::config::Config;
+use scim_bridge::db::Connector;
 use scim_bridge::scim::resource::normalize;
 use scim_bridge::store::StoreError;
-use scim_bridge::sync::db::SyncDb;
-use scim_bridge::sync::ledger::{self, RunQuery};
+use scim_bridge::sync::ledger::RunQuery;
 use scim_bridge::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
 
 use crate::store_conformance::{Backend, backends, group_change, id, rt, t};
@@ -38,7 +38,7 @@ struct Engine {
     engine: SyncEngine,
     config: Config,
     clock: Arc<FakeClock>,
-    app: sqlx::SqlitePool,
+    app: crate::helpers::Sql,
     tenant: String,
     _dir: tempfile::TempDir,
 }
@@ -63,12 +63,10 @@ async fn engine(b: &Backend) -> Engine {
     );
     let config = Config::parse(&text, &dir.path().join("c.toml"), dir.path(), []).unwrap();
     let clock = Arc::new(FakeClock::new(t(3)));
-    let engine = SyncEngine::new(&config, SyncDb::of(&b.store), clock.clone())
+    let engine = SyncEngine::new(&config, b.store.clone(), &Connector, clock.clone())
         .await
         .unwrap();
-    let app = sqlx::SqlitePool::connect(&format!("sqlite://{}", app_db.display()))
-        .await
-        .unwrap();
+    let app = crate::helpers::Sql(app_db);
     Engine {
         engine,
         config,
@@ -96,18 +94,19 @@ impl Engine {
 
     /// (UserName, FirstName, IsActive) of every application user.
     async fn users(&self) -> Vec<(String, String, bool)> {
-        sqlx::query_as("SELECT UserName, FirstName, IsActive FROM scifeon_users ORDER BY UserName")
-            .fetch_all(&self.app)
-            .await
-            .unwrap()
+        self.app.query(
+            "SELECT UserName, FirstName, IsActive FROM scifeon_users ORDER BY UserName",
+            &[],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
     }
 
     async fn roles(&self, user: &str) -> Vec<String> {
-        sqlx::query_scalar("SELECT role FROM user_roles WHERE user_key = ? ORDER BY role")
-            .bind(user)
-            .fetch_all(&self.app)
-            .await
-            .unwrap()
+        self.app.query(
+            "SELECT role FROM user_roles WHERE user_key = ? ORDER BY role",
+            &[&user],
+            |r| r.get(0),
+        )
     }
 }
 
@@ -189,14 +188,14 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             );
             Ok(d)
         };
-        s.update_user(tn, &rt, &bob, None, t(2), rename)
+        s.update_user(tn, &rt, &bob, None, t(2), &rename)
             .await
             .unwrap();
         let deactivate = |mut d: Map<String, Value>| {
             d.insert("active".into(), Value::Bool(false));
             Ok(d)
         };
-        s.update_user(tn, &rt, &carl, None, t(2), deactivate)
+        s.update_user(tn, &rt, &carl, None, t(2), &deactivate)
             .await
             .unwrap();
         let r = e.run(false).await;
@@ -222,8 +221,8 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
 
         // What the admin API reads back: the run, its items with field-level changes, the
         // links, the pending offboarding and its due time, no lease held.
-        let db = e.engine.db();
-        let last = ledger::last_run(db, tn).await.unwrap().unwrap();
+        let db = &b.store;
+        let last = db.last_run(tn).await.unwrap().unwrap();
         assert_eq!(last.id, r.run_id, "{backend}");
         assert_eq!(
             (
@@ -235,7 +234,7 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             ("succeeded", 1, 1, 2),
             "{backend}"
         );
-        let (n, items) = ledger::items(db, r.run_id, None, 10, 0).await.unwrap();
+        let (n, items) = db.items(r.run_id, None, 10, 0).await.unwrap();
         assert_eq!(n, 2, "{backend}");
         let by_user = |u: &str| items.iter().find(|i| i.user_id == u).unwrap();
         assert_eq!(by_user(&bob).outcome, "updated", "{backend}");
@@ -246,16 +245,14 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
         );
         assert_eq!(by_user(&carl).outcome, "deactivated", "{backend}");
         assert_eq!(by_user(&carl).roles_removed, ["LabTechnician", "User"]);
-        let link = ledger::link(db, tn, &carl).await.unwrap().unwrap();
+        let link = db.link(tn, &carl).await.unwrap().unwrap();
         assert_eq!(
             (link.app_key.as_str(), link.state.as_str()),
             ("carl@example.com", "deactivated"),
             "{backend}"
         );
         assert!(link.applied_roles.is_empty(), "{backend}");
-        let (n, pending) = ledger::pending_offboardings(db, tn, 24, 10, 0)
-            .await
-            .unwrap();
+        let (n, pending) = db.pending_offboardings(tn, 24, 10, 0).await.unwrap();
         assert_eq!(n, 1, "{backend}");
         assert_eq!(
             (pending[0].user_id.as_str(), pending[0].state.as_str()),
@@ -263,11 +260,7 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             "{backend}"
         );
         assert_eq!(pending[0].due_at, "2030-01-02T02:00:00.000Z", "{backend}");
-        assert_eq!(
-            ledger::lease(db, tn, t(3)).await.unwrap(),
-            None,
-            "{backend}"
-        );
+        assert_eq!(db.lease(tn, t(3)).await.unwrap(), None, "{backend}");
 
         // Inside the retention nothing more happens; after it, purge and offboard.
         let r = e.run(false).await;
@@ -283,7 +276,7 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             ),
             "{backend}"
         );
-        let (_, items) = ledger::items(db, r.run_id, None, 10, 0).await.unwrap();
+        let (_, items) = db.items(r.run_id, None, 10, 0).await.unwrap();
         assert_eq!(
             items
                 .iter()
@@ -292,15 +285,8 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             [(carl.as_str(), "offboarded")],
             "{backend}"
         );
-        assert_eq!(
-            ledger::count_pending(db, tn, 24).await.unwrap(),
-            0,
-            "{backend}"
-        );
-        assert!(
-            ledger::link(db, tn, &carl).await.unwrap().is_none(),
-            "{backend}"
-        );
+        assert_eq!(db.count_pending(tn, 24).await.unwrap(), 0, "{backend}");
+        assert!(db.link(tn, &carl).await.unwrap().is_none(), "{backend}");
         let again = e.run(false).await;
         assert_eq!(
             again.counts.offboarded + again.counts.updated,
@@ -308,19 +294,17 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             "{backend}"
         );
         // Every run is in the ledger, newest first; the first was the dry run.
-        let (total, runs) = ledger::runs(
-            db,
-            &RunQuery {
+        let (total, runs) = db
+            .runs(&RunQuery {
                 tenant: Some(tn.to_string()),
                 status: None,
                 since: None,
                 until: None,
                 limit: 100,
                 offset: 0,
-            },
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
         assert_eq!(total, 7, "{backend}");
         assert_eq!(runs[0].id, again.run_id, "{backend}");
         assert!(runs[6].dry_run && !runs[5].dry_run, "{backend}");
@@ -373,13 +357,11 @@ async fn a_second_replica_is_skipped_while_a_run_holds_the_lease() {
                 rt.block_on(async {
                     let db = scim_bridge::config::resolve_database(&database, None, Path::new("."))
                         .unwrap();
-                    let store = scim_bridge::store::Store::open(
-                        &db,
-                        scim_bridge::config::Durability::Normal,
-                    )
-                    .await
-                    .unwrap();
-                    let other = SyncEngine::new(&config, SyncDb::of(&store), clock)
+                    let store =
+                        scim_bridge::db::open_staging(&db, scim_bridge::config::Durability::Normal)
+                            .await
+                            .unwrap();
+                    let other = SyncEngine::new(&config, store, &Connector, clock)
                         .await
                         .unwrap();
                     started.recv().unwrap();
@@ -410,14 +392,10 @@ async fn a_second_replica_is_skipped_while_a_run_holds_the_lease() {
         assert_eq!(skipped.status, RunStatus::Skipped, "{backend}");
         assert_eq!(first.status, RunStatus::Succeeded, "{backend}");
         assert_eq!(first.counts.created, 1, "{backend}");
-        let db = e.engine.db();
-        let recorded = ledger::run(db, skipped.run_id).await.unwrap().unwrap();
+        let db = &b.store;
+        let recorded = db.run(skipped.run_id).await.unwrap().unwrap();
         assert_eq!(recorded.status, "skipped", "{backend}");
-        assert_eq!(
-            ledger::lease(db, &b.tenant, t(3)).await.unwrap(),
-            None,
-            "{backend}"
-        );
+        assert_eq!(db.lease(&b.tenant, t(3)).await.unwrap(), None, "{backend}");
         // Free again: the next run takes the lease.
         assert_eq!(e.run(false).await.status, RunStatus::Succeeded, "{backend}");
     }

@@ -1,10 +1,9 @@
-//! Direct SQLite connections for the SCIM request path.
+//! SQLite connections: how each is configured, the write connection, and the pool of read
+//! connections.
 //!
-//! A query through sqlx's SQLite driver hops to a worker thread and back; on a small VM
-//! those context switches cost more than the query. The request path therefore runs its
-//! statements synchronously on connections it owns: reads on the calling thread (a
-//! point look-up in a warm page cache takes microseconds), writes on the group-commit
-//! thread (see `writer`).
+//! Statements run synchronously on connections the backend owns, never through a driver that
+//! hops to a worker thread per statement (on a small VM those context switches cost more than
+//! the query): a point look-up in a warm page cache takes microseconds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -12,8 +11,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::Durability;
-use crate::store::StoreError;
+use crate::config::Durability;
+use crate::store::DbError;
 
 /// Idle read connections kept for reuse.
 const MAX_IDLE: usize = 8;
@@ -38,12 +37,17 @@ fn configure(conn: &Connection, durability: Durability) -> Result<(), rusqlite::
     Ok(())
 }
 
-/// The write connection (the database is already created, in WAL mode, and migrated).
-pub fn open_write(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+/// The write connection, creating the file if it is missing and switching it to WAL (which
+/// the file keeps).
+pub fn open_create(path: &Path, durability: Durability) -> Result<Connection, DbError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
     configure(&conn, durability)?;
     Ok(conn)
 }
@@ -55,7 +59,7 @@ pub struct ReadPool {
 }
 
 impl ReadPool {
-    pub fn new(path: &Path) -> Result<Self, StoreError> {
+    pub fn new(path: &Path) -> Result<Self, DbError> {
         let pool = ReadPool {
             path: path.to_path_buf(),
             idle: Mutex::new(Vec::new()),
@@ -66,7 +70,7 @@ impl ReadPool {
         Ok(pool)
     }
 
-    fn open(&self) -> Result<Connection, StoreError> {
+    fn open(&self) -> Result<Connection, DbError> {
         let conn = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -75,7 +79,7 @@ impl ReadPool {
         Ok(conn)
     }
 
-    fn take(&self) -> Result<Connection, StoreError> {
+    fn take(&self) -> Result<Connection, DbError> {
         let idle = match self.idle.lock() {
             Ok(mut idle) => idle.pop(),
             Err(_) => None,
@@ -95,10 +99,10 @@ impl ReadPool {
     }
 
     /// Run `f` on a read connection, on this thread. Keep `f` short: it blocks the caller.
-    pub fn with<T>(
+    pub fn with<T, E: From<DbError>>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+        f: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
         let conn = self.take()?;
         let r = f(&conn);
         // A connection left inside a transaction by an error is not reused.

@@ -1,51 +1,26 @@
-//! The embedded staging store: one SQLite file in WAL mode.
-//!
-//! Writes go through a one-connection pool and `BEGIN IMMEDIATE`, so writers queue instead of
-//! failing with SQLITE_BUSY, also across processes sharing the file (busy_timeout). Reads use
-//! their own pool and see committed data only.
+//! The SCIM store on SQLite: users, groups and memberships, written as jobs of the writer
+//! thread, read on the calling thread.
 
-mod admin;
-mod conn;
-pub mod filter_sql;
-mod writer;
-
-use std::path::Path;
-use std::str::FromStr;
 use std::sync::LazyLock;
-use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{OptionalExtension, ToSql, params};
 use serde_json::{Map, Value};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection as _};
 
-use super::update::{self, Current, GroupUpdate, UserUpdate, check_version, group_columns};
-use super::{GroupChange, Page, Related, Sort, StoreError, Stored, UserColumns, format_time};
-pub use crate::config::Durability;
+use super::SqliteStaging;
+use super::filter_sql::{self, Condition, Param};
+use crate::db::{Sort, translate};
 use crate::scim::ScimError;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::fold_case;
 use crate::scim::schema::{ResourceKind, ResourceType};
-use filter_sql::{Condition, Param};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql/sqlite");
-
-#[derive(Clone)]
-pub struct SqliteStore {
-    /// SCIM writes: group commit on a dedicated connection and thread.
-    writes: writer::Writer,
-    /// SCIM reads: direct connections, used on the calling thread.
-    reads: std::sync::Arc<conn::ReadPool>,
-    /// Other writers in this process (the sync engine): one connection, BEGIN IMMEDIATE.
-    writer: SqlitePool,
-    reader: SqlitePool,
-    path: std::path::PathBuf,
-    durability: Durability,
-}
+use crate::store::update::{self, Current, GroupUpdate, UserUpdate, check_version, group_columns};
+use crate::store::{
+    GroupChange, GroupChangeFn, ListQuery, Page, Related, ScimStore, StoreError, Stored,
+    UserChange, UserColumns, format_time,
+};
 
 type Conn = rusqlite::Connection;
 
@@ -95,140 +70,146 @@ static UPDATE_USER: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-impl SqliteStore {
-    /// Open (creating if missing) and migrate the database at `path`.
-    pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
-        }
-        let opts = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match durability {
-                Durability::Normal => SqliteSynchronous::Normal,
-                Durability::Full => SqliteSynchronous::Full,
-            })
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            // 4 MiB of page cache per connection: the indexes of a large tenant stay hot, and
-            // six connections stay well inside the memory budget.
-            .pragma("cache_size", "-4096");
-        let mut conn = opts.connect().await?;
-        MIGRATOR.run(&mut conn).await?;
-        conn.close().await?;
-        let writes = writer::Writer::start(conn::open_write(path, durability)?)?;
-        let reads = std::sync::Arc::new(conn::ReadPool::new(path)?);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .test_before_acquire(false)
-            .connect_with(opts.clone())
-            .await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .test_before_acquire(false)
-            .connect_with(opts.read_only(true))
-            .await?;
-        Ok(SqliteStore {
-            writes,
-            reads,
-            writer,
-            reader,
-            path: path.to_path_buf(),
-            durability,
+/// A user's row as the API writes it, derived from its normalised document off the writer
+/// thread.
+pub struct NewUserRow {
+    cols: UserColumns,
+    text: String,
+    text_ci: String,
+}
+
+impl NewUserRow {
+    pub fn of(rt: &ResourceType, doc: &Map<String, Value>) -> Result<NewUserRow, StoreError> {
+        Ok(NewUserRow {
+            cols: UserColumns::from_doc(doc, rt.custom_urn().unwrap_or_default()),
+            text: serde_json::to_string(doc)?,
+            text_ci: serde_json::to_string(&fold_case(rt, doc))?,
         })
     }
+}
 
-    /// Whether the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
-    }
+/// Insert a user and its e-mail rows, stamped `seq` at `now`; its pk. The API's creates and
+/// bulk loads (the sync benchmark) write users with this one function.
+pub fn insert_user_row(
+    c: &Conn,
+    tenant: &str,
+    id: &str,
+    row: &NewUserRow,
+    seq: i64,
+    now: &str,
+) -> Result<i64, StoreError> {
+    let cols = &row.cols;
+    let user_name_ci = cols.user_name.to_lowercase();
+    let deactivated = if cols.active { None } else { Some(now) };
+    let mut p: Vec<&dyn ToSql> = vec![
+        &tenant,
+        &id,
+        &cols.user_name,
+        &user_name_ci,
+        &cols.external_id,
+        &cols.display_name,
+        &cols.active,
+        &deactivated,
+    ];
+    p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
+    p.extend([&row.text as &dyn ToSql, &row.text_ci, &seq, &now, &now]);
+    let pk: i64 = c
+        .prepare_cached(&INSERT_USER)?
+        .query_row(&p[..], |r| r.get(0))
+        .map_err(|e| unique(e, "a user with this userName already exists"))?;
+    insert_emails(c, tenant, pk, cols)?;
+    Ok(pk)
+}
 
-    /// A write connection pool for writers other than the SCIM API (BEGIN IMMEDIATE, busy timeout).
-    pub fn writer(&self) -> &SqlitePool {
-        &self.writer
-    }
+/// A group's row as the API writes it (its members go separately).
+pub struct NewGroupRow {
+    display: String,
+    external_id: Option<String>,
+    text: String,
+    text_ci: String,
+}
 
-    pub fn reader(&self) -> &SqlitePool {
-        &self.reader
-    }
-
-    /// A connection of its own for a writer other than the SCIM API that runs its statements
-    /// synchronously (the sync engine's change pass): busy timeout, the store's durability,
-    /// statements cached.
-    pub fn connect(&self) -> Result<rusqlite::Connection, StoreError> {
-        conn::open_write(&self.path, self.durability)
-    }
-
-    // ---- users -------------------------------------------------------------------------
-
-    pub async fn create_user(
-        &self,
-        tenant: &str,
-        rt: &ResourceType,
-        id: &str,
-        doc: &Map<String, Value>,
-        now: DateTime<Utc>,
-    ) -> Result<Stored, StoreError> {
-        let cols = UserColumns::from_doc(doc, rt.custom_urn().unwrap_or_default());
-        let doc_text = serde_json::to_string(doc)?;
-        let doc_ci = serde_json::to_string(&fold_case(rt, doc))?;
-        let now_s = format_time(now);
-        let (tenant_o, id_o, text, now_o) = (
-            tenant.to_string(),
-            id.to_string(),
-            doc_text.clone(),
-            now_s.clone(),
-        );
-        let seq = self
-            .writes
-            .run(move |c| {
-                let seq = next_seq(c)?;
-                let user_name_ci = cols.user_name.to_lowercase();
-                let deactivated = if cols.active { None } else { Some(&now_o) };
-                let mut p: Vec<&dyn ToSql> = vec![
-                    &tenant_o,
-                    &id_o,
-                    &cols.user_name,
-                    &user_name_ci,
-                    &cols.external_id,
-                    &cols.display_name,
-                    &cols.active,
-                    &deactivated,
-                ];
-                p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
-                p.extend([&text as &dyn ToSql, &doc_ci, &seq, &now_o, &now_o]);
-                let pk: i64 = c
-                    .prepare_cached(&INSERT_USER)?
-                    .query_row(&p[..], |r| r.get(0))
-                    .map_err(|e| unique(e, "a user with this userName already exists"))?;
-                insert_emails(c, &tenant_o, pk, &cols)?;
-                Ok(seq)
-            })
-            .await?;
-        Ok(Stored {
-            id: id.to_string(),
-            doc: doc_text,
-            version: seq,
-            created: now_s.clone(),
-            last_modified: now_s,
-            related: Some(vec![]),
+impl NewGroupRow {
+    pub fn of(rt: &ResourceType, doc: &Map<String, Value>) -> Result<NewGroupRow, StoreError> {
+        let (display, external_id) = group_columns(doc);
+        Ok(NewGroupRow {
+            display,
+            external_id,
+            text: serde_json::to_string(doc)?,
+            text_ci: serde_json::to_string(&fold_case(rt, doc))?,
         })
     }
+}
 
-    pub async fn get_user(
+/// Insert a group, stamped `seq` at `now`: the API's creates and bulk loads alike.
+pub fn insert_group_row(
+    c: &Conn,
+    tenant: &str,
+    id: &str,
+    row: &NewGroupRow,
+    seq: i64,
+    now: &str,
+) -> Result<(), StoreError> {
+    let NewGroupRow {
+        display,
+        external_id,
+        text,
+        text_ci,
+    } = row;
+    c.prepare_cached(
+        "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, \
+         doc_ci, change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        tenant,
+        id,
+        display,
+        display.to_lowercase(),
+        external_id,
+        text,
+        text_ci,
+        seq,
+        now,
+        now
+    ])
+    .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+    Ok(())
+}
+
+/// One user's membership in a group (the bulk load's; the API adds members through
+/// [`apply_member_ops`], which also checks the member and stamps it).
+pub fn insert_member_row(
+    c: &Conn,
+    tenant: &str,
+    group_id: &str,
+    user_id: &str,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO group_members (tenant, group_id, member_id, member_type) VALUES (?, ?, ?, 'User')",
+    )?
+    .execute(params![tenant, group_id, user_id])?;
+    Ok(())
+}
+
+/// Move the change counter to at least `seq` (after a bulk load that assigned its own).
+pub fn raise_seq(c: &Conn, seq: i64) -> Result<(), StoreError> {
+    c.prepare_cached("UPDATE change_seq SET value = max(value, ?) WHERE id = 1")?
+        .execute([seq])?;
+    Ok(())
+}
+
+impl SqliteStaging {
+    /// Run `f` on a read connection, on this thread: a point look-up takes microseconds.
+    fn read_now<T>(&self, f: impl FnOnce(&Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.reads.with(f)
+    }
+
+    /// Run `f` as a job of the writer thread; its result once committed.
+    async fn write<T: Send + 'static>(
         &self,
-        tenant: &str,
-        id: &str,
-        with_groups: bool,
-    ) -> Result<Stored, StoreError> {
-        self.get(tenant, ResourceKind::User, id, with_groups)
+        f: impl FnOnce(&Conn) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.writes.run(f).await
     }
 
     /// One resource, with its groups or members in the same statement when asked.
@@ -240,7 +221,7 @@ impl SqliteStore {
         with_related: bool,
     ) -> Result<Stored, StoreError> {
         let sql = format!("{} AND r.id = ?", select_sql(kind, with_related));
-        let row = self.reads.with(|c| {
+        let row = self.read_now(|c| {
             Ok(c.prepare_cached(&sql)?
                 .query_row(params![tenant, id], read_row)
                 .optional()?)
@@ -259,34 +240,74 @@ impl SqliteStore {
                 "SELECT pk, doc, change_seq, created, last_modified FROM groups WHERE tenant = ? AND id = ?"
             }
         };
-        self.reads
-            .with(|c| {
-                Ok(c.prepare_cached(sql)?
-                    .query_row(params![tenant, id], |r| {
-                        Ok(Current {
-                            pk: r.get(0)?,
-                            doc: r.get(1)?,
-                            version: r.get(2)?,
-                            created: r.get(3)?,
-                            last_modified: r.get(4)?,
-                        })
+        self.read_now(|c| {
+            Ok(c.prepare_cached(sql)?
+                .query_row(params![tenant, id], |r| {
+                    Ok(Current {
+                        pk: r.get(0)?,
+                        doc: r.get(1)?,
+                        version: r.get(2)?,
+                        created: r.get(3)?,
+                        last_modified: r.get(4)?,
                     })
-                    .optional()?)
-            })?
-            .ok_or(StoreError::NotFound)
+                })
+                .optional()?)
+        })?
+        .ok_or(StoreError::NotFound)
+    }
+}
+
+#[async_trait]
+impl ScimStore for SqliteStaging {
+    async fn create_user(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        id: &str,
+        doc: &Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Stored, StoreError> {
+        let row = NewUserRow::of(rt, doc)?;
+        let doc_text = row.text.clone();
+        let now_s = format_time(now);
+        let (tenant_o, id_o, now_o) = (tenant.to_string(), id.to_string(), now_s.clone());
+        let seq = self
+            .write(move |c| {
+                let seq = next_seq(c)?;
+                insert_user_row(c, &tenant_o, &id_o, &row, seq, &now_o)?;
+                Ok::<_, StoreError>(seq)
+            })
+            .await?;
+        Ok(Stored {
+            id: id.to_string(),
+            doc: doc_text,
+            version: seq,
+            created: now_s.clone(),
+            last_modified: now_s,
+            related: Some(vec![]),
+        })
+    }
+
+    async fn get_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        with_groups: bool,
+    ) -> Result<Stored, StoreError> {
+        self.get(tenant, ResourceKind::User, id, with_groups)
     }
 
     /// Read-modify-write of one user. `change` gets the current document and returns the new
     /// one; an error from it leaves the store untouched. The write succeeds only if the user
     /// did not change in between (compare-and-swap on its version); otherwise it starts over.
-    pub async fn update_user(
+    async fn update_user(
         &self,
         tenant: &str,
         rt: &ResourceType,
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
-        change: impl Fn(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
+        change: UserChange<'_>,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let cur = self.current(ResourceKind::User, tenant, id)?;
@@ -295,7 +316,7 @@ impl SqliteStore {
                 emails_changed,
                 text: new_text,
                 text_ci: new_ci,
-            }) = update::plan_user(rt, &cur, if_match, &change)?
+            }) = update::plan_user(rt, &cur, if_match, change)?
             else {
                 // Nothing changed: no new version, nothing for the sync engine to do.
                 return Ok(cur.unchanged(id));
@@ -304,8 +325,7 @@ impl SqliteStore {
             let now_s = format_time(now);
             let (tenant_o, text, now_o) = (tenant.to_string(), new_text.clone(), now_s.clone());
             let seq = self
-                .writes
-                .run(move |c| {
+                .write(move |c| {
                     let seq = next_seq(c)?;
                     let user_name_ci = cols.user_name.to_lowercase();
                     let mut p: Vec<&dyn ToSql> = vec![
@@ -351,7 +371,7 @@ impl SqliteStore {
 
     /// DELETE from the client: the user disappears from SCIM at once and loses its memberships;
     /// the row stays (deleted_at) so the sync lifecycle can offboard it after retention.
-    pub async fn delete_user(
+    async fn delete_user(
         &self,
         tenant: &str,
         id: &str,
@@ -360,8 +380,7 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         let (tenant, id, now_s) = (tenant.to_string(), id.to_string(), format_time(now));
         let if_match = if_match.map(<[i64]>::to_vec);
-        self.writes
-            .run(move |c| {
+        self.write(move |c| {
                 let version: Option<i64> = c
                     .prepare_cached(
                         "SELECT change_seq FROM users WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
@@ -386,7 +405,7 @@ impl SqliteStore {
 
     // ---- groups ------------------------------------------------------------------------
 
-    pub async fn create_group(
+    async fn create_group(
         &self,
         tenant: &str,
         rt: &ResourceType,
@@ -394,40 +413,17 @@ impl SqliteStore {
         change: GroupChange,
         now: DateTime<Utc>,
     ) -> Result<Stored, StoreError> {
-        let (display, external_id) = group_columns(&change.doc);
-        let doc_text = serde_json::to_string(&change.doc)?;
-        let doc_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
+        let row = NewGroupRow::of(rt, &change.doc)?;
+        let doc_text = row.text.clone();
         let now_s = format_time(now);
-        let (tenant_o, id_o, text, now_o) = (
-            tenant.to_string(),
-            id.to_string(),
-            doc_text.clone(),
-            now_s.clone(),
-        );
+        let (tenant_o, id_o, now_o) = (tenant.to_string(), id.to_string(), now_s.clone());
         let members = change.members;
         let seq = self
-            .writes
-            .run(move |c| {
+            .write(move |c| {
                 let seq = next_seq(c)?;
-                c.prepare_cached(
-                    "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, \
-                     doc_ci, change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )?
-                .execute(params![
-                    tenant_o,
-                    id_o,
-                    display,
-                    display.to_lowercase(),
-                    external_id,
-                    text,
-                    doc_ci,
-                    seq,
-                    now_o,
-                    now_o
-                ])
-                .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+                insert_group_row(c, &tenant_o, &id_o, &row, seq, &now_o)?;
                 apply_member_ops(c, &tenant_o, &id_o, &members, seq)?;
-                Ok(seq)
+                Ok::<_, StoreError>(seq)
             })
             .await?;
         Ok(Stored {
@@ -440,7 +436,7 @@ impl SqliteStore {
         })
     }
 
-    pub async fn get_group(
+    async fn get_group(
         &self,
         tenant: &str,
         id: &str,
@@ -451,14 +447,14 @@ impl SqliteStore {
 
     /// Read-modify-write of one group: its document and its member rows, atomically, with the
     /// same compare-and-swap on the version as users.
-    pub async fn update_group(
+    async fn update_group(
         &self,
         tenant: &str,
         rt: &ResourceType,
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
-        change: impl Fn(Map<String, Value>) -> Result<GroupChange, ScimError>,
+        change: GroupChangeFn<'_>,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let cur = self.current(ResourceKind::Group, tenant, id)?;
@@ -471,7 +467,7 @@ impl SqliteStore {
                 text: new_text,
                 text_ci: new_ci,
                 needs_version,
-            }) = update::plan_group(rt, &cur, if_match, &change)?
+            }) = update::plan_group(rt, &cur, if_match, change)?
             else {
                 return Ok(cur.unchanged(id));
             };
@@ -484,8 +480,7 @@ impl SqliteStore {
                 now_s.clone(),
             );
             let outcome = self
-                .writes
-                .run(move |c| {
+                .write(move |c| {
                     let current: Option<i64> = c
                         .prepare_cached("SELECT change_seq FROM groups WHERE pk = ?")?
                         .query_row([pk], |r| r.get(0))
@@ -545,7 +540,7 @@ impl SqliteStore {
         Err(StoreError::Contended)
     }
 
-    pub async fn delete_group(
+    async fn delete_group(
         &self,
         tenant: &str,
         id: &str,
@@ -554,29 +549,54 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         let (tenant, id, now_s) = (tenant.to_string(), id.to_string(), format_time(now));
         let if_match = if_match.map(<[i64]>::to_vec);
-        self.writes
-            .run(move |c| {
-                let version: Option<i64> = c
-                    .prepare_cached("SELECT change_seq FROM groups WHERE tenant = ? AND id = ?")?
-                    .query_row(params![tenant, id], |r| r.get(0))
-                    .optional()?;
-                check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
-                let seq = next_seq(c)?;
-                stamp_members(c, &tenant, &id, seq)?;
-                c.prepare_cached("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")?
-                    .execute(params![tenant, id])?;
-                remove_from_all_groups(c, &tenant, &id, seq, &now_s)?;
-                c.prepare_cached("DELETE FROM groups WHERE tenant = ? AND id = ?")?
-                    .execute(params![tenant, id])?;
-                Ok(())
-            })
-            .await
+        self.write(move |c| {
+            let version: Option<i64> = c
+                .prepare_cached("SELECT change_seq FROM groups WHERE tenant = ? AND id = ?")?
+                .query_row(params![tenant, id], |r| r.get(0))
+                .optional()?;
+            check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
+            let seq = next_seq(c)?;
+            stamp_members(c, &tenant, &id, seq)?;
+            c.prepare_cached("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")?
+                .execute(params![tenant, id])?;
+            remove_from_all_groups(c, &tenant, &id, seq, &now_s)?;
+            c.prepare_cached("DELETE FROM groups WHERE tenant = ? AND id = ?")?
+                .execute(params![tenant, id])?;
+            Ok(())
+        })
+        .await
     }
 
     // ---- lists -------------------------------------------------------------------------
 
     /// One page of users or groups matching `cond`, and the total count.
-    pub async fn list(
+    async fn list(
+        &self,
+        tenant: &str,
+        rt: &ResourceType,
+        query: ListQuery<'_>,
+        page: &Page,
+        with_related: bool,
+    ) -> Result<(i64, Vec<Stored>), StoreError> {
+        let (cond, sort) = translate(
+            &query,
+            |f| filter_sql::compile(rt, tenant, f),
+            |by| filter_sql::sort_expression(rt, by),
+        )?;
+        self.list_translated(
+            tenant,
+            rt.kind,
+            cond.as_ref(),
+            sort.as_ref(),
+            page,
+            with_related,
+        )
+    }
+}
+
+impl SqliteStaging {
+    /// One page of users or groups matching `cond`, and the total count.
+    fn list_translated(
         &self,
         tenant: &str,
         kind: ResourceKind,
@@ -610,7 +630,7 @@ impl SqliteStore {
         let (count, offset) = (page.count, page.start_index - 1);
         let start_index = page.start_index;
         // Count and page on one connection, so both see the same snapshot.
-        let (total, rows) = self.reads.with(|c| {
+        let (total, rows) = self.read_now(|c| {
             c.execute_batch("BEGIN")?;
             let r = (|| {
                 let total: i64 = c
@@ -635,105 +655,6 @@ impl SqliteStore {
             .map(|row| stored(kind, row))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((total, items))
-    }
-}
-
-/// Bulk loading (the sync benchmark): rows exactly as the API writes them, on a connection of
-/// the caller's and inside the caller's transaction, stamped with a change_seq the caller
-/// assigns (it must also move the `change_seq` counter past it, see [`bulk::finish`]).
-pub mod bulk {
-    use super::*;
-
-    /// Open a write connection on a database [`SqliteStore::open`] has created and migrated.
-    pub fn open(path: &Path) -> Result<Conn, StoreError> {
-        conn::open_write(path, Durability::Normal)
-    }
-
-    /// One user and its e-mail rows, as `create_user` writes them.
-    pub fn insert_user(
-        c: &Conn,
-        tenant: &str,
-        rt: &ResourceType,
-        id: &str,
-        doc: &Map<String, Value>,
-        seq: i64,
-        now: &str,
-    ) -> Result<i64, StoreError> {
-        let cols = UserColumns::from_doc(doc, rt.custom_urn().unwrap_or_default());
-        let text = serde_json::to_string(doc)?;
-        let doc_ci = serde_json::to_string(&fold_case(rt, doc))?;
-        let user_name_ci = cols.user_name.to_lowercase();
-        let deactivated = if cols.active { None } else { Some(now) };
-        let mut p: Vec<&dyn ToSql> = vec![
-            &tenant,
-            &id,
-            &cols.user_name,
-            &user_name_ci,
-            &cols.external_id,
-            &cols.display_name,
-            &cols.active,
-            &deactivated,
-        ];
-        p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
-        p.extend([&text as &dyn ToSql, &doc_ci, &seq, &now, &now]);
-        let pk: i64 = c
-            .prepare_cached(&INSERT_USER)?
-            .query_row(&p[..], |r| r.get(0))
-            .map_err(|e| unique(e, "a user with this userName already exists"))?;
-        insert_emails(c, tenant, pk, &cols)?;
-        Ok(pk)
-    }
-
-    /// One group (no members), as `create_group` writes it.
-    pub fn insert_group(
-        c: &Conn,
-        tenant: &str,
-        rt: &ResourceType,
-        id: &str,
-        doc: &Map<String, Value>,
-        seq: i64,
-        now: &str,
-    ) -> Result<(), StoreError> {
-        let (display, external_id) = group_columns(doc);
-        c.prepare_cached(
-            "INSERT INTO groups (tenant, id, display_name, display_name_ci, external_id, doc, \
-             doc_ci, change_seq, created, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )?
-        .execute(params![
-            tenant,
-            id,
-            display,
-            display.to_lowercase(),
-            external_id,
-            serde_json::to_string(doc)?,
-            serde_json::to_string(&fold_case(rt, doc))?,
-            seq,
-            now,
-            now
-        ])
-        .map_err(|e| unique(e, "a group with this displayName already exists"))?;
-        Ok(())
-    }
-
-    /// One membership of a user in a group.
-    pub fn insert_member(
-        c: &Conn,
-        tenant: &str,
-        group_id: &str,
-        user_id: &str,
-    ) -> Result<(), StoreError> {
-        c.prepare_cached(
-            "INSERT INTO group_members (tenant, group_id, member_id, member_type) VALUES (?, ?, ?, 'User')",
-        )?
-        .execute(params![tenant, group_id, user_id])?;
-        Ok(())
-    }
-
-    /// Move the change counter to `seq` (the highest one the load assigned).
-    pub fn finish(c: &Conn, seq: i64) -> Result<(), StoreError> {
-        c.prepare_cached("UPDATE change_seq SET value = max(value, ?) WHERE id = 1")?
-            .execute([seq])?;
-        Ok(())
     }
 }
 
@@ -844,7 +765,7 @@ fn unique(e: rusqlite::Error, what: &str) -> StoreError {
         {
             StoreError::Conflict(what.into())
         }
-        _ => StoreError::Sqlite(e),
+        _ => StoreError::from(e),
     }
 }
 
@@ -974,14 +895,15 @@ fn apply_member_ops(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Durability;
     use crate::scim::resource::{MemberRef, normalize};
     use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
     use chrono::TimeZone;
     use serde_json::json;
 
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
+    async fn store() -> (tempfile::TempDir, SqliteStaging) {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("s.db"), Durability::Normal)
+        let s = SqliteStaging::open(&dir.path().join("s.db"), Durability::Normal)
             .await
             .unwrap();
         (dir, s)
@@ -1002,8 +924,9 @@ mod tests {
         .doc
     }
 
-    /// The benchmark's bulk load writes the rows the API writes: the same columns, e-mail
-    /// rows and group rows, so the sync engine reads the same thing either way.
+    /// The benchmark's bulk load (the row functions on a connection of its own) writes the rows
+    /// the API writes: the same columns, e-mail rows and group rows, so the sync engine reads
+    /// the same thing either way.
     #[tokio::test]
     async fn bulk_rows_are_the_rows_the_api_writes() {
         let (d, s) = store().await;
@@ -1030,12 +953,21 @@ mod tests {
         )
         .await
         .unwrap();
-        let c = bulk::open(&d.path().join("s.db")).unwrap();
+        let c = Conn::open(d.path().join("s.db")).unwrap();
         let now = format_time(t(0));
-        bulk::insert_user(&c, "bulk", &rt, "u1", &doc, 1, &now).unwrap();
-        bulk::insert_group(&c, "bulk", &gt, "g1", &group, 2, &now).unwrap();
-        bulk::insert_member(&c, "bulk", "g1", "u1").unwrap();
-        bulk::finish(&c, 1000).unwrap();
+        insert_user_row(
+            &c,
+            "bulk",
+            "u1",
+            &NewUserRow::of(&rt, &doc).unwrap(),
+            1,
+            &now,
+        )
+        .unwrap();
+        let g = NewGroupRow::of(&gt, &group).unwrap();
+        insert_group_row(&c, "bulk", "g1", &g, 2, &now).unwrap();
+        insert_member_row(&c, "bulk", "g1", "u1").unwrap();
+        raise_seq(&c, 1000).unwrap();
         let rows = |tenant: &str| {
             let sql = format!(
                 "SELECT u.id, u.user_name, u.user_name_ci, u.external_id, u.display_name, u.active, \
@@ -1070,13 +1002,14 @@ mod tests {
         assert_eq!(high, 1000);
     }
 
-    async fn row(s: &SqliteStore, id: &str) -> (i64, Option<String>, i64, Option<String>) {
-        sqlx::query_as(
-            "SELECT active, deactivated_at, change_seq, custom_attribute_03 FROM users WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_one(s.reader())
-        .await
+    async fn row(s: &SqliteStaging, id: &str) -> (i64, Option<String>, i64, Option<String>) {
+        s.read_now(|c| {
+            Ok(c.query_row(
+                "SELECT active, deactivated_at, change_seq, custom_attribute_03 FROM users WHERE id = ?",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?)
+        })
         .unwrap()
     }
 
@@ -1096,7 +1029,7 @@ mod tests {
             d.insert("active".into(), json!(false));
             Ok(d)
         };
-        s.update_user("t", &rt, "u1", None, t(1), off)
+        s.update_user("t", &rt, "u1", None, t(1), &off)
             .await
             .unwrap();
         let (active, since, ..) = row(&s, "u1").await;
@@ -1105,7 +1038,7 @@ mod tests {
             (0, Some("2026-01-01T01:00:00.000Z"))
         );
         // Staying inactive keeps the original time.
-        s.update_user("t", &rt, "u1", None, t(2), |mut d| {
+        s.update_user("t", &rt, "u1", None, t(2), &|mut d| {
             d.insert("displayName".into(), json!("x"));
             d.insert("active".into(), json!(false));
             Ok(d)
@@ -1116,7 +1049,7 @@ mod tests {
             row(&s, "u1").await.1.as_deref(),
             Some("2026-01-01T01:00:00.000Z")
         );
-        s.update_user("t", &rt, "u1", None, t(3), |mut d| {
+        s.update_user("t", &rt, "u1", None, t(3), &|mut d| {
             d.insert("active".into(), json!(true));
             Ok(d)
         })
@@ -1146,7 +1079,7 @@ mod tests {
         assert!(row(&s, "u2").await.2 < after, "u2 was not touched");
         // An unknown member rolls the whole change back.
         let e = s
-            .update_group("t", &gt, "g1", None, t(2), |doc| {
+            .update_group("t", &gt, "g1", None, t(2), &|doc| {
                 Ok(GroupChange {
                     doc,
                     members: vec![
@@ -1220,7 +1153,7 @@ mod tests {
         let adds = (0..n).map(|i| {
             let (s, gt) = (s.clone(), &gt);
             async move {
-                s.update_group("t", gt, "g1", None, t(1), |doc| {
+                s.update_group("t", gt, "g1", None, t(1), &|doc| {
                     Ok(GroupChange {
                         doc,
                         members: vec![MemberOp::Add(vec![MemberRef {
@@ -1268,8 +1201,7 @@ mod tests {
             let mut p: Vec<&dyn ToSql> = vec![&"t"];
             p.extend(cond.params.iter().map(|p| p as &dyn ToSql));
             let plan: Vec<String> = s
-                .reads
-                .with(|c| {
+                .read_now(|c| {
                     let mut stmt = c.prepare(&sql)?;
                     let rows = stmt.query_map(&p[..], |r| r.get::<_, String>(3))?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1304,7 +1236,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            s.update_user("t", &rt, "u4", Some(&[999]), t(3), Ok).await,
+            s.update_user("t", &rt, "u4", Some(&[999]), t(3), &Ok).await,
             Err(StoreError::VersionMismatch)
         ));
     }

@@ -13,14 +13,16 @@ use std::any::Any;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::StoreError;
+use crate::store::DbError;
 
 /// Jobs in one transaction at most; bounds the latency a batch adds.
 const MAX_BATCH: usize = 128;
 
 type Erased = Box<dyn Any + Send>;
-type RunFn = Box<dyn FnOnce(&Connection) -> Result<Erased, StoreError> + Send>;
-type ReplyFn = Box<dyn FnOnce(Result<Erased, StoreError>) + Send>;
+/// A job's own outcome (its value or its error, type-erased), or why the batch failed.
+type Outcome = Result<Result<Erased, Erased>, DbError>;
+type RunFn = Box<dyn FnOnce(&Connection) -> Result<Erased, Erased> + Send>;
+type ReplyFn = Box<dyn FnOnce(Outcome) + Send>;
 
 struct Job {
     run: RunFn,
@@ -34,38 +36,44 @@ pub struct Writer {
 
 impl Writer {
     /// Start the writer thread on `conn`.
-    pub fn start(conn: Connection) -> Result<Writer, StoreError> {
+    pub fn start(conn: Connection) -> Result<Writer, DbError> {
         let (tx, rx) = mpsc::channel(1024);
         std::thread::Builder::new()
             .name("staging-writer".into())
             .spawn(move || writer_thread(conn, rx))
-            .map_err(|e| StoreError::CommitFailed(format!("cannot start the writer: {e}")))?;
+            .map_err(|e| DbError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Writer { jobs: tx })
     }
 
-    /// Run `f` in a write transaction (shared with other jobs) and return its result once committed.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Run `f` in a write transaction (shared with other jobs) and return its result once
+    /// committed. An error from `f` undoes what `f` wrote (its savepoint) and nothing else.
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let (tx, rx) = oneshot::channel::<Result<T, E>>();
         let job = Job {
-            run: Box::new(move |conn| f(conn).map(|t| Box::new(t) as Erased)),
+            run: Box::new(move |conn| {
+                f(conn)
+                    .map(|t| Box::new(t) as Erased)
+                    .map_err(|e| Box::new(e) as Erased)
+            }),
             reply: Box::new(move |r| {
-                let r = r.and_then(|b| {
-                    b.downcast::<T>()
-                        .map(|b| *b)
-                        .map_err(|_| StoreError::WriterGone)
-                });
+                let r = match r {
+                    Ok(Ok(t)) => t.downcast::<T>().map(|t| *t).map_err(|_| gone().into()),
+                    Ok(Err(e)) => Err(e
+                        .downcast::<E>()
+                        .map(|e| *e)
+                        .unwrap_or_else(|_| gone().into())),
+                    Err(e) => Err(E::from(e)),
+                };
                 let _ = tx.send(r);
             }),
         };
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        self.jobs.send(job).await.map_err(|_| E::from(gone()))?;
+        rx.await.map_err(|_| E::from(gone()))?
     }
 }
 
@@ -87,27 +95,29 @@ fn exec(conn: &Connection, sql: &str) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+fn gone() -> DbError {
+    DbError::Unavailable("the staging writer has stopped".into())
+}
+
 fn run_batch(conn: &Connection, jobs: Vec<Job>) {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
-        let msg = e.to_string();
+        let e = DbError::from(e);
         for j in jobs {
-            (j.reply)(Err(StoreError::CommitFailed(msg.clone())));
+            (j.reply)(Err(e.clone()));
         }
         return;
     }
-    let mut done: Vec<(ReplyFn, Result<Erased, StoreError>)> = Vec::with_capacity(jobs.len());
-    let mut broken: Option<String> = None;
+    let mut done: Vec<(ReplyFn, Outcome)> = Vec::with_capacity(jobs.len());
+    let mut broken: Option<DbError> = None;
     for j in jobs {
         if broken.is_some() {
-            done.push((
-                j.reply,
-                Err(StoreError::CommitFailed("batch aborted".into())),
-            ));
+            done.push((j.reply, Err(DbError::Failed("batch aborted".into()))));
             continue;
         }
         if let Err(e) = exec(conn, "SAVEPOINT job") {
-            broken = Some(e.to_string());
-            done.push((j.reply, Err(StoreError::CommitFailed(e.to_string()))));
+            let e = DbError::from(e);
+            broken = Some(e.clone());
+            done.push((j.reply, Err(e)));
             continue;
         }
         let r = (j.run)(conn);
@@ -117,13 +127,13 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
             exec(conn, "ROLLBACK TO job").and_then(|()| exec(conn, "RELEASE job"))
         };
         if let Err(e) = end {
-            broken = Some(e.to_string());
+            broken = Some(DbError::from(e));
         }
-        done.push((j.reply, r));
+        done.push((j.reply, Ok(r)));
     }
-    let commit = match &broken {
-        None => exec(conn, "COMMIT").map_err(|e| e.to_string()),
-        Some(msg) => Err(msg.clone()),
+    let commit = match broken {
+        None => exec(conn, "COMMIT").map_err(DbError::from),
+        Some(e) => Err(e),
     };
     match commit {
         Ok(()) => {
@@ -131,14 +141,14 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
                 reply(r);
             }
         }
-        Err(msg) => {
-            tracing::error!(error = %msg, "staging write batch failed; rolled back");
+        Err(e) => {
+            tracing::error!(error = %e, "staging write batch failed; rolled back");
             let _ = exec(conn, "ROLLBACK");
             for (reply, r) in done {
                 // A job that failed on its own keeps its own error; the others learn the commit failed.
                 reply(match r {
-                    Err(e) => Err(e),
-                    Ok(_) => Err(StoreError::CommitFailed(msg.clone())),
+                    Ok(Err(own)) => Ok(Err(own)),
+                    _ => Err(e.clone()),
                 });
             }
         }

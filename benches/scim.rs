@@ -1,6 +1,6 @@
-//! `scim-bridge bench`: start the server (this binary, `serve`) on a temporary SQLite
+//! The SCIM benchmark: start the server (the product binary, `serve`) on a temporary SQLite
 //! database, drive it over HTTP from this process, and print throughput, latency and the
-//! server's peak RSS. Run it with `cargo run --release -- bench`.
+//! server's peak RSS. Run it with `cargo bench --bench scim` (options after `--`).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -12,7 +12,11 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use serde_json::{Value, json};
 
-#[derive(clap::Args, Clone)]
+#[derive(clap::Parser, Clone)]
+#[command(
+    name = "bench-scim",
+    about = "Measure the SCIM server on a temporary SQLite database"
+)]
 pub struct BenchArgs {
     /// Users to load (each with 16 custom attributes)
     #[arg(long, default_value_t = 10_000)]
@@ -26,10 +30,25 @@ pub struct BenchArgs {
     /// Staging durability: full (fsync per commit) or normal (survives a process crash)
     #[arg(long, default_value = "full")]
     pub durability: String,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = <BenchArgs as clap::Parser>::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 const TOKEN: &str = "bench-token-0123456789";
-const CUSTOM_URN: &str = crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
+const CUSTOM_URN: &str = scim_bridge::scim::schema::DEFAULT_CUSTOM_SCHEMA;
 
 struct Row {
     name: String,
@@ -123,7 +142,10 @@ where
 
 fn user_body(i: usize) -> Vec<u8> {
     let mut custom = serde_json::Map::new();
-    for (k, name) in crate::scim::schema::CUSTOM_ATTR_NAMES.iter().enumerate() {
+    for (k, name) in scim_bridge::scim::schema::CUSTOM_ATTR_NAMES
+        .iter()
+        .enumerate()
+    {
         custom.insert((*name).to_string(), json!(format!("value-{k}-{i}")));
     }
     json!({
@@ -175,13 +197,14 @@ fn write_config(dir: &Path, port: u16, durability: &str) -> anyhow::Result<std::
     Ok(path)
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let config = write_config(dir.path(), port, &args.durability)?;
-    let exe = std::env::current_exe()?;
+    // The product binary, built by `cargo bench` with the same profile.
+    let exe = env!("CARGO_BIN_EXE_scim-bridge");
     let mut server = tokio::process::Command::new(exe)
         .arg("serve")
         .arg("--config")
@@ -258,7 +281,7 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
     let (row, _) = phase("PATCH /Users/{id}", n, c, |i| {
         let client = client.clone();
         let path = format!("/Users/{}", ids[i]);
-        let body = json!({"schemas": [crate::scim::schema::PATCH_OP], "Operations": [
+        let body = json!({"schemas": [scim_bridge::scim::schema::PATCH_OP], "Operations": [
             {"op": "Replace", "path": "displayName", "value": format!("Patched {i}")},
             {"op": "Replace", "value": {format!("{CUSTOM_URN}:customAttribute05"): "patched"}}]})
         .to_string()
@@ -317,7 +340,7 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
     let mut latencies = Vec::new();
     for chunk in member_ids.chunks(100) {
         let members: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
-        let body = json!({"schemas": [crate::scim::schema::PATCH_OP],
+        let body = json!({"schemas": [scim_bridge::scim::schema::PATCH_OP],
             "Operations": [{"op": "Add", "path": "members", "value": members}]})
         .to_string()
         .into_bytes();
@@ -350,7 +373,7 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
 
     let mut latencies = Vec::new();
     for id in member_ids.iter().rev().take(20) {
-        let body = json!({"schemas": [crate::scim::schema::PATCH_OP],
+        let body = json!({"schemas": [scim_bridge::scim::schema::PATCH_OP],
             "Operations": [{"op": "Remove", "path": "members", "value": [{"value": id}]}]})
         .to_string()
         .into_bytes();

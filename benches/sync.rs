@@ -1,4 +1,4 @@
-//! `scim-bridge bench-sync`: measure the sync engine on temporary databases.
+//! The sync benchmark: measure the sync engine on temporary databases.
 //!
 //! For each size (`--users`, then `--big`) on new temporary databases (staging, and an empty
 //! application database with sql/app/example_app.sql and mappings/scifeon.toml): bulk-load the
@@ -7,7 +7,7 @@
 //! nothing changed, and an incremental run after `--changed` users were updated through the
 //! store's update path. Every step runs in a process of its own (this binary, a hidden
 //! subcommand), so its peak RSS is its own: neither the load nor another size shows in it.
-//! Run it with `cargo run --release -- bench-sync`.
+//! Run it with `cargo bench --bench sync` (options after `--`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,13 +18,20 @@ use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
-use crate::scim::resource::normalize;
-use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ENTERPRISE_SCHEMA, ResourceType};
-use crate::store::sqlite::bulk;
-use crate::store::{SqliteStore, format_time};
-use crate::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
+use scim_bridge::clock::{Clock, SystemClock};
+use scim_bridge::config::Config;
+use scim_bridge::db::sqlite::{
+    NewGroupRow, NewUserRow, insert_group_row, insert_member_row, insert_user_row, raise_seq,
+};
+use scim_bridge::db::{self, Connector};
+use scim_bridge::scim::resource::normalize;
+use scim_bridge::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ENTERPRISE_SCHEMA, ResourceType};
+use scim_bridge::store::format_time;
+use scim_bridge::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
+
+/// The allocator the product binary runs with, so the figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const MAPPING: &str = include_str!("../mappings/scifeon.toml");
 const SCHEMA: &str = include_str!("../sql/app/example_app.sql");
@@ -33,6 +40,44 @@ const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 /// Users generated and inserted per staging transaction while loading.
 const LOAD_CHUNK: usize = 20_000;
 const SENIOR: &str = "Senior Lab Technician";
+
+#[derive(clap::Parser)]
+#[command(
+    name = "bench-sync",
+    about = "Measure the sync engine (full and incremental runs, peak RSS) on temporary databases"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: BenchSyncArgs,
+    /// One step, in a process of its own (the benchmark runs itself with it).
+    #[command(subcommand)]
+    child: Option<Child>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true, global = true)]
+    bench: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Child {
+    #[command(hide = true)]
+    Step(BenchSyncChildArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = <Cli as clap::Parser>::parse();
+    let r = match cli.child {
+        Some(Child::Step(args)) => child(args).await,
+        None => run(cli.args).await,
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 #[derive(clap::Args, Clone)]
 pub struct BenchSyncArgs {
@@ -90,7 +135,7 @@ struct Phase {
     rss_kib: Option<u64>,
 }
 
-pub async fn run(args: BenchSyncArgs) -> anyhow::Result<()> {
+async fn run(args: BenchSyncArgs) -> anyhow::Result<()> {
     ensure!(args.users > 0, "--users must be at least 1");
     ensure!(
         args.durability == "full" || args.durability == "normal",
@@ -116,7 +161,7 @@ pub async fn run(args: BenchSyncArgs) -> anyhow::Result<()> {
             (Step::Sync, "sync, nothing changed", 0, "none"),
             (
                 Step::Change,
-                "stage changes (SqliteStore::update_user)",
+                "stage changes (the store's update_user)",
                 changed,
                 "none",
             ),
@@ -205,7 +250,7 @@ async fn step_process(
         Step::Change => "change",
     };
     let out = tokio::process::Command::new(exe)
-        .arg("bench-sync-child")
+        .arg("step")
         .arg("--dir")
         .arg(dir)
         .args(["--step", step_name])
@@ -248,13 +293,13 @@ fn peak_rss_kib() -> Option<u64> {
         .ok()
 }
 
-pub async fn child(args: BenchSyncChildArgs) -> anyhow::Result<()> {
+async fn child(args: BenchSyncChildArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.dir.join("bench.toml"), [])?;
     let staging_path = config
         .staging_sqlite_path()
         .context("bench-sync runs on a SQLite staging database")?
         .to_path_buf();
-    let store = SqliteStore::open(&staging_path, config.staging.durability).await?;
+    let store = db::open_staging(&config.staging_db, config.staging.durability).await?;
     let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
     let ids_file = args.dir.join("changed-ids.json");
     let started = Instant::now();
@@ -271,7 +316,7 @@ pub async fn child(args: BenchSyncChildArgs) -> anyhow::Result<()> {
             // As a SCIM PATCH or PUT would: read, change, compare-and-swap, new change_seq.
             for id in &ids {
                 store
-                    .update_user(TENANT, &rt, id, None, now, |mut doc| {
+                    .update_user(TENANT, &rt, id, None, now, &|mut doc| {
                         // A promotion, or back again: every step changes every user.
                         let title = match doc.get("title").and_then(Value::as_str) {
                             Some(SENIOR) => "Lab Technician",
@@ -285,7 +330,7 @@ pub async fn child(args: BenchSyncChildArgs) -> anyhow::Result<()> {
         }
         Step::Sync => {
             let engine =
-                SyncEngine::new(&config, store.clone().into(), Arc::new(SystemClock)).await?;
+                SyncEngine::new(&config, store.clone(), &Connector, Arc::new(SystemClock)).await?;
             let started = Instant::now();
             let s = engine
                 .run(TENANT, Trigger::Cli, RunOptions::default())
@@ -361,7 +406,10 @@ const DEPARTMENTS: [&str; 6] = [
 
 fn user_doc(rt: &ResourceType, i: usize) -> anyhow::Result<Map<String, Value>> {
     let mut custom = Map::new();
-    for (k, name) in crate::scim::schema::CUSTOM_ATTR_NAMES.iter().enumerate() {
+    for (k, name) in scim_bridge::scim::schema::CUSTOM_ATTR_NAMES
+        .iter()
+        .enumerate()
+    {
         let v = if k == 0 {
             // customAttribute01 is the hire date in the mapping.
             format!("20{:02}-{:02}-{:02}", 10 + i % 15, 1 + i % 12, 1 + i % 28)
@@ -389,7 +437,8 @@ fn user_doc(rt: &ResourceType, i: usize) -> anyhow::Result<Map<String, Value>> {
 /// Load `n` users and their memberships in transactions of LOAD_CHUNK users; return the ids
 /// of `changed` users spread over the whole range.
 fn load(path: &Path, rt: &ResourceType, n: usize, changed: usize) -> anyhow::Result<Vec<String>> {
-    let c = bulk::open(path)?;
+    // Rows as the API writes them, on a connection of the load's own.
+    let c = rusqlite::Connection::open(path)?;
     c.pragma_update(None, "synchronous", "OFF")?;
     c.pragma_update(None, "cache_size", -262_144)?;
     let now = format_time(SystemClock.now());
@@ -406,7 +455,8 @@ fn load(path: &Path, rt: &ResourceType, n: usize, changed: usize) -> anyhow::Res
             body["externalId"] = json!(x);
         }
         seq += 1;
-        bulk::insert_group(&c, TENANT, &gt, id, &normalize(&gt, &body)?.doc, seq, &now)?;
+        let row = NewGroupRow::of(&gt, &normalize(&gt, &body)?.doc)?;
+        insert_group_row(&c, TENANT, id, &row, seq, &now)?;
     }
     c.execute_batch("COMMIT")?;
     let every = (n / changed.max(1)).max(1);
@@ -418,9 +468,10 @@ fn load(path: &Path, rt: &ResourceType, n: usize, changed: usize) -> anyhow::Res
         for i in start..end {
             let id = uuid::Uuid::now_v7().to_string();
             seq += 1;
-            bulk::insert_user(&c, TENANT, rt, &id, &user_doc(rt, i)?, seq, &now)?;
+            let row = NewUserRow::of(rt, &user_doc(rt, i)?)?;
+            insert_user_row(&c, TENANT, &id, &row, seq, &now)?;
             for g in memberships(i) {
-                bulk::insert_member(&c, TENANT, &group_ids[g], &id)?;
+                insert_member_row(&c, TENANT, &group_ids[g], &id)?;
             }
             if i % every == 0 && to_change.len() < changed {
                 to_change.push(id);
@@ -429,7 +480,7 @@ fn load(path: &Path, rt: &ResourceType, n: usize, changed: usize) -> anyhow::Res
         c.execute_batch("COMMIT")?;
         start = end;
     }
-    bulk::finish(&c, seq)?;
+    raise_seq(&c, seq)?;
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
     Ok(to_change)
 }

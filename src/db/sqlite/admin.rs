@@ -1,0 +1,268 @@
+//! The admin API's counts on SQLite staging, and the provisioning log's table.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{ToSql, params};
+
+use super::SqliteStaging;
+use crate::store::{
+    ProvisioningEntry, ProvisioningLogStore, ProvisioningQuery, ProvisioningRow, StagingCounts,
+    StoreError, TenantCounts, format_time,
+};
+
+/// Rows per INSERT statement: 9 parameters each stays far below SQLite's parameter limit.
+const INSERT_CHUNK: usize = 500;
+/// Rows per DELETE when pruning: each chunk is a job of its own, so SCIM writes never wait
+/// long behind a prune.
+const PRUNE_CHUNK: i64 = 5_000;
+
+#[async_trait]
+impl StagingCounts for SqliteStaging {
+    async fn tenant_counts(&self, tenant: &str) -> Result<TenantCounts, StoreError> {
+        let tenant = tenant.to_string();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT \
+                   (SELECT count(*) FROM users WHERE tenant = ?1 AND deleted_at IS NULL AND active = 1), \
+                   (SELECT count(*) FROM users WHERE tenant = ?1 AND deleted_at IS NULL AND active = 0), \
+                   (SELECT count(*) FROM groups WHERE tenant = ?1), \
+                   (SELECT count(*) FROM group_members WHERE tenant = ?1)",
+            )?
+            .query_row([&tenant], |r| {
+                Ok(TenantCounts {
+                    active_users: r.get(0)?,
+                    inactive_users: r.get(1)?,
+                    groups: r.get(2)?,
+                    memberships: r.get(3)?,
+                })
+            })?)
+        })
+        .await
+    }
+
+    async fn member_counts(
+        &self,
+        tenant: &str,
+        group_ids: &[String],
+    ) -> Result<Vec<i64>, StoreError> {
+        let (tenant, ids) = (tenant.to_string(), group_ids.to_vec());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT count(*) FROM group_members WHERE tenant = ? AND group_id = ?",
+            )?;
+            ids.iter()
+                .map(|id| Ok(stmt.query_row(params![tenant, id], |r| r.get(0))?))
+                .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ProvisioningLogStore for SqliteStaging {
+    /// A few hundred entries per statement, all in one job.
+    async fn insert_provisioning_log(
+        &self,
+        entries: &[ProvisioningEntry],
+    ) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.writes
+            .run(move |c| {
+                for chunk in entries.chunks(INSERT_CHUNK) {
+                    let mut sql = String::from(
+                        "INSERT INTO provisioning_log (tenant, at, request_id, method, path, \
+                         resource_id, status, duration_ms, error) VALUES ",
+                    );
+                    sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+                    let times: Vec<String> = chunk.iter().map(|e| format_time(e.at)).collect();
+                    let statuses: Vec<i64> = chunk.iter().map(|e| i64::from(e.status)).collect();
+                    let mut p: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 9);
+                    for (i, e) in chunk.iter().enumerate() {
+                        p.extend([
+                            &e.tenant as &dyn ToSql,
+                            &times[i],
+                            &e.request_id,
+                            &e.method,
+                            &e.path,
+                            &e.resource_id,
+                            &statuses[i],
+                            &e.duration_ms,
+                            &e.error,
+                        ]);
+                    }
+                    c.prepare_cached(&sql)?.execute(&p[..])?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+
+    /// Per tenant and a few thousand rows per job.
+    async fn prune_provisioning_log(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let cutoff = format_time(cutoff);
+        let tenants: Vec<String> = self
+            .read(|c| {
+                let mut stmt = c.prepare_cached("SELECT DISTINCT tenant FROM provisioning_log")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok::<_, StoreError>(rows.collect::<Result<Vec<String>, _>>()?)
+            })
+            .await?;
+        let mut deleted = 0;
+        for tenant in tenants {
+            loop {
+                let (tenant, cutoff) = (tenant.clone(), cutoff.clone());
+                let n = self
+                    .writes
+                    .run(move |c| {
+                        Ok::<_, StoreError>(
+                            c.prepare_cached(
+                                "DELETE FROM provisioning_log WHERE id IN (SELECT id FROM \
+                                 provisioning_log WHERE tenant = ? AND at < ? LIMIT ?)",
+                            )?
+                            .execute(params![
+                                tenant,
+                                cutoff,
+                                PRUNE_CHUNK
+                            ])?,
+                        )
+                    })
+                    .await?;
+                deleted += n as u64;
+                if (n as i64) < PRUNE_CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Count and page in one read transaction, so both see the same entries.
+    async fn provisioning_log(
+        &self,
+        tenant: &str,
+        q: &ProvisioningQuery,
+    ) -> Result<(i64, Vec<ProvisioningRow>), StoreError> {
+        let (lo, hi) = q.status.map(|s| s.range()).unwrap_or((0, 999));
+        let since = q.since.map(format_time).unwrap_or_default();
+        // "~" sorts after every timestamp.
+        let until = q.until.map(format_time).unwrap_or_else(|| "~".into());
+        let (tenant, limit, offset) = (tenant.to_string(), q.limit, q.offset);
+        self.read(move |c| {
+            let filter = "tenant = ? AND status BETWEEN ? AND ? AND at >= ? AND at < ?";
+            let p = params![tenant, i64::from(lo), i64::from(hi), since, until];
+            c.execute_batch("BEGIN")?;
+            let r = (|| {
+                let total: i64 = c
+                    .prepare_cached(&format!(
+                        "SELECT count(*) FROM provisioning_log WHERE {filter}"
+                    ))?
+                    .query_row(p, |r| r.get(0))?;
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT id, at, request_id, method, path, resource_id, status, duration_ms, error \
+                     FROM provisioning_log WHERE {filter} ORDER BY at DESC, id DESC LIMIT ? OFFSET ?"
+                ))?;
+                let rows = stmt
+                    .query_map(
+                        params![tenant, i64::from(lo), i64::from(hi), since, until, limit, offset],
+                        |r| {
+                            let status: i64 = r.get(6)?;
+                            Ok(ProvisioningRow {
+                                id: r.get(0)?,
+                                at: r.get(1)?,
+                                request_id: r.get(2)?,
+                                method: r.get(3)?,
+                                path: r.get(4)?,
+                                resource_id: r.get(5)?,
+                                status: u16::try_from(status).unwrap_or(0),
+                                duration_ms: r.get(7)?,
+                                error: r.get(8)?,
+                            })
+                        },
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, StoreError>((total, rows))
+            })();
+            c.execute_batch("COMMIT")?;
+            r
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use crate::store::StatusFilter;
+    use chrono::TimeZone;
+
+    fn entry(tenant: &str, minute: u32, status: u16) -> ProvisioningEntry {
+        ProvisioningEntry {
+            tenant: tenant.into(),
+            at: Utc
+                .with_ymd_and_hms(2026, 1, 1, 10, minute, 0)
+                .single()
+                .unwrap(),
+            request_id: format!("r{minute}"),
+            method: "GET".into(),
+            path: "/Users/{id}".into(),
+            resource_id: Some("u1".into()),
+            status,
+            duration_ms: 1.5,
+            error: (status >= 400).then(|| "nope".to_string()),
+        }
+    }
+
+    #[tokio::test]
+    async fn log_is_filtered_paged_newest_first_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStaging::open(&dir.path().join("s.db"), Durability::Normal)
+            .await
+            .unwrap();
+        let entries: Vec<_> = [(0, 200), (1, 404), (2, 201), (3, 500), (4, 409)]
+            .iter()
+            .map(|(m, st)| entry("acme", *m, *st))
+            .chain([entry("other", 5, 404)])
+            .collect();
+        s.insert_provisioning_log(&entries).await.unwrap();
+        let all = ProvisioningQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        let (total, rows) = s.provisioning_log("acme", &all).await.unwrap();
+        assert_eq!(total, 5);
+        let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["r4", "r3", "r2", "r1", "r0"]);
+        let q = ProvisioningQuery {
+            status: Some(StatusFilter::Class(4)),
+            limit: 1,
+            offset: 1,
+            ..Default::default()
+        };
+        let (total, rows) = s.provisioning_log("acme", &q).await.unwrap();
+        assert_eq!((total, rows[0].request_id.as_str()), (2, "r1"));
+        let q = ProvisioningQuery {
+            since: Some(entries[1].at),
+            until: Some(entries[3].at),
+            limit: 10,
+            ..Default::default()
+        };
+        let (total, _) = s.provisioning_log("acme", &q).await.unwrap();
+        assert_eq!(total, 2, "since is inclusive, until exclusive");
+        assert_eq!(s.prune_provisioning_log(entries[2].at).await.unwrap(), 2);
+        let (total, _) = s.provisioning_log("acme", &all).await.unwrap();
+        assert_eq!(total, 3);
+    }
+
+    #[tokio::test]
+    async fn counts_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStaging::open(&dir.path().join("s.db"), Durability::Normal)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.tenant_counts("acme").await.unwrap(),
+            TenantCounts::default()
+        );
+    }
+}

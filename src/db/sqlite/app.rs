@@ -1,0 +1,368 @@
+//! An application database on SQLite.
+//!
+//! Upsert is update-then-insert: `UPDATE … WHERE key = ?`, and an `INSERT` when no row was
+//! updated. That works whether or not the key column has a unique index (many application
+//! schemas have none), and it is race-free because the batch holds SQLite's write lock from its
+//! first statement (`BEGIN IMMEDIATE`). Role rows are added with `INSERT … WHERE NOT EXISTS`,
+//! so a role table without a unique (user, role) index gets no duplicates either.
+//!
+//! The file's one writer is the database's one connection: a batch runs synchronously on a
+//! blocking thread, with its statements prepared once: one hand-over per batch instead of one
+//! per statement. How a batch writes is [`crate::target::writer`]; this is its SQLite spelling.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue};
+use rusqlite::{Connection, ToSql, TransactionBehavior};
+
+use crate::store::format_time;
+use crate::target::writer::{self, Dialect, Exec, Param, QuotedRoles, Stmt};
+use crate::target::{AppDatabase, BatchFn, TargetError, UserApplied, quote_parts};
+
+/// Statements kept prepared on the connection.
+const STATEMENT_CACHE: usize = 64;
+
+#[derive(Clone)]
+pub struct SqliteApp {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteApp {
+    /// Open (creating it with its folder) the file `path`; `schema` is applied when the
+    /// database has no tables.
+    pub async fn open(path: &Path, schema: Option<&Path>) -> Result<SqliteApp, TargetError> {
+        let (path, schema) = (path.to_path_buf(), schema.map(Path::to_path_buf));
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, schema.as_deref()))
+            .await
+            .map_err(|e| TargetError::Task(e.to_string()))?
+    }
+
+    fn open_blocking(path: &Path, schema: Option<&Path>) -> Result<SqliteApp, TargetError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        if let Some(schema) = schema {
+            let tables: i64 = conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )?;
+            if tables == 0 {
+                let failed = |message: String| TargetError::Schema {
+                    path: schema.display().to_string(),
+                    message,
+                };
+                let ddl = std::fs::read_to_string(schema).map_err(|e| failed(e.to_string()))?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(&ddl).map_err(|e| failed(e.to_string()))?;
+                tx.commit()?;
+            }
+        }
+        Ok(SqliteApp {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+}
+
+#[async_trait]
+impl AppDatabase for SqliteApp {
+    async fn batch(&self, mut f: BatchFn) -> Result<Vec<Result<UserApplied, String>>, TargetError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = conn
+                .lock()
+                .map_err(|_| TargetError::Task("the connection's lock is poisoned".into()))?;
+            writer::run_batch(&mut Conn(&guard), &SQLITE, &mut |b| f(b))
+        })
+        .await
+        .map_err(|e| TargetError::Task(e.to_string()))?
+    }
+}
+
+/// A connection the writer runs its statements on.
+struct Conn<'a>(&'a Connection);
+
+fn bind(p: &Param) -> ToSqlOutput<'_> {
+    match p {
+        Param::Null => ToSqlOutput::Owned(SqlValue::Null),
+        Param::Text(s) => ToSqlOutput::Borrowed(s.as_str().into()),
+        Param::Int(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
+        Param::Bool(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
+        Param::Time(t) => ToSqlOutput::Owned(SqlValue::Text(format_time(*t))),
+    }
+}
+
+impl Exec for Conn<'_> {
+    fn execute(&mut self, s: &Stmt) -> Result<u64, TargetError> {
+        let values: Vec<ToSqlOutput<'_>> = s.params.iter().map(bind).collect();
+        let p: Vec<&dyn ToSql> = values.iter().map(|v| v as &dyn ToSql).collect();
+        Ok(self.0.prepare_cached(&s.sql)?.execute(&p[..])? as u64)
+    }
+
+    fn scalar(&mut self, s: &Stmt) -> Result<i64, TargetError> {
+        let values: Vec<ToSqlOutput<'_>> = s.params.iter().map(bind).collect();
+        let p: Vec<&dyn ToSql> = values.iter().map(|v| v as &dyn ToSql).collect();
+        Ok(self
+            .0
+            .prepare_cached(&s.sql)?
+            .query_row(&p[..], |r| r.get(0))?)
+    }
+
+    fn in_transaction(&mut self) -> bool {
+        !self.0.is_autocommit()
+    }
+}
+
+/// SQLite's spelling of the application writer.
+struct Sqlite;
+
+const SQLITE: Sqlite = Sqlite;
+
+impl Dialect for Sqlite {
+    fn quote(&self, ident: &str) -> Option<String> {
+        quote_parts(ident, '"', '"')
+    }
+
+    fn begin(&self) -> &'static str {
+        "BEGIN IMMEDIATE"
+    }
+
+    fn commit(&self) -> &'static str {
+        "COMMIT"
+    }
+
+    fn rollback(&self) -> &'static str {
+        "ROLLBACK"
+    }
+
+    fn savepoint(&self) -> &'static str {
+        "SAVEPOINT write_one"
+    }
+
+    fn rollback_to_savepoint(&self) -> &'static str {
+        "ROLLBACK TO write_one"
+    }
+
+    fn release_savepoint(&self) -> Option<&'static str> {
+        Some("RELEASE write_one")
+    }
+
+    /// A failed statement leaves SQLite's transaction open unless the error rolled it back
+    /// (a trigger's RAISE(ROLLBACK), say).
+    fn usable(&self, ex: &mut dyn Exec) -> Result<bool, TargetError> {
+        Ok(ex.in_transaction())
+    }
+
+    fn upsert(
+        &self,
+        ex: &mut dyn Exec,
+        table: &str,
+        key_column: &str,
+        columns: &[String],
+        key: &str,
+        values: Vec<Param>,
+    ) -> Result<bool, TargetError> {
+        let updated = if columns.is_empty() {
+            ex.scalar(&Stmt::new(
+                self.count_key(table, key_column),
+                vec![Param::Text(key.to_string())],
+            ))? > 0
+        } else {
+            let sets: Vec<String> = columns.iter().map(|c| format!("{c} = ?")).collect();
+            let sql = format!(
+                "UPDATE {table} SET {} WHERE {key_column} = ?",
+                sets.join(", ")
+            );
+            let mut p = values.clone();
+            p.push(Param::Text(key.to_string()));
+            ex.execute(&Stmt::new(sql, p))? > 0
+        };
+        if !updated {
+            let mut names = vec![key_column.to_string()];
+            names.extend(columns.iter().cloned());
+            let sql = format!(
+                "INSERT INTO {table} ({}) VALUES ({})",
+                names.join(", "),
+                vec!["?"; names.len()].join(", ")
+            );
+            let mut p = vec![Param::Text(key.to_string())];
+            p.extend(values);
+            ex.execute(&Stmt::new(sql, p))?;
+        }
+        Ok(!updated)
+    }
+
+    fn count_key(&self, table: &str, key_column: &str) -> String {
+        format!("SELECT count(*) FROM {table} WHERE {key_column} = ?")
+    }
+
+    fn rekey(&self, table: &str, key_column: &str) -> String {
+        format!("UPDATE {table} SET {key_column} = ? WHERE {key_column} = ?")
+    }
+
+    /// One statement for all of the user's roles.
+    fn add_roles(
+        &self,
+        ex: &mut dyn Exec,
+        r: &QuotedRoles,
+        key: &str,
+        roles: &BTreeSet<String>,
+    ) -> Result<(), TargetError> {
+        let (t, u, ro) = (&r.table, &r.user_column, &r.role_column);
+        let sql = format!(
+            "INSERT INTO {t} ({u}, {ro}) SELECT ?1, r.value FROM json_each(?2) r \
+             WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {u} = ?1 AND {ro} = r.value)"
+        );
+        let list = serde_json::to_string(roles)?;
+        ex.execute(&Stmt::new(
+            sql,
+            vec![Param::Text(key.to_string()), Param::Text(list)],
+        ))?;
+        Ok(())
+    }
+
+    fn remove_roles(
+        &self,
+        ex: &mut dyn Exec,
+        r: &QuotedRoles,
+        key: &str,
+        roles: &BTreeSet<String>,
+    ) -> Result<(), TargetError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE {} = ? AND {} = ?",
+            r.table, r.user_column, r.role_column
+        );
+        for role in roles {
+            ex.execute(&Stmt::new(
+                sql.clone(),
+                vec![Param::Text(key.to_string()), Param::Text(role.clone())],
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn delete_row(&self, table: &str, key_column: &str) -> String {
+        format!("DELETE FROM {table} WHERE {key_column} = ?")
+    }
+
+    fn update_row(&self, table: &str, key_column: &str, columns: &[String]) -> String {
+        let sets: Vec<String> = columns.iter().map(|c| format!("{c} = ?")).collect();
+        format!(
+            "UPDATE {table} SET {} WHERE {key_column} = ?",
+            sets.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{FieldValue, RoleTable, Target};
+    use crate::target::UserWrite;
+
+    /// A user refused after part of its writes (its row went in, a role did not) leaves
+    /// nothing behind, and the users before and after it are written: the optimistic attempt
+    /// is rolled back and the batch runs again with a savepoint per user.
+    #[tokio::test]
+    async fn a_user_refused_mid_way_leaves_nothing_and_the_others_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("app.sql"),
+            "CREATE TABLE u (k TEXT NOT NULL UNIQUE, name TEXT);
+             CREATE TABLE r (k TEXT NOT NULL, role TEXT NOT NULL);
+             CREATE TRIGGER refuse BEFORE INSERT ON r WHEN NEW.role = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'role refused'); END;",
+        )
+        .unwrap();
+        let app = SqliteApp::open(
+            &dir.path().join("app.db"),
+            Some(&dir.path().join("app.sql")),
+        )
+        .await
+        .unwrap();
+        let target = Target {
+            database: "app".into(),
+            user_table: "u".into(),
+            key_column: "k".into(),
+            key_source: "userName".into(),
+            roles: Some(RoleTable {
+                table: "r".into(),
+                user_column: "k".into(),
+                role_column: "role".into(),
+            }),
+        };
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let results = app
+            .batch(Box::new(move |b| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let none = BTreeSet::new();
+                Ok(["a", "b", "c"]
+                    .iter()
+                    .map(|k| {
+                        let fields = vec![("name".to_string(), FieldValue::Text(k.to_uppercase()))];
+                        let roles: BTreeSet<String> = if *k == "b" {
+                            ["ok".to_string(), "bad".to_string()].into()
+                        } else {
+                            ["ok".to_string()].into()
+                        };
+                        b.apply_user(
+                            &target,
+                            &UserWrite {
+                                key: k,
+                                previous_key: None,
+                                fields: &fields,
+                                roles_to_add: &roles,
+                                roles_to_remove: &none,
+                            },
+                        )
+                        .map_err(|e| e.to_string())
+                    })
+                    .collect::<Vec<_>>())
+            }))
+            .await
+            .unwrap();
+        let results: Vec<Result<bool, String>> =
+            results.into_iter().map(|r| r.map(|a| a.created)).collect();
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "tried twice"
+        );
+        assert_eq!(results[0], Ok(true));
+        assert!(results[1].as_ref().unwrap_err().contains("role refused"));
+        assert_eq!(results[2], Ok(true));
+        let c = Connection::open(dir.path().join("app.db")).unwrap();
+        let rows: Vec<(String, String)> = c
+            .prepare("SELECT k, name FROM u ORDER BY k")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("a".into(), "A".into()), ("c".into(), "C".into())]);
+        let roles: Vec<(String, String)> = c
+            .prepare("SELECT k, role FROM r ORDER BY k, role")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            roles,
+            [("a".into(), "ok".into()), ("c".into(), "ok".into())]
+        );
+    }
+}

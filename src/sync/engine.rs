@@ -1,0 +1,322 @@
+//! The engine's entry points: a run of a tenant (begun, then carried out), and the approval of
+//! a run the guard held.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::run::Run;
+use super::store::{BeginRun, SyncStore};
+use super::{Counts, LEASE_TTL_SECONDS, RunOptions, RunStatus, RunSummary, SyncError, Trigger};
+use crate::clock::Clock;
+use crate::config::{ApplicationConfig, Config, SyncConfig};
+use crate::mapping::Mapping;
+use crate::target::{AppConnector, AppDatabase};
+
+/// A tenant that syncs: its settings and its application database.
+#[derive(Clone)]
+pub(super) struct TenantSync {
+    pub config: SyncConfig,
+    pub app: Arc<dyn AppDatabase>,
+}
+
+impl TenantSync {
+    pub fn mapping(&self) -> &Mapping {
+        &self.config.mapping.0
+    }
+}
+
+/// The sync engine of every configured tenant; share it with `Arc`.
+pub struct SyncEngine {
+    pub(super) store: Arc<dyn SyncStore>,
+    pub(super) clock: Arc<dyn Clock>,
+    tenants: BTreeMap<String, TenantSync>,
+}
+
+/// A run that has begun: it is in the ledger and holds the tenant's lease (a dry run needs
+/// none). [`SyncEngine::execute`] carries it out.
+pub struct Begun {
+    pub run_id: i64,
+    pub tenant: String,
+    trigger: Trigger,
+    options: RunOptions,
+    holder: String,
+    started: DateTime<Utc>,
+    watermark: super::store::Mark,
+    /// The run this one approves.
+    approves: Option<i64>,
+}
+
+/// What beginning a run came to.
+pub enum Start {
+    Begun(Box<Begun>),
+    /// Another run holds the lease: recorded as skipped.
+    Skipped(RunSummary),
+}
+
+impl SyncEngine {
+    /// The engine of every tenant that has a `[tenants.NAME.sync]`, with its application
+    /// database (opened once per application).
+    pub async fn new(
+        config: &Config,
+        store: Arc<dyn SyncStore>,
+        connector: &dyn AppConnector,
+        clock: Arc<dyn Clock>,
+    ) -> Result<SyncEngine, SyncError> {
+        let mut engine = SyncEngine {
+            store,
+            clock,
+            tenants: BTreeMap::new(),
+        };
+        for (name, t) in &config.tenants {
+            if let Some(sync) = &t.sync {
+                let app = engine
+                    .application(name, sync, &config.applications, connector)
+                    .await?;
+                engine.tenants.insert(
+                    name.clone(),
+                    TenantSync {
+                        config: sync.clone(),
+                        app,
+                    },
+                );
+            }
+        }
+        Ok(engine)
+    }
+
+    /// The same engine with `tenant` syncing with `config` (a reloaded mapping); the other
+    /// tenants keep theirs, and open application databases are shared.
+    pub async fn with_tenant(
+        &self,
+        tenant: &str,
+        config: SyncConfig,
+        applications: &BTreeMap<String, ApplicationConfig>,
+        connector: &dyn AppConnector,
+    ) -> Result<SyncEngine, SyncError> {
+        let app = self
+            .application(tenant, &config, applications, connector)
+            .await?;
+        let mut tenants = self.tenants.clone();
+        tenants.insert(tenant.to_string(), TenantSync { config, app });
+        Ok(SyncEngine {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            tenants,
+        })
+    }
+
+    /// The application database `sync` writes to: one already open, or opened now.
+    async fn application(
+        &self,
+        tenant: &str,
+        sync: &SyncConfig,
+        applications: &BTreeMap<String, ApplicationConfig>,
+        connector: &dyn AppConnector,
+    ) -> Result<Arc<dyn AppDatabase>, SyncError> {
+        let name = &sync.mapping.0.target().database;
+        if let Some(t) = self
+            .tenants
+            .values()
+            .find(|t| &t.mapping().target().database == name)
+        {
+            return Ok(t.app.clone());
+        }
+        let config = applications
+            .get(name)
+            .ok_or_else(|| SyncError::NotConfigured(tenant.to_string()))?;
+        Ok(connector.open(config).await?)
+    }
+
+    /// The staging database the engine keeps its state in.
+    pub fn store(&self) -> &Arc<dyn SyncStore> {
+        &self.store
+    }
+
+    /// The tenants that sync.
+    pub fn tenants(&self) -> impl Iterator<Item = &str> {
+        self.tenants.keys().map(String::as_str)
+    }
+
+    /// The sync settings of a tenant (schedule, retention, …).
+    pub fn tenant_config(&self, tenant: &str) -> Option<&SyncConfig> {
+        self.tenants.get(tenant).map(|t| &t.config)
+    }
+
+    pub(super) fn tenant(&self, tenant: &str) -> Result<&TenantSync, SyncError> {
+        self.tenants
+            .get(tenant)
+            .ok_or_else(|| SyncError::NotConfigured(tenant.to_string()))
+    }
+
+    pub(super) fn lease_ttl() -> chrono::Duration {
+        chrono::Duration::seconds(LEASE_TTL_SECONDS)
+    }
+
+    /// Run one sync of `tenant`: begin it, then carry it out. A run that cannot get the
+    /// tenant's lease is recorded as skipped. Errors that end a started run are recorded in
+    /// its ledger row and returned in the summary (status failed); `Err` means the run could
+    /// not be recorded at all.
+    pub async fn run(
+        &self,
+        tenant: &str,
+        trigger: Trigger,
+        options: RunOptions,
+    ) -> Result<RunSummary, SyncError> {
+        match self.begin(tenant, trigger, options).await? {
+            Start::Begun(run) => self.execute(*run).await,
+            Start::Skipped(summary) => Ok(summary),
+        }
+    }
+
+    /// Insert the run in the ledger and take the tenant's lease; nothing else is done yet.
+    pub async fn begin(
+        &self,
+        tenant: &str,
+        trigger: Trigger,
+        options: RunOptions,
+    ) -> Result<Start, SyncError> {
+        self.tenant(tenant)?;
+        let started = self.clock.now();
+        let holder = uuid::Uuid::new_v4().to_string();
+        let watermark = self.store.watermark(tenant).await?;
+        let begun = self
+            .store
+            .begin_run(BeginRun {
+                tenant: tenant.to_string(),
+                holder: holder.clone(),
+                trigger: trigger.as_str(),
+                dry_run: options.dry_run,
+                full: options.full,
+                started_at: started,
+                lease_expires: started + Self::lease_ttl(),
+                watermark_from: Some(if options.full { 0 } else { watermark.seq }),
+            })
+            .await?;
+        if !begun.leased {
+            tracing::info!(
+                tenant,
+                run_id = begun.run_id,
+                "sync run skipped: another run holds the lease"
+            );
+            return Ok(Start::Skipped(RunSummary {
+                run_id: begun.run_id,
+                tenant: tenant.to_string(),
+                trigger,
+                dry_run: options.dry_run,
+                full: options.full,
+                status: RunStatus::Skipped,
+                counts: Counts::default(),
+                held: 0,
+                watermark_from: Some(watermark.seq),
+                watermark_to: None,
+                started_at: started,
+                ended_at: started,
+                error: Some("another run holds the tenant's lease".into()),
+            }));
+        }
+        tracing::info!(
+            tenant,
+            run_id = begun.run_id,
+            trigger = trigger.as_str(),
+            dry_run = options.dry_run,
+            full = options.full,
+            "sync run started"
+        );
+        Ok(Start::Begun(Box::new(Begun {
+            run_id: begun.run_id,
+            tenant: tenant.to_string(),
+            trigger,
+            options,
+            holder,
+            started,
+            watermark,
+            approves: None,
+        })))
+    }
+
+    /// Begin the approval of a run that is awaiting approval: recorded as a run of its own
+    /// that holds the lease.
+    pub async fn begin_approval(&self, run_id: i64, trigger: Trigger) -> Result<Begun, SyncError> {
+        let Some(approved) = self.store.run_state(run_id).await? else {
+            return Err(SyncError::RunNotFound(run_id));
+        };
+        if approved.status != RunStatus::AwaitingApproval.as_str()
+            || approved.dry_run
+            || approved.approved
+        {
+            return Err(SyncError::NotAwaitingApproval(run_id));
+        }
+        let tenant = approved.tenant;
+        self.tenant(&tenant)?;
+        let started = self.clock.now();
+        let holder = uuid::Uuid::new_v4().to_string();
+        let new_id = self
+            .store
+            .begin_approval(
+                BeginRun {
+                    tenant: tenant.clone(),
+                    holder: holder.clone(),
+                    trigger: trigger.as_str(),
+                    dry_run: false,
+                    full: false,
+                    started_at: started,
+                    lease_expires: started + Self::lease_ttl(),
+                    watermark_from: None,
+                },
+                run_id,
+            )
+            .await?;
+        tracing::info!(
+            tenant,
+            run_id = new_id,
+            approves = run_id,
+            "offboarding approved"
+        );
+        Ok(Begun {
+            run_id: new_id,
+            tenant,
+            trigger,
+            options: RunOptions::default(),
+            holder,
+            started,
+            watermark: Default::default(),
+            approves: Some(run_id),
+        })
+    }
+
+    /// Approve a run that is awaiting approval: perform the offboardings it held that are
+    /// still due (users reactivated since are left alone). Recorded as a run of its own.
+    pub async fn approve(&self, run_id: i64, trigger: Trigger) -> Result<RunSummary, SyncError> {
+        let begun = self.begin_approval(run_id, trigger).await?;
+        self.execute(begun).await
+    }
+
+    /// Carry out a begun run: the change pass and the lifecycle (an approval: the offboardings
+    /// it approves), then record its end.
+    pub async fn execute(&self, begun: Begun) -> Result<RunSummary, SyncError> {
+        let ts = self.tenant(&begun.tenant)?;
+        let mut run = Run::new(
+            self,
+            &begun.tenant,
+            ts,
+            begun.run_id,
+            begun.holder,
+            begun.options,
+        );
+        let (result, watermark_from) = match begun.approves {
+            Some(approved) => (run.lifecycle(Some(approved)).await, None),
+            None => {
+                let from = if run.options.full {
+                    0
+                } else {
+                    begun.watermark.seq
+                };
+                (run.sync(begun.watermark).await, Some(from))
+            }
+        };
+        run.finish(begun.trigger, begun.started, watermark_from, result)
+            .await
+    }
+}

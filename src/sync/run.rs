@@ -1,0 +1,372 @@
+//! One run's change pass: batches of changed users read and planned on a blocking thread while
+//! the previous batch is written to the application and recorded in staging; and the end of
+//! the run.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::engine::{SyncEngine, TenantSync};
+use super::plan::{Plan, Planned, Write, failed_item, plan_batch, state_name};
+use super::store::{LinkWrite, Mark, Read, Record};
+use super::{Counts, ItemReport, Outcome, RunOptions, RunStatus, RunSummary, SyncError, Trigger};
+use crate::target::{UserApplied, UserWrite};
+
+/// The mutable state of one run.
+pub(super) struct Run<'a> {
+    pub engine: &'a SyncEngine,
+    pub tenant: &'a str,
+    pub ts: &'a TenantSync,
+    pub run_id: i64,
+    pub holder: String,
+    pub options: RunOptions,
+    pub counts: Counts,
+    pub held: u64,
+    pub watermark_to: Option<i64>,
+}
+
+fn join_error(e: tokio::task::JoinError) -> SyncError {
+    SyncError::Task(e.to_string())
+}
+
+impl<'a> Run<'a> {
+    pub fn new(
+        engine: &'a SyncEngine,
+        tenant: &'a str,
+        ts: &'a TenantSync,
+        run_id: i64,
+        holder: String,
+        options: RunOptions,
+    ) -> Run<'a> {
+        Run {
+            engine,
+            tenant,
+            ts,
+            run_id,
+            holder,
+            options,
+            counts: Counts::default(),
+            held: 0,
+            watermark_to: None,
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.engine.clock.now()
+    }
+
+    /// Count and report a recorded item.
+    pub fn tally(&mut self, item: &ItemReport) {
+        self.counts.add(item);
+        if item.outcome == Outcome::OffboardingHeld {
+            self.held += 1;
+        }
+        if let Some(p) = &self.options.progress {
+            p.item(item);
+        }
+    }
+
+    /// The lease to renew with a write (None: a dry run, which holds none).
+    pub fn lease_holder(&self) -> Option<String> {
+        (!self.options.dry_run).then(|| self.holder.clone())
+    }
+
+    /// Start reading and planning a batch on a blocking thread.
+    fn fetch(&self, read: Read) -> tokio::task::JoinHandle<Result<Planned, SyncError>> {
+        let store = self.engine.store.clone();
+        let mapping = self.ts.config.mapping.0.clone();
+        let tenant = self.tenant.to_string();
+        let limit = self.ts.config.batch_size;
+        tokio::spawn(async move {
+            store
+                .read_batch(
+                    &tenant,
+                    read,
+                    limit,
+                    Box::new(move |rows, links| plan_batch(&mapping, rows, &links)),
+                )
+                .await
+        })
+    }
+
+    /// The change pass, then the lifecycle.
+    pub async fn sync(&mut self, wm: Mark) -> Result<(), SyncError> {
+        let store = self.engine.store.clone();
+        let high = store.high_seq().await?;
+        let from = if self.options.full {
+            Mark::default()
+        } else {
+            wm
+        };
+        if let Some(p) = &self.options.progress {
+            let n = store.count_changed(self.tenant, from, high).await?;
+            p.start(u64::try_from(n).unwrap_or(0));
+        }
+        if !self.options.full {
+            // Failed users the watermark has passed; the others come with the changes.
+            let mut after = 0;
+            loop {
+                let read = Read::Retry {
+                    watermark: wm,
+                    after_pk: after,
+                };
+                let planned = self.fetch(read).await.map_err(join_error)??;
+                let Some(last) = planned.last else { break };
+                after = last.pk;
+                self.batch(planned, None).await?;
+                self.check_stop()?;
+            }
+        }
+        // The next batch is read and planned while the current one is written and recorded.
+        let mut next = Some(self.fetch(Read::Changed { after: from, high }));
+        while let Some(handle) = next.take() {
+            let planned = handle.await.map_err(join_error)??;
+            let Some(cursor) = planned.last else { break };
+            next = Some(self.fetch(Read::Changed {
+                after: cursor,
+                high,
+            }));
+            let n = planned.ids.len() as u64;
+            self.batch(planned, Some(cursor)).await?;
+            self.watermark_to = Some(cursor.seq.max(wm.seq));
+            if let Some(p) = &self.options.progress {
+                p.advance(n);
+            }
+            self.check_stop()?;
+        }
+        if self.watermark_to.is_none() {
+            self.watermark_to = Some(wm.seq);
+        }
+        self.lifecycle(None).await
+    }
+
+    /// Stop between batches when asked to (shutdown): what is committed stays, the watermark
+    /// covers it, and the next run goes on from there.
+    pub fn check_stop(&self) -> Result<(), SyncError> {
+        match &self.options.stop {
+            Some(stop) if stop.load(std::sync::atomic::Ordering::SeqCst) => Err(SyncError::Stopped),
+            _ => Ok(()),
+        }
+    }
+
+    /// Write a batch's users to the application (one transaction); what each write did, in
+    /// order. The writes stay boxed as the plans hold them: unboxing would copy each one.
+    #[allow(clippy::vec_box)]
+    async fn write(
+        &self,
+        writes: Vec<Box<Write>>,
+    ) -> Result<(Vec<Box<Write>>, Vec<Option<Result<UserApplied, String>>>), SyncError> {
+        if self.options.dry_run || writes.is_empty() {
+            let n = writes.len();
+            return Ok((writes, vec![None; n]));
+        }
+        let target = self.ts.mapping().target().clone();
+        let writes = Arc::new(writes);
+        let shared = writes.clone();
+        let applied = self
+            .ts
+            .app
+            .batch(Box::new(move |app| {
+                Ok(shared
+                    .iter()
+                    .map(|w| {
+                        let write = UserWrite {
+                            key: &w.rendered.key,
+                            previous_key: w.previous_key.as_deref(),
+                            fields: &w.rendered.fields,
+                            // Every desired role: a role row lost in the application comes
+                            // back, and a write repeated after a crash adds nothing twice.
+                            roles_to_add: &w.rendered.roles,
+                            roles_to_remove: &w.roles_to_remove,
+                        };
+                        app.apply_user(&target, &write).map_err(|e| e.to_string())
+                    })
+                    .collect())
+            }))
+            .await?;
+        // The closure (and its reference) is gone once the batch returned.
+        let writes = Arc::try_unwrap(writes)
+            .map_err(|_| SyncError::Task("the batch's writes are still shared".into()))?;
+        Ok((writes, applied.into_iter().map(Some).collect()))
+    }
+
+    /// One batch: write to the application, record in staging (advancing the watermark to
+    /// `advance` when given).
+    async fn batch(&mut self, planned: Planned, advance: Option<Mark>) -> Result<(), SyncError> {
+        let Planned { ids, plans, .. } = planned;
+        // The users to write, in batch order; failures keep their place among them.
+        enum Slot {
+            Failed(ItemReport),
+            Write(usize),
+        }
+        let mut slots = Vec::with_capacity(plans.len());
+        let mut writes: Vec<Box<Write>> = Vec::new();
+        for plan in plans {
+            match plan {
+                Plan::Unchanged => self.counts.unchanged += 1,
+                Plan::Failed {
+                    row,
+                    app_key,
+                    error,
+                } => slots.push(Slot::Failed(failed_item(&row, app_key, error))),
+                Plan::Write(w) => {
+                    slots.push(Slot::Write(writes.len()));
+                    writes.push(w);
+                }
+            }
+        }
+        let (writes, applied) = self.write(writes).await?;
+        let mut writes: Vec<Option<Box<Write>>> = writes.into_iter().map(Some).collect();
+        let mut items: Vec<(ItemReport, Option<Box<Write>>)> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let i = match slot {
+                Slot::Failed(item) => {
+                    items.push((item, None));
+                    continue;
+                }
+                Slot::Write(i) => i,
+            };
+            let Some(w) = writes.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            let mut item = ItemReport {
+                user_id: w.row.id.clone(),
+                user_name: Some(w.row.user_name.clone()),
+                app_key: Some(w.rendered.key.clone()),
+                outcome: w.outcome,
+                changes: w.changes.clone(),
+                roles_added: w.roles_to_add.iter().cloned().collect(),
+                roles_removed: w.roles_to_remove.iter().cloned().collect(),
+                error: None,
+            };
+            match applied.get(i).cloned().flatten() {
+                None => {}
+                Some(Ok(applied)) => {
+                    if applied.created && item.outcome != Outcome::Created {
+                        // The row had gone from the application: written again.
+                        item.outcome = Outcome::Created;
+                    } else if !applied.created && item.outcome == Outcome::Created {
+                        // A row with this key was already there (a re-run after a crash, or
+                        // a row the application made): now linked.
+                        item.outcome = Outcome::Updated;
+                    }
+                }
+                Some(Err(e)) => {
+                    items.push((failed_item(&w.row, Some(w.rendered.key.clone()), e), None));
+                    continue;
+                }
+            }
+            items.push((item, Some(w)));
+        }
+        for (item, _) in &items {
+            self.tally(item);
+        }
+        let now = self.now();
+        let mut record = Record {
+            tenant: self.tenant.to_string(),
+            holder: self.holder.clone(),
+            run_id: self.run_id,
+            now,
+            lease_expires: now + SyncEngine::lease_ttl(),
+            counts: self.counts,
+            watermark_to: self.watermark_to,
+            items: Vec::with_capacity(items.len()),
+            dry_run: self.options.dry_run,
+            links: Vec::new(),
+            retries: Vec::new(),
+            cleared: Vec::new(),
+            advance,
+        };
+        let mut failed = HashSet::new();
+        for (item, w) in items {
+            match w {
+                Some(w) => record.links.push(LinkWrite {
+                    user_id: w.row.id,
+                    app_key: w.rendered.key,
+                    fingerprint: w.fingerprint,
+                    applied_roles: w.rendered.roles,
+                    fields: w.fields,
+                    state: state_name(w.state),
+                }),
+                None => {
+                    failed.insert(item.user_id.clone());
+                    record.retries.push((
+                        item.user_id.clone(),
+                        item.error.clone().unwrap_or_else(|| "failed".into()),
+                    ));
+                }
+            }
+            record.items.push(item);
+        }
+        // Written and unchanged users that were waiting for a retry are fine now.
+        record.cleared = ids.into_iter().filter(|id| !failed.contains(id)).collect();
+        self.engine.store.record(record).await
+    }
+
+    /// Record the end of the run and let go of the lease.
+    pub async fn finish(
+        &mut self,
+        trigger: Trigger,
+        started: DateTime<Utc>,
+        watermark_from: Option<i64>,
+        result: Result<(), SyncError>,
+    ) -> Result<RunSummary, SyncError> {
+        let ended = self.now();
+        let error = result.err().map(|e| e.to_string());
+        let status = if error.is_some() {
+            RunStatus::Failed
+        } else if self.held > 0 {
+            RunStatus::AwaitingApproval
+        } else if self.counts.failed > 0 {
+            RunStatus::CompletedWithErrors
+        } else {
+            RunStatus::Succeeded
+        };
+        self.engine
+            .store
+            .finish_run(super::store::FinishRun {
+                tenant: self.tenant.to_string(),
+                run_id: self.run_id,
+                holder: self.lease_holder(),
+                status,
+                counts: self.counts,
+                watermark_to: self.watermark_to,
+                ended_at: ended,
+                error: error.clone(),
+            })
+            .await?;
+        match &error {
+            Some(e) => {
+                tracing::error!(tenant = self.tenant, run_id = self.run_id, error = %e, "sync run failed")
+            }
+            None => tracing::info!(
+                tenant = self.tenant,
+                run_id = self.run_id,
+                status = status.as_str(),
+                created = self.counts.created,
+                updated = self.counts.updated,
+                unchanged = self.counts.unchanged,
+                deactivated = self.counts.deactivated,
+                offboarded = self.counts.offboarded,
+                failed = self.counts.failed,
+                "sync run finished"
+            ),
+        }
+        Ok(RunSummary {
+            run_id: self.run_id,
+            tenant: self.tenant.to_string(),
+            trigger,
+            dry_run: self.options.dry_run,
+            full: self.options.full,
+            status,
+            counts: self.counts,
+            held: self.held,
+            watermark_from,
+            watermark_to: self.watermark_to,
+            started_at: started,
+            ended_at: ended,
+            error,
+        })
+    }
+}
