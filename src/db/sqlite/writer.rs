@@ -120,7 +120,16 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
             done.push((j.reply, Err(e)));
             continue;
         }
-        let r = (j.run)(conn);
+        // A job that panics fails alone, like one that returns an error; the thread, and with
+        // it every later write, goes on.
+        let run = j.run;
+        let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(conn))) {
+            Ok(r) => r.map_err(Ok),
+            Err(_) => {
+                tracing::error!("a staging write job panicked; rolled back");
+                Err(Err(DbError::Failed("the write failed".into())))
+            }
+        };
         let end = if r.is_ok() {
             exec(conn, "RELEASE job")
         } else {
@@ -129,7 +138,14 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
         if let Err(e) = end {
             broken = Some(DbError::from(e));
         }
-        done.push((j.reply, Ok(r)));
+        done.push((
+            j.reply,
+            match r {
+                Ok(v) => Ok(Ok(v)),
+                Err(Ok(own)) => Ok(Err(own)),
+                Err(Err(e)) => Err(e),
+            },
+        ));
     }
     let commit = match broken {
         None => exec(conn, "COMMIT").map_err(DbError::from),
@@ -152,5 +168,51 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job that fails or panics leaves nothing behind and fails alone; the thread goes on.
+    #[tokio::test]
+    async fn a_failing_or_panicking_job_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
+        let w = Writer::start(conn).unwrap();
+        let insert = |v: i64| {
+            move |c: &Connection| -> Result<(), DbError> {
+                c.execute("INSERT INTO t (v) VALUES (?)", [v])?;
+                Ok(())
+            }
+        };
+        w.run(insert(1)).await.unwrap();
+        let failed: Result<(), DbError> = w
+            .run(|c: &Connection| {
+                c.execute("INSERT INTO t (v) VALUES (2)", [])?;
+                Err(DbError::Failed("refused".into()))
+            })
+            .await;
+        assert!(matches!(failed, Err(DbError::Failed(m)) if m == "refused"));
+        #[allow(clippy::panic)]
+        let panicked: Result<(), DbError> = w
+            .run(|c: &Connection| {
+                c.execute("INSERT INTO t (v) VALUES (3)", []).unwrap();
+                panic!("a bug")
+            })
+            .await;
+        assert!(panicked.is_err());
+        w.run(insert(4)).await.unwrap();
+        let values: Vec<i64> = w
+            .run(|c: &Connection| {
+                let mut s = c.prepare("SELECT v FROM t ORDER BY v")?;
+                let rows = s.query_map([], |r| r.get(0))?;
+                Ok::<_, DbError>(rows.collect::<Result<Vec<i64>, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(values, [1, 4]);
     }
 }
