@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{ToSql, params};
 
 use super::SqliteStaging;
+use super::conn::snapshot;
 use crate::store::{
     ProvisioningEntry, ProvisioningLogStore, ProvisioningQuery, ProvisioningRow, StagingCounts,
     StoreError, TenantCounts, format_time,
@@ -150,8 +151,7 @@ impl ProvisioningLogStore for SqliteStaging {
         self.read(move |c| {
             let filter = "tenant = ? AND status BETWEEN ? AND ? AND at >= ? AND at < ?";
             let p = params![tenant, i64::from(lo), i64::from(hi), since, until];
-            c.execute_batch("BEGIN")?;
-            let r = (|| {
+            snapshot(c, || {
                 let total: i64 = c
                     .prepare_cached(&format!(
                         "SELECT count(*) FROM provisioning_log WHERE {filter}"
@@ -181,9 +181,7 @@ impl ProvisioningLogStore for SqliteStaging {
                     )?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, StoreError>((total, rows))
-            })();
-            c.execute_batch("COMMIT")?;
-            r
+            })
         })
         .await
     }

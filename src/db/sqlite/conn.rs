@@ -52,6 +52,18 @@ pub fn open_create(path: &Path, durability: Durability) -> Result<Connection, Db
     Ok(conn)
 }
 
+/// Run `f` in one read transaction on `c`, so every statement in it sees the same snapshot
+/// (a count and its page, a batch's users and their links).
+pub fn snapshot<T, E: From<DbError>>(
+    c: &Connection,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    c.execute_batch("BEGIN").map_err(DbError::from)?;
+    let r = f();
+    c.execute_batch("COMMIT").map_err(DbError::from)?;
+    r
+}
+
 /// Read connections, taken for one call and given back.
 pub struct ReadPool {
     path: PathBuf,

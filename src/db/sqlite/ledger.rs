@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, ToSql, params};
 
 use super::SqliteStaging;
+use super::conn::snapshot;
 use crate::store::format_time;
 use crate::sync::SyncError;
 use crate::sync::ledger::{
@@ -108,8 +109,7 @@ impl LedgerReads for SqliteStaging {
             .flatten()
             .collect();
             let mut p: Vec<&dyn ToSql> = binds.iter().map(|b| b as &dyn ToSql).collect();
-            c.execute_batch("BEGIN")?;
-            let r = (|| {
+            snapshot(c, || {
                 let total: i64 = c
                     .prepare_cached(&format!("SELECT count(*) FROM sync_runs r WHERE {cond}"))?
                     .query_row(&p[..], |r| r.get(0))?;
@@ -121,9 +121,7 @@ impl LedgerReads for SqliteStaging {
                     .query_map(&p[..], run_row)?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, SyncError>((total, rows))
-            })();
-            c.execute_batch("COMMIT")?;
-            r
+            })
         })
         .await
     }
@@ -169,8 +167,7 @@ impl LedgerReads for SqliteStaging {
             if let Some(o) = &outcome {
                 p.push(o);
             }
-            c.execute_batch("BEGIN")?;
-            let r = (|| {
+            snapshot(c, || {
                 let total: i64 = c
                     .prepare_cached(&format!(
                         "SELECT count(*) FROM sync_run_items WHERE {cond}"
@@ -197,9 +194,7 @@ impl LedgerReads for SqliteStaging {
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, SyncError>((total, rows))
-            })();
-            c.execute_batch("COMMIT")?;
-            r
+            })
         })
         .await
     }
@@ -282,8 +277,7 @@ impl LedgerReads for SqliteStaging {
     ) -> Result<(i64, Vec<PendingRow>), SyncError> {
         let tenant = tenant.to_string();
         self.read(move |c| {
-            c.execute_batch("BEGIN")?;
-            let r = (|| {
+            snapshot(c, || {
                 let total = count_pending(c, &tenant, retention_hours)?;
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT * FROM ({PENDING}) ORDER BY due_at, user_id LIMIT ?3 OFFSET ?4"
@@ -308,9 +302,7 @@ impl LedgerReads for SqliteStaging {
                     )?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, SyncError>((total, rows))
-            })();
-            c.execute_batch("COMMIT")?;
-            r
+            })
         })
         .await
     }

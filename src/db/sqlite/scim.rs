@@ -10,6 +10,7 @@ use rusqlite::{OptionalExtension, ToSql, params};
 use serde_json::{Map, Value};
 
 use super::SqliteStaging;
+use super::conn::snapshot;
 use super::filter_sql::{self, Condition, Param};
 use crate::db::{Sort, translate};
 use crate::scim::ScimError;
@@ -631,8 +632,7 @@ impl SqliteStaging {
         let start_index = page.start_index;
         // Count and page on one connection, so both see the same snapshot.
         let (total, rows) = self.read_now(|c| {
-            c.execute_batch("BEGIN")?;
-            let r = (|| {
+            snapshot(c, || {
                 let total: i64 = c
                     .prepare_cached(&count_sql)?
                     .query_row(&params[..], |r| r.get(0))?;
@@ -646,9 +646,7 @@ impl SqliteStaging {
                     .query_map(&p[..], read_row)?
                     .collect::<Result<Vec<Row>, _>>()?;
                 Ok::<_, StoreError>((total, rows))
-            })();
-            c.execute_batch("COMMIT")?;
-            r
+            })
         })?;
         let items = rows
             .into_iter()

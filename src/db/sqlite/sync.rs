@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 use super::SqliteStaging;
+use super::conn::snapshot;
 use crate::store::format_time;
 use crate::sync::plan::Planned;
 use crate::sync::store::{
@@ -484,8 +485,7 @@ impl SyncStore for SqliteStaging {
         let reads = self.reads.clone();
         tokio::task::spawn_blocking(move || {
             let (rows, links) = reads.with(|c| {
-                c.execute_batch("BEGIN")?;
-                let r = (|| {
+                snapshot(c, || {
                     let rows = match read {
                         Read::Retry {
                             watermark,
@@ -497,9 +497,7 @@ impl SyncStore for SqliteStaging {
                     };
                     let links = links(c, &tenant, &rows)?;
                     Ok::<_, SyncError>((rows, links))
-                })();
-                c.execute_batch("COMMIT")?;
-                r
+                })
             })?;
             plan(rows, links)
         })
