@@ -164,6 +164,11 @@ pub fn user_state(active: bool, deleted: bool) -> UserState {
 /// Decide what to do for one user.
 pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>) -> Plan {
     let state = user_state(row.active, row.deleted);
+    if link.is_none() && state == UserState::Deactivated {
+        // Inactive or deleted before its first sync: the application never hears of it (its
+        // staging row is purged after the retention like any other).
+        return Plan::Unchanged;
+    }
     let staged = match row.staged() {
         Ok(s) => s,
         Err(error) => {

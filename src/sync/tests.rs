@@ -917,6 +917,7 @@ async fn the_schema_is_applied_to_a_new_application_database_only() {
 async fn a_user_reactivated_while_the_lifecycle_runs_is_not_purged() {
     let e = Arc::new(env(DELETE, "retention_hours = 1").await);
     e.user("u1", "ann", Some("e1")).await;
+    e.run().await;
     e.set("u1", "active", json!(false)).await;
     e.run().await;
     e.clock.advance(Duration::hours(2));
@@ -1120,4 +1121,32 @@ async fn a_run_stopped_at_shutdown_keeps_its_committed_batches_and_releases_the_
     assert_eq!(s.status, RunStatus::Succeeded);
     assert_eq!(s.counts.created, 2, "the rest, not the first again");
     assert_eq!(e.rows().await.len(), 3);
+}
+
+/// A user deactivated or deleted before its first sync never reaches the application; its
+/// staging row is purged after the retention with nothing to offboard.
+#[tokio::test]
+async fn a_user_gone_before_its_first_sync_is_never_created() {
+    let e = env(DELETE, "retention_hours = 1").await;
+    e.user("u1", "ann", Some("e1")).await;
+    e.set("u1", "active", json!(false)).await;
+    e.user("u2", "bob", Some("e2")).await;
+    e.store.delete_user("t", "u2", None, e.now()).await.unwrap();
+    e.user("u3", "cid", Some("e3")).await;
+    let s = e.run().await;
+    assert_eq!((s.counts.created, s.counts.unchanged), (1, 2), "{s:?}");
+    assert_eq!(e.rows().await.len(), 1, "only cid");
+    e.clock.advance(Duration::hours(2));
+    let s = e.run().await;
+    assert_eq!((s.counts.offboarded, s.status), (0, RunStatus::Succeeded));
+    let purged: Vec<String> = e
+        .items(s.run_id)
+        .await
+        .into_iter()
+        .filter(|i| i.1 == "purged")
+        .map(|i| i.0)
+        .collect();
+    assert_eq!(purged, ["u1", "u2"]);
+    assert!(!e.staged("u1").await && !e.staged("u2").await);
+    assert_eq!(e.rows().await.len(), 1);
 }
