@@ -37,14 +37,20 @@ impl Application {
             let engine = SyncEngine::new(&config, store.clone(), &Connector, clock.clone())
                 .await
                 .context("opening the application databases")?;
-            Some(Arc::new(SyncService::new(
+            let service = SyncService::new(
                 engine,
                 store.clone(),
                 Arc::new(Connector),
                 config.applications.clone(),
                 clock.clone(),
                 metrics.clone(),
-            )))
+            );
+            // Runs a stopped process left running will never finish: say so in the ledger.
+            service
+                .close_abandoned_runs()
+                .await
+                .context("closing abandoned sync runs")?;
+            Some(Arc::new(service))
         } else {
             None
         };

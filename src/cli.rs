@@ -69,7 +69,10 @@ pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
-        Command::Sync(args) => sync(args).await,
+        Command::Sync(args) => match sync(args).await {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Migrate { config } => migrate(config).await,
         Command::Mapping(cmd) => mapping(cmd),
         Command::Openapi => print_stdout(&crate::api::openapi_spec()),
@@ -161,9 +164,32 @@ struct SyncArgs {
     /// Approve a run that is awaiting approval: perform the offboardings it held
     #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["dry_run", "full"])]
     approve: Option<i64>,
+    /// Release the tenant's lease whoever holds it (a run whose process died), then exit
+    #[arg(long, conflicts_with_all = ["dry_run", "full", "approve", "release_quarantine"])]
+    release_lease: bool,
+    /// Release a quarantined user (the next run tries it again), then exit
+    #[arg(long, value_name = "USER_ID", conflicts_with_all = ["dry_run", "full", "approve"])]
+    release_quarantine: Option<String>,
 }
 
-async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+/// What `scim-bridge sync` exits with (docs/sync.md).
+pub mod exit {
+    /// The run succeeded (or the release was done).
+    pub const OK: u8 = 0;
+    /// The run failed, or could not start (configuration, databases, an unknown run).
+    pub const FAILED: u8 = 1;
+    /// (2 is a usage error: an unknown or missing option.)
+    /// Another run holds the tenant's lease: this one was recorded as skipped.
+    pub const SKIPPED: u8 = 3;
+    /// The guard held offboardings: the run waits for an approval.
+    pub const AWAITING_APPROVAL: u8 = 4;
+    /// The run finished, but some users failed (quarantined users are not failures).
+    pub const COMPLETED_WITH_ERRORS: u8 = 5;
+    /// Nothing to release: no lease, or the user is not quarantined.
+    pub const NOTHING_TO_RELEASE: u8 = 6;
+}
+
+async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
     use std::io::IsTerminal;
     let config = load_config(&args.config)?;
     let tty = std::io::stderr().is_terminal();
@@ -187,14 +213,60 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let engine =
         crate::sync::SyncEngine::new(&config, store, &crate::db::Connector, Arc::new(SystemClock))
             .await?;
+    let now = crate::clock::Clock::now(&SystemClock);
+    if args.release_lease {
+        return Ok(
+            match engine
+                .store()
+                .release_lease(&args.tenant, "cli", now)
+                .await?
+            {
+                Some(l) => {
+                    engine.close_abandoned_runs(Some(&args.tenant)).await?;
+                    println!(
+                        "released the lease of tenant {} (held by {}{}, expiring {})",
+                        args.tenant,
+                        l.holder,
+                        l.run_id
+                            .map(|r| format!(" for run {r}"))
+                            .unwrap_or_default(),
+                        crate::store::format_time(l.expires_at)
+                    );
+                    exit::OK
+                }
+                None => {
+                    eprintln!("tenant {} holds no lease", args.tenant);
+                    exit::NOTHING_TO_RELEASE
+                }
+            },
+        );
+    }
+    if let Some(user_id) = &args.release_quarantine {
+        let released = engine
+            .store()
+            .release_quarantine(&args.tenant, user_id, "cli", now)
+            .await?;
+        return Ok(if released {
+            println!("released user {user_id}: the next run tries it again");
+            exit::OK
+        } else {
+            eprintln!(
+                "user {user_id} of tenant {} is not quarantined",
+                args.tenant
+            );
+            exit::NOTHING_TO_RELEASE
+        });
+    }
     let progress = Arc::new(SyncProgress::new(tty, args.dry_run));
     let summary = match args.approve {
         Some(run_id) => {
-            let s = engine.approve(run_id, crate::sync::Trigger::Cli).await?;
-            if s.tenant != args.tenant {
-                anyhow::bail!("run {run_id} belongs to tenant {:?}", s.tenant);
+            match engine.store().run_state(run_id).await? {
+                Some(r) if r.tenant != args.tenant => {
+                    anyhow::bail!("run {run_id} belongs to tenant {:?}", r.tenant)
+                }
+                _ => {}
             }
-            s
+            engine.approve(run_id, crate::sync::Trigger::Cli).await?
         }
         None => {
             // Ctrl-C or SIGTERM: finish the batch in progress, record it, let go of the lease.
@@ -219,14 +291,34 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     };
     progress.finish();
     print_summary(&summary);
-    if summary.status == crate::sync::RunStatus::Failed {
-        anyhow::bail!(
-            "run {} failed: {}",
-            summary.run_id,
-            summary.error.as_deref().unwrap_or("unknown error")
-        );
-    }
-    Ok(())
+    use crate::sync::RunStatus;
+    Ok(match summary.status {
+        RunStatus::Failed => {
+            eprintln!(
+                "error: run {} failed: {}",
+                summary.run_id,
+                summary.error.as_deref().unwrap_or("unknown error")
+            );
+            exit::FAILED
+        }
+        RunStatus::Skipped => {
+            eprintln!(
+                "run {} skipped: another run of tenant {} holds the lease; try again later, or \
+                 release a dead run's lease with --release-lease",
+                summary.run_id, summary.tenant
+            );
+            exit::SKIPPED
+        }
+        RunStatus::AwaitingApproval => {
+            eprintln!(
+                "run {} awaits approval: it held {} offboarding(s); approve with --approve {}",
+                summary.run_id, summary.held, summary.run_id
+            );
+            exit::AWAITING_APPROVAL
+        }
+        RunStatus::CompletedWithErrors => exit::COMPLETED_WITH_ERRORS,
+        RunStatus::Succeeded | RunStatus::Running => exit::OK,
+    })
 }
 
 async fn migrate(config_path: PathBuf) -> anyhow::Result<()> {
@@ -348,13 +440,14 @@ fn print_summary(s: &crate::sync::RunSummary) {
         s.status.as_str()
     );
     println!(
-        "  created {}, updated {}, unchanged {}, deactivated {}, offboarded {}, failed {}, roles added {}, roles removed {}",
+        "  created {}, updated {}, unchanged {}, deactivated {}, offboarded {}, failed {}, quarantined {}, roles added {}, roles removed {}",
         c.created,
         c.updated,
         c.unchanged,
         c.deactivated,
         c.offboarded,
         c.failed,
+        c.quarantined,
         c.roles_added,
         c.roles_removed
     );

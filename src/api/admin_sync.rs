@@ -32,6 +32,8 @@ enum SyncTag {
     Mapping,
     /// Offboardings not applied yet
     Offboardings,
+    /// Users skipped after failing runs in a row, and the tenant's lease
+    Recovery,
 }
 
 /// A run's counts, as in the ledger.
@@ -46,6 +48,8 @@ pub struct RunCounts {
     pub deactivated: i64,
     pub offboarded: i64,
     pub failed: i64,
+    /// Users skipped because they are quarantined (not counted as failed).
+    pub quarantined: i64,
     /// Offboardings the guard held for approval.
     pub held: i64,
 }
@@ -129,6 +133,7 @@ impl From<ledger::RunRow> for Run {
                 deactivated: r.deactivated,
                 offboarded: r.offboarded,
                 failed: r.failed,
+                quarantined: r.quarantined,
                 held: r.held,
             },
             watermark_from: r.watermark_from,
@@ -363,6 +368,46 @@ pub struct PendingOffboarding {
     pub attempts: i64,
     #[oai(nullable)]
     pub last_error: Option<String>,
+}
+
+/// A lease an operator released.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ReleasedLease {
+    /// Who held it: host/pid:start/run.
+    pub holder: String,
+    /// The run it was held for.
+    #[oai(nullable)]
+    pub run_id: Option<i64>,
+    pub acquired_at: String,
+    pub expires_at: String,
+}
+
+/// A quarantined user: it failed `attempts` runs in a row on one staged version, so runs skip
+/// it until its staged data changes or an operator releases it.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct QuarantinedUser {
+    pub user_id: String,
+    /// Null when the user has left staging since.
+    #[oai(nullable)]
+    pub user_name: Option<String>,
+    /// Runs in a row it failed.
+    pub attempts: i64,
+    /// Why it failed last.
+    pub last_error: String,
+    pub first_failed_at: String,
+    pub last_failed_at: String,
+    pub quarantined_at: String,
+}
+
+page!(QuarantinePage of QuarantinedUser);
+
+#[derive(ApiResponse)]
+pub enum Released {
+    /// Released: the next run tries the user again
+    #[oai(status = 204)]
+    Done,
 }
 
 #[derive(Object)]
@@ -774,5 +819,102 @@ impl AdminSyncApi {
             offset,
             retention_hours: i64::from(config.retention_hours),
         }))
+    }
+
+    /// Release the tenant's sync lease whoever holds it (operator; recorded with the admin's
+    /// name): for a run whose process died, so the next run need not wait for the lease to expire
+    #[oai(
+        path = "/tenants/:tenant/lease",
+        method = "delete",
+        tag = "SyncTag::Recovery",
+        operation_id = "adminReleaseLease"
+    )]
+    async fn release_lease(
+        &self,
+        auth: AdminAuth,
+        tenant: Path<String>,
+    ) -> std::result::Result<Json<ReleasedLease>, ActionError> {
+        auth.require(AdminRole::Operator)?;
+        let (service, _) = self.syncing(&tenant)?;
+        let lease = service
+            .release_lease(&tenant, &auth.0.name)
+            .await?
+            .ok_or_else(|| {
+                AdminError::not_found(format!("tenant {:?} holds no lease", &*tenant))
+            })?;
+        Ok(Json(ReleasedLease {
+            holder: lease.holder,
+            run_id: lease.run_id,
+            acquired_at: crate::store::format_time(lease.acquired_at),
+            expires_at: crate::store::format_time(lease.expires_at),
+        }))
+    }
+
+    /// Users the runs skip because they failed runs in a row, longest quarantined first
+    #[oai(
+        path = "/tenants/:tenant/quarantine",
+        method = "get",
+        tag = "SyncTag::Recovery",
+        operation_id = "adminListQuarantine"
+    )]
+    async fn list_quarantine(
+        &self,
+        _auth: AdminAuth,
+        tenant: Path<String>,
+        /// Page size (default: server.default_page_size, at most server.max_page_size)
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<QuarantinePage> {
+        let (service, _) = self.syncing(&tenant)?;
+        let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
+        let (total, rows) = service.ledger().quarantined(&tenant, limit, offset).await?;
+        Ok(Json(QuarantinePage {
+            items: rows
+                .into_iter()
+                .map(|r| QuarantinedUser {
+                    user_id: r.user_id,
+                    user_name: r.user_name,
+                    attempts: r.attempts,
+                    last_error: r.last_error,
+                    first_failed_at: r.first_failed_at,
+                    last_failed_at: r.last_failed_at,
+                    quarantined_at: r.quarantined_at,
+                })
+                .collect(),
+            total,
+            limit,
+            offset,
+        }))
+    }
+
+    /// Release a quarantined user (operator; recorded with the admin's name): the next run tries it again
+    #[oai(
+        path = "/tenants/:tenant/quarantine/:user_id/release",
+        method = "post",
+        tag = "SyncTag::Recovery",
+        operation_id = "adminReleaseQuarantine"
+    )]
+    async fn release_quarantine(
+        &self,
+        auth: AdminAuth,
+        tenant: Path<String>,
+        #[oai(validator(max_length = 256))] user_id: Path<String>,
+    ) -> std::result::Result<Released, ActionError> {
+        auth.require(AdminRole::Operator)?;
+        let (service, _) = self.syncing(&tenant)?;
+        if !service
+            .release_quarantine(&tenant, &user_id, &auth.0.name)
+            .await?
+        {
+            return Err(AdminError::not_found(format!(
+                "user {:?} of tenant {:?} is not quarantined",
+                &*user_id, &*tenant
+            ))
+            .into());
+        }
+        Ok(Released::Done)
     }
 }

@@ -169,11 +169,22 @@ pub struct SyncConfig {
     pub guard_min: u32,
     /// Users per batch: one application transaction and one staging commit each.
     pub batch_size: u32,
+    /// How long a run's lease lasts without a heartbeat (the run renews it a third of that
+    /// apart): a run whose process died is taken over within this time (at once on its host).
+    pub lease_seconds: u32,
+    /// A user that failed this many runs in a row (on one staged version) is quarantined:
+    /// skipped until its staged data changes or an operator releases it. 0: never.
+    pub quarantine_after: u32,
 }
 
 impl SyncConfig {
     pub fn retention(&self) -> chrono::Duration {
         chrono::Duration::hours(i64::from(self.retention_hours))
+    }
+
+    /// How long a lease lasts without a heartbeat.
+    pub fn lease(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::from(self.lease_seconds))
     }
 
     /// The same settings with the mapping file read and validated again (see `load_mapping`).
@@ -420,6 +431,9 @@ fn sync_config(
     if raw.batch_size == 0 || raw.batch_size > 10_000 {
         return Err("batch_size must be between 1 and 10000".into());
     }
+    if !(6..=3600).contains(&raw.lease_seconds) {
+        return Err("lease_seconds must be between 6 and 3600".into());
+    }
     let mapping_path = resolve(base_dir, &raw.mapping);
     let mapping = load_mapping(&mapping_path, custom_schema, applications)?;
     Ok(SyncConfig {
@@ -430,6 +444,8 @@ fn sync_config(
         guard_share: raw.guard_share,
         guard_min: raw.guard_min,
         batch_size: raw.batch_size,
+        lease_seconds: raw.lease_seconds,
+        quarantine_after: raw.quarantine_after,
     })
 }
 

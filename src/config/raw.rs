@@ -52,6 +52,10 @@ pub(super) struct RawSync {
     pub(super) guard_min: u32,
     #[serde(default = "default_batch_size")]
     pub(super) batch_size: u32,
+    #[serde(default = "default_lease_seconds")]
+    pub(super) lease_seconds: u32,
+    #[serde(default = "default_quarantine_after")]
+    pub(super) quarantine_after: u32,
 }
 
 fn default_retention_hours() -> u32 {
@@ -65,6 +69,12 @@ fn default_guard_min() -> u32 {
 }
 fn default_batch_size() -> u32 {
     500
+}
+fn default_lease_seconds() -> u32 {
+    30
+}
+fn default_quarantine_after() -> u32 {
+    3
 }
 
 /// `[admin]`: the admin API's tokens and the provisioning log's retention.

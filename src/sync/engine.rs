@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 
+use super::holder::{self, Holder};
 use super::run::Run;
-use super::store::{BeginRun, SyncStore};
-use super::{Counts, LEASE_TTL_SECONDS, RunOptions, RunStatus, RunSummary, SyncError, Trigger};
+use super::store::{BeginRun, Heartbeat, RunningRun, SyncStore};
+use super::{Counts, RunOptions, RunStatus, RunSummary, SyncError, Trigger};
 use crate::clock::Clock;
 use crate::config::{ApplicationConfig, Config, SyncConfig};
 use crate::mapping::Mapping;
@@ -46,6 +48,15 @@ pub struct Begun {
     watermark: super::store::Mark,
     /// The run this one approves.
     approves: Option<i64>,
+}
+
+/// A run's heartbeat task; it stops when this is dropped.
+struct Beating(tokio::task::JoinHandle<()>);
+
+impl Drop for Beating {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What beginning a run came to.
@@ -150,8 +161,44 @@ impl SyncEngine {
             .ok_or_else(|| SyncError::NotConfigured(tenant.to_string()))
     }
 
-    pub(super) fn lease_ttl() -> chrono::Duration {
-        chrono::Duration::seconds(LEASE_TTL_SECONDS)
+    /// Close the runs left `running` by a process that stopped — of one tenant, or of every
+    /// tenant (at start) — as failed: a run whose holder on this host is gone, or whose last
+    /// sign of life is older than three leases. How many.
+    pub async fn close_abandoned_runs(&self, tenant: Option<&str>) -> Result<u64, SyncError> {
+        let now = self.clock.now();
+        let abandoned: Vec<i64> = self
+            .store
+            .running_runs(tenant)
+            .await?
+            .into_iter()
+            .filter(|r| self.abandoned(r, now))
+            .map(|r| r.id)
+            .collect();
+        if abandoned.is_empty() {
+            return Ok(0);
+        }
+        let n = self
+            .store
+            .close_runs(
+                &abandoned,
+                "abandoned: the process running it stopped before it finished",
+                now,
+            )
+            .await?;
+        tracing::warn!(?tenant, runs = ?abandoned, "closed sync runs a stopped process left running");
+        Ok(n)
+    }
+
+    fn abandoned(&self, r: &RunningRun, now: DateTime<Utc>) -> bool {
+        if r.holder.as_deref().is_some_and(holder::is_gone) {
+            return true;
+        }
+        let lease = self
+            .tenants
+            .get(&r.tenant)
+            .map(|t| t.config.lease())
+            .unwrap_or_else(|| chrono::Duration::seconds(30));
+        r.heartbeat_at.unwrap_or(r.started_at) + lease * 3 < now
     }
 
     /// Run one sync of `tenant`: begin it, then carry it out. A run that cannot get the
@@ -177,20 +224,22 @@ impl SyncEngine {
         trigger: Trigger,
         options: RunOptions,
     ) -> Result<Start, SyncError> {
-        self.tenant(tenant)?;
+        let ts = self.tenant(tenant)?;
+        self.close_abandoned_runs(Some(tenant)).await?;
         let started = self.clock.now();
-        let holder = uuid::Uuid::new_v4().to_string();
+        let holder = Holder::this_process().to_string();
         let watermark = self.store.watermark(tenant).await?;
         let begun = self
             .store
             .begin_run(BeginRun {
                 tenant: tenant.to_string(),
                 holder: holder.clone(),
+                take_from: self.gone_holder(tenant).await?,
                 trigger: trigger.as_str(),
                 dry_run: options.dry_run,
                 full: options.full,
                 started_at: started,
-                lease_expires: started + Self::lease_ttl(),
+                lease_expires: started + ts.config.lease(),
                 watermark_from: Some(if options.full { 0 } else { watermark.seq }),
             })
             .await?;
@@ -236,6 +285,57 @@ impl SyncEngine {
         })))
     }
 
+    /// Keep a run's heartbeat (and its lease, unless it is a dry run) fresh, a third of a lease
+    /// apart, until the returned guard is dropped; `lost` turns true when the lease is no
+    /// longer the run's.
+    fn heartbeat(&self, ts: &TenantSync, begun: &Begun, lost: Arc<AtomicBool>) -> Beating {
+        let (store, clock) = (self.store.clone(), self.clock.clone());
+        let lease = ts.config.lease();
+        let period = (lease / 3)
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(10));
+        let (tenant, run_id, holder) = (begun.tenant.clone(), begun.run_id, begun.holder.clone());
+        let leased = !begun.options.dry_run;
+        Beating(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let now = clock.now();
+                let beat = Heartbeat {
+                    tenant: tenant.clone(),
+                    run_id,
+                    holder: holder.clone(),
+                    leased,
+                    now,
+                    lease_expires: now + lease,
+                };
+                match store.heartbeat(beat).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant, run_id, error = %e, "sync run heartbeat failed")
+                    }
+                }
+            }
+        }))
+    }
+
+    /// The holder of the tenant's unexpired lease, when its process is certainly gone: its
+    /// lease may be taken over now.
+    async fn gone_holder(&self, tenant: &str) -> Result<Option<String>, SyncError> {
+        let now = self.clock.now();
+        Ok(self
+            .store
+            .lease_row(tenant)
+            .await?
+            .filter(|l| l.expires_at > now && holder::is_gone(&l.holder))
+            .map(|l| l.holder))
+    }
+
     /// Begin the approval of a run that is awaiting approval: recorded as a run of its own
     /// that holds the lease.
     pub async fn begin_approval(&self, run_id: i64, trigger: Trigger) -> Result<Begun, SyncError> {
@@ -249,20 +349,22 @@ impl SyncEngine {
             return Err(SyncError::NotAwaitingApproval(run_id));
         }
         let tenant = approved.tenant;
-        self.tenant(&tenant)?;
+        let ts = self.tenant(&tenant)?;
+        self.close_abandoned_runs(Some(&tenant)).await?;
         let started = self.clock.now();
-        let holder = uuid::Uuid::new_v4().to_string();
+        let holder = Holder::this_process().to_string();
         let new_id = self
             .store
             .begin_approval(
                 BeginRun {
                     tenant: tenant.clone(),
                     holder: holder.clone(),
+                    take_from: self.gone_holder(&tenant).await?,
                     trigger: trigger.as_str(),
                     dry_run: false,
                     full: false,
                     started_at: started,
-                    lease_expires: started + Self::lease_ttl(),
+                    lease_expires: started + ts.config.lease(),
                     watermark_from: None,
                 },
                 run_id,
@@ -297,6 +399,8 @@ impl SyncEngine {
     /// it approves), then record its end.
     pub async fn execute(&self, begun: Begun) -> Result<RunSummary, SyncError> {
         let ts = self.tenant(&begun.tenant)?;
+        let lost = Arc::new(AtomicBool::new(false));
+        let _beating = self.heartbeat(ts, &begun, lost.clone());
         let mut run = Run::new(
             self,
             &begun.tenant,
@@ -304,6 +408,7 @@ impl SyncEngine {
             begun.run_id,
             begun.holder,
             begun.options,
+            lost,
         );
         let (result, watermark_from) = match begun.approves {
             Some(approved) => (run.lifecycle(Some(approved)).await, None),

@@ -62,6 +62,27 @@ pub trait LedgerReads: Send + Sync {
     ) -> Result<(i64, Vec<PendingRow>), SyncError>;
 
     async fn count_pending(&self, tenant: &str, retention_hours: u32) -> Result<i64, SyncError>;
+
+    /// The tenant's quarantined users, longest quarantined first, and how many there are.
+    async fn quarantined(
+        &self,
+        tenant: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<QuarantineRow>), SyncError>;
+}
+
+/// A quarantined user: it failed `attempts` runs in a row on one staged version.
+#[derive(Debug, Clone)]
+pub struct QuarantineRow {
+    pub user_id: String,
+    /// None when the user has left staging since.
+    pub user_name: Option<String>,
+    pub attempts: i64,
+    pub last_error: String,
+    pub first_failed_at: String,
+    pub last_failed_at: String,
+    pub quarantined_at: String,
 }
 
 /// One ledger row of the runs table, with the number of offboardings it held.
@@ -83,6 +104,7 @@ pub struct RunRow {
     pub deactivated: i64,
     pub offboarded: i64,
     pub failed: i64,
+    pub quarantined: i64,
     pub held: i64,
     pub watermark_from: Option<i64>,
     pub watermark_to: Option<i64>,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::engine::SyncEngine;
 use super::plan::{failed_item, offboarding_changes, offboarding_from_json, offboarding_json};
 use super::run::Run;
 use super::store::{DueBatch, DueQuery, LifecycleRecord, NewOffboarding, Queued};
@@ -142,7 +141,7 @@ impl Run<'_> {
             run_id: self.run_id,
             now,
             holder: self.lease_holder(),
-            lease_expires: now + SyncEngine::lease_ttl(),
+            lease_expires: now + self.ts.config.lease(),
         }
     }
 
@@ -289,6 +288,7 @@ mod tests {
             deleted: false,
             change_seq: 1,
             groups: None,
+            quarantined: false,
         }
     }
 

@@ -20,6 +20,7 @@
 //! [`service`] the use cases the CLI and the admin API share, [`scheduler`] the schedules.
 
 pub mod engine;
+pub mod holder;
 pub mod ledger;
 mod lifecycle;
 pub mod plan;
@@ -40,9 +41,6 @@ use crate::target::TargetError;
 pub use engine::SyncEngine;
 pub use plan::field_json;
 pub use service::SyncService;
-
-/// How long a lease lasts without renewal; a run renews it at every batch.
-pub const LEASE_TTL_SECONDS: i64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -200,6 +198,8 @@ pub struct Counts {
     pub deactivated: u64,
     pub offboarded: u64,
     pub failed: u64,
+    /// Users skipped because they are quarantined (not new failures).
+    pub quarantined: u64,
 }
 
 /// Hears about a run as it goes (the CLI draws a progress bar and prints dry-run changes).

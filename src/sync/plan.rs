@@ -14,6 +14,8 @@ use crate::store::format_time;
 /// The decision for one user of a batch.
 pub enum Plan {
     Unchanged,
+    /// Quarantined, and unchanged since: skipped.
+    Quarantined,
     Failed {
         row: UserRow,
         app_key: Option<String>,
@@ -163,6 +165,9 @@ pub fn user_state(active: bool, deleted: bool) -> UserState {
 
 /// Decide what to do for one user.
 pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>) -> Plan {
+    if row.quarantined {
+        return Plan::Quarantined;
+    }
     let state = user_state(row.active, row.deleted);
     if link.is_none() && state == UserState::Deactivated {
         // Inactive or deleted before its first sync: the application never hears of it (its
@@ -224,9 +229,11 @@ pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>) -> Plan {
     }))
 }
 
-/// One batch as read and planned: the ids of its users, their plans, the last user's mark.
+/// One batch as read and planned: the ids of its users and their versions, their plans, the
+/// last user's mark.
 pub struct Planned {
     pub ids: Vec<String>,
+    pub seqs: Vec<i64>,
     pub plans: Vec<Plan>,
     pub last: Option<Mark>,
 }
@@ -238,6 +245,7 @@ pub fn plan_batch(
     links: &HashMap<String, Link>,
 ) -> Result<Planned, SyncError> {
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.change_seq).collect();
     let last = rows.last().map(UserRow::mark);
     let threads = std::thread::available_parallelism()
         .map(usize::from)
@@ -287,7 +295,12 @@ pub fn plan_batch(
             Ok::<_, SyncError>(plans)
         })?
     };
-    Ok(Planned { ids, plans, last })
+    Ok(Planned {
+        ids,
+        seqs,
+        plans,
+        last,
+    })
 }
 
 pub fn failed_item(row: &UserRow, app_key: Option<String>, error: String) -> ItemReport {

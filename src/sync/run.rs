@@ -4,12 +4,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 
 use super::engine::{SyncEngine, TenantSync};
 use super::plan::{Plan, Planned, Write, failed_item, plan_batch, state_name};
-use super::store::{LinkWrite, Mark, Read, Record};
+use super::store::{LinkWrite, Mark, Read, Record, RetryWrite};
 use super::{Counts, ItemReport, Outcome, RunOptions, RunStatus, RunSummary, SyncError, Trigger};
 use crate::target::{UserApplied, UserWrite};
 
@@ -24,6 +25,8 @@ pub(super) struct Run<'a> {
     pub counts: Counts,
     pub held: u64,
     pub watermark_to: Option<i64>,
+    /// Set by the heartbeat when the lease is no longer the run's.
+    pub lost: Arc<AtomicBool>,
 }
 
 fn join_error(e: tokio::task::JoinError) -> SyncError {
@@ -38,6 +41,7 @@ impl<'a> Run<'a> {
         run_id: i64,
         holder: String,
         options: RunOptions,
+        lost: Arc<AtomicBool>,
     ) -> Run<'a> {
         Run {
             engine,
@@ -49,6 +53,7 @@ impl<'a> Run<'a> {
             counts: Counts::default(),
             held: 0,
             watermark_to: None,
+            lost,
         }
     }
 
@@ -144,6 +149,9 @@ impl<'a> Run<'a> {
     /// Stop between batches when asked to (shutdown): what is committed stays, the watermark
     /// covers it, and the next run goes on from there.
     pub fn check_stop(&self) -> Result<(), SyncError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(SyncError::LeaseLost);
+        }
         match &self.options.stop {
             Some(stop) if stop.load(std::sync::atomic::Ordering::SeqCst) => Err(SyncError::Stopped),
             _ => Ok(()),
@@ -194,7 +202,10 @@ impl<'a> Run<'a> {
     /// One batch: write to the application, record in staging (advancing the watermark to
     /// `advance` when given).
     async fn batch(&mut self, planned: Planned, advance: Option<Mark>) -> Result<(), SyncError> {
-        let Planned { ids, plans, .. } = planned;
+        let Planned {
+            ids, seqs, plans, ..
+        } = planned;
+        let seqs: std::collections::HashMap<String, i64> = ids.iter().cloned().zip(seqs).collect();
         // The users to write, in batch order; failures keep their place among them.
         enum Slot {
             Failed(ItemReport),
@@ -202,9 +213,13 @@ impl<'a> Run<'a> {
         }
         let mut slots = Vec::with_capacity(plans.len());
         let mut writes: Vec<Box<Write>> = Vec::new();
-        for plan in plans {
+        let mut quarantined = HashSet::new();
+        for (plan, id) in plans.into_iter().zip(&ids) {
             match plan {
                 Plan::Unchanged => self.counts.unchanged += 1,
+                Plan::Quarantined => {
+                    quarantined.insert(id.clone());
+                }
                 Plan::Failed {
                     row,
                     app_key,
@@ -268,13 +283,14 @@ impl<'a> Run<'a> {
             holder: self.holder.clone(),
             run_id: self.run_id,
             now,
-            lease_expires: now + SyncEngine::lease_ttl(),
+            lease_expires: now + self.ts.config.lease(),
             counts: self.counts,
             watermark_to: self.watermark_to,
             items: Vec::with_capacity(items.len()),
             dry_run: self.options.dry_run,
             links: Vec::new(),
             retries: Vec::new(),
+            quarantine_after: self.ts.config.quarantine_after,
             cleared: Vec::new(),
             advance,
         };
@@ -291,16 +307,21 @@ impl<'a> Run<'a> {
                 }),
                 None => {
                     failed.insert(item.user_id.clone());
-                    record.retries.push((
-                        item.user_id.clone(),
-                        item.error.clone().unwrap_or_else(|| "failed".into()),
-                    ));
+                    record.retries.push(RetryWrite {
+                        user_id: item.user_id.clone(),
+                        error: item.error.clone().unwrap_or_else(|| "failed".into()),
+                        change_seq: seqs.get(&item.user_id).copied().unwrap_or_default(),
+                    });
                 }
             }
             record.items.push(item);
         }
-        // Written and unchanged users that were waiting for a retry are fine now.
-        record.cleared = ids.into_iter().filter(|id| !failed.contains(id)).collect();
+        // Written and unchanged users that were waiting for a retry are fine now; a quarantined
+        // one stays quarantined.
+        record.cleared = ids
+            .into_iter()
+            .filter(|id| !failed.contains(id) && !quarantined.contains(id))
+            .collect();
         self.engine.store.record(record).await
     }
 
@@ -312,6 +333,12 @@ impl<'a> Run<'a> {
         watermark_from: Option<i64>,
         result: Result<(), SyncError>,
     ) -> Result<RunSummary, SyncError> {
+        match self.engine.store.count_quarantined(self.tenant).await {
+            Ok(n) => self.counts.quarantined = u64::try_from(n).unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(tenant = self.tenant, error = %e, "counting quarantined users")
+            }
+        }
         let ended = self.now();
         let error = result.err().map(|e| e.to_string());
         let status = if error.is_some() {
@@ -350,6 +377,7 @@ impl<'a> Run<'a> {
                 deactivated = self.counts.deactivated,
                 offboarded = self.counts.offboarded,
                 failed = self.counts.failed,
+                quarantined = self.counts.quarantined,
                 "sync run finished"
             ),
         }

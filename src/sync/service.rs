@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use super::engine::{Begun, Start};
 use super::ledger::{LedgerReads, LinkRow, RunRow, UserRef};
 use super::plan::{diff, field_json, state_name};
-use super::store::Link;
+use super::store::{LeaseRow, Link};
 use super::{Change, RunOptions, RunSummary, SyncEngine, SyncError, Trigger};
 use crate::clock::Clock;
 use crate::config::{ApplicationConfig, SyncConfig};
@@ -405,6 +405,55 @@ impl SyncService {
             roles_removed: linked.then(|| d.roles_to_remove.into_iter().collect()),
             link,
         })
+    }
+
+    /// Let go of `tenant`'s lease whoever holds it (an operator's action, recorded with
+    /// `actor`); a run still holding it stops at its next heartbeat or batch. The run the
+    /// lease named is closed as failed when its process is gone. None when there was no lease.
+    pub async fn release_lease(
+        &self,
+        tenant: &str,
+        actor: &str,
+    ) -> Result<Option<LeaseRow>, SyncError> {
+        let engine = self.engine();
+        engine.tenant(tenant)?;
+        let now = self.clock.now();
+        let released = engine.store().release_lease(tenant, actor, now).await?;
+        if let Some(l) = &released {
+            tracing::warn!(tenant, actor, run_id = ?l.run_id, "sync lease released by an operator");
+            engine.close_abandoned_runs(Some(tenant)).await?;
+        }
+        Ok(released)
+    }
+
+    /// Release a quarantined user: the next run tries it again (an operator's action,
+    /// recorded with `actor`). False when it was not quarantined.
+    pub async fn release_quarantine(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        actor: &str,
+    ) -> Result<bool, SyncError> {
+        let engine = self.engine();
+        engine.tenant(tenant)?;
+        let released = engine
+            .store()
+            .release_quarantine(tenant, user_id, actor, self.clock.now())
+            .await?;
+        if released {
+            tracing::info!(
+                tenant,
+                actor,
+                user_id,
+                "quarantined user released by an operator"
+            );
+        }
+        Ok(released)
+    }
+
+    /// Close the runs stopped processes left running, of every tenant (at start).
+    pub async fn close_abandoned_runs(&self) -> Result<u64, SyncError> {
+        self.engine().close_abandoned_runs(None).await
     }
 
     /// The sync side of a tenant's summary; None when the tenant does not sync.

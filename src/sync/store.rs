@@ -58,6 +58,46 @@ pub trait SyncStore: Send + Sync {
     /// Record the end of a run and let go of its lease.
     async fn finish_run(&self, end: FinishRun) -> Result<(), SyncError>;
 
+    /// A running run's signs of life: its heartbeat and, when it holds the lease, the lease's
+    /// new expiry. False when the lease is no longer the run's.
+    async fn heartbeat(&self, beat: Heartbeat) -> Result<bool, SyncError>;
+
+    /// Runs still recorded as `running`, of one tenant or of all.
+    async fn running_runs(&self, tenant: Option<&str>) -> Result<Vec<RunningRun>, SyncError>;
+
+    /// Close the runs `ids` that are still running as failed, with `reason`; how many.
+    async fn close_runs(
+        &self,
+        ids: &[i64],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, SyncError>;
+
+    /// The tenant's lease as stored, expired or not.
+    async fn lease_row(&self, tenant: &str) -> Result<Option<LeaseRow>, SyncError>;
+
+    /// Let go of the tenant's lease whoever holds it, and record who did (`actor`) in the
+    /// audit trail; the lease that was released.
+    async fn release_lease(
+        &self,
+        tenant: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LeaseRow>, SyncError>;
+
+    /// How many of the tenant's users are quarantined.
+    async fn count_quarantined(&self, tenant: &str) -> Result<i64, SyncError>;
+
+    /// Release a quarantined user (it is retried by the next run) and record who did; false
+    /// when it was not quarantined.
+    async fn release_quarantine(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, SyncError>;
+
     /// What an approval needs to know about the run it approves.
     async fn run_state(&self, run_id: i64) -> Result<Option<RunState>, SyncError>;
 
@@ -113,6 +153,9 @@ pub struct UserRow {
     /// JSON array of the user's groups: `[id, display_name, external_id]` arrays (SQLite) or
     /// `{"id", "display_name", "external_id"}` objects (SQL Server's FOR JSON).
     pub groups: Option<String>,
+    /// Quarantined at this very version: it failed too many runs in a row and has not changed
+    /// since (the change feed only reads users whose version moved, so only a full run sees it).
+    pub quarantined: bool,
 }
 
 /// One group of a user, in either shape the backends produce.
@@ -221,8 +264,10 @@ pub struct Queued {
 #[derive(Debug, Clone)]
 pub struct BeginRun {
     pub tenant: String,
-    /// Who runs it: the lease's holder.
+    /// Who runs it (host, process, run; see `sync::holder`): the lease's holder.
     pub holder: String,
+    /// A holder whose process has stopped: its lease is taken over whatever its expiry.
+    pub take_from: Option<String>,
     pub trigger: &'static str,
     pub dry_run: bool,
     pub full: bool,
@@ -250,6 +295,39 @@ pub struct FinishRun {
     pub watermark_to: Option<i64>,
     pub ended_at: DateTime<Utc>,
     pub error: Option<String>,
+}
+
+/// A running run's signs of life.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub tenant: String,
+    pub run_id: i64,
+    pub holder: String,
+    /// The run holds the lease (false: a dry run).
+    pub leased: bool,
+    pub now: DateTime<Utc>,
+    pub lease_expires: DateTime<Utc>,
+}
+
+/// A run recorded as running.
+#[derive(Debug, Clone)]
+pub struct RunningRun {
+    pub id: i64,
+    pub tenant: String,
+    /// None: recorded by a version that did not record holders.
+    pub holder: Option<String>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+    pub dry_run: bool,
+}
+
+/// A lease as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRow {
+    pub holder: String,
+    pub run_id: Option<i64>,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// What an approval needs to know about the run it approves.
@@ -294,11 +372,21 @@ pub struct Record {
     /// Dry run: only the items and the run's counts are written, nothing below.
     pub dry_run: bool,
     pub links: Vec<LinkWrite>,
-    /// (user id, error) of the users that failed.
-    pub retries: Vec<(String, String)>,
+    /// The users that failed.
+    pub retries: Vec<RetryWrite>,
+    /// A user that failed this many runs in a row on one staged version is quarantined (0:
+    /// never).
+    pub quarantine_after: u32,
     /// Users whose retry row goes (written or unchanged).
     pub cleared: Vec<String>,
     pub advance: Option<Mark>,
+}
+
+/// A user that failed, at the staged version it failed on.
+pub struct RetryWrite {
+    pub user_id: String,
+    pub error: String,
+    pub change_seq: i64,
 }
 
 /// An item's optional JSON columns (None when empty).

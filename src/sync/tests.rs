@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 
 use super::plan::Planned;
 use super::store::{
-    BatchPlanner, BeginRun, Begun, DueQuery, FinishRun, LifecycleDone, LifecyclePlanner,
-    LifecycleRecord, Mark, Queued, Read, Record, RunState, SyncStore,
+    BatchPlanner, BeginRun, Begun, DueQuery, FinishRun, Heartbeat, LeaseRow, LifecycleDone,
+    LifecyclePlanner, LifecycleRecord, Mark, Queued, Read, Record, RunState, RunningRun, SyncStore,
 };
 use super::{
     ItemReport, Outcome, Progress, RunOptions, RunStatus, RunSummary, SyncEngine, SyncError,
@@ -88,6 +88,43 @@ impl SyncStore for Seams {
     }
     async fn finish_run(&self, end: FinishRun) -> Result<(), SyncError> {
         self.inner.finish_run(end).await
+    }
+    async fn heartbeat(&self, beat: Heartbeat) -> Result<bool, SyncError> {
+        self.inner.heartbeat(beat).await
+    }
+    async fn running_runs(&self, t: Option<&str>) -> Result<Vec<RunningRun>, SyncError> {
+        self.inner.running_runs(t).await
+    }
+    async fn close_runs(
+        &self,
+        ids: &[i64],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, SyncError> {
+        self.inner.close_runs(ids, reason, now).await
+    }
+    async fn lease_row(&self, t: &str) -> Result<Option<LeaseRow>, SyncError> {
+        self.inner.lease_row(t).await
+    }
+    async fn release_lease(
+        &self,
+        t: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LeaseRow>, SyncError> {
+        self.inner.release_lease(t, actor, now).await
+    }
+    async fn count_quarantined(&self, t: &str) -> Result<i64, SyncError> {
+        self.inner.count_quarantined(t).await
+    }
+    async fn release_quarantine(
+        &self,
+        t: &str,
+        user: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, SyncError> {
+        self.inner.release_quarantine(t, user, actor, now).await
     }
     async fn run_state(&self, run_id: i64) -> Result<Option<RunState>, SyncError> {
         self.inner.run_state(run_id).await
@@ -1149,4 +1186,213 @@ async fn a_user_gone_before_its_first_sync_is_never_created() {
     assert_eq!(purged, ["u1", "u2"]);
     assert!(!e.staged("u1").await && !e.staged("u2").await);
     assert_eq!(e.rows().await.len(), 1);
+}
+
+/// A user that fails `quarantine_after` runs in a row on one staged version is skipped and
+/// counted apart (the run reads `succeeded`); a change to its staged data, or an operator,
+/// releases it.
+#[tokio::test]
+async fn a_user_that_keeps_failing_is_quarantined_until_it_changes_or_is_released() {
+    let e = env(DELETE, "quarantine_after = 2").await;
+    e.app.batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON app_users WHEN NEW.user_name = 'bad' \
+         BEGIN SELECT RAISE(ABORT, 'bad user refused'); END;",
+    );
+    e.user("u1", "ok", Some("e1")).await;
+    e.user("u2", "bad", Some("e2")).await;
+    let counts = |s: &RunSummary| (s.status, s.counts.failed, s.counts.quarantined);
+    let s = e.run().await;
+    assert_eq!(counts(&s), (RunStatus::CompletedWithErrors, 1, 0));
+    let s = e.run().await;
+    assert_eq!(
+        counts(&s),
+        (RunStatus::CompletedWithErrors, 1, 1),
+        "the second failure in a row quarantines it"
+    );
+    let s = e.run().await;
+    assert_eq!(
+        counts(&s),
+        (RunStatus::Succeeded, 0, 1),
+        "skipped, not failed"
+    );
+    let s = e
+        .run_with(RunOptions {
+            full: true,
+            ..RunOptions::default()
+        })
+        .await;
+    assert_eq!(
+        counts(&s),
+        (RunStatus::Succeeded, 0, 1),
+        "a full run skips it too"
+    );
+    // Its staged data changes: it is tried again, and counted as failing anew.
+    e.set("u2", "displayName", json!("changed")).await;
+    let s = e.run().await;
+    assert_eq!(counts(&s), (RunStatus::CompletedWithErrors, 1, 0));
+    let s = e.run().await;
+    assert_eq!(counts(&s).2, 1, "quarantined again after two more");
+    // The application is fixed; an operator releases the user and the next run writes it.
+    e.app.batch("DROP TRIGGER refuse");
+    assert!(
+        e.store
+            .release_quarantine("t", "u2", "ops-admin", e.now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !e.store
+            .release_quarantine("t", "u2", "ops-admin", e.now())
+            .await
+            .unwrap(),
+        "not quarantined any more"
+    );
+    assert_eq!(
+        e.count(
+            "SELECT count(*) FROM sync_audit WHERE action = 'release_quarantine' \
+             AND actor = 'ops-admin' AND detail LIKE '%u2%'"
+        )
+        .await,
+        1
+    );
+    let s = e.run().await;
+    assert_eq!(counts(&s), (RunStatus::Succeeded, 0, 0));
+    assert_eq!(s.counts.created, 1);
+    assert_eq!(e.rows().await.len(), 2);
+    assert_eq!(e.count("SELECT count(*) FROM sync_retry").await, 0);
+}
+
+/// A pid of this host that no process has.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// A lease and runs left by a process of this host that died are not waited for: the next
+/// run takes the lease over at once and closes the dead runs (dry ones too) as failed.
+#[tokio::test]
+async fn a_dead_holders_lease_is_taken_over_at_once_and_its_runs_closed() {
+    let e = env(DELETE, "").await;
+    e.user("u1", "ann", Some("e1")).await;
+    let dead = super::holder::Holder {
+        pid: dead_pid(),
+        start: 1,
+        ..super::holder::Holder::this_process()
+    }
+    .to_string();
+    let now = crate::store::format_time(e.now());
+    let expires = crate::store::format_time(e.now() + Duration::minutes(5));
+    for dry in [0, 1] {
+        e.staging.exec(
+            "INSERT INTO sync_runs (tenant, trigger, dry_run, full, status, started_at, holder, \
+             heartbeat_at) VALUES ('t', 'cli', ?, 0, 'running', ?, ?, ?)",
+            &[&dry, &now, &dead, &now],
+        );
+    }
+    e.staging.exec(
+        "INSERT INTO sync_leases (tenant, holder, run_id, acquired_at, expires_at) \
+         VALUES ('t', ?, 1, ?, ?)",
+        &[&dead, &now, &expires],
+    );
+    let s = e.run().await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    assert_eq!(s.counts.created, 1);
+    assert_eq!(
+        e.count(
+            "SELECT count(*) FROM sync_runs WHERE status = 'failed' AND error LIKE 'abandoned%'"
+        )
+        .await,
+        2,
+        "the dead real run and the dead dry run"
+    );
+    assert_eq!(e.count("SELECT count(*) FROM sync_leases").await, 0);
+}
+
+/// A live holder elsewhere (another host) keeps its lease until it expires; an operator can
+/// release it, which is recorded.
+#[tokio::test]
+async fn a_live_lease_skips_runs_until_an_operator_releases_it() {
+    let e = env(DELETE, "").await;
+    e.user("u1", "ann", Some("e1")).await;
+    let now = crate::store::format_time(e.now());
+    let expires = crate::store::format_time(e.now() + Duration::minutes(5));
+    e.staging.exec(
+        "INSERT INTO sync_leases (tenant, holder, run_id, acquired_at, expires_at) \
+         VALUES ('t', 'host-b/4242:77/abc', 9, ?, ?)",
+        &[&now, &expires],
+    );
+    assert_eq!(e.run().await.status, RunStatus::Skipped);
+    let released = e
+        .store
+        .release_lease("t", "ops-admin", e.now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (released.holder.as_str(), released.run_id),
+        ("host-b/4242:77/abc", Some(9))
+    );
+    assert!(
+        e.store
+            .release_lease("t", "ops-admin", e.now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        e.count(
+            "SELECT count(*) FROM sync_audit WHERE action = 'release_lease' AND actor = 'ops-admin'"
+        )
+        .await,
+        1
+    );
+    let s = e.run().await;
+    assert_eq!((s.status, s.counts.created), (RunStatus::Succeeded, 1));
+}
+
+/// A heartbeat renews the lease of the run that holds it and records the run's last sign of
+/// life; once the lease is gone it says so.
+#[tokio::test]
+async fn heartbeats_renew_the_lease_until_it_is_lost() {
+    let e = env(DELETE, "").await;
+    let holder = super::holder::Holder::this_process().to_string();
+    let begun = e
+        .store
+        .begin_run(BeginRun {
+            tenant: "t".into(),
+            holder: holder.clone(),
+            take_from: None,
+            trigger: "cli",
+            dry_run: false,
+            full: false,
+            started_at: e.now(),
+            lease_expires: e.now() + Duration::seconds(30),
+            watermark_from: Some(0),
+        })
+        .await
+        .unwrap();
+    assert!(begun.leased);
+    let later = e.now() + Duration::seconds(20);
+    let beat = Heartbeat {
+        tenant: "t".into(),
+        run_id: begun.run_id,
+        holder: holder.clone(),
+        leased: true,
+        now: later,
+        lease_expires: later + Duration::seconds(30),
+    };
+    assert!(e.store.heartbeat(beat.clone()).await.unwrap());
+    let lease = e.store.lease_row("t").await.unwrap().unwrap();
+    assert_eq!(lease.expires_at, later + Duration::seconds(30));
+    let running = e.store.running_runs(Some("t")).await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].heartbeat_at, Some(later));
+    assert_eq!(running[0].holder.as_deref(), Some(holder.as_str()));
+    e.store.release_lease("t", "ops", later).await.unwrap();
+    assert!(!e.store.heartbeat(beat).await.unwrap(), "the lease is lost");
+    // A run whose heartbeat stopped three leases ago is abandoned, whoever held it.
+    e.clock.advance(Duration::minutes(3));
+    assert_eq!(e.engine.close_abandoned_runs(None).await.unwrap(), 1);
 }

@@ -10,13 +10,13 @@ use super::conn::snapshot;
 use crate::store::format_time;
 use crate::sync::SyncError;
 use crate::sync::ledger::{
-    ItemRow, LedgerReads, LinkRow, PendingRow, RunQuery, RunRow, StagedRow, UserRef, decode_item,
-    decode_link, decode_pending, decode_staged,
+    ItemRow, LedgerReads, LinkRow, PendingRow, QuarantineRow, RunQuery, RunRow, StagedRow, UserRef,
+    decode_item, decode_link, decode_pending, decode_staged,
 };
 
 const RUN_COLUMNS: &str = "r.id, r.tenant, r.trigger, r.dry_run, r.full, r.status, r.started_at, \
      r.ended_at, r.created, r.updated, r.unchanged, r.roles_added, r.roles_removed, \
-     r.deactivated, r.offboarded, r.failed, \
+     r.deactivated, r.offboarded, r.failed, r.quarantined, \
      (SELECT count(*) FROM sync_run_items i WHERE i.run_id = r.id AND i.outcome = 'offboarding_held') AS held, \
      r.watermark_from, r.watermark_to, r.error, r.approves_run, r.approved_at, r.approved_by";
 
@@ -38,13 +38,14 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         deactivated: r.get(13)?,
         offboarded: r.get(14)?,
         failed: r.get(15)?,
-        held: r.get(16)?,
-        watermark_from: r.get(17)?,
-        watermark_to: r.get(18)?,
-        error: r.get(19)?,
-        approves_run: r.get(20)?,
-        approved_at: r.get(21)?,
-        approved_by: r.get(22)?,
+        quarantined: r.get(16)?,
+        held: r.get(17)?,
+        watermark_from: r.get(18)?,
+        watermark_to: r.get(19)?,
+        error: r.get(20)?,
+        approves_run: r.get(21)?,
+        approved_at: r.get(22)?,
+        approved_by: r.get(23)?,
     })
 }
 
@@ -311,5 +312,45 @@ impl LedgerReads for SqliteStaging {
         let tenant = tenant.to_string();
         self.read(move |c| count_pending(c, &tenant, retention_hours))
             .await
+    }
+
+    async fn quarantined(
+        &self,
+        tenant: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<QuarantineRow>), SyncError> {
+        let tenant = tenant.to_string();
+        self.read(move |c| {
+            snapshot(c, || {
+                let total: i64 = c
+                    .prepare_cached(
+                        "SELECT count(*) FROM sync_retry WHERE tenant = ? AND quarantined_at IS NOT NULL",
+                    )?
+                    .query_row([&tenant], |r| r.get(0))?;
+                let mut stmt = c.prepare_cached(
+                    "SELECT r.user_id, u.user_name, r.attempts, r.last_error, r.first_failed_at, \
+                     r.last_failed_at, r.quarantined_at FROM sync_retry r \
+                     LEFT JOIN users u ON u.tenant = r.tenant AND u.id = r.user_id \
+                     WHERE r.tenant = ? AND r.quarantined_at IS NOT NULL \
+                     ORDER BY r.quarantined_at, r.user_id LIMIT ? OFFSET ?",
+                )?;
+                let rows = stmt
+                    .query_map(params![tenant, limit, offset], |r| {
+                        Ok(QuarantineRow {
+                            user_id: r.get(0)?,
+                            user_name: r.get(1)?,
+                            attempts: r.get(2)?,
+                            last_error: r.get(3)?,
+                            first_failed_at: r.get(4)?,
+                            last_failed_at: r.get(5)?,
+                            quarantined_at: r.get(6)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, SyncError>((total, rows))
+            })
+        })
+        .await
     }
 }

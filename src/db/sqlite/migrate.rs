@@ -39,6 +39,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "provisioning log",
         sql: include_str!("../../../sql/sqlite/0004_provisioning_log.sql"),
     },
+    Migration {
+        version: 5,
+        description: "sync recovery",
+        sql: include_str!("../../../sql/sqlite/0005_sync_recovery.sql"),
+    },
 ];
 
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
@@ -116,10 +121,10 @@ mod tests {
         let path = dir.path().join("m.db");
         let mut c = Connection::open(&path).unwrap();
         let first = run(&mut c).unwrap();
-        assert_eq!(first.applied, [1, 2, 3, 4]);
+        assert_eq!(first.applied, [1, 2, 3, 4, 5]);
         let again = run(&mut c).unwrap();
         assert!(again.applied.is_empty());
-        assert_eq!(again.already_applied, [1, 2, 3, 4]);
+        assert_eq!(again.already_applied, [1, 2, 3, 4, 5]);
         c.execute(
             "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 2",
             [],

@@ -14,16 +14,20 @@ use super::conn::snapshot;
 use crate::store::format_time;
 use crate::sync::plan::Planned;
 use crate::sync::store::{
-    BatchPlanner, BeginRun, Begun, DueBatch, DueQuery, FinishRun, LifecycleDone, LifecyclePlanner,
-    LifecycleRecord, Link, Mark, Queued, Read, Record, RunState, SyncStore, UserRow, item_json,
+    BatchPlanner, BeginRun, Begun, DueBatch, DueQuery, FinishRun, Heartbeat, LeaseRow,
+    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, Mark, Queued, Read, Record, RunState,
+    RunningRun, SyncStore, UserRow, item_json,
 };
 use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
 
-/// The columns of a UserRow over `users u`, groups included in the same statement.
+/// The columns of a UserRow over `users u`, groups and quarantine included in the same
+/// statement.
 const USER_COLUMNS: &str = "u.pk, u.id, u.user_name, u.doc, u.active, u.deleted_at IS NOT NULL, u.change_seq, \
      (SELECT json_group_array(json_array(g.id, g.display_name, g.external_id)) \
       FROM group_members m JOIN groups g ON g.tenant = m.tenant AND g.id = m.group_id \
-      WHERE m.tenant = u.tenant AND m.member_id = u.id)";
+      WHERE m.tenant = u.tenant AND m.member_id = u.id), \
+     EXISTS (SELECT 1 FROM sync_retry q WHERE q.tenant = u.tenant AND q.user_id = u.id \
+      AND q.quarantined_at IS NOT NULL AND q.change_seq = u.change_seq)";
 
 const INSERT_ITEM: &str = "INSERT INTO sync_run_items (run_id, user_id, user_name, app_key, outcome, changes, \
     roles_added, roles_removed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -33,9 +37,18 @@ const UPSERT_LINK: &str = "INSERT INTO sync_links (tenant, user_id, app_key, fin
     app_key = excluded.app_key, fingerprint = excluded.fingerprint, applied_roles = excluded.applied_roles, \
     fields = excluded.fields, state = excluded.state, updated_at = excluded.updated_at";
 
-const ADD_RETRY: &str = "INSERT INTO sync_retry (tenant, user_id, attempts, last_error, first_failed_at, last_failed_at) \
-    VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (tenant, user_id) DO UPDATE SET \
-    attempts = sync_retry.attempts + 1, last_error = excluded.last_error, last_failed_at = excluded.last_failed_at";
+/// A failed user: one more failure on the same staged version, or the first on a new one;
+/// quarantined once it failed `?7` runs in a row (binds tenant, user, error, now, now,
+/// change_seq, quarantine_after; 0 never quarantines).
+const ADD_RETRY: &str = "INSERT INTO sync_retry (tenant, user_id, attempts, last_error, first_failed_at, last_failed_at, \
+    change_seq, quarantined_at) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, CASE WHEN ?7 = 1 THEN ?5 END) \
+    ON CONFLICT (tenant, user_id) DO UPDATE SET \
+    attempts = CASE WHEN sync_retry.change_seq IS excluded.change_seq THEN sync_retry.attempts + 1 ELSE 1 END, \
+    first_failed_at = CASE WHEN sync_retry.change_seq IS excluded.change_seq THEN sync_retry.first_failed_at \
+        ELSE excluded.first_failed_at END, \
+    quarantined_at = CASE WHEN ?7 > 0 AND (CASE WHEN sync_retry.change_seq IS excluded.change_seq \
+        THEN sync_retry.attempts + 1 ELSE 1 END) >= ?7 THEN coalesce(sync_retry.quarantined_at, excluded.last_failed_at) END, \
+    change_seq = excluded.change_seq, last_error = excluded.last_error, last_failed_at = excluded.last_failed_at";
 
 const CLEAR_RETRIES: &str =
     "DELETE FROM sync_retry WHERE tenant = ? AND user_id IN (SELECT value FROM json_each(?))";
@@ -45,17 +58,19 @@ const ADVANCE_WATERMARK: &str = "INSERT INTO sync_watermarks (tenant, change_seq
     updated_at = excluded.updated_at \
     WHERE (excluded.change_seq, excluded.last_pk) > (sync_watermarks.change_seq, sync_watermarks.last_pk)";
 
+/// Take the lease when it is free, expired, or held by `?5`, a holder whose process stopped.
 const ACQUIRE_LEASE: &str = "INSERT INTO sync_leases (tenant, holder, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
     ON CONFLICT (tenant) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at, \
-    expires_at = excluded.expires_at, run_id = NULL WHERE sync_leases.expires_at <= ?3";
+    expires_at = excluded.expires_at, run_id = NULL \
+    WHERE sync_leases.expires_at <= ?3 OR sync_leases.holder = ?5";
 
 const RENEW_LEASE: &str = "UPDATE sync_leases SET expires_at = ? WHERE tenant = ? AND holder = ?";
 
 const INSERT_RUN: &str = "INSERT INTO sync_runs (tenant, trigger, dry_run, full, status, started_at, ended_at, \
-    watermark_from, approves_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id";
+    watermark_from, approves_run, holder, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id";
 
 const UPDATE_RUN: &str = "UPDATE sync_runs SET status = ?, ended_at = ?, created = ?, updated = ?, unchanged = ?, \
-    roles_added = ?, roles_removed = ?, deactivated = ?, offboarded = ?, failed = ?, \
+    roles_added = ?, roles_removed = ?, deactivated = ?, offboarded = ?, failed = ?, quarantined = ?, \
     watermark_to = ?, error = ? WHERE id = ?";
 
 pub const LINKS: &str = "SELECT user_id, app_key, fingerprint, applied_roles, fields, state FROM sync_links \
@@ -84,6 +99,7 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
         deleted: r.get(5)?,
         change_seq: r.get(6)?,
         groups: r.get(7)?,
+        quarantined: r.get(8)?,
     })
 }
 
@@ -110,7 +126,8 @@ fn retry_users(
 ) -> Result<Vec<UserRow>, SyncError> {
     let sql = format!(
         "SELECT {USER_COLUMNS} FROM sync_retry r JOIN users u ON u.tenant = r.tenant AND u.id = r.user_id \
-         WHERE r.tenant = ? AND (u.change_seq, u.pk) <= (?, ?) AND u.pk > ? ORDER BY u.pk LIMIT ?"
+         WHERE r.tenant = ? AND r.quarantined_at IS NULL AND (u.change_seq, u.pk) <= (?, ?) \
+         AND u.pk > ? ORDER BY u.pk LIMIT ?"
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(
@@ -217,6 +234,7 @@ fn update_run(
         counts.deactivated as i64,
         counts.offboarded as i64,
         counts.failed as i64,
+        counts.quarantined as i64,
         watermark_to,
         error,
         run_id,
@@ -230,7 +248,8 @@ fn acquire_lease(c: &Connection, r: &BeginRun) -> Result<bool, SyncError> {
         r.tenant,
         r.holder,
         format_time(r.started_at),
-        format_time(r.lease_expires)
+        format_time(r.lease_expires),
+        r.take_from
     ])?;
     Ok(n == 1)
 }
@@ -252,7 +271,8 @@ fn insert_run(
     status: RunStatus,
     approves: Option<i64>,
 ) -> Result<i64, SyncError> {
-    let ended = (status != RunStatus::Running).then(|| format_time(r.started_at));
+    let started = format_time(r.started_at);
+    let ended = (status != RunStatus::Running).then(|| started.clone());
     Ok(c.prepare_cached(INSERT_RUN)?.query_row(
         params![
             r.tenant,
@@ -260,10 +280,12 @@ fn insert_run(
             r.dry_run,
             r.full,
             status.as_str(),
-            format_time(r.started_at),
+            started,
             ended,
             r.watermark_from,
-            approves
+            approves,
+            r.holder,
+            started
         ],
         |row| row.get(0),
     )?)
@@ -372,8 +394,16 @@ fn record(c: &Connection, r: &Record) -> Result<(), SyncError> {
             ])?;
         }
         let mut retry = c.prepare_cached(ADD_RETRY)?;
-        for (user_id, error) in &r.retries {
-            retry.execute(params![t, user_id, error, now, now])?;
+        for f in &r.retries {
+            retry.execute(params![
+                t,
+                f.user_id,
+                f.error,
+                now,
+                now,
+                f.change_seq,
+                r.quarantine_after
+            ])?;
         }
         if !r.cleared.is_empty() {
             c.prepare_cached(CLEAR_RETRIES)?
@@ -394,6 +424,56 @@ fn record(c: &Connection, r: &Record) -> Result<(), SyncError> {
         None,
         None,
     )
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn lease_row(c: &Connection, tenant: &str) -> Result<Option<LeaseRow>, SyncError> {
+    let row = c
+        .prepare_cached(
+            "SELECT holder, run_id, acquired_at, expires_at FROM sync_leases WHERE tenant = ?",
+        )?
+        .query_row([tenant], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .optional()?;
+    Ok(row.map(|(holder, run_id, acquired, expires)| LeaseRow {
+        holder,
+        run_id,
+        acquired_at: parse_time(&acquired).unwrap_or_default(),
+        expires_at: parse_time(&expires).unwrap_or_default(),
+    }))
+}
+
+/// An operator's action on the sync side, in the audit trail.
+fn audit(
+    c: &Connection,
+    tenant: &str,
+    actor: &str,
+    action: &str,
+    detail: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(), SyncError> {
+    c.prepare_cached(
+        "INSERT INTO sync_audit (at, tenant, actor, action, detail) VALUES (?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        format_time(now),
+        tenant,
+        actor,
+        action,
+        detail.to_string()
+    ])?;
+    Ok(())
 }
 
 /// The due users of `q` (by pk), on `c`.
@@ -576,6 +656,143 @@ impl SyncStore for SqliteStaging {
                         .execute(params![end.tenant, holder])?;
                 }
                 Ok(())
+            })
+            .await
+    }
+
+    async fn heartbeat(&self, beat: Heartbeat) -> Result<bool, SyncError> {
+        self.writes
+            .run(move |c| {
+                c.prepare_cached("UPDATE sync_runs SET heartbeat_at = ? WHERE id = ?")?
+                    .execute(params![format_time(beat.now), beat.run_id])?;
+                if !beat.leased {
+                    return Ok(true);
+                }
+                let n = c.prepare_cached(RENEW_LEASE)?.execute(params![
+                    format_time(beat.lease_expires),
+                    beat.tenant,
+                    beat.holder
+                ])?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn running_runs(&self, tenant: Option<&str>) -> Result<Vec<RunningRun>, SyncError> {
+        let tenant = tenant.map(str::to_string);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, tenant, holder, heartbeat_at, started_at, dry_run FROM sync_runs \
+                 WHERE status = 'running' AND (?1 IS NULL OR tenant = ?1) ORDER BY id",
+            )?;
+            let rows = stmt.query_map([&tenant], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, bool>(5)?,
+                ))
+            })?;
+            rows.map(|r| {
+                let (id, tenant, holder, heartbeat_at, started_at, dry_run) = r?;
+                Ok(RunningRun {
+                    id,
+                    tenant,
+                    holder,
+                    heartbeat_at: heartbeat_at.as_deref().and_then(parse_time),
+                    started_at: parse_time(&started_at).unwrap_or_default(),
+                    dry_run,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn close_runs(
+        &self,
+        ids: &[i64],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, SyncError> {
+        let (ids, reason) = (serde_json::to_string(ids)?, reason.to_string());
+        self.writes
+            .run(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE sync_runs SET status = 'failed', ended_at = ?, error = ? \
+                         WHERE status = 'running' AND id IN (SELECT value FROM json_each(?))",
+                    )?
+                    .execute(params![format_time(now), reason, ids])?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
+    async fn lease_row(&self, tenant: &str) -> Result<Option<LeaseRow>, SyncError> {
+        let tenant = tenant.to_string();
+        self.read(move |c| lease_row(c, &tenant)).await
+    }
+
+    async fn release_lease(
+        &self,
+        tenant: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LeaseRow>, SyncError> {
+        let (tenant, actor) = (tenant.to_string(), actor.to_string());
+        self.writes
+            .run(move |c| {
+                let Some(lease) = lease_row(c, &tenant)? else {
+                    return Ok(None);
+                };
+                c.prepare_cached("DELETE FROM sync_leases WHERE tenant = ?")?
+                    .execute([&tenant])?;
+                let detail = serde_json::json!({
+                    "holder": lease.holder,
+                    "run_id": lease.run_id,
+                    "expires_at": format_time(lease.expires_at),
+                });
+                audit(c, &tenant, &actor, "release_lease", &detail, now)?;
+                Ok(Some(lease))
+            })
+            .await
+    }
+
+    async fn count_quarantined(&self, tenant: &str) -> Result<i64, SyncError> {
+        let tenant = tenant.to_string();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT count(*) FROM sync_retry WHERE tenant = ? AND quarantined_at IS NOT NULL",
+            )?
+            .query_row([&tenant], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn release_quarantine(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, SyncError> {
+        let (tenant, user_id, actor) = (tenant.to_string(), user_id.to_string(), actor.to_string());
+        self.writes
+            .run(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE sync_retry SET quarantined_at = NULL, attempts = 0 \
+                         WHERE tenant = ? AND user_id = ? AND quarantined_at IS NOT NULL",
+                    )?
+                    .execute(params![tenant, user_id])?;
+                if n > 0 {
+                    let detail = serde_json::json!({ "user_id": user_id });
+                    audit(c, &tenant, &actor, "release_quarantine", &detail, now)?;
+                }
+                Ok(n > 0)
             })
             .await
     }
