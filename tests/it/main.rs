@@ -18,3 +18,4 @@ mod provisioning;
 mod store_conformance;
 mod sync;
 mod sync_conformance;
+mod sync_crash;
