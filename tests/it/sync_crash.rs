@@ -14,7 +14,6 @@ use scim_bridge::clock::{Clock, SystemClock};
 use scim_bridge::config::{Config, Durability};
 use scim_bridge::db::open_staging;
 use scim_bridge::scim::resource::normalize;
-use scim_bridge::store::ScimStore;
 
 use crate::helpers::Sql;
 use crate::store_conformance::rt;
