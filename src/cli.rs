@@ -55,6 +55,10 @@ enum MappingCommand {
         /// The tenant's custom extension URN (where customAttribute01..16 live)
         #[arg(long, default_value = crate::scim::schema::DEFAULT_CUSTOM_SCHEMA)]
         custom_schema: String,
+        /// Also check it against the live tables of its application database, as configured
+        /// in this file
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run a mapping file's [[test]] cases
     Test {
@@ -74,7 +78,7 @@ pub async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Migrate { config } => migrate(config).await,
-        Command::Mapping(cmd) => mapping(cmd),
+        Command::Mapping(cmd) => mapping(cmd).await,
         Command::Openapi => print_stdout(&crate::api::openapi_spec()),
     };
     match result {
@@ -86,15 +90,30 @@ pub async fn main() -> ExitCode {
     }
 }
 
-fn mapping(cmd: MappingCommand) -> anyhow::Result<()> {
+async fn mapping(cmd: MappingCommand) -> anyhow::Result<()> {
     use crate::mapping::{Mapping, report};
+    use crate::target::AppConnector;
     match cmd {
         MappingCommand::Check {
             file,
             custom_schema,
+            config,
         } => {
             let m = Mapping::load(&file, &custom_schema)?;
             print!("{}", report::check_report(&m));
+            if let Some(config) = config {
+                let config = load_config(&config)?;
+                let name = &m.target().database;
+                let Some(app) = config.applications.get(name) else {
+                    anyhow::bail!(
+                        "{}: target.database {name:?} is not an [applications.NAME] of the configuration",
+                        m.origin()
+                    );
+                };
+                let db = crate::db::Connector.open(app).await?;
+                crate::sync::engine::check_schema(&m, db.as_ref()).await?;
+                println!("fits the live tables of application {name}");
+            }
             Ok(())
         }
         MappingCommand::Test {

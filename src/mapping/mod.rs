@@ -137,6 +137,24 @@ pub struct Target {
     pub roles: Option<RoleTable>,
 }
 
+/// A column a mapping writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenColumn {
+    pub column: String,
+    pub ty: FieldType,
+    /// Its line in the mapping file.
+    pub line: usize,
+}
+
+/// The lines of `[target]`'s identifiers.
+#[derive(Debug, Clone, Default)]
+pub struct TargetLines {
+    pub user_table: usize,
+    pub key_column: usize,
+    /// (table, user_column, role_column) of `[target.roles]`.
+    pub roles: Option<(usize, usize, usize)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RoleTable {
     pub table: String,
@@ -205,6 +223,8 @@ struct FieldSpec {
     ty: FieldType,
     ignore_if_empty: bool,
     empty_is_null: bool,
+    /// Where the field is written in the file.
+    line: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +239,8 @@ pub struct Mapping {
     origin: String,
     custom_urn: String,
     target: Target,
+    /// Where each identifier of `[target]` is written in the file.
+    target_lines: TargetLines,
     key: KeySource,
     hb: Handlebars<'static>,
     fields: Vec<FieldSpec>,
@@ -369,6 +391,18 @@ impl Mapping {
             key_source: t.key.get_ref().clone(),
             roles: role_table,
         };
+        let at = |offset: usize| line_of(text, offset);
+        let target_lines = TargetLines {
+            user_table: at(t.user_table.span().start),
+            key_column: at(t.key_column.span().start),
+            roles: t.roles.as_ref().map(|r| {
+                (
+                    at(r.table.span().start),
+                    at(r.user_column.span().start),
+                    at(r.role_column.span().start),
+                )
+            }),
+        };
 
         let mut tables = BTreeMap::new();
         for (name, lk) in &raw.lookups.0 {
@@ -479,6 +513,7 @@ impl Mapping {
             origin: origin.to_owned(),
             custom_urn: custom_urn.to_owned(),
             target,
+            target_lines,
             key,
             hb,
             fields,
@@ -591,6 +626,40 @@ impl Mapping {
             out.push(format!("{}.{}", r.table, r.role_column));
         }
         out
+    }
+
+    /// Every column the mapping writes into the user table (the key column first), with the
+    /// type it writes and where the file says so; for checking the mapping against the table.
+    pub fn columns(&self) -> Vec<WrittenColumn> {
+        let mut out = vec![WrittenColumn {
+            column: self.target.key_column.clone(),
+            ty: FieldType::Text,
+            line: self.target_lines.key_column,
+        }];
+        let offboarding: &[FieldSpec] = match &self.offboarding {
+            OffboardingSpec::Update(f) => f,
+            _ => &[],
+        };
+        for f in self
+            .fields
+            .iter()
+            .chain(&self.deactivation)
+            .chain(offboarding)
+        {
+            if !out.iter().any(|c| c.column == f.column) {
+                out.push(WrittenColumn {
+                    column: f.column.clone(),
+                    ty: f.ty,
+                    line: f.line,
+                });
+            }
+        }
+        out
+    }
+
+    /// Where `[target]` names its identifiers.
+    pub fn target_lines(&self) -> &TargetLines {
+        &self.target_lines
     }
 
     /// The offboarding action's name, for `mapping check`.
@@ -720,6 +789,7 @@ fn compile_fields(
             ty,
             ignore_if_empty,
             empty_is_null,
+            line: line_of(l.text, f.span().start),
         });
     }
     Ok(out)

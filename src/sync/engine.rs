@@ -14,7 +14,7 @@ use super::{Counts, RunOptions, RunStatus, RunSummary, SyncError, Trigger};
 use crate::clock::Clock;
 use crate::config::{ApplicationConfig, Config, SyncConfig};
 use crate::mapping::Mapping;
-use crate::target::{AppConnector, AppDatabase};
+use crate::target::{AppConnector, AppDatabase, schema};
 
 /// A tenant that syncs: its settings and its application database.
 #[derive(Clone)]
@@ -48,6 +48,22 @@ pub struct Begun {
     watermark: super::store::Mark,
     /// The run this one approves.
     approves: Option<i64>,
+}
+
+/// Check `mapping` against the live tables of `app` (`SyncError::Mapping` naming file:line
+/// and column for each problem).
+pub async fn check_schema(mapping: &Mapping, app: &dyn AppDatabase) -> Result<(), SyncError> {
+    let target = mapping.target();
+    let users = app.describe(&target.user_table).await?;
+    let roles = match &target.roles {
+        Some(r) => app.describe(&r.table).await?,
+        None => None,
+    };
+    schema::check(mapping, users.as_ref(), roles.as_ref()).map_err(|p| {
+        SyncError::Mapping(format!(
+            "the mapping does not fit the application's tables:\n{p}"
+        ))
+    })
 }
 
 /// A run's heartbeat task; it stops when this is dropped.
@@ -132,12 +148,15 @@ impl SyncEngine {
             .values()
             .find(|t| &t.mapping().target().database == name)
         {
+            check_schema(&sync.mapping.0, t.app.as_ref()).await?;
             return Ok(t.app.clone());
         }
         let config = applications
             .get(name)
             .ok_or_else(|| SyncError::NotConfigured(tenant.to_string()))?;
-        Ok(connector.open(config).await?)
+        let app = connector.open(config).await?;
+        check_schema(&sync.mapping.0, app.as_ref()).await?;
+        Ok(app)
     }
 
     /// The staging database the engine keeps its state in.

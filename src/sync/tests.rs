@@ -229,13 +229,13 @@ const DELETE: &str = "[offboarding]\naction = \"delete\"\n";
 const UPDATE: &str =
     "[offboarding]\naction = \"update\"\n[offboarding.fields]\nnote = \"gone {{userName}}\"\n";
 
-/// No unique index on the key and none on (user, role) (plain indexes only): the writer must
-/// not duplicate rows.
+/// No unique index on (user, role) (a plain index only): the writer must not duplicate role
+/// rows. The key is unique, as the engine requires.
 const APP_SQL: &str = "
 CREATE TABLE app_users (id INTEGER PRIMARY KEY, external_id TEXT NOT NULL, user_name TEXT NOT NULL,
     display_name TEXT, dept TEXT, active INTEGER NOT NULL, note TEXT);
 CREATE TABLE app_roles (external_id TEXT NOT NULL, role TEXT NOT NULL);
-CREATE INDEX app_users_key ON app_users (external_id);
+CREATE UNIQUE INDEX app_users_key ON app_users (external_id);
 CREATE INDEX app_roles_key ON app_roles (external_id, role);
 ";
 

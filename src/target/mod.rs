@@ -10,6 +10,7 @@
 //! Identifiers (tables, columns) come validated from the mapping and are quoted anyway; every
 //! value is a bound parameter.
 
+pub mod schema;
 pub mod writer;
 
 use std::collections::BTreeSet;
@@ -84,6 +85,10 @@ pub trait AppDatabase: Send + Sync {
     /// is optimistic and runs again with a savepoint per user when a user failed (only the
     /// last run's result counts, and only its writes are committed).
     async fn batch(&self, f: BatchFn) -> Result<Vec<Result<UserApplied, String>>, TargetError>;
+
+    /// The columns and unique keys of `table` (`name` or `schema.name`); None when there is no
+    /// such table.
+    async fn describe(&self, table: &str) -> Result<Option<schema::TableInfo>, TargetError>;
 }
 
 /// Opens application databases, each with the backend its location names.

@@ -20,6 +20,7 @@ use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{Connection, ToSql, TransactionBehavior};
 
 use crate::store::format_time;
+use crate::target::schema::{ColumnInfo, TableInfo};
 use crate::target::writer::{self, Dialect, Exec, Param, QuotedRoles, Stmt};
 use crate::target::{AppDatabase, BatchFn, TargetError, UserApplied, quote_parts};
 
@@ -76,8 +77,80 @@ impl SqliteApp {
     }
 }
 
+/// `table`'s columns and unique keys (None: no such table).
+fn describe(c: &Connection, table: &str) -> Result<Option<TableInfo>, TargetError> {
+    let (schema, name) = table.split_once('.').unwrap_or(("main", table));
+    let mut stmt = c.prepare_cached(
+        "SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1, ?2) \
+         ORDER BY cid",
+    )?;
+    let cols: Vec<(String, String, bool, bool, i64)> = stmt
+        .query_map([name, schema], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    if cols.is_empty() {
+        return Ok(None);
+    }
+    let mut pk: Vec<(i64, String)> = cols
+        .iter()
+        .filter(|c| c.4 > 0)
+        .map(|c| (c.4, c.0.clone()))
+        .collect();
+    pk.sort();
+    // An INTEGER PRIMARY KEY is the rowid: SQLite fills it in.
+    let rowid = (pk.len() == 1)
+        .then(|| {
+            cols.iter()
+                .find(|c| c.4 == 1 && c.1.eq_ignore_ascii_case("INTEGER"))
+        })
+        .flatten()
+        .map(|c| c.0.clone());
+    let mut unique: Vec<Vec<String>> = Vec::new();
+    if !pk.is_empty() {
+        unique.push(pk.into_iter().map(|(_, n)| n).collect());
+    }
+    let indexes: Vec<String> = c
+        .prepare_cached(
+            "SELECT name FROM pragma_index_list(?1, ?2) WHERE \"unique\" = 1 AND partial = 0",
+        )?
+        .query_map([name, schema], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for index in indexes {
+        let cols: Vec<String> = c
+            .prepare_cached("SELECT name FROM pragma_index_info(?1, ?2) ORDER BY seqno")?
+            .query_map([index.as_str(), schema], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        unique.push(cols);
+    }
+    Ok(Some(TableInfo {
+        columns: cols
+            .into_iter()
+            .map(|(name, declared, not_null, has_default, _)| ColumnInfo {
+                defaulted: has_default || rowid.as_deref() == Some(name.as_str()),
+                name,
+                declared,
+                not_null,
+            })
+            .collect(),
+        unique,
+    }))
+}
+
 #[async_trait]
 impl AppDatabase for SqliteApp {
+    async fn describe(&self, table: &str) -> Result<Option<TableInfo>, TargetError> {
+        let (conn, table) = (self.conn.clone(), table.to_string());
+        tokio::task::spawn_blocking(move || {
+            let guard = conn
+                .lock()
+                .map_err(|_| TargetError::Task("the connection's lock is poisoned".into()))?;
+            describe(&guard, &table)
+        })
+        .await
+        .map_err(|e| TargetError::Task(e.to_string()))?
+    }
+
     async fn batch(&self, mut f: BatchFn) -> Result<Vec<Result<UserApplied, String>>, TargetError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
