@@ -58,9 +58,8 @@ impl Kind {
             Kind::Text
         } else if t.contains("real") || t.contains("floa") || t.contains("doub") {
             Kind::Real
-        } else if t.contains("blob") || t.contains("binary") {
-            Kind::Any
         } else {
+            // BLOB, binary, or a name SQLite gives NUMERIC affinity: anything goes.
             Kind::Any
         }
     }
