@@ -183,6 +183,10 @@ struct SyncArgs {
     /// Approve a run that is awaiting approval: perform the offboardings it held
     #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["dry_run", "full"])]
     approve: Option<i64>,
+    /// Compare every linked user with its application row and report what drifted (a row gone,
+    /// changed, or missing roles); reads only, records nothing
+    #[arg(long, conflicts_with_all = ["dry_run", "full", "approve", "release_lease", "release_quarantine"])]
+    verify: bool,
     /// Release the tenant's lease whoever holds it (a run whose process died), then exit
     #[arg(long, conflicts_with_all = ["dry_run", "full", "approve", "release_quarantine"])]
     release_lease: bool,
@@ -206,6 +210,8 @@ pub mod exit {
     pub const COMPLETED_WITH_ERRORS: u8 = 5;
     /// Nothing to release: no lease, or the user is not quarantined.
     pub const NOTHING_TO_RELEASE: u8 = 6;
+    /// `--verify` found application rows that drifted from what the engine wrote.
+    pub const DRIFT: u8 = 7;
 }
 
 async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
@@ -259,6 +265,44 @@ async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
                 }
             },
         );
+    }
+    if args.verify {
+        let r = engine.verify(&args.tenant).await?;
+        println!(
+            "tenant {}: {} linked user(s) compared with the application: {} row(s) gone, {} differing, {} missing roles",
+            r.tenant, r.linked, r.missing, r.differing, r.roles_missing
+        );
+        for d in &r.drifts {
+            if d.missing {
+                println!("  {} (key {}): the row is gone", d.user_id, d.app_key);
+            }
+            for (c, ch) in &d.changes {
+                println!(
+                    "  {} (key {}): {c} is {} in the application, the engine wrote {}",
+                    d.user_id, d.app_key, ch.before, ch.after
+                );
+            }
+            if !d.roles_missing.is_empty() {
+                println!(
+                    "  {} (key {}): roles missing: {}",
+                    d.user_id,
+                    d.app_key,
+                    d.roles_missing.join(", ")
+                );
+            }
+        }
+        let shown = r.drifts.len() as u64;
+        if shown < r.missing + r.differing + r.roles_missing {
+            println!("  (the first {shown} users that drifted are listed)");
+        }
+        if r.is_clean() {
+            return Ok(exit::OK);
+        }
+        eprintln!(
+            "drift found: `scim-bridge sync --tenant {} --full` writes every row again that differs or is gone",
+            r.tenant
+        );
+        return Ok(exit::DRIFT);
     }
     if let Some(user_id) = &args.release_quarantine {
         let released = engine

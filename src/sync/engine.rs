@@ -14,6 +14,7 @@ use super::{Counts, RunOptions, RunStatus, RunSummary, SyncError, Trigger};
 use crate::clock::Clock;
 use crate::config::{ApplicationConfig, Config, SyncConfig};
 use crate::mapping::Mapping;
+use crate::target::row::AppValue;
 use crate::target::{AppConnector, AppDatabase, schema};
 
 /// A tenant that syncs: its settings and its application database.
@@ -442,5 +443,112 @@ impl SyncEngine {
         };
         run.finish(begun.trigger, begun.started, watermark_from, result)
             .await
+    }
+}
+
+/// What `sync --verify` found: the links whose application row is gone or differs from what
+/// the engine last wrote, or lacks roles it applied.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub tenant: String,
+    /// Links compared.
+    pub linked: u64,
+    pub missing: u64,
+    pub differing: u64,
+    pub roles_missing: u64,
+    /// The first drifts found, in user id order (at most [`VerifyReport::SHOWN`]).
+    pub drifts: Vec<Drift>,
+}
+
+impl VerifyReport {
+    /// Drifts listed in full; the counts cover them all.
+    pub const SHOWN: usize = 1000;
+
+    pub fn is_clean(&self) -> bool {
+        self.missing + self.differing + self.roles_missing == 0
+    }
+}
+
+/// One link whose application row drifted.
+#[derive(Debug, Clone)]
+pub struct Drift {
+    pub user_id: String,
+    pub app_key: String,
+    /// The row is gone.
+    pub missing: bool,
+    /// Column → what the engine wrote (after) and what the row holds now (before).
+    pub changes: BTreeMap<String, super::Change>,
+    /// Roles the engine applied that the row no longer has.
+    pub roles_missing: Vec<String>,
+}
+
+impl SyncEngine {
+    /// Compare every link of `tenant` with its application row as it is now. Reads only.
+    pub async fn verify(&self, tenant: &str) -> Result<VerifyReport, SyncError> {
+        let ts = self.tenant(tenant)?;
+        let target = ts.mapping().target();
+        let mut report = VerifyReport {
+            tenant: tenant.to_string(),
+            ..VerifyReport::default()
+        };
+        let mut after = String::new();
+        loop {
+            let links = self
+                .store
+                .links_page(tenant, &after, ts.config.batch_size)
+                .await?;
+            let Some((last, _)) = links.last() else { break };
+            after = last.clone();
+            let mut columns: Vec<String> = Vec::new();
+            for (_, l) in &links {
+                for c in l.fields.keys() {
+                    if !columns.contains(c) {
+                        columns.push(c.clone());
+                    }
+                }
+            }
+            let keys: Vec<String> = links.iter().map(|(_, l)| l.app_key.clone()).collect();
+            let rows = ts.app.read_rows(target, &columns, &keys).await?;
+            for (user_id, link) in links {
+                report.linked += 1;
+                let mut drift = Drift {
+                    user_id,
+                    app_key: link.app_key.clone(),
+                    missing: false,
+                    changes: BTreeMap::new(),
+                    roles_missing: vec![],
+                };
+                match rows.get(&link.app_key) {
+                    None => {
+                        drift.missing = true;
+                        report.missing += 1;
+                    }
+                    Some(row) => {
+                        for (c, wrote) in &link.fields {
+                            let now = row.fields.get(c).cloned().unwrap_or(AppValue::Null);
+                            if !now.holds_json(wrote) {
+                                drift.changes.insert(
+                                    c.clone(),
+                                    super::Change {
+                                        before: now.to_json(),
+                                        after: wrote.clone(),
+                                    },
+                                );
+                            }
+                        }
+                        drift.roles_missing =
+                            link.applied_roles.difference(&row.roles).cloned().collect();
+                        report.differing += u64::from(!drift.changes.is_empty());
+                        report.roles_missing += u64::from(!drift.roles_missing.is_empty());
+                    }
+                }
+                let drifted =
+                    drift.missing || !drift.changes.is_empty() || !drift.roles_missing.is_empty();
+                if drifted && report.drifts.len() < VerifyReport::SHOWN {
+                    report.drifts.push(drift);
+                }
+            }
+        }
+        Ok(report)
     }
 }

@@ -22,6 +22,9 @@ pub enum Plan {
         error: String,
     },
     Write(Box<Write>),
+    /// A full run: unchanged against the link, to be compared with the application row as it
+    /// is (written again when it differs or is gone).
+    Check(Box<Write>),
 }
 
 pub struct Write {
@@ -164,7 +167,7 @@ pub fn user_state(active: bool, deleted: bool) -> UserState {
 }
 
 /// Decide what to do for one user.
-pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>) -> Plan {
+pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>, full: bool) -> Plan {
     if row.quarantined {
         return Plan::Quarantined;
     }
@@ -195,10 +198,8 @@ pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>) -> Plan {
         }
     };
     let fingerprint = rendered.fingerprint();
-    if let Some(l) = link
-        && l.fingerprint == fingerprint
-        && l.app_key == rendered.key
-    {
+    let unchanged = link.is_some_and(|l| l.fingerprint == fingerprint && l.app_key == rendered.key);
+    if unchanged && !full {
         return Plan::Unchanged;
     }
     let Diff {
@@ -213,7 +214,7 @@ pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>) -> Plan {
         (Some("deactivated"), UserState::Active) => Outcome::Reactivated,
         _ => Outcome::Updated,
     };
-    Plan::Write(Box::new(Write {
+    let write = Box::new(Write {
         previous_key: link
             .map(|l| l.app_key.clone())
             .filter(|k| *k != rendered.key),
@@ -226,7 +227,12 @@ pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>) -> Plan {
         outcome,
         changes,
         rendered,
-    }))
+    });
+    if unchanged {
+        Plan::Check(write)
+    } else {
+        Plan::Write(write)
+    }
 }
 
 /// One batch as read and planned: the ids of its users and their versions, their plans, the
@@ -243,6 +249,7 @@ pub fn plan_batch(
     mapping: &Mapping,
     rows: Vec<UserRow>,
     links: &HashMap<String, Link>,
+    full: bool,
 ) -> Result<Planned, SyncError> {
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let seqs: Vec<i64> = rows.iter().map(|r| r.change_seq).collect();
@@ -256,7 +263,7 @@ pub fn plan_batch(
         rows.into_iter()
             .map(|row| {
                 let link = links.get(&row.id);
-                plan(mapping, row, link)
+                plan(mapping, row, link, full)
             })
             .collect()
     } else {
@@ -279,7 +286,7 @@ pub fn plan_batch(
                             .into_iter()
                             .map(|row| {
                                 let link = links.get(&row.id);
-                                plan(mapping, row, link)
+                                plan(mapping, row, link, full)
                             })
                             .collect::<Vec<Plan>>()
                     })

@@ -2,16 +2,19 @@
 //! the previous batch is written to the application and recorded in staging; and the end of
 //! the run.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 
 use super::engine::{SyncEngine, TenantSync};
-use super::plan::{Plan, Planned, Write, failed_item, plan_batch, state_name};
+use super::plan::{Plan, Planned, Write, failed_item, field_json, plan_batch, state_name};
 use super::store::{LinkWrite, Mark, Read, Record, RetryWrite};
-use super::{Counts, ItemReport, Outcome, RunOptions, RunStatus, RunSummary, SyncError, Trigger};
+use super::{
+    Change, Counts, ItemReport, Outcome, RunOptions, RunStatus, RunSummary, SyncError, Trigger,
+};
+use crate::target::row::AppValue;
 use crate::target::{UserApplied, UserWrite};
 
 /// The mutable state of one run.
@@ -83,13 +86,14 @@ impl<'a> Run<'a> {
         let mapping = self.ts.config.mapping.0.clone();
         let tenant = self.tenant.to_string();
         let limit = self.ts.config.batch_size;
+        let full = self.options.full;
         tokio::spawn(async move {
             store
                 .read_batch(
                     &tenant,
                     read,
                     limit,
-                    Box::new(move |rows, links| plan_batch(&mapping, rows, &links)),
+                    Box::new(move |rows, links| plan_batch(&mapping, rows, &links, full)),
                 )
                 .await
         })
@@ -158,6 +162,64 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The users a full run's links call unchanged, against their application rows as they
+    /// are now (one read): a row gone is written again (created), a row that differs is
+    /// rewritten (the item's "before" is what the row held), missing roles come back. None:
+    /// the row is as the link says.
+    #[allow(clippy::vec_box)]
+    async fn compare_with_rows(
+        &self,
+        checks: Vec<Box<Write>>,
+    ) -> Result<Vec<Option<Box<Write>>>, SyncError> {
+        if checks.is_empty() {
+            return Ok(vec![]);
+        }
+        let target = self.ts.mapping().target();
+        let mut columns: Vec<String> = Vec::new();
+        for w in &checks {
+            for (c, _) in &w.rendered.fields {
+                if !columns.contains(c) {
+                    columns.push(c.clone());
+                }
+            }
+        }
+        let keys: Vec<String> = checks.iter().map(|w| w.rendered.key.clone()).collect();
+        let rows = self.ts.app.read_rows(target, &columns, &keys).await?;
+        Ok(checks
+            .into_iter()
+            .map(|mut w| {
+                let Some(row) = rows.get(&w.rendered.key) else {
+                    w.outcome = Outcome::Created;
+                    w.changes = all_fields(target.key_column.as_str(), &w);
+                    w.roles_to_add = w.rendered.roles.clone();
+                    return Some(w);
+                };
+                let mut changes = BTreeMap::new();
+                for (c, v) in &w.rendered.fields {
+                    let now = row.fields.get(c).cloned().unwrap_or(AppValue::Null);
+                    if !now.holds(v) {
+                        changes.insert(
+                            c.clone(),
+                            Change {
+                                before: now.to_json(),
+                                after: field_json(v),
+                            },
+                        );
+                    }
+                }
+                let missing: BTreeSet<String> =
+                    w.rendered.roles.difference(&row.roles).cloned().collect();
+                if changes.is_empty() && missing.is_empty() {
+                    return None;
+                }
+                w.outcome = Outcome::Updated;
+                w.changes = changes;
+                w.roles_to_add = missing;
+                Some(w)
+            })
+            .collect())
+    }
+
     /// Write a batch's users to the application (one transaction); what each write did, in
     /// order. The writes stay boxed as the plans hold them: unboxing would copy each one.
     #[allow(clippy::vec_box)]
@@ -210,9 +272,11 @@ impl<'a> Run<'a> {
         enum Slot {
             Failed(ItemReport),
             Write(usize),
+            Check(usize),
         }
         let mut slots = Vec::with_capacity(plans.len());
         let mut writes: Vec<Box<Write>> = Vec::new();
+        let mut checks: Vec<Box<Write>> = Vec::new();
         let mut quarantined = HashSet::new();
         for (plan, id) in plans.into_iter().zip(&ids) {
             match plan {
@@ -229,8 +293,30 @@ impl<'a> Run<'a> {
                     slots.push(Slot::Write(writes.len()));
                     writes.push(w);
                 }
+                Plan::Check(w) => {
+                    slots.push(Slot::Check(checks.len()));
+                    checks.push(w);
+                }
             }
         }
+        // A full run: the users its links call unchanged, compared with their rows as they are.
+        let mut repaired = self.compare_with_rows(checks).await?.into_iter();
+        let slots: Vec<Slot> = slots
+            .into_iter()
+            .filter_map(|slot| match slot {
+                Slot::Check(_) => match repaired.next().flatten() {
+                    Some(w) => {
+                        writes.push(w);
+                        Some(Slot::Write(writes.len() - 1))
+                    }
+                    None => {
+                        self.counts.unchanged += 1;
+                        None
+                    }
+                },
+                other => Some(other),
+            })
+            .collect();
         let (writes, applied) = self.write(writes).await?;
         let mut writes: Vec<Option<Box<Write>>> = writes.into_iter().map(Some).collect();
         let mut items: Vec<(ItemReport, Option<Box<Write>>)> = Vec::with_capacity(slots.len());
@@ -240,7 +326,7 @@ impl<'a> Run<'a> {
                     items.push((item, None));
                     continue;
                 }
-                Slot::Write(i) => i,
+                Slot::Write(i) | Slot::Check(i) => i,
             };
             let Some(w) = writes.get_mut(i).and_then(Option::take) else {
                 continue;
@@ -397,4 +483,26 @@ impl<'a> Run<'a> {
             error,
         })
     }
+}
+
+/// Every column of a write going from nothing to its value (its row is gone).
+fn all_fields(key_column: &str, w: &Write) -> BTreeMap<String, Change> {
+    let mut out = BTreeMap::new();
+    out.insert(
+        key_column.to_string(),
+        Change {
+            before: serde_json::Value::Null,
+            after: serde_json::Value::String(w.rendered.key.clone()),
+        },
+    );
+    for (c, v) in &w.rendered.fields {
+        out.insert(
+            c.clone(),
+            Change {
+                before: serde_json::Value::Null,
+                after: field_json(v),
+            },
+        );
+    }
+    out
 }

@@ -85,6 +85,14 @@ pub trait SyncStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<LeaseRow>, SyncError>;
 
+    /// The tenant's links by user id, after `after_user_id` (`sync --verify` walks them).
+    async fn links_page(
+        &self,
+        tenant: &str,
+        after_user_id: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Link)>, SyncError>;
+
     /// How many of the tenant's users are quarantined.
     async fn count_quarantined(&self, tenant: &str) -> Result<i64, SyncError>;
 

@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 use super::plan::Planned;
 use super::store::{
     BatchPlanner, BeginRun, Begun, DueQuery, FinishRun, Heartbeat, LeaseRow, LifecycleDone,
-    LifecyclePlanner, LifecycleRecord, Mark, Queued, Read, Record, RunState, RunningRun, SyncStore,
+    LifecyclePlanner, LifecycleRecord, Link, Mark, Queued, Read, Record, RunState, RunningRun,
+    SyncStore,
 };
 use super::{
     ItemReport, Outcome, Progress, RunOptions, RunStatus, RunSummary, SyncEngine, SyncError,
@@ -113,6 +114,14 @@ impl SyncStore for Seams {
         now: DateTime<Utc>,
     ) -> Result<Option<LeaseRow>, SyncError> {
         self.inner.release_lease(t, actor, now).await
+    }
+    async fn links_page(
+        &self,
+        t: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Link)>, SyncError> {
+        self.inner.links_page(t, after, limit).await
     }
     async fn count_quarantined(&self, t: &str) -> Result<i64, SyncError> {
         self.inner.count_quarantined(t).await
@@ -1395,4 +1404,93 @@ async fn heartbeats_renew_the_lease_until_it_is_lost() {
     // A run whose heartbeat stopped three leases ago is abandoned, whoever held it.
     e.clock.advance(Duration::minutes(3));
     assert_eq!(e.engine.close_abandoned_runs(None).await.unwrap(), 1);
+}
+
+/// After the application lost or changed rows behind the engine's back (a restore, a hand
+/// edit), an incremental run trusts its links and writes nothing, `verify` reports the drift,
+/// and a full run writes back what is gone or differs.
+#[tokio::test]
+async fn a_full_run_repairs_the_application_and_verify_reports_drift() {
+    let e = env(DELETE, "").await;
+    e.user("u1", "ann", Some("e1")).await;
+    e.user("u2", "bob", Some("e2")).await;
+    e.user("u3", "cid", Some("e3")).await;
+    e.group("g1", "Admins", &["u3"]).await;
+    e.run().await;
+    assert!(e.engine.verify("t").await.unwrap().is_clean());
+    e.app.batch(
+        "DELETE FROM app_users WHERE external_id = 'e1';
+         UPDATE app_users SET display_name = 'edited by hand' WHERE external_id = 'e2';
+         DELETE FROM app_roles WHERE external_id = 'e3' AND role = 'admin';",
+    );
+    let r = e.engine.verify("t").await.unwrap();
+    assert_eq!(
+        (r.linked, r.missing, r.differing, r.roles_missing),
+        (3, 1, 1, 1)
+    );
+    let bob = r.drifts.iter().find(|d| d.user_id == "u2").unwrap();
+    assert_eq!(
+        bob.changes["display_name"],
+        super::Change {
+            before: json!("edited by hand"),
+            after: json!("bob display")
+        }
+    );
+    assert_eq!(
+        r.drifts
+            .iter()
+            .find(|d| d.user_id == "u3")
+            .unwrap()
+            .roles_missing,
+        ["admin"]
+    );
+    let s = e.run().await;
+    assert_eq!(
+        s.counts,
+        super::Counts::default(),
+        "incremental: nothing changed"
+    );
+    let s = e
+        .run_with(RunOptions {
+            full: true,
+            ..RunOptions::default()
+        })
+        .await;
+    assert_eq!(
+        (s.counts.created, s.counts.updated, s.counts.unchanged),
+        (1, 2, 0),
+        "{s:?}"
+    );
+    let items = e.items(s.run_id).await;
+    let outcome = |id: &str| items.iter().find(|i| i.0 == id).unwrap().1.clone();
+    assert_eq!(
+        (outcome("u1"), outcome("u2"), outcome("u3")),
+        ("created".into(), "updated".into(), "updated".into())
+    );
+    let bob_changes: Value = serde_json::from_str(
+        items
+            .iter()
+            .find(|i| i.0 == "u2")
+            .unwrap()
+            .2
+            .as_deref()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bob_changes["display_name"]["before"], "edited by hand");
+    assert!(e.engine.verify("t").await.unwrap().is_clean());
+    assert_eq!(e.rows().await.len(), 3);
+    assert!(
+        e.roles()
+            .await
+            .contains(&("e3".to_string(), "admin".to_string()))
+    );
+    // And a full run over rows that are as the links say writes nothing.
+    let s = e
+        .run_with(RunOptions {
+            full: true,
+            ..RunOptions::default()
+        })
+        .await;
+    assert_eq!((s.counts.unchanged, s.counts.updated), (3, 0));
 }

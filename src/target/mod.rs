@@ -10,16 +10,17 @@
 //! Identifiers (tables, columns) come validated from the mapping and are quoted anyway; every
 //! value is a bound parameter.
 
+pub mod row;
 pub mod schema;
 pub mod writer;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::config::ApplicationConfig;
-use crate::mapping::FieldValue;
+use crate::mapping::{FieldValue, Target};
 use crate::store::DbError;
 pub use writer::AppBatch;
 
@@ -85,6 +86,15 @@ pub trait AppDatabase: Send + Sync {
     /// is optimistic and runs again with a savepoint per user when a user failed (only the
     /// last run's result counts, and only its writes are committed).
     async fn batch(&self, f: BatchFn) -> Result<Vec<Result<UserApplied, String>>, TargetError>;
+
+    /// The rows of `keys` as they are now: `columns` of the user table (as the mapping names
+    /// them) and the role rows. Keys without a row are absent.
+    async fn read_rows(
+        &self,
+        target: &Target,
+        columns: &[String],
+        keys: &[String],
+    ) -> Result<HashMap<String, row::AppRow>, TargetError>;
 
     /// The columns and unique keys of `table` (`name` or `schema.name`); None when there is no
     /// such table.

@@ -10,7 +10,7 @@
 //! blocking thread, with its statements prepared once: one hand-over per batch instead of one
 //! per statement. How a batch writes is [`crate::target::writer`]; this is its SQLite spelling.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{Connection, ToSql, TransactionBehavior};
 
+use crate::mapping::Target;
 use crate::store::format_time;
+use crate::target::row::{AppRow, AppValue};
 use crate::target::schema::{ColumnInfo, TableInfo};
 use crate::target::writer::{self, Dialect, Exec, Param, QuotedRoles, Stmt};
 use crate::target::{AppDatabase, BatchFn, TargetError, UserApplied, quote_parts};
@@ -137,8 +139,97 @@ fn describe(c: &Connection, table: &str) -> Result<Option<TableInfo>, TargetErro
     }))
 }
 
+/// A column's value as SQLite holds it.
+fn app_value(v: rusqlite::types::ValueRef<'_>) -> AppValue {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => AppValue::Null,
+        ValueRef::Integer(i) => AppValue::Int(i),
+        ValueRef::Real(f) => AppValue::Real(f),
+        ValueRef::Text(t) => AppValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(_) => AppValue::Other,
+    }
+}
+
+fn read_rows(
+    c: &Connection,
+    target: &Target,
+    columns: &[String],
+    keys: &[String],
+) -> Result<HashMap<String, AppRow>, TargetError> {
+    let q = |i: &str| {
+        SQLITE
+            .quote(i)
+            .ok_or_else(|| TargetError::Identifier(i.to_string()))
+    };
+    let (table, key) = (q(&target.user_table)?, q(&target.key_column)?);
+    let cols = columns
+        .iter()
+        .map(|c| q(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let list = serde_json::to_string(keys)?;
+    let select: Vec<&str> = std::iter::once(key.as_str())
+        .chain(cols.iter().map(String::as_str))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {table} WHERE {key} IN (SELECT value FROM json_each(?))",
+        select.join(", ")
+    );
+    let mut out: HashMap<String, AppRow> = HashMap::new();
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows = stmt.query([&list])?;
+    while let Some(r) = rows.next()? {
+        let k: String = r.get(0)?;
+        let mut row = AppRow::default();
+        for (i, name) in columns.iter().enumerate() {
+            row.fields
+                .insert(name.clone(), app_value(r.get_ref(i + 1)?));
+        }
+        out.insert(k, row);
+    }
+    if let Some(roles) = &target.roles {
+        let sql = format!(
+            "SELECT {u}, {r} FROM {t} WHERE {u} IN (SELECT value FROM json_each(?))",
+            t = q(&roles.table)?,
+            u = q(&roles.user_column)?,
+            r = q(&roles.role_column)?
+        );
+        let mut stmt = c.prepare_cached(&sql)?;
+        let mut rows = stmt.query([&list])?;
+        while let Some(r) = rows.next()? {
+            let (k, role): (String, String) = (r.get(0)?, r.get(1)?);
+            if let Some(row) = out.get_mut(&k) {
+                row.roles.insert(role);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl AppDatabase for SqliteApp {
+    async fn read_rows(
+        &self,
+        target: &Target,
+        columns: &[String],
+        keys: &[String],
+    ) -> Result<HashMap<String, AppRow>, TargetError> {
+        let (conn, target, columns, keys) = (
+            self.conn.clone(),
+            target.clone(),
+            columns.to_vec(),
+            keys.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let guard = conn
+                .lock()
+                .map_err(|_| TargetError::Task("the connection's lock is poisoned".into()))?;
+            read_rows(&guard, &target, &columns, &keys)
+        })
+        .await
+        .map_err(|e| TargetError::Task(e.to_string()))?
+    }
+
     async fn describe(&self, table: &str) -> Result<Option<TableInfo>, TargetError> {
         let (conn, table) = (self.conn.clone(), table.to_string());
         tokio::task::spawn_blocking(move || {

@@ -761,6 +761,37 @@ impl SyncStore for SqliteStaging {
             .await
     }
 
+    async fn links_page(
+        &self,
+        tenant: &str,
+        after_user_id: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Link)>, SyncError> {
+        let (tenant, after) = (tenant.to_string(), after_user_id.to_string());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, app_key, fingerprint, applied_roles, fields, state FROM sync_links \
+                 WHERE tenant = ? AND user_id > ? ORDER BY user_id LIMIT ?",
+            )?;
+            let rows = stmt.query_map(params![tenant, after, limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            rows.map(|r| {
+                let (id, app_key, fingerprint, roles, fields, state) = r?;
+                Ok((id, Link::parse(app_key, fingerprint, &roles, &fields, state)?))
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn count_quarantined(&self, tenant: &str) -> Result<i64, SyncError> {
         let tenant = tenant.to_string();
         self.read(move |c| {
