@@ -31,6 +31,10 @@ pub struct RawTarget {
     pub user_table: Spanned<String>,
     pub key_column: Spanned<String>,
     pub key: Spanned<String>,
+    /// `never` (the default) or `match-by-key`.
+    pub adopt: Option<Spanned<String>>,
+    /// A column holding the tenant's name: rows are matched by key and tenant.
+    pub tenant_column: Option<Spanned<String>>,
     pub roles: Option<RawRoleTable>,
 }
 
@@ -40,6 +44,7 @@ pub struct RawRoleTable {
     pub table: Spanned<String>,
     pub user_column: Spanned<String>,
     pub role_column: Spanned<String>,
+    pub tenant_column: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

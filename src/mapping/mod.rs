@@ -135,6 +135,22 @@ pub struct Target {
     /// "employeeNumber", "customAttribute03", …
     pub key_source: String,
     pub roles: Option<RoleTable>,
+    /// Whether the engine may take over a row it did not create.
+    pub adopt: Adopt,
+    /// A column the engine fills with the tenant's name; rows are matched by key and tenant,
+    /// so tenants sharing the table never touch each other's rows.
+    pub tenant_column: Option<String>,
+}
+
+/// What the engine does with an application row that has a user's key but was not created by
+/// the engine for this tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Adopt {
+    /// Leave it alone: the user fails with a reason until the row goes or adoption is allowed.
+    #[default]
+    Never,
+    /// Take it over (an `adopted` item), and update it from then on.
+    MatchByKey,
 }
 
 /// A column a mapping writes.
@@ -151,6 +167,7 @@ pub struct WrittenColumn {
 pub struct TargetLines {
     pub user_table: usize,
     pub key_column: usize,
+    pub tenant_column: Option<usize>,
     /// (table, user_column, role_column) of `[target.roles]`.
     pub roles: Option<(usize, usize, usize)>,
 }
@@ -160,6 +177,9 @@ pub struct RoleTable {
     pub table: String,
     pub user_column: String,
     pub role_column: String,
+    /// A column the engine fills with the tenant's name (role rows of tenants sharing the
+    /// table are told apart by it).
+    pub tenant_column: Option<String>,
 }
 
 /// What the engine writes for one user.
@@ -381,20 +401,59 @@ impl Mapping {
                         "target.roles.role_column",
                     )?
                     .to_owned(),
+                tenant_column: r
+                    .tenant_column
+                    .as_ref()
+                    .map(|c| {
+                        l.column(c.get_ref(), c.span().start, "target.roles.tenant_column")
+                            .map(str::to_owned)
+                    })
+                    .transpose()?,
             }),
             None => None,
         };
+        let adopt = match t
+            .adopt
+            .as_ref()
+            .map(|a| (a.get_ref().as_str(), a.span().start))
+        {
+            None | Some(("never", _)) => Adopt::Never,
+            Some(("match-by-key", _)) => Adopt::MatchByKey,
+            Some((other, at)) => {
+                return Err(l.at(
+                    at,
+                    format!("target.adopt: {other:?} is not \"never\" or \"match-by-key\""),
+                ));
+            }
+        };
+        let tenant_column = t
+            .tenant_column
+            .as_ref()
+            .map(|c| {
+                if c.get_ref() == key_column {
+                    return Err(l.at(
+                        c.span().start,
+                        "target.tenant_column: it must not be the key column",
+                    ));
+                }
+                l.column(c.get_ref(), c.span().start, "target.tenant_column")
+                    .map(str::to_owned)
+            })
+            .transpose()?;
         let target = Target {
             database: t.database.get_ref().clone(),
             user_table: user_table.to_owned(),
             key_column: key_column.to_owned(),
             key_source: t.key.get_ref().clone(),
             roles: role_table,
+            adopt,
+            tenant_column,
         };
         let at = |offset: usize| line_of(text, offset);
         let target_lines = TargetLines {
             user_table: at(t.user_table.span().start),
             key_column: at(t.key_column.span().start),
+            tenant_column: t.tenant_column.as_ref().map(|c| at(c.span().start)),
             roles: t.roles.as_ref().map(|r| {
                 (
                     at(r.table.span().start),
@@ -524,6 +583,16 @@ impl Mapping {
             reads,
             tests: Vec::new(),
         };
+        if let Some(tc) = &mapping.target.tenant_column
+            && let Some(f) = mapping.written_specs().find(|f| &f.column == tc)
+        {
+            return Err(l.at_line(
+                f.line,
+                format!(
+                    "`{tc}` is target.tenant_column: the engine writes the tenant's name there"
+                ),
+            ));
+        }
         let mut tests = Vec::new();
         for (i, t) in raw.test.iter().enumerate() {
             let line = line_of(text, t.span().start);
@@ -628,6 +697,18 @@ impl Mapping {
         out
     }
 
+    /// The fields of every section that writes the user table.
+    fn written_specs(&self) -> impl Iterator<Item = &FieldSpec> {
+        let offboarding: &[FieldSpec] = match &self.offboarding {
+            OffboardingSpec::Update(f) => f,
+            _ => &[],
+        };
+        self.fields
+            .iter()
+            .chain(&self.deactivation)
+            .chain(offboarding)
+    }
+
     /// Every column the mapping writes into the user table (the key column first), with the
     /// type it writes and where the file says so; for checking the mapping against the table.
     pub fn columns(&self) -> Vec<WrittenColumn> {
@@ -636,16 +717,15 @@ impl Mapping {
             ty: FieldType::Text,
             line: self.target_lines.key_column,
         }];
-        let offboarding: &[FieldSpec] = match &self.offboarding {
-            OffboardingSpec::Update(f) => f,
-            _ => &[],
-        };
-        for f in self
-            .fields
-            .iter()
-            .chain(&self.deactivation)
-            .chain(offboarding)
+        if let (Some(c), Some(line)) = (&self.target.tenant_column, self.target_lines.tenant_column)
         {
+            out.push(WrittenColumn {
+                column: c.clone(),
+                ty: FieldType::Text,
+                line,
+            });
+        }
+        for f in self.written_specs() {
             if !out.iter().any(|c| c.column == f.column) {
                 out.push(WrittenColumn {
                     column: f.column.clone(),

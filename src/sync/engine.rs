@@ -51,6 +51,51 @@ pub struct Begun {
     approves: Option<i64>,
 }
 
+/// Tenants that write one application table must keep their rows apart: each of their
+/// mappings names a tenant column (and a role tenant column when they write roles), so rows are
+/// matched by key and tenant. Otherwise one tenant's user could take over another tenant's row
+/// with the same key; such a configuration is refused.
+fn check_shared_tables<'a>(
+    mappings: impl Iterator<Item = (&'a str, &'a Mapping)>,
+) -> Result<(), SyncError> {
+    let mut by_table: BTreeMap<(String, String), Vec<(&str, &Mapping)>> = BTreeMap::new();
+    for (name, m) in mappings {
+        let target = m.target();
+        by_table
+            .entry((
+                target.database.clone(),
+                target.user_table.to_ascii_lowercase(),
+            ))
+            .or_default()
+            .push((name, m));
+    }
+    for ((database, table), tenants) in by_table.iter().filter(|(_, n)| n.len() > 1) {
+        let names: Vec<&str> = tenants.iter().map(|(n, _)| *n).collect();
+        let unscoped: Vec<&str> = tenants
+            .iter()
+            .filter(|(_, m)| {
+                let target = m.target();
+                target.tenant_column.is_none()
+                    || target
+                        .roles
+                        .as_ref()
+                        .is_some_and(|r| r.tenant_column.is_none())
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        if !unscoped.is_empty() {
+            return Err(SyncError::Mapping(format!(
+                "tenants {} all write table {table} of application {database}: their rows could \
+                 collide on a key. Set [target] tenant_column (and [target.roles] tenant_column) in \
+                 the mapping of {} so each tenant's rows are its own",
+                names.join(", "),
+                unscoped.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Check `mapping` against the live tables of `app` (`SyncError::Mapping` naming file:line
 /// and column for each problem).
 pub async fn check_schema(mapping: &Mapping, app: &dyn AppDatabase) -> Result<(), SyncError> {
@@ -92,6 +137,12 @@ impl SyncEngine {
         connector: &dyn AppConnector,
         clock: Arc<dyn Clock>,
     ) -> Result<SyncEngine, SyncError> {
+        check_shared_tables(
+            config
+                .tenants
+                .iter()
+                .filter_map(|(n, t)| t.sync.as_ref().map(|s| (n.as_str(), &*s.mapping.0))),
+        )?;
         let mut engine = SyncEngine {
             store,
             clock,
@@ -123,6 +174,13 @@ impl SyncEngine {
         applications: &BTreeMap<String, ApplicationConfig>,
         connector: &dyn AppConnector,
     ) -> Result<SyncEngine, SyncError> {
+        check_shared_tables(
+            self.tenants
+                .iter()
+                .filter(|(n, _)| n.as_str() != tenant)
+                .map(|(n, t)| (n.as_str(), t.mapping()))
+                .chain([(tenant, &*config.mapping.0)]),
+        )?;
         let app = self
             .application(tenant, &config, applications, connector)
             .await?;
@@ -508,7 +566,7 @@ impl SyncEngine {
                 }
             }
             let keys: Vec<String> = links.iter().map(|(_, l)| l.app_key.clone()).collect();
-            let rows = ts.app.read_rows(target, &columns, &keys).await?;
+            let rows = ts.app.read_rows(target, tenant, &columns, &keys).await?;
             for (user_id, link) in links {
                 report.linked += 1;
                 let mut drift = Drift {

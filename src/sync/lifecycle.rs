@@ -209,6 +209,7 @@ impl Run<'_> {
                 vec![None; queued.len()]
             } else {
                 let (target, shared) = (target.clone(), Arc::new(queued.clone()));
+                let tenant = self.tenant.to_string();
                 self.ts
                     .app
                     .batch(Box::new(move |app| {
@@ -216,7 +217,7 @@ impl Run<'_> {
                             .iter()
                             .map(|q| {
                                 let action = offboarding_from_json(&q.action);
-                                app.offboard(&target, &q.app_key, &action, &q.roles)
+                                app.offboard(&target, &tenant, &q.app_key, &action, &q.roles)
                                     .map(|()| UserApplied { created: false })
                                     .map_err(|e| e.to_string())
                             })
@@ -228,13 +229,19 @@ impl Run<'_> {
                     .collect()
             };
             let mut record = self.context().record();
+            record.rows_of = self.rows_of();
             for (q, error) in queued.iter().zip(errors) {
                 record.items.push(queue_item(q, error.clone()));
                 if self.options.dry_run {
                     continue;
                 }
                 match error {
-                    None => record.done.push((q.id, q.user_id.clone())),
+                    None => {
+                        record.done.push((q.id, q.user_id.clone()));
+                        if q.action.get("action").and_then(|a| a.as_str()) == Some("delete") {
+                            record.disowned.push(q.app_key.clone());
+                        }
+                    }
                     Some(e) => record.failed.push((q.id, e)),
                 }
             }

@@ -150,6 +150,8 @@ pub enum Outcome {
     Purged,
     /// Retention ended, but the guard holds the offboarding until the run is approved.
     OffboardingHeld,
+    /// A row the application had with the user's key, taken over (the mapping adopts).
+    Adopted,
 }
 
 impl Outcome {
@@ -163,6 +165,7 @@ impl Outcome {
             Outcome::Offboarded => "offboarded",
             Outcome::Purged => "purged",
             Outcome::OffboardingHeld => "offboarding_held",
+            Outcome::Adopted => "adopted",
         }
     }
 }
@@ -248,7 +251,7 @@ impl Counts {
     pub fn add(&mut self, item: &ItemReport) {
         match item.outcome {
             Outcome::Created => self.created += 1,
-            Outcome::Updated | Outcome::Reactivated => self.updated += 1,
+            Outcome::Updated | Outcome::Reactivated | Outcome::Adopted => self.updated += 1,
             Outcome::Deactivated => self.deactivated += 1,
             Outcome::Failed => self.failed += 1,
             Outcome::Offboarded => self.offboarded += 1,

@@ -10,6 +10,7 @@ use super::store::{Link, Mark, UserRow};
 use super::{Change, ItemReport, Outcome, SyncError};
 use crate::mapping::{FieldValue, Mapping, Offboarding, RenderedUser, UserState};
 use crate::store::format_time;
+use crate::target::Existing;
 
 /// The decision for one user of a batch.
 pub enum Plan {
@@ -28,6 +29,13 @@ pub enum Plan {
 }
 
 pub struct Write {
+    /// The user had a link (its row was the engine's).
+    pub linked: bool,
+    /// What the write does with a row that already has the key (decided from the rows'
+    /// owners before the batch is written).
+    pub existing: Existing,
+    /// Why the write is not made: the row is another tenant's.
+    pub refused: Option<String>,
     pub row: UserRow,
     pub rendered: RenderedUser,
     pub fingerprint: String,
@@ -215,6 +223,9 @@ pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>, full: bool) ->
         _ => Outcome::Updated,
     };
     let write = Box::new(Write {
+        linked: link.is_some(),
+        existing: Existing::Owned,
+        refused: None,
         previous_key: link
             .map(|l| l.app_key.clone())
             .filter(|k| *k != rendered.key),

@@ -10,12 +10,13 @@ use chrono::{DateTime, Utc};
 
 use super::engine::{SyncEngine, TenantSync};
 use super::plan::{Plan, Planned, Write, failed_item, field_json, plan_batch, state_name};
-use super::store::{LinkWrite, Mark, Read, Record, RetryWrite};
+use super::store::{LinkWrite, Mark, Owned, Read, Record, RetryWrite, RowsOf};
 use super::{
     Change, Counts, ItemReport, Outcome, RunOptions, RunStatus, RunSummary, SyncError, Trigger,
 };
+use crate::mapping::Adopt;
 use crate::target::row::AppValue;
-use crate::target::{UserApplied, UserWrite};
+use crate::target::{Existing, UserApplied, UserWrite};
 
 /// The mutable state of one run.
 pub(super) struct Run<'a> {
@@ -162,6 +163,93 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The application table this tenant writes, and its rows' scope in it.
+    pub fn rows_of(&self) -> RowsOf {
+        let target = self.ts.mapping().target();
+        RowsOf {
+            application: target.database.clone(),
+            table: target.user_table.clone(),
+            scope: if target.tenant_column.is_some() {
+                self.tenant.to_string()
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    /// What each write does with a row that already has its key: a row this tenant owns (or
+    /// linked before owners were recorded) is updated; one another tenant owns is refused; for
+    /// a new user the application is asked whether a row has its key — one the application
+    /// made is adopted if the mapping says so, else refused — and the rows to create are
+    /// claimed in staging before they are written.
+    #[allow(clippy::vec_box)]
+    async fn decide_existing(&self, writes: &mut [Box<Write>]) -> Result<(), SyncError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let rows_of = self.rows_of();
+        let target = self.ts.mapping().target();
+        let keys: Vec<String> = writes.iter().map(|w| w.rendered.key.clone()).collect();
+        let owners = self.engine.store.owners(&rows_of, &keys).await?;
+        let belongs = |owner: &str| {
+            format!(
+                "the application row with this {} belongs to tenant {owner:?}",
+                target.key_column
+            )
+        };
+        let mut unknown = Vec::new();
+        for (i, w) in writes.iter_mut().enumerate() {
+            match owners.get(&w.rendered.key) {
+                Some(owner) if owner != self.tenant => w.refused = Some(belongs(owner)),
+                Some(_) => w.existing = Existing::Owned,
+                None if w.linked => w.existing = Existing::Owned,
+                None => unknown.push(i),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = unknown
+            .iter()
+            .map(|&i| writes[i].rendered.key.clone())
+            .collect();
+        let present = self
+            .ts
+            .app
+            .read_rows(target, self.tenant, &[], &keys)
+            .await?;
+        let mut claims = Vec::new();
+        for &i in &unknown {
+            let w = &mut writes[i];
+            if !present.contains_key(&w.rendered.key) {
+                w.existing = Existing::Create;
+                claims.push(Owned {
+                    key: w.rendered.key.clone(),
+                    user_id: w.row.id.clone(),
+                    how: "created",
+                });
+            } else if target.adopt == Adopt::MatchByKey {
+                w.existing = Existing::Adopt;
+            } else {
+                w.refused = Some(crate::target::writer::not_ours(&target.key_column));
+            }
+        }
+        if claims.is_empty() || self.options.dry_run {
+            return Ok(());
+        }
+        let taken = self
+            .engine
+            .store
+            .claim(&rows_of, self.tenant, claims, self.now())
+            .await?;
+        for w in writes.iter_mut() {
+            if taken.contains(&w.rendered.key) && w.existing == Existing::Create {
+                w.refused = Some(belongs("another"));
+            }
+        }
+        Ok(())
+    }
+
     /// The users a full run's links call unchanged, against their application rows as they
     /// are now (one read): a row gone is written again (created), a row that differs is
     /// rewritten (the item's "before" is what the row held), missing roles come back. None:
@@ -184,7 +272,11 @@ impl<'a> Run<'a> {
             }
         }
         let keys: Vec<String> = checks.iter().map(|w| w.rendered.key.clone()).collect();
-        let rows = self.ts.app.read_rows(target, &columns, &keys).await?;
+        let rows = self
+            .ts
+            .app
+            .read_rows(target, self.tenant, &columns, &keys)
+            .await?;
         Ok(checks
             .into_iter()
             .map(|mut w| {
@@ -232,6 +324,7 @@ impl<'a> Run<'a> {
             return Ok((writes, vec![None; n]));
         }
         let target = self.ts.mapping().target().clone();
+        let tenant = self.tenant.to_string();
         let writes = Arc::new(writes);
         let shared = writes.clone();
         let applied = self
@@ -241,6 +334,9 @@ impl<'a> Run<'a> {
                 Ok(shared
                     .iter()
                     .map(|w| {
+                        if let Some(why) = &w.refused {
+                            return Err(why.clone());
+                        }
                         let write = UserWrite {
                             key: &w.rendered.key,
                             previous_key: w.previous_key.as_deref(),
@@ -249,6 +345,8 @@ impl<'a> Run<'a> {
                             // back, and a write repeated after a crash adds nothing twice.
                             roles_to_add: &w.rendered.roles,
                             roles_to_remove: &w.roles_to_remove,
+                            tenant: &tenant,
+                            existing: w.existing,
                         };
                         app.apply_user(&target, &write).map_err(|e| e.to_string())
                     })
@@ -317,9 +415,11 @@ impl<'a> Run<'a> {
                 other => Some(other),
             })
             .collect();
+        self.decide_existing(&mut writes).await?;
         let (writes, applied) = self.write(writes).await?;
         let mut writes: Vec<Option<Box<Write>>> = writes.into_iter().map(Some).collect();
         let mut items: Vec<(ItemReport, Option<Box<Write>>)> = Vec::with_capacity(slots.len());
+        let mut unclaimed: Vec<String> = Vec::new();
         for slot in slots {
             let i = match slot {
                 Slot::Failed(item) => {
@@ -341,8 +441,19 @@ impl<'a> Run<'a> {
                 roles_removed: w.roles_to_remove.iter().cloned().collect(),
                 error: None,
             };
+            if let Some(why) = &w.refused {
+                items.push((
+                    failed_item(&w.row, Some(w.rendered.key.clone()), why.clone()),
+                    None,
+                ));
+                continue;
+            }
             match applied.get(i).cloned().flatten() {
                 None => {}
+                Some(Ok(applied)) if w.existing == Existing::Adopt && !applied.created => {
+                    // The application's own row with this key, taken over.
+                    item.outcome = Outcome::Adopted;
+                }
                 Some(Ok(applied)) => {
                     if applied.created && item.outcome != Outcome::Created {
                         // The row had gone from the application: written again.
@@ -354,6 +465,10 @@ impl<'a> Run<'a> {
                     }
                 }
                 Some(Err(e)) => {
+                    if w.existing == Existing::Create {
+                        // Nothing was created: the claim goes.
+                        unclaimed.push(w.rendered.key.clone());
+                    }
                     items.push((failed_item(&w.row, Some(w.rendered.key.clone()), e), None));
                     continue;
                 }
@@ -379,9 +494,24 @@ impl<'a> Run<'a> {
             quarantine_after: self.ts.config.quarantine_after,
             cleared: Vec::new(),
             advance,
+            rows_of: self.rows_of(),
+            owned: Vec::new(),
+            disowned: unclaimed,
         };
         let mut failed = HashSet::new();
         for (item, w) in items {
+            if let Some(w) = &w {
+                record.owned.push(Owned {
+                    key: w.rendered.key.clone(),
+                    user_id: w.row.id.clone(),
+                    how: match item.outcome {
+                        Outcome::Adopted => "adopted",
+                        _ if !w.linked => "created",
+                        _ => "linked",
+                    },
+                });
+                record.disowned.extend(w.previous_key.clone());
+            }
             match w {
                 Some(w) => record.links.push(LinkWrite {
                     user_id: w.row.id,

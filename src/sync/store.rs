@@ -85,6 +85,25 @@ pub trait SyncStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<LeaseRow>, SyncError>;
 
+    /// Who owns the application rows of `keys` in `rows`' table: key → owning tenant (keys
+    /// nobody owns are absent).
+    async fn owners(
+        &self,
+        rows: &RowsOf,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, SyncError>;
+
+    /// Claim the rows about to be created (before they are written, so a run that crashes
+    /// after writing them still owns them); the keys another tenant owns already (not
+    /// claimed).
+    async fn claim(
+        &self,
+        rows: &RowsOf,
+        tenant: &str,
+        claims: Vec<Owned>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, SyncError>;
+
     /// The tenant's links by user id, after `after_user_id` (`sync --verify` walks them).
     async fn links_page(
         &self,
@@ -388,6 +407,32 @@ pub struct Record {
     /// Users whose retry row goes (written or unchanged).
     pub cleared: Vec<String>,
     pub advance: Option<Mark>,
+    /// The application table the batch wrote, for its rows' owners.
+    pub rows_of: RowsOf,
+    /// Rows this tenant now owns: created, adopted, or found linked without an owner record.
+    pub owned: Vec<Owned>,
+    /// Keys whose rows moved away (a key change): their owner records go.
+    pub disowned: Vec<String>,
+}
+
+/// An application table, and the scope a tenant's rows have in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowsOf {
+    /// The `[applications.NAME]`.
+    pub application: String,
+    pub table: String,
+    /// The tenant's name when the mapping has a tenant column (rows of different tenants never
+    /// share a key then), else empty.
+    pub scope: String,
+}
+
+/// A row a tenant's user owns.
+#[derive(Debug, Clone)]
+pub struct Owned {
+    pub key: String,
+    pub user_id: String,
+    /// `created`, `adopted` or `linked`.
+    pub how: &'static str,
 }
 
 /// A user that failed, at the staged version it failed on.
@@ -472,6 +517,9 @@ pub struct LifecycleRecord {
     pub done: Vec<(i64, String)>,
     /// Queued offboardings that failed: (queue id, error).
     pub failed: Vec<(i64, String)>,
+    /// Rows deleted from the application: their owner records go.
+    pub rows_of: RowsOf,
+    pub disowned: Vec<String>,
 }
 
 /// A lifecycle batch done: the last user read, and the items recorded.

@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use super::plan::Planned;
 use super::store::{
     BatchPlanner, BeginRun, Begun, DueQuery, FinishRun, Heartbeat, LeaseRow, LifecycleDone,
-    LifecyclePlanner, LifecycleRecord, Link, Mark, Queued, Read, Record, RunState, RunningRun,
-    SyncStore,
+    LifecyclePlanner, LifecycleRecord, Link, Mark, Queued, Read, Record, RowsOf, RunState,
+    RunningRun, SyncStore,
 };
 use super::{
     ItemReport, Outcome, Progress, RunOptions, RunStatus, RunSummary, SyncEngine, SyncError,
@@ -114,6 +114,22 @@ impl SyncStore for Seams {
         now: DateTime<Utc>,
     ) -> Result<Option<LeaseRow>, SyncError> {
         self.inner.release_lease(t, actor, now).await
+    }
+    async fn owners(
+        &self,
+        rows: &RowsOf,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, SyncError> {
+        self.inner.owners(rows, keys).await
+    }
+    async fn claim(
+        &self,
+        rows: &RowsOf,
+        tenant: &str,
+        claims: Vec<super::store::Owned>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, SyncError> {
+        self.inner.claim(rows, tenant, claims, now).await
     }
     async fn links_page(
         &self,
@@ -270,8 +286,13 @@ fn t0() -> DateTime<Utc> {
 }
 
 async fn env(offboarding: &str, settings: &str) -> Env {
+    env_with(format!("{MAPPING}{offboarding}"), settings).await
+}
+
+/// An environment whose tenant `t` syncs with the mapping `mapping`.
+async fn env_with(mapping: String, settings: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("m.toml"), format!("{MAPPING}{offboarding}")).unwrap();
+    std::fs::write(dir.path().join("m.toml"), mapping).unwrap();
     std::fs::write(dir.path().join("app.sql"), APP_SQL).unwrap();
     let text = format!(
         "[staging]\ndatabase = \"sqlite://staging.db\"\ndurability = \"normal\"\n\
@@ -1493,4 +1514,223 @@ async fn a_full_run_repairs_the_application_and_verify_reports_drift() {
         })
         .await;
     assert_eq!((s.counts.unchanged, s.counts.updated), (3, 0));
+}
+
+/// A row the application made with a user's key is not the engine's: the user fails with the
+/// reason and the row is left alone; a mapping that adopts takes it over as an `adopted` item
+/// and owns it from then on.
+#[tokio::test]
+async fn rows_the_application_made_are_left_alone_unless_the_mapping_adopts() {
+    for adopt in [false, true] {
+        let mapping = if adopt {
+            MAPPING.replace(
+                "key = \"externalId\"\n",
+                "key = \"externalId\"\nadopt = \"match-by-key\"\n",
+            )
+        } else {
+            MAPPING.to_string()
+        };
+        let e = env_with(format!("{mapping}{DELETE}"), "").await;
+        e.app.batch(
+            "INSERT INTO app_users (external_id, user_name, display_name, active) \
+             VALUES ('e1', 'made by the application', 'App', 1)",
+        );
+        e.user("u1", "ann", Some("e1")).await;
+        e.user("u2", "bob", Some("e2")).await;
+        let s = e.run().await;
+        let items = e.items(s.run_id).await;
+        let ann = items.iter().find(|i| i.0 == "u1").unwrap();
+        if adopt {
+            assert_eq!(
+                (s.counts.created, s.counts.updated, s.counts.failed),
+                (1, 1, 0)
+            );
+            assert_eq!(ann.1, "adopted");
+            assert_eq!(e.rows().await[0].1, "ann", "updated from then on");
+            assert_eq!(
+                e.count(
+                    "SELECT count(*) FROM sync_owners WHERE app_key = 'e1' AND how = 'adopted'"
+                )
+                .await,
+                1
+            );
+        } else {
+            assert_eq!((s.counts.created, s.counts.failed), (1, 1), "{s:?}");
+            assert_eq!(ann.1, "failed");
+            assert!(
+                ann.3
+                    .as_deref()
+                    .unwrap()
+                    .contains("adopt = \"match-by-key\""),
+                "{ann:?}"
+            );
+            assert_eq!(e.rows().await[0].1, "made by the application", "left alone");
+            // Once the application's row is gone, the user is created and owned.
+            e.app
+                .batch("DELETE FROM app_users WHERE external_id = 'e1'");
+            let s = e.run().await;
+            assert_eq!((s.counts.created, s.counts.failed), (1, 0), "{s:?}");
+        }
+        assert_eq!(
+            e.count("SELECT count(*) FROM sync_owners WHERE tenant = 't' AND how = 'created'")
+                .await,
+            if adopt { 1 } else { 2 }
+        );
+    }
+}
+
+/// A row another tenant owns is never written, whatever the key says.
+#[tokio::test]
+async fn a_row_another_tenant_owns_is_never_taken_over() {
+    let e = env(DELETE, "").await;
+    e.staging.exec(
+        "INSERT INTO sync_owners (application, app_table, scope, app_key, tenant, user_id, how, at) \
+         VALUES ('app', 'app_users', '', 'e1', 'other', 'x1', 'created', '2026-01-01T00:00:00.000Z')",
+        &[],
+    );
+    e.app.batch(
+        "INSERT INTO app_users (external_id, user_name, display_name, active) \
+         VALUES ('e1', 'other tenant''s', 'O', 1)",
+    );
+    e.user("u1", "ann", Some("e1")).await;
+    let s = e.run().await;
+    assert_eq!(s.counts.failed, 1);
+    let item = &e.items(s.run_id).await[0];
+    assert!(
+        item.3
+            .as_deref()
+            .unwrap()
+            .contains("belongs to tenant \"other\""),
+        "{item:?}"
+    );
+    assert_eq!(e.rows().await[0].1, "other tenant's");
+}
+
+/// Two tenants writing one application table are refused unless their mappings keep their
+/// rows apart with a tenant column; with one, users of both tenants with the same key get a
+/// row each, and neither touches the other's.
+#[tokio::test]
+async fn tenants_sharing_a_table_need_a_tenant_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |mapping: &str| {
+        std::fs::write(dir.path().join("m.toml"), mapping).unwrap();
+        std::fs::write(
+            dir.path().join("app.sql"),
+            "CREATE TABLE app_users (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, \
+             external_id TEXT NOT NULL, user_name TEXT NOT NULL, display_name TEXT, dept TEXT, \
+             active INTEGER NOT NULL, note TEXT, UNIQUE (external_id, tenant));
+             CREATE TABLE app_roles (external_id TEXT NOT NULL, tenant TEXT NOT NULL, role TEXT NOT NULL);",
+        )
+        .unwrap();
+        Config::parse(
+            "[staging]\ndatabase = \"sqlite://staging.db\"\n\
+             [applications.app]\ndatabase = \"sqlite://app.db\"\nschema = \"app.sql\"\n\
+             [tenants.a]\ntoken = \"0123456789abcdef-a\"\n[tenants.a.sync]\nmapping = \"m.toml\"\n\
+             [tenants.b]\ntoken = \"0123456789abcdef-b\"\n[tenants.b.sync]\nmapping = \"m.toml\"\n",
+            Path::new("c.toml"),
+            dir.path(),
+            [],
+        )
+        .unwrap()
+    };
+    let clock = Arc::new(FakeClock::new(t0()));
+    let unscoped = config(&format!("{MAPPING}{DELETE}"));
+    let store = open_staging(&unscoped.staging_db, Durability::Normal)
+        .await
+        .unwrap();
+    let e = match SyncEngine::new(&unscoped, store.clone(), &Connector, clock.clone()).await {
+        Ok(_) => panic!("two tenants on one table without a tenant column"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("tenants a, b all write table app_users"), "{e}");
+    assert!(e.contains("tenant_column"), "{e}");
+    let scoped = config(&format!(
+        "{}{DELETE}",
+        MAPPING
+            .replace(
+                "key = \"externalId\"\n",
+                "key = \"externalId\"\ntenant_column = \"tenant\"\n"
+            )
+            .replace(
+                "role_column = \"role\"\n",
+                "role_column = \"role\"\ntenant_column = \"tenant\"\n"
+            )
+    ));
+    let engine = SyncEngine::new(&scoped, store.clone(), &Connector, clock.clone())
+        .await
+        .unwrap();
+    for tenant in ["a", "b"] {
+        let doc = normalize(
+            &rt(),
+            &json!({"userName": format!("ann-{tenant}"), "externalId": "e1", "displayName": "Ann"}),
+        )
+        .unwrap()
+        .doc;
+        store
+            .create_user(tenant, &rt(), "u1", &doc, t0())
+            .await
+            .unwrap();
+        let g = normalize(&ResourceType::group(), &json!({"displayName": "Staff"})).unwrap();
+        store
+            .create_group(
+                tenant,
+                &ResourceType::group(),
+                "g1",
+                GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }])),
+                t0(),
+            )
+            .await
+            .unwrap();
+        let s = engine
+            .run(tenant, Trigger::Cli, RunOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.counts.created, s.counts.failed),
+            (1, 0),
+            "{tenant}: {s:?}"
+        );
+    }
+    let app = Sql(dir.path().join("app.db"));
+    let rows: Vec<(String, String)> = app.query(
+        "SELECT tenant, user_name FROM app_users ORDER BY tenant",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!(
+        rows,
+        [
+            ("a".to_string(), "ann-a".to_string()),
+            ("b".to_string(), "ann-b".to_string())
+        ]
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM app_roles WHERE role = 'user'", &[]),
+        2,
+        "a role row per tenant"
+    );
+    // One tenant's change reaches only its own row.
+    store
+        .update_user("a", &rt(), "u1", None, t0(), &|mut d| {
+            d.insert("displayName".into(), json!("Ann of A"));
+            Ok(d)
+        })
+        .await
+        .unwrap();
+    engine
+        .run("a", Trigger::Cli, RunOptions::default())
+        .await
+        .unwrap();
+    let names: Vec<(String, String)> = app.query(
+        "SELECT tenant, display_name FROM app_users ORDER BY tenant",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!(
+        names,
+        [
+            ("a".to_string(), "Ann of A".to_string()),
+            ("b".to_string(), "Ann".to_string())
+        ]
+    );
 }

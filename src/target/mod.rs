@@ -43,6 +43,9 @@ pub enum TargetError {
     /// The error a user's write ended the transaction with in an earlier attempt.
     #[error("{0}")]
     Ended(String),
+    /// A row with the user's key exists and is not the tenant's to write.
+    #[error("{0}")]
+    NotOwned(String),
     #[error("application database {application}: {source}")]
     Connect {
         application: String,
@@ -60,6 +63,23 @@ pub struct UserWrite<'a> {
     pub fields: &'a [(String, FieldValue)],
     pub roles_to_add: &'a BTreeSet<String>,
     pub roles_to_remove: &'a BTreeSet<String>,
+    /// The tenant's name: written into, and matched on, the mapping's tenant columns.
+    pub tenant: &'a str,
+    /// What to do when a row already has the key.
+    pub existing: Existing,
+}
+
+/// What a user write does when the application already has a row with its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// The row is this tenant's (the engine created or adopted it): update it (or create it
+    /// again when it is gone).
+    Owned,
+    /// Take it over (the mapping allows adoption).
+    Adopt,
+    /// There was no row: create it, and fail the user if one has appeared meanwhile (the
+    /// application made it; it is not the engine's to write).
+    Create,
 }
 
 /// What a user write did.
@@ -92,6 +112,7 @@ pub trait AppDatabase: Send + Sync {
     async fn read_rows(
         &self,
         target: &Target,
+        tenant: &str,
         columns: &[String],
         keys: &[String],
     ) -> Result<HashMap<String, row::AppRow>, TargetError>;

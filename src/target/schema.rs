@@ -142,10 +142,16 @@ pub fn check(
                     Some(_) => {}
                 }
             }
-            let key_unique = table
-                .unique
-                .iter()
-                .any(|cols| cols.len() == 1 && cols[0].eq_ignore_ascii_case(&target.key_column));
+            // Unique on the key, or on the key and the tenant column: rows of one tenant never
+            // share a key then.
+            let key_unique = table.unique.iter().any(|cols| {
+                let has = |c: &str| cols.iter().any(|u| u.eq_ignore_ascii_case(c));
+                has(&target.key_column)
+                    && match &target.tenant_column {
+                        None => cols.len() == 1,
+                        Some(tc) => cols.len() == 1 || (cols.len() == 2 && has(tc)),
+                    }
+            });
             if table
                 .columns
                 .iter()

@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use super::{TargetError, UserApplied, UserWrite};
+use super::{Existing, TargetError, UserApplied, UserWrite};
 use crate::mapping::{FieldValue, Offboarding, RoleTable, Target};
 
 /// A statement's parameter; each backend binds it in its own types.
@@ -95,7 +95,9 @@ pub trait Dialect: Sync {
     /// Whether the transaction survived a failed statement, so the user can be rolled back
     /// to its savepoint and the batch go on.
     fn usable(&self, ex: &mut dyn Exec) -> Result<bool, TargetError>;
-    /// Upsert the row of `key` (`values` in `columns` order); whether it was created.
+    /// Upsert the row of `key` (`values` in `columns` order, and the tenant into `scope`'s
+    /// column, which also narrows the match); whether it was created.
+    #[allow(clippy::too_many_arguments)]
     fn upsert(
         &self,
         ex: &mut dyn Exec,
@@ -104,18 +106,21 @@ pub trait Dialect: Sync {
         columns: &[String],
         key: &str,
         values: Vec<Param>,
+        scope: Option<Scope<'_>>,
     ) -> Result<bool, TargetError>;
-    /// Rows under a key: @1 key.
-    fn count_key(&self, table: &str, key_column: &str) -> String;
-    /// Move a row, or role rows, to a new key: @1 new key, @2 old key.
-    fn rekey(&self, table: &str, key_column: &str) -> String;
-    /// Assign `roles` to `key` (those it has are left alone).
+    /// Rows under a key: @1 key (@2 the tenant, with a scope column).
+    fn count_key(&self, table: &str, key_column: &str, scope: Option<&str>) -> String;
+    /// Move a row, or role rows, to a new key: @1 new key, @2 old key (@3 the tenant).
+    fn rekey(&self, table: &str, key_column: &str, scope: Option<&str>) -> String;
+    /// Assign `roles` to `key` (those it has are left alone; with a tenant column, the tenant
+    /// is written into it and narrows the match).
     fn add_roles(
         &self,
         ex: &mut dyn Exec,
         r: &QuotedRoles,
         key: &str,
         roles: &BTreeSet<String>,
+        tenant: &str,
     ) -> Result<(), TargetError>;
     /// Take `roles` from `key`.
     fn remove_roles(
@@ -124,11 +129,25 @@ pub trait Dialect: Sync {
         r: &QuotedRoles,
         key: &str,
         roles: &BTreeSet<String>,
+        tenant: &str,
     ) -> Result<(), TargetError>;
-    /// Offboarding by deletion: @1 key.
-    fn delete_row(&self, table: &str, key_column: &str) -> String;
-    /// Offboarding by update: the values in `columns` order, then the key.
-    fn update_row(&self, table: &str, key_column: &str, columns: &[String]) -> String;
+    /// Offboarding by deletion: @1 key (@2 the tenant).
+    fn delete_row(&self, table: &str, key_column: &str, scope: Option<&str>) -> String;
+    /// Offboarding by update: the values in `columns` order, then the key (then the tenant).
+    fn update_row(
+        &self,
+        table: &str,
+        key_column: &str,
+        columns: &[String],
+        scope: Option<&str>,
+    ) -> String;
+}
+
+/// A tenant column (quoted) and the tenant's name it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub column: &'a str,
+    pub tenant: &'a str,
 }
 
 /// A role table's identifiers, quoted.
@@ -136,6 +155,7 @@ pub struct QuotedRoles {
     pub table: String,
     pub user_column: String,
     pub role_column: String,
+    pub tenant_column: Option<String>,
 }
 
 /// Run `f` as one batch on `ex`: the attempts of the module documentation, committed when an
@@ -277,16 +297,17 @@ impl AppBatch<'_> {
         self.one(|ex, d| apply_user(ex, d, target, write))
     }
 
-    /// Offboard one user: remove `roles` (the ones the engine applied), then delete the row,
-    /// update its fields, or leave it.
+    /// Offboard one user of `tenant`: remove `roles` (the ones the engine applied), then
+    /// delete the row, update its fields, or leave it.
     pub fn offboard(
         &mut self,
         target: &Target,
+        tenant: &str,
         key: &str,
         action: &Offboarding,
         roles: &BTreeSet<String>,
     ) -> Result<(), TargetError> {
-        self.one(|ex, d| offboard(ex, d, target, key, action, roles))
+        self.one(|ex, d| offboard(ex, d, target, tenant, key, action, roles))
     }
 }
 
@@ -300,7 +321,29 @@ fn quote_roles(d: &dyn Dialect, r: &RoleTable) -> Result<QuotedRoles, TargetErro
         table: quote(d, &r.table)?,
         user_column: quote(d, &r.user_column)?,
         role_column: quote(d, &r.role_column)?,
+        tenant_column: r
+            .tenant_column
+            .as_deref()
+            .map(|c| quote(d, c))
+            .transpose()?,
     })
+}
+
+/// Why a row the engine did not create is left alone.
+pub fn not_ours(key_column: &str) -> String {
+    format!(
+        "the application has a row with this {key_column} that this tenant's sync did not \
+         create; set [target] adopt = \"match-by-key\" in the mapping to take such rows over"
+    )
+}
+
+/// A key's parameters: the key, then the tenant when the table has a tenant column.
+fn key_params(key: &str, scope: Option<&str>, tenant: &str) -> Vec<Param> {
+    let mut p = vec![text(key)];
+    if scope.is_some() {
+        p.push(text(tenant));
+    }
+    p
 }
 
 fn apply_user(
@@ -311,6 +354,12 @@ fn apply_user(
 ) -> Result<UserApplied, TargetError> {
     let table = quote(d, &target.user_table)?;
     let key_col = quote(d, &target.key_column)?;
+    let scope_col = target
+        .tenant_column
+        .as_deref()
+        .map(|c| quote(d, c))
+        .transpose()?;
+    let scope = scope_col.as_deref();
     let cols = w
         .fields
         .iter()
@@ -322,23 +371,52 @@ fn apply_user(
         .map(|r| quote_roles(d, r))
         .transpose()?;
     if let Some(old) = w.previous_key.filter(|old| *old != w.key) {
-        rekey(ex, d, target, &table, &key_col, roles.as_ref(), old, w.key)?;
+        rekey(
+            ex,
+            d,
+            target,
+            &table,
+            &key_col,
+            scope,
+            roles.as_ref(),
+            w,
+            old,
+        )?;
+    }
+    if w.existing == Existing::Create
+        && ex.scalar(&Stmt::new(
+            d.count_key(&table, &key_col, scope),
+            key_params(w.key, scope, w.tenant),
+        ))? > 0
+    {
+        return Err(TargetError::NotOwned(not_ours(&target.key_column)));
     }
     let values = w.fields.iter().map(|(_, v)| Param::of(v)).collect();
-    let created = d.upsert(ex, &table, &key_col, &cols, w.key, values)?;
+    let created = d.upsert(
+        ex,
+        &table,
+        &key_col,
+        &cols,
+        w.key,
+        values,
+        scope.map(|column| Scope {
+            column,
+            tenant: w.tenant,
+        }),
+    )?;
     if let Some(roles) = &roles {
         if !w.roles_to_remove.is_empty() {
-            d.remove_roles(ex, roles, w.key, w.roles_to_remove)?;
+            d.remove_roles(ex, roles, w.key, w.roles_to_remove, w.tenant)?;
         }
         if !w.roles_to_add.is_empty() {
-            d.add_roles(ex, roles, w.key, w.roles_to_add)?;
+            d.add_roles(ex, roles, w.key, w.roles_to_add, w.tenant)?;
         }
     }
     Ok(UserApplied { created })
 }
 
-/// Move the row (and its role rows) from `old` to `new`; nothing to do when there is no row
-/// under `old` (e.g. it was moved by a run that did not get to record it).
+/// Move the row (and its role rows) from `old` to the write's key; nothing to do when there is
+/// no row under `old` (e.g. it was moved by a run that did not get to record it).
 #[allow(clippy::too_many_arguments)]
 fn rekey(
     ex: &mut dyn Exec,
@@ -346,29 +424,33 @@ fn rekey(
     target: &Target,
     table: &str,
     key_col: &str,
+    scope: Option<&str>,
     roles: Option<&QuotedRoles>,
+    w: &UserWrite<'_>,
     old: &str,
-    new: &str,
 ) -> Result<(), TargetError> {
-    let count = d.count_key(table, key_col);
-    if ex.scalar(&Stmt::new(count.clone(), vec![text(old)]))? == 0 {
+    let count = d.count_key(table, key_col, scope);
+    if ex.scalar(&Stmt::new(count.clone(), key_params(old, scope, w.tenant)))? == 0 {
         return Ok(());
     }
-    if ex.scalar(&Stmt::new(count, vec![text(new)]))? > 0 {
+    if ex.scalar(&Stmt::new(count, key_params(w.key, scope, w.tenant)))? > 0 {
         return Err(TargetError::Conflict(format!(
             "the key changed to a value another row already has ({})",
             target.key_column
         )));
     }
-    ex.execute(&Stmt::new(
-        d.rekey(table, key_col),
-        vec![text(new), text(old)],
-    ))?;
+    let mut p = vec![text(w.key), text(old)];
+    if scope.is_some() {
+        p.push(text(w.tenant));
+    }
+    ex.execute(&Stmt::new(d.rekey(table, key_col, scope), p))?;
     if let Some(r) = roles {
-        ex.execute(&Stmt::new(
-            d.rekey(&r.table, &r.user_column),
-            vec![text(new), text(old)],
-        ))?;
+        let rs = r.tenant_column.as_deref();
+        let mut p = vec![text(w.key), text(old)];
+        if rs.is_some() {
+            p.push(text(w.tenant));
+        }
+        ex.execute(&Stmt::new(d.rekey(&r.table, &r.user_column, rs), p))?;
     }
     Ok(())
 }
@@ -377,21 +459,31 @@ fn offboard(
     ex: &mut dyn Exec,
     d: &dyn Dialect,
     target: &Target,
+    tenant: &str,
     key: &str,
     action: &Offboarding,
     roles: &BTreeSet<String>,
 ) -> Result<(), TargetError> {
     let table = quote(d, &target.user_table)?;
     let key_col = quote(d, &target.key_column)?;
+    let scope_col = target
+        .tenant_column
+        .as_deref()
+        .map(|c| quote(d, c))
+        .transpose()?;
+    let scope = scope_col.as_deref();
     if let Some(r) = &target.roles
         && !roles.is_empty()
     {
-        d.remove_roles(ex, &quote_roles(d, r)?, key, roles)?;
+        d.remove_roles(ex, &quote_roles(d, r)?, key, roles, tenant)?;
     }
     match action {
         Offboarding::None => {}
         Offboarding::Delete => {
-            ex.execute(&Stmt::new(d.delete_row(&table, &key_col), vec![text(key)]))?;
+            ex.execute(&Stmt::new(
+                d.delete_row(&table, &key_col, scope),
+                key_params(key, scope, tenant),
+            ))?;
         }
         Offboarding::Update(fields) if fields.is_empty() => {}
         Offboarding::Update(fields) => {
@@ -400,8 +492,11 @@ fn offboard(
                 .map(|(c, _)| quote(d, c))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut params: Vec<Param> = fields.iter().map(|(_, v)| Param::of(v)).collect();
-            params.push(text(key));
-            ex.execute(&Stmt::new(d.update_row(&table, &key_col, &cols), params))?;
+            params.extend(key_params(key, scope, tenant));
+            ex.execute(&Stmt::new(
+                d.update_row(&table, &key_col, &cols, scope),
+                params,
+            ))?;
         }
     }
     Ok(())

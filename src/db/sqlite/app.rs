@@ -23,7 +23,7 @@ use crate::mapping::Target;
 use crate::store::format_time;
 use crate::target::row::{AppRow, AppValue};
 use crate::target::schema::{ColumnInfo, TableInfo};
-use crate::target::writer::{self, Dialect, Exec, Param, QuotedRoles, Stmt};
+use crate::target::writer::{self, Dialect, Exec, Param, QuotedRoles, Scope, Stmt};
 use crate::target::{AppDatabase, BatchFn, TargetError, UserApplied, quote_parts};
 
 /// Statements kept prepared on the connection.
@@ -154,6 +154,7 @@ fn app_value(v: rusqlite::types::ValueRef<'_>) -> AppValue {
 fn read_rows(
     c: &Connection,
     target: &Target,
+    tenant: &str,
     columns: &[String],
     keys: &[String],
 ) -> Result<HashMap<String, AppRow>, TargetError> {
@@ -171,13 +172,23 @@ fn read_rows(
     let select: Vec<&str> = std::iter::once(key.as_str())
         .chain(cols.iter().map(String::as_str))
         .collect();
+    let scope = target
+        .tenant_column
+        .as_deref()
+        .map(|tc| q(tc).map(|tc| format!(" AND {tc} = ?2")))
+        .transpose()?
+        .unwrap_or_default();
     let sql = format!(
-        "SELECT {} FROM {table} WHERE {key} IN (SELECT value FROM json_each(?))",
+        "SELECT {} FROM {table} WHERE {key} IN (SELECT value FROM json_each(?1)){scope}",
         select.join(", ")
     );
     let mut out: HashMap<String, AppRow> = HashMap::new();
     let mut stmt = c.prepare_cached(&sql)?;
-    let mut rows = stmt.query([&list])?;
+    let mut rows = if scope.is_empty() {
+        stmt.query([&list])?
+    } else {
+        stmt.query([list.as_str(), tenant])?
+    };
     while let Some(r) = rows.next()? {
         let k: String = r.get(0)?;
         let mut row = AppRow::default();
@@ -188,14 +199,24 @@ fn read_rows(
         out.insert(k, row);
     }
     if let Some(roles) = &target.roles {
+        let scope = roles
+            .tenant_column
+            .as_deref()
+            .map(|tc| q(tc).map(|tc| format!(" AND {tc} = ?2")))
+            .transpose()?
+            .unwrap_or_default();
         let sql = format!(
-            "SELECT {u}, {r} FROM {t} WHERE {u} IN (SELECT value FROM json_each(?))",
+            "SELECT {u}, {r} FROM {t} WHERE {u} IN (SELECT value FROM json_each(?1)){scope}",
             t = q(&roles.table)?,
             u = q(&roles.user_column)?,
             r = q(&roles.role_column)?
         );
         let mut stmt = c.prepare_cached(&sql)?;
-        let mut rows = stmt.query([&list])?;
+        let mut rows = if scope.is_empty() {
+            stmt.query([&list])?
+        } else {
+            stmt.query([list.as_str(), tenant])?
+        };
         while let Some(r) = rows.next()? {
             let (k, role): (String, String) = (r.get(0)?, r.get(1)?);
             if let Some(row) = out.get_mut(&k) {
@@ -211,12 +232,14 @@ impl AppDatabase for SqliteApp {
     async fn read_rows(
         &self,
         target: &Target,
+        tenant: &str,
         columns: &[String],
         keys: &[String],
     ) -> Result<HashMap<String, AppRow>, TargetError> {
-        let (conn, target, columns, keys) = (
+        let (conn, target, tenant, columns, keys) = (
             self.conn.clone(),
             target.clone(),
+            tenant.to_string(),
             columns.to_vec(),
             keys.to_vec(),
         );
@@ -224,7 +247,7 @@ impl AppDatabase for SqliteApp {
             let guard = conn
                 .lock()
                 .map_err(|_| TargetError::Task("the connection's lock is poisoned".into()))?;
-            read_rows(&guard, &target, &columns, &keys)
+            read_rows(&guard, &target, &tenant, &columns, &keys)
         })
         .await
         .map_err(|e| TargetError::Task(e.to_string()))?
@@ -337,43 +360,57 @@ impl Dialect for Sqlite {
         columns: &[String],
         key: &str,
         values: Vec<Param>,
+        scope: Option<Scope<'_>>,
     ) -> Result<bool, TargetError> {
+        let key_params = || {
+            let mut p = vec![Param::Text(key.to_string())];
+            p.extend(scope.map(|s| Param::Text(s.tenant.to_string())));
+            p
+        };
         let updated = if columns.is_empty() {
             ex.scalar(&Stmt::new(
-                self.count_key(table, key_column),
-                vec![Param::Text(key.to_string())],
+                self.count_key(table, key_column, scope.map(|s| s.column)),
+                key_params(),
             ))? > 0
         } else {
             let sets: Vec<String> = columns.iter().map(|c| format!("{c} = ?")).collect();
             let sql = format!(
-                "UPDATE {table} SET {} WHERE {key_column} = ?",
-                sets.join(", ")
+                "UPDATE {table} SET {} WHERE {}",
+                sets.join(", "),
+                key_match(key_column, scope.map(|s| s.column))
             );
             let mut p = values.clone();
-            p.push(Param::Text(key.to_string()));
+            p.extend(key_params());
             ex.execute(&Stmt::new(sql, p))? > 0
         };
         if !updated {
             let mut names = vec![key_column.to_string()];
+            names.extend(scope.map(|s| s.column.to_string()));
             names.extend(columns.iter().cloned());
             let sql = format!(
                 "INSERT INTO {table} ({}) VALUES ({})",
                 names.join(", "),
                 vec!["?"; names.len()].join(", ")
             );
-            let mut p = vec![Param::Text(key.to_string())];
+            let mut p = key_params();
             p.extend(values);
             ex.execute(&Stmt::new(sql, p))?;
         }
         Ok(!updated)
     }
 
-    fn count_key(&self, table: &str, key_column: &str) -> String {
-        format!("SELECT count(*) FROM {table} WHERE {key_column} = ?")
+    fn count_key(&self, table: &str, key_column: &str, scope: Option<&str>) -> String {
+        format!(
+            "SELECT count(*) FROM {table} WHERE {}",
+            key_match(key_column, scope)
+        )
     }
 
-    fn rekey(&self, table: &str, key_column: &str) -> String {
-        format!("UPDATE {table} SET {key_column} = ? WHERE {key_column} = ?")
+    fn rekey(&self, table: &str, key_column: &str, scope: Option<&str>) -> String {
+        format!(
+            "UPDATE {table} SET {key_column} = ? WHERE {}",
+            key_match(key_column, scope)
+        )
     }
 
     /// One statement for all of the user's roles.
@@ -383,17 +420,31 @@ impl Dialect for Sqlite {
         r: &QuotedRoles,
         key: &str,
         roles: &BTreeSet<String>,
+        tenant: &str,
     ) -> Result<(), TargetError> {
         let (t, u, ro) = (&r.table, &r.user_column, &r.role_column);
-        let sql = format!(
-            "INSERT INTO {t} ({u}, {ro}) SELECT ?1, r.value FROM json_each(?2) r \
-             WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {u} = ?1 AND {ro} = r.value)"
-        );
         let list = serde_json::to_string(roles)?;
-        ex.execute(&Stmt::new(
-            sql,
-            vec![Param::Text(key.to_string()), Param::Text(list)],
-        ))?;
+        let (sql, params) = match &r.tenant_column {
+            None => (
+                format!(
+                    "INSERT INTO {t} ({u}, {ro}) SELECT ?1, r.value FROM json_each(?2) r \
+                     WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {u} = ?1 AND {ro} = r.value)"
+                ),
+                vec![Param::Text(key.to_string()), Param::Text(list)],
+            ),
+            Some(tc) => (
+                format!(
+                    "INSERT INTO {t} ({u}, {tc}, {ro}) SELECT ?1, ?3, r.value FROM json_each(?2) r \
+                     WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {u} = ?1 AND {tc} = ?3 AND {ro} = r.value)"
+                ),
+                vec![
+                    Param::Text(key.to_string()),
+                    Param::Text(list),
+                    Param::Text(tenant.to_string()),
+                ],
+            ),
+        };
+        ex.execute(&Stmt::new(sql, params))?;
         Ok(())
     }
 
@@ -403,30 +454,52 @@ impl Dialect for Sqlite {
         r: &QuotedRoles,
         key: &str,
         roles: &BTreeSet<String>,
+        tenant: &str,
     ) -> Result<(), TargetError> {
+        let scope = r
+            .tenant_column
+            .as_ref()
+            .map(|tc| format!(" AND {tc} = ?"))
+            .unwrap_or_default();
         let sql = format!(
-            "DELETE FROM {} WHERE {} = ? AND {} = ?",
+            "DELETE FROM {} WHERE {} = ? AND {} = ?{scope}",
             r.table, r.user_column, r.role_column
         );
         for role in roles {
-            ex.execute(&Stmt::new(
-                sql.clone(),
-                vec![Param::Text(key.to_string()), Param::Text(role.clone())],
-            ))?;
+            let mut p = vec![Param::Text(key.to_string()), Param::Text(role.clone())];
+            if r.tenant_column.is_some() {
+                p.push(Param::Text(tenant.to_string()));
+            }
+            ex.execute(&Stmt::new(sql.clone(), p))?;
         }
         Ok(())
     }
 
-    fn delete_row(&self, table: &str, key_column: &str) -> String {
-        format!("DELETE FROM {table} WHERE {key_column} = ?")
+    fn delete_row(&self, table: &str, key_column: &str, scope: Option<&str>) -> String {
+        format!("DELETE FROM {table} WHERE {}", key_match(key_column, scope))
     }
 
-    fn update_row(&self, table: &str, key_column: &str, columns: &[String]) -> String {
+    fn update_row(
+        &self,
+        table: &str,
+        key_column: &str,
+        columns: &[String],
+        scope: Option<&str>,
+    ) -> String {
         let sets: Vec<String> = columns.iter().map(|c| format!("{c} = ?")).collect();
         format!(
-            "UPDATE {table} SET {} WHERE {key_column} = ?",
-            sets.join(", ")
+            "UPDATE {table} SET {} WHERE {}",
+            sets.join(", "),
+            key_match(key_column, scope)
         )
+    }
+}
+
+/// `key = ?`, and `AND tenant = ?` with a tenant column.
+fn key_match(key_column: &str, scope: Option<&str>) -> String {
+    match scope {
+        None => format!("{key_column} = ?"),
+        Some(tc) => format!("{key_column} = ? AND {tc} = ?"),
     }
 }
 
@@ -465,7 +538,10 @@ mod tests {
                 table: "r".into(),
                 user_column: "k".into(),
                 role_column: "role".into(),
+                tenant_column: None,
             }),
+            adopt: crate::mapping::Adopt::Never,
+            tenant_column: None,
         };
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = calls.clone();
@@ -490,6 +566,8 @@ mod tests {
                                 fields: &fields,
                                 roles_to_add: &roles,
                                 roles_to_remove: &none,
+                                tenant: "t",
+                                existing: crate::target::Existing::Owned,
                             },
                         )
                         .map_err(|e| e.to_string())

@@ -44,6 +44,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "sync recovery",
         sql: include_str!("../../../sql/sqlite/0005_sync_recovery.sql"),
     },
+    Migration {
+        version: 6,
+        description: "owners",
+        sql: include_str!("../../../sql/sqlite/0006_owners.sql"),
+    },
 ];
 
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
@@ -121,10 +126,10 @@ mod tests {
         let path = dir.path().join("m.db");
         let mut c = Connection::open(&path).unwrap();
         let first = run(&mut c).unwrap();
-        assert_eq!(first.applied, [1, 2, 3, 4, 5]);
+        assert_eq!(first.applied, [1, 2, 3, 4, 5, 6]);
         let again = run(&mut c).unwrap();
         assert!(again.applied.is_empty());
-        assert_eq!(again.already_applied, [1, 2, 3, 4, 5]);
+        assert_eq!(again.already_applied, [1, 2, 3, 4, 5, 6]);
         c.execute(
             "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 2",
             [],

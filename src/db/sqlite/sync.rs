@@ -15,8 +15,8 @@ use crate::store::format_time;
 use crate::sync::plan::Planned;
 use crate::sync::store::{
     BatchPlanner, BeginRun, Begun, DueBatch, DueQuery, FinishRun, Heartbeat, LeaseRow,
-    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, Mark, Queued, Read, Record, RunState,
-    RunningRun, SyncStore, UserRow, item_json,
+    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, Mark, Owned, Queued, Read, Record,
+    RowsOf, RunState, RunningRun, SyncStore, UserRow, item_json,
 };
 use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
 
@@ -368,8 +368,53 @@ fn apply_lifecycle(c: &Connection, r: &LifecycleRecord) -> Result<(), SyncError>
         )?
         .execute(params![error, id])?;
     }
+    own(c, &r.rows_of, t, &[], &r.disowned, &now)?;
     if let Some(holder) = &r.holder {
         renew_lease(c, t, holder, r.lease_expires)?;
+    }
+    Ok(())
+}
+
+/// Record the rows `tenant` now owns in `rows_of`'s table, and forget `disowned` ones (of
+/// this tenant only). A row another tenant owns keeps its owner.
+fn own(
+    c: &Connection,
+    rows_of: &RowsOf,
+    tenant: &str,
+    owned: &[Owned],
+    disowned: &[String],
+    now: &str,
+) -> Result<(), SyncError> {
+    let RowsOf {
+        application,
+        table,
+        scope,
+    } = rows_of;
+    if !disowned.is_empty() {
+        let mut gone = c.prepare_cached(
+            "DELETE FROM sync_owners WHERE application = ? AND app_table = ? AND scope = ? \
+             AND app_key = ? AND tenant = ?",
+        )?;
+        for key in disowned {
+            gone.execute(params![application, table, scope, key, tenant])?;
+        }
+    }
+    let mut insert = c.prepare_cached(
+        "INSERT INTO sync_owners (application, app_table, scope, app_key, tenant, user_id, how, at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET user_id = excluded.user_id, \
+         at = excluded.at WHERE sync_owners.tenant = excluded.tenant",
+    )?;
+    for o in owned {
+        insert.execute(params![
+            application,
+            table,
+            scope,
+            o.key,
+            tenant,
+            o.user_id,
+            o.how,
+            now
+        ])?;
     }
     Ok(())
 }
@@ -413,6 +458,7 @@ fn record(c: &Connection, r: &Record) -> Result<(), SyncError> {
             c.prepare_cached(ADVANCE_WATERMARK)?
                 .execute(params![t, mark.seq, mark.pk, now])?;
         }
+        own(c, &r.rows_of, t, &r.owned, &r.disowned, &now)?;
         renew_lease(c, t, &r.holder, r.lease_expires)?;
     }
     update_run(
@@ -757,6 +803,56 @@ impl SyncStore for SqliteStaging {
                 });
                 audit(c, &tenant, &actor, "release_lease", &detail, now)?;
                 Ok(Some(lease))
+            })
+            .await
+    }
+
+    async fn owners(
+        &self,
+        rows: &RowsOf,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, SyncError> {
+        let (rows, keys) = (rows.clone(), serde_json::to_string(keys)?);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT app_key, tenant FROM sync_owners WHERE application = ? AND app_table = ? \
+                 AND scope = ? AND app_key IN (SELECT value FROM json_each(?))",
+            )?;
+            let found = stmt.query_map(
+                params![rows.application, rows.table, rows.scope, keys],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )?;
+            Ok(found.collect::<Result<HashMap<_, _>, _>>()?)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        rows: &RowsOf,
+        tenant: &str,
+        claims: Vec<Owned>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, SyncError> {
+        let (rows, tenant) = (rows.clone(), tenant.to_string());
+        self.writes
+            .run(move |c| {
+                own(c, &rows, &tenant, &claims, &[], &format_time(now))?;
+                let mut owner = c.prepare_cached(
+                    "SELECT tenant FROM sync_owners WHERE application = ? AND app_table = ? \
+                     AND scope = ? AND app_key = ?",
+                )?;
+                let mut taken = Vec::new();
+                for o in &claims {
+                    let t: String = owner.query_row(
+                        params![rows.application, rows.table, rows.scope, o.key],
+                        |r| r.get(0),
+                    )?;
+                    if t != tenant {
+                        taken.push(o.key.clone());
+                    }
+                }
+                Ok(taken)
             })
             .await
     }
