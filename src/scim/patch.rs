@@ -3,6 +3,12 @@
 //! It works on a copy: the caller stores the result only when every operation succeeded, so a
 //! PATCH applies atomically or not at all. Group members are not in the document; operations on
 //! them come back as [`MemberOp`]s for the store, which applies them as row changes.
+//!
+//! Every operation costs time linear in its value and in the attribute it changes: elements
+//! are matched through hash sets and filter results through a mask, never pairwise.
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use serde_json::{Map, Value};
 
@@ -252,9 +258,13 @@ fn whole_attribute(
         match (value, container.get_mut(attr.name)) {
             // E2 generalised: remove with a value list removes only the listed elements.
             (Some(v), Some(Value::Array(items))) if attr.multi && !v.is_null() => {
-                let listed = resource::normalize_value(attr, v)?.unwrap_or(Value::Null);
-                let listed = listed.as_array().cloned().unwrap_or_default();
-                items.retain(|item| !listed.iter().any(|l| same_element(attr, item, l)));
+                let listed = match resource::normalize_value(attr, v)? {
+                    Some(Value::Array(listed)) => listed,
+                    _ => Vec::new(),
+                };
+                let listed: HashSet<ElementKey> =
+                    listed.iter().map(|l| ElementKey::of(attr, l)).collect();
+                items.retain(|item| !listed.contains(&ElementKey::of(attr, item)));
                 if items.is_empty() {
                     container.remove(attr.name);
                 }
@@ -274,10 +284,8 @@ fn whole_attribute(
     };
     match (op, container.get_mut(attr.name)) {
         (OpKind::Add, Some(Value::Array(items))) if attr.multi => {
-            for n in new.as_array().cloned().unwrap_or_default() {
-                if !items.iter().any(|i| i == &n) {
-                    items.push(n);
-                }
+            if let Value::Array(new) = new {
+                append_absent(items, new);
             }
             single_primary(items);
         }
@@ -297,6 +305,20 @@ fn whole_attribute(
         }
     }
     Ok(())
+}
+
+/// RFC 7644 §3.5.2.1: an add of values to a multi-valued attribute appends those it does not
+/// have yet (the existing ones and earlier ones of the same add included).
+fn append_absent(items: &mut Vec<Value>, new: Vec<Value>) {
+    let keep: Vec<bool> = {
+        let mut seen: HashSet<Hashed> = items.iter().map(Hashed).collect();
+        new.iter().map(|n| seen.insert(Hashed(n))).collect()
+    };
+    items.extend(
+        new.into_iter()
+            .zip(keep)
+            .filter_map(|(n, keep)| keep.then_some(n)),
+    );
 }
 
 /// "name.givenName" style paths on a singular complex attribute.
@@ -381,31 +403,27 @@ fn filtered(
         Some(Value::Array(a)) => a,
         _ => Vec::new(),
     };
-    let matched: Vec<usize> = items
+    // One evaluation per element; `matched[i]` says whether element i matched.
+    let matched: Vec<bool> = items
         .iter()
-        .enumerate()
-        .filter(|(_, item)| filter::matches(f, item, &case_exact))
-        .map(|(i, _)| i)
+        .map(|item| filter::matches(f, item, &case_exact))
         .collect();
+    let any_matched = matched.contains(&true);
     match op {
-        OpKind::Remove => match sub_attr {
-            None => {
-                let mut i = 0;
-                items.retain(|_| {
-                    let keep = !matched.contains(&i);
-                    i += 1;
-                    keep
-                });
-            }
-            Some(s) => {
-                for &i in &matched {
-                    if let Some(o) = items[i].as_object_mut() {
+        OpKind::Remove => {
+            if let Some(s) = sub_attr {
+                for (item, _) in items.iter_mut().zip(&matched).filter(|(_, m)| **m) {
+                    if let Some(o) = item.as_object_mut() {
                         o.remove(s.name);
                     }
                 }
                 items.retain(|i| !i.as_object().is_some_and(Map::is_empty));
+            } else {
+                let mut matched = matched.iter();
+                items.retain(|_| !matched.next().copied().unwrap_or(false));
             }
-        },
+        }
+
         OpKind::Add | OpKind::Replace => {
             let value = value.unwrap_or(&Value::Null);
             let new_part = match sub_attr {
@@ -419,7 +437,7 @@ fn filtered(
                     _ => None,
                 },
             };
-            if matched.is_empty() {
+            if !any_matched {
                 // Entra replaces `emails[type eq "work"].value` also when there is no work email
                 // yet: create the element the filter describes.
                 if let Some(part) = new_part {
@@ -433,12 +451,12 @@ fn filtered(
                     items.push(Value::Object(o));
                 }
             } else {
-                for &i in &matched {
-                    match (&new_part, items[i].as_object_mut()) {
+                for (item, _) in items.iter_mut().zip(&matched).filter(|(_, m)| **m) {
+                    match (&new_part, item.as_object_mut()) {
                         (Some(part), Some(o)) if sub_attr.is_some() || op == OpKind::Add => {
                             o.extend(part.clone())
                         }
-                        (Some(part), _) => items[i] = Value::Object(part.clone()),
+                        (Some(part), _) => *item = Value::Object(part.clone()),
                         (None, Some(o)) => {
                             if let Some(s) = sub_attr {
                                 o.remove(s.name);
@@ -453,9 +471,8 @@ fn filtered(
                     .as_ref()
                     .is_some_and(|p| p.get("primary") == Some(&Value::Bool(true)));
                 if made_primary {
-                    for (i, item) in items.iter_mut().enumerate() {
-                        if !matched.contains(&i)
-                            && let Some(o) = item.as_object_mut()
+                    for (item, _) in items.iter_mut().zip(&matched).filter(|(_, m)| !**m) {
+                        if let Some(o) = item.as_object_mut()
                             && o.get("primary") == Some(&Value::Bool(true))
                         {
                             o.insert("primary".into(), Value::Bool(false));
@@ -499,16 +516,75 @@ fn equalities(f: &Filter) -> Option<Map<String, Value>> {
     }
 }
 
-/// Two elements of a multi-valued attribute are the same when their "value"s are equal
-/// (or, without a value, when they are equal as a whole).
-fn same_element(attr: &Attr, a: &Value, b: &Value) -> bool {
-    if attr.ty != AttrType::Complex {
-        return a == b;
+/// What makes two elements of a multi-valued attribute the same: equal "value"s, or, for
+/// elements without one, equality as a whole.
+#[derive(PartialEq, Eq, Hash)]
+enum ElementKey<'a> {
+    Value(Hashed<'a>),
+    Whole(Hashed<'a>),
+}
+
+impl<'a> ElementKey<'a> {
+    fn of(attr: &Attr, element: &'a Value) -> Self {
+        match element.get("value") {
+            Some(v) if attr.ty == AttrType::Complex => ElementKey::Value(Hashed(v)),
+            _ => ElementKey::Whole(Hashed(element)),
+        }
     }
-    match (a.get("value"), b.get("value")) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
+}
+
+/// A JSON value hashed consistently with `==`, so that sets of values need no pairwise scans.
+struct Hashed<'a>(&'a Value);
+
+impl PartialEq for Hashed<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
     }
+}
+
+impl Eq for Hashed<'_> {}
+
+impl Hash for Hashed<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(value_hash(self.0));
+    }
+}
+
+fn value_hash(v: &Value) -> u64 {
+    let mut h = DefaultHasher::new();
+    match v {
+        Value::Null => h.write_u8(0),
+        Value::Bool(b) => (1u8, b).hash(&mut h),
+        Value::Number(n) => {
+            // serde_json compares numbers as stored: integers by value, floats as f64 (where
+            // 0.0 == -0.0).
+            if let Some(i) = n.as_u64() {
+                (2u8, i).hash(&mut h);
+            } else if let Some(i) = n.as_i64() {
+                (3u8, i).hash(&mut h);
+            } else if let Some(f) = n.as_f64() {
+                (4u8, if f == 0.0 { 0 } else { f.to_bits() }).hash(&mut h);
+            }
+        }
+        Value::String(s) => (5u8, s).hash(&mut h),
+        Value::Array(items) => {
+            (6u8, items.len()).hash(&mut h);
+            for item in items {
+                h.write_u64(value_hash(item));
+            }
+        }
+        Value::Object(o) => {
+            // Summed, so the hash does not depend on the map's iteration order.
+            let entries = o.iter().fold(0u64, |sum, (k, v)| {
+                let mut e = DefaultHasher::new();
+                k.hash(&mut e);
+                e.write_u64(value_hash(v));
+                sum.wrapping_add(e.finish())
+            });
+            (7u8, o.len(), entries).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// Operations on group members become row changes.
@@ -906,5 +982,92 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn add_appends_only_values_not_there_yet_and_remove_takes_the_listed_ones() {
+        let (rt, mut doc) = user();
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "add", "path": "emails", "value": [
+                {"value": "ann@home.example", "type": "home"},
+                {"value": "new@x"}, {"value": "new@x"}, {"value": "other@x"}]}])),
+        )
+        .unwrap();
+        let values: Vec<&str> = doc["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["value"].as_str())
+            .collect();
+        assert_eq!(
+            values,
+            ["ann@work.example", "ann@home.example", "new@x", "other@x"]
+        );
+        // Remove with a value list matches on "value", whatever the other sub-attributes say.
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "remove", "path": "emails", "value": [
+                {"value": "new@x", "type": "work"}, {"value": "nobody@x"}, {"value": "ann@home.example"}]}])),
+        )
+        .unwrap();
+        let values: Vec<&str> = doc["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["value"].as_str())
+            .collect();
+        assert_eq!(values, ["ann@work.example", "other@x"]);
+        // Elements without a "value" are matched as a whole.
+        doc.insert(
+            "addresses".into(),
+            json!([{"locality": "Bern"}, {"locality": "Basel", "type": "work"}]),
+        );
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "remove", "path": "addresses", "value": [
+                {"locality": "Basel"}, {"locality": "Bern"}]}])),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["addresses"],
+            json!([{"locality": "Basel", "type": "work"}])
+        );
+    }
+
+    #[test]
+    fn value_hashes_agree_with_equality() {
+        let equal = [
+            (
+                json!({"a": 1, "b": [true, null, "x"]}),
+                json!({"b": [true, null, "x"], "a": 1}),
+            ),
+            (json!(0.0), json!(-0.0)),
+            (json!(1.5), json!(1.5)),
+            (json!(-3), json!(-3)),
+            (json!(u64::MAX), json!(u64::MAX)),
+        ];
+        for (a, b) in &equal {
+            assert_eq!(a, b);
+            assert_eq!(value_hash(a), value_hash(b), "{a} {b}");
+        }
+        let different = [
+            json!(1),
+            json!(1.0),
+            json!("1"),
+            json!([1]),
+            json!({"1": 1}),
+            json!(null),
+        ];
+        for (i, a) in different.iter().enumerate() {
+            for b in &different[i + 1..] {
+                assert_ne!(a, b);
+                assert_ne!(value_hash(a), value_hash(b), "{a} {b}");
+            }
+        }
+        assert_ne!(value_hash(&json!([1, 2])), value_hash(&json!([2, 1])));
     }
 }
