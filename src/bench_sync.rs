@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::scim::Limits;
 use crate::scim::resource::normalize;
 use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ENTERPRISE_SCHEMA, ResourceType};
 use crate::store::sqlite::bulk;
@@ -383,7 +384,7 @@ fn user_doc(rt: &ResourceType, i: usize) -> anyhow::Result<Map<String, Value>> {
         ENTERPRISE_SCHEMA: {"department": DEPARTMENTS[i % DEPARTMENTS.len()], "employeeNumber": (10_000 + i).to_string()},
         DEFAULT_CUSTOM_SCHEMA: custom,
     });
-    Ok(normalize(rt, &body)?.doc)
+    Ok(normalize(rt, &body, &Limits::default())?.doc)
 }
 
 /// Load `n` users and their memberships in transactions of LOAD_CHUNK users; return the ids
@@ -406,7 +407,15 @@ fn load(path: &Path, rt: &ResourceType, n: usize, changed: usize) -> anyhow::Res
             body["externalId"] = json!(x);
         }
         seq += 1;
-        bulk::insert_group(&c, TENANT, &gt, id, &normalize(&gt, &body)?.doc, seq, &now)?;
+        bulk::insert_group(
+            &c,
+            TENANT,
+            &gt,
+            id,
+            &normalize(&gt, &body, &Limits::default())?.doc,
+            seq,
+            &now,
+        )?;
     }
     c.execute_batch("COMMIT")?;
     let every = (n / changed.max(1)).max(1);

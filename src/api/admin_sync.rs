@@ -847,7 +847,8 @@ impl AdminSyncApi {
             }
             (None, PreviewRequest::Document(d)) => {
                 let doc = Value::Object(d.user.clone().into_iter().collect());
-                let n = normalize(&t.users, &doc).map_err(AdminError::from)?;
+                let n = normalize(&t.users, &doc, self.state.scim_limits())
+                    .map_err(AdminError::from)?;
                 let active = n.doc.get("active").and_then(Value::as_bool).unwrap_or(true);
                 let user_name = n
                     .doc

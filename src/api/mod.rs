@@ -26,8 +26,8 @@ use crate::clock::Clock;
 use crate::config::{Config, TenantConfig};
 use crate::metrics::{Metrics, ScimRequest};
 use crate::provlog::ProvisioningLog;
-use crate::scim::ScimError;
 use crate::scim::schema::ResourceType;
+use crate::scim::{Limits, ScimError};
 use crate::store::{ProvisioningEntry, Store};
 use crate::sync::SyncEngine;
 use crate::sync::scheduler::SyncHandle;
@@ -102,6 +102,12 @@ impl AppState {
     /// The sync engine new runs use, when a tenant syncs.
     pub fn sync_engine(&self) -> Option<Arc<SyncEngine>> {
         self.sync.as_ref().map(|h| h.engine())
+    }
+
+    /// The bounds on what one SCIM request may ask for (docs/scim.md): the defaults, until
+    /// they are configurable.
+    pub fn scim_limits(&self) -> &Limits {
+        &Limits::DEFAULT
     }
 }
 

@@ -84,7 +84,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        let n = resource::normalize(rt, body)?;
+        let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let now = self.state.clock.now();
         let id = new_id(now);
         let store = &self.state.store;
@@ -155,7 +155,10 @@ impl ScimApi {
         let server = &self.state.config.server;
         let filter = match p.filter.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(f) => Some(parse_filter(f).map_err(|e| ScimError::invalid_filter(e.to_string()))?),
+            Some(f) => Some(
+                parse_filter(f, self.state.scim_limits())
+                    .map_err(|e| ScimError::invalid_filter(e.to_string()))?,
+            ),
         };
         let query = ListQuery {
             filter: filter.as_ref(),
@@ -205,7 +208,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        let n = resource::normalize(rt, body)?;
+        let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let if_match = if_match(req);
         let now = self.state.clock.now();
         let store = &self.state.store;
@@ -248,7 +251,8 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        let ops = patch::parse(body)?;
+        let limits = self.state.scim_limits();
+        let ops = patch::parse(body, limits)?;
         let if_match = if_match(req);
         let now = self.state.clock.now();
         let store = &self.state.store;
@@ -257,7 +261,7 @@ impl ScimApi {
             ResourceKind::User => {
                 store
                     .update_user(tenant, rt, id, if_match.as_deref(), now, |mut doc| {
-                        patch::apply(rt, &mut doc, &ops)?;
+                        patch::apply(rt, &mut doc, &ops, limits)?;
                         Ok(doc)
                     })
                     .await?;
@@ -268,7 +272,7 @@ impl ScimApi {
             ResourceKind::Group => {
                 store
                     .update_group(tenant, rt, id, if_match.as_deref(), now, |mut doc| {
-                        let members = patch::apply(rt, &mut doc, &ops)?;
+                        let members = patch::apply(rt, &mut doc, &ops, limits)?;
                         Ok(GroupChange { doc, members })
                     })
                     .await?;

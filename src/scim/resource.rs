@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::entra;
 use super::error::ScimError;
+use super::limits::{Bound, Limits};
 use super::schema::{Attr, AttrType, ResourceKind, ResourceType, Returned, Scope};
 
 /// A group member as given by a client.
@@ -26,7 +27,11 @@ pub struct Normalized {
 }
 
 /// Validate and normalise a POST/PUT body.
-pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimError> {
+pub fn normalize(
+    rt: &ResourceType,
+    input: &Value,
+    limits: &Limits,
+) -> Result<Normalized, ScimError> {
     let obj = input
         .as_object()
         .ok_or_else(|| ScimError::invalid_syntax("the request body must be a JSON object"))?;
@@ -52,7 +57,8 @@ pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimErr
                 .iter()
                 .filter(|(k, _)| !k.eq_ignore_ascii_case("schemas"))
             {
-                set_path(rt, &mut doc, Some(&rt.extensions[i].id), k, v, &mut members)?;
+                let urn = Some(rt.extensions[i].id.as_str());
+                set_path(rt, &mut doc, urn, k, v, &mut members, limits)?;
             }
             continue;
         }
@@ -61,7 +67,7 @@ pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimErr
             Some(_) => key.as_str(),
             None => name,
         };
-        set_path(rt, &mut doc, urn, name, value, &mut members)?;
+        set_path(rt, &mut doc, urn, name, value, &mut members, limits)?;
     }
     check_required(rt, &doc)?;
     Ok(Normalized { doc, members })
@@ -106,6 +112,7 @@ fn set_path(
     key: &str,
     value: &Value,
     members: &mut Option<Vec<MemberRef>>,
+    limits: &Limits,
 ) -> Result<(), ScimError> {
     let (name, sub) = match key.split_once('.') {
         Some((a, s)) => (a, Some(s)),
@@ -123,12 +130,12 @@ fn set_path(
         return Ok(());
     }
     if rt.kind == ResourceKind::Group && attr.name == "members" {
-        *members = Some(parse_members(value)?);
+        *members = Some(parse_members(value, limits, 0)?);
         return Ok(());
     }
     let container = container_mut(rt, doc, scope)?;
     match sub {
-        None => match normalize_value(attr, value)? {
+        None => match normalize_value(attr, value, limits)? {
             Some(v) => {
                 container.insert(attr.name.to_string(), v);
             }
@@ -199,16 +206,29 @@ pub(crate) fn prune_empty_extensions(rt: &ResourceType, doc: &mut Map<String, Va
     }
 }
 
-pub(crate) fn parse_members(value: &Value) -> Result<Vec<MemberRef>, ScimError> {
-    let items: Vec<Value> = match value {
-        Value::Null => vec![],
-        Value::Array(a) => a.clone(),
+/// The members a request names; `already` were named by earlier operations of the same request,
+/// and together they are bounded by `max_members_per_request`.
+pub(crate) fn parse_members(
+    value: &Value,
+    limits: &Limits,
+    already: usize,
+) -> Result<Vec<MemberRef>, ScimError> {
+    let parsed;
+    let items: &[Value] = match value {
+        Value::Null => &[],
+        Value::Array(a) => a,
         Value::String(s) => match serde_json::from_str::<Value>(s) {
-            Ok(Value::Array(a)) => a,
-            _ => vec![value.clone()],
+            Ok(Value::Array(a)) => {
+                parsed = a;
+                &parsed
+            }
+            _ => std::slice::from_ref(value),
         },
-        other => vec![other.clone()],
+        other => std::slice::from_ref(other),
     };
+    if already.saturating_add(items.len()) > limits.max_members_per_request {
+        return Err(limits.exceeded(Bound::MembersPerRequest, None));
+    }
     items
         .iter()
         .map(|m| {
@@ -232,24 +252,38 @@ pub(crate) fn parse_members(value: &Value) -> Result<Vec<MemberRef>, ScimError> 
         .collect()
 }
 
-/// Normalise a whole attribute value (single or multi). `None` means "unassigned".
-pub(crate) fn normalize_value(attr: &Attr, value: &Value) -> Result<Option<Value>, ScimError> {
+/// Normalise a whole attribute value (single or multi). `None` means "unassigned". A multi-valued
+/// one has at most `max_values_per_attribute` values.
+pub(crate) fn normalize_value(
+    attr: &Attr,
+    value: &Value,
+    limits: &Limits,
+) -> Result<Option<Value>, ScimError> {
     if !attr.multi {
         return normalize_single(attr, value);
     }
-    let items: Vec<Value> = match value {
+    let parsed;
+    let items: &[Value] = match value {
         Value::Null => return Ok(None),
-        Value::Array(a) => a.clone(),
+        Value::Array(a) => a,
         // E5: roles and other multi-valued complex attributes sometimes arrive as a JSON string.
         Value::String(s) if attr.ty == AttrType::Complex => match entra::json_string(s) {
-            Some(Value::Array(a)) => a,
-            Some(v) => vec![v],
-            None => vec![value.clone()],
+            Some(v) => {
+                parsed = v;
+                match &parsed {
+                    Value::Array(a) => a,
+                    v => std::slice::from_ref(v),
+                }
+            }
+            None => std::slice::from_ref(value),
         },
-        other => vec![other.clone()],
+        other => std::slice::from_ref(other),
     };
+    if items.len() > limits.max_values_per_attribute {
+        return Err(limits.exceeded(Bound::ValuesPerAttribute, Some(attr.name)));
+    }
     let mut out = Vec::with_capacity(items.len());
-    for item in &items {
+    for item in items {
         if let Some(v) = normalize_single(attr, item)? {
             out.push(v);
         }
@@ -327,14 +361,18 @@ pub(crate) fn normalize_single(attr: &Attr, value: &Value) -> Result<Option<Valu
 }
 
 fn normalize_complex(attr: &Attr, value: &Value) -> Result<Option<Value>, ScimError> {
+    let parsed;
     let obj = match value {
-        Value::Object(o) => o.clone(),
+        Value::Object(o) => o,
         // E5: manager as a bare id; "" clears it.
         Value::String(s) if s.is_empty() => return Ok(None),
-        Value::String(s) => match entra::json_string(s) {
-            Some(Value::Object(o)) => o,
-            _ => entra::bare_value(s),
-        },
+        Value::String(s) => {
+            parsed = match entra::json_string(s) {
+                Some(Value::Object(o)) => o,
+                _ => entra::bare_value(s),
+            };
+            &parsed
+        }
         _ => {
             return Err(ScimError::invalid_value(format!(
                 "attribute {} must be an object",
@@ -343,7 +381,7 @@ fn normalize_complex(attr: &Attr, value: &Value) -> Result<Option<Value>, ScimEr
         }
     };
     let mut out = Map::new();
-    for (k, v) in &obj {
+    for (k, v) in obj {
         let sub = attr.sub_attr(k).ok_or_else(|| {
             ScimError::invalid_value(format!("unknown attribute {}.{k}", attr.name))
         })?;
@@ -614,6 +652,10 @@ mod tests {
         ResourceType::user(DEFAULT_CUSTOM_SCHEMA)
     }
 
+    fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimError> {
+        super::normalize(rt, input, &Limits::default())
+    }
+
     #[test]
     fn canonicalises_names_and_drops_read_only_and_password() {
         let n = normalize(
@@ -740,5 +782,42 @@ mod tests {
         assert!(!Projection::parse(&g, None, Some("members")).wants("members"));
         assert!(Projection::parse(&g, None, None).wants("members"));
         assert!(!Projection::parse(&g, Some("displayName"), None).wants("members"));
+    }
+
+    #[test]
+    fn values_per_multi_valued_attribute_are_bounded() {
+        let rt = user_rt();
+        let few = Limits {
+            max_values_per_attribute: 3,
+            ..Limits::default()
+        };
+        let emails = |n: usize| -> Vec<Value> {
+            (0..n).map(|i| json!({"value": format!("{i}@x")})).collect()
+        };
+        let ok = super::normalize(&rt, &json!({"userName": "a", "emails": emails(3)}), &few);
+        assert_eq!(ok.unwrap().doc["emails"].as_array().map(Vec::len), Some(3));
+        let e = super::normalize(&rt, &json!({"userName": "a", "emails": emails(4)}), &few)
+            .unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+        assert_eq!(
+            e.detail,
+            "emails: more than 3 values (limit max_values_per_attribute)"
+        );
+        // E5: a JSON array in a string counts the same.
+        let roles = serde_json::to_string(&emails(4)).unwrap();
+        assert!(super::normalize(&rt, &json!({"userName": "a", "roles": roles}), &few).is_err());
+        // Members are rows, bounded per request instead.
+        let g = ResourceType::group();
+        let members = json!({"displayName": "G", "members": emails(4)});
+        assert!(super::normalize(&g, &members, &few).is_ok());
+        let one = Limits {
+            max_members_per_request: 3,
+            ..Limits::default()
+        };
+        let e = super::normalize(&g, &members, &one).unwrap_err();
+        assert_eq!(
+            e.detail,
+            "more than 3 members added or removed in one request (limit max_members_per_request)"
+        );
     }
 }

@@ -55,6 +55,7 @@ use super::{
 };
 use crate::clock::FakeClock;
 use crate::config::Config;
+use crate::scim::Limits;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::{MemberRef, normalize};
 use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ENTERPRISE_SCHEMA, ResourceType};
@@ -164,7 +165,7 @@ impl Env {
         if let Some(e) = ext {
             body["externalId"] = json!(e);
         }
-        let doc = normalize(&rt(), &body).unwrap().doc;
+        let doc = normalize(&rt(), &body, &Limits::default()).unwrap().doc;
         self.store
             .create_user("t", &rt(), id, &doc, self.now())
             .await
@@ -182,7 +183,12 @@ impl Env {
     }
 
     async fn group(&self, id: &str, name: &str, members: &[&str]) {
-        let g = normalize(&ResourceType::group(), &json!({"displayName": name})).unwrap();
+        let g = normalize(
+            &ResourceType::group(),
+            &json!({"displayName": name}),
+            &Limits::default(),
+        )
+        .unwrap();
         let members = members
             .iter()
             .map(|m| MemberRef {
@@ -904,6 +910,7 @@ async fn the_sample_configuration_syncs_out_of_the_box() {
         &rt(),
         &json!({"userName": "Anna.Meier@Example.CH", "externalId": "obj-1",
             "name": {"givenName": "Anna", "familyName": "Meier"}}),
+        &Limits::default(),
     )
     .unwrap()
     .doc;

@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use scim_bridge::config::{StagingDb, resolve_database};
+use scim_bridge::scim::Limits;
 use scim_bridge::scim::filter::parse_filter;
 use scim_bridge::scim::patch::MemberOp;
 use scim_bridge::scim::resource::{MemberRef, normalize};
@@ -69,6 +70,7 @@ fn user_doc(name: &str, email: &str) -> Map<String, Value> {
             "emails": [{"type": "work", "value": email, "primary": true}],
             "active": true,
         }),
+        &Limits::default(),
     )
     .unwrap()
     .doc
@@ -81,6 +83,7 @@ pub fn group_change(name: &str, members: &[&str]) -> GroupChange {
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
             "displayName": name,
         }),
+        &Limits::default(),
     )
     .unwrap()
     .doc;
@@ -107,7 +110,7 @@ async fn list_names(
     page: Page,
     desc: bool,
 ) -> (i64, Vec<String>) {
-    let parsed = filter.map(|f| parse_filter(f).unwrap());
+    let parsed = filter.map(|f| parse_filter(f, &Limits::default()).unwrap());
     let (total, items) = b
         .store
         .list(
@@ -316,7 +319,8 @@ async fn memberships_are_rows_and_follow_deletes() {
         let members = s.get_group(tn, &g, true).await.unwrap().related.unwrap();
         assert_eq!(members.len(), 1, "{}", s.backend_name());
         // Filters over memberships.
-        let parsed = parse_filter(&format!("members[value eq \"{u1}\"]")).unwrap();
+        let parsed =
+            parse_filter(&format!("members[value eq \"{u1}\"]"), &Limits::default()).unwrap();
         let (total, _) = s
             .list(
                 tn,
