@@ -75,6 +75,19 @@ impl ScimApi {
         format!("{root}/scim-api/v1/{tenant}/scim")
     }
 
+    fn projection(
+        &self,
+        rt: &ResourceType,
+        p: &ListParams,
+    ) -> std::result::Result<Projection, ScimError> {
+        Projection::parse(
+            rt,
+            p.attributes.as_deref(),
+            p.excluded.as_deref(),
+            self.state.scim_limits(),
+        )
+    }
+
     async fn create(
         &self,
         req: &Request,
@@ -115,7 +128,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        let projection = Projection::parse(rt, p.attributes.as_deref(), p.excluded.as_deref());
+        let projection = self.projection(rt, &p)?;
         let related = projection.wants(match kind {
             ResourceKind::User => "groups",
             ResourceKind::Group => "members",
@@ -177,7 +190,7 @@ impl ScimApi {
             .count
             .unwrap_or(server.default_page_size)
             .clamp(0, server.max_page_size);
-        let projection = Projection::parse(rt, p.attributes.as_deref(), p.excluded.as_deref());
+        let projection = self.projection(rt, &p)?;
         let related = projection.wants(match kind {
             ResourceKind::User => "groups",
             ResourceKind::Group => "members",
@@ -256,7 +269,7 @@ impl ScimApi {
         let if_match = if_match(req);
         let now = self.state.clock.now();
         let store = &self.state.store;
-        let projection = Projection::parse(rt, p.attributes.as_deref(), p.excluded.as_deref());
+        let projection = self.projection(rt, &p)?;
         let stored = match kind {
             ResourceKind::User => {
                 store

@@ -5,6 +5,8 @@
 //! sync engine never deal with the spelling a client happened to use. id, meta, groups and
 //! members are not in it: they come from columns and rows.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde_json::{Map, Value};
 
 use super::entra;
@@ -447,57 +449,159 @@ fn fold_attr(attr: Option<&Attr>, v: &Value) -> Value {
 /// Attribute projection (RFC 7644 §3.9): which attributes a response carries.
 #[derive(Debug, Clone, Default)]
 pub struct Projection {
-    /// attributes=… : only these (plus "returned: always" ones). Lower-cased "urn:attr.sub" or "attr.sub".
-    pub include: Vec<ProjectedPath>,
+    /// attributes=…: only these (plus the "returned: always" ones); empty when not given.
+    include: Selection,
     /// excludedAttributes=…
-    pub exclude: Vec<ProjectedPath>,
+    exclude: Selection,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProjectedPath {
-    pub scope: Scope,
-    pub name: &'static str,
-    pub sub: Option<&'static str>,
+/// Attribute paths grouped by attribute, each named once however often a request repeats it,
+/// so that applying them is one pass over the resource.
+#[derive(Debug, Clone, Default)]
+struct Selection {
+    core: BTreeMap<&'static str, Part>,
+    /// By extension index; `None` names the whole extension.
+    extensions: BTreeMap<usize, Option<BTreeMap<&'static str, Part>>>,
+}
+
+/// All of an attribute, or some of its sub-attributes.
+#[derive(Debug, Clone)]
+enum Part {
+    Whole,
+    Subs(BTreeSet<&'static str>),
+}
+
+impl Selection {
+    /// Parse one comma-separated parameter. Unknown attribute names are ignored, as RFC 7644
+    /// asks servers to ignore what they do not support; more than `max_attribute_paths` entries
+    /// are refused before the rest is read.
+    fn parse(
+        rt: &ResourceType,
+        list: Option<&str>,
+        parameter: &str,
+        limits: &Limits,
+    ) -> Result<Self, ScimError> {
+        let mut selection = Selection::default();
+        let paths = list
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty());
+        for (n, p) in paths.enumerate() {
+            if n == limits.max_attribute_paths {
+                return Err(limits.exceeded(Bound::AttributePaths, Some(parameter)));
+            }
+            let (urn, name, sub) = rt.split_key(p);
+            // "urn:…:enterprise:2.0:User" alone names the whole extension.
+            if sub.is_none()
+                && let Some((i, _)) = rt.extension(p)
+            {
+                selection.extensions.insert(i, None);
+                continue;
+            }
+            let Some((scope, attr)) = rt.resolve(urn, name) else {
+                continue;
+            };
+            let sub = match sub.map(|s| attr.sub_attr(s)) {
+                None => None,
+                Some(Some(s)) => Some(s.name),
+                Some(None) => continue,
+            };
+            selection.add(scope, attr.name, sub);
+        }
+        Ok(selection)
+    }
+
+    fn add(&mut self, scope: Scope, name: &'static str, sub: Option<&'static str>) {
+        let parts = match scope {
+            Scope::Core => &mut self.core,
+            Scope::Extension(i) => {
+                match self
+                    .extensions
+                    .entry(i)
+                    .or_insert_with(|| Some(BTreeMap::new()))
+                {
+                    Some(parts) => parts,
+                    None => return, // the whole extension is named already
+                }
+            }
+        };
+        let part = parts
+            .entry(name)
+            .or_insert_with(|| Part::Subs(BTreeSet::new()));
+        match (part, sub) {
+            (Part::Subs(subs), Some(s)) => {
+                subs.insert(s);
+            }
+            (part, None) => *part = Part::Whole,
+            (Part::Whole, Some(_)) => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.core.is_empty() && self.extensions.is_empty()
+    }
+}
+
+impl Part {
+    /// Keep only the selected sub-attributes of `v`; false when nothing is left.
+    fn keep(&self, v: &mut Value) -> bool {
+        let Part::Subs(subs) = self else {
+            return true;
+        };
+        let keep = |o: &mut Map<String, Value>| o.retain(|k, _| subs.contains(k.as_str()));
+        match v {
+            Value::Object(o) => {
+                keep(o);
+                !o.is_empty()
+            }
+            Value::Array(items) => {
+                for item in items.iter_mut() {
+                    if let Some(o) = item.as_object_mut() {
+                        keep(o);
+                    }
+                }
+                items.retain(|i| !i.as_object().is_some_and(Map::is_empty));
+                !items.is_empty()
+            }
+            _ => true,
+        }
+    }
+
+    /// Remove the selected part of attribute `name` from `container`.
+    fn remove(&self, container: &mut Map<String, Value>, name: &str) {
+        let Part::Subs(subs) = self else {
+            container.remove(name);
+            return;
+        };
+        let remove = |o: &mut Map<String, Value>| {
+            for s in subs {
+                o.remove(*s);
+            }
+        };
+        match container.get_mut(name) {
+            Some(Value::Object(o)) => remove(o),
+            Some(Value::Array(items)) => items
+                .iter_mut()
+                .filter_map(Value::as_object_mut)
+                .for_each(remove),
+            _ => {}
+        }
+    }
 }
 
 impl Projection {
     /// Parse the comma-separated attributes/excludedAttributes parameters.
-    /// Unknown attribute names are ignored, as RFC 7644 asks servers to ignore what they do not support.
-    pub fn parse(rt: &ResourceType, attributes: Option<&str>, excluded: Option<&str>) -> Self {
-        let parse_list = |s: Option<&str>| -> Vec<ProjectedPath> {
-            s.unwrap_or("")
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .filter_map(|p| {
-                    let (urn, name, sub) = rt.split_key(p);
-                    // "urn:…:enterprise:2.0:User" alone names the whole extension.
-                    if sub.is_none()
-                        && let Some((i, _)) = rt.extension(p)
-                    {
-                        return Some(ProjectedPath {
-                            scope: Scope::Extension(i),
-                            name: "",
-                            sub: None,
-                        });
-                    }
-                    let (scope, attr) = rt.resolve(urn, name)?;
-                    let sub = match sub {
-                        Some(s) => Some(attr.sub_attr(s)?.name),
-                        None => None,
-                    };
-                    Some(ProjectedPath {
-                        scope,
-                        name: attr.name,
-                        sub,
-                    })
-                })
-                .collect()
-        };
-        Projection {
-            include: parse_list(attributes),
-            exclude: parse_list(excluded),
-        }
+    pub fn parse(
+        rt: &ResourceType,
+        attributes: Option<&str>,
+        excluded: Option<&str>,
+        limits: &Limits,
+    ) -> Result<Self, ScimError> {
+        Ok(Projection {
+            include: Selection::parse(rt, attributes, "attributes", limits)?,
+            exclude: Selection::parse(rt, excluded, "excludedAttributes", limits)?,
+        })
     }
 
     pub fn is_identity(&self) -> bool {
@@ -506,99 +610,55 @@ impl Projection {
 
     /// Whether the (core) attribute `name` appears in the response at all, e.g. to skip reading members.
     pub fn wants(&self, name: &str) -> bool {
-        if self
-            .exclude
-            .iter()
-            .any(|p| p.scope == Scope::Core && p.name == name && p.sub.is_none())
-        {
+        if matches!(self.exclude.core.get(name), Some(Part::Whole)) {
             return false;
         }
-        self.include.is_empty()
-            || self
-                .include
-                .iter()
-                .any(|p| p.scope == Scope::Core && p.name == name)
+        self.include.is_empty() || self.include.core.contains_key(name)
     }
 
-    /// Apply to a full resource representation.
+    /// Apply to a full resource representation: one pass over its attributes.
     pub fn apply(&self, rt: &ResourceType, resource: &mut Map<String, Value>) {
         let always = |k: &str| {
             k == "id" || k == "schemas" || (rt.kind == ResourceKind::User && k == "userName")
         };
         if !self.include.is_empty() {
-            let keys: Vec<String> = resource.keys().cloned().collect();
-            for k in keys {
-                if always(&k) {
-                    continue;
+            resource.retain(|k, v| {
+                if always(k) {
+                    return true;
                 }
-                let scope = match rt.extension(&k) {
-                    Some((i, _)) => Scope::Extension(i),
-                    None => Scope::Core,
+                let Some((i, _)) = rt.extension(k) else {
+                    return self.include.core.get(k.as_str()).is_some_and(|p| p.keep(v));
                 };
-                let wanted: Vec<&ProjectedPath> = self
-                    .include
-                    .iter()
-                    .filter(|p| p.scope == scope && (scope != Scope::Core || p.name == k))
-                    .collect();
-                if wanted.is_empty() {
-                    resource.remove(&k);
-                    continue;
+                match (self.include.extensions.get(&i), v.as_object_mut()) {
+                    (None, _) => false,
+                    (Some(Some(parts)), Some(ext)) => {
+                        ext.retain(|name, v| parts.get(name.as_str()).is_some_and(|p| p.keep(v)));
+                        !ext.is_empty()
+                    }
+                    (Some(_), _) => true,
                 }
-                if let Scope::Extension(_) = scope {
-                    if wanted.iter().any(|p| p.name.is_empty()) {
-                        continue;
-                    }
-                    if let Some(Value::Object(ext)) = resource.get_mut(&k) {
-                        ext.retain(|name, v| {
-                            let subs: Vec<_> = wanted.iter().filter(|p| p.name == name).collect();
-                            !subs.is_empty() && keep_subs(&subs, v)
-                        });
-                        if ext.is_empty() {
-                            resource.remove(&k);
-                        }
-                    }
-                } else if let Some(v) = resource.get_mut(&k) {
-                    let refs: Vec<&&ProjectedPath> = wanted.iter().collect();
-                    if !keep_subs(&refs, v) {
-                        resource.remove(&k);
-                    }
-                }
+            });
+        }
+        for (name, part) in &self.exclude.core {
+            if !always(name) {
+                part.remove(resource, name);
             }
         }
-        for p in &self.exclude {
-            let container = match p.scope {
-                Scope::Core => Some(&mut *resource),
-                Scope::Extension(i) => resource
-                    .get_mut(&rt.extensions[i].id)
-                    .and_then(Value::as_object_mut),
+        for (i, parts) in &self.exclude.extensions {
+            let Some(ext) = rt.extensions.get(*i) else {
+                continue;
             };
-            let Some(container) = container else { continue };
-            if p.name.is_empty() {
-                if let Scope::Extension(i) = p.scope {
-                    resource.remove(&rt.extensions[i].id);
-                }
-                continue;
-            }
-            if always(p.name) && p.scope == Scope::Core {
-                continue;
-            }
-            match p.sub {
+            match parts {
                 None => {
-                    container.remove(p.name);
+                    resource.remove(&ext.id);
                 }
-                Some(sub) => match container.get_mut(p.name) {
-                    Some(Value::Object(o)) => {
-                        o.remove(sub);
-                    }
-                    Some(Value::Array(items)) => {
-                        for item in items {
-                            if let Some(o) = item.as_object_mut() {
-                                o.remove(sub);
-                            }
+                Some(parts) => {
+                    if let Some(obj) = resource.get_mut(&ext.id).and_then(Value::as_object_mut) {
+                        for (name, part) in parts {
+                            part.remove(obj, name);
                         }
                     }
-                    _ => {}
-                },
+                }
             }
         }
         // Keep "schemas" truthful: drop extension URNs whose object is gone.
@@ -617,31 +677,6 @@ impl Projection {
     }
 }
 
-/// Keep only the requested sub-attributes of a value; false when nothing is left.
-fn keep_subs(paths: &[&&ProjectedPath], v: &mut Value) -> bool {
-    if paths.iter().any(|p| p.sub.is_none()) {
-        return true;
-    }
-    let subs: Vec<&str> = paths.iter().filter_map(|p| p.sub).collect();
-    let keep = |o: &mut Map<String, Value>| o.retain(|k, _| subs.contains(&k.as_str()));
-    match v {
-        Value::Object(o) => {
-            keep(o);
-            !o.is_empty()
-        }
-        Value::Array(items) => {
-            for item in items.iter_mut() {
-                if let Some(o) = item.as_object_mut() {
-                    keep(o);
-                }
-            }
-            items.retain(|i| !i.as_object().is_some_and(Map::is_empty));
-            !items.is_empty()
-        }
-        _ => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,6 +689,14 @@ mod tests {
 
     fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimError> {
         super::normalize(rt, input, &Limits::default())
+    }
+
+    fn projection(
+        rt: &ResourceType,
+        attributes: Option<&str>,
+        excluded: Option<&str>,
+    ) -> Projection {
+        Projection::parse(rt, attributes, excluded, &Limits::default()).unwrap()
     }
 
     #[test]
@@ -759,7 +802,7 @@ mod tests {
             "name": {"givenName": "A", "familyName": "B"}, "emails": [{"value": "x", "type": "work"}],
             ENTERPRISE_SCHEMA: {"department": "D", "costCenter": "C"}});
         let mut r = full.as_object().unwrap().clone();
-        Projection::parse(&rt, Some("name.givenName,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"), None)
+        projection(&rt, Some("name.givenName,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"), None)
             .apply(&rt, &mut r);
         assert_eq!(
             Value::Object(r),
@@ -767,7 +810,7 @@ mod tests {
             "name": {"givenName": "A"}, ENTERPRISE_SCHEMA: {"department": "D"}})
         );
         let mut r = full.as_object().unwrap().clone();
-        Projection::parse(
+        projection(
             &rt,
             None,
             Some("emails,userName,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"),
@@ -779,9 +822,9 @@ mod tests {
             "name": {"givenName": "A", "familyName": "B"}})
         );
         let g = ResourceType::group();
-        assert!(!Projection::parse(&g, None, Some("members")).wants("members"));
-        assert!(Projection::parse(&g, None, None).wants("members"));
-        assert!(!Projection::parse(&g, Some("displayName"), None).wants("members"));
+        assert!(!projection(&g, None, Some("members")).wants("members"));
+        assert!(projection(&g, None, None).wants("members"));
+        assert!(!projection(&g, Some("displayName"), None).wants("members"));
     }
 
     #[test]
@@ -818,6 +861,59 @@ mod tests {
         assert_eq!(
             e.detail,
             "more than 3 members added or removed in one request (limit max_members_per_request)"
+        );
+    }
+
+    #[test]
+    fn projection_paths_are_bounded_and_named_once() {
+        let rt = user_rt();
+        let two = Limits {
+            max_attribute_paths: 2,
+            ..Limits::default()
+        };
+        assert!(Projection::parse(&rt, Some("a, b"), Some("emails,name"), &two).is_ok());
+        let e = Projection::parse(&rt, None, Some("emails,name,title"), &two).unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+        assert_eq!(
+            e.detail,
+            "excludedAttributes: more than 2 attribute paths (limit max_attribute_paths)"
+        );
+        let e = Projection::parse(&rt, Some(&"x,".repeat(60_000)), None, &two).unwrap_err();
+        assert!(e.detail.starts_with("attributes: "), "{}", e.detail);
+
+        // A path given many times, or also as part of a wider one, means it once.
+        let full = json!({"schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA], "id": "1", "userName": "a",
+            "name": {"givenName": "A", "familyName": "B"},
+            "emails": [{"value": "x", "type": "work"}, {"value": "y"}],
+            ENTERPRISE_SCHEMA: {"department": "D", "costCenter": "C"}});
+        let apply = |attributes: Option<&str>, excluded: Option<&str>| {
+            let mut r = full.as_object().unwrap().clone();
+            projection(&rt, attributes, excluded).apply(&rt, &mut r);
+            Value::Object(r)
+        };
+        let once = apply(None, Some("emails.value"));
+        let emails = once["emails"].as_array().unwrap();
+        assert!(emails.iter().all(|e| e.get("value").is_none()), "{once}");
+        assert_eq!(
+            apply(None, Some(&vec!["emails.value"; 100].join(","))),
+            once
+        );
+        assert_eq!(
+            apply(None, Some("emails.value,EMAILS,emails.type")),
+            apply(None, Some("emails"))
+        );
+        assert_eq!(
+            apply(Some("emails.type,emails,emails.value"), None),
+            apply(Some("emails"), None)
+        );
+        let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+        assert_eq!(
+            apply(Some(&format!("{ent}:department,{ent}")), None),
+            apply(Some(ent), None)
+        );
+        assert_eq!(
+            apply(Some(&format!("{ent},{ent}:department")), None)[ENTERPRISE_SCHEMA],
+            json!({"department": "D", "costCenter": "C"})
         );
     }
 }
