@@ -122,6 +122,7 @@ pub fn apply(
     ops: &[PatchOp],
     limits: &Limits,
 ) -> Result<Vec<MemberOp>, ScimError> {
+    let user_name_before = doc.get("userName").cloned();
     let mut patch = Patch {
         rt,
         limits,
@@ -152,14 +153,18 @@ pub fn apply(
         ResourceKind::User => "userName",
         ResourceKind::Group => "displayName",
     };
-    if doc
+    let Some(value) = doc
         .get(required)
         .and_then(Value::as_str)
-        .is_none_or(|s| s.trim().is_empty())
-    {
+        .filter(|s| !s.trim().is_empty())
+    else {
         return Err(ScimError::mutability(format!(
             "{required} is required and cannot be removed"
         )));
+    };
+    // A userName stored before the rule existed stays usable; a new one must follow it.
+    if rt.kind == ResourceKind::User && doc.get(required) != user_name_before.as_ref() {
+        resource::check_user_name(value, limits)?;
     }
     Ok(patch.members)
 }
@@ -1242,5 +1247,24 @@ mod tests {
         let remove = json!({"op": "remove", "path": "emails[value eq \"0@x\"]"});
         assert!(patch_within(&rt, &mut legacy, ops(json!([remove])), &limits).is_ok());
         assert_eq!(legacy["emails"].as_array().map(Vec::len), Some(4));
+    }
+
+    #[test]
+    fn a_new_user_name_follows_the_rule_an_old_one_stays_usable() {
+        let (rt, mut doc) = user();
+        for bad in [" ann", "ann\u{0}", "a\tb"] {
+            let op = json!({"op": "replace", "path": "userName", "value": bad});
+            let e = patch(&rt, &mut doc.clone(), ops(json!([op]))).unwrap_err();
+            assert_eq!(
+                e.scim_type,
+                Some(crate::scim::ScimType::InvalidValue),
+                "{bad:?}"
+            );
+        }
+        let op = json!({"op": "Replace", "value": {"userName": "x".repeat(257)}});
+        assert!(patch(&rt, &mut doc.clone(), ops(json!([op]))).is_err());
+        doc.insert("userName".into(), json!("legacy "));
+        let op = json!({"op": "replace", "path": "active", "value": false});
+        assert!(patch(&rt, &mut doc, ops(json!([op]))).is_ok());
     }
 }

@@ -71,7 +71,7 @@ pub fn normalize(
         };
         set_path(rt, &mut doc, urn, name, value, &mut members, limits)?;
     }
-    check_required(rt, &doc)?;
+    check_required(rt, &doc, limits)?;
     Ok(Normalized { doc, members })
 }
 
@@ -93,17 +93,44 @@ fn check_schemas(rt: &ResourceType, value: &Value) -> Result<(), ScimError> {
     Ok(())
 }
 
-fn check_required(rt: &ResourceType, doc: &Map<String, Value>) -> Result<(), ScimError> {
+fn check_required(
+    rt: &ResourceType,
+    doc: &Map<String, Value>,
+    limits: &Limits,
+) -> Result<(), ScimError> {
     let name = match rt.kind {
         ResourceKind::User => "userName",
         ResourceKind::Group => "displayName",
     };
     match doc.get(name).and_then(Value::as_str) {
-        Some(s) if !s.trim().is_empty() => Ok(()),
+        Some(s) if !s.trim().is_empty() => match rt.kind {
+            ResourceKind::User => check_user_name(s, limits),
+            ResourceKind::Group => Ok(()),
+        },
         _ => Err(ScimError::invalid_value(format!(
             "{name} is required and must be a non-empty string"
         ))),
     }
+}
+
+/// The userName rule (docs/scim.md): no whitespace at either end, no control characters (NUL
+/// included), at most `max_user_name_chars` characters. A name people sign in with must look
+/// the same wherever it is shown, compared or written to the application's database.
+pub fn check_user_name(user_name: &str, limits: &Limits) -> Result<(), ScimError> {
+    if user_name.chars().any(char::is_control) {
+        return Err(ScimError::invalid_value(
+            "userName must not contain control characters",
+        ));
+    }
+    if user_name.starts_with(char::is_whitespace) || user_name.ends_with(char::is_whitespace) {
+        return Err(ScimError::invalid_value(
+            "userName must not begin or end with whitespace",
+        ));
+    }
+    if user_name.chars().nth(limits.max_user_name_chars).is_some() {
+        return Err(limits.exceeded(Bound::UserNameChars, Some("userName")));
+    }
+    Ok(())
 }
 
 /// Set one attribute (key possibly "attr.sub") in the document after type normalisation.
@@ -825,6 +852,52 @@ mod tests {
         assert!(!projection(&g, None, Some("members")).wants("members"));
         assert!(projection(&g, None, None).wants("members"));
         assert!(!projection(&g, Some("displayName"), None).wants("members"));
+    }
+
+    #[test]
+    fn user_name_rule() {
+        let rt = user_rt();
+        let user = |name: &str| normalize(&rt, &json!({"userName": name}));
+        for ok in [
+            "ann",
+            "ann lee",
+            "Änne.Müller@例え.jp",
+            "a\u{200d}b",
+            &"ü".repeat(256),
+        ] {
+            assert!(user(ok).is_ok(), "{ok:?}");
+        }
+        for (bad, why) in [
+            (" ann", "whitespace"),
+            ("ann ", "whitespace"),
+            ("ann\u{a0}", "whitespace"),
+            ("\u{3000}ann", "whitespace"),
+            ("an\u{0}n", "control"),
+            ("ann\n", "control"),
+            ("\tann", "control"),
+            ("an\u{7f}n", "control"),
+            ("an\u{85}n", "control"),
+        ] {
+            let e = user(bad).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+            assert!(e.detail.contains(why), "{bad:?}: {}", e.detail);
+            assert!(
+                !e.detail.contains("ann"),
+                "the detail never echoes the value"
+            );
+        }
+        let e = user(&"ü".repeat(257)).unwrap_err();
+        assert_eq!(
+            e.detail,
+            "userName: longer than 256 characters (limit max_user_name_chars)"
+        );
+        let short = Limits {
+            max_user_name_chars: 3,
+            ..Limits::default()
+        };
+        assert!(super::normalize(&rt, &json!({"userName": "abc"}), &short).is_ok());
+        assert!(super::normalize(&rt, &json!({"userName": "abcd"}), &short).is_err());
     }
 
     #[test]

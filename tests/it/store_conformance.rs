@@ -366,9 +366,11 @@ async fn filters_sorting_and_paging() {
             ("axb", "axb@example.com"),
             ("dave ", "dave@example.com"),
         ] {
-            s.create_user(tn, &rt, &id(), &user_doc(n, e), t(1))
-                .await
-                .unwrap();
+            // The SCIM API refuses a userName that ends in whitespace; users stored before that
+            // rule can have one, and the store still compares it exactly.
+            let mut doc = user_doc(n.trim_end(), e);
+            doc.insert("userName".into(), json!(n));
+            s.create_user(tn, &rt, &id(), &doc, t(1)).await.unwrap();
         }
         let all = Page {
             start_index: 1,
