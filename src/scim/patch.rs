@@ -47,6 +47,7 @@ pub fn parse(body: &Value, limits: &Limits) -> Result<Vec<PatchOp>, ScimError> {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     };
+    // Other URNs next to PatchOp's are ignored (RFC 7643 §3: schemas only names namespaces).
     if let Some(schemas) = get("schemas") {
         let ok = schemas
             .as_array()

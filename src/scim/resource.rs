@@ -12,7 +12,9 @@ use serde_json::{Map, Value};
 use super::entra;
 use super::error::ScimError;
 use super::limits::{Bound, Limits};
-use super::schema::{Attr, AttrType, ResourceKind, ResourceType, Returned, Scope};
+use super::schema::{
+    Attr, AttrType, GROUP_SCHEMA, ResourceKind, ResourceType, Returned, Scope, USER_SCHEMA,
+};
 
 /// A group member as given by a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,17 +77,25 @@ pub fn normalize(
     Ok(Normalized { doc, members })
 }
 
+/// RFC 7643 §3: `schemas` names the namespaces of the attributes present; the attributes are
+/// validated one by one anyway. So URNs this server does not know are ignored (Entra sends
+/// Microsoft's "…/ADSCIM/2.0/Group" next to the core Group schema). Only the core schema of the
+/// other resource type is refused: such a body is not a resource of this type.
 fn check_schemas(rt: &ResourceType, value: &Value) -> Result<(), ScimError> {
     let list = value
         .as_array()
         .ok_or_else(|| ScimError::invalid_syntax("schemas must be an array of URNs"))?;
+    let other_core = match rt.kind {
+        ResourceKind::User => GROUP_SCHEMA,
+        ResourceKind::Group => USER_SCHEMA,
+    };
     for s in list {
         let urn = s
             .as_str()
             .ok_or_else(|| ScimError::invalid_syntax("schemas must be an array of URNs"))?;
-        if !rt.schema_ids().any(|k| k.eq_ignore_ascii_case(urn)) {
+        if urn.eq_ignore_ascii_case(other_core) {
             return Err(ScimError::invalid_value(format!(
-                "unknown schema {urn} for a {}",
+                "schemas names {other_core}, which is not a schema of a {}",
                 rt.kind.name()
             )));
         }
@@ -757,7 +767,8 @@ mod tests {
         assert!(normalize(&rt, &json!({"userName": ""})).is_err());
         assert!(normalize(&rt, &json!({"displayName": "x"})).is_err());
         assert!(normalize(&rt, &json!(["not", "an", "object"])).is_err());
-        assert!(normalize(&rt, &json!({"schemas": ["urn:nope"], "userName": "a"})).is_err());
+        assert!(normalize(&rt, &json!({"schemas": "urn:nope", "userName": "a"})).is_err());
+        assert!(normalize(&rt, &json!({"schemas": [7], "userName": "a"})).is_err());
     }
 
     #[test]
@@ -852,6 +863,34 @@ mod tests {
         assert!(!projection(&g, None, Some("members")).wants("members"));
         assert!(projection(&g, None, None).wants("members"));
         assert!(!projection(&g, Some("displayName"), None).wants("members"));
+    }
+
+    #[test]
+    fn unknown_schema_urns_are_ignored() {
+        let g = ResourceType::group();
+        let adscim = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group";
+        let n = normalize(
+            &g,
+            &json!({"schemas": [GROUP_SCHEMA, adscim], "displayName": "G",
+                    "meta": {"resourceType": "Group"}}),
+        )
+        .unwrap();
+        assert_eq!(Value::Object(n.doc), json!({"displayName": "G"}));
+        let rt = user_rt();
+        for schemas in [
+            json!(["urn:nope"]),
+            json!([]),
+            json!([USER_SCHEMA, "urn:x:y"]),
+        ] {
+            assert!(
+                normalize(&rt, &json!({"schemas": schemas, "userName": "a"})).is_ok(),
+                "{schemas}"
+            );
+        }
+        // The other resource type's core schema is not unknown: that body is not a user.
+        let e = normalize(&rt, &json!({"schemas": [GROUP_SCHEMA], "userName": "a"})).unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+        assert!(normalize(&g, &json!({"schemas": [USER_SCHEMA], "displayName": "G"})).is_err());
     }
 
     #[test]
