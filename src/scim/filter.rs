@@ -11,6 +11,7 @@ use std::cmp::Ordering;
 use std::fmt;
 
 use super::limits::{Bound, Limits};
+use super::work;
 
 /// Whatever is configured, parentheses, `not(` and brackets nest at most this deep, and a
 /// request has at most this many terms: `and`/`or` chains build a left-nested tree that
@@ -252,6 +253,7 @@ impl<'b> Parser<'b> {
     }
 
     fn peek(&self) -> Option<char> {
+        work::step(1);
         self.chars.get(self.pos).copied()
     }
 
@@ -270,6 +272,7 @@ impl<'b> Parser<'b> {
 
     /// The characters in `start..end`, or "" when that range runs past the end of the input.
     fn text(&self, start: usize, end: usize) -> String {
+        work::step(end.saturating_sub(start));
         self.chars.get(start..end).into_iter().flatten().collect()
     }
 
@@ -570,6 +573,7 @@ pub type CaseExact<'a> = dyn Fn(Option<&str>, &str, Option<&str>) -> bool + 'a;
 /// Inside a value path `attr[...]`, the callback is asked about `(attr.urn, attr.name, Some(inner name))`,
 /// so it sees e.g. `emails.type` rather than a bare `type`.
 pub fn matches(filter: &Filter, obj: &Value, case_exact: &CaseExact<'_>) -> bool {
+    work::step(1);
     match filter {
         Filter::And(a, b) => matches(a, obj, case_exact) && matches(b, obj, case_exact),
         Filter::Or(a, b) => matches(a, obj, case_exact) || matches(b, obj, case_exact),

@@ -9,6 +9,10 @@ pub mod limits;
 pub mod patch;
 pub mod resource;
 pub mod schema;
+mod work;
 
 pub use error::{ScimError, ScimType};
 pub use limits::Limits;
+
+#[cfg(test)]
+mod proptests;

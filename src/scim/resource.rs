@@ -15,6 +15,7 @@ use super::limits::{Bound, Limits};
 use super::schema::{
     Attr, AttrType, GROUP_SCHEMA, ResourceKind, ResourceType, Returned, Scope, USER_SCHEMA,
 };
+use super::work;
 
 /// A group member as given by a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -525,6 +526,7 @@ impl Selection {
             .map(str::trim)
             .filter(|p| !p.is_empty());
         for (n, p) in paths.enumerate() {
+            work::step(1);
             if n == limits.max_attribute_paths {
                 return Err(limits.exceeded(Bound::AttributePaths, Some(parameter)));
             }
