@@ -15,4 +15,6 @@ pub use error::{ScimError, ScimType};
 pub use limits::Limits;
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod proptests;
