@@ -24,6 +24,7 @@ use scim_bridge::db::sqlite::{
     NewGroupRow, NewUserRow, insert_group_row, insert_member_row, insert_user_row, raise_seq,
 };
 use scim_bridge::db::{self, Connector};
+use scim_bridge::scim::Limits;
 use scim_bridge::scim::resource::normalize;
 use scim_bridge::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ENTERPRISE_SCHEMA, ResourceType};
 use scim_bridge::store::format_time;
@@ -431,7 +432,7 @@ fn user_doc(rt: &ResourceType, i: usize) -> anyhow::Result<Map<String, Value>> {
         ENTERPRISE_SCHEMA: {"department": DEPARTMENTS[i % DEPARTMENTS.len()], "employeeNumber": (10_000 + i).to_string()},
         DEFAULT_CUSTOM_SCHEMA: custom,
     });
-    Ok(normalize(rt, &body)?.doc)
+    Ok(normalize(rt, &body, &Limits::default())?.doc)
 }
 
 /// Load `n` users and their memberships in transactions of LOAD_CHUNK users; return the ids
@@ -455,7 +456,7 @@ fn load(path: &Path, rt: &ResourceType, n: usize, changed: usize) -> anyhow::Res
             body["externalId"] = json!(x);
         }
         seq += 1;
-        let row = NewGroupRow::of(&gt, &normalize(&gt, &body)?.doc)?;
+        let row = NewGroupRow::of(&gt, &normalize(&gt, &body, &Limits::default())?.doc)?;
         insert_group_row(&c, TENANT, id, &row, seq, &now)?;
     }
     c.execute_batch("COMMIT")?;

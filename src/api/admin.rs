@@ -300,7 +300,7 @@ impl AdminApi {
         let parsed = match filter.map(str::trim) {
             None | Some("") => None,
             Some(f) => Some(
-                parse_filter(f)
+                parse_filter(f, self.state.scim_limits())
                     .map_err(|e| AdminError::bad_request(format!("invalid filter: {e}")))?,
             ),
         };

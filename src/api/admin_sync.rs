@@ -677,7 +677,8 @@ impl AdminSyncApi {
             PreviewRequest::ByName(b) => PreviewSource::Staged(UserRef::UserName(&b.user_name)),
             PreviewRequest::Document(d) => {
                 let doc = Value::Object(d.user.clone().into_iter().collect());
-                let n = normalize(&t.users, &doc).map_err(AdminError::from)?;
+                let n = normalize(&t.users, &doc, self.state.scim_limits())
+                    .map_err(AdminError::from)?;
                 let active = n.doc.get("active").and_then(Value::as_bool).unwrap_or(true);
                 let groups = d
                     .groups

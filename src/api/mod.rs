@@ -27,8 +27,8 @@ use crate::config::{Config, TenantConfig};
 use crate::db::Staging;
 use crate::metrics::{Metrics, ScimRequest};
 use crate::provlog::ProvisioningLog;
-use crate::scim::ScimError;
 use crate::scim::schema::ResourceType;
+use crate::scim::{Limits, ScimError};
 use crate::store::ProvisioningEntry;
 use crate::sync::{SyncEngine, SyncService};
 pub use admin::ADMIN_PREFIX;
@@ -99,6 +99,12 @@ impl AppState {
     /// The sync engine new runs use, when a tenant syncs.
     pub fn sync_engine(&self) -> Option<Arc<SyncEngine>> {
         self.sync.as_ref().map(|h| h.engine())
+    }
+
+    /// The bounds on what one SCIM request may ask for (docs/scim.md): the defaults, until
+    /// they are configurable.
+    pub fn scim_limits(&self) -> &Limits {
+        &Limits::DEFAULT
     }
 }
 

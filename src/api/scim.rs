@@ -75,6 +75,19 @@ impl ScimApi {
         format!("{root}/scim-api/v1/{tenant}/scim")
     }
 
+    fn projection(
+        &self,
+        rt: &ResourceType,
+        p: &ListParams,
+    ) -> std::result::Result<Projection, ScimError> {
+        Projection::parse(
+            rt,
+            p.attributes.as_deref(),
+            p.excluded.as_deref(),
+            self.state.scim_limits(),
+        )
+    }
+
     async fn create(
         &self,
         req: &Request,
@@ -84,7 +97,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        let n = resource::normalize(rt, body)?;
+        let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let now = self.state.clock.now();
         let id = new_id(now);
         let store = &self.state.store;
@@ -115,7 +128,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        let projection = Projection::parse(rt, p.attributes.as_deref(), p.excluded.as_deref());
+        let projection = self.projection(rt, &p)?;
         let related = projection.wants(match kind {
             ResourceKind::User => "groups",
             ResourceKind::Group => "members",
@@ -155,7 +168,10 @@ impl ScimApi {
         let server = &self.state.config.server;
         let filter = match p.filter.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(f) => Some(parse_filter(f).map_err(|e| ScimError::invalid_filter(e.to_string()))?),
+            Some(f) => Some(
+                parse_filter(f, self.state.scim_limits())
+                    .map_err(|e| ScimError::invalid_filter(e.to_string()))?,
+            ),
         };
         let query = ListQuery {
             filter: filter.as_ref(),
@@ -174,7 +190,7 @@ impl ScimApi {
             .count
             .unwrap_or(server.default_page_size)
             .clamp(0, server.max_page_size);
-        let projection = Projection::parse(rt, p.attributes.as_deref(), p.excluded.as_deref());
+        let projection = self.projection(rt, &p)?;
         let related = projection.wants(match kind {
             ResourceKind::User => "groups",
             ResourceKind::Group => "members",
@@ -205,7 +221,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        let n = resource::normalize(rt, body)?;
+        let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let if_match = if_match(req);
         let now = self.state.clock.now();
         let store = &self.state.store;
@@ -248,16 +264,17 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        let ops = patch::parse(body)?;
+        let limits = self.state.scim_limits();
+        let ops = patch::parse(body, limits)?;
         let if_match = if_match(req);
         let now = self.state.clock.now();
         let store = &self.state.store;
-        let projection = Projection::parse(rt, p.attributes.as_deref(), p.excluded.as_deref());
+        let projection = self.projection(rt, &p)?;
         let stored = match kind {
             ResourceKind::User => {
                 store
                     .update_user(tenant, rt, id, if_match.as_deref(), now, &|mut doc| {
-                        patch::apply(rt, &mut doc, &ops)?;
+                        patch::apply(rt, &mut doc, &ops, limits)?;
                         Ok(doc)
                     })
                     .await?;
@@ -268,7 +285,7 @@ impl ScimApi {
             ResourceKind::Group => {
                 store
                     .update_group(tenant, rt, id, if_match.as_deref(), now, &|mut doc| {
-                        let members = patch::apply(rt, &mut doc, &ops)?;
+                        let members = patch::apply(rt, &mut doc, &ops, limits)?;
                         Ok(GroupChange { doc, members })
                     })
                     .await?;

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use super::file::{RawTest, TestState};
 use super::helpers::parse_date;
 use super::{FieldValue, Mapping, StagedGroup, StagedUser, UserState, parse_bool};
+use crate::scim::Limits;
 use crate::scim::resource::normalize;
 use crate::scim::schema::{ENTERPRISE_SCHEMA, ResourceType};
 
@@ -76,7 +77,8 @@ impl TestCase {
             }
             _ => return Err(format!("{ctx}: give exactly one of `user` or `user_json`")),
         };
-        let normalized = normalize(&ResourceType::user(&mapping.custom_urn), &input)
+        let rt = ResourceType::user(&mapping.custom_urn);
+        let normalized = normalize(&rt, &input, &Limits::default())
             .map_err(|e| format!("{ctx}: the user is not a valid SCIM user: {}", e.detail))?;
         let user = StagedUser {
             id: id.unwrap_or_else(|| format!("test-user-{}", index + 1)),

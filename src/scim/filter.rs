@@ -10,11 +10,14 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 
-/// Hostile input must not overflow the stack: parentheses, `not(` and brackets each add a level.
-const MAX_DEPTH: usize = 64;
-/// `and`/`or` chains build a left-nested tree; evaluating or dropping it recurses once per
-/// operator, so the count is capped too.
-const MAX_LOGICAL_OPS: usize = 1000;
+use super::limits::{Bound, Limits};
+use super::work;
+
+/// Whatever is configured, parentheses, `not(` and brackets nest at most this deep, and a
+/// request has at most this many terms: `and`/`or` chains build a left-nested tree that
+/// evaluating or dropping recurses through once per operator, so these keep the stack safe.
+const DEPTH_CEILING: usize = 64;
+const TERMS_CEILING: usize = 1000;
 const OPERATORS: &str = "eq, ne, co, sw, ew, gt, ge, lt, le or pr";
 
 /// An attribute path as written by the client: optional schema URN, attribute name, optional sub-attribute.
@@ -121,6 +124,40 @@ pub enum Filter {
 pub struct FilterError {
     pub message: String,
     pub position: usize,
+    /// The bound the filter went beyond, when it is well-formed but too big.
+    pub bound: Option<Bound>,
+}
+
+/// What the filters of one request may still use: terms are counted over all of them (a PATCH
+/// carries a filter in each path), depth is a bound on each.
+#[derive(Debug, Clone)]
+pub struct FilterBudget {
+    terms_left: usize,
+    max_terms: usize,
+    max_depth: usize,
+}
+
+impl FilterBudget {
+    pub fn new(limits: &Limits) -> Self {
+        let max_terms = limits.max_filter_terms.min(TERMS_CEILING);
+        FilterBudget {
+            terms_left: max_terms,
+            max_terms,
+            max_depth: limits.max_filter_depth.min(DEPTH_CEILING),
+        }
+    }
+
+    fn exceeded(&self, bound: Bound, position: usize) -> FilterError {
+        let limit = match bound {
+            Bound::FilterDepth => self.max_depth,
+            _ => self.max_terms,
+        };
+        FilterError {
+            message: bound.exceeded(limit, None).detail,
+            position,
+            bound: Some(bound),
+        }
+    }
 }
 
 /// A PATCH "path" (RFC 7644 §3.5.2): attrPath, or valuePath with optional ".subAttr".
@@ -134,8 +171,9 @@ pub struct PatchPath {
 }
 
 /// Parses a SCIM filter expression (the `filter` query parameter or a search request body).
-pub fn parse_filter(input: &str) -> Result<Filter, FilterError> {
-    let mut p = Parser::new(input);
+pub fn parse_filter(input: &str, limits: &Limits) -> Result<Filter, FilterError> {
+    let mut budget = FilterBudget::new(limits);
+    let mut p = Parser::new(input, &mut budget);
     p.skip_ws();
     if p.peek().is_none() {
         return fail("empty filter", p.pos);
@@ -150,9 +188,9 @@ pub fn parse_filter(input: &str) -> Result<Filter, FilterError> {
     }
 }
 
-/// Parses a PATCH operation `path`.
-pub fn parse_path(input: &str) -> Result<PatchPath, FilterError> {
-    let mut p = Parser::new(input);
+/// Parses a PATCH operation `path`; its value filter spends from the request's `budget`.
+pub fn parse_path(input: &str, budget: &mut FilterBudget) -> Result<PatchPath, FilterError> {
+    let mut p = Parser::new(input, budget);
     p.skip_ws();
     if p.peek().is_none() {
         return fail("empty path", p.pos);
@@ -180,6 +218,7 @@ fn error(message: impl Into<String>, position: usize) -> FilterError {
     FilterError {
         message: message.into(),
         position,
+        bound: None,
     }
 }
 
@@ -187,11 +226,11 @@ fn fail<T>(message: impl Into<String>, position: usize) -> Result<T, FilterError
     Err(error(message, position))
 }
 
-struct Parser {
+struct Parser<'b> {
     chars: Vec<char>,
     pos: usize,
     depth: usize,
-    logical_ops: usize,
+    budget: &'b mut FilterBudget,
 }
 
 /// Characters that end an attribute path, operator or value token.
@@ -203,17 +242,18 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '$' | '.' | ':')
 }
 
-impl Parser {
-    fn new(input: &str) -> Self {
+impl<'b> Parser<'b> {
+    fn new(input: &str, budget: &'b mut FilterBudget) -> Self {
         Parser {
             chars: input.chars().collect(),
             pos: 0,
             depth: 0,
-            logical_ops: 0,
+            budget,
         }
     }
 
     fn peek(&self) -> Option<char> {
+        work::step(1);
         self.chars.get(self.pos).copied()
     }
 
@@ -232,6 +272,7 @@ impl Parser {
 
     /// The characters in `start..end`, or "" when that range runs past the end of the input.
     fn text(&self, start: usize, end: usize) -> String {
+        work::step(end.saturating_sub(start));
         self.chars.get(start..end).into_iter().flatten().collect()
     }
 
@@ -253,20 +294,20 @@ impl Parser {
 
     fn enter(&mut self) -> Result<(), FilterError> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return fail(format!("nesting deeper than {MAX_DEPTH} levels"), self.pos);
+        if self.depth > self.budget.max_depth {
+            return Err(self.budget.exceeded(Bound::FilterDepth, self.pos));
         }
         Ok(())
     }
 
-    fn count_logical_op(&mut self) -> Result<(), FilterError> {
-        self.logical_ops += 1;
-        if self.logical_ops > MAX_LOGICAL_OPS {
-            return fail(
-                format!("more than {MAX_LOGICAL_OPS} 'and'/'or' operators"),
-                self.pos,
-            );
+    /// Every node of the tree is a term: each comparison, presence test, `and`, `or`, `not`
+    /// and value path. Evaluating a filter visits each node at most once per element, and the
+    /// store's SQL translation writes one condition per node, so this bounds both.
+    fn count_term(&mut self) -> Result<(), FilterError> {
+        if self.budget.terms_left == 0 {
+            return Err(self.budget.exceeded(Bound::FilterTerms, self.pos));
         }
+        self.budget.terms_left -= 1;
         Ok(())
     }
 
@@ -286,7 +327,7 @@ impl Parser {
             if !self.eat_keyword(kw) {
                 return Ok(left);
             }
-            self.count_logical_op()?;
+            self.count_term()?;
             let (l, r) = (Box::new(left), Box::new(operand(self)?));
             left = if kw == "or" {
                 Filter::Or(l, r)
@@ -302,6 +343,7 @@ impl Parser {
             None | Some(')' | ']') => fail("expected an attribute path, '(' or 'not'", self.pos),
             Some('(') => self.parse_enclosed(')', in_brackets),
             Some(_) if self.eat_keyword("not") => {
+                self.count_term()?;
                 self.skip_ws();
                 if self.peek() != Some('(') {
                     return fail("expected '(' after 'not'", self.pos);
@@ -341,9 +383,11 @@ impl Parser {
         if attr.sub.is_some() {
             return fail("a sub-attribute is not allowed before '['", self.pos);
         }
+        self.count_term()?;
         let mut filter = self.parse_enclosed(']', true)?;
         // Entra sends `emails[type eq "work"].value eq "x"`; it means the element must satisfy both.
         if self.peek() == Some('.') {
+            self.count_term()?;
             self.pos += 1;
             let sub = self.parse_name()?;
             let cmp = self.parse_comparison(AttrPath::simple(&sub))?;
@@ -357,6 +401,7 @@ impl Parser {
 
     /// Parses `op value` or `pr` after an attribute path.
     fn parse_comparison(&mut self, path: AttrPath) -> Result<Filter, FilterError> {
+        self.count_term()?;
         self.skip_ws();
         let start = self.take_while(|c| !is_delim(c));
         if start == self.pos {
@@ -528,16 +573,15 @@ pub type CaseExact<'a> = dyn Fn(Option<&str>, &str, Option<&str>) -> bool + 'a;
 /// Inside a value path `attr[...]`, the callback is asked about `(attr.urn, attr.name, Some(inner name))`,
 /// so it sees e.g. `emails.type` rather than a bare `type`.
 pub fn matches(filter: &Filter, obj: &Value, case_exact: &CaseExact<'_>) -> bool {
+    work::step(1);
     match filter {
         Filter::And(a, b) => matches(a, obj, case_exact) && matches(b, obj, case_exact),
         Filter::Or(a, b) => matches(a, obj, case_exact) || matches(b, obj, case_exact),
         Filter::Not(f) => !matches(f, obj, case_exact),
         Filter::Present(path) => resolve(obj, path, false).into_iter().any(is_present),
         Filter::Compare { path, op, value } => {
-            let found: Vec<&Value> = resolve(obj, path, true)
-                .into_iter()
-                .filter(|v| !v.is_null())
-                .collect();
+            let mut found = resolve(obj, path, true);
+            found.retain(|v| !v.is_null());
             match (op, value) {
                 (CompareOp::Eq, CompValue::Null) => found.is_empty(),
                 (CompareOp::Ne, CompValue::Null) => !found.is_empty(),
@@ -667,6 +711,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn parse(input: &str) -> Result<Filter, FilterError> {
+        parse_filter(input, &Limits::default())
+    }
+
+    fn path(input: &str) -> Result<PatchPath, FilterError> {
+        parse_path(input, &mut FilterBudget::new(&Limits::default()))
+    }
+
     /// Compact S-expression rendering so an expected tree fits on one line.
     fn sx(f: &Filter) -> String {
         match f {
@@ -688,7 +740,7 @@ mod tests {
     }
 
     fn p(input: &str) -> Filter {
-        parse_filter(input).unwrap_or_else(|e| panic!("{input:?} failed: {e}"))
+        parse(input).unwrap_or_else(|e| panic!("{input:?} failed: {e}"))
     }
 
     /// Table rows are "input => expected", one per line; blank lines and `#` comments are skipped.
@@ -844,7 +896,7 @@ mod tests {
             emails[a pr].value => expected an operator after 'value' @18"#;
         for (input, want) in rows(table) {
             let (msg, pos) = want.rsplit_once(" @").unwrap_or((want, ""));
-            let e = parse_filter(input).expect_err(input);
+            let e = parse(input).expect_err(input);
             assert!(
                 e.message.starts_with(msg),
                 "{input:?}: got {e:?}, want {msg:?}"
@@ -855,10 +907,11 @@ mod tests {
             let e = FilterError {
                 message: "empty filter".into(),
                 position: pos,
+                bound: None,
             };
-            assert_eq!(parse_filter(input), Err(e));
+            assert_eq!(parse(input), Err(e));
         }
-        let e = parse_filter("a eq").expect_err("missing value");
+        let e = parse("a eq").expect_err("missing value");
         assert_eq!(
             e.to_string(),
             "expected a value after 'eq' (at character 4)"
@@ -877,7 +930,7 @@ mod tests {
             urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager => urn:ietf:params:scim:schemas:extension:enterprise:2.0:User|manager|- - -
             urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value => urn:ietf:params:scim:schemas:extension:enterprise:2.0:User|manager|value - -
             urn:ietf:params:scim:schemas:extension:primedocs:2.0:User:customAttribute01 => urn:ietf:params:scim:schemas:extension:primedocs:2.0:User|customAttribute01|- - -"#;
-        let show = |input: &str| match parse_path(input) {
+        let show = |input: &str| match path(input) {
             Ok(PatchPath { attr, filter, sub }) => format!(
                 "{}|{}|{} {} {}",
                 attr.urn.as_deref().unwrap_or("-"),
@@ -1074,24 +1127,78 @@ mod tests {
         let obj = user();
         let mut parsed = 0;
         for input in &inputs {
-            if let Ok(filter) = parse_filter(input) {
+            if let Ok(filter) = parse(input) {
                 parsed += 1;
                 let _ = matches(&filter, &obj, &ce);
             }
-            let _ = parse_path(input);
+            let _ = path(input);
         }
         assert!(
             parsed > 50,
             "the corpus should contain some valid filters ({parsed})"
         );
 
-        let message = |s: &str| parse_filter(s).err().map(|e| e.message).unwrap_or_default();
+        let message = |s: &str| parse(s).err().map(|e| e.message).unwrap_or_default();
         let nested = |n: usize| format!("{}a pr{}", "(".repeat(n), ")".repeat(n));
-        assert!(parse_filter(&nested(64)).is_ok());
-        assert!(message(&nested(65)).contains("nesting deeper than 64"));
-        assert!(message(&"not(".repeat(10_000)).contains("nesting deeper than 64"));
-        let longest = p(&vec!["a pr"; 1001].join(" or ")); // deepest tree we accept
+        assert!(parse(&nested(32)).is_ok());
+        assert!(message(&nested(33)).contains("nested deeper than 32 levels"));
+        assert!(message(&"not(".repeat(10_000)).contains("nested deeper than 32 levels"));
+        // 100 comparisons joined by 99 `or`s are 199 terms.
+        assert!(!matches(&p(&vec!["a pr"; 100].join(" or ")), &obj, &ce));
+        assert!(message(&vec!["a pr"; 101].join(" and ")).contains("more than 200 filter terms"));
+        assert!(parse(&format!("{}a pr{}", "not (".repeat(32), ")".repeat(32))).is_ok());
+
+        // Whatever is configured, the tree stays shallow enough to evaluate and drop.
+        let huge = Limits {
+            max_filter_terms: usize::MAX,
+            max_filter_depth: usize::MAX,
+            ..Limits::default()
+        };
+        assert!(parse_filter(&nested(64), &huge).is_ok());
+        let e = parse_filter(&nested(65), &huge).unwrap_err();
+        assert_eq!(e.bound, Some(Bound::FilterDepth));
+        assert!(e.message.contains("deeper than 64"), "{e}");
+        let longest = parse_filter(&vec!["a pr"; 500].join(" or "), &huge).unwrap();
         assert!(!matches(&longest, &obj, &ce));
-        assert!(message(&vec!["a pr"; 1002].join(" and ")).contains("more than 1000"));
+        let e = parse_filter(&vec!["a pr"; 501].join(" or "), &huge).unwrap_err();
+        assert_eq!(e.bound, Some(Bound::FilterTerms));
+        assert!(e.message.contains("more than 1000"), "{e}");
+    }
+
+    #[test]
+    fn limits_count_terms_over_all_the_paths_of_a_request() {
+        let limits = Limits {
+            max_filter_terms: 4,
+            max_filter_depth: 2,
+            ..Limits::default()
+        };
+        let mut budget = FilterBudget::new(&limits);
+        // One term, then three: the `or` is a term too.
+        assert!(parse_path(r#"emails[type eq "work"].value"#, &mut budget).is_ok());
+        assert!(parse_path(r#"emails[type eq "a" or type eq "b"]"#, &mut budget).is_ok());
+        let e = parse_path(r#"phoneNumbers[type eq "c"]"#, &mut budget).unwrap_err();
+        assert_eq!(e.bound, Some(Bound::FilterTerms));
+        assert_eq!(
+            e.to_string(),
+            "more than 4 filter terms in one request (limit max_filter_terms) (at character 17)"
+        );
+        // Paths without a filter spend nothing.
+        assert!(parse_path("name.givenName", &mut budget).is_ok());
+
+        // Depth is per filter: `[` counts, and so does each `(` inside it.
+        let mut budget = FilterBudget::new(&limits);
+        assert!(parse_path("emails[(type pr)]", &mut budget).is_ok());
+        let e = parse_path("emails[((type pr))]", &mut budget).unwrap_err();
+        assert_eq!(e.bound, Some(Bound::FilterDepth));
+        // A syntax error is not a bound.
+        assert_eq!(parse_filter("a eq", &limits).unwrap_err().bound, None);
+        // The Entra form `emails[type eq "work"].value eq "x"` is four terms: the value path,
+        // the `and` it means, and two comparisons.
+        let four = Limits {
+            max_filter_terms: 4,
+            ..Limits::default()
+        };
+        assert!(parse_filter(r#"emails[type eq "work"].value eq "x""#, &four).is_ok());
+        assert!(parse_filter(r#"not (emails[type eq "work"].value eq "x")"#, &four).is_err());
     }
 }

@@ -3,12 +3,19 @@
 //! It works on a copy: the caller stores the result only when every operation succeeded, so a
 //! PATCH applies atomically or not at all. Group members are not in the document; operations on
 //! them come back as [`MemberOp`]s for the store, which applies them as row changes.
+//!
+//! Every operation costs time linear in its value and in the attribute it changes: elements
+//! are matched through hash sets and filter results through a mask, never pairwise.
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use serde_json::{Map, Value};
 
 use super::entra::{self, OpKind, Quirk};
 use super::error::ScimError;
-use super::filter::{self, CompValue, CompareOp, Filter, PatchPath};
+use super::filter::{self, CompValue, CompareOp, Filter, FilterBudget, FilterError, PatchPath};
+use super::limits::{Bound, Limits};
 use super::resource::{self, MemberRef, single_primary};
 use super::schema::{Attr, AttrType, PATCH_OP, ResourceKind, ResourceType};
 
@@ -29,8 +36,9 @@ pub enum MemberOp {
     RemoveAll,
 }
 
-/// Parse a PatchOp request body.
-pub fn parse(body: &Value) -> Result<Vec<PatchOp>, ScimError> {
+/// Parse a PatchOp request body. The number of operations and the terms of all the value
+/// filters in their paths are bounded by `limits`.
+pub fn parse(body: &Value, limits: &Limits) -> Result<Vec<PatchOp>, ScimError> {
     let obj = body
         .as_object()
         .ok_or_else(|| ScimError::invalid_syntax("the PATCH body must be a JSON object"))?;
@@ -39,6 +47,7 @@ pub fn parse(body: &Value) -> Result<Vec<PatchOp>, ScimError> {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     };
+    // Other URNs next to PatchOp's are ignored (RFC 7643 §3: schemas only names namespaces).
     if let Some(schemas) = get("schemas") {
         let ok = schemas
             .as_array()
@@ -55,10 +64,14 @@ pub fn parse(body: &Value) -> Result<Vec<PatchOp>, ScimError> {
     if ops.is_empty() {
         return Err(ScimError::invalid_syntax("Operations must not be empty"));
     }
-    ops.iter().map(parse_op).collect()
+    if ops.len() > limits.max_patch_operations {
+        return Err(limits.exceeded(Bound::PatchOperations, None));
+    }
+    let mut budget = FilterBudget::new(limits);
+    ops.iter().map(|op| parse_op(op, &mut budget)).collect()
 }
 
-fn parse_op(v: &Value) -> Result<PatchOp, ScimError> {
+fn parse_op(v: &Value, budget: &mut FilterBudget) -> Result<PatchOp, ScimError> {
     let o = v
         .as_object()
         .ok_or_else(|| ScimError::invalid_syntax("each operation must be an object"))?;
@@ -77,9 +90,7 @@ fn parse_op(v: &Value) -> Result<PatchOp, ScimError> {
     let path = match get("path") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.trim().is_empty() => None,
-        Some(Value::String(s)) => {
-            Some(filter::parse_path(s).map_err(|e| ScimError::invalid_path(format!("path: {e}")))?)
-        }
+        Some(Value::String(s)) => Some(filter::parse_path(s, budget).map_err(path_error)?),
         Some(_) => return Err(ScimError::invalid_path("path must be a string")),
     };
     let value = get("value").cloned();
@@ -97,13 +108,28 @@ fn parse_op(v: &Value) -> Result<PatchOp, ScimError> {
     })
 }
 
+/// A malformed path is invalidPath; a well-formed one whose filter is too big is invalidFilter.
+fn path_error(e: FilterError) -> ScimError {
+    match e.bound {
+        Some(_) => ScimError::invalid_filter(format!("path: {e}")),
+        None => ScimError::invalid_path(format!("path: {e}")),
+    }
+}
+
 /// Apply `ops` to `doc` in order. On error, `doc` may be half-changed: callers pass a copy.
 pub fn apply(
     rt: &ResourceType,
     doc: &mut Map<String, Value>,
     ops: &[PatchOp],
+    limits: &Limits,
 ) -> Result<Vec<MemberOp>, ScimError> {
-    let mut members = Vec::new();
+    let user_name_before = doc.get("userName").cloned();
+    let mut patch = Patch {
+        rt,
+        limits,
+        members: Vec::new(),
+        members_named: 0,
+    };
     for op in ops {
         if let Some((i, _)) = op.raw_path.as_deref().and_then(|p| rt.extension(p)) {
             // The path names a whole extension: remove it, or apply its attributes.
@@ -114,13 +140,13 @@ pub fn apply(
             if op.op != OpKind::Remove {
                 let mut wrapped = Map::new();
                 wrapped.insert(urn, op.value.clone().unwrap_or(Value::Null));
-                apply_pathless(rt, doc, op.op, Some(&Value::Object(wrapped)), &mut members)?;
+                patch.pathless(doc, op.op, Some(&Value::Object(wrapped)))?;
             }
             continue;
         }
         match &op.path {
-            None => apply_pathless(rt, doc, op.op, op.value.as_ref(), &mut members)?,
-            Some(path) => apply_path(rt, doc, op.op, path, op.value.as_ref(), &mut members)?,
+            None => patch.pathless(doc, op.op, op.value.as_ref())?,
+            Some(path) => patch.path(doc, op.op, path, op.value.as_ref())?,
         }
     }
     resource::prune_empty_extensions(rt, doc);
@@ -128,71 +154,180 @@ pub fn apply(
         ResourceKind::User => "userName",
         ResourceKind::Group => "displayName",
     };
-    if doc
+    let Some(value) = doc
         .get(required)
         .and_then(Value::as_str)
-        .is_none_or(|s| s.trim().is_empty())
-    {
+        .filter(|s| !s.trim().is_empty())
+    else {
         return Err(ScimError::mutability(format!(
             "{required} is required and cannot be removed"
         )));
+    };
+    // A userName stored before the rule existed stays usable; a new one must follow it.
+    if rt.kind == ResourceKind::User && doc.get(required) != user_name_before.as_ref() {
+        resource::check_user_name(value, limits)?;
     }
-    Ok(members)
+    Ok(patch.members)
 }
 
-/// A path-less add/replace: the value is an object of attributes. E3: keys may be dotted
-/// ("name.givenName") or URN-qualified ("urn:…:enterprise:2.0:User:department").
-fn apply_pathless(
-    rt: &ResourceType,
-    doc: &mut Map<String, Value>,
-    op: OpKind,
-    value: Option<&Value>,
-    members: &mut Vec<MemberOp>,
-) -> Result<(), ScimError> {
-    let obj = value.and_then(Value::as_object).ok_or_else(|| {
-        ScimError::invalid_syntax("a PATCH operation without path needs an object value")
-    })?;
-    for (key, v) in obj {
-        if key.eq_ignore_ascii_case("schemas") {
-            continue;
-        }
-        if let Some((i, _)) = rt.extension(key) {
-            // The extension as a whole: apply each of its attributes.
-            let Some(ext) = v.as_object() else {
-                return Err(ScimError::invalid_value(format!(
-                    "extension {key} must be an object"
-                )));
-            };
-            let urn = rt.extensions[i].id.clone();
-            for (k, v2) in ext {
-                if k.eq_ignore_ascii_case("schemas") {
-                    continue;
-                }
-                let path = key_path(Some(&urn), k);
-                apply_path(rt, doc, op, &path, Some(v2), members)?;
+/// One PATCH request being applied: the schema, the bounds, and the member changes so far.
+struct Patch<'a> {
+    rt: &'a ResourceType,
+    limits: &'a Limits,
+    members: Vec<MemberOp>,
+    /// Members the operations so far add or remove by id, against `max_members_per_request`.
+    members_named: usize,
+}
+
+impl Patch<'_> {
+    /// A path-less add/replace: the value is an object of attributes. E3: keys may be dotted
+    /// ("name.givenName") or URN-qualified ("urn:…:enterprise:2.0:User:department").
+    fn pathless(
+        &mut self,
+        doc: &mut Map<String, Value>,
+        op: OpKind,
+        value: Option<&Value>,
+    ) -> Result<(), ScimError> {
+        let rt = self.rt;
+        let obj = value.and_then(Value::as_object).ok_or_else(|| {
+            ScimError::invalid_syntax("a PATCH operation without path needs an object value")
+        })?;
+        for (key, v) in obj {
+            if key.eq_ignore_ascii_case("schemas") {
+                continue;
             }
-            continue;
+            if let Some((i, _)) = rt.extension(key) {
+                // The extension as a whole: apply each of its attributes.
+                let Some(ext) = v.as_object() else {
+                    return Err(ScimError::invalid_value(format!(
+                        "extension {key} must be an object"
+                    )));
+                };
+                let urn = rt.extensions[i].id.clone();
+                for (k, v2) in ext {
+                    if k.eq_ignore_ascii_case("schemas") {
+                        continue;
+                    }
+                    let path = key_path(Some(&urn), k);
+                    self.path(doc, op, &path, Some(v2))?;
+                }
+                continue;
+            }
+            let (urn, name, sub) = rt.split_key(key);
+            if urn.is_some() || sub.is_some() {
+                entra::record(Quirk::PathlessKeys);
+            }
+            let path = PatchPath {
+                attr: filter::AttrPath {
+                    urn: urn.map(str::to_string),
+                    name: name.to_string(),
+                    sub: sub.map(str::to_string),
+                },
+                filter: None,
+                sub: None,
+            };
+            match rt.resolve(urn, name) {
+                // RFC 7644 §3.5.2: read-only attributes in a path-less value are ignored.
+                Some((_, a)) if a.is_read_only() => continue,
+                _ => self.path(doc, op, &path, Some(v))?,
+            }
         }
-        let (urn, name, sub) = rt.split_key(key);
-        if urn.is_some() || sub.is_some() {
-            entra::record(Quirk::PathlessKeys);
+        Ok(())
+    }
+
+    fn path(
+        &mut self,
+        doc: &mut Map<String, Value>,
+        op: OpKind,
+        path: &PatchPath,
+        value: Option<&Value>,
+    ) -> Result<(), ScimError> {
+        let rt = self.rt;
+        let (scope, attr) = rt
+            .resolve(path.attr.urn.as_deref(), &path.attr.name)
+            .ok_or_else(|| {
+                ScimError::invalid_path(format!("unknown attribute {}", path.attr.name))
+            })?;
+        // "name.givenName" parses as attr + sub; "emails[…].value" as attr + filter + sub.
+        let sub_name = path.attr.sub.as_deref().or(path.sub.as_deref());
+        if attr.is_read_only() {
+            return Err(ScimError::mutability(format!("{} is read-only", attr.name)));
         }
-        let path = PatchPath {
-            attr: filter::AttrPath {
-                urn: urn.map(str::to_string),
-                name: name.to_string(),
-                sub: sub.map(str::to_string),
-            },
-            filter: None,
-            sub: None,
-        };
-        match rt.resolve(urn, name) {
-            // RFC 7644 §3.5.2: read-only attributes in a path-less value are ignored.
-            Some((_, a)) if a.is_read_only() => continue,
-            _ => apply_path(rt, doc, op, &path, Some(v), members)?,
+        if attr.returned == super::schema::Returned::Never {
+            return Ok(()); // password: never stored
+        }
+        if rt.kind == ResourceKind::Group && attr.name == "members" {
+            return self.member_op(op, path.filter.as_ref(), sub_name, value);
+        }
+        let container = resource::container_mut(rt, doc, scope)?;
+        let limits = self.limits;
+        match (&path.filter, sub_name) {
+            (None, None) => whole_attribute(attr, container, op, value, limits),
+            (None, Some(sub)) => sub_attribute(attr, container, op, sub, value, limits),
+            (Some(f), sub) => filtered(attr, container, op, f, sub, value, limits),
         }
     }
-    Ok(())
+
+    /// Operations on group members become row changes.
+    fn member_op(
+        &mut self,
+        op: OpKind,
+        f: Option<&Filter>,
+        sub: Option<&str>,
+        value: Option<&Value>,
+    ) -> Result<(), ScimError> {
+        if sub.is_some() {
+            return Err(ScimError::mutability(
+                "sub-attributes of members cannot be changed; add or remove the member",
+            ));
+        }
+        let change = match (op, f) {
+            (OpKind::Add, None) => MemberOp::Add(self.member_refs(value)?),
+            (OpKind::Replace, None) => {
+                self.members.push(MemberOp::RemoveAll);
+                MemberOp::Add(self.member_refs(value)?)
+            }
+            (OpKind::Remove, None) => match value {
+                None | Some(Value::Null) => MemberOp::RemoveAll,
+                // E2: Entra lists the members to remove in the value.
+                Some(v) => {
+                    entra::record(Quirk::MemberRemoveByValue);
+                    let refs = self.member_refs(Some(v))?;
+                    MemberOp::Remove(refs.into_iter().map(|m| m.value).collect())
+                }
+            },
+            (OpKind::Remove, Some(f)) => {
+                let ids = member_ids(f)?;
+                self.count_members(ids.len())?;
+                MemberOp::Remove(ids)
+            }
+            (_, Some(_)) => {
+                return Err(ScimError::invalid_path(
+                    "members can be added or replaced only without a filter",
+                ));
+            }
+        };
+        self.members.push(change);
+        Ok(())
+    }
+
+    fn member_refs(&mut self, value: Option<&Value>) -> Result<Vec<MemberRef>, ScimError> {
+        let refs = resource::parse_members(
+            value.unwrap_or(&Value::Null),
+            self.limits,
+            self.members_named,
+        )?;
+        self.count_members(refs.len())?;
+        Ok(refs)
+    }
+
+    fn count_members(&mut self, n: usize) -> Result<(), ScimError> {
+        self.members_named = self.members_named.saturating_add(n);
+        if self.members_named > self.limits.max_members_per_request {
+            return Err(self.limits.exceeded(Bound::MembersPerRequest, None));
+        }
+        Ok(())
+    }
 }
 
 fn key_path(urn: Option<&str>, key: &str) -> PatchPath {
@@ -211,34 +346,13 @@ fn key_path(urn: Option<&str>, key: &str) -> PatchPath {
     }
 }
 
-fn apply_path(
-    rt: &ResourceType,
-    doc: &mut Map<String, Value>,
-    op: OpKind,
-    path: &PatchPath,
-    value: Option<&Value>,
-    members: &mut Vec<MemberOp>,
-) -> Result<(), ScimError> {
-    let (scope, attr) = rt
-        .resolve(path.attr.urn.as_deref(), &path.attr.name)
-        .ok_or_else(|| ScimError::invalid_path(format!("unknown attribute {}", path.attr.name)))?;
-    // "name.givenName" parses as attr + sub; "emails[…].value" as attr + filter + sub.
-    let sub_name = path.attr.sub.as_deref().or(path.sub.as_deref());
-    if attr.is_read_only() {
-        return Err(ScimError::mutability(format!("{} is read-only", attr.name)));
+/// An operation may not leave an attribute with more values than the bound. One that already
+/// had more (stored before the bound existed) may keep them, shrink, but not grow.
+fn check_grown(attr: &Attr, before: usize, after: usize, limits: &Limits) -> Result<(), ScimError> {
+    if after > before && after > limits.max_values_per_attribute {
+        return Err(limits.exceeded(Bound::ValuesPerAttribute, Some(attr.name)));
     }
-    if attr.returned == super::schema::Returned::Never {
-        return Ok(()); // password: never stored
-    }
-    if rt.kind == ResourceKind::Group && attr.name == "members" {
-        return member_op(op, path.filter.as_ref(), sub_name, value, members);
-    }
-    let container = resource::container_mut(rt, doc, scope)?;
-    match (&path.filter, sub_name) {
-        (None, None) => whole_attribute(attr, container, op, value),
-        (None, Some(sub)) => sub_attribute(attr, container, op, sub, value),
-        (Some(f), sub) => filtered(attr, container, op, f, sub, value),
-    }
+    Ok(())
 }
 
 /// add/replace/remove of a whole attribute.
@@ -247,14 +361,19 @@ fn whole_attribute(
     container: &mut Map<String, Value>,
     op: OpKind,
     value: Option<&Value>,
+    limits: &Limits,
 ) -> Result<(), ScimError> {
     if op == OpKind::Remove {
         match (value, container.get_mut(attr.name)) {
             // E2 generalised: remove with a value list removes only the listed elements.
             (Some(v), Some(Value::Array(items))) if attr.multi && !v.is_null() => {
-                let listed = resource::normalize_value(attr, v)?.unwrap_or(Value::Null);
-                let listed = listed.as_array().cloned().unwrap_or_default();
-                items.retain(|item| !listed.iter().any(|l| same_element(attr, item, l)));
+                let listed = match resource::normalize_value(attr, v, limits)? {
+                    Some(Value::Array(listed)) => listed,
+                    _ => Vec::new(),
+                };
+                let listed: HashSet<ElementKey> =
+                    listed.iter().map(|l| ElementKey::of(attr, l)).collect();
+                items.retain(|item| !listed.contains(&ElementKey::of(attr, item)));
                 if items.is_empty() {
                     container.remove(attr.name);
                 }
@@ -265,7 +384,7 @@ fn whole_attribute(
         }
         return Ok(());
     }
-    let new = resource::normalize_value(attr, value.unwrap_or(&Value::Null))?;
+    let new = resource::normalize_value(attr, value.unwrap_or(&Value::Null), limits)?;
     let Some(new) = new else {
         if op == OpKind::Replace {
             container.remove(attr.name);
@@ -274,11 +393,11 @@ fn whole_attribute(
     };
     match (op, container.get_mut(attr.name)) {
         (OpKind::Add, Some(Value::Array(items))) if attr.multi => {
-            for n in new.as_array().cloned().unwrap_or_default() {
-                if !items.iter().any(|i| i == &n) {
-                    items.push(n);
-                }
+            let before = items.len();
+            if let Value::Array(new) = new {
+                append_absent(items, new);
             }
+            check_grown(attr, before, items.len(), limits)?;
             single_primary(items);
         }
         // RFC 7644 §3.5.2.1 and §3.5.2.3: on a singular complex attribute, add and replace both
@@ -299,6 +418,20 @@ fn whole_attribute(
     Ok(())
 }
 
+/// RFC 7644 §3.5.2.1: an add of values to a multi-valued attribute appends those it does not
+/// have yet (the existing ones and earlier ones of the same add included).
+fn append_absent(items: &mut Vec<Value>, new: Vec<Value>) {
+    let keep: Vec<bool> = {
+        let mut seen: HashSet<Hashed> = items.iter().map(Hashed).collect();
+        new.iter().map(|n| seen.insert(Hashed(n))).collect()
+    };
+    items.extend(
+        new.into_iter()
+            .zip(keep)
+            .filter_map(|(n, keep)| keep.then_some(n)),
+    );
+}
+
 /// "name.givenName" style paths on a singular complex attribute.
 fn sub_attribute(
     attr: &'static Attr,
@@ -306,6 +439,7 @@ fn sub_attribute(
     op: OpKind,
     sub: &str,
     value: Option<&Value>,
+    limits: &Limits,
 ) -> Result<(), ScimError> {
     if attr.multi {
         // "emails.value" without a filter addresses every element.
@@ -318,7 +452,7 @@ fn sub_attribute(
             sub: None,
         });
         if op == OpKind::Remove {
-            return filtered(attr, container, op, &all, Some(sub), value);
+            return filtered(attr, container, op, &all, Some(sub), value, limits);
         }
         return Err(ScimError::invalid_path(format!(
             "{}.{sub} needs a filter to say which element to change",
@@ -361,6 +495,7 @@ fn filtered(
     f: &Filter,
     sub: Option<&str>,
     value: Option<&Value>,
+    limits: &Limits,
 ) -> Result<(), ScimError> {
     if !attr.multi || attr.ty != AttrType::Complex {
         return Err(ScimError::invalid_path(format!(
@@ -381,31 +516,26 @@ fn filtered(
         Some(Value::Array(a)) => a,
         _ => Vec::new(),
     };
-    let matched: Vec<usize> = items
+    // One evaluation per element; `matched[i]` says whether element i matched.
+    let matched: Vec<bool> = items
         .iter()
-        .enumerate()
-        .filter(|(_, item)| filter::matches(f, item, &case_exact))
-        .map(|(i, _)| i)
+        .map(|item| filter::matches(f, item, &case_exact))
         .collect();
+    let any_matched = matched.contains(&true);
     match op {
-        OpKind::Remove => match sub_attr {
-            None => {
-                let mut i = 0;
-                items.retain(|_| {
-                    let keep = !matched.contains(&i);
-                    i += 1;
-                    keep
-                });
-            }
-            Some(s) => {
-                for &i in &matched {
-                    if let Some(o) = items[i].as_object_mut() {
+        OpKind::Remove => {
+            if let Some(s) = sub_attr {
+                for (item, _) in items.iter_mut().zip(&matched).filter(|(_, m)| **m) {
+                    if let Some(o) = item.as_object_mut() {
                         o.remove(s.name);
                     }
                 }
                 items.retain(|i| !i.as_object().is_some_and(Map::is_empty));
+            } else {
+                let mut matched = matched.iter();
+                items.retain(|_| !matched.next().copied().unwrap_or(false));
             }
-        },
+        }
         OpKind::Add | OpKind::Replace => {
             let value = value.unwrap_or(&Value::Null);
             let new_part = match sub_attr {
@@ -419,7 +549,7 @@ fn filtered(
                     _ => None,
                 },
             };
-            if matched.is_empty() {
+            if !any_matched {
                 // Entra replaces `emails[type eq "work"].value` also when there is no work email
                 // yet: create the element the filter describes.
                 if let Some(part) = new_part {
@@ -431,14 +561,15 @@ fn filtered(
                     })?;
                     o.extend(part);
                     items.push(Value::Object(o));
+                    check_grown(attr, items.len() - 1, items.len(), limits)?;
                 }
             } else {
-                for &i in &matched {
-                    match (&new_part, items[i].as_object_mut()) {
+                for (item, _) in items.iter_mut().zip(&matched).filter(|(_, m)| **m) {
+                    match (&new_part, item.as_object_mut()) {
                         (Some(part), Some(o)) if sub_attr.is_some() || op == OpKind::Add => {
                             o.extend(part.clone())
                         }
-                        (Some(part), _) => items[i] = Value::Object(part.clone()),
+                        (Some(part), _) => *item = Value::Object(part.clone()),
                         (None, Some(o)) => {
                             if let Some(s) = sub_attr {
                                 o.remove(s.name);
@@ -453,9 +584,8 @@ fn filtered(
                     .as_ref()
                     .is_some_and(|p| p.get("primary") == Some(&Value::Bool(true)));
                 if made_primary {
-                    for (i, item) in items.iter_mut().enumerate() {
-                        if !matched.contains(&i)
-                            && let Some(o) = item.as_object_mut()
+                    for (item, _) in items.iter_mut().zip(&matched).filter(|(_, m)| !**m) {
+                        if let Some(o) = item.as_object_mut()
                             && o.get("primary") == Some(&Value::Bool(true))
                         {
                             o.insert("primary".into(), Value::Bool(false));
@@ -499,61 +629,75 @@ fn equalities(f: &Filter) -> Option<Map<String, Value>> {
     }
 }
 
-/// Two elements of a multi-valued attribute are the same when their "value"s are equal
-/// (or, without a value, when they are equal as a whole).
-fn same_element(attr: &Attr, a: &Value, b: &Value) -> bool {
-    if attr.ty != AttrType::Complex {
-        return a == b;
-    }
-    match (a.get("value"), b.get("value")) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
+/// What makes two elements of a multi-valued attribute the same: equal "value"s, or, for
+/// elements without one, equality as a whole.
+#[derive(PartialEq, Eq, Hash)]
+enum ElementKey<'a> {
+    Value(Hashed<'a>),
+    Whole(Hashed<'a>),
+}
+
+impl<'a> ElementKey<'a> {
+    fn of(attr: &Attr, element: &'a Value) -> Self {
+        match element.get("value") {
+            Some(v) if attr.ty == AttrType::Complex => ElementKey::Value(Hashed(v)),
+            _ => ElementKey::Whole(Hashed(element)),
+        }
     }
 }
 
-/// Operations on group members become row changes.
-fn member_op(
-    op: OpKind,
-    f: Option<&Filter>,
-    sub: Option<&str>,
-    value: Option<&Value>,
-    out: &mut Vec<MemberOp>,
-) -> Result<(), ScimError> {
-    if sub.is_some() {
-        return Err(ScimError::mutability(
-            "sub-attributes of members cannot be changed; add or remove the member",
-        ));
+/// A JSON value hashed consistently with `==`, so that sets of values need no pairwise scans.
+struct Hashed<'a>(&'a Value);
+
+impl PartialEq for Hashed<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
     }
-    match (op, f) {
-        (OpKind::Add, None) => out.push(MemberOp::Add(resource::parse_members(
-            value.unwrap_or(&Value::Null),
-        )?)),
-        (OpKind::Replace, None) => {
-            out.push(MemberOp::RemoveAll);
-            out.push(MemberOp::Add(resource::parse_members(
-                value.unwrap_or(&Value::Null),
-            )?));
-        }
-        (OpKind::Remove, None) => match value {
-            None | Some(Value::Null) => out.push(MemberOp::RemoveAll),
-            // E2: Entra lists the members to remove in the value.
-            Some(v) => {
-                entra::record(Quirk::MemberRemoveByValue);
-                let ids = resource::parse_members(v)?
-                    .into_iter()
-                    .map(|m| m.value)
-                    .collect();
-                out.push(MemberOp::Remove(ids));
+}
+
+impl Eq for Hashed<'_> {}
+
+impl Hash for Hashed<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(value_hash(self.0));
+    }
+}
+
+fn value_hash(v: &Value) -> u64 {
+    let mut h = DefaultHasher::new();
+    match v {
+        Value::Null => h.write_u8(0),
+        Value::Bool(b) => (1u8, b).hash(&mut h),
+        Value::Number(n) => {
+            // serde_json compares numbers as stored: integers by value, floats as f64 (where
+            // 0.0 == -0.0).
+            if let Some(i) = n.as_u64() {
+                (2u8, i).hash(&mut h);
+            } else if let Some(i) = n.as_i64() {
+                (3u8, i).hash(&mut h);
+            } else if let Some(f) = n.as_f64() {
+                (4u8, if f == 0.0 { 0 } else { f.to_bits() }).hash(&mut h);
             }
-        },
-        (OpKind::Remove, Some(f)) => out.push(MemberOp::Remove(member_ids(f)?)),
-        (_, Some(_)) => {
-            return Err(ScimError::invalid_path(
-                "members can be added or replaced only without a filter",
-            ));
+        }
+        Value::String(s) => (5u8, s).hash(&mut h),
+        Value::Array(items) => {
+            (6u8, items.len()).hash(&mut h);
+            for item in items {
+                h.write_u64(value_hash(item));
+            }
+        }
+        Value::Object(o) => {
+            // Summed, so the hash does not depend on the map's iteration order.
+            let entries = o.iter().fold(0u64, |sum, (k, v)| {
+                let mut e = DefaultHasher::new();
+                k.hash(&mut e);
+                e.write_u64(value_hash(v));
+                sum.wrapping_add(e.finish())
+            });
+            (7u8, o.len(), entries).hash(&mut h);
         }
     }
-    Ok(())
+    h.finish()
 }
 
 /// `members[value eq "a" or value eq "b"]` → ["a", "b"]. Other member filters would need the
@@ -589,6 +733,7 @@ mod tests {
             &json!({"userName": "ann", "active": true, "name": {"givenName": "Ann"},
                 "emails": [{"value": "ann@work.example", "type": "work", "primary": true},
                            {"value": "ann@home.example", "type": "home"}]}),
+            &Limits::default(),
         )
         .unwrap()
         .doc;
@@ -600,8 +745,17 @@ mod tests {
         doc: &mut Map<String, Value>,
         body: Value,
     ) -> Result<Vec<MemberOp>, ScimError> {
-        let ops = parse(&body)?;
-        apply(rt, doc, &ops)
+        patch_within(rt, doc, body, &Limits::default())
+    }
+
+    fn patch_within(
+        rt: &ResourceType,
+        doc: &mut Map<String, Value>,
+        body: Value,
+        limits: &Limits,
+    ) -> Result<Vec<MemberOp>, ScimError> {
+        let ops = parse(&body, limits)?;
+        apply(rt, doc, &ops, limits)
     }
 
     fn ops(list: Value) -> Value {
@@ -858,7 +1012,7 @@ mod tests {
     #[test]
     fn e2_member_removal_by_value_and_filters() {
         let rt = ResourceType::group();
-        let mut doc = resource::normalize(&rt, &json!({"displayName": "G"}))
+        let mut doc = resource::normalize(&rt, &json!({"displayName": "G"}), &Limits::default())
             .unwrap()
             .doc;
         let m = patch(
@@ -906,5 +1060,212 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn add_appends_only_values_not_there_yet_and_remove_takes_the_listed_ones() {
+        let (rt, mut doc) = user();
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "add", "path": "emails", "value": [
+                {"value": "ann@home.example", "type": "home"},
+                {"value": "new@x"}, {"value": "new@x"}, {"value": "other@x"}]}])),
+        )
+        .unwrap();
+        let values: Vec<&str> = doc["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["value"].as_str())
+            .collect();
+        assert_eq!(
+            values,
+            ["ann@work.example", "ann@home.example", "new@x", "other@x"]
+        );
+        // Remove with a value list matches on "value", whatever the other sub-attributes say.
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "remove", "path": "emails", "value": [
+                {"value": "new@x", "type": "work"}, {"value": "nobody@x"}, {"value": "ann@home.example"}]}])),
+        )
+        .unwrap();
+        let values: Vec<&str> = doc["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["value"].as_str())
+            .collect();
+        assert_eq!(values, ["ann@work.example", "other@x"]);
+        // Elements without a "value" are matched as a whole.
+        doc.insert(
+            "addresses".into(),
+            json!([{"locality": "Bern"}, {"locality": "Basel", "type": "work"}]),
+        );
+        patch(
+            &rt,
+            &mut doc,
+            ops(json!([{"op": "remove", "path": "addresses", "value": [
+                {"locality": "Basel"}, {"locality": "Bern"}]}])),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["addresses"],
+            json!([{"locality": "Basel", "type": "work"}])
+        );
+    }
+
+    #[test]
+    fn value_hashes_agree_with_equality() {
+        let equal = [
+            (
+                json!({"a": 1, "b": [true, null, "x"]}),
+                json!({"b": [true, null, "x"], "a": 1}),
+            ),
+            (json!(0.0), json!(-0.0)),
+            (json!(1.5), json!(1.5)),
+            (json!(-3), json!(-3)),
+            (json!(u64::MAX), json!(u64::MAX)),
+        ];
+        for (a, b) in &equal {
+            assert_eq!(a, b);
+            assert_eq!(value_hash(a), value_hash(b), "{a} {b}");
+        }
+        let different = [
+            json!(1),
+            json!(1.0),
+            json!("1"),
+            json!([1]),
+            json!({"1": 1}),
+            json!(null),
+        ];
+        for (i, a) in different.iter().enumerate() {
+            for b in &different[i + 1..] {
+                assert_ne!(a, b);
+                assert_ne!(value_hash(a), value_hash(b), "{a} {b}");
+            }
+        }
+        assert_ne!(value_hash(&json!([1, 2])), value_hash(&json!([2, 1])));
+    }
+
+    #[test]
+    fn bounds_on_operations_filter_terms_and_members() {
+        let (rt, mut doc) = user();
+        let limits = Limits {
+            max_patch_operations: 2,
+            max_filter_terms: 2,
+            max_members_per_request: 3,
+            ..Limits::default()
+        };
+        let title = json!({"op": "replace", "path": "title", "value": "T"});
+        assert!(patch_within(&rt, &mut doc, ops(json!([title, title])), &limits).is_ok());
+        let e =
+            patch_within(&rt, &mut doc, ops(json!([title, title, title])), &limits).unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidSyntax));
+        assert_eq!(
+            e.detail,
+            "more than 2 PATCH operations (limit max_patch_operations)"
+        );
+
+        // The terms of all the paths of one request count together.
+        let work =
+            json!({"op": "replace", "path": "emails[type eq \"work\"].primary", "value": true});
+        assert!(patch_within(&rt, &mut doc, ops(json!([work, work])), &limits).is_ok());
+        let both = json!({"op": "remove", "path": "emails[type eq \"a\" or type eq \"b\"]"});
+        let e = patch_within(&rt, &mut doc, ops(json!([work, both])), &limits).unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidFilter));
+        assert!(e.detail.contains("max_filter_terms"), "{}", e.detail);
+        // A malformed path is still invalidPath.
+        let bad = json!({"op": "remove", "path": "emails[type eq"});
+        let e = patch_within(&rt, &mut doc, ops(json!([bad])), &limits).unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidPath));
+
+        // Members named by all the operations of one request count together.
+        let g = ResourceType::group();
+        let mut group = resource::normalize(&g, &json!({"displayName": "G"}), &limits)
+            .unwrap()
+            .doc;
+        let add = |ids: &[&str]| {
+            let value: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+            json!({"op": "add", "path": "members", "value": value})
+        };
+        let three =
+            ops(json!([add(&["a", "b"]), {"op": "remove", "path": "members[value eq \"c\"]"}]));
+        assert!(patch_within(&g, &mut group, three, &limits).is_ok());
+        let four = ops(json!([add(&["a", "b"]), add(&["c", "d"])]));
+        let e = patch_within(&g, &mut group, four, &limits).unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+        assert!(e.detail.contains("max_members_per_request"), "{}", e.detail);
+        let four = ops(
+            json!([add(&["a", "b", "c"]), {"op": "remove", "path": "members", "value": [{"value": "x"}]}]),
+        );
+        assert!(patch_within(&g, &mut group, four, &limits).is_err());
+        // Removing every member names none.
+        let all = ops(json!([add(&["a", "b", "c"]), {"op": "remove", "path": "members"}]));
+        assert!(patch_within(&g, &mut group, all, &limits).is_ok());
+    }
+
+    #[test]
+    fn an_add_may_not_grow_an_attribute_beyond_the_bound() {
+        let (rt, mut doc) = user();
+        let limits = Limits {
+            max_values_per_attribute: 3,
+            ..Limits::default()
+        };
+        let add = |v: &str| json!({"op": "add", "path": "emails", "value": [{"value": v}]});
+        assert!(patch_within(&rt, &mut doc, ops(json!([add("c@x")])), &limits).is_ok());
+        // Adding a value that is there already adds nothing.
+        assert!(patch_within(&rt, &mut doc, ops(json!([add("c@x")])), &limits).is_ok());
+        let e = patch_within(&rt, &mut doc.clone(), ops(json!([add("d@x")])), &limits).unwrap_err();
+        assert_eq!(
+            e.detail,
+            "emails: more than 3 values (limit max_values_per_attribute)"
+        );
+        let create =
+            json!({"op": "add", "path": "emails[type eq \"other\"].value", "value": "o@x"});
+        assert!(patch_within(&rt, &mut doc.clone(), ops(json!([create])), &limits).is_err());
+        let replace = json!({"op": "replace", "path": "emails", "value": [{"value": "1"}, {"value": "2"}, {"value": "3"}, {"value": "4"}]});
+        assert!(patch_within(&rt, &mut doc.clone(), ops(json!([replace])), &limits).is_err());
+
+        // A user stored with more values than the bound keeps working: it may shrink, not grow.
+        let mut legacy = doc.clone();
+        legacy.insert(
+            "emails".into(),
+            Value::Array((0..5).map(|i| json!({"value": format!("{i}@x")})).collect()),
+        );
+        let active = json!({"op": "replace", "path": "active", "value": false});
+        assert!(patch_within(&rt, &mut legacy, ops(json!([active])), &limits).is_ok());
+        assert!(
+            patch_within(
+                &rt,
+                &mut legacy.clone(),
+                ops(json!([add("new@x")])),
+                &limits
+            )
+            .is_err()
+        );
+        let remove = json!({"op": "remove", "path": "emails[value eq \"0@x\"]"});
+        assert!(patch_within(&rt, &mut legacy, ops(json!([remove])), &limits).is_ok());
+        assert_eq!(legacy["emails"].as_array().map(Vec::len), Some(4));
+    }
+
+    #[test]
+    fn a_new_user_name_follows_the_rule_an_old_one_stays_usable() {
+        let (rt, mut doc) = user();
+        for bad in [" ann", "ann\u{0}", "a\tb"] {
+            let op = json!({"op": "replace", "path": "userName", "value": bad});
+            let e = patch(&rt, &mut doc.clone(), ops(json!([op]))).unwrap_err();
+            assert_eq!(
+                e.scim_type,
+                Some(crate::scim::ScimType::InvalidValue),
+                "{bad:?}"
+            );
+        }
+        let op = json!({"op": "Replace", "value": {"userName": "x".repeat(257)}});
+        assert!(patch(&rt, &mut doc.clone(), ops(json!([op]))).is_err());
+        doc.insert("userName".into(), json!("legacy "));
+        let op = json!({"op": "replace", "path": "active", "value": false});
+        assert!(patch(&rt, &mut doc, ops(json!([op]))).is_ok());
     }
 }

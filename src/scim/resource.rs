@@ -5,11 +5,17 @@
 //! sync engine never deal with the spelling a client happened to use. id, meta, groups and
 //! members are not in it: they come from columns and rows.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde_json::{Map, Value};
 
 use super::entra;
 use super::error::ScimError;
-use super::schema::{Attr, AttrType, ResourceKind, ResourceType, Returned, Scope};
+use super::limits::{Bound, Limits};
+use super::schema::{
+    Attr, AttrType, GROUP_SCHEMA, ResourceKind, ResourceType, Returned, Scope, USER_SCHEMA,
+};
+use super::work;
 
 /// A group member as given by a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +32,11 @@ pub struct Normalized {
 }
 
 /// Validate and normalise a POST/PUT body.
-pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimError> {
+pub fn normalize(
+    rt: &ResourceType,
+    input: &Value,
+    limits: &Limits,
+) -> Result<Normalized, ScimError> {
     let obj = input
         .as_object()
         .ok_or_else(|| ScimError::invalid_syntax("the request body must be a JSON object"))?;
@@ -52,7 +62,8 @@ pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimErr
                 .iter()
                 .filter(|(k, _)| !k.eq_ignore_ascii_case("schemas"))
             {
-                set_path(rt, &mut doc, Some(&rt.extensions[i].id), k, v, &mut members)?;
+                let urn = Some(rt.extensions[i].id.as_str());
+                set_path(rt, &mut doc, urn, k, v, &mut members, limits)?;
             }
             continue;
         }
@@ -61,23 +72,31 @@ pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimErr
             Some(_) => key.as_str(),
             None => name,
         };
-        set_path(rt, &mut doc, urn, name, value, &mut members)?;
+        set_path(rt, &mut doc, urn, name, value, &mut members, limits)?;
     }
-    check_required(rt, &doc)?;
+    check_required(rt, &doc, limits)?;
     Ok(Normalized { doc, members })
 }
 
+/// RFC 7643 §3: `schemas` names the namespaces of the attributes present; the attributes are
+/// validated one by one anyway. So URNs this server does not know are ignored (Entra sends
+/// Microsoft's "…/ADSCIM/2.0/Group" next to the core Group schema). Only the core schema of the
+/// other resource type is refused: such a body is not a resource of this type.
 fn check_schemas(rt: &ResourceType, value: &Value) -> Result<(), ScimError> {
     let list = value
         .as_array()
         .ok_or_else(|| ScimError::invalid_syntax("schemas must be an array of URNs"))?;
+    let other_core = match rt.kind {
+        ResourceKind::User => GROUP_SCHEMA,
+        ResourceKind::Group => USER_SCHEMA,
+    };
     for s in list {
         let urn = s
             .as_str()
             .ok_or_else(|| ScimError::invalid_syntax("schemas must be an array of URNs"))?;
-        if !rt.schema_ids().any(|k| k.eq_ignore_ascii_case(urn)) {
+        if urn.eq_ignore_ascii_case(other_core) {
             return Err(ScimError::invalid_value(format!(
-                "unknown schema {urn} for a {}",
+                "schemas names {other_core}, which is not a schema of a {}",
                 rt.kind.name()
             )));
         }
@@ -85,17 +104,44 @@ fn check_schemas(rt: &ResourceType, value: &Value) -> Result<(), ScimError> {
     Ok(())
 }
 
-fn check_required(rt: &ResourceType, doc: &Map<String, Value>) -> Result<(), ScimError> {
+fn check_required(
+    rt: &ResourceType,
+    doc: &Map<String, Value>,
+    limits: &Limits,
+) -> Result<(), ScimError> {
     let name = match rt.kind {
         ResourceKind::User => "userName",
         ResourceKind::Group => "displayName",
     };
     match doc.get(name).and_then(Value::as_str) {
-        Some(s) if !s.trim().is_empty() => Ok(()),
+        Some(s) if !s.trim().is_empty() => match rt.kind {
+            ResourceKind::User => check_user_name(s, limits),
+            ResourceKind::Group => Ok(()),
+        },
         _ => Err(ScimError::invalid_value(format!(
             "{name} is required and must be a non-empty string"
         ))),
     }
+}
+
+/// The userName rule (docs/scim.md): no whitespace at either end, no control characters (NUL
+/// included), at most `max_user_name_chars` characters. A name people sign in with must look
+/// the same wherever it is shown, compared or written to the application's database.
+pub fn check_user_name(user_name: &str, limits: &Limits) -> Result<(), ScimError> {
+    if user_name.chars().any(char::is_control) {
+        return Err(ScimError::invalid_value(
+            "userName must not contain control characters",
+        ));
+    }
+    if user_name.starts_with(char::is_whitespace) || user_name.ends_with(char::is_whitespace) {
+        return Err(ScimError::invalid_value(
+            "userName must not begin or end with whitespace",
+        ));
+    }
+    if user_name.chars().nth(limits.max_user_name_chars).is_some() {
+        return Err(limits.exceeded(Bound::UserNameChars, Some("userName")));
+    }
+    Ok(())
 }
 
 /// Set one attribute (key possibly "attr.sub") in the document after type normalisation.
@@ -106,6 +152,7 @@ fn set_path(
     key: &str,
     value: &Value,
     members: &mut Option<Vec<MemberRef>>,
+    limits: &Limits,
 ) -> Result<(), ScimError> {
     let (name, sub) = match key.split_once('.') {
         Some((a, s)) => (a, Some(s)),
@@ -123,12 +170,12 @@ fn set_path(
         return Ok(());
     }
     if rt.kind == ResourceKind::Group && attr.name == "members" {
-        *members = Some(parse_members(value)?);
+        *members = Some(parse_members(value, limits, 0)?);
         return Ok(());
     }
     let container = container_mut(rt, doc, scope)?;
     match sub {
-        None => match normalize_value(attr, value)? {
+        None => match normalize_value(attr, value, limits)? {
             Some(v) => {
                 container.insert(attr.name.to_string(), v);
             }
@@ -199,16 +246,29 @@ pub(crate) fn prune_empty_extensions(rt: &ResourceType, doc: &mut Map<String, Va
     }
 }
 
-pub(crate) fn parse_members(value: &Value) -> Result<Vec<MemberRef>, ScimError> {
-    let items: Vec<Value> = match value {
-        Value::Null => vec![],
-        Value::Array(a) => a.clone(),
+/// The members a request names; `already` were named by earlier operations of the same request,
+/// and together they are bounded by `max_members_per_request`.
+pub(crate) fn parse_members(
+    value: &Value,
+    limits: &Limits,
+    already: usize,
+) -> Result<Vec<MemberRef>, ScimError> {
+    let parsed;
+    let items: &[Value] = match value {
+        Value::Null => &[],
+        Value::Array(a) => a,
         Value::String(s) => match serde_json::from_str::<Value>(s) {
-            Ok(Value::Array(a)) => a,
-            _ => vec![value.clone()],
+            Ok(Value::Array(a)) => {
+                parsed = a;
+                &parsed
+            }
+            _ => std::slice::from_ref(value),
         },
-        other => vec![other.clone()],
+        other => std::slice::from_ref(other),
     };
+    if already.saturating_add(items.len()) > limits.max_members_per_request {
+        return Err(limits.exceeded(Bound::MembersPerRequest, None));
+    }
     items
         .iter()
         .map(|m| {
@@ -232,24 +292,38 @@ pub(crate) fn parse_members(value: &Value) -> Result<Vec<MemberRef>, ScimError> 
         .collect()
 }
 
-/// Normalise a whole attribute value (single or multi). `None` means "unassigned".
-pub(crate) fn normalize_value(attr: &Attr, value: &Value) -> Result<Option<Value>, ScimError> {
+/// Normalise a whole attribute value (single or multi). `None` means "unassigned". A multi-valued
+/// one has at most `max_values_per_attribute` values.
+pub(crate) fn normalize_value(
+    attr: &Attr,
+    value: &Value,
+    limits: &Limits,
+) -> Result<Option<Value>, ScimError> {
     if !attr.multi {
         return normalize_single(attr, value);
     }
-    let items: Vec<Value> = match value {
+    let parsed;
+    let items: &[Value] = match value {
         Value::Null => return Ok(None),
-        Value::Array(a) => a.clone(),
+        Value::Array(a) => a,
         // E5: roles and other multi-valued complex attributes sometimes arrive as a JSON string.
         Value::String(s) if attr.ty == AttrType::Complex => match entra::json_string(s) {
-            Some(Value::Array(a)) => a,
-            Some(v) => vec![v],
-            None => vec![value.clone()],
+            Some(v) => {
+                parsed = v;
+                match &parsed {
+                    Value::Array(a) => a,
+                    v => std::slice::from_ref(v),
+                }
+            }
+            None => std::slice::from_ref(value),
         },
-        other => vec![other.clone()],
+        other => std::slice::from_ref(other),
     };
+    if items.len() > limits.max_values_per_attribute {
+        return Err(limits.exceeded(Bound::ValuesPerAttribute, Some(attr.name)));
+    }
     let mut out = Vec::with_capacity(items.len());
-    for item in &items {
+    for item in items {
         if let Some(v) = normalize_single(attr, item)? {
             out.push(v);
         }
@@ -327,14 +401,18 @@ pub(crate) fn normalize_single(attr: &Attr, value: &Value) -> Result<Option<Valu
 }
 
 fn normalize_complex(attr: &Attr, value: &Value) -> Result<Option<Value>, ScimError> {
+    let parsed;
     let obj = match value {
-        Value::Object(o) => o.clone(),
+        Value::Object(o) => o,
         // E5: manager as a bare id; "" clears it.
         Value::String(s) if s.is_empty() => return Ok(None),
-        Value::String(s) => match entra::json_string(s) {
-            Some(Value::Object(o)) => o,
-            _ => entra::bare_value(s),
-        },
+        Value::String(s) => {
+            parsed = match entra::json_string(s) {
+                Some(Value::Object(o)) => o,
+                _ => entra::bare_value(s),
+            };
+            &parsed
+        }
         _ => {
             return Err(ScimError::invalid_value(format!(
                 "attribute {} must be an object",
@@ -343,7 +421,7 @@ fn normalize_complex(attr: &Attr, value: &Value) -> Result<Option<Value>, ScimEr
         }
     };
     let mut out = Map::new();
-    for (k, v) in &obj {
+    for (k, v) in obj {
         let sub = attr.sub_attr(k).ok_or_else(|| {
             ScimError::invalid_value(format!("unknown attribute {}.{k}", attr.name))
         })?;
@@ -409,57 +487,160 @@ fn fold_attr(attr: Option<&Attr>, v: &Value) -> Value {
 /// Attribute projection (RFC 7644 §3.9): which attributes a response carries.
 #[derive(Debug, Clone, Default)]
 pub struct Projection {
-    /// attributes=… : only these (plus "returned: always" ones). Lower-cased "urn:attr.sub" or "attr.sub".
-    pub include: Vec<ProjectedPath>,
+    /// attributes=…: only these (plus the "returned: always" ones); empty when not given.
+    include: Selection,
     /// excludedAttributes=…
-    pub exclude: Vec<ProjectedPath>,
+    exclude: Selection,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProjectedPath {
-    pub scope: Scope,
-    pub name: &'static str,
-    pub sub: Option<&'static str>,
+/// Attribute paths grouped by attribute, each named once however often a request repeats it,
+/// so that applying them is one pass over the resource.
+#[derive(Debug, Clone, Default)]
+struct Selection {
+    core: BTreeMap<&'static str, Part>,
+    /// By extension index; `None` names the whole extension.
+    extensions: BTreeMap<usize, Option<BTreeMap<&'static str, Part>>>,
+}
+
+/// All of an attribute, or some of its sub-attributes.
+#[derive(Debug, Clone)]
+enum Part {
+    Whole,
+    Subs(BTreeSet<&'static str>),
+}
+
+impl Selection {
+    /// Parse one comma-separated parameter. Unknown attribute names are ignored, as RFC 7644
+    /// asks servers to ignore what they do not support; more than `max_attribute_paths` entries
+    /// are refused before the rest is read.
+    fn parse(
+        rt: &ResourceType,
+        list: Option<&str>,
+        parameter: &str,
+        limits: &Limits,
+    ) -> Result<Self, ScimError> {
+        let mut selection = Selection::default();
+        let paths = list
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty());
+        for (n, p) in paths.enumerate() {
+            work::step(1);
+            if n == limits.max_attribute_paths {
+                return Err(limits.exceeded(Bound::AttributePaths, Some(parameter)));
+            }
+            let (urn, name, sub) = rt.split_key(p);
+            // "urn:…:enterprise:2.0:User" alone names the whole extension.
+            if sub.is_none()
+                && let Some((i, _)) = rt.extension(p)
+            {
+                selection.extensions.insert(i, None);
+                continue;
+            }
+            let Some((scope, attr)) = rt.resolve(urn, name) else {
+                continue;
+            };
+            let sub = match sub.map(|s| attr.sub_attr(s)) {
+                None => None,
+                Some(Some(s)) => Some(s.name),
+                Some(None) => continue,
+            };
+            selection.add(scope, attr.name, sub);
+        }
+        Ok(selection)
+    }
+
+    fn add(&mut self, scope: Scope, name: &'static str, sub: Option<&'static str>) {
+        let parts = match scope {
+            Scope::Core => &mut self.core,
+            Scope::Extension(i) => {
+                match self
+                    .extensions
+                    .entry(i)
+                    .or_insert_with(|| Some(BTreeMap::new()))
+                {
+                    Some(parts) => parts,
+                    None => return, // the whole extension is named already
+                }
+            }
+        };
+        let part = parts
+            .entry(name)
+            .or_insert_with(|| Part::Subs(BTreeSet::new()));
+        match (part, sub) {
+            (Part::Subs(subs), Some(s)) => {
+                subs.insert(s);
+            }
+            (part, None) => *part = Part::Whole,
+            (Part::Whole, Some(_)) => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.core.is_empty() && self.extensions.is_empty()
+    }
+}
+
+impl Part {
+    /// Keep only the selected sub-attributes of `v`; false when nothing is left.
+    fn keep(&self, v: &mut Value) -> bool {
+        let Part::Subs(subs) = self else {
+            return true;
+        };
+        let keep = |o: &mut Map<String, Value>| o.retain(|k, _| subs.contains(k.as_str()));
+        match v {
+            Value::Object(o) => {
+                keep(o);
+                !o.is_empty()
+            }
+            Value::Array(items) => {
+                for item in items.iter_mut() {
+                    if let Some(o) = item.as_object_mut() {
+                        keep(o);
+                    }
+                }
+                items.retain(|i| !i.as_object().is_some_and(Map::is_empty));
+                !items.is_empty()
+            }
+            _ => true,
+        }
+    }
+
+    /// Remove the selected part of attribute `name` from `container`.
+    fn remove(&self, container: &mut Map<String, Value>, name: &str) {
+        let Part::Subs(subs) = self else {
+            container.remove(name);
+            return;
+        };
+        let remove = |o: &mut Map<String, Value>| {
+            for s in subs {
+                o.remove(*s);
+            }
+        };
+        match container.get_mut(name) {
+            Some(Value::Object(o)) => remove(o),
+            Some(Value::Array(items)) => items
+                .iter_mut()
+                .filter_map(Value::as_object_mut)
+                .for_each(remove),
+            _ => {}
+        }
+    }
 }
 
 impl Projection {
     /// Parse the comma-separated attributes/excludedAttributes parameters.
-    /// Unknown attribute names are ignored, as RFC 7644 asks servers to ignore what they do not support.
-    pub fn parse(rt: &ResourceType, attributes: Option<&str>, excluded: Option<&str>) -> Self {
-        let parse_list = |s: Option<&str>| -> Vec<ProjectedPath> {
-            s.unwrap_or("")
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .filter_map(|p| {
-                    let (urn, name, sub) = rt.split_key(p);
-                    // "urn:…:enterprise:2.0:User" alone names the whole extension.
-                    if sub.is_none()
-                        && let Some((i, _)) = rt.extension(p)
-                    {
-                        return Some(ProjectedPath {
-                            scope: Scope::Extension(i),
-                            name: "",
-                            sub: None,
-                        });
-                    }
-                    let (scope, attr) = rt.resolve(urn, name)?;
-                    let sub = match sub {
-                        Some(s) => Some(attr.sub_attr(s)?.name),
-                        None => None,
-                    };
-                    Some(ProjectedPath {
-                        scope,
-                        name: attr.name,
-                        sub,
-                    })
-                })
-                .collect()
-        };
-        Projection {
-            include: parse_list(attributes),
-            exclude: parse_list(excluded),
-        }
+    pub fn parse(
+        rt: &ResourceType,
+        attributes: Option<&str>,
+        excluded: Option<&str>,
+        limits: &Limits,
+    ) -> Result<Self, ScimError> {
+        Ok(Projection {
+            include: Selection::parse(rt, attributes, "attributes", limits)?,
+            exclude: Selection::parse(rt, excluded, "excludedAttributes", limits)?,
+        })
     }
 
     pub fn is_identity(&self) -> bool {
@@ -468,99 +649,55 @@ impl Projection {
 
     /// Whether the (core) attribute `name` appears in the response at all, e.g. to skip reading members.
     pub fn wants(&self, name: &str) -> bool {
-        if self
-            .exclude
-            .iter()
-            .any(|p| p.scope == Scope::Core && p.name == name && p.sub.is_none())
-        {
+        if matches!(self.exclude.core.get(name), Some(Part::Whole)) {
             return false;
         }
-        self.include.is_empty()
-            || self
-                .include
-                .iter()
-                .any(|p| p.scope == Scope::Core && p.name == name)
+        self.include.is_empty() || self.include.core.contains_key(name)
     }
 
-    /// Apply to a full resource representation.
+    /// Apply to a full resource representation: one pass over its attributes.
     pub fn apply(&self, rt: &ResourceType, resource: &mut Map<String, Value>) {
         let always = |k: &str| {
             k == "id" || k == "schemas" || (rt.kind == ResourceKind::User && k == "userName")
         };
         if !self.include.is_empty() {
-            let keys: Vec<String> = resource.keys().cloned().collect();
-            for k in keys {
-                if always(&k) {
-                    continue;
+            resource.retain(|k, v| {
+                if always(k) {
+                    return true;
                 }
-                let scope = match rt.extension(&k) {
-                    Some((i, _)) => Scope::Extension(i),
-                    None => Scope::Core,
+                let Some((i, _)) = rt.extension(k) else {
+                    return self.include.core.get(k.as_str()).is_some_and(|p| p.keep(v));
                 };
-                let wanted: Vec<&ProjectedPath> = self
-                    .include
-                    .iter()
-                    .filter(|p| p.scope == scope && (scope != Scope::Core || p.name == k))
-                    .collect();
-                if wanted.is_empty() {
-                    resource.remove(&k);
-                    continue;
+                match (self.include.extensions.get(&i), v.as_object_mut()) {
+                    (None, _) => false,
+                    (Some(Some(parts)), Some(ext)) => {
+                        ext.retain(|name, v| parts.get(name.as_str()).is_some_and(|p| p.keep(v)));
+                        !ext.is_empty()
+                    }
+                    (Some(_), _) => true,
                 }
-                if let Scope::Extension(_) = scope {
-                    if wanted.iter().any(|p| p.name.is_empty()) {
-                        continue;
-                    }
-                    if let Some(Value::Object(ext)) = resource.get_mut(&k) {
-                        ext.retain(|name, v| {
-                            let subs: Vec<_> = wanted.iter().filter(|p| p.name == name).collect();
-                            !subs.is_empty() && keep_subs(&subs, v)
-                        });
-                        if ext.is_empty() {
-                            resource.remove(&k);
-                        }
-                    }
-                } else if let Some(v) = resource.get_mut(&k) {
-                    let refs: Vec<&&ProjectedPath> = wanted.iter().collect();
-                    if !keep_subs(&refs, v) {
-                        resource.remove(&k);
-                    }
-                }
+            });
+        }
+        for (name, part) in &self.exclude.core {
+            if !always(name) {
+                part.remove(resource, name);
             }
         }
-        for p in &self.exclude {
-            let container = match p.scope {
-                Scope::Core => Some(&mut *resource),
-                Scope::Extension(i) => resource
-                    .get_mut(&rt.extensions[i].id)
-                    .and_then(Value::as_object_mut),
+        for (i, parts) in &self.exclude.extensions {
+            let Some(ext) = rt.extensions.get(*i) else {
+                continue;
             };
-            let Some(container) = container else { continue };
-            if p.name.is_empty() {
-                if let Scope::Extension(i) = p.scope {
-                    resource.remove(&rt.extensions[i].id);
-                }
-                continue;
-            }
-            if always(p.name) && p.scope == Scope::Core {
-                continue;
-            }
-            match p.sub {
+            match parts {
                 None => {
-                    container.remove(p.name);
+                    resource.remove(&ext.id);
                 }
-                Some(sub) => match container.get_mut(p.name) {
-                    Some(Value::Object(o)) => {
-                        o.remove(sub);
-                    }
-                    Some(Value::Array(items)) => {
-                        for item in items {
-                            if let Some(o) = item.as_object_mut() {
-                                o.remove(sub);
-                            }
+                Some(parts) => {
+                    if let Some(obj) = resource.get_mut(&ext.id).and_then(Value::as_object_mut) {
+                        for (name, part) in parts {
+                            part.remove(obj, name);
                         }
                     }
-                    _ => {}
-                },
+                }
             }
         }
         // Keep "schemas" truthful: drop extension URNs whose object is gone.
@@ -579,31 +716,6 @@ impl Projection {
     }
 }
 
-/// Keep only the requested sub-attributes of a value; false when nothing is left.
-fn keep_subs(paths: &[&&ProjectedPath], v: &mut Value) -> bool {
-    if paths.iter().any(|p| p.sub.is_none()) {
-        return true;
-    }
-    let subs: Vec<&str> = paths.iter().filter_map(|p| p.sub).collect();
-    let keep = |o: &mut Map<String, Value>| o.retain(|k, _| subs.contains(&k.as_str()));
-    match v {
-        Value::Object(o) => {
-            keep(o);
-            !o.is_empty()
-        }
-        Value::Array(items) => {
-            for item in items.iter_mut() {
-                if let Some(o) = item.as_object_mut() {
-                    keep(o);
-                }
-            }
-            items.retain(|i| !i.as_object().is_some_and(Map::is_empty));
-            !items.is_empty()
-        }
-        _ => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +724,18 @@ mod tests {
 
     fn user_rt() -> ResourceType {
         ResourceType::user(DEFAULT_CUSTOM_SCHEMA)
+    }
+
+    fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimError> {
+        super::normalize(rt, input, &Limits::default())
+    }
+
+    fn projection(
+        rt: &ResourceType,
+        attributes: Option<&str>,
+        excluded: Option<&str>,
+    ) -> Projection {
+        Projection::parse(rt, attributes, excluded, &Limits::default()).unwrap()
     }
 
     #[test]
@@ -645,7 +769,8 @@ mod tests {
         assert!(normalize(&rt, &json!({"userName": ""})).is_err());
         assert!(normalize(&rt, &json!({"displayName": "x"})).is_err());
         assert!(normalize(&rt, &json!(["not", "an", "object"])).is_err());
-        assert!(normalize(&rt, &json!({"schemas": ["urn:nope"], "userName": "a"})).is_err());
+        assert!(normalize(&rt, &json!({"schemas": "urn:nope", "userName": "a"})).is_err());
+        assert!(normalize(&rt, &json!({"schemas": [7], "userName": "a"})).is_err());
     }
 
     #[test]
@@ -717,7 +842,7 @@ mod tests {
             "name": {"givenName": "A", "familyName": "B"}, "emails": [{"value": "x", "type": "work"}],
             ENTERPRISE_SCHEMA: {"department": "D", "costCenter": "C"}});
         let mut r = full.as_object().unwrap().clone();
-        Projection::parse(&rt, Some("name.givenName,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"), None)
+        projection(&rt, Some("name.givenName,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"), None)
             .apply(&rt, &mut r);
         assert_eq!(
             Value::Object(r),
@@ -725,7 +850,7 @@ mod tests {
             "name": {"givenName": "A"}, ENTERPRISE_SCHEMA: {"department": "D"}})
         );
         let mut r = full.as_object().unwrap().clone();
-        Projection::parse(
+        projection(
             &rt,
             None,
             Some("emails,userName,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"),
@@ -737,8 +862,172 @@ mod tests {
             "name": {"givenName": "A", "familyName": "B"}})
         );
         let g = ResourceType::group();
-        assert!(!Projection::parse(&g, None, Some("members")).wants("members"));
-        assert!(Projection::parse(&g, None, None).wants("members"));
-        assert!(!Projection::parse(&g, Some("displayName"), None).wants("members"));
+        assert!(!projection(&g, None, Some("members")).wants("members"));
+        assert!(projection(&g, None, None).wants("members"));
+        assert!(!projection(&g, Some("displayName"), None).wants("members"));
+    }
+
+    #[test]
+    fn unknown_schema_urns_are_ignored() {
+        let g = ResourceType::group();
+        let adscim = "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group";
+        let n = normalize(
+            &g,
+            &json!({"schemas": [GROUP_SCHEMA, adscim], "displayName": "G",
+                    "meta": {"resourceType": "Group"}}),
+        )
+        .unwrap();
+        assert_eq!(Value::Object(n.doc), json!({"displayName": "G"}));
+        let rt = user_rt();
+        for schemas in [
+            json!(["urn:nope"]),
+            json!([]),
+            json!([USER_SCHEMA, "urn:x:y"]),
+        ] {
+            assert!(
+                normalize(&rt, &json!({"schemas": schemas, "userName": "a"})).is_ok(),
+                "{schemas}"
+            );
+        }
+        // The other resource type's core schema is not unknown: that body is not a user.
+        let e = normalize(&rt, &json!({"schemas": [GROUP_SCHEMA], "userName": "a"})).unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+        assert!(normalize(&g, &json!({"schemas": [USER_SCHEMA], "displayName": "G"})).is_err());
+    }
+
+    #[test]
+    fn user_name_rule() {
+        let rt = user_rt();
+        let user = |name: &str| normalize(&rt, &json!({"userName": name}));
+        for ok in [
+            "ann",
+            "ann lee",
+            "Änne.Müller@例え.jp",
+            "a\u{200d}b",
+            &"ü".repeat(256),
+        ] {
+            assert!(user(ok).is_ok(), "{ok:?}");
+        }
+        for (bad, why) in [
+            (" ann", "whitespace"),
+            ("ann ", "whitespace"),
+            ("ann\u{a0}", "whitespace"),
+            ("\u{3000}ann", "whitespace"),
+            ("an\u{0}n", "control"),
+            ("ann\n", "control"),
+            ("\tann", "control"),
+            ("an\u{7f}n", "control"),
+            ("an\u{85}n", "control"),
+        ] {
+            let e = user(bad).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+            assert!(e.detail.contains(why), "{bad:?}: {}", e.detail);
+            assert!(
+                !e.detail.contains("ann"),
+                "the detail never echoes the value"
+            );
+        }
+        let e = user(&"ü".repeat(257)).unwrap_err();
+        assert_eq!(
+            e.detail,
+            "userName: longer than 256 characters (limit max_user_name_chars)"
+        );
+        let short = Limits {
+            max_user_name_chars: 3,
+            ..Limits::default()
+        };
+        assert!(super::normalize(&rt, &json!({"userName": "abc"}), &short).is_ok());
+        assert!(super::normalize(&rt, &json!({"userName": "abcd"}), &short).is_err());
+    }
+
+    #[test]
+    fn values_per_multi_valued_attribute_are_bounded() {
+        let rt = user_rt();
+        let few = Limits {
+            max_values_per_attribute: 3,
+            ..Limits::default()
+        };
+        let emails = |n: usize| -> Vec<Value> {
+            (0..n).map(|i| json!({"value": format!("{i}@x")})).collect()
+        };
+        let ok = super::normalize(&rt, &json!({"userName": "a", "emails": emails(3)}), &few);
+        assert_eq!(ok.unwrap().doc["emails"].as_array().map(Vec::len), Some(3));
+        let e = super::normalize(&rt, &json!({"userName": "a", "emails": emails(4)}), &few)
+            .unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+        assert_eq!(
+            e.detail,
+            "emails: more than 3 values (limit max_values_per_attribute)"
+        );
+        // E5: a JSON array in a string counts the same.
+        let roles = serde_json::to_string(&emails(4)).unwrap();
+        assert!(super::normalize(&rt, &json!({"userName": "a", "roles": roles}), &few).is_err());
+        // Members are rows, bounded per request instead.
+        let g = ResourceType::group();
+        let members = json!({"displayName": "G", "members": emails(4)});
+        assert!(super::normalize(&g, &members, &few).is_ok());
+        let one = Limits {
+            max_members_per_request: 3,
+            ..Limits::default()
+        };
+        let e = super::normalize(&g, &members, &one).unwrap_err();
+        assert_eq!(
+            e.detail,
+            "more than 3 members added or removed in one request (limit max_members_per_request)"
+        );
+    }
+
+    #[test]
+    fn projection_paths_are_bounded_and_named_once() {
+        let rt = user_rt();
+        let two = Limits {
+            max_attribute_paths: 2,
+            ..Limits::default()
+        };
+        assert!(Projection::parse(&rt, Some("a, b"), Some("emails,name"), &two).is_ok());
+        let e = Projection::parse(&rt, None, Some("emails,name,title"), &two).unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::ScimType::InvalidValue));
+        assert_eq!(
+            e.detail,
+            "excludedAttributes: more than 2 attribute paths (limit max_attribute_paths)"
+        );
+        let e = Projection::parse(&rt, Some(&"x,".repeat(60_000)), None, &two).unwrap_err();
+        assert!(e.detail.starts_with("attributes: "), "{}", e.detail);
+
+        // A path given many times, or also as part of a wider one, means it once.
+        let full = json!({"schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA], "id": "1", "userName": "a",
+            "name": {"givenName": "A", "familyName": "B"},
+            "emails": [{"value": "x", "type": "work"}, {"value": "y"}],
+            ENTERPRISE_SCHEMA: {"department": "D", "costCenter": "C"}});
+        let apply = |attributes: Option<&str>, excluded: Option<&str>| {
+            let mut r = full.as_object().unwrap().clone();
+            projection(&rt, attributes, excluded).apply(&rt, &mut r);
+            Value::Object(r)
+        };
+        let once = apply(None, Some("emails.value"));
+        let emails = once["emails"].as_array().unwrap();
+        assert!(emails.iter().all(|e| e.get("value").is_none()), "{once}");
+        assert_eq!(
+            apply(None, Some(&vec!["emails.value"; 100].join(","))),
+            once
+        );
+        assert_eq!(
+            apply(None, Some("emails.value,EMAILS,emails.type")),
+            apply(None, Some("emails"))
+        );
+        assert_eq!(
+            apply(Some("emails.type,emails,emails.value"), None),
+            apply(Some("emails"), None)
+        );
+        let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+        assert_eq!(
+            apply(Some(&format!("{ent}:department,{ent}")), None),
+            apply(Some(ent), None)
+        );
+        assert_eq!(
+            apply(Some(&format!("{ent},{ent}:department")), None)[ENTERPRISE_SCHEMA],
+            json!({"department": "D", "costCenter": "C"})
+        );
     }
 }

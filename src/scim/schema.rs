@@ -568,10 +568,6 @@ impl ResourceType {
             .find(|s| s.name == "CustomUser")
             .map(|s| s.id.as_str())
     }
-
-    pub fn schema_ids(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.core.id.as_str()).chain(self.extensions.iter().map(|s| s.id.as_str()))
-    }
 }
 
 /// /Schemas entry for one schema.

@@ -24,6 +24,7 @@ use super::{
 use crate::clock::FakeClock;
 use crate::config::{Config, Durability};
 use crate::db::{Connector, Staging, open_staging};
+use crate::scim::Limits;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::{MemberRef, normalize};
 use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ENTERPRISE_SCHEMA, ResourceType};
@@ -339,7 +340,7 @@ impl Env {
         if let Some(e) = ext {
             body["externalId"] = json!(e);
         }
-        let doc = normalize(&rt(), &body).unwrap().doc;
+        let doc = normalize(&rt(), &body, &Limits::default()).unwrap().doc;
         self.store
             .create_user("t", &rt(), id, &doc, self.now())
             .await
@@ -357,7 +358,12 @@ impl Env {
     }
 
     async fn group(&self, id: &str, name: &str, members: &[&str]) {
-        let g = normalize(&ResourceType::group(), &json!({"displayName": name})).unwrap();
+        let g = normalize(
+            &ResourceType::group(),
+            &json!({"displayName": name}),
+            &Limits::default(),
+        )
+        .unwrap();
         let members = members
             .iter()
             .map(|m| MemberRef {
@@ -1041,6 +1047,7 @@ async fn the_sample_configuration_syncs_out_of_the_box() {
         &rt(),
         &json!({"userName": "Anna.Meier@Example.CH", "externalId": "obj-1",
             "name": {"givenName": "Anna", "familyName": "Meier"}}),
+        &Limits::default(),
     )
     .unwrap()
     .doc;
@@ -1663,6 +1670,7 @@ async fn tenants_sharing_a_table_need_a_tenant_column() {
         let doc = normalize(
             &rt(),
             &json!({"userName": format!("ann-{tenant}"), "externalId": "e1", "displayName": "Ann"}),
+            &Limits::default(),
         )
         .unwrap()
         .doc;
@@ -1670,7 +1678,12 @@ async fn tenants_sharing_a_table_need_a_tenant_column() {
             .create_user(tenant, &rt(), "u1", &doc, t0())
             .await
             .unwrap();
-        let g = normalize(&ResourceType::group(), &json!({"displayName": "Staff"})).unwrap();
+        let g = normalize(
+            &ResourceType::group(),
+            &json!({"displayName": "Staff"}),
+            &Limits::default(),
+        )
+        .unwrap();
         store
             .create_group(
                 tenant,

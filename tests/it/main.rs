@@ -8,10 +8,12 @@ mod admin_sync;
 // mod app_target_mssql; (back with the SQL Server backend)
 mod concurrency;
 mod discovery;
+mod entra_examples;
 mod errors;
 mod etags;
 mod filters;
 mod groups;
+mod limits;
 mod lists;
 mod ops;
 mod provisioning;

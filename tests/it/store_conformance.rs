@@ -6,6 +6,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use scim_bridge::config::Durability;
 use scim_bridge::config::{DbLocation, resolve_database};
+use scim_bridge::scim::Limits;
 use scim_bridge::scim::filter::parse_filter;
 use scim_bridge::scim::patch::MemberOp;
 use scim_bridge::scim::resource::{MemberRef, normalize};
@@ -72,6 +73,7 @@ fn user_doc(name: &str, email: &str) -> Map<String, Value> {
             "emails": [{"type": "work", "value": email, "primary": true}],
             "active": true,
         }),
+        &Limits::default(),
     )
     .unwrap()
     .doc
@@ -84,6 +86,7 @@ pub fn group_change(name: &str, members: &[&str]) -> GroupChange {
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
             "displayName": name,
         }),
+        &Limits::default(),
     )
     .unwrap()
     .doc;
@@ -110,7 +113,7 @@ async fn list_names(
     page: Page,
     desc: bool,
 ) -> (i64, Vec<String>) {
-    let parsed = filter.map(|f| parse_filter(f).unwrap());
+    let parsed = filter.map(|f| parse_filter(f, &Limits::default()).unwrap());
     let (total, items) = b
         .store
         .list(
@@ -319,7 +322,8 @@ async fn memberships_are_rows_and_follow_deletes() {
         let members = s.get_group(tn, &g, true).await.unwrap().related.unwrap();
         assert_eq!(members.len(), 1, "{}", s.backend_name());
         // Filters over memberships.
-        let parsed = parse_filter(&format!("members[value eq \"{u1}\"]")).unwrap();
+        let parsed =
+            parse_filter(&format!("members[value eq \"{u1}\"]"), &Limits::default()).unwrap();
         let (total, _) = s
             .list(
                 tn,
@@ -365,9 +369,11 @@ async fn filters_sorting_and_paging() {
             ("axb", "axb@example.com"),
             ("dave ", "dave@example.com"),
         ] {
-            s.create_user(tn, &rt, &id(), &user_doc(n, e), t(1))
-                .await
-                .unwrap();
+            // The SCIM API refuses a userName that ends in whitespace; users stored before that
+            // rule can have one, and the store still compares it exactly.
+            let mut doc = user_doc(n.trim_end(), e);
+            doc.insert("userName".into(), json!(n));
+            s.create_user(tn, &rt, &id(), &doc, t(1)).await.unwrap();
         }
         let all = Page {
             start_index: 1,

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use scim_bridge::clock::FakeClock;
 use scim_bridge::config::Config;
 use scim_bridge::db::Connector;
+use scim_bridge::scim::Limits;
 use scim_bridge::scim::resource::normalize;
 use scim_bridge::store::StoreError;
 use scim_bridge::sync::ledger::RunQuery;
@@ -29,6 +30,7 @@ fn person(user_name: &str, given: &str) -> Map<String, Value> {
             "emails": [{"type": "work", "value": user_name, "primary": true}],
             "active": true,
         }),
+        &Limits::default(),
     )
     .unwrap()
     .doc

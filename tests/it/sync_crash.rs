@@ -13,6 +13,7 @@ use serde_json::json;
 use scim_bridge::clock::{Clock, SystemClock};
 use scim_bridge::config::{Config, Durability};
 use scim_bridge::db::open_staging;
+use scim_bridge::scim::Limits;
 use scim_bridge::scim::resource::normalize;
 
 use crate::helpers::Sql;
@@ -65,6 +66,7 @@ async fn a_sync_killed_mid_run_is_taken_over_at_once_and_converges() {
             &rt,
             &json!({"userName": format!("user{i:05}@example.com"), "active": true,
                 "name": {"givenName": "Crash", "familyName": format!("Test{i}")}}),
+            &Limits::default(),
         )
         .unwrap()
         .doc;

@@ -241,6 +241,7 @@ pub fn like_escape(s: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::scim::Limits;
     use crate::scim::filter::parse_filter;
     use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ResourceKind};
 
@@ -248,7 +249,7 @@ pub(crate) mod tests {
         compile(
             &ResourceType::user(DEFAULT_CUSTOM_SCHEMA),
             "t1",
-            &parse_filter(f).unwrap(),
+            &parse_filter(f, &Limits::default()).unwrap(),
         )
         .unwrap()
     }
@@ -256,12 +257,17 @@ pub(crate) mod tests {
         compile(
             &ResourceType::user(DEFAULT_CUSTOM_SCHEMA),
             "t1",
-            &parse_filter(f).unwrap(),
+            &parse_filter(f, &Limits::default()).unwrap(),
         )
         .unwrap_err()
     }
     fn groups(f: &str) -> Condition {
-        compile(&ResourceType::group(), "t1", &parse_filter(f).unwrap()).unwrap()
+        compile(
+            &ResourceType::group(),
+            "t1",
+            &parse_filter(f, &Limits::default()).unwrap(),
+        )
+        .unwrap()
     }
     fn text(s: &str) -> Param {
         Param::Text(s.into())
@@ -553,7 +559,7 @@ pub(crate) mod tests {
             "active gt true",
             "x.y.z eq 1",
         ] {
-            let Ok(parsed) = parse_filter(f) else {
+            let Ok(parsed) = parse_filter(f, &Limits::default()) else {
                 continue;
             };
             assert_eq!(

@@ -808,6 +808,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::scim::Limits;
     use crate::scim::patch;
     use crate::scim::resource::normalize;
     use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
@@ -831,6 +832,7 @@ mod tests {
                 "active": true,
                 "emails": [{"type": "work", "value": "mette@example.com", "primary": true}],
             }),
+            &Limits::default(),
         )
         .unwrap()
         .doc;
@@ -848,10 +850,10 @@ mod tests {
                 {"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "M.Hansen@Example.com"},
                 {"op": "Add", "path": format!("{DEFAULT_CUSTOM_SCHEMA}:customAttribute01"), "value": "2021-08-01"},
             ],
-        }))
+        }), &Limits::default())
         .unwrap();
         let plan = update::plan_user(&rt, &current, Some(&[41]), |mut d| {
-            patch::apply(&rt, &mut d, &ops)?;
+            patch::apply(&rt, &mut d, &ops, &Limits::default())?;
             Ok(d)
         })
         .unwrap()

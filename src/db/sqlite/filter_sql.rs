@@ -155,6 +155,7 @@ impl Dialect for Sqlite<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scim::Limits;
     use crate::scim::filter::parse_filter;
     use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
 
@@ -162,20 +163,30 @@ mod tests {
         compile(
             &ResourceType::user(DEFAULT_CUSTOM_SCHEMA),
             "t1",
-            &parse_filter(f).unwrap(),
+            &parse_filter(f, &Limits::default()).unwrap(),
         )
         .unwrap()
     }
+    /// The translation's own errors: the filter is parsed without the protocol's term bound.
     fn users_err(f: &str) -> ScimError {
+        let unbounded = Limits {
+            max_filter_terms: usize::MAX,
+            ..Limits::default()
+        };
         compile(
             &ResourceType::user(DEFAULT_CUSTOM_SCHEMA),
             "t1",
-            &parse_filter(f).unwrap(),
+            &parse_filter(f, &unbounded).unwrap(),
         )
         .unwrap_err()
     }
     fn groups(f: &str) -> Condition {
-        compile(&ResourceType::group(), "t1", &parse_filter(f).unwrap()).unwrap()
+        compile(
+            &ResourceType::group(),
+            "t1",
+            &parse_filter(f, &Limits::default()).unwrap(),
+        )
+        .unwrap()
     }
     fn text(s: &str) -> Param {
         Param::Text(s.into())

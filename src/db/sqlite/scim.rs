@@ -894,6 +894,7 @@ fn apply_member_ops(
 mod tests {
     use super::*;
     use crate::config::Durability;
+    use crate::scim::Limits;
     use crate::scim::resource::{MemberRef, normalize};
     use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
     use chrono::TimeZone;
@@ -917,6 +918,7 @@ mod tests {
             &rt,
             &json!({"userName": name, "active": true,
             DEFAULT_CUSTOM_SCHEMA: {"customAttribute03": "C3"}}),
+            &Limits::default(),
         )
         .unwrap()
         .doc
@@ -935,12 +937,17 @@ mod tests {
             &json!({"userName": "Ann", "externalId": "x1", "displayName": "Ann A", "active": false,
                 "emails": [{"value": "Ann@Example.com", "type": "work", "primary": true}],
                 DEFAULT_CUSTOM_SCHEMA: {"customAttribute03": "C3", "customAttribute16": "C16"}}),
+            &Limits::default(),
         )
         .unwrap()
         .doc;
-        let group = normalize(&gt, &json!({"displayName": "G", "externalId": "gx"}))
-            .unwrap()
-            .doc;
+        let group = normalize(
+            &gt,
+            &json!({"displayName": "G", "externalId": "gx"}),
+            &Limits::default(),
+        )
+        .unwrap()
+        .doc;
         s.create_user("api", &rt, "u1", &doc, t(0)).await.unwrap();
         s.create_group(
             "api",
@@ -1068,7 +1075,7 @@ mod tests {
             .await
             .unwrap();
         let before = row(&s, "u1").await.2;
-        let g = normalize(&gt, &json!({"displayName": "G"})).unwrap();
+        let g = normalize(&gt, &json!({"displayName": "G"}), &Limits::default()).unwrap();
         let change =
             GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }]));
         s.create_group("t", &gt, "g1", change, t(1)).await.unwrap();
@@ -1094,7 +1101,7 @@ mod tests {
         let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
         assert_eq!(members.len(), 1, "u1 is still a member");
         // A group may be called "User": it is still one of u1's groups.
-        let g = normalize(&gt, &json!({"displayName": "User"})).unwrap();
+        let g = normalize(&gt, &json!({"displayName": "User"}), &Limits::default()).unwrap();
         let change =
             GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }]));
         s.create_group("t", &gt, "g2", change, t(2)).await.unwrap();
@@ -1138,7 +1145,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let g = normalize(&gt, &json!({"displayName": "G"})).unwrap();
+        let g = normalize(&gt, &json!({"displayName": "G"}), &Limits::default()).unwrap();
         s.create_group(
             "t",
             &gt,
@@ -1189,8 +1196,12 @@ mod tests {
             (&groups, "members[value eq \"u\"]", "group_members_member"),
         ];
         for (rt, f, index) in cases {
-            let cond = filter_sql::compile(rt, "t", &crate::scim::filter::parse_filter(f).unwrap())
-                .unwrap();
+            let cond = filter_sql::compile(
+                rt,
+                "t",
+                &crate::scim::filter::parse_filter(f, &Limits::default()).unwrap(),
+            )
+            .unwrap();
             let sql = format!(
                 "EXPLAIN QUERY PLAN {}{}",
                 select_sql(rt.kind, true),
