@@ -35,6 +35,8 @@ enum Msg {
 pub struct ProvisioningLog {
     tx: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
+    store: Arc<dyn ProvisioningLogStore>,
+    retention_days: u32,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -47,10 +49,12 @@ impl ProvisioningLog {
         retention_days: u32,
     ) -> ProvisioningLog {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, clock, rx, retention_days));
+        let task = tokio::spawn(run(store.clone(), clock, rx, retention_days));
         ProvisioningLog {
             tx,
             metrics,
+            store,
+            retention_days,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
         }
     }
@@ -59,6 +63,23 @@ impl ProvisioningLog {
     pub fn record(&self, entry: ProvisioningEntry) {
         if self.tx.try_send(Msg::Entry(Box::new(entry))).is_err() {
             self.metrics.provisioning_log_dropped();
+        }
+    }
+
+    /// Record a SCIM write's entry before its request is answered: committed with the next
+    /// group commit of the staging writer, so an answered write's entry survives a crash.
+    /// Should the write fail, the entry goes to the queue like any other.
+    pub async fn record_now(&self, entry: ProvisioningEntry) {
+        if self.retention_days == 0 {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .insert_provisioning_log(std::slice::from_ref(&entry))
+            .await
+        {
+            tracing::warn!(error = %e, "provisioning log: writing an entry at once failed; queued");
+            self.record(entry);
         }
     }
 

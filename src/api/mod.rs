@@ -394,7 +394,7 @@ async fn observe<E: Endpoint>(
                 .and_then(|l| l.rsplit('/').next())
                 .map(str::to_string)
         });
-        state.provlog.record(ProvisioningEntry {
+        let entry = ProvisioningEntry {
             tenant: route.tenant.to_string(),
             at,
             request_id,
@@ -406,7 +406,14 @@ async fn observe<E: Endpoint>(
             error: resp
                 .data::<error::ErrorDetail>()
                 .map(|d| d.0.chars().take(1000).collect()),
-        });
+        };
+        // A write's entry is durable before the answer (a crash after it loses nothing the
+        // client was told); reads are logged off the request path.
+        if matches!(route.operation, "create" | "replace" | "patch" | "delete") {
+            state.provlog.record_now(entry).await;
+        } else {
+            state.provlog.record(entry);
+        }
     }
     Ok(resp)
 }

@@ -17,6 +17,7 @@ mod limits;
 mod lists;
 mod ops;
 mod provisioning;
+mod serve_crash;
 mod store_conformance;
 mod sync;
 mod sync_conformance;
