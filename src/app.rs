@@ -17,6 +17,9 @@ use crate::metrics::Metrics;
 use crate::sync::scheduler::Scheduler;
 use crate::sync::{SyncEngine, SyncService};
 
+/// How often the retention of tenants without a sync section runs (and once at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
 pub struct Application {
     acceptor: TcpAcceptor,
     pub addr: SocketAddr,
@@ -84,6 +87,17 @@ impl Application {
             Some(handle) => Some(Scheduler::start(handle.clone()).await?),
             None => None,
         };
+        let retention = (state.config.tenants.values().any(|t| t.sync.is_none())).then(|| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(RETENTION_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    state.purge_unsynced().await;
+                }
+            })
+        });
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 api::app(self.state),
@@ -91,6 +105,9 @@ impl Application {
                 Some(Duration::from_secs(30)),
             )
             .await;
+        if let Some(r) = retention {
+            r.abort();
+        }
         if let Some(s) = scheduler {
             s.shutdown(Duration::from_secs(30)).await;
         }

@@ -106,6 +106,29 @@ impl AppState {
     pub fn scim_limits(&self) -> &Limits {
         &Limits::DEFAULT
     }
+
+    /// The retention of the tenants without a sync section (a syncing tenant's runs purge
+    /// its users before offboarding them): purge the users inactive or deleted for longer
+    /// than the tenant's `retention_hours`. How many; a tenant that fails is logged and the
+    /// others still run.
+    pub async fn purge_unsynced(&self) -> u64 {
+        let now = self.clock.now();
+        let mut purged = 0;
+        for t in self.config.tenants.values().filter(|t| t.sync.is_none()) {
+            let cutoff = now - chrono::Duration::hours(i64::from(t.retention_hours));
+            match crate::sync::lifecycle::purge_unsynced(self.store.as_ref(), &t.name, cutoff, now)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(tenant = %t.name, purged = n, "retention purged staged users");
+                    purged += n;
+                }
+                Err(e) => tracing::warn!(tenant = %t.name, error = %e, "retention purge failed"),
+            }
+        }
+        purged
+    }
 }
 
 pub const SCIM_PREFIX: &str = "/scim-api/v1";

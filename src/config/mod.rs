@@ -100,6 +100,9 @@ pub struct TenantConfig {
     pub name: String,
     pub tokens: Vec<TokenHash>,
     pub custom_schema: String,
+    /// How long an inactive or deleted user stays staged before it is purged (a tenant that
+    /// syncs: its sync section's retention, which defaults to this).
+    pub retention_hours: u32,
     /// How the tenant's users reach an application; None: staging only.
     pub sync: Option<SyncConfig>,
 }
@@ -317,8 +320,14 @@ impl Config {
             let sync = match t.sync {
                 None => None,
                 Some(raw) => Some(
-                    sync_config(raw, &custom_schema, base_dir, &applications)
-                        .map_err(|m| invalid(format!("tenants.{name}.sync: {m}")))?,
+                    sync_config(
+                        raw,
+                        &custom_schema,
+                        t.retention_hours,
+                        base_dir,
+                        &applications,
+                    )
+                    .map_err(|m| invalid(format!("tenants.{name}.sync: {m}")))?,
                 ),
             };
             tenants.insert(
@@ -327,6 +336,7 @@ impl Config {
                     name,
                     tokens,
                     custom_schema,
+                    retention_hours: t.retention_hours,
                     sync,
                 },
             );
@@ -418,6 +428,7 @@ pub fn load_mapping(
 fn sync_config(
     raw: RawSync,
     custom_schema: &str,
+    tenant_retention: u32,
     base_dir: &Path,
     applications: &BTreeMap<String, ApplicationConfig>,
 ) -> Result<SyncConfig, String> {
@@ -440,7 +451,7 @@ fn sync_config(
         mapping_path,
         mapping: LoadedMapping(Arc::new(mapping)),
         schedule,
-        retention_hours: raw.retention_hours,
+        retention_hours: raw.retention_hours.unwrap_or(tenant_retention),
         guard_share: raw.guard_share,
         guard_min: raw.guard_min,
         batch_size: raw.batch_size,

@@ -44,8 +44,8 @@ pub(super) struct RawApplication {
 pub(super) struct RawSync {
     pub(super) mapping: PathBuf,
     pub(super) schedule: Option<String>,
-    #[serde(default = "default_retention_hours")]
-    pub(super) retention_hours: u32,
+    /// Default: the tenant's `retention_hours`.
+    pub(super) retention_hours: Option<u32>,
     #[serde(default = "default_guard_share")]
     pub(super) guard_share: f64,
     #[serde(default = "default_guard_min")]
@@ -58,7 +58,7 @@ pub(super) struct RawSync {
     pub(super) quarantine_after: u32,
 }
 
-fn default_retention_hours() -> u32 {
+pub(super) fn default_retention_hours() -> u32 {
     48
 }
 fn default_guard_share() -> f64 {
@@ -122,6 +122,10 @@ pub(super) struct RawTenant {
     /// A second valid token, so a token can be rotated without downtime.
     pub(super) next_token: Option<RawSecret>,
     pub(super) custom_schema: Option<String>,
+    /// How long an inactive or deleted user stays staged (and, with a sync section, keeps
+    /// its application row) before it is purged.
+    #[serde(default = "default_retention_hours")]
+    pub(super) retention_hours: u32,
     pub(super) sync: Option<RawSync>,
 }
 

@@ -4,12 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 
 use super::plan::{failed_item, offboarding_changes, offboarding_from_json, offboarding_json};
 use super::run::Run;
-use super::store::{DueBatch, DueQuery, LifecycleRecord, NewOffboarding, Queued};
+use super::store::{
+    DueBatch, DueQuery, LifecyclePlanner, LifecycleRecord, NewOffboarding, Queued, SyncStore,
+};
 use super::{ItemReport, Outcome, SyncError};
 use crate::mapping::Mapping;
 use crate::target::UserApplied;
@@ -274,6 +277,49 @@ fn queue_item(q: &Queued, error: Option<String>) -> ItemReport {
         },
         error,
     }
+}
+
+/// The retention of a tenant that does not sync: its users inactive or deleted since before
+/// `cutoff` are purged from staging (there is no application to offboard them from). A user
+/// with a link (the tenant synced once) is left for a sync run to offboard. How many.
+pub async fn purge_unsynced(
+    store: &dyn SyncStore,
+    tenant: &str,
+    cutoff: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64, SyncError> {
+    let purged = Arc::new(AtomicU64::new(0));
+    let mut after = 0;
+    loop {
+        let due = DueQuery {
+            tenant: tenant.to_string(),
+            cutoff,
+            held_in: None,
+            after_pk: after,
+            limit: 500,
+        };
+        let (t, counter) = (tenant.to_string(), purged.clone());
+        let plan: LifecyclePlanner = Box::new(move |batch| {
+            let purge: Vec<String> = batch
+                .rows
+                .iter()
+                .filter(|r| !batch.links.contains_key(&r.id))
+                .map(|r| r.id.clone())
+                .collect();
+            counter.fetch_add(purge.len() as u64, Ordering::Relaxed);
+            Ok(LifecycleRecord {
+                tenant: t,
+                now,
+                purge,
+                ..LifecycleRecord::default()
+            })
+        });
+        let Some(done) = store.lifecycle_batch(due, plan).await? else {
+            break;
+        };
+        after = done.last_pk;
+    }
+    Ok(purged.load(Ordering::Relaxed))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 pub mod engine;
 pub mod holder;
 pub mod ledger;
-mod lifecycle;
+pub mod lifecycle;
 pub mod plan;
 mod run;
 pub mod scheduler;

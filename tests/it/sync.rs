@@ -167,3 +167,71 @@ async fn provisioning_deactivation_and_deletion_reach_the_application() {
     let again = s.run().await;
     assert_eq!(again.counts.offboarded + again.counts.updated, 0);
 }
+
+/// A tenant without a sync section purges its inactive and deleted users after its own
+/// retention; a syncing tenant's users are left to its runs (which offboard after purging).
+#[tokio::test]
+async fn tenants_without_sync_purge_on_their_own_retention() {
+    let app = TestApp::start_syncing("").await;
+    let create = |name: &str| json!({"schemas": [USER_SCHEMA], "userName": name, "active": true});
+    let mut other = Vec::new();
+    for name in ["gone@other", "deleted@other", "active@other"] {
+        let r = app
+            .call(reqwest::Method::POST, OTHER, "/Users", Some(&create(name)))
+            .await;
+        r.assert_status(201);
+        other.push(r.id());
+    }
+    let off = patch_ops(json!([{"op": "replace", "value": {"active": false}}]));
+    app.call(
+        reqwest::Method::PATCH,
+        OTHER,
+        &format!("/Users/{}", other[0]),
+        Some(&off),
+    )
+    .await
+    .assert_status(200);
+    app.call(
+        reqwest::Method::DELETE,
+        OTHER,
+        &format!("/Users/{}", other[1]),
+        None,
+    )
+    .await
+    .assert_status(204);
+    let synced = app.create_user(create("synced@acme")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.patch(&format!("/Users/{synced}"), &off)
+        .await
+        .assert_status(200);
+
+    assert_eq!(app.state.purge_unsynced().await, 0, "within the retention");
+    app.clock.advance(Duration::hours(47));
+    assert_eq!(app.state.purge_unsynced().await, 0, "still within 48 hours");
+    app.clock.advance(Duration::hours(2));
+    assert_eq!(app.state.purge_unsynced().await, 2);
+    let staged = |tenant: &str| {
+        app.db().query(
+            "SELECT id FROM users WHERE tenant = ? ORDER BY id",
+            &[&tenant],
+            |r| r.get::<_, String>(0),
+        )
+    };
+    assert_eq!(staged(OTHER), vec![other[2].clone()]);
+    assert_eq!(
+        staged(ACME),
+        vec![synced],
+        "a syncing tenant's runs purge its users"
+    );
+    app.call(
+        reqwest::Method::GET,
+        OTHER,
+        &format!("/Users/{}", other[0]),
+        None,
+    )
+    .await
+    .assert_error(404, None);
+    assert_eq!(app.state.purge_unsynced().await, 0, "nothing left to purge");
+}
