@@ -47,6 +47,7 @@ impl Application {
                 config.applications.clone(),
                 clock.clone(),
                 metrics.clone(),
+                config.source.clone(),
             );
             // Runs a stopped process left running will never finish: say so in the ledger.
             service

@@ -340,6 +340,24 @@ pub struct MappingInfo {
     pub offboarding: String,
     /// The file's own test cases (all passed when loaded by a reload).
     pub tests: i64,
+    /// The tenant's sync settings in force (as the last start or reload read them).
+    pub settings: SyncSettings,
+}
+
+/// A tenant's `[tenants.NAME.sync]` settings in force.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct SyncSettings {
+    /// The cron expression as written; null: runs only on demand.
+    #[oai(nullable)]
+    pub schedule: Option<String>,
+    pub retention_hours: i64,
+    pub guard_share: f64,
+    pub guard_min: i64,
+    pub batch_size: i64,
+    pub lease_seconds: i64,
+    /// 0: never quarantine.
+    pub quarantine_after: i64,
 }
 
 /// An offboarding not applied yet.
@@ -469,6 +487,15 @@ fn mapping_info(tenant: &str, c: &SyncConfig) -> MappingInfo {
         role_rules: m.role_rule_count() as i64,
         offboarding: m.offboarding_action().to_string(),
         tests: m.test_count() as i64,
+        settings: SyncSettings {
+            schedule: c.schedule.as_ref().map(|s| s.expr.clone()),
+            retention_hours: i64::from(c.retention_hours),
+            guard_share: c.guard_share,
+            guard_min: i64::from(c.guard_min),
+            batch_size: i64::from(c.batch_size),
+            lease_seconds: i64::from(c.lease_seconds),
+            quarantine_after: i64::from(c.quarantine_after),
+        },
     }
 }
 
@@ -734,7 +761,7 @@ impl AdminSyncApi {
         }))
     }
 
-    /// The mapping a tenant syncs with
+    /// The mapping a tenant syncs with, and the sync settings in force
     #[oai(
         path = "/tenants/:tenant/mapping",
         method = "get",
@@ -746,8 +773,11 @@ impl AdminSyncApi {
         Ok(Json(mapping_info(&tenant, &config)))
     }
 
-    /// Load the tenant's mapping file again (operator); a file that fails to load or fails its
-    /// own tests is rejected and the mapping in use stays
+    /// Read the tenant's sync section again from the configuration file (operator): its
+    /// mapping file, schedule, retention, guard, batch size, lease and quarantine settings. A
+    /// section or mapping that fails to load, fails its own tests or does not fit the
+    /// application's tables is rejected and the settings in force stay; the new ones apply from
+    /// the next run
     #[oai(
         path = "/tenants/:tenant/mapping/reload",
         method = "post",
@@ -763,7 +793,7 @@ impl AdminSyncApi {
         let (service, _) = self.syncing(&tenant)?;
         let t = self.state.admin_tenant(&tenant)?;
         let loaded = service
-            .reload_mapping(&tenant, &t.config.custom_schema)
+            .reload(&tenant, &t.config.custom_schema)
             .await
             .inspect_err(|_| {
                 tracing::warn!(tenant = %*tenant, admin = %auth.0.name, "mapping reload rejected")

@@ -225,6 +225,34 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The folder relative paths resolve against.
     pub base_dir: PathBuf,
+    /// The file and overrides it was loaded from (None: parsed from text), so a reload can
+    /// read a tenant's sync section again.
+    pub source: Option<ConfigSource>,
+}
+
+/// Where a configuration came from: its file and the SCIM_BRIDGE_* overrides applied to it.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl ConfigSource {
+    /// Read the file again with the same overrides: `tenant`'s sync settings as they are now
+    /// (its mapping loaded). Applications and tenants themselves are read at start only.
+    pub fn reload_sync(&self, tenant: &str) -> Result<SyncConfig, String> {
+        let config = Config::load(&self.path, self.env.clone()).map_err(|e| e.to_string())?;
+        config
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.sync.clone())
+            .ok_or_else(|| {
+                format!(
+                    "{}: tenant {tenant:?} has no sync section now; a tenant stops syncing at a restart",
+                    self.path.display()
+                )
+            })
+    }
 }
 
 impl Config {
@@ -254,7 +282,16 @@ impl Config {
         } else {
             base_dir
         };
-        Self::parse(&text, path, &base_dir, env)
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SCIM_BRIDGE_"))
+            .collect();
+        let mut config = Self::parse(&text, path, &base_dir, env.clone())?;
+        config.source = Some(ConfigSource {
+            path: path.to_path_buf(),
+            env,
+        });
+        Ok(config)
     }
 
     pub fn parse(
@@ -381,6 +418,7 @@ impl Config {
             tenants,
             applications,
             base_dir: base_dir.to_path_buf(),
+            source: None,
         })
     }
 }

@@ -5,12 +5,17 @@
 //! recorded in the ledger as skipped. Shutting down stops the ticks and waits for runs in
 //! progress to end.
 //!
-//! Each tick runs with the engine the [`SyncService`] holds when it starts.
+//! Each tick runs with the engine the [`SyncService`] holds when it starts; a reload that
+//! changes a tenant's schedule replaces its job.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_cron_scheduler::{Job, JobScheduler};
+use uuid::Uuid;
+
+use crate::config::Schedule;
 
 use super::{RunOptions, RunStatus, RunSummary, SyncEngine, SyncService, Trigger};
 
@@ -28,28 +33,24 @@ impl Scheduler {
     pub async fn start(handle: Arc<SyncService>) -> Result<Scheduler, SchedulerError> {
         let jobs = JobScheduler::new().await?;
         let engine = handle.engine();
-        for tenant in engine.tenants().map(str::to_string).collect::<Vec<_>>() {
-            let Some(schedule) = engine
-                .tenant_config(&tenant)
-                .and_then(|c| c.schedule.clone())
-            else {
-                continue;
-            };
-            let (handle, name) = (handle.clone(), tenant.clone());
-            let job = Job::new_async(schedule.normalized.as_str(), move |_, _| {
-                let (handle, tenant) = (handle.clone(), name.clone());
-                Box::pin(async move {
-                    // Closed at shutdown: no new runs.
-                    let Some(_permit) = handle.run_permit().await else {
-                        return;
-                    };
-                    tick(&handle, &tenant).await;
-                })
-            })?;
-            jobs.add(job).await?;
-            tracing::info!(tenant, schedule = %schedule.expr, "sync scheduled");
+        let mut ids = BTreeMap::new();
+        for tenant in engine.tenants() {
+            if let Some(schedule) = engine
+                .tenant_config(tenant)
+                .and_then(|c| c.schedule.as_ref())
+            {
+                let id = jobs.add(job(&handle, tenant, schedule)?).await?;
+                ids.insert(tenant.to_string(), id);
+                tracing::info!(tenant, schedule = %schedule.expr, "sync scheduled");
+            }
         }
         jobs.start().await?;
+        handle
+            .set_schedules(Some(Schedules {
+                jobs: jobs.clone(),
+                ids,
+            }))
+            .await;
         handle.set_scheduler_running(true);
         Ok(Scheduler { jobs, handle })
     }
@@ -58,6 +59,7 @@ impl Scheduler {
     /// the admin API) to end.
     pub async fn shutdown(mut self, grace: Duration) {
         self.handle.set_scheduler_running(false);
+        self.handle.set_schedules(None).await;
         // Runs in progress finish the batch they are writing, record it and let go of their lease.
         self.handle.stop_runs();
         if let Err(e) = self.jobs.shutdown().await {
@@ -65,6 +67,58 @@ impl Scheduler {
         }
         self.handle.wait_for_runs(grace).await;
     }
+}
+
+/// The jobs of a running scheduler, by tenant, so a reload can change a tenant's schedule.
+pub struct Schedules {
+    jobs: JobScheduler,
+    ids: BTreeMap<String, Uuid>,
+}
+
+impl Schedules {
+    /// From now on, tick `tenant` on `schedule` (None: no more ticks); a run in progress goes
+    /// on.
+    pub(super) async fn reschedule(
+        &mut self,
+        handle: &Arc<SyncService>,
+        tenant: &str,
+        schedule: Option<&Schedule>,
+    ) -> Result<(), SchedulerError> {
+        if let Some(old) = self.ids.remove(tenant) {
+            self.jobs.remove(&old).await?;
+        }
+        match schedule {
+            Some(s) => {
+                let id = self.jobs.add(job(handle, tenant, s)?).await?;
+                self.ids.insert(tenant.to_string(), id);
+                tracing::info!(tenant, schedule = %s.expr, "sync rescheduled");
+            }
+            None => tracing::info!(tenant, "sync no longer scheduled"),
+        }
+        Ok(())
+    }
+}
+
+/// The cron job that ticks `tenant`.
+fn job(
+    handle: &Arc<SyncService>,
+    tenant: &str,
+    schedule: &Schedule,
+) -> Result<Job, SchedulerError> {
+    let (handle, name) = (handle.clone(), tenant.to_string());
+    Ok(Job::new_async(
+        schedule.normalized.as_str(),
+        move |_, _| {
+            let (handle, tenant) = (handle.clone(), name.clone());
+            Box::pin(async move {
+                // Closed at shutdown: no new runs.
+                let Some(_permit) = handle.run_permit().await else {
+                    return;
+                };
+                tick(&handle, &tenant).await;
+            })
+        },
+    )?)
 }
 
 /// One scheduled run of `tenant`; the outcome is in the ledger and the log.
@@ -95,7 +149,6 @@ async fn run_logged(engine: &SyncEngine, tenant: &str, options: RunOptions) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Schedule;
 
     /// Every expression the configuration accepts is one the scheduler accepts.
     #[tokio::test]

@@ -16,10 +16,11 @@ use tokio::sync::Semaphore;
 use super::engine::{Begun, Start};
 use super::ledger::{LedgerReads, LinkRow, RunRow, UserRef};
 use super::plan::{diff, field_json, state_name};
+use super::scheduler::Schedules;
 use super::store::{LeaseRow, Link};
 use super::{Change, RunOptions, RunSummary, SyncEngine, SyncError, Trigger};
 use crate::clock::Clock;
-use crate::config::{ApplicationConfig, SyncConfig};
+use crate::config::{ApplicationConfig, ConfigSource, SyncConfig};
 use crate::mapping::{StagedUser, UserState};
 use crate::metrics::Metrics;
 use crate::store::format_time;
@@ -41,6 +42,11 @@ pub struct SyncService {
     metrics: Arc<Metrics>,
     /// Set at shutdown: runs in progress stop after their current batch.
     stop: Arc<AtomicBool>,
+    /// The configuration file a reload reads a tenant's sync section from (None: a reload
+    /// reads the mapping file only).
+    config_source: Option<ConfigSource>,
+    /// The scheduler's jobs while it runs.
+    schedules: tokio::sync::Mutex<Option<Schedules>>,
 }
 
 /// A run started in the background: its ledger id.
@@ -94,6 +100,7 @@ impl SyncService {
         applications: BTreeMap<String, ApplicationConfig>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+        config_source: Option<ConfigSource>,
     ) -> SyncService {
         SyncService {
             engine: RwLock::new(Arc::new(engine)),
@@ -106,6 +113,8 @@ impl SyncService {
             reload: tokio::sync::Mutex::new(()),
             metrics,
             stop: Arc::new(AtomicBool::new(false)),
+            config_source,
+            schedules: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -149,6 +158,11 @@ impl SyncService {
     /// Whether the schedules are ticking (set by the scheduler, cleared at shutdown).
     pub fn scheduler_running(&self) -> bool {
         self.scheduler_running.load(Ordering::SeqCst)
+    }
+
+    /// The running scheduler's jobs (None: it stopped).
+    pub(super) async fn set_schedules(&self, schedules: Option<Schedules>) {
+        *self.schedules.lock().await = schedules;
     }
 
     pub(super) fn set_scheduler_running(&self, running: bool) {
@@ -278,11 +292,14 @@ impl SyncService {
         }
     }
 
-    /// Load `tenant`'s mapping file again; a file that fails to load or fails its own tests
-    /// is rejected (`SyncError::Mapping`) and the mapping in use stays. The new mapping
-    /// applies from the next run on.
-    pub async fn reload_mapping(
-        &self,
+    /// Read `tenant`'s sync section again (its mapping file, schedule, retention, guard,
+    /// batch size, lease and quarantine settings) from the configuration file, or only its
+    /// mapping file when the configuration was not read from a file. A section or mapping that
+    /// fails to load, or whose mapping fails its own tests or the application's schema, is
+    /// rejected (`SyncError::Mapping`) and the settings in force stay. The new settings apply
+    /// from the next run on; a changed schedule from its next tick.
+    pub async fn reload(
+        self: &Arc<Self>,
         tenant: &str,
         custom_schema: &str,
     ) -> Result<SyncConfig, SyncError> {
@@ -293,12 +310,16 @@ impl SyncService {
             .tenant_config(tenant)
             .cloned()
             .ok_or_else(|| SyncError::NotConfigured(tenant.to_string()))?;
+        let old_schedule = current.schedule.as_ref().map(|s| s.normalized.clone());
         let (custom_schema, applications) = (custom_schema.to_string(), self.applications.clone());
-        // Reading the file, compiling its templates and running its tests: blocking work.
+        let (source, name) = (self.config_source.clone(), tenant.to_string());
+        // Reading the files, compiling the templates and running the tests: blocking work.
         let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = current
-                .reload_mapping(&custom_schema, &applications)
-                .map_err(SyncError::Mapping)?;
+            let loaded = match source {
+                Some(source) => source.reload_sync(&name),
+                None => current.reload_mapping(&custom_schema, &applications),
+            }
+            .map_err(SyncError::Mapping)?;
             let failures: Vec<String> = loaded
                 .mapping
                 .0
@@ -334,6 +355,13 @@ impl SyncService {
                     "the mapping loads, but the sync engine cannot use it: {e}"
                 ))
             })?;
+        let changed = loaded.schedule.as_ref().map(|s| &s.normalized) != old_schedule.as_ref();
+        if let Some(schedules) = self.schedules.lock().await.as_mut().filter(|_| changed) {
+            schedules
+                .reschedule(self, tenant, loaded.schedule.as_ref())
+                .await
+                .map_err(|e| SyncError::Task(e.to_string()))?;
+        }
         self.replace(new);
         Ok(loaded)
     }

@@ -767,3 +767,89 @@ async fn concurrent_triggers_each_answer_with_their_own_run() {
         assert_ne!(run["status"], "skipped", "{run}");
     }
 }
+
+/// A reload reads the tenant's whole sync section again: retention, guard, quarantine and
+/// schedule are in force from then on, and the admin API shows them; a section that does not
+/// load is rejected and the settings in force stay.
+#[tokio::test]
+async fn a_reload_rereads_the_sync_settings() {
+    let app = TestApp::start_syncing("retention_hours = 24\n").await;
+    let mapping = format!("/tenants/{ACME}/mapping");
+    let reload = format!("/tenants/{ACME}/mapping/reload");
+    let r = app.admin_get(&mapping, &[]).await;
+    r.assert_status(200);
+    assert_eq!(r.body["settings"]["retentionHours"], 24, "{}", r.text);
+    assert_eq!(r.body["settings"]["schedule"], Value::Null);
+    assert_eq!(r.body["settings"]["quarantineAfter"], 3);
+
+    let file = app.dir().join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let section = format!("[tenants.{ACME}.sync]\n");
+    assert!(text.contains(&section));
+    let edited = text.replace(
+        "retention_hours = 24\n",
+        "retention_hours = 72\nguard_min = 7\nquarantine_after = 0\nschedule = \"* * * * * *\"\n",
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&file, &edited).unwrap();
+    let r = app.admin_post(&reload, OPERATOR_TOKEN, None).await;
+    r.assert_status(200);
+    let settings = &r.body["settings"];
+    assert_eq!(
+        (
+            settings["retentionHours"].clone(),
+            settings["guardMin"].clone(),
+            settings["quarantineAfter"].clone(),
+            settings["schedule"].clone()
+        ),
+        (json!(72), json!(7), json!(0), json!("* * * * * *")),
+        "{}",
+        r.text
+    );
+    let r = app
+        .admin_get(&format!("/tenants/{ACME}/offboardings"), &[])
+        .await;
+    assert_eq!(r.body["retentionHours"], 72, "{}", r.text);
+    let r = app.admin_get(&format!("/tenants/{ACME}"), &[]).await;
+    assert!(r.body["nextRunAt"].is_string(), "{}", r.text);
+
+    // The new schedule ticks: a scheduled run appears within seconds.
+    let mut scheduled = false;
+    for _ in 0..100 {
+        let r = app.admin_get("/runs", &[("tenant", ACME)]).await;
+        r.assert_status(200);
+        if r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|run| run["trigger"] == "schedule")
+        {
+            scheduled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(scheduled, "no scheduled run after the reload");
+
+    // A section that no longer loads: rejected, naming the file; the settings in force stay.
+    std::fs::write(
+        &file,
+        edited.replace("retention_hours = 72", "retention_hours = -1"),
+    )
+    .unwrap();
+    let r = app.admin_post(&reload, OPERATOR_TOKEN, None).await;
+    r.assert_problem(422);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains(CONFIG_FILE),
+        "{}",
+        r.text
+    );
+    let r = app.admin_get(&mapping, &[]).await;
+    assert_eq!(r.body["settings"]["retentionHours"], 72);
+    // The schedule removed: the job goes with it.
+    std::fs::write(&file, &text).unwrap();
+    let r = app.admin_post(&reload, OPERATOR_TOKEN, None).await;
+    r.assert_status(200);
+    assert_eq!(r.body["settings"]["schedule"], Value::Null);
+    assert_eq!(r.body["settings"]["retentionHours"], 24);
+}

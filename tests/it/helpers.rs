@@ -187,6 +187,9 @@ role = "reader"
     )
 }
 
+/// The configuration file of a test app, in its temp dir.
+pub const CONFIG_FILE: &str = "scim-bridge.toml";
+
 /// The mapping file of a syncing test app (a copy of mappings/scifeon.toml), in its temp dir.
 pub const MAPPING_FILE: &str = "mapping.toml";
 
@@ -218,13 +221,10 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("staging.db");
         let text = config_text(&db) + &extra(dir.path());
-        let config = Config::parse(
-            &text,
-            &dir.path().join("scim-bridge.toml"),
-            dir.path(),
-            std::iter::empty(),
-        )
-        .unwrap();
+        // Written out, as an operator's would be: a reload reads it again.
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(&file, &text).unwrap();
+        let config = Config::load(&file, std::iter::empty()).unwrap();
         let clock = Arc::new(FakeClock::new(start_time()));
         let app = Application::build(config, clock.clone(), Some("127.0.0.1:0"))
             .await
