@@ -1,7 +1,9 @@
-//! The provisioning log writer: SCIM requests are recorded off the request path. The request
-//! hands its entry to a bounded channel (never waiting); a background task collects entries
-//! for up to half a second (or a thousand) and writes them in one statement, and prunes
-//! entries past the retention period.
+//! The provisioning log writer. A SCIM write's entry is committed before the write is
+//! answered, in the staging writer's group commit with other requests' work, so an answered
+//! write never loses its entry to a crash. Reads (and writes whose entry could not be written
+//! at once) are recorded off the request path: the request hands its entry to a bounded
+//! channel (never waiting); a background task collects entries for up to half a second (or a
+//! thousand) and writes them in one statement, and prunes entries past the retention period.
 
 use std::sync::Arc;
 use std::time::Duration;
