@@ -5,7 +5,9 @@
 //! staged users (16 custom attributes and 3 group memberships each, rows as the SCIM store
 //! writes them), then measure the full sync into the empty application database, a run with
 //! nothing changed, and an incremental run after `--changed` users were updated through the
-//! store's update path. Every step runs in a process of its own (this binary, a hidden
+//! store's update path; then a full run with nothing to do (it compares every row with the
+//! application), and the repair of an application database emptied behind the engine's back
+//! (every row deleted, then a full run). Every step runs in a process of its own (this binary, a hidden
 //! subcommand), so its peak RSS is its own: neither the load nor another size shows in it.
 //! Run it with `cargo bench --bench sync` (options after `--`).
 
@@ -113,6 +115,9 @@ pub struct BenchSyncChildArgs {
     /// What the sync step expects: "created", "none" or "updated".
     #[arg(long, default_value = "none")]
     pub expect: String,
+    /// The sync step is a full run.
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +128,8 @@ pub enum Step {
     Sync,
     /// Update `changed` users through the store's update path.
     Change,
+    /// Delete every row of the application database, as a restore or an accident would.
+    Empty,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -152,29 +159,60 @@ async fn run(args: BenchSyncArgs) -> anyhow::Result<()> {
         write_config(dir.path(), &args)?;
         let changed = args.changed.min(users);
         let steps = [
-            (Step::Load, "load staging (bulk insert)", users, "none"),
+            (
+                Step::Load,
+                "load staging (bulk insert)",
+                users,
+                "none",
+                false,
+            ),
             (
                 Step::Sync,
                 "full sync into an empty app DB",
                 users,
                 "created",
+                false,
             ),
-            (Step::Sync, "sync, nothing changed", 0, "none"),
+            (Step::Sync, "sync, nothing changed", 0, "none", false),
             (
                 Step::Change,
                 "stage changes (the store's update_user)",
                 changed,
                 "none",
+                false,
             ),
             (
                 Step::Sync,
                 "incremental sync of the changed users",
                 changed,
                 "updated",
+                false,
+            ),
+            (
+                Step::Sync,
+                "--full, app DB as the links say",
+                users,
+                "none",
+                true,
+            ),
+            (
+                Step::Empty,
+                "app DB emptied (every row deleted)",
+                0,
+                "none",
+                false,
+            ),
+            (
+                Step::Sync,
+                "--full repairs the emptied app DB",
+                users,
+                "created",
+                true,
             ),
         ];
-        for (step, name, handled, expect) in steps {
-            let (seconds, rss_kib) = step_process(dir.path(), step, users, changed, expect).await?;
+        for (step, name, handled, expect, full) in steps {
+            let (seconds, rss_kib) =
+                step_process(dir.path(), step, users, changed, expect, full).await?;
             phases.push(Phase {
                 name: name.into(),
                 staged: users,
@@ -243,12 +281,14 @@ async fn step_process(
     users: usize,
     changed: usize,
     expect: &str,
+    full: bool,
 ) -> anyhow::Result<(f64, Option<u64>)> {
     let exe = std::env::current_exe()?;
     let step_name = match step {
         Step::Load => "load",
         Step::Sync => "sync",
         Step::Change => "change",
+        Step::Empty => "empty",
     };
     let out = tokio::process::Command::new(exe)
         .arg("step")
@@ -258,6 +298,7 @@ async fn step_process(
         .args(["--users", &users.to_string()])
         .args(["--changed", &changed.to_string()])
         .args(["--expect", expect])
+        .args(full.then_some("--full"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -329,13 +370,19 @@ async fn child(args: BenchSyncChildArgs) -> anyhow::Result<()> {
                     .await?;
             }
         }
+        Step::Empty => {
+            let c = rusqlite::Connection::open(args.dir.join("app.db"))?;
+            c.execute_batch("DELETE FROM user_roles; DELETE FROM scifeon_users;")?;
+        }
         Step::Sync => {
             let engine =
                 SyncEngine::new(&config, store.clone(), &Connector, Arc::new(SystemClock)).await?;
             let started = Instant::now();
-            let s = engine
-                .run(TENANT, Trigger::Cli, RunOptions::default())
-                .await?;
+            let options = RunOptions {
+                full: args.full,
+                ..RunOptions::default()
+            };
+            let s = engine.run(TENANT, Trigger::Cli, options).await?;
             let seconds = started.elapsed().as_secs_f64();
             check(&s, &args)?;
             println!("{}", serde_json::to_string(&(seconds, peak_rss_kib()))?);
