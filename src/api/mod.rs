@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admin_sync;
 pub mod error;
 pub mod ops;
+pub mod params;
 pub mod payload;
 pub mod problem;
 pub mod render;
@@ -206,7 +207,10 @@ impl<T: poem_openapi::OpenApi> poem_openapi::OpenApi for SpecOnly<T> {
 /// The whole HTTP application.
 pub fn app(state: Arc<AppState>) -> impl Endpoint {
     let service = api_service(state.clone());
-    let allow = Arc::new(AllowTable::from_spec(&service.spec(), ADMIN_PREFIX));
+    let spec_text = service.spec();
+    let allow = Arc::new(AllowTable::from_spec(&spec_text, ADMIN_PREFIX));
+    let queries = Arc::new(params::QueryTable::from_spec(&spec_text));
+    let scim_queries = queries.clone();
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
     // One endpoint serves both APIs (their paths carry their prefixes); each prefix has its
@@ -214,7 +218,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
     let api = Arc::new(service.into_endpoint());
     let scim = api.clone().around({
         let state = state.clone();
-        move |next, req| scim_guard(state.clone(), next, req)
+        move |next, req| scim_guard(state.clone(), scim_queries.clone(), next, req)
     });
     let admin = api
         .with(poem::middleware::CatchPanic::new().with_handler(|_| {
@@ -223,7 +227,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         }))
         .around({
             let state = state.clone();
-            move |next, req| admin_guard(state.clone(), allow.clone(), next, req)
+            move |next, req| admin_guard(state.clone(), allow.clone(), queries.clone(), next, req)
         });
     Route::new()
         .nest_no_strip(SCIM_PREFIX, scim)
@@ -252,10 +256,14 @@ fn healthz() -> &'static str {
 async fn admin_guard<E: Endpoint>(
     state: Arc<AppState>,
     allow: Arc<AllowTable>,
+    queries: Arc<params::QueryTable>,
     next: E,
     mut req: Request,
 ) -> poem::Result<Response> {
     let path = req.uri().path().to_string();
+    if let Err(p) = queries.check(req.method(), &path, req.uri().query().unwrap_or("")) {
+        return Ok(problem::AdminError::bad_request(p.to_string()).as_response());
+    }
     req.set_data(state);
     let mut resp = match next.call(req).await {
         Ok(r) => r.into_response(),
@@ -313,6 +321,7 @@ impl AllowTable {
 /// Tenant and bearer token check before any body is read; sets the body limit.
 async fn scim_guard<E: Endpoint>(
     state: Arc<AppState>,
+    queries: Arc<params::QueryTable>,
     next: E,
     mut req: Request,
 ) -> poem::Result<Response> {
@@ -342,6 +351,9 @@ async fn scim_guard<E: Endpoint>(
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Ok(resp);
+    }
+    if let Err(p) = queries.check(req.method(), req.uri().path(), req.uri().query().unwrap_or("")) {
+        return Err(ScimError::invalid_value(p.to_string()).into());
     }
     req.set_data(BodyLimit(state.config.server.max_body_bytes));
     Ok(next.call(req).await?.into_response())
