@@ -122,24 +122,6 @@ impl From<SqlError> for TargetError {
     }
 }
 
-impl From<tiberius::error::Error> for StoreError {
-    fn from(e: tiberius::error::Error) -> Self {
-        SqlError::from(e).into()
-    }
-}
-
-impl From<tiberius::error::Error> for SyncError {
-    fn from(e: tiberius::error::Error) -> Self {
-        SqlError::from(e).into()
-    }
-}
-
-impl From<tiberius::error::Error> for TargetError {
-    fn from(e: tiberius::error::Error) -> Self {
-        SqlError::from(e).into()
-    }
-}
-
 /// Where SQL Server quotes the data a statement carried: the duplicate key (2601, 2627), the
 /// truncated value (2628), the value that failed a conversion (245, 248). That is user data,
 /// never shown or logged: the message is cut there.
