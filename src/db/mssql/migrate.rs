@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_provisioning_log",
         sql: include_str!("../../../sql/mssql/0003_provisioning_log.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_sync_recovery",
+        sql: include_str!("../../../sql/mssql/0004_sync_recovery.sql"),
+    },
 ];
 
 /// The batches of a script: `GO` on a line of its own separates them, as in sqlcmd and SSMS.
