@@ -309,6 +309,16 @@ pub fn opt_time(r: &Row, i: usize) -> Result<Option<String>, SqlError> {
     Ok(r.try_get::<NaiveDateTime, _>(i)?.map(time_text))
 }
 
+/// A DATETIME2 (UTC) as a time.
+pub fn utc(r: &Row, i: usize) -> Result<DateTime<Utc>, SqlError> {
+    opt_utc(r, i)?.ok_or_else(|| null(i))
+}
+
+pub fn opt_utc(r: &Row, i: usize) -> Result<Option<DateTime<Utc>>, SqlError> {
+    Ok(r.try_get::<NaiveDateTime, _>(i)?
+        .map(|t| Utc.from_utc_datetime(&t)))
+}
+
 /// The first column as an integer, whichever integer type (or BIT) the server sent: for
 /// statements over application tables, whose types the mapping does not know.
 pub fn any_int(r: &Row) -> Result<i64, SqlError> {

@@ -14,26 +14,33 @@ use tiberius::{Query, Row};
 
 use super::MssqlStaging;
 use super::pool::{Client, transaction};
-use super::rows::{SqlError, bit, execute, first, int, naive, opt_text, rows, scalar, text};
+use super::rows::{
+    SqlError, bit, execute, first, int, naive, opt_int, opt_text, opt_utc, rows, scalar, text, utc,
+};
 use super::scim::remove_from_all_groups;
 use super::seq;
+use crate::store::format_time;
 use crate::sync::plan::Planned;
 use crate::sync::store::{
-    BatchPlanner, BeginRun, Begun, DueBatch, DueQuery, FinishRun, LifecycleDone, LifecyclePlanner,
-    LifecycleRecord, Link, LinkWrite, Mark, Queued, Read, Record, RunState, SyncStore, UserRow,
-    item_json,
+    BatchPlanner, BeginRun, Begun, DueBatch, DueQuery, FinishRun, Heartbeat, LeaseRow,
+    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, LinkWrite, Mark, Queued, Read, Record,
+    RetryWrite, RunState, RunningRun, SyncStore, UserRow, item_json,
 };
 use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
 
 // ---- reading staging ------------------------------------------------------------------------
 
 /// pk, id, user_name, doc, active, deleted, change_seq, groups (JSON array of
-/// {"id", "display_name", "external_id"}, absent keys for NULL).
+/// {"id", "display_name", "external_id"}, absent keys for NULL), quarantined (its retry row is
+/// quarantined at this very version).
 const SYNC_USER_COLUMNS: &str = "u.pk, u.id, u.user_name, u.doc, u.active, \
      CAST(CASE WHEN u.deleted_at IS NULL THEN 0 ELSE 1 END AS BIT) AS deleted, u.change_seq, \
      ISNULL((SELECT g.id AS id, g.display_name AS display_name, g.external_id AS external_id \
      FROM scim.group_members m JOIN scim.groups g ON g.tenant = m.tenant AND g.id = m.group_id \
-     WHERE m.tenant = u.tenant AND m.member_id = u.id FOR JSON PATH), N'[]') AS groups";
+     WHERE m.tenant = u.tenant AND m.member_id = u.id FOR JSON PATH), N'[]') AS groups, \
+     CAST(CASE WHEN EXISTS (SELECT 1 FROM sync.retry q WHERE q.tenant = u.tenant \
+     AND q.user_id = u.id AND q.quarantined_at IS NOT NULL AND q.change_seq = u.change_seq) \
+     THEN 1 ELSE 0 END AS BIT) AS quarantined";
 
 /// Users changed after (@P2 seq, @P3 pk) and at or before @P4 (from
 /// [`super::seq::high_seq`]), in change order: @P1 tenant, @P5 limit.
@@ -49,12 +56,14 @@ static CHANGED_USERS: LazyLock<String> = LazyLock::new(|| {
 const COUNT_CHANGED: &str = "SELECT COUNT_BIG(*) FROM scim.users u WHERE u.tenant = @P1 \
      AND (u.change_seq > @P2 OR (u.change_seq = @P2 AND u.pk > @P3)) AND u.change_seq <= @P4";
 
-/// Users to retry that the watermark (@P2 seq, @P3 pk) has passed, after pk @P4: @P1 tenant, @P5 limit.
+/// Users to retry that the watermark (@P2 seq, @P3 pk) has passed, after pk @P4, quarantined
+/// ones left out: @P1 tenant, @P5 limit.
 static RETRY_USERS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT TOP (@P5) {SYNC_USER_COLUMNS} FROM sync.retry x \
          JOIN scim.users u ON u.tenant = x.tenant AND u.id = x.user_id \
-         WHERE x.tenant = @P1 AND (u.change_seq < @P2 OR (u.change_seq = @P2 AND u.pk <= @P3)) \
+         WHERE x.tenant = @P1 AND x.quarantined_at IS NULL \
+         AND (u.change_seq < @P2 OR (u.change_seq = @P2 AND u.pk <= @P3)) \
          AND u.pk > @P4 ORDER BY u.pk"
     )
 });
@@ -159,22 +168,44 @@ const ADVANCE_WATERMARK: &str = "UPDATE sync.watermarks WITH (UPDLOCK, HOLDLOCK)
      SELECT @P1, @P2, @P3, @P4 WHERE NOT EXISTS \
      (SELECT 1 FROM sync.watermarks WITH (UPDLOCK, HOLDLOCK) WHERE tenant = @P1)";
 
-/// A batch's failed users as rows: @P2 is a JSON array of {"user_id", "error"}.
-const RETRY_ROWS: &str =
-    "OPENJSON(@P2) WITH (user_id NVARCHAR(64) '$.user_id', error NVARCHAR(MAX) '$.error') j";
+/// A batch's failed users as rows: @P2 is a JSON array of {"user_id", "error", "change_seq"}.
+const RETRY_ROWS: &str = "OPENJSON(@P2) WITH (user_id NVARCHAR(64) '$.user_id', \
+     error NVARCHAR(MAX) '$.error', change_seq BIGINT '$.change_seq') j";
 
-/// Record a batch's failed users: @P1 tenant, @P2 the rows (see RETRY_ROWS), @P3 now.
+/// Attempts after this failure: one more on the same staged version, else the first (a NULL
+/// change_seq, from before versions were recorded, never matches).
+const NEXT_ATTEMPT: &str = "CASE WHEN x.change_seq = j.change_seq THEN x.attempts + 1 ELSE 1 END";
+
+/// Record a batch's failed users: @P1 tenant, @P2 the rows (see RETRY_ROWS), @P3 now, @P4
+/// quarantine_after. A user is quarantined once it failed @P4 runs in a row on one staged
+/// version (0: never), keeping the time it was first quarantined; SQLite's ADD_RETRY, set-based.
+/// SET expressions all read the row as it was before the update.
 static UPSERT_RETRIES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE x SET attempts = x.attempts + 1, last_error = j.error, last_failed_at = @P3 \
+        "UPDATE x SET attempts = {NEXT_ATTEMPT}, \
+         first_failed_at = CASE WHEN x.change_seq = j.change_seq THEN x.first_failed_at ELSE @P3 END, \
+         quarantined_at = CASE WHEN @P4 > 0 AND {NEXT_ATTEMPT} >= @P4 \
+         THEN ISNULL(x.quarantined_at, @P3) END, \
+         change_seq = j.change_seq, last_error = j.error, last_failed_at = @P3 \
          FROM sync.retry x WITH (UPDLOCK, HOLDLOCK) JOIN {RETRY_ROWS} \
          ON x.user_id = j.user_id COLLATE Latin1_General_100_BIN2 WHERE x.tenant = @P1; \
-         INSERT INTO sync.retry (tenant, user_id, attempts, last_error, first_failed_at, last_failed_at) \
-         SELECT @P1, j.user_id, 1, j.error, @P3, @P3 FROM {RETRY_ROWS} \
+         INSERT INTO sync.retry (tenant, user_id, attempts, last_error, first_failed_at, last_failed_at, \
+         change_seq, quarantined_at) \
+         SELECT @P1, j.user_id, 1, j.error, @P3, @P3, j.change_seq, CASE WHEN @P4 = 1 THEN @P3 END \
+         FROM {RETRY_ROWS} \
          WHERE NOT EXISTS (SELECT 1 FROM sync.retry x WITH (UPDLOCK, HOLDLOCK) \
          WHERE x.tenant = @P1 AND x.user_id = j.user_id COLLATE Latin1_General_100_BIN2)"
     )
 });
+
+/// @P1 tenant.
+pub(super) const COUNT_QUARANTINED: &str =
+    "SELECT COUNT_BIG(*) FROM sync.retry WHERE tenant = @P1 AND quarantined_at IS NOT NULL";
+
+/// Release a quarantined user; the next run retries it (its next failure counts from one):
+/// @P1 tenant, @P2 user id. No row: it was not quarantined.
+const RELEASE_QUARANTINE: &str = "UPDATE sync.retry SET quarantined_at = NULL, attempts = 0 \
+     WHERE tenant = @P1 AND user_id = @P2 AND quarantined_at IS NOT NULL";
 
 /// Retry rows of users no longer in staging: @P1 tenant.
 const DROP_ORPHAN_RETRIES: &str = "DELETE FROM sync.retry WHERE tenant = @P1 \
@@ -189,12 +220,13 @@ const DELETE_RETRY: &str = "DELETE FROM sync.retry WHERE tenant = @P1 AND user_i
 
 // ---- lease ---------------------------------------------------------------------------------
 
-/// Take the tenant's lease unless another holder has an unexpired one: @P1 tenant, @P2 holder,
-/// @P3 now, @P4 expires. Returns one row, `taken` (BIT). The UPDLOCK/HOLDLOCK hints lock the
-/// key range, so two processes racing for a free tenant give one insert and one no-op.
+/// Take the tenant's lease when it is free, expired, or held by @P5 (NULL or a holder whose
+/// process stopped): @P1 tenant, @P2 holder, @P3 now, @P4 expires. Returns one row, `taken`
+/// (BIT). The UPDLOCK/HOLDLOCK hints lock the key range, so two processes racing for a free
+/// tenant give one insert and one no-op.
 const ACQUIRE_LEASE: &str = "DECLARE @taken INT; \
      UPDATE sync.leases WITH (UPDLOCK, HOLDLOCK) SET holder = @P2, acquired_at = @P3, expires_at = @P4, run_id = NULL \
-     WHERE tenant = @P1 AND expires_at <= @P3; \
+     WHERE tenant = @P1 AND (expires_at <= @P3 OR holder = @P5); \
      SET @taken = @@ROWCOUNT; \
      IF @taken = 0 BEGIN \
      INSERT INTO sync.leases (tenant, holder, acquired_at, expires_at) SELECT @P1, @P2, @P3, @P4 \
@@ -213,23 +245,58 @@ const LEASE_RUN: &str = "UPDATE sync.leases SET run_id = @P1 WHERE tenant = @P2 
 /// @P1 tenant, @P2 holder.
 const RELEASE_LEASE: &str = "DELETE FROM sync.leases WHERE tenant = @P1 AND holder = @P2";
 
+/// The tenant's lease as stored, expired or not: @P1 tenant.
+const LEASE_ROW: &str =
+    "SELECT holder, run_id, acquired_at, expires_at FROM sync.leases WHERE tenant = @P1";
+
+/// An operator's release: the tenant's lease, whoever holds it, answering the lease it
+/// deleted (no row: there was none) in the same statement: @P1 tenant.
+const DROP_LEASE: &str = "DELETE FROM sync.leases \
+     OUTPUT deleted.holder, deleted.run_id, deleted.acquired_at, deleted.expires_at \
+     WHERE tenant = @P1";
+
+/// An operator's action on the sync side: @P1 at, @P2 tenant, @P3 actor, @P4 action, @P5
+/// detail (JSON).
+const INSERT_AUDIT: &str = "INSERT INTO sync.audit ([at], tenant, actor, action, detail) \
+     VALUES (@P1, @P2, @P3, @P4, @P5)";
+
 // ---- ledger --------------------------------------------------------------------------------
 
-/// @P1 tenant, @P2 trigger, @P3 dry_run, @P4 full, @P5 status, @P6 started_at, @P7 ended_at,
-/// @P8 watermark_from, @P9 approves_run. Returns id.
+/// @P1 tenant, @P2 trigger, @P3 dry_run, @P4 full, @P5 status, @P6 started_at (also the first
+/// heartbeat), @P7 ended_at, @P8 watermark_from, @P9 approves_run, @P10 holder. Returns id.
 const INSERT_RUN: &str = "INSERT INTO sync.runs (tenant, [trigger], dry_run, [full], status, started_at, ended_at, \
-     watermark_from, approves_run) OUTPUT inserted.id VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9)";
+     watermark_from, approves_run, holder, heartbeat_at) OUTPUT inserted.id \
+     VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P6)";
+
+/// A run's last sign of life: @P1 now, @P2 id.
+const HEARTBEAT_RUN: &str = "UPDATE sync.runs SET heartbeat_at = @P1 WHERE id = @P2";
+
+/// Runs still recorded as running, of tenant @P1 (`one`) or of every tenant: id, tenant,
+/// holder, heartbeat_at, started_at, dry_run. Two texts rather than `@P1 IS NULL OR`, so the
+/// one-tenant form seeks runs_status.
+fn running_runs_sql(one: bool) -> String {
+    format!(
+        "SELECT id, tenant, holder, heartbeat_at, started_at, dry_run FROM sync.runs \
+         WHERE {}status = N'running' ORDER BY id",
+        if one { "tenant = @P1 AND " } else { "" }
+    )
+}
+
+/// Close the runs in @P3 (a JSON array of ids) that are still running, as failed: @P1 now,
+/// @P2 the reason.
+const CLOSE_RUNS: &str = "UPDATE sync.runs SET status = N'failed', ended_at = @P1, error = @P2 \
+     WHERE status = N'running' AND id IN (SELECT CAST(j.value AS BIGINT) FROM OPENJSON(@P3) j)";
 
 /// Runs left running by a holder that stopped: @P1 now, @P2 tenant.
 const ABANDON_STALE_RUNS: &str = "UPDATE sync.runs SET status = N'failed', ended_at = @P1, \
      error = N'abandoned: the process running it stopped before it finished' \
      WHERE tenant = @P2 AND status = N'running' AND dry_run = 0";
 
-/// @P1 status, @P2 ended_at, @P3…@P10 created, updated, unchanged, roles_added, roles_removed,
-/// deactivated, offboarded, failed, @P11 watermark_to, @P12 error, @P13 id.
+/// @P1 status, @P2 ended_at, @P3…@P11 created, updated, unchanged, roles_added, roles_removed,
+/// deactivated, offboarded, failed, quarantined, @P12 watermark_to, @P13 error, @P14 id.
 const UPDATE_RUN: &str = "UPDATE sync.runs SET status = @P1, ended_at = @P2, created = @P3, updated = @P4, \
      unchanged = @P5, roles_added = @P6, roles_removed = @P7, deactivated = @P8, offboarded = @P9, \
-     failed = @P10, watermark_to = @P11, error = @P12 WHERE id = @P13";
+     failed = @P10, quarantined = @P11, watermark_to = @P12, error = @P13 WHERE id = @P14";
 
 /// @P1 id.
 const GET_RUN: &str = "SELECT tenant, status, dry_run, approved_at FROM sync.runs WHERE id = @P1";
@@ -271,7 +338,8 @@ const OFFBOARDING_FAILED: &str =
 
 // ---- reading rows -------------------------------------------------------------------------
 
-/// pk, id, user_name, doc, active, deleted, change_seq, groups (see SYNC_USER_COLUMNS).
+/// pk, id, user_name, doc, active, deleted, change_seq, groups, quarantined (see
+/// SYNC_USER_COLUMNS).
 fn user_row(r: &Row) -> Result<UserRow, SqlError> {
     Ok(UserRow {
         pk: int(r, 0)?,
@@ -282,6 +350,7 @@ fn user_row(r: &Row) -> Result<UserRow, SqlError> {
         deleted: bit(r, 5)?,
         change_seq: int(r, 6)?,
         groups: opt_text(r, 7)?,
+        quarantined: bit(r, 8)?,
     })
 }
 
@@ -418,10 +487,10 @@ fn links_json(links: &[LinkWrite]) -> Result<String, SyncError> {
 }
 
 /// The JSON rows of a batch's failed users (see UPSERT_RETRIES).
-fn retries_json(retries: &[(String, String)]) -> String {
+fn retries_json(retries: &[RetryWrite]) -> String {
     let rows: Vec<Value> = retries
         .iter()
-        .map(|(user_id, error)| json!({"user_id": user_id, "error": error}))
+        .map(|f| json!({"user_id": f.user_id, "error": f.error, "change_seq": f.change_seq}))
         .collect();
     Value::Array(rows).to_string()
 }
@@ -464,6 +533,7 @@ async fn acquire_lease(c: &mut Client, r: &BeginRun) -> Result<bool, SqlError> {
     q.bind(r.holder.clone());
     q.bind(naive(r.started_at));
     q.bind(naive(r.lease_expires));
+    q.bind(r.take_from.clone());
     let row = first(c, q)
         .await?
         .ok_or_else(|| SqlError::missing("lease answer"))?;
@@ -499,6 +569,7 @@ async fn insert_run(
     q.bind(ended);
     q.bind(r.watermark_from);
     q.bind(approves);
+    q.bind(r.holder.clone());
     scalar(c, q).await
 }
 
@@ -533,12 +604,42 @@ async fn update_run(
         counts.deactivated,
         counts.offboarded,
         counts.failed,
+        counts.quarantined,
     ] {
         q.bind(i64::try_from(n).unwrap_or(i64::MAX));
     }
     q.bind(watermark_to);
     q.bind(error.map(str::to_string));
     q.bind(run_id);
+    execute(c, q).await.map(drop)
+}
+
+/// A lease as stored: holder, run_id, acquired_at, expires_at (LEASE_ROW, DROP_LEASE).
+fn lease_row(r: &Row) -> Result<LeaseRow, SqlError> {
+    Ok(LeaseRow {
+        holder: text(r, 0)?,
+        run_id: opt_int(r, 1)?,
+        acquired_at: utc(r, 2)?,
+        expires_at: utc(r, 3)?,
+    })
+}
+
+/// An operator's action on the sync side, in the audit trail (inside the caller's
+/// transaction, with the action it records).
+async fn audit(
+    c: &mut Client,
+    tenant: &str,
+    actor: &str,
+    action: &str,
+    detail: &Value,
+    now: DateTime<Utc>,
+) -> Result<(), SqlError> {
+    let mut q = Query::new(INSERT_AUDIT);
+    q.bind(naive(now));
+    q.bind(tenant.to_string());
+    q.bind(actor.to_string());
+    q.bind(action.to_string());
+    q.bind(detail.to_string());
     execute(c, q).await.map(drop)
 }
 
@@ -636,6 +737,7 @@ async fn record(c: &mut Client, r: &Record) -> Result<(), SyncError> {
             q.bind(t.to_string());
             q.bind(retries_json(&r.retries));
             q.bind(now);
+            q.bind(i64::from(r.quarantine_after));
             execute(c, q).await?;
         }
         if !r.cleared.is_empty() {
@@ -784,6 +886,124 @@ impl SyncStore for MssqlStaging {
         .await
     }
 
+    /// The run's heartbeat and, for a leased run, the lease's renewal, in one transaction.
+    async fn heartbeat(&self, beat: Heartbeat) -> Result<bool, SyncError> {
+        transaction(&self.pool, async |c: &mut Client| {
+            let mut q = Query::new(HEARTBEAT_RUN);
+            q.bind(naive(beat.now));
+            q.bind(beat.run_id);
+            execute(c, q).await?;
+            if !beat.leased {
+                return Ok(true);
+            }
+            let mut q = Query::new(RENEW_LEASE);
+            q.bind(naive(beat.lease_expires));
+            q.bind(beat.tenant.clone());
+            q.bind(beat.holder.clone());
+            Ok::<_, SyncError>(execute(c, q).await? > 0)
+        })
+        .await
+    }
+
+    async fn running_runs(&self, tenant: Option<&str>) -> Result<Vec<RunningRun>, SyncError> {
+        let mut q = Query::new(running_runs_sql(tenant.is_some()));
+        if let Some(t) = tenant {
+            q.bind(t.to_string());
+        }
+        let mut c = self.pool.get().await?;
+        rows(&mut c, q)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(RunningRun {
+                    id: int(r, 0)?,
+                    tenant: text(r, 1)?,
+                    holder: opt_text(r, 2)?,
+                    heartbeat_at: opt_utc(r, 3)?,
+                    started_at: utc(r, 4)?,
+                    dry_run: bit(r, 5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn close_runs(
+        &self,
+        ids: &[i64],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, SyncError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut q = Query::new(CLOSE_RUNS);
+        q.bind(naive(now));
+        q.bind(reason.to_string());
+        q.bind(serde_json::to_string(ids)?);
+        let mut c = self.pool.get().await?;
+        Ok(execute(&mut c, q).await?)
+    }
+
+    async fn lease_row(&self, tenant: &str) -> Result<Option<LeaseRow>, SyncError> {
+        let mut q = Query::new(LEASE_ROW);
+        q.bind(tenant.to_string());
+        let mut c = self.pool.get().await?;
+        Ok(first(&mut c, q)
+            .await?
+            .as_ref()
+            .map(lease_row)
+            .transpose()?)
+    }
+
+    /// The lease deleted and answered in one statement, then audited, in one transaction.
+    async fn release_lease(
+        &self,
+        tenant: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LeaseRow>, SyncError> {
+        transaction(&self.pool, async |c: &mut Client| {
+            let mut q = Query::new(DROP_LEASE);
+            q.bind(tenant.to_string());
+            let Some(lease) = first(c, q).await?.as_ref().map(lease_row).transpose()? else {
+                return Ok(None);
+            };
+            let detail = json!({
+                "holder": lease.holder,
+                "run_id": lease.run_id,
+                "expires_at": format_time(lease.expires_at),
+            });
+            audit(c, tenant, actor, "release_lease", &detail, now).await?;
+            Ok::<_, SyncError>(Some(lease))
+        })
+        .await
+    }
+
+    async fn count_quarantined(&self, tenant: &str) -> Result<i64, SyncError> {
+        let mut q = Query::new(COUNT_QUARANTINED);
+        q.bind(tenant.to_string());
+        let mut c = self.pool.get().await?;
+        Ok(scalar(&mut c, q).await?)
+    }
+
+    async fn release_quarantine(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, SyncError> {
+        transaction(&self.pool, async |c: &mut Client| {
+            if by_user(c, RELEASE_QUARANTINE, tenant, user_id).await? == 0 {
+                return Ok(false);
+            }
+            let detail = json!({ "user_id": user_id });
+            audit(c, tenant, actor, "release_quarantine", &detail, now).await?;
+            Ok::<_, SyncError>(true)
+        })
+        .await
+    }
+
     async fn run_state(&self, run_id: i64) -> Result<Option<RunState>, SyncError> {
         let mut q = Query::new(GET_RUN);
         q.bind(run_id);
@@ -923,6 +1143,13 @@ pub(super) fn statements() -> Vec<(String, String)> {
         ("RENEW_LEASE", RENEW_LEASE),
         ("LEASE_RUN", LEASE_RUN),
         ("RELEASE_LEASE", RELEASE_LEASE),
+        ("LEASE_ROW", LEASE_ROW),
+        ("DROP_LEASE", DROP_LEASE),
+        ("INSERT_AUDIT", INSERT_AUDIT),
+        ("COUNT_QUARANTINED", COUNT_QUARANTINED),
+        ("RELEASE_QUARANTINE", RELEASE_QUARANTINE),
+        ("HEARTBEAT_RUN", HEARTBEAT_RUN),
+        ("CLOSE_RUNS", CLOSE_RUNS),
         ("INSERT_RUN", INSERT_RUN),
         ("ABANDON_STALE_RUNS", ABANDON_STALE_RUNS),
         ("UPDATE_RUN", UPDATE_RUN),
@@ -941,6 +1168,9 @@ pub(super) fn statements() -> Vec<(String, String)> {
         out.push((format!("count_due({held})"), count_due(held)));
         out.push((format!("due_users({held})"), due_users(held)));
     }
+    for one in [false, true] {
+        out.push((format!("running_runs_sql({one})"), running_runs_sql(one)));
+    }
     out
 }
 
@@ -956,7 +1186,7 @@ mod tests {
     /// the statement uses.
     #[test]
     fn the_sync_engine_statements_take_as_many_parameters_as_it_binds() {
-        let engine: [(&str, &str, usize); 30] = [
+        let engine: [(&str, &str, usize); 37] = [
             ("GET_WATERMARK", GET_WATERMARK, 1),
             ("COUNT_CHANGED", COUNT_CHANGED, 4),
             ("CHANGED_USERS", &CHANGED_USERS, 5),
@@ -968,17 +1198,24 @@ mod tests {
             ("GET_RUN", GET_RUN, 1),
             ("INSERT_RUN_ITEMS", INSERT_RUN_ITEMS, 2),
             ("UPSERT_LINKS", &UPSERT_LINKS, 3),
-            ("UPSERT_RETRIES", &UPSERT_RETRIES, 3),
+            ("UPSERT_RETRIES", &UPSERT_RETRIES, 4),
             ("CLEAR_RETRIES", CLEAR_RETRIES, 2),
             ("ADVANCE_WATERMARK", ADVANCE_WATERMARK, 4),
-            ("ACQUIRE_LEASE", ACQUIRE_LEASE, 4),
+            ("ACQUIRE_LEASE", ACQUIRE_LEASE, 5),
             ("RENEW_LEASE", RENEW_LEASE, 3),
             ("RELEASE_LEASE", RELEASE_LEASE, 2),
+            ("LEASE_ROW", LEASE_ROW, 1),
+            ("DROP_LEASE", DROP_LEASE, 1),
+            ("INSERT_AUDIT", INSERT_AUDIT, 5),
+            ("COUNT_QUARANTINED", COUNT_QUARANTINED, 1),
+            ("RELEASE_QUARANTINE", RELEASE_QUARANTINE, 2),
+            ("HEARTBEAT_RUN", HEARTBEAT_RUN, 2),
+            ("CLOSE_RUNS", CLOSE_RUNS, 3),
             ("LEASE_RUN", LEASE_RUN, 3),
             ("ABANDON_STALE_RUNS", ABANDON_STALE_RUNS, 2),
             ("DROP_ORPHAN_RETRIES", DROP_ORPHAN_RETRIES, 1),
-            ("INSERT_RUN", INSERT_RUN, 9),
-            ("UPDATE_RUN", UPDATE_RUN, 13),
+            ("INSERT_RUN", INSERT_RUN, 10),
+            ("UPDATE_RUN", UPDATE_RUN, 14),
             ("APPROVE_RUN", APPROVE_RUN, 3),
             ("QUEUE_OFFBOARDING", QUEUE_OFFBOARDING, 8),
             ("COUNT_MEMBERSHIPS", COUNT_MEMBERSHIPS, 2),
@@ -996,6 +1233,9 @@ mod tests {
         }
         for (held, binds) in [(false, 4), (true, 5)] {
             assert_eq!(param_numbers(&due_users(held)).len(), binds);
+        }
+        for (one, binds) in [(false, 0), (true, 1)] {
+            assert_eq!(param_numbers(&running_runs_sql(one)).len(), binds);
         }
         // The run is the last parameter of the held form.
         assert!(due_users(true).contains("i.run_id = @P5"));
@@ -1066,7 +1306,13 @@ mod tests {
         }])
         .unwrap();
         assert_eq!(keys(&links), paths(&UPSERT_LINKS));
-        let retries = retries_json(&[("u2".into(), "refused".into())]);
+        let retries = retries_json(&[RetryWrite {
+            user_id: "u2".into(),
+            error: "refused".into(),
+            change_seq: 7,
+        }]);
         assert_eq!(keys(&retries), paths(&UPSERT_RETRIES));
+        let row: Value = serde_json::from_str(&retries).unwrap();
+        assert_eq!(row[0]["change_seq"], json!(7));
     }
 }
