@@ -15,10 +15,11 @@ use super::pool::MssqlPool;
 use super::rows::{
     self, SqlError, at_ms, bit, first, int, opt_int, opt_text, opt_time, rows, text,
 };
+use super::sync::COUNT_QUARANTINED;
 use crate::sync::SyncError;
 use crate::sync::ledger::{
-    ItemRow, LedgerReads, LinkRow, PendingRow, RunQuery, RunRow, StagedRow, UserRef, decode_item,
-    decode_link, decode_pending, decode_staged,
+    ItemRow, LedgerReads, LinkRow, PendingRow, QuarantineRow, RunQuery, RunRow, StagedRow, UserRef,
+    decode_item, decode_link, decode_pending, decode_staged,
 };
 
 // ---- statements ---------------------------------------------------------------------------
@@ -29,7 +30,7 @@ const RUN_COLUMNS: &str = "r.id, r.tenant, r.[trigger], r.dry_run, r.[full], r.s
      CAST(r.updated AS BIGINT) AS updated, CAST(r.unchanged AS BIGINT) AS unchanged, \
      CAST(r.roles_added AS BIGINT) AS roles_added, CAST(r.roles_removed AS BIGINT) AS roles_removed, \
      CAST(r.deactivated AS BIGINT) AS deactivated, CAST(r.offboarded AS BIGINT) AS offboarded, \
-     CAST(r.failed AS BIGINT) AS failed, \
+     CAST(r.failed AS BIGINT) AS failed, CAST(r.quarantined AS BIGINT) AS quarantined, \
      (SELECT COUNT_BIG(*) FROM sync.run_items i WHERE i.run_id = r.id AND i.outcome = N'offboarding_held') AS held, \
      r.watermark_from, r.watermark_to, r.error, r.approves_run, r.approved_at, r.approved_by";
 
@@ -78,12 +79,17 @@ fn count_runs(f: RunFilters) -> String {
     format!("SELECT COUNT_BIG(*) FROM sync.runs r WHERE {cond}")
 }
 
-/// The matching runs, newest first; after the filters' parameters: offset, then limit.
+/// The matching runs, newest first, each ending with the number of matches (see
+/// [`counted`]); after the filters' parameters: offset, then limit. The page's ids are
+/// counted and cut first (narrow), then joined back for their
+/// columns, so the count spools ids only and `held` is counted for the page alone.
 fn runs_page(f: RunFilters) -> String {
     let (cond, n) = f.condition();
     format!(
-        "SELECT {RUN_COLUMNS} FROM sync.runs r WHERE {cond} ORDER BY r.id DESC \
-         OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY",
+        "SELECT {RUN_COLUMNS}, p.total FROM (SELECT r.id, COUNT_BIG(*) OVER () AS total \
+         FROM sync.runs r WHERE {cond} ORDER BY r.id DESC \
+         OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY) p \
+         JOIN sync.runs r ON r.id = p.id ORDER BY r.id DESC",
         n + 1,
         n + 2
     )
@@ -115,13 +121,16 @@ fn count_items(outcome: bool) -> String {
     )
 }
 
-/// The items in the order they were recorded; after the condition's parameters: offset, then
-/// limit.
+/// The items in the order they were recorded, each ending with the number of matches (see
+/// [`counted`]); after the condition's parameters: offset, then limit. Ids first, as for
+/// runs: the JSON columns of a large run's items are read for the page only.
 fn items_page(outcome: bool) -> String {
     let n = if outcome { 2 } else { 1 };
     format!(
-        "SELECT id, user_id, user_name, app_key, outcome, changes, roles_added, roles_removed, \
-         error FROM sync.run_items WHERE {} ORDER BY id OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY",
+        "SELECT i.id, i.user_id, i.user_name, i.app_key, i.outcome, i.changes, i.roles_added, \
+         i.roles_removed, i.error, p.total FROM (SELECT id, COUNT_BIG(*) OVER () AS total \
+         FROM sync.run_items WHERE {} ORDER BY id OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY) p \
+         JOIN sync.run_items i ON i.id = p.id ORDER BY i.id",
         items_condition(outcome),
         n + 1,
         n + 2
@@ -173,14 +182,25 @@ const PENDING: &str = "\
            CAST(o.attempts AS BIGINT), o.last_error \
     FROM sync.offboarding o WHERE o.tenant = @P1";
 
-/// Soonest due first: @P1 tenant, @P2 retention hours, @P3 offset, @P4 limit.
+/// Soonest due first, each ending with the number of matches (see [`counted`]): @P1 tenant,
+/// @P2 retention hours, @P3 offset, @P4 limit.
 fn pending_page() -> String {
     format!(
         "SELECT p.state, p.user_id, p.user_name, p.app_key, p.deactivated_at, p.deleted_at, \
-         p.due_at, p.queued_at, p.attempts, p.last_error FROM ({PENDING}) p \
+         p.due_at, p.queued_at, p.attempts, p.last_error, COUNT_BIG(*) OVER () AS total \
+         FROM ({PENDING}) p \
          ORDER BY p.due_at, p.user_id OFFSET @P3 ROWS FETCH NEXT @P4 ROWS ONLY"
     )
 }
+
+/// The tenant's quarantined users, longest quarantined first, with their userName while they
+/// are staged, each ending with the number of matches (see [`counted`]): @P1 tenant, @P2
+/// offset, @P3 limit. (Counted alone by sync's COUNT_QUARANTINED.)
+const QUARANTINED_PAGE: &str = "SELECT x.user_id, u.user_name, CAST(x.attempts AS BIGINT) AS attempts, \
+     x.last_error, x.first_failed_at, x.last_failed_at, x.quarantined_at, COUNT_BIG(*) OVER () AS total \
+     FROM sync.retry x LEFT JOIN scim.users u ON u.tenant = x.tenant AND u.id = x.user_id \
+     WHERE x.tenant = @P1 AND x.quarantined_at IS NOT NULL \
+     ORDER BY x.quarantined_at, x.user_id OFFSET @P2 ROWS FETCH NEXT @P3 ROWS ONLY";
 
 /// @P1 tenant, @P2 retention hours.
 fn count_pending_sql() -> String {
@@ -207,13 +227,14 @@ fn run_row(r: &Row) -> Result<RunRow, SqlError> {
         deactivated: int(r, 13)?,
         offboarded: int(r, 14)?,
         failed: int(r, 15)?,
-        held: int(r, 16)?,
-        watermark_from: opt_int(r, 17)?,
-        watermark_to: opt_int(r, 18)?,
-        error: opt_text(r, 19)?,
-        approves_run: opt_int(r, 20)?,
-        approved_at: opt_time(r, 21)?,
-        approved_by: opt_int(r, 22)?,
+        quarantined: int(r, 16)?,
+        held: int(r, 17)?,
+        watermark_from: opt_int(r, 18)?,
+        watermark_to: opt_int(r, 19)?,
+        error: opt_text(r, 20)?,
+        approves_run: opt_int(r, 21)?,
+        approved_at: opt_time(r, 22)?,
+        approved_by: opt_int(r, 23)?,
     })
 }
 
@@ -226,6 +247,36 @@ async fn count(pool: &MssqlPool, q: Query<'_>) -> Result<i64, SqlError> {
     }
 }
 
+/// A page whose rows end with the number of matches (`COUNT_BIG(*) OVER ()`), and that
+/// number: the count and the page come from one statement, so they agree (on SQLite, one read
+/// transaction does that; a second statement here would read after the first under READ
+/// COMMITTED, and SNAPSHOT isolation is a database setting this service does not require). A
+/// page past the end has no row to carry the count: then `count_query` is asked (at offset 0
+/// there is nothing to count).
+async fn counted<T>(
+    pool: &MssqlPool,
+    page: Query<'_>,
+    offset: i64,
+    count_query: impl FnOnce() -> Query<'static>,
+    read: impl Fn(&Row) -> Result<T, SqlError>,
+) -> Result<(i64, Vec<T>), SqlError> {
+    let found = {
+        let mut c = pool.get().await?;
+        rows(&mut c, page).await?
+    };
+    let Some(row) = found.first() else {
+        let total = if offset > 0 {
+            count(pool, count_query()).await?
+        } else {
+            0
+        };
+        return Ok((total, Vec::new()));
+    };
+    let total = int(row, row.len().saturating_sub(1))?;
+    let items = found.iter().map(read).collect::<Result<_, _>>()?;
+    Ok((total, items))
+}
+
 async fn one_run(pool: &MssqlPool, q: Query<'_>) -> Result<Option<RunRow>, SqlError> {
     let mut c = pool.get().await?;
     first(&mut c, q).await?.as_ref().map(run_row).transpose()
@@ -236,15 +287,11 @@ fn retention(hours: u32) -> i32 {
     i32::try_from(hours).unwrap_or(i32::MAX)
 }
 
-async fn count_pending(
-    pool: &MssqlPool,
-    tenant: &str,
-    retention_hours: u32,
-) -> Result<i64, SqlError> {
+fn count_pending_query(tenant: &str, retention_hours: u32) -> Query<'static> {
     let mut q = Query::new(count_pending_sql());
     q.bind(tenant.to_string());
     q.bind(retention(retention_hours));
-    count(pool, q).await
+    q
 }
 
 // ---- the reads ----------------------------------------------------------------------------
@@ -267,20 +314,16 @@ impl LedgerReads for MssqlStaging {
                 query.bind(at_ms(t));
             }
         };
-        let mut total = Query::new(count_runs(f));
-        bind(&mut total);
-        let total = count(&self.pool, total).await?;
         let mut page = Query::new(runs_page(f));
         bind(&mut page);
         page.bind(q.offset);
         page.bind(q.limit);
-        let mut c = self.pool.get().await?;
-        let runs = rows(&mut c, page)
-            .await?
-            .iter()
-            .map(run_row)
-            .collect::<Result<_, _>>()?;
-        Ok((total, runs))
+        let count_query = || {
+            let mut total = Query::new(count_runs(f));
+            bind(&mut total);
+            total
+        };
+        Ok(counted(&self.pool, page, q.offset, count_query, run_row).await?)
     }
 
     async fn run(&self, id: i64) -> Result<Option<RunRow>, SyncError> {
@@ -308,32 +351,29 @@ impl LedgerReads for MssqlStaging {
                 q.bind(o.to_string());
             }
         };
-        let mut total = Query::new(count_items(outcome.is_some()));
-        bind(&mut total);
-        let total = count(&self.pool, total).await?;
         let mut page = Query::new(items_page(outcome.is_some()));
         bind(&mut page);
         page.bind(offset);
         page.bind(limit);
-        let mut c = self.pool.get().await?;
-        let items = rows(&mut c, page)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok::<_, SqlError>(decode_item((
-                    int(r, 0)?,
-                    text(r, 1)?,
-                    opt_text(r, 2)?,
-                    opt_text(r, 3)?,
-                    text(r, 4)?,
-                    opt_text(r, 5)?,
-                    opt_text(r, 6)?,
-                    opt_text(r, 7)?,
-                    opt_text(r, 8)?,
-                )))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok((total, items))
+        let count_query = || {
+            let mut total = Query::new(count_items(outcome.is_some()));
+            bind(&mut total);
+            total
+        };
+        let read = |r: &Row| {
+            Ok::<_, SqlError>(decode_item((
+                int(r, 0)?,
+                text(r, 1)?,
+                opt_text(r, 2)?,
+                opt_text(r, 3)?,
+                text(r, 4)?,
+                opt_text(r, 5)?,
+                opt_text(r, 6)?,
+                opt_text(r, 7)?,
+                opt_text(r, 8)?,
+            )))
+        };
+        Ok(counted(&self.pool, page, offset, count_query, read).await?)
     }
 
     async fn lease(
@@ -397,36 +437,60 @@ impl LedgerReads for MssqlStaging {
         limit: i64,
         offset: i64,
     ) -> Result<(i64, Vec<PendingRow>), SyncError> {
-        let total = count_pending(&self.pool, tenant, retention_hours).await?;
         let mut q = Query::new(pending_page());
         q.bind(tenant.to_string());
         q.bind(retention(retention_hours));
         q.bind(offset);
         q.bind(limit);
-        let mut c = self.pool.get().await?;
-        let pending = rows(&mut c, q)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok::<_, SqlError>(decode_pending((
-                    text(r, 0)?,
-                    text(r, 1)?,
-                    opt_text(r, 2)?,
-                    text(r, 3)?,
-                    opt_time(r, 4)?,
-                    opt_time(r, 5)?,
-                    rows::time(r, 6)?,
-                    opt_time(r, 7)?,
-                    int(r, 8)?,
-                    opt_text(r, 9)?,
-                )))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok((total, pending))
+        let count_query = || count_pending_query(tenant, retention_hours);
+        let read = |r: &Row| {
+            Ok::<_, SqlError>(decode_pending((
+                text(r, 0)?,
+                text(r, 1)?,
+                opt_text(r, 2)?,
+                text(r, 3)?,
+                opt_time(r, 4)?,
+                opt_time(r, 5)?,
+                rows::time(r, 6)?,
+                opt_time(r, 7)?,
+                int(r, 8)?,
+                opt_text(r, 9)?,
+            )))
+        };
+        Ok(counted(&self.pool, q, offset, count_query, read).await?)
     }
 
     async fn count_pending(&self, tenant: &str, retention_hours: u32) -> Result<i64, SyncError> {
-        Ok(count_pending(&self.pool, tenant, retention_hours).await?)
+        Ok(count(&self.pool, count_pending_query(tenant, retention_hours)).await?)
+    }
+
+    async fn quarantined(
+        &self,
+        tenant: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<QuarantineRow>), SyncError> {
+        let mut q = Query::new(QUARANTINED_PAGE);
+        q.bind(tenant.to_string());
+        q.bind(offset);
+        q.bind(limit);
+        let count_query = || {
+            let mut q = Query::new(COUNT_QUARANTINED);
+            q.bind(tenant.to_string());
+            q
+        };
+        let read = |r: &Row| {
+            Ok(QuarantineRow {
+                user_id: text(r, 0)?,
+                user_name: opt_text(r, 1)?,
+                attempts: int(r, 2)?,
+                last_error: text(r, 3)?,
+                first_failed_at: rows::time(r, 4)?,
+                last_failed_at: rows::time(r, 5)?,
+                quarantined_at: rows::time(r, 6)?,
+            })
+        };
+        Ok(counted(&self.pool, q, offset, count_query, read).await?)
     }
 }
 
@@ -440,6 +504,7 @@ pub(super) fn statements() -> Vec<(String, String)> {
         ("LINK".into(), LINK.into()),
         ("pending_page".into(), pending_page()),
         ("count_pending_sql".into(), count_pending_sql()),
+        ("QUARANTINED_PAGE".into(), QUARANTINED_PAGE.into()),
     ];
     for f in tests::all_filters() {
         out.push((format!("count_runs({f:?})"), count_runs(f)));
@@ -470,10 +535,10 @@ mod tests {
         out
     }
 
-    /// 6 fixed statements, 16 filter combinations of two, 3 pairs of variants.
+    /// 7 fixed statements, 16 filter combinations of two, 3 pairs of variants.
     #[test]
     fn every_ledger_statement_is_collected() {
-        assert_eq!(statements().len(), 6 + 32 + 6);
+        assert_eq!(statements().len(), 7 + 32 + 6);
     }
 
     #[test]
@@ -492,9 +557,11 @@ mod tests {
         assert_eq!(
             runs_page(f),
             format!(
-                "SELECT {RUN_COLUMNS} FROM sync.runs r WHERE 1 = 1 AND r.tenant = @P1 \
+                "SELECT {RUN_COLUMNS}, p.total FROM (SELECT r.id, COUNT_BIG(*) OVER () AS total \
+                 FROM sync.runs r WHERE 1 = 1 AND r.tenant = @P1 \
                  AND r.started_at >= @P2 AND r.started_at < @P3 ORDER BY r.id DESC \
-                 OFFSET @P4 ROWS FETCH NEXT @P5 ROWS ONLY"
+                 OFFSET @P4 ROWS FETCH NEXT @P5 ROWS ONLY) p \
+                 JOIN sync.runs r ON r.id = p.id ORDER BY r.id DESC"
             )
         );
         let none = RunFilters::of(&RunQuery::default());
@@ -502,7 +569,7 @@ mod tests {
             count_runs(none),
             "SELECT COUNT_BIG(*) FROM sync.runs r WHERE 1 = 1"
         );
-        assert!(runs_page(none).ends_with("OFFSET @P1 ROWS FETCH NEXT @P2 ROWS ONLY"));
+        assert!(runs_page(none).contains("OFFSET @P1 ROWS FETCH NEXT @P2 ROWS ONLY) p"));
         // Every variant numbers its page parameters right after its filters.
         for f in all_filters() {
             let n = [f.tenant, f.status, f.since, f.until]
@@ -517,8 +584,8 @@ mod tests {
             };
             assert!(page.contains(&last_filter), "{page}");
             assert!(
-                page.ends_with(&format!(
-                    "OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY",
+                page.contains(&format!(
+                    "OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY) p",
                     n + 1,
                     n + 2
                 )),
