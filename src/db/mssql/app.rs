@@ -23,8 +23,9 @@ use tokio::runtime::Handle;
 
 use super::migrate;
 use super::pool::{Client, MssqlPool, Pooled};
-use super::rows::{Param, SqlError, any_int, params, simple};
+use super::rows::{self, Param, SqlError, any_int, bit, int32, params, rows, simple};
 use crate::config::{ApplicationConfig, MssqlConfig};
+use crate::target::schema::{ColumnInfo, TableInfo};
 use crate::target::writer::{self, Dialect, Exec, QuotedRoles, Stmt};
 use crate::target::{AppDatabase, BatchFn, TargetError, UserApplied, quote_parts};
 
@@ -49,6 +50,52 @@ const XACT_STATE: &str = "SELECT CAST(XACT_STATE() AS INT)";
 const COUNT_APP_TABLES: &str = "SELECT COUNT(*) FROM sys.tables WHERE is_ms_shipped = 0";
 /// The schema script runs in one transaction that any error ends.
 const SCHEMA_BEGIN: &str = "SET XACT_ABORT ON; BEGIN TRANSACTION";
+
+/// The columns of table or view @P1 (a quoted `[name]` or `[schema].[name]`, resolved like
+/// the writer's statements resolve it), in order: name, type (an alias type's base type, so
+/// `sysname` reads `nvarchar`), max_length (bytes; -1: max), precision, scale, nullable, and
+/// whether the server fills it in (a default, an identity, a computed column).
+const DESCRIBE_COLUMNS: &str = "SELECT c.name, \
+     CASE WHEN t.is_assembly_type = 0 AND t.user_type_id <> t.system_type_id \
+     THEN bt.name ELSE t.name END AS type_name, \
+     CAST(c.max_length AS INT), CAST(c.[precision] AS INT), CAST(c.scale AS INT), c.is_nullable, \
+     CAST(CASE WHEN c.default_object_id <> 0 OR c.is_identity = 1 OR c.is_computed = 1 \
+     THEN 1 ELSE 0 END AS BIT) AS filled \
+     FROM sys.columns c JOIN sys.objects o ON o.object_id = c.object_id AND o.type IN ('U', 'V') \
+     JOIN sys.types t ON t.user_type_id = c.user_type_id \
+     LEFT JOIN sys.types bt ON bt.user_type_id = t.system_type_id \
+     WHERE c.object_id = OBJECT_ID(@P1) ORDER BY c.column_id";
+
+/// The key columns of @P1's unique keys (primary key first, then unique constraints and
+/// indexes without a filter; disabled ones enforce nothing): index id, column, in key order.
+const DESCRIBE_UNIQUE: &str = "SELECT i.index_id, c.name FROM sys.indexes i \
+     JOIN sys.index_columns ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id \
+     AND ic.is_included_column = 0 \
+     JOIN sys.columns c ON c.object_id = ic.object_id AND c.column_id = ic.column_id \
+     WHERE i.object_id = OBJECT_ID(@P1) AND i.is_unique = 1 AND i.has_filter = 0 \
+     AND i.is_disabled = 0 AND i.is_hypothetical = 0 \
+     ORDER BY i.is_primary_key DESC, i.index_id, ic.key_ordinal";
+
+/// A column's type as T-SQL spells it: lengths of the character and binary types (in
+/// characters for the N types), precision and scale of the exact numerics, the bare name
+/// otherwise. `timestamp` is rowversion (binary, filled by the server), not a time.
+fn spell_type(name: &str, max_length: i32, precision: i32, scale: i32) -> String {
+    let name = name.to_ascii_lowercase();
+    let length = |chars: i32| {
+        if max_length < 0 {
+            "max".to_string()
+        } else {
+            chars.to_string()
+        }
+    };
+    match name.as_str() {
+        "char" | "varchar" | "binary" | "varbinary" => format!("{name}({})", length(max_length)),
+        "nchar" | "nvarchar" => format!("{name}({})", length(max_length / 2)),
+        "decimal" | "numeric" => format!("{name}({precision},{scale})"),
+        "timestamp" => "rowversion".to_string(),
+        _ => name,
+    }
+}
 
 /// Upsert one application row by key, as one batch: @P1 the key, @P2… the field values in
 /// `columns` order. Returns one row, `created` (BIT). UPDATE WITH (UPDLOCK, HOLDLOCK) locks the
@@ -348,8 +395,54 @@ async fn apply_schema(pool: &MssqlPool, schema: &Path) -> Result<(), TargetError
     Ok(())
 }
 
+/// `table`'s columns and unique keys (None: no such table or view, or a name the writer
+/// would refuse too).
+async fn describe(c: &mut Client, table: &str) -> Result<Option<TableInfo>, SqlError> {
+    let Some(quoted) = quote_parts(table, '[', ']') else {
+        return Ok(None);
+    };
+    let mut q = Query::new(DESCRIBE_COLUMNS);
+    q.bind(quoted.clone());
+    let columns = rows(c, q)
+        .await?
+        .iter()
+        .map(|r| {
+            let declared = spell_type(&rows::text(r, 1)?, int32(r, 2)?, int32(r, 3)?, int32(r, 4)?);
+            Ok(ColumnInfo {
+                name: rows::text(r, 0)?,
+                // rowversion is written by the server alone.
+                defaulted: bit(r, 6)? || declared == "rowversion",
+                declared,
+                not_null: !bit(r, 5)?,
+            })
+        })
+        .collect::<Result<Vec<_>, SqlError>>()?;
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let mut q = Query::new(DESCRIBE_UNIQUE);
+    q.bind(quoted);
+    let mut unique: Vec<(i32, Vec<String>)> = Vec::new();
+    for r in rows(c, q).await? {
+        let (index, column) = (int32(&r, 0)?, rows::text(&r, 1)?);
+        match unique.last_mut() {
+            Some((last, cols)) if *last == index => cols.push(column),
+            _ => unique.push((index, vec![column])),
+        }
+    }
+    Ok(Some(TableInfo {
+        columns,
+        unique: unique.into_iter().map(|(_, cols)| cols).collect(),
+    }))
+}
+
 #[async_trait]
 impl AppDatabase for MssqlApp {
+    async fn describe(&self, table: &str) -> Result<Option<TableInfo>, TargetError> {
+        let mut c = self.pool.get().await?;
+        Ok(describe(&mut c, table).await?)
+    }
+
     /// One pooled connection on a blocking thread for the whole batch.
     async fn batch(&self, mut f: BatchFn) -> Result<Vec<Result<UserApplied, String>>, TargetError> {
         let client = self.pool.get_owned().await?;
@@ -379,6 +472,8 @@ pub(super) fn statements() -> Vec<(String, String)> {
         ("APP_COMMIT", APP_COMMIT),
         ("APP_ROLLBACK", APP_ROLLBACK),
         ("XACT_STATE", XACT_STATE),
+        ("DESCRIBE_COLUMNS", DESCRIBE_COLUMNS),
+        ("DESCRIBE_UNIQUE", DESCRIBE_UNIQUE),
     ]
     .into_iter()
     .map(|(n, s)| (n.to_string(), s.to_string()))

@@ -526,3 +526,57 @@ async fn an_unreachable_server_fails_fast_naming_application_server_and_database
     assert!(msg.contains("database crm_app"), "{msg}");
     assert!(!msg.contains("do-not-print-me"), "{msg}");
 }
+
+/// Every system type as `describe` spells it, and the kind the schema check takes it for:
+/// lengths in characters, `max` for -1, rowversion never a time.
+#[test]
+fn column_types_are_spelled_as_t_sql_declares_them_and_classified() {
+    use crate::target::schema::Kind;
+    for (name, max_length, precision, scale, spelled, kind) in [
+        ("nvarchar", 510, 0, 0, "nvarchar(255)", Kind::Text),
+        ("nvarchar", -1, 0, 0, "nvarchar(max)", Kind::Text),
+        ("nchar", 20, 0, 0, "nchar(10)", Kind::Text),
+        ("varchar", 200, 0, 0, "varchar(200)", Kind::Text),
+        ("varchar", -1, 0, 0, "varchar(max)", Kind::Text),
+        ("char", 1, 0, 0, "char(1)", Kind::Text),
+        ("ntext", 16, 0, 0, "ntext", Kind::Text),
+        ("text", 16, 0, 0, "text", Kind::Text),
+        ("bigint", 8, 19, 0, "bigint", Kind::Integer),
+        ("int", 4, 10, 0, "int", Kind::Integer),
+        ("smallint", 2, 5, 0, "smallint", Kind::Integer),
+        ("tinyint", 1, 3, 0, "tinyint", Kind::Integer),
+        ("bit", 1, 1, 0, "bit", Kind::Boolean),
+        ("decimal", 9, 10, 2, "decimal(10,2)", Kind::Real),
+        ("numeric", 9, 18, 0, "numeric(18,0)", Kind::Real),
+        ("money", 8, 19, 4, "money", Kind::Real),
+        ("smallmoney", 4, 10, 4, "smallmoney", Kind::Real),
+        ("float", 8, 53, 0, "float", Kind::Real),
+        ("real", 4, 24, 0, "real", Kind::Real),
+        ("datetime2", 8, 27, 7, "datetime2", Kind::Time),
+        ("datetime", 8, 23, 3, "datetime", Kind::Time),
+        ("smalldatetime", 4, 16, 0, "smalldatetime", Kind::Time),
+        ("datetimeoffset", 10, 34, 7, "datetimeoffset", Kind::Time),
+        ("date", 3, 10, 0, "date", Kind::Time),
+        ("time", 5, 16, 7, "time", Kind::Time),
+        ("timestamp", 8, 0, 0, "rowversion", Kind::Any),
+        ("uniqueidentifier", 16, 0, 0, "uniqueidentifier", Kind::Any),
+        ("varbinary", -1, 0, 0, "varbinary(max)", Kind::Any),
+        ("binary", 16, 0, 0, "binary(16)", Kind::Any),
+        ("image", 16, 0, 0, "image", Kind::Any),
+        ("xml", -1, 0, 0, "xml", Kind::Any),
+        ("sql_variant", 8016, 0, 0, "sql_variant", Kind::Any),
+        ("hierarchyid", 892, 0, 0, "hierarchyid", Kind::Any),
+        ("geography", -1, 0, 0, "geography", Kind::Any),
+    ] {
+        let declared = spell_type(name, max_length, precision, scale);
+        assert_eq!(declared, spelled);
+        assert_eq!(Kind::of(&declared), kind, "{declared}");
+    }
+}
+
+/// Both describe statements take the quoted name, bound once.
+#[test]
+fn describe_statements_take_one_parameter() {
+    assert_eq!(crate::db::mssql::tsql::param_numbers(DESCRIBE_COLUMNS), [1]);
+    assert_eq!(crate::db::mssql::tsql::param_numbers(DESCRIBE_UNIQUE), [1]);
+}
