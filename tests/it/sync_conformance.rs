@@ -721,6 +721,33 @@ async fn a_dead_holders_lease_is_taken_over_and_its_runs_closed() {
     }
 }
 
+/// An approval's run holds the lease, and the lease names it.
+#[tokio::test]
+async fn an_approvals_run_is_recorded_in_the_lease() {
+    for b in backends().await {
+        let (s, tn) = (&b.store, b.tenant.as_str());
+        let backend = s.backend_name();
+        let holder = Holder::this_process().to_string();
+        let held = s
+            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .await
+            .unwrap();
+        let approving = s
+            .begin_approval(begin(tn, &holder, None, false, t(3)), held.run_id)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.lease(tn, t(3)).await.unwrap(),
+            Some(Some(approving)),
+            "{backend}"
+        );
+        assert_eq!(
+            s.run(approving).await.unwrap().unwrap().approves_run,
+            Some(held.run_id)
+        );
+    }
+}
+
 /// A user the application refuses run after run is quarantined after `quarantine_after`
 /// failures on one staged version: skipped (the run succeeds, counting it apart) by
 /// incremental and full runs alike, listed with its userName, until its staged data changes

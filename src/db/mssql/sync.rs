@@ -853,6 +853,8 @@ impl SyncStore for MssqlStaging {
             }
             abandon_stale_runs(c, &run.tenant, run.started_at).await?;
             let run_id = insert_run(c, &run, RunStatus::Running, Some(approves)).await?;
+            // The admin API reports which run holds the lease.
+            lease_run(c, &run, run_id).await?;
             let mut q = Query::new(APPROVE_RUN);
             q.bind(naive(run.started_at));
             q.bind(run_id);
