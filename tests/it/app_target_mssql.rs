@@ -6,9 +6,10 @@
 use std::collections::BTreeSet;
 
 use scim_bridge::config::{ApplicationConfig, DbLocation, resolve_database};
+use scim_bridge::db::Connector;
+use scim_bridge::db::mssql::pool::{MssqlPool, TiberiusManager};
 use scim_bridge::mapping::{FieldValue, Offboarding, RoleTable, Target};
-use scim_bridge::store::mssql::pool::{MssqlPool, TiberiusManager};
-use scim_bridge::target::{AppDb, UserWrite};
+use scim_bridge::target::{AppConnector, UserApplied, UserWrite};
 
 type Conn<'a> = bb8::PooledConnection<'a, TiberiusManager>;
 
@@ -109,14 +110,15 @@ async fn sql_server_application_writes_upserts_roles_key_moves_and_offboarding()
         ),
     )
     .await;
-    let app = AppDb::open(&ApplicationConfig {
-        name: "it".into(),
-        database: "(from SCIM_BRIDGE_TEST_MSSQL)".into(),
-        location: DbLocation::SqlServer(server.clone()),
-        schema: None,
-    })
-    .await
-    .unwrap();
+    let app = Connector
+        .open(&ApplicationConfig {
+            name: "it".into(),
+            database: "(from SCIM_BRIDGE_TEST_MSSQL)".into(),
+            location: DbLocation::SqlServer(server.clone()),
+            schema: None,
+        })
+        .await
+        .unwrap();
     let target = Target {
         database: "it".into(),
         user_table: format!("dbo.{users}"),
@@ -136,7 +138,7 @@ async fn sql_server_application_writes_upserts_roles_key_moves_and_offboarding()
     // the transaction) leave nothing behind.
     let t = target.clone();
     let results = app
-        .batch(move |b| {
+        .batch(Box::new(move |b| {
             Ok([("a", "ok"), ("b", "bad"), ("c", "doom"), ("d", "ok")]
                 .iter()
                 .map(|(k, extra)| {
@@ -156,13 +158,14 @@ async fn sql_server_application_writes_upserts_roles_key_moves_and_offboarding()
                             roles_to_remove: &set(&[]),
                         },
                     )
-                    .map(|a| a.created)
                     .map_err(|e| e.to_string())
                 })
                 .collect::<Vec<_>>())
-        })
+        }))
         .await
         .unwrap();
+    let results: Vec<Result<bool, String>> =
+        results.into_iter().map(|r| r.map(|a| a.created)).collect();
     assert_eq!(results[0], Ok(true));
     assert!(results[1].is_err(), "{results:?}");
     assert!(
@@ -191,7 +194,7 @@ async fn sql_server_application_writes_upserts_roles_key_moves_and_offboarding()
     // An update with a role diff, and a key move (row and roles).
     let t = target.clone();
     let results = app
-        .batch(move |b| {
+        .batch(Box::new(move |b| {
             let a = b.apply_user(
                 &t,
                 &UserWrite {
@@ -215,11 +218,12 @@ async fn sql_server_application_writes_upserts_roles_key_moves_and_offboarding()
                     roles_to_remove: &set(&[]),
                 },
             )?;
-            Ok((a.created, d.created))
-        })
+            Ok(vec![Ok(a), Ok(d)])
+        }))
         .await
         .unwrap();
-    assert_eq!(results, (false, false));
+    let not_created = UserApplied { created: false };
+    assert_eq!(results, [Ok(not_created), Ok(not_created)]);
     let (rows, role_rows) = contents(&mut c, &users, &roles).await;
     assert_eq!(
         rows,
@@ -240,15 +244,16 @@ async fn sql_server_application_writes_upserts_roles_key_moves_and_offboarding()
 
     // Offboarding: a is deactivated and keeps no engine role; d2 is deleted.
     let t = target.clone();
-    app.batch(move |b| {
+    app.batch(Box::new(move |b| {
         b.offboard(
             &t,
             "a",
             &Offboarding::Update(vec![("IsActive".into(), FieldValue::Boolean(false))]),
             &set(&["admin", "user"]),
         )?;
-        b.offboard(&t, "d2", &Offboarding::Delete, &set(&["ok", "user"]))
-    })
+        b.offboard(&t, "d2", &Offboarding::Delete, &set(&["ok", "user"]))?;
+        Ok(vec![])
+    }))
     .await
     .unwrap();
     let (rows, role_rows) = contents(&mut c, &users, &roles).await;

@@ -1,21 +1,27 @@
 //! The sync engine on every staging backend: the same runs over a staging store filled through
 //! the store API, into an SQLite application database with the shipped Scifeon example. Runs on
 //! SQLite always, and on SQL Server staging when SCIM_BRIDGE_TEST_MSSQL is set (see
-//! docs/sqlserver.md), each backend in its own tenant.
+//! docs/sqlserver.md), each backend in its own tenant. Recovery (heartbeats, leases of dead
+//! holders, abandoned runs, operators' releases) and quarantine are tested here too, through
+//! the store and the engine; only the audit trail, which nothing reads back yet, is read from
+//! each backend's own table.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
 
-use scim_bridge::clock::FakeClock;
-use scim_bridge::config::Config;
+use scim_bridge::clock::{Clock, FakeClock};
+use scim_bridge::config::{Config, DbLocation, resolve_database};
 use scim_bridge::db::Connector;
+use scim_bridge::db::mssql::pool::MssqlPool;
 use scim_bridge::scim::Limits;
 use scim_bridge::scim::resource::normalize;
 use scim_bridge::store::StoreError;
+use scim_bridge::sync::holder::Holder;
 use scim_bridge::sync::ledger::RunQuery;
+use scim_bridge::sync::store::{BeginRun, Heartbeat};
 use scim_bridge::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
 
 use crate::store_conformance::{Backend, backends, group_change, id, rt, t};
@@ -46,6 +52,11 @@ struct Engine {
 }
 
 async fn engine(b: &Backend) -> Engine {
+    engine_with(b, "").await
+}
+
+/// An engine whose tenant has `sync` (TOML lines) added to its `[tenants.NAME.sync]`.
+async fn engine_with(b: &Backend, sync: &str) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let app_db = dir.path().join("app.db");
@@ -55,7 +66,7 @@ async fn engine(b: &Backend) -> Engine {
         "[staging]\ndatabase = {}\n\
          [applications.scifeon]\ndatabase = {}\nschema = {}\n\
          [tenants.\"{}\"]\ntoken = \"0123456789abcdef0123\"\n\
-         [tenants.\"{}\".sync]\nmapping = {}\nretention_hours = 24\n",
+         [tenants.\"{}\".sync]\nmapping = {}\nretention_hours = 24\n{sync}",
         quoted(&b.database),
         quoted(&format!("sqlite://{}", app_db.display())),
         quoted(&root.join("sql/app/example_app.sql").display().to_string()),
@@ -85,13 +96,17 @@ impl Engine {
             dry_run,
             ..RunOptions::default()
         };
-        let s = self
-            .engine
-            .run(&self.tenant, Trigger::Api, options)
-            .await
-            .unwrap();
+        let s = self.run_with(options).await;
         assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
         s
+    }
+
+    /// A run, whatever it came to.
+    async fn run_with(&self, options: RunOptions) -> RunSummary {
+        self.engine
+            .run(&self.tenant, Trigger::Api, options)
+            .await
+            .unwrap()
     }
 
     /// (UserName, FirstName, IsActive) of every application user.
@@ -400,5 +415,480 @@ async fn a_second_replica_is_skipped_while_a_run_holds_the_lease() {
         assert_eq!(db.lease(&b.tenant, t(3)).await.unwrap(), None, "{backend}");
         // Free again: the next run takes the lease.
         assert_eq!(e.run(false).await.status, RunStatus::Succeeded, "{backend}");
+    }
+}
+
+/// A run begun through the store: `holder` leases it (unless it is a dry run) for five
+/// minutes from `at`.
+fn begin(
+    tenant: &str,
+    holder: &str,
+    take_from: Option<&str>,
+    dry_run: bool,
+    at: DateTime<Utc>,
+) -> BeginRun {
+    BeginRun {
+        tenant: tenant.to_string(),
+        holder: holder.to_string(),
+        take_from: take_from.map(str::to_string),
+        trigger: "cli",
+        dry_run,
+        full: false,
+        started_at: at,
+        lease_expires: at + Duration::minutes(5),
+        watermark_from: Some(0),
+    }
+}
+
+/// A holder of this host whose process is gone.
+fn dead_holder() -> String {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    Holder {
+        pid,
+        start: 1,
+        ..Holder::this_process()
+    }
+    .to_string()
+}
+
+/// How many times `actor` did `action` to the tenant, from the backend's audit table.
+async fn audited(b: &Backend, action: &str, actor: &str) -> i64 {
+    if b.store.backend_name() == "sqlite" {
+        let path = b.database.strip_prefix("sqlite://").unwrap();
+        return crate::helpers::Sql(path.into()).scalar(
+            "SELECT count(*) FROM sync_audit WHERE tenant = ? AND action = ? AND actor = ?",
+            &[&b.tenant, &action, &actor],
+        );
+    }
+    let DbLocation::SqlServer(server) =
+        resolve_database(&b.database, None, Path::new(".")).unwrap()
+    else {
+        panic!("{} is not SQL Server", b.database);
+    };
+    let pool = MssqlPool::connect(&server).await.unwrap();
+    let mut c = pool.get().await.unwrap();
+    // The tenant, action and actor are this test's own names, without quotes.
+    let row = c
+        .simple_query(format!(
+            "SELECT COUNT_BIG(*) FROM sync.audit WHERE tenant = N'{}' AND action = N'{action}' \
+             AND actor = N'{actor}'",
+            b.tenant
+        ))
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    row.get::<i64, _>(0).unwrap()
+}
+
+/// A heartbeat records the run's last sign of life and renews its lease; an operator can
+/// release the lease whoever holds it (audited), after which the run's heartbeat says it is
+/// lost.
+#[tokio::test]
+async fn heartbeats_renew_the_lease_until_an_operator_releases_it() {
+    for b in backends().await {
+        let (s, tn) = (&b.store, b.tenant.as_str());
+        let backend = s.backend_name();
+        let holder = Holder::this_process().to_string();
+        let begun = s
+            .begin_run(begin(tn, &holder, None, false, t(3)))
+            .await
+            .unwrap();
+        assert!(begun.leased, "{backend}");
+        let later = t(3) + Duration::seconds(20);
+        let beat = Heartbeat {
+            tenant: tn.to_string(),
+            run_id: begun.run_id,
+            holder: holder.clone(),
+            leased: true,
+            now: later,
+            lease_expires: later + Duration::seconds(30),
+        };
+        assert!(s.heartbeat(beat.clone()).await.unwrap(), "{backend}");
+        let lease = s.lease_row(tn).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                lease.holder.as_str(),
+                lease.run_id,
+                lease.acquired_at,
+                lease.expires_at
+            ),
+            (
+                holder.as_str(),
+                Some(begun.run_id),
+                t(3),
+                later + Duration::seconds(30)
+            ),
+            "{backend}"
+        );
+        let running = s.running_runs(Some(tn)).await.unwrap();
+        assert_eq!(running.len(), 1, "{backend}");
+        let r = &running[0];
+        assert_eq!(
+            (
+                r.id,
+                r.tenant.as_str(),
+                r.holder.as_deref(),
+                r.heartbeat_at,
+                r.started_at,
+                r.dry_run
+            ),
+            (
+                begun.run_id,
+                tn,
+                Some(holder.as_str()),
+                Some(later),
+                t(3),
+                false
+            ),
+            "{backend}"
+        );
+        assert!(
+            s.running_runs(None)
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.id == begun.run_id),
+            "{backend}"
+        );
+
+        let released = s.release_lease(tn, "ops-admin", later).await.unwrap();
+        assert_eq!(released, Some(lease), "{backend}");
+        assert_eq!(
+            s.release_lease(tn, "ops-admin", later).await.unwrap(),
+            None,
+            "{backend}"
+        );
+        assert_eq!(
+            audited(&b, "release_lease", "ops-admin").await,
+            1,
+            "{backend}"
+        );
+        assert!(
+            !s.heartbeat(beat).await.unwrap(),
+            "the lease is lost: {backend}"
+        );
+        // A dry run holds no lease: its heartbeat only records that it lives.
+        let dry = s
+            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .await
+            .unwrap();
+        let dry_beat = Heartbeat {
+            tenant: tn.to_string(),
+            run_id: dry.run_id,
+            holder,
+            leased: false,
+            now: later,
+            lease_expires: later,
+        };
+        assert!(s.heartbeat(dry_beat).await.unwrap(), "{backend}");
+        assert_eq!(s.lease_row(tn).await.unwrap(), None, "{backend}");
+    }
+}
+
+/// Runs left running are closed as failed with the reason, once: a closed run is not
+/// closed again.
+#[tokio::test]
+async fn close_runs_closes_only_runs_still_running() {
+    for b in backends().await {
+        let (s, tn) = (&b.store, b.tenant.as_str());
+        let backend = s.backend_name();
+        let holder = Holder::this_process().to_string();
+        let a = s
+            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .await
+            .unwrap();
+        let c = s
+            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.close_runs(&[], "closed by the test", t(4)).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            s.close_runs(&[a.run_id], "closed by the test", t(4))
+                .await
+                .unwrap(),
+            1,
+            "{backend}"
+        );
+        assert_eq!(
+            s.close_runs(&[a.run_id, c.run_id], "closed again", t(4))
+                .await
+                .unwrap(),
+            1,
+            "only the one still running: {backend}"
+        );
+        assert!(
+            s.running_runs(Some(tn)).await.unwrap().is_empty(),
+            "{backend}"
+        );
+        let row = s.run(a.run_id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                row.status.as_str(),
+                row.error.as_deref(),
+                row.ended_at.as_deref()
+            ),
+            (
+                "failed",
+                Some("closed by the test"),
+                Some("2030-01-01T04:00:00.000Z")
+            ),
+            "{backend}"
+        );
+    }
+}
+
+/// A lease held, unexpired, by a process of this host that died is taken over at once by a
+/// run that names it (take_from), and only then; the engine does that on its own, and closes
+/// the dead process's runs (its dry run too) as abandoned.
+#[tokio::test]
+async fn a_dead_holders_lease_is_taken_over_and_its_runs_closed() {
+    for b in backends().await {
+        let (s, tn) = (&b.store, b.tenant.as_str());
+        let backend = s.backend_name();
+        let e = engine(&b).await;
+        s.create_user(tn, &rt(), &id(), &person("ann@example.com", "Ann"), t(1))
+            .await
+            .unwrap();
+        let now = e.clock.now();
+        let dead = dead_holder();
+        let held = s
+            .begin_run(begin(tn, &dead, None, false, now))
+            .await
+            .unwrap();
+        assert!(held.leased, "{backend}");
+        let dry = s
+            .begin_run(begin(tn, &dead, None, true, now))
+            .await
+            .unwrap();
+        // Another holder gets it neither without naming the holder nor by naming another.
+        for take_from in [None, Some("host-b/4242:77/abc")] {
+            let other = s
+                .begin_run(begin(tn, "host-c/1:2/x", take_from, false, now))
+                .await
+                .unwrap();
+            assert!(!other.leased, "{take_from:?}: {backend}");
+        }
+        assert_eq!(
+            s.lease_row(tn).await.unwrap().unwrap().holder,
+            dead,
+            "{backend}"
+        );
+
+        let r = e.run(false).await;
+        assert_eq!(r.counts.created, 1, "{backend}");
+        for id in [held.run_id, dry.run_id] {
+            let run = s.run(id).await.unwrap().unwrap();
+            assert_eq!(run.status, "failed", "{backend}");
+            assert!(
+                run.error.as_deref().unwrap_or("").starts_with("abandoned"),
+                "{run:?}: {backend}"
+            );
+        }
+        assert!(
+            s.running_runs(Some(tn)).await.unwrap().is_empty(),
+            "{backend}"
+        );
+        assert_eq!(
+            s.lease_row(tn).await.unwrap(),
+            None,
+            "released at the end: {backend}"
+        );
+
+        // The store alone: naming the dead holder takes its unexpired lease.
+        let again = s
+            .begin_run(begin(tn, &dead, None, false, now))
+            .await
+            .unwrap();
+        assert!(again.leased, "{backend}");
+        let mine = Holder::this_process().to_string();
+        let taken = s
+            .begin_run(begin(tn, &mine, Some(&dead), false, now))
+            .await
+            .unwrap();
+        assert!(taken.leased, "{backend}");
+        let lease = s.lease_row(tn).await.unwrap().unwrap();
+        assert_eq!(
+            (lease.holder, lease.run_id),
+            (mine, Some(taken.run_id)),
+            "{backend}"
+        );
+    }
+}
+
+/// An approval's run holds the lease, and the lease names it.
+#[tokio::test]
+async fn an_approvals_run_is_recorded_in_the_lease() {
+    for b in backends().await {
+        let (s, tn) = (&b.store, b.tenant.as_str());
+        let backend = s.backend_name();
+        let holder = Holder::this_process().to_string();
+        let held = s
+            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .await
+            .unwrap();
+        let approving = s
+            .begin_approval(begin(tn, &holder, None, false, t(3)), held.run_id)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.lease(tn, t(3)).await.unwrap(),
+            Some(Some(approving)),
+            "{backend}"
+        );
+        assert_eq!(
+            s.run(approving).await.unwrap().unwrap().approves_run,
+            Some(held.run_id)
+        );
+    }
+}
+
+/// A user the application refuses run after run is quarantined after `quarantine_after`
+/// failures on one staged version: skipped (the run succeeds, counting it apart) by
+/// incremental and full runs alike, listed with its userName, until its staged data changes
+/// or an operator releases it (audited).
+#[tokio::test]
+async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_released() {
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        let backend = s.backend_name();
+        let e = engine_with(&b, "quarantine_after = 2\n").await;
+        e.app.exec(
+            "CREATE TRIGGER refuse BEFORE INSERT ON scifeon_users \
+             WHEN NEW.UserName = 'bad@example.com' \
+             BEGIN SELECT RAISE(ABORT, 'refused by the application'); END",
+            &[],
+        );
+        let bad = id();
+        s.create_user(tn, &rt, &id(), &person("ok@example.com", "Ok"), t(1))
+            .await
+            .unwrap();
+        s.create_user(tn, &rt, &bad, &person("bad@example.com", "Bad"), t(1))
+            .await
+            .unwrap();
+        let counts = |r: &RunSummary| (r.status, r.counts.failed, r.counts.quarantined);
+        let incremental = || RunOptions::default();
+
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::CompletedWithErrors, 1, 0),
+            "{backend}"
+        );
+        assert_eq!(r.counts.created, 1, "{backend}");
+        assert_eq!(s.count_quarantined(tn).await.unwrap(), 0, "{backend}");
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::CompletedWithErrors, 1, 1),
+            "the second failure in a row quarantines it: {backend}"
+        );
+        assert_eq!(
+            s.run(r.run_id).await.unwrap().unwrap().quarantined,
+            1,
+            "{backend}"
+        );
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::Succeeded, 0, 1),
+            "skipped: {backend}"
+        );
+        let full = RunOptions {
+            full: true,
+            ..RunOptions::default()
+        };
+        let r = e.run_with(full).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::Succeeded, 0, 1),
+            "a full run too: {backend}"
+        );
+
+        let (total, rows) = s.quarantined(tn, 10, 0).await.unwrap();
+        assert_eq!((total, rows.len()), (1, 1), "{backend}");
+        let q = &rows[0];
+        assert_eq!(
+            (q.user_id.as_str(), q.user_name.as_deref(), q.attempts),
+            (bad.as_str(), Some("bad@example.com"), 2),
+            "{backend}"
+        );
+        assert!(!q.last_error.is_empty(), "{backend}");
+        assert_eq!(
+            (q.first_failed_at.as_str(), q.quarantined_at.as_str()),
+            ("2030-01-01T03:00:00.000Z", "2030-01-01T03:00:00.000Z"),
+            "{backend}"
+        );
+        let past_the_end = s.quarantined(tn, 10, 1).await.unwrap();
+        assert_eq!((past_the_end.0, past_the_end.1.len()), (1, 0), "{backend}");
+
+        // Its staged data changes: tried again, failing anew, and quarantined after two more.
+        e.clock.advance(Duration::minutes(1));
+        let rename = |mut d: Map<String, Value>| {
+            d.insert(
+                "name".into(),
+                json!({"givenName": "Still bad", "familyName": "Test"}),
+            );
+            Ok(d)
+        };
+        s.update_user(tn, &rt, &bad, None, t(2), &rename)
+            .await
+            .unwrap();
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::CompletedWithErrors, 1, 0),
+            "{backend}"
+        );
+        assert_eq!(s.quarantined(tn, 10, 0).await.unwrap().0, 0, "{backend}");
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::CompletedWithErrors, 1, 1),
+            "{backend}"
+        );
+        let (_, rows) = s.quarantined(tn, 10, 0).await.unwrap();
+        assert_eq!(
+            (
+                rows[0].attempts,
+                rows[0].first_failed_at.as_str(),
+                rows[0].quarantined_at.as_str()
+            ),
+            (2, "2030-01-01T03:01:00.000Z", "2030-01-01T03:01:00.000Z"),
+            "counted anew on the new version: {backend}"
+        );
+
+        // The application is fixed; an operator releases the user; the next run writes it.
+        e.app.exec("DROP TRIGGER refuse", &[]);
+        assert!(
+            s.release_quarantine(tn, &bad, "ops-admin", t(3))
+                .await
+                .unwrap(),
+            "{backend}"
+        );
+        assert!(
+            !s.release_quarantine(tn, &bad, "ops-admin", t(3))
+                .await
+                .unwrap(),
+            "not quarantined any more: {backend}"
+        );
+        assert_eq!(
+            audited(&b, "release_quarantine", "ops-admin").await,
+            1,
+            "{backend}"
+        );
+        let r = e.run_with(incremental()).await;
+        assert_eq!(counts(&r), (RunStatus::Succeeded, 0, 0), "{backend}");
+        assert_eq!(r.counts.created, 1, "{backend}");
+        assert_eq!(e.users().await.len(), 2, "{backend}");
+        let (total, rows) = s.quarantined(tn, 10, 0).await.unwrap();
+        assert_eq!((total, rows.len()), (0, 0), "{backend}");
     }
 }
