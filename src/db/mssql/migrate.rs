@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_sync_recovery",
         sql: include_str!("../../../sql/mssql/0004_sync_recovery.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_owners",
+        sql: include_str!("../../../sql/mssql/0005_owners.sql"),
+    },
 ];
 
 /// The batches of a script: `GO` on a line of its own separates them, as in sqlcmd and SSMS.
