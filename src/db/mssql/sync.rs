@@ -23,8 +23,8 @@ use crate::store::format_time;
 use crate::sync::plan::Planned;
 use crate::sync::store::{
     BatchPlanner, BeginRun, Begun, DueBatch, DueQuery, FinishRun, Heartbeat, LeaseRow,
-    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, LinkWrite, Mark, Queued, Read, Record,
-    RetryWrite, RunState, RunningRun, SyncStore, UserRow, item_json,
+    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, LinkWrite, Mark, Owned, Queued, Read,
+    Record, RetryWrite, RowsOf, RunState, RunningRun, SyncStore, UserRow, item_json,
 };
 use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
 
@@ -260,6 +260,49 @@ const DROP_LEASE: &str = "DELETE FROM sync.leases \
 const INSERT_AUDIT: &str = "INSERT INTO sync.audit ([at], tenant, actor, action, detail) \
      VALUES (@P1, @P2, @P3, @P4, @P5)";
 
+// ---- owners of application rows ----------------------------------------------------------
+
+/// The owners of the keys in @P4 (a JSON array) among the rows of application @P1, table @P2,
+/// scope @P3: app_key, tenant. A key nobody owns is left out.
+const OWNERS: &str = "SELECT o.app_key, o.tenant FROM sync.owners o \
+     WHERE o.application = @P1 AND o.app_table = @P2 AND o.scope = @P3 \
+     AND o.app_key IN (SELECT j.value COLLATE Latin1_General_100_BIN2 FROM OPENJSON(@P4) j)";
+
+/// Rows a tenant owns as rows: @P5 is a JSON array of {"app_key", "user_id", "how"}, one per
+/// key (see [`owner_rows`]).
+const OWNER_ROWS: &str = "OPENJSON(@P5) WITH (app_key NVARCHAR(450) '$.app_key', \
+     user_id NVARCHAR(64) '$.user_id', how NVARCHAR(16) '$.how') j";
+
+/// Record the rows tenant @P4 owns in application @P1, table @P2, scope @P3 (@P5 the rows, @P6
+/// now): a row it owns already gets the user it was last written for; a row nobody owns is
+/// inserted; a row another tenant owns keeps its owner (SQLite's upsert `WHERE tenant =
+/// excluded.tenant`). The hints lock the keys, or the gaps of new ones, until the transaction
+/// ends, so of two tenants claiming one key together the second finds the first's row.
+static OWN: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE o SET user_id = j.user_id, [at] = @P6 \
+         FROM sync.owners o WITH (UPDLOCK, HOLDLOCK) JOIN {OWNER_ROWS} \
+         ON o.app_key = j.app_key COLLATE Latin1_General_100_BIN2 \
+         WHERE o.application = @P1 AND o.app_table = @P2 AND o.scope = @P3 AND o.tenant = @P4; \
+         INSERT INTO sync.owners (application, app_table, scope, app_key, tenant, user_id, how, [at]) \
+         SELECT @P1, @P2, @P3, j.app_key, @P4, j.user_id, j.how, @P6 FROM {OWNER_ROWS} \
+         WHERE NOT EXISTS (SELECT 1 FROM sync.owners o WITH (UPDLOCK, HOLDLOCK) \
+         WHERE o.application = @P1 AND o.app_table = @P2 AND o.scope = @P3 \
+         AND o.app_key = j.app_key COLLATE Latin1_General_100_BIN2)"
+    )
+});
+
+/// Forget the rows of the keys in @P5 (a JSON array) that tenant @P4 owns in application @P1,
+/// table @P2, scope @P3; another tenant's stay.
+const DISOWN: &str = "DELETE FROM sync.owners \
+     WHERE application = @P1 AND app_table = @P2 AND scope = @P3 AND tenant = @P4 \
+     AND app_key IN (SELECT j.value COLLATE Latin1_General_100_BIN2 FROM OPENJSON(@P5) j)";
+
+/// The tenant's links by user id after @P2, @P3 at most: @P1 tenant. user_id, then the
+/// link's columns as LINKS_FOR_USERS reads them.
+const LINKS_PAGE: &str = "SELECT TOP (@P3) user_id, app_key, fingerprint, applied_roles, fields, state \
+     FROM sync.links WHERE tenant = @P1 AND user_id > @P2 ORDER BY user_id";
+
 // ---- ledger --------------------------------------------------------------------------------
 
 /// @P1 tenant, @P2 trigger, @P3 dry_run, @P4 full, @P5 status, @P6 started_at (also the first
@@ -371,22 +414,21 @@ async fn links(
     let mut q = Query::new(LINKS_FOR_USERS);
     q.bind(tenant.to_string());
     q.bind(serde_json::to_string(&ids)?);
-    rows(c, q)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                text(r, 0)?,
-                Link::parse(
-                    text(r, 1)?,
-                    text(r, 2)?,
-                    &text(r, 3)?,
-                    &text(r, 4)?,
-                    text(r, 5)?,
-                )?,
-            ))
-        })
-        .collect()
+    rows(c, q).await?.iter().map(user_link).collect()
+}
+
+/// user_id, app_key, fingerprint, applied_roles, fields, state (LINKS_FOR_USERS, LINKS_PAGE).
+fn user_link(r: &Row) -> Result<(String, Link), SyncError> {
+    Ok((
+        text(r, 0)?,
+        Link::parse(
+            text(r, 1)?,
+            text(r, 2)?,
+            &text(r, 3)?,
+            &text(r, 4)?,
+            text(r, 5)?,
+        )?,
+    ))
 }
 
 /// For each of `links`' keys, how many links of the tenant have it (one statement).
@@ -491,6 +533,29 @@ fn retries_json(retries: &[RetryWrite]) -> String {
     let rows: Vec<Value> = retries
         .iter()
         .map(|f| json!({"user_id": f.user_id, "error": f.error, "change_seq": f.change_seq}))
+        .collect();
+    Value::Array(rows).to_string()
+}
+
+/// The JSON rows of the rows a tenant owns (see OWN): one per key, as SQLite's row-by-row
+/// upsert leaves them when a batch names a key twice (the first's `how`, the last's user).
+/// Keys are told apart as the key index compares them, which ignores trailing spaces: two rows
+/// for one index key would fail the insert.
+fn owner_rows(owned: &[Owned]) -> String {
+    let mut rows: Vec<(&str, &str, &str)> = Vec::with_capacity(owned.len());
+    let mut at: HashMap<&str, usize> = HashMap::with_capacity(owned.len());
+    for o in owned {
+        match at.get(o.key.trim_end_matches(' ')) {
+            Some(&i) => rows[i].1 = &o.user_id,
+            None => {
+                at.insert(o.key.trim_end_matches(' '), rows.len());
+                rows.push((&o.key, &o.user_id, o.how));
+            }
+        }
+    }
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|(key, user_id, how)| json!({"app_key": key, "user_id": user_id, "how": how}))
         .collect();
     Value::Array(rows).to_string()
 }
@@ -676,6 +741,60 @@ async fn purge_user(
     Ok(())
 }
 
+/// Application, table and scope: the first three parameters of every owners statement.
+fn bind_rows_of(q: &mut Query<'_>, rows_of: &RowsOf) {
+    q.bind(rows_of.application.clone());
+    q.bind(rows_of.table.clone());
+    q.bind(rows_of.scope.clone());
+}
+
+/// Who owns the rows of `keys` in `rows_of`'s table: key → owning tenant.
+async fn owners(
+    c: &mut Client,
+    rows_of: &RowsOf,
+    keys: &[&str],
+) -> Result<HashMap<String, String>, SyncError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut q = Query::new(OWNERS);
+    bind_rows_of(&mut q, rows_of);
+    q.bind(serde_json::to_string(keys)?);
+    rows(c, q)
+        .await?
+        .iter()
+        .map(|r| Ok((text(r, 0)?, text(r, 1)?)))
+        .collect()
+}
+
+/// Forget the `disowned` rows of `tenant` in `rows_of`'s table, then record the `owned` ones
+/// (SQLite's `own`), in the caller's transaction.
+async fn own(
+    c: &mut Client,
+    rows_of: &RowsOf,
+    tenant: &str,
+    owned: &[Owned],
+    disowned: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), SyncError> {
+    if !disowned.is_empty() {
+        let mut q = Query::new(DISOWN);
+        bind_rows_of(&mut q, rows_of);
+        q.bind(tenant.to_string());
+        q.bind(serde_json::to_string(disowned)?);
+        execute(c, q).await?;
+    }
+    if !owned.is_empty() {
+        let mut q = Query::new(OWN.as_str());
+        bind_rows_of(&mut q, rows_of);
+        q.bind(tenant.to_string());
+        q.bind(owner_rows(owned));
+        q.bind(naive(now));
+        execute(c, q).await?;
+    }
+    Ok(())
+}
+
 /// A lifecycle step's writes, in the caller's transaction: the same for a batch of due users
 /// and for the queue's results.
 async fn apply_lifecycle(c: &mut Client, r: &LifecycleRecord) -> Result<(), SyncError> {
@@ -712,6 +831,7 @@ async fn apply_lifecycle(c: &mut Client, r: &LifecycleRecord) -> Result<(), Sync
         q.bind(*id);
         execute(c, q).await?;
     }
+    own(c, &r.rows_of, t, &[], &r.disowned, r.now).await?;
     if let Some(holder) = &r.holder {
         renew_lease(c, t, holder, r.lease_expires).await?;
     }
@@ -754,6 +874,7 @@ async fn record(c: &mut Client, r: &Record) -> Result<(), SyncError> {
             q.bind(now);
             execute(c, q).await?;
         }
+        own(c, &r.rows_of, t, &r.owned, &r.disowned, r.now).await?;
         renew_lease(c, t, &r.holder, r.lease_expires).await?;
     }
     update_run(
@@ -981,6 +1102,57 @@ impl SyncStore for MssqlStaging {
         .await
     }
 
+    async fn owners(
+        &self,
+        rows: &RowsOf,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, SyncError> {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut c = self.pool.get().await?;
+        owners(&mut c, rows, &keys).await
+    }
+
+    /// The claims recorded and their owners read back in one transaction: a key another
+    /// tenant claimed first (committed, or waited for on the key's lock) is taken.
+    async fn claim(
+        &self,
+        rows: &RowsOf,
+        tenant: &str,
+        claims: Vec<Owned>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, SyncError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        transaction(&self.pool, async |c: &mut Client| {
+            own(c, rows, tenant, &claims, &[], now).await?;
+            let keys: Vec<&str> = claims.iter().map(|o| o.key.as_str()).collect();
+            let owner = owners(c, rows, &keys).await?;
+            Ok::<_, SyncError>(
+                claims
+                    .iter()
+                    .filter(|o| owner.get(&o.key).is_some_and(|t| t != tenant))
+                    .map(|o| o.key.clone())
+                    .collect(),
+            )
+        })
+        .await
+    }
+
+    async fn links_page(
+        &self,
+        tenant: &str,
+        after_user_id: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Link)>, SyncError> {
+        let mut q = Query::new(LINKS_PAGE);
+        q.bind(tenant.to_string());
+        q.bind(after_user_id.to_string());
+        q.bind(i64::from(limit));
+        let mut c = self.pool.get().await?;
+        rows(&mut c, q).await?.iter().map(user_link).collect()
+    }
+
     async fn count_quarantined(&self, tenant: &str) -> Result<i64, SyncError> {
         let mut q = Query::new(COUNT_QUARANTINED);
         q.bind(tenant.to_string());
@@ -1162,6 +1334,10 @@ pub(super) fn statements() -> Vec<(String, String)> {
         ("PENDING_OFFBOARDINGS", PENDING_OFFBOARDINGS),
         ("DELETE_OFFBOARDING", DELETE_OFFBOARDING),
         ("OFFBOARDING_FAILED", OFFBOARDING_FAILED),
+        ("OWNERS", OWNERS),
+        ("OWN", OWN.as_str()),
+        ("DISOWN", DISOWN),
+        ("LINKS_PAGE", LINKS_PAGE),
     ]
     .into_iter()
     .map(|(n, s)| (n.to_string(), s.to_string()))
@@ -1188,7 +1364,7 @@ mod tests {
     /// the statement uses.
     #[test]
     fn the_sync_engine_statements_take_as_many_parameters_as_it_binds() {
-        let engine: [(&str, &str, usize); 37] = [
+        let engine: [(&str, &str, usize); 41] = [
             ("GET_WATERMARK", GET_WATERMARK, 1),
             ("COUNT_CHANGED", COUNT_CHANGED, 4),
             ("CHANGED_USERS", &CHANGED_USERS, 5),
@@ -1226,6 +1402,10 @@ mod tests {
             ("DELETE_LINK", DELETE_LINK, 2),
             ("DELETE_OFFBOARDING", DELETE_OFFBOARDING, 1),
             ("OFFBOARDING_FAILED", OFFBOARDING_FAILED, 2),
+            ("OWNERS", OWNERS, 4),
+            ("OWN", &OWN, 6),
+            ("DISOWN", DISOWN, 5),
+            ("LINKS_PAGE", LINKS_PAGE, 3),
         ];
         for (name, sql, binds) in engine {
             assert_eq!(param_numbers(sql).len(), binds, "{name}");
@@ -1316,5 +1496,37 @@ mod tests {
         assert_eq!(keys(&retries), paths(&UPSERT_RETRIES));
         let row: Value = serde_json::from_str(&retries).unwrap();
         assert_eq!(row[0]["change_seq"], json!(7));
+        let owned = owner_rows(&[Owned {
+            key: "ann".into(),
+            user_id: "u1".into(),
+            how: "created",
+        }]);
+        assert_eq!(keys(&owned), paths(&OWN));
+    }
+
+    /// A key the batch names twice is one row (one insert, not a key violation), as SQLite's
+    /// row-by-row upsert leaves it; so is a key that differs only by trailing spaces, which
+    /// the key index takes for the same key.
+    #[test]
+    fn owned_rows_are_one_per_key() {
+        let o = |key: &str, user_id: &str, how: &'static str| Owned {
+            key: key.into(),
+            user_id: user_id.into(),
+            how,
+        };
+        let rows: Value = serde_json::from_str(&owner_rows(&[
+            o("ann", "u1", "created"),
+            o("bob", "u2", "adopted"),
+            o("ann", "u3", "linked"),
+            o("bob  ", "u4", "created"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            rows,
+            json!([
+                {"app_key": "ann", "user_id": "u3", "how": "created"},
+                {"app_key": "bob", "user_id": "u4", "how": "adopted"},
+            ])
+        );
     }
 }
