@@ -3,9 +3,12 @@
 //!
 //! The spelling: upsert by key in one round trip that answers whether it created the row
 //! (`UPDATE … WITH (UPDLOCK, HOLDLOCK)`, then `INSERT` when no row was updated), one statement
-//! per role added or removed, key moves, offboarding by delete or update. Identifiers are
+//! per role added or removed, key moves, offboarding by delete or update; with a tenant column
+//! every statement matches by key and tenant and the inserts write the tenant. Identifiers are
 //! bracket-quoted after validation; every value is a typed parameter (`@P1…`, typed by
-//! [`super::rows::Param`]).
+//! [`super::rows::Param`]). Rows are read back ([`AppDatabase::read_rows`]: a full run's
+//! comparison, `sync --verify`, whether a new user's key is taken) by key, each key a
+//! parameter, and their values in the terms the engine compares (`app_value`).
 //!
 //! A batch is one transaction on one pooled connection. The writer is synchronous: it runs on
 //! a blocking thread, and each statement is driven to completion on the runtime from there
@@ -14,19 +17,22 @@
 //! has no savepoint release). Some errors end the transaction anyway (raised in a trigger, a
 //! deadlock): `XACT_STATE()` tells the writer, which then leaves that user out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use async_trait::async_trait;
-use tiberius::{Query, Row};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use tiberius::{ColumnData, FromSql, Query, Row};
 use tokio::runtime::Handle;
 
 use super::migrate;
 use super::pool::{Client, MssqlPool, Pooled};
 use super::rows::{self, Param, SqlError, any_int, bit, int32, params, rows, simple};
 use crate::config::{ApplicationConfig, MssqlConfig};
+use crate::mapping::Target;
+use crate::target::row::{AppRow, AppValue};
 use crate::target::schema::{ColumnInfo, TableInfo};
-use crate::target::writer::{self, Dialect, Exec, QuotedRoles, Stmt};
+use crate::target::writer::{self, Dialect, Exec, QuotedRoles, Scope, Stmt};
 use crate::target::{AppDatabase, BatchFn, TargetError, UserApplied, quote_parts};
 
 // ---- statements ---------------------------------------------------------------------------
@@ -97,28 +103,40 @@ fn spell_type(name: &str, max_length: i32, precision: i32, scale: i32) -> String
     }
 }
 
-/// Upsert one application row by key, as one batch: @P1 the key, @P2… the field values in
-/// `columns` order. Returns one row, `created` (BIT). UPDATE WITH (UPDLOCK, HOLDLOCK) locks the
-/// key — or, when there is no row yet, the key range where it would go — until the transaction
-/// ends, so of two concurrent upserts of one key the second waits and then updates: one insert,
-/// one update, never two inserts or a key violation. `table`, `key` and `columns` are quoted.
-fn upsert_user(table: &str, key: &str, columns: &[String]) -> String {
+/// `key = @Pn`, and `AND tenant = @Pn+1` with a tenant column (`scope`, quoted): how every
+/// statement of a user's row finds it.
+fn key_match(key: &str, scope: Option<&str>, n: usize) -> String {
+    match scope {
+        None => format!("{key} = @P{n}"),
+        Some(tc) => format!("{key} = @P{n} AND {tc} = @P{}", n + 1),
+    }
+}
+
+/// Upsert one application row by key, as one batch: @P1 the key, with a tenant column
+/// (`scope`) @P2 the tenant, then the field values in `columns` order. Returns one row,
+/// `created` (BIT). The tenant narrows the UPDATE's match and is written by the INSERT.
+/// UPDATE WITH (UPDLOCK, HOLDLOCK) locks the key — or, when there is no row yet, the key range
+/// where it would go — until the transaction ends, so of two concurrent upserts of one key the
+/// second waits and then updates: one insert, one update, never two inserts or a key
+/// violation. `table`, `key`, `columns` and `scope` are quoted.
+fn upsert_user(table: &str, key: &str, columns: &[String], scope: Option<&str>) -> String {
+    let matched = key_match(key, scope, 1);
+    let first_value = if scope.is_some() { 3 } else { 2 };
     let first = if columns.is_empty() {
-        format!(
-            "SELECT @updated = COUNT(*) FROM {table} WITH (UPDLOCK, HOLDLOCK) WHERE {key} = @P1;"
-        )
+        format!("SELECT @updated = COUNT(*) FROM {table} WITH (UPDLOCK, HOLDLOCK) WHERE {matched};")
     } else {
         let sets = columns
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{c} = @P{}", i + 2))
+            .map(|(i, c)| format!("{c} = @P{}", i + first_value))
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "UPDATE {table} WITH (UPDLOCK, HOLDLOCK) SET {sets} WHERE {key} = @P1; SET @updated = @@ROWCOUNT;"
+            "UPDATE {table} WITH (UPDLOCK, HOLDLOCK) SET {sets} WHERE {matched}; SET @updated = @@ROWCOUNT;"
         )
     };
     let mut names = vec![key.to_string()];
+    names.extend(scope.map(str::to_string));
     names.extend(columns.iter().cloned());
     format!(
         "DECLARE @updated INT; {first} \
@@ -129,36 +147,51 @@ fn upsert_user(table: &str, key: &str, columns: &[String]) -> String {
     )
 }
 
-/// Rows under a key (locked): @P1 key.
-fn count_key(table: &str, key: &str) -> String {
-    format!("SELECT COUNT(*) FROM {table} WITH (UPDLOCK, HOLDLOCK) WHERE {key} = @P1")
-}
-
-/// Move a row, or role rows, to a new key: @P1 new key, @P2 old key.
-fn rekey(table: &str, key: &str) -> String {
-    format!("UPDATE {table} SET {key} = @P1 WHERE {key} = @P2")
-}
-
-/// Assign one role unless assigned: @P1 user key, @P2 role.
-fn add_role(table: &str, user: &str, role: &str) -> String {
+/// Rows under a key (locked, so a row cannot appear before the write that counted none):
+/// @P1 key (@P2 the tenant, with a tenant column).
+fn count_key(table: &str, key: &str, scope: Option<&str>) -> String {
     format!(
-        "INSERT INTO {table} ({user}, {role}) SELECT @P1, @P2 WHERE NOT EXISTS \
-         (SELECT 1 FROM {table} WITH (UPDLOCK, HOLDLOCK) WHERE {user} = @P1 AND {role} = @P2)"
+        "SELECT COUNT(*) FROM {table} WITH (UPDLOCK, HOLDLOCK) WHERE {}",
+        key_match(key, scope, 1)
     )
 }
 
-/// Remove one role: @P1 user key, @P2 role.
-fn remove_role(table: &str, user: &str, role: &str) -> String {
-    format!("DELETE FROM {table} WHERE {user} = @P1 AND {role} = @P2")
+/// Move a row, or role rows, to a new key: @P1 new key, @P2 old key (@P3 the tenant).
+fn rekey(table: &str, key: &str, scope: Option<&str>) -> String {
+    format!(
+        "UPDATE {table} SET {key} = @P1 WHERE {}",
+        key_match(key, scope, 2)
+    )
 }
 
-/// Offboarding by deletion: @P1 key.
-fn delete_row(table: &str, key: &str) -> String {
-    format!("DELETE FROM {table} WHERE {key} = @P1")
+/// Assign one role unless assigned: @P1 user key, @P2 role (@P3 the tenant, written into the
+/// tenant column and matched on it).
+fn add_role(table: &str, user: &str, role: &str, scope: Option<&str>) -> String {
+    let (column, value, matched) = match scope {
+        None => (String::new(), "", String::new()),
+        Some(tc) => (format!(", {tc}"), ", @P3", format!(" AND {tc} = @P3")),
+    };
+    format!(
+        "INSERT INTO {table} ({user}, {role}{column}) SELECT @P1, @P2{value} WHERE NOT EXISTS \
+         (SELECT 1 FROM {table} WITH (UPDLOCK, HOLDLOCK) WHERE {user} = @P1 AND {role} = @P2{matched})"
+    )
 }
 
-/// Offboarding by update: @P1… the values in `columns` order, then the key.
-fn update_row(table: &str, key: &str, columns: &[String]) -> String {
+/// Remove one role: @P1 user key, @P2 role (@P3 the tenant).
+fn remove_role(table: &str, user: &str, role: &str, scope: Option<&str>) -> String {
+    let matched = scope
+        .map(|tc| format!(" AND {tc} = @P3"))
+        .unwrap_or_default();
+    format!("DELETE FROM {table} WHERE {user} = @P1 AND {role} = @P2{matched}")
+}
+
+/// Offboarding by deletion: @P1 key (@P2 the tenant).
+fn delete_row(table: &str, key: &str, scope: Option<&str>) -> String {
+    format!("DELETE FROM {table} WHERE {}", key_match(key, scope, 1))
+}
+
+/// Offboarding by update: @P1… the values in `columns` order, then the key (then the tenant).
+fn update_row(table: &str, key: &str, columns: &[String], scope: Option<&str>) -> String {
     let sets = columns
         .iter()
         .enumerate()
@@ -166,9 +199,114 @@ fn update_row(table: &str, key: &str, columns: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "UPDATE {table} SET {sets} WHERE {key} = @P{}",
-        columns.len() + 1
+        "UPDATE {table} SET {sets} WHERE {}",
+        key_match(key, scope, columns.len() + 1)
     )
+}
+
+/// The most keys one read binds: SQL Server takes at most 2100 parameters a statement.
+const KEYS_PER_READ: usize = 1024;
+
+/// The key and `columns` of the rows of @P1…@Pn (`n` keys), narrowed to the tenant @Pn+1 with a
+/// tenant column. The keys are parameters, not one JSON array read with OPENJSON: OPENJSON's
+/// values have the database's default collation, which a key column declared with another
+/// collation refuses to be compared with (error 468); a parameter takes the column's, as the
+/// writer's statements do.
+fn read_rows_sql(
+    table: &str,
+    key: &str,
+    columns: &[String],
+    n: usize,
+    scope: Option<&str>,
+) -> String {
+    let select: Vec<&str> = std::iter::once(key)
+        .chain(columns.iter().map(String::as_str))
+        .collect();
+    let narrow = scope
+        .map(|tc| format!(" AND {tc} = @P{}", n + 1))
+        .unwrap_or_default();
+    format!(
+        "SELECT {} FROM {table} WHERE {key} IN ({}){narrow}",
+        select.join(", "),
+        params(1, n)
+    )
+}
+
+/// The role rows of @P1…@Pn (`n` user keys): user key, role; narrowed to the tenant @Pn+1 with
+/// a tenant column.
+fn read_roles_sql(table: &str, user: &str, role: &str, n: usize, scope: Option<&str>) -> String {
+    let narrow = scope
+        .map(|tc| format!(" AND {tc} = @P{}", n + 1))
+        .unwrap_or_default();
+    format!(
+        "SELECT {user}, {role} FROM {table} WHERE {user} IN ({}){narrow}",
+        params(1, n)
+    )
+}
+
+/// `keys` in reads of at most [`KEYS_PER_READ`], each padded to a power of two by repeating
+/// its last key (a key twice in IN is harmless): a handful of statement texts, so of cached
+/// plans, whatever the batches' sizes.
+fn key_chunks(keys: &[String]) -> Vec<Vec<&str>> {
+    keys.chunks(KEYS_PER_READ)
+        .map(|chunk| {
+            let mut out: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let padded = out.len().next_power_of_two();
+            if let Some(last) = out.last().copied() {
+                out.resize(padded, last);
+            }
+            out
+        })
+        .collect()
+}
+
+/// A column's value as SQL Server sent it, in the terms the engine compares: character types
+/// are text; integer types, integers; bit, a boolean; the date and time types that name an
+/// instant, that instant in UTC (a date is its midnight); decimal, money and float, reals; a
+/// uniqueidentifier, its text (lower case); binary, xml and a time of day, values the engine
+/// does not write.
+fn app_value(v: &ColumnData<'static>) -> Result<AppValue, SqlError> {
+    fn or_null<T>(v: Option<T>, f: impl FnOnce(T) -> AppValue) -> AppValue {
+        v.map_or(AppValue::Null, f)
+    }
+    Ok(match v {
+        ColumnData::U8(x) => or_null(*x, |x| AppValue::Int(i64::from(x))),
+        ColumnData::I16(x) => or_null(*x, |x| AppValue::Int(i64::from(x))),
+        ColumnData::I32(x) => or_null(*x, |x| AppValue::Int(i64::from(x))),
+        ColumnData::I64(x) => or_null(*x, AppValue::Int),
+        ColumnData::F32(x) => or_null(*x, |x| AppValue::Real(f64::from(x))),
+        ColumnData::F64(x) => or_null(*x, AppValue::Real),
+        ColumnData::Numeric(x) => or_null(*x, |x| AppValue::Real(f64::from(x))),
+        ColumnData::Bit(x) => or_null(*x, AppValue::Bool),
+        ColumnData::String(x) => or_null(x.as_ref(), |x| AppValue::Text(x.to_string())),
+        ColumnData::Guid(x) => or_null(*x, |x| AppValue::Text(x.to_string())),
+        ColumnData::DateTime(_) | ColumnData::SmallDateTime(_) | ColumnData::DateTime2(_) => {
+            or_null(NaiveDateTime::from_sql(v)?, |t| {
+                AppValue::Time(Utc.from_utc_datetime(&t))
+            })
+        }
+        ColumnData::Date(_) => or_null(NaiveDate::from_sql(v)?, |d| {
+            AppValue::Time(Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN)))
+        }),
+        // The driver's DateTime<Utc> reading takes the offset off a time that is UTC already
+        // (TDS sends a datetimeoffset's instant in UTC); its DateTime<FixedOffset> is right.
+        ColumnData::DateTimeOffset(_) => or_null(DateTime::<FixedOffset>::from_sql(v)?, |t| {
+            AppValue::Time(t.with_timezone(&Utc))
+        }),
+        ColumnData::Binary(x) => or_null(x.as_ref(), |_| AppValue::Other),
+        ColumnData::Xml(x) => or_null(x.as_ref(), |_| AppValue::Other),
+        ColumnData::Time(x) => or_null(x.as_ref(), |_| AppValue::Other),
+    })
+}
+
+/// A key or a role as the engine spells it: text, or an integer column's number in decimal.
+/// None for a NULL or a type no key of the engine's could be.
+fn key_text(v: AppValue) -> Option<String> {
+    match v {
+        AppValue::Text(s) => Some(s),
+        AppValue::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
 }
 
 // ---- the dialect --------------------------------------------------------------------------
@@ -183,17 +321,24 @@ fn text(s: &str) -> writer::Param {
 }
 
 impl TSql {
-    /// One statement per role (`statement` is [`add_role`] or [`remove_role`]).
+    /// One statement per role (`statement` is [`add_role`] or [`remove_role`]): the key, the
+    /// role, and the tenant when the role table has a tenant column.
     fn per_role(
         ex: &mut dyn Exec,
         r: &QuotedRoles,
         key: &str,
         roles: &BTreeSet<String>,
-        statement: fn(&str, &str, &str) -> String,
+        tenant: &str,
+        statement: fn(&str, &str, &str, Option<&str>) -> String,
     ) -> Result<(), TargetError> {
-        let sql = statement(&r.table, &r.user_column, &r.role_column);
+        let scope = r.tenant_column.as_deref();
+        let sql = statement(&r.table, &r.user_column, &r.role_column, scope);
         for role in roles {
-            ex.execute(&Stmt::new(sql.clone(), vec![text(key), text(role)]))?;
+            let mut p = vec![text(key), text(role)];
+            if scope.is_some() {
+                p.push(text(tenant));
+            }
+            ex.execute(&Stmt::new(sql.clone(), p))?;
         }
         Ok(())
     }
@@ -241,18 +386,21 @@ impl Dialect for TSql {
         columns: &[String],
         key: &str,
         values: Vec<writer::Param>,
+        scope: Option<Scope<'_>>,
     ) -> Result<bool, TargetError> {
         let mut p = vec![text(key)];
+        p.extend(scope.map(|s| text(s.tenant)));
         p.extend(values);
-        Ok(ex.scalar(&Stmt::new(upsert_user(table, key_column, columns), p))? != 0)
+        let sql = upsert_user(table, key_column, columns, scope.map(|s| s.column));
+        Ok(ex.scalar(&Stmt::new(sql, p))? != 0)
     }
 
-    fn count_key(&self, table: &str, key_column: &str) -> String {
-        count_key(table, key_column)
+    fn count_key(&self, table: &str, key_column: &str, scope: Option<&str>) -> String {
+        count_key(table, key_column, scope)
     }
 
-    fn rekey(&self, table: &str, key_column: &str) -> String {
-        rekey(table, key_column)
+    fn rekey(&self, table: &str, key_column: &str, scope: Option<&str>) -> String {
+        rekey(table, key_column, scope)
     }
 
     fn add_roles(
@@ -261,8 +409,9 @@ impl Dialect for TSql {
         r: &QuotedRoles,
         key: &str,
         roles: &BTreeSet<String>,
+        tenant: &str,
     ) -> Result<(), TargetError> {
-        TSql::per_role(ex, r, key, roles, add_role)
+        TSql::per_role(ex, r, key, roles, tenant, add_role)
     }
 
     fn remove_roles(
@@ -271,16 +420,23 @@ impl Dialect for TSql {
         r: &QuotedRoles,
         key: &str,
         roles: &BTreeSet<String>,
+        tenant: &str,
     ) -> Result<(), TargetError> {
-        TSql::per_role(ex, r, key, roles, remove_role)
+        TSql::per_role(ex, r, key, roles, tenant, remove_role)
     }
 
-    fn delete_row(&self, table: &str, key_column: &str) -> String {
-        delete_row(table, key_column)
+    fn delete_row(&self, table: &str, key_column: &str, scope: Option<&str>) -> String {
+        delete_row(table, key_column, scope)
     }
 
-    fn update_row(&self, table: &str, key_column: &str, columns: &[String]) -> String {
-        update_row(table, key_column, columns)
+    fn update_row(
+        &self,
+        table: &str,
+        key_column: &str,
+        columns: &[String],
+        scope: Option<&str>,
+    ) -> String {
+        update_row(table, key_column, columns, scope)
     }
 }
 
@@ -436,8 +592,103 @@ async fn describe(c: &mut Client, table: &str) -> Result<Option<TableInfo>, SqlE
     }))
 }
 
+/// A mapping identifier, quoted.
+fn quoted(ident: &str) -> Result<String, TargetError> {
+    TSQL.quote(ident)
+        .ok_or_else(|| TargetError::Identifier(ident.to_string()))
+}
+
+/// The rows of `keys` (see [`AppDatabase::read_rows`]): one SELECT of key and columns per
+/// [`KEYS_PER_READ`] keys, then the role rows the same way.
+async fn read_rows(
+    c: &mut Client,
+    target: &Target,
+    tenant: &str,
+    columns: &[String],
+    keys: &[String],
+) -> Result<HashMap<String, AppRow>, TargetError> {
+    let (table, key) = (quoted(&target.user_table)?, quoted(&target.key_column)?);
+    let cols = columns
+        .iter()
+        .map(|c| quoted(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let scope = target.tenant_column.as_deref().map(quoted).transpose()?;
+    let mut out: HashMap<String, AppRow> = HashMap::new();
+    for chunk in key_chunks(keys) {
+        let mut q = Query::new(read_rows_sql(
+            &table,
+            &key,
+            &cols,
+            chunk.len(),
+            scope.as_deref(),
+        ));
+        bind_keys(&mut q, &chunk, scope.is_some().then_some(tenant));
+        for r in rows(c, q).await? {
+            let mut cells = r.cells().map(|(_, v)| app_value(v));
+            let Some(k) = cells.next().transpose()?.and_then(key_text) else {
+                continue;
+            };
+            let mut row = AppRow::default();
+            for (name, v) in columns.iter().zip(cells) {
+                row.fields.insert(name.clone(), v?);
+            }
+            out.insert(k, row);
+        }
+    }
+    let Some(roles) = &target.roles else {
+        return Ok(out);
+    };
+    let (rt, ru, rr) = (
+        quoted(&roles.table)?,
+        quoted(&roles.user_column)?,
+        quoted(&roles.role_column)?,
+    );
+    let scope = roles.tenant_column.as_deref().map(quoted).transpose()?;
+    for chunk in key_chunks(keys) {
+        let mut q = Query::new(read_roles_sql(&rt, &ru, &rr, chunk.len(), scope.as_deref()));
+        bind_keys(&mut q, &chunk, scope.is_some().then_some(tenant));
+        for r in rows(c, q).await? {
+            let mut cells = r.cells().map(|(_, v)| app_value(v));
+            let (Some(k), Some(role)) = (
+                cells.next().transpose()?.and_then(key_text),
+                cells.next().transpose()?.and_then(key_text),
+            ) else {
+                continue;
+            };
+            if let Some(row) = out.get_mut(&k) {
+                row.roles.insert(role);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The keys of one read, then the tenant when the table has a tenant column.
+fn bind_keys(q: &mut Query<'_>, keys: &[&str], tenant: Option<&str>) {
+    for k in keys {
+        q.bind(k.to_string());
+    }
+    if let Some(t) = tenant {
+        q.bind(t.to_string());
+    }
+}
+
 #[async_trait]
 impl AppDatabase for MssqlApp {
+    async fn read_rows(
+        &self,
+        target: &Target,
+        tenant: &str,
+        columns: &[String],
+        keys: &[String],
+    ) -> Result<HashMap<String, AppRow>, TargetError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut c = self.pool.get().await?;
+        read_rows(&mut c, target, tenant, columns, keys).await
+    }
+
     async fn describe(&self, table: &str) -> Result<Option<TableInfo>, TargetError> {
         let mut c = self.pool.get().await?;
         Ok(describe(&mut c, table).await?)
@@ -478,16 +729,45 @@ pub(super) fn statements() -> Vec<(String, String)> {
     .into_iter()
     .map(|(n, s)| (n.to_string(), s.to_string()))
     .collect();
-    out.extend([
-        ("upsert_user".into(), upsert_user(&t, &k, &cols)),
-        ("upsert_user(no columns)".into(), upsert_user(&t, &k, &[])),
-        ("count_key".into(), count_key(&t, &k)),
-        ("rekey".into(), rekey(&t, &k)),
-        ("add_role".into(), add_role(&rt, &ru, &rr)),
-        ("remove_role".into(), remove_role(&rt, &ru, &rr)),
-        ("delete_row".into(), delete_row(&t, &k)),
-        ("update_row".into(), update_row(&t, &k, &cols)),
-    ]);
+    let tc = q("TenantName");
+    for (name, scope) in [("", None), ("(scoped)", Some(tc.as_str()))] {
+        out.extend([
+            (
+                format!("upsert_user{name}"),
+                upsert_user(&t, &k, &cols, scope),
+            ),
+            (
+                format!("upsert_user(no columns){name}"),
+                upsert_user(&t, &k, &[], scope),
+            ),
+            (format!("count_key{name}"), count_key(&t, &k, scope)),
+            (format!("rekey{name}"), rekey(&t, &k, scope)),
+            (format!("add_role{name}"), add_role(&rt, &ru, &rr, scope)),
+            (
+                format!("remove_role{name}"),
+                remove_role(&rt, &ru, &rr, scope),
+            ),
+            (format!("delete_row{name}"), delete_row(&t, &k, scope)),
+            (
+                format!("update_row{name}"),
+                update_row(&t, &k, &cols, scope),
+            ),
+        ]);
+        for n in [1, 4] {
+            out.push((
+                format!("read_rows_sql({n}){name}"),
+                read_rows_sql(&t, &k, &cols, n, scope),
+            ));
+            out.push((
+                format!("read_rows_sql(no columns, {n}){name}"),
+                read_rows_sql(&t, &k, &[], n, scope),
+            ));
+            out.push((
+                format!("read_roles_sql({n}){name}"),
+                read_roles_sql(&rt, &ru, &rr, n, scope),
+            ));
+        }
+    }
     out
 }
 

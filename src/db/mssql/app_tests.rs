@@ -13,10 +13,10 @@ use super::*;
 use crate::config::DbLocation;
 use crate::db::mssql::rows;
 use crate::db::mssql::tsql::{UNPARSEABLE, parse};
-use crate::mapping::{FieldValue, Offboarding, RoleTable, Target};
+use crate::mapping::{Adopt, FieldValue, Offboarding, RoleTable, Target};
 use crate::store::DbError;
 use crate::target::writer::Param;
-use crate::target::{AppConnector, UserWrite};
+use crate::target::{AppConnector, Existing, UserWrite};
 
 /// Records every statement; fails the ones listed.
 #[derive(Default)]
@@ -87,8 +87,21 @@ fn target(roles: bool) -> Target {
             table: "dbo.user_roles".into(),
             user_column: "user_key".into(),
             role_column: "role".into(),
+            tenant_column: None,
         }),
+        adopt: Adopt::Never,
+        tenant_column: None,
     }
+}
+
+/// The same tables with a tenant column in each (rows of tenants sharing them told apart).
+fn scoped_target() -> Target {
+    let mut t = target(true);
+    t.tenant_column = Some("TenantName".into());
+    if let Some(r) = &mut t.roles {
+        r.tenant_column = Some("tenant".into());
+    }
+    t
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -106,7 +119,7 @@ fn stmt(sql: impl Into<String>, params: Vec<Param>) -> Stmt {
 /// The statements of the tests' schema, quoted.
 fn upsert_sql(cols: &[&str]) -> String {
     let cols: Vec<String> = cols.iter().map(|c| format!("[{c}]")).collect();
-    upsert_user("[dbo].[app_users]", "[UserName]", &cols)
+    upsert_user("[dbo].[app_users]", "[UserName]", &cols, None)
 }
 const ROLES: (&str, &str, &str) = ("[dbo].[user_roles]", "[user_key]", "[role]");
 
@@ -139,6 +152,8 @@ fn write_users(
                         fields: &fields,
                         roles_to_add: &set(&["ok"]),
                         roles_to_remove: &set(&[]),
+                        tenant: "t1",
+                        existing: Existing::Owned,
                     },
                 )
                 .map(|a| a.created)
@@ -205,6 +220,8 @@ fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
                 fields: &fields,
                 roles_to_add: &set(&["Admin", "User"]),
                 roles_to_remove: &set(&["Guest"]),
+                tenant: "t1",
+                existing: Existing::Owned,
             },
         )
     })
@@ -233,14 +250,17 @@ fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
                 ]
             ),
             stmt(
-                remove_role(ROLES.0, ROLES.1, ROLES.2),
+                remove_role(ROLES.0, ROLES.1, ROLES.2, None),
                 vec![key.clone(), t("Guest")]
             ),
             stmt(
-                add_role(ROLES.0, ROLES.1, ROLES.2),
+                add_role(ROLES.0, ROLES.1, ROLES.2, None),
                 vec![key.clone(), t("Admin")]
             ),
-            stmt(add_role(ROLES.0, ROLES.1, ROLES.2), vec![key, t("User")]),
+            stmt(
+                add_role(ROLES.0, ROLES.1, ROLES.2, None),
+                vec![key, t("User")]
+            ),
             stmt(APP_COMMIT, vec![]),
         ]
     );
@@ -263,6 +283,8 @@ fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
                 fields: &[],
                 roles_to_add: &set(&["Admin"]),
                 roles_to_remove: &set(&[]),
+                tenant: "t1",
+                existing: Existing::Owned,
             },
         )
     })
@@ -287,12 +309,14 @@ fn a_key_move_rekeys_the_row_and_its_roles_before_the_upsert() {
                     fields: &[],
                     roles_to_add: &set(&[]),
                     roles_to_remove: &set(&[]),
+                    tenant: "t1",
+                    existing: Existing::Owned,
                 },
             ))
         })
         .unwrap()
     };
-    let count = count_key("[dbo].[app_users]", "[UserName]");
+    let count = count_key("[dbo].[app_users]", "[UserName]", None);
     let mut rec = Recorder {
         existing: set(&["old@example.com"]),
         ..Recorder::default()
@@ -305,10 +329,13 @@ fn a_key_move_rekeys_the_row_and_its_roles_before_the_upsert() {
             stmt(count.clone(), vec![old.clone()]),
             stmt(count.clone(), vec![new.clone()]),
             stmt(
-                rekey("[dbo].[app_users]", "[UserName]"),
+                rekey("[dbo].[app_users]", "[UserName]", None),
                 vec![new.clone(), old.clone()]
             ),
-            stmt(rekey(ROLES.0, ROLES.1), vec![new.clone(), old.clone()]),
+            stmt(
+                rekey(ROLES.0, ROLES.1, None),
+                vec![new.clone(), old.clone()]
+            ),
             stmt(upsert_sql(&[]), vec![new.clone()]),
         ]
     );
@@ -405,7 +432,7 @@ fn a_batch_whose_closure_fails_is_rolled_back() {
     let mut rec = Recorder::default();
     let target = target(false);
     let e = writer::run_batch(&mut rec, &TSQL, &mut |b| -> Result<(), TargetError> {
-        b.offboard(&target, "k", &Offboarding::Delete, &set(&[]))?;
+        b.offboard(&target, "t1", "k", &Offboarding::Delete, &set(&[]))?;
         Err(TargetError::Task("stop".into()))
     })
     .unwrap_err();
@@ -433,7 +460,7 @@ fn a_failed_commit_is_rolled_back_before_the_connection_is_returned() {
     let mut ex = FailCommit(Recorder::default());
     let target = target(false);
     let e = writer::run_batch(&mut ex, &TSQL, &mut |b| {
-        b.offboard(&target, "k", &Offboarding::Delete, &set(&[]))
+        b.offboard(&target, "t1", "k", &Offboarding::Delete, &set(&[]))
     })
     .unwrap_err();
     assert!(e.to_string().contains("commit refused"), "{e}");
@@ -451,9 +478,9 @@ fn offboarding_removes_the_applied_roles_then_deletes_or_updates_the_row() {
     ]);
     let mut rec = Recorder::default();
     writer::run_batch(&mut rec, &TSQL, &mut |b| {
-        b.offboard(&target, "k1", &Offboarding::Delete, &set(&["Admin"]))?;
-        b.offboard(&target, "k2", &update, &set(&[]))?;
-        b.offboard(&target, "k3", &Offboarding::None, &set(&["User"]))
+        b.offboard(&target, "t1", "k1", &Offboarding::Delete, &set(&["Admin"]))?;
+        b.offboard(&target, "t1", "k2", &update, &set(&[]))?;
+        b.offboard(&target, "t1", "k3", &Offboarding::None, &set(&["User"]))
     })
     .unwrap();
     let (tbl, key) = ("[dbo].[app_users]", "[UserName]");
@@ -462,16 +489,16 @@ fn offboarding_removes_the_applied_roles_then_deletes_or_updates_the_row() {
         vec![
             stmt(APP_BEGIN, vec![]),
             stmt(
-                remove_role(ROLES.0, ROLES.1, ROLES.2),
+                remove_role(ROLES.0, ROLES.1, ROLES.2, None),
                 vec![t("k1"), t("Admin")]
             ),
-            stmt(delete_row(tbl, key), vec![t("k1")]),
+            stmt(delete_row(tbl, key, None), vec![t("k1")]),
             stmt(
-                update_row(tbl, key, &["[IsActive]".into(), "[LeftAt]".into()]),
+                update_row(tbl, key, &["[IsActive]".into(), "[LeftAt]".into()], None),
                 vec![Param::Bool(false), Param::Time(at), t("k2")]
             ),
             stmt(
-                remove_role(ROLES.0, ROLES.1, ROLES.2),
+                remove_role(ROLES.0, ROLES.1, ROLES.2, None),
                 vec![t("k3"), t("User")]
             ),
             stmt(APP_COMMIT, vec![]),
@@ -480,13 +507,303 @@ fn offboarding_removes_the_applied_roles_then_deletes_or_updates_the_row() {
     assert_parses(&rec.log);
 }
 
+/// With tenant columns, every statement matches the row by key and tenant and the inserts write
+/// the tenant: the upsert takes it after the key (@P2), the key statements after the key(s)
+/// (the writer's order), the role statements after the role (@P3).
+#[test]
+fn scoped_writes_match_by_key_and_tenant_and_write_the_tenant() {
+    let target = scoped_target();
+    let (tbl, key, tc) = ("[dbo].[app_users]", "[UserName]", "[TenantName]");
+    let roles = (
+        "[dbo].[user_roles]",
+        "[user_key]",
+        "[role]",
+        Some("[tenant]"),
+    );
+    let fields = vec![("FirstName".to_string(), FieldValue::Text("Ann".into()))];
+    let mut rec = Recorder {
+        existing: set(&["old@example.com"]),
+        ..Recorder::default()
+    };
+    writer::run_batch(&mut rec, &TSQL, &mut |b| {
+        b.apply_user(
+            &target,
+            &UserWrite {
+                key: "ann@example.com",
+                previous_key: Some("old@example.com"),
+                fields: &fields,
+                roles_to_add: &set(&["Admin"]),
+                roles_to_remove: &set(&["Guest"]),
+                tenant: "t1",
+                existing: Existing::Owned,
+            },
+        )
+    })
+    .unwrap();
+    let (new, old, tenant) = (t("ann@example.com"), t("old@example.com"), t("t1"));
+    let count = count_key(tbl, key, Some(tc));
+    assert_eq!(
+        count,
+        "SELECT COUNT(*) FROM [dbo].[app_users] WITH (UPDLOCK, HOLDLOCK) \
+         WHERE [UserName] = @P1 AND [TenantName] = @P2"
+    );
+    assert_eq!(
+        rec.log,
+        vec![
+            stmt(APP_BEGIN, vec![]),
+            stmt(count.clone(), vec![old.clone(), tenant.clone()]),
+            stmt(count, vec![new.clone(), tenant.clone()]),
+            stmt(
+                rekey(tbl, key, Some(tc)),
+                vec![new.clone(), old.clone(), tenant.clone()]
+            ),
+            stmt(
+                rekey(roles.0, roles.1, roles.3),
+                vec![new.clone(), old, tenant.clone()]
+            ),
+            stmt(
+                upsert_user(tbl, key, &["[FirstName]".into()], Some(tc)),
+                vec![new.clone(), tenant.clone(), t("Ann")]
+            ),
+            stmt(
+                remove_role(roles.0, roles.1, roles.2, roles.3),
+                vec![new.clone(), t("Guest"), tenant.clone()]
+            ),
+            stmt(
+                add_role(roles.0, roles.1, roles.2, roles.3),
+                vec![new, t("Admin"), tenant]
+            ),
+            stmt(APP_COMMIT, vec![]),
+        ]
+    );
+    // The tenant narrows the UPDATE and the INSERT writes it, after the key.
+    let upsert = &rec.log[5].sql;
+    assert!(
+        upsert.contains("SET [FirstName] = @P3 WHERE [UserName] = @P1 AND [TenantName] = @P2"),
+        "{upsert}"
+    );
+    assert!(
+        upsert.contains("([UserName], [TenantName], [FirstName]) VALUES (@P1, @P2, @P3)"),
+        "{upsert}"
+    );
+    assert!(
+        rec.log[7]
+            .sql
+            .contains("([user_key], [role], [tenant]) SELECT @P1, @P2, @P3 WHERE NOT EXISTS"),
+        "{}",
+        rec.log[7].sql
+    );
+    assert_parses(&rec.log);
+
+    // Without fields the upsert counts the tenant's row, and inserts it with the tenant.
+    let mut rec = Recorder::default();
+    writer::run_batch(&mut rec, &TSQL, &mut |b| {
+        b.apply_user(
+            &Target {
+                roles: None,
+                ..scoped_target()
+            },
+            &UserWrite {
+                key: "k",
+                previous_key: None,
+                fields: &[],
+                roles_to_add: &set(&[]),
+                roles_to_remove: &set(&[]),
+                tenant: "t1",
+                existing: Existing::Adopt,
+            },
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        rec.log[1],
+        stmt(upsert_user(tbl, key, &[], Some(tc)), vec![t("k"), t("t1")])
+    );
+    assert!(
+        rec.log[1]
+            .sql
+            .contains("WHERE [UserName] = @P1 AND [TenantName] = @P2;"),
+        "{}",
+        rec.log[1].sql
+    );
+    assert_parses(&rec.log);
+
+    // Offboarding: the tenant's role rows, then its row, deleted or updated.
+    let at = Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap();
+    let update = Offboarding::Update(vec![("LeftAt".to_string(), FieldValue::Timestamp(at))]);
+    let mut rec = Recorder::default();
+    writer::run_batch(&mut rec, &TSQL, &mut |b| {
+        b.offboard(&target, "t1", "k1", &Offboarding::Delete, &set(&["Admin"]))?;
+        b.offboard(&target, "t1", "k2", &update, &set(&[]))
+    })
+    .unwrap();
+    assert_eq!(
+        rec.log[1..4],
+        [
+            stmt(
+                remove_role(roles.0, roles.1, roles.2, roles.3),
+                vec![t("k1"), t("Admin"), t("t1")]
+            ),
+            stmt(delete_row(tbl, key, Some(tc)), vec![t("k1"), t("t1")]),
+            stmt(
+                update_row(tbl, key, &["[LeftAt]".into()], Some(tc)),
+                vec![Param::Time(at), t("k2"), t("t1")]
+            ),
+        ]
+    );
+    assert_eq!(
+        rec.log[3].sql,
+        "UPDATE [dbo].[app_users] SET [LeftAt] = @P1 WHERE [UserName] = @P2 AND [TenantName] = @P3"
+    );
+    assert_parses(&rec.log);
+}
+
+/// A write for a user whose row does not exist yet (`Existing::Create`) first counts the key
+/// (locked until the batch ends); a row that has appeared meanwhile is the application's, and
+/// the user fails without a write.
+#[test]
+fn a_create_finds_a_row_that_appeared_and_leaves_it_alone() {
+    let target = target(false);
+    let create = |rec: &mut Recorder| {
+        writer::run_batch(rec, &TSQL, &mut |b| {
+            Ok(b.apply_user(
+                &target,
+                &UserWrite {
+                    key: "ann@example.com",
+                    previous_key: None,
+                    fields: &[],
+                    roles_to_add: &set(&[]),
+                    roles_to_remove: &set(&[]),
+                    tenant: "t1",
+                    existing: Existing::Create,
+                },
+            ))
+        })
+        .unwrap()
+    };
+    let count = count_key("[dbo].[app_users]", "[UserName]", None);
+    let mut rec = Recorder::default();
+    assert!(create(&mut rec).unwrap().created);
+    assert_eq!(
+        rec.log[1..3],
+        [
+            stmt(count.clone(), vec![t("ann@example.com")]),
+            stmt(upsert_sql(&[]), vec![t("ann@example.com")]),
+        ]
+    );
+    let mut rec = Recorder {
+        existing: set(&["ann@example.com"]),
+        ..Recorder::default()
+    };
+    let e = create(&mut rec).unwrap_err();
+    assert!(matches!(e, TargetError::NotOwned(_)), "{e}");
+    assert!(e.to_string().contains("adopt = \"match-by-key\""), "{e}");
+    assert!(!rec.log.iter().any(|s| s.sql.contains("INSERT")));
+    assert_parses(&rec.log);
+}
+
+/// Reads bind each key (at most KEYS_PER_READ a statement) and pad to a power of two, so a
+/// few texts serve every batch size; the tenant follows the keys.
+#[test]
+fn reads_bind_keys_in_padded_chunks() {
+    let keys: Vec<String> = (0..1030).map(|i| format!("k{i}")).collect();
+    let chunks = key_chunks(&keys);
+    assert_eq!(
+        chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1024, 8],
+        "1024 keys, then 6 padded to 8"
+    );
+    assert_eq!(chunks[1][5..], ["k1029", "k1029", "k1029"]);
+    assert_eq!(key_chunks(&keys[..3])[0], ["k0", "k1", "k2", "k2"]);
+    assert!(key_chunks(&[]).is_empty());
+    assert_eq!(
+        read_rows_sql(
+            "[dbo].[app_users]",
+            "[UserName]",
+            &["[FirstName]".into()],
+            2,
+            Some("[TenantName]")
+        ),
+        "SELECT [UserName], [FirstName] FROM [dbo].[app_users] \
+         WHERE [UserName] IN (@P1, @P2) AND [TenantName] = @P3"
+    );
+    assert_eq!(
+        read_roles_sql(ROLES.0, ROLES.1, ROLES.2, 1, None),
+        "SELECT [user_key], [role] FROM [dbo].[user_roles] WHERE [user_key] IN (@P1)"
+    );
+    // The most parameters one read binds stays under SQL Server's 2100.
+    let most = read_rows_sql("[t]", "[k]", &[], KEYS_PER_READ, Some("[tc]"));
+    assert_eq!(
+        crate::db::mssql::tsql::param_numbers(&most).len(),
+        KEYS_PER_READ + 1
+    );
+    assert!(KEYS_PER_READ < 2100);
+}
+
+/// Values read back as the engine compares them, whatever their SQL Server type.
+#[test]
+fn column_values_are_read_in_the_terms_the_engine_compares() {
+    use std::borrow::Cow;
+    use tiberius::IntoSql;
+    let at = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
+    let midnight = Utc.with_ymd_and_hms(2030, 1, 2, 0, 0, 0).unwrap();
+    let offset = at.with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).unwrap());
+    let guid = uuid::Uuid::parse_str("6F1C2A8E-0D4B-4A51-9E53-8A4C3B2D1E0F").unwrap();
+    for (data, value) in [
+        (
+            ColumnData::String(Some(Cow::from("Ann"))),
+            AppValue::Text("Ann".into()),
+        ),
+        (ColumnData::String(None), AppValue::Null),
+        (ColumnData::U8(Some(3)), AppValue::Int(3)),
+        (ColumnData::I16(Some(-4)), AppValue::Int(-4)),
+        (ColumnData::I32(Some(1042)), AppValue::Int(1042)),
+        (ColumnData::I64(Some(1 << 40)), AppValue::Int(1 << 40)),
+        (ColumnData::I32(None), AppValue::Null),
+        (ColumnData::Bit(Some(true)), AppValue::Bool(true)),
+        (ColumnData::Bit(None), AppValue::Null),
+        (ColumnData::F32(Some(0.5)), AppValue::Real(0.5)),
+        (ColumnData::F64(Some(2.25)), AppValue::Real(2.25)),
+        (
+            ColumnData::Numeric(Some(tiberius::numeric::Numeric::new_with_scale(1234, 2))),
+            AppValue::Real(12.34),
+        ),
+        (
+            ColumnData::Guid(Some(guid)),
+            AppValue::Text("6f1c2a8e-0d4b-4a51-9e53-8a4c3b2d1e0f".into()),
+        ),
+        (at.naive_utc().into_sql(), AppValue::Time(at)),
+        (ColumnData::DateTime2(None), AppValue::Null),
+        (at.date_naive().into_sql(), AppValue::Time(midnight)),
+        (offset.into_sql(), AppValue::Time(at)),
+        (
+            ColumnData::Binary(Some(Cow::from(vec![1u8, 2]))),
+            AppValue::Other,
+        ),
+        (ColumnData::Binary(None), AppValue::Null),
+        (at.time().into_sql(), AppValue::Other),
+    ] {
+        assert_eq!(app_value(&data).unwrap(), value, "{data:?}");
+    }
+    // Keys (and roles) are text, or an integer column's number.
+    assert_eq!(key_text(AppValue::Int(42)), Some("42".into()));
+    assert_eq!(key_text(AppValue::Text("k".into())), Some("k".into()));
+    assert_eq!(key_text(AppValue::Null), None);
+    // A time the engine wrote is held by the row it reads back.
+    assert!(
+        app_value(&at.naive_utc().into_sql())
+            .unwrap()
+            .holds(&FieldValue::Timestamp(at))
+    );
+}
+
 #[test]
 fn invalid_identifiers_are_refused_before_any_statement() {
     let mut target = target(false);
     target.user_table = "users]; DROP TABLE x; --".into();
     let mut rec = Recorder::default();
     let e = writer::run_batch(&mut rec, &TSQL, &mut |b| {
-        Ok(b.offboard(&target, "k", &Offboarding::Delete, &set(&[])))
+        Ok(b.offboard(&target, "t1", "k", &Offboarding::Delete, &set(&[])))
     })
     .unwrap()
     .unwrap_err();
