@@ -160,33 +160,6 @@ impl MssqlConfig {
         };
         format!("server {server}, database {}", self.database)
     }
-
-    /// The tiberius configuration.
-    pub fn tiberius(&self) -> tiberius::Config {
-        let mut c = tiberius::Config::new();
-        c.host(&self.host);
-        c.port(self.port);
-        if let Some(i) = &self.instance {
-            c.instance_name(i);
-        }
-        c.database(&self.database);
-        c.application_name(&self.application_name);
-        c.authentication(tiberius::AuthMethod::sql_server(
-            &self.user,
-            self.password.as_ref().map(|p| p.0.as_str()).unwrap_or(""),
-        ));
-        c.encryption(match self.encrypt {
-            Encrypt::Off => tiberius::EncryptionLevel::Off,
-            Encrypt::On => tiberius::EncryptionLevel::Required,
-            Encrypt::Strict => tiberius::EncryptionLevel::Strict,
-        });
-        if self.trust_server_certificate {
-            c.trust_cert();
-        }
-        c.command_timeout(self.command_timeout);
-        c.handshake_timeout(Some(self.connect_timeout));
-        c
-    }
 }
 
 /// The connection string keys understood, lower case.

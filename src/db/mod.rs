@@ -1,6 +1,6 @@
 //! The database backends, chosen once at start: SQLite ([`sqlite`], the embedded default, on
-//! rusqlite) or SQL Server ([`mssql`], on tiberius), for the staging database and for each
-//! application database.
+//! rusqlite) or SQL Server ([`mssql`]), for the staging database and for each application
+//! database.
 //!
 //! A staging backend plays every role the rest of the code needs of the staging database —
 //! the SCIM store, the sync engine's state and lifecycle, the ledger reads, the provisioning
@@ -9,8 +9,7 @@
 //! above it, code sees the roles, never a driver. Each backend turns its driver's errors into
 //! the domain's ([`DbError`]).
 
-// SQL Server is ported to the roles next; until then its locations are refused at start.
-// pub mod mssql;
+pub mod mssql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -46,7 +45,7 @@ pub async fn open_staging(
 ) -> Result<Arc<dyn Staging>, StoreError> {
     Ok(match location {
         DbLocation::Sqlite(path) => Arc::new(sqlite::SqliteStaging::open(path, durability).await?),
-        DbLocation::SqlServer(_) => return Err(porting().into()),
+        DbLocation::SqlServer(config) => Arc::new(mssql::MssqlStaging::open(config).await?),
     })
 }
 
@@ -64,7 +63,7 @@ pub async fn migrate(
 ) -> Result<MigrationReport, StoreError> {
     match location {
         DbLocation::Sqlite(path) => sqlite::migrate_file(path, durability).await,
-        DbLocation::SqlServer(_) => Err(porting().into()),
+        DbLocation::SqlServer(config) => mssql::migrate_server(config).await,
     }
 }
 
@@ -78,7 +77,9 @@ impl AppConnector for Connector {
             DbLocation::Sqlite(path) => {
                 Arc::new(sqlite::app::SqliteApp::open(path, config.schema.as_deref()).await?)
             }
-            DbLocation::SqlServer(_) => return Err(porting().into()),
+            DbLocation::SqlServer(server) => {
+                Arc::new(mssql::app::MssqlApp::open(config, server).await?)
+            }
         })
     }
 }
@@ -115,6 +116,33 @@ pub(crate) fn task_failed(e: tokio::task::JoinError) -> DbError {
     DbError::Failed(format!("database task failed: {e}"))
 }
 
-fn porting() -> DbError {
-    DbError::Unavailable("the SQL Server backend is not available in this build".into())
+#[cfg(test)]
+mod tests {
+    use super::{mssql, sqlite};
+    use crate::scim::Limits;
+    use crate::scim::filter::parse_filter;
+    use crate::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ResourceType};
+
+    /// Both dialects accept and refuse the same filters.
+    #[test]
+    fn the_dialects_translate_the_same_filters() {
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        for f in [
+            "userName eq \"a\"",
+            "emails[type eq \"work\"]",
+            "emails ne \"x\"",
+            "name eq \"x\"",
+            "active gt true",
+            "x.y.z eq 1",
+        ] {
+            let Ok(parsed) = parse_filter(f, &Limits::default()) else {
+                continue;
+            };
+            assert_eq!(
+                mssql::filter_sql::compile(&rt, "t", &parsed).is_ok(),
+                sqlite::filter_sql::compile(&rt, "t", &parsed).is_ok(),
+                "{f}"
+            );
+        }
+    }
 }

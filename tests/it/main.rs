@@ -5,7 +5,7 @@ mod helpers;
 
 mod admin;
 mod admin_sync;
-// mod app_target_mssql; (back with the SQL Server backend)
+mod app_target_mssql;
 mod concurrency;
 mod discovery;
 mod entra_examples;

@@ -1,22 +1,30 @@
 //! The sync engine on every staging backend: the same runs over a staging store filled through
 //! the store API, into an SQLite application database with the shipped Scifeon example. Runs on
 //! SQLite always, and on SQL Server staging when SCIM_BRIDGE_TEST_MSSQL is set (see
-//! docs/sqlserver.md), each backend in its own tenant.
+//! docs/sqlserver.md), each backend in its own tenant (and an application named for it).
+//! Recovery (heartbeats, leases of dead holders, abandoned runs, operators' releases),
+//! quarantine, a full run's repair of the application with `verify`'s drift report, and the
+//! ownership of application rows are tested here too, through the store and the engine; only
+//! the audit trail and how an owner came to own a row, which nothing reads back yet, are read
+//! from each backend's own table.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
 
-use scim_bridge::clock::FakeClock;
-use scim_bridge::config::Config;
+use scim_bridge::clock::{Clock, FakeClock};
+use scim_bridge::config::{Config, DbLocation, resolve_database};
 use scim_bridge::db::Connector;
+use scim_bridge::db::mssql::pool::MssqlPool;
 use scim_bridge::scim::Limits;
 use scim_bridge::scim::resource::normalize;
 use scim_bridge::store::StoreError;
+use scim_bridge::sync::holder::Holder;
 use scim_bridge::sync::ledger::RunQuery;
-use scim_bridge::sync::{RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
+use scim_bridge::sync::store::{BeginRun, Heartbeat, Owned, RowsOf};
+use scim_bridge::sync::{Change, RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
 
 use crate::store_conformance::{Backend, backends, group_change, id, rt, t};
 
@@ -42,26 +50,56 @@ struct Engine {
     clock: Arc<FakeClock>,
     app: crate::helpers::Sql,
     tenant: String,
+    /// The application table the tenant writes, as its rows' owners name it.
+    rows_of: RowsOf,
     _dir: tempfile::TempDir,
 }
 
 async fn engine(b: &Backend) -> Engine {
+    engine_with(b, "").await
+}
+
+/// An engine whose tenant has `sync` (TOML lines) added to its `[tenants.NAME.sync]`.
+async fn engine_with(b: &Backend, sync: &str) -> Engine {
+    engine_mapped(b, sync, "").await
+}
+
+/// An engine as [`engine_with`], whose mapping is the shipped Scifeon one with `target` (TOML
+/// lines) added to its `[target]`. The application is named for the tenant: owners of
+/// application rows are recorded by application, table and key, and on a SQL Server staging
+/// database shared by every test (and run) the same keys would otherwise belong to the
+/// tenant of whichever test wrote them first.
+async fn engine_mapped(b: &Backend, sync: &str, target: &str) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let app_db = dir.path().join("app.db");
+    let application = format!("scifeon-{}", b.tenant);
+    let shipped = std::fs::read_to_string(root.join("mappings/scifeon.toml")).unwrap();
+    let mapping = shipped
+        .replace(
+            "database = \"scifeon\"\n",
+            &format!("database = \"{application}\"\n"),
+        )
+        .replace(
+            "key = \"userName\"\n",
+            &format!("key = \"userName\"\n{target}"),
+        );
+    assert_ne!(mapping, shipped);
+    let mapping_path = dir.path().join("scifeon.toml");
+    std::fs::write(&mapping_path, mapping).unwrap();
     // JSON string escapes are valid TOML basic-string escapes.
     let quoted = |s: &str| serde_json::to_string(s).unwrap();
     let text = format!(
         "[staging]\ndatabase = {}\n\
-         [applications.scifeon]\ndatabase = {}\nschema = {}\n\
+         [applications.\"{application}\"]\ndatabase = {}\nschema = {}\n\
          [tenants.\"{}\"]\ntoken = \"0123456789abcdef0123\"\n\
-         [tenants.\"{}\".sync]\nmapping = {}\nretention_hours = 24\n",
+         [tenants.\"{}\".sync]\nmapping = {}\nretention_hours = 24\n{sync}",
         quoted(&b.database),
         quoted(&format!("sqlite://{}", app_db.display())),
         quoted(&root.join("sql/app/example_app.sql").display().to_string()),
         b.tenant,
         b.tenant,
-        quoted(&root.join("mappings/scifeon.toml").display().to_string()),
+        quoted(&mapping_path.display().to_string()),
     );
     let config = Config::parse(&text, &dir.path().join("c.toml"), dir.path(), []).unwrap();
     let clock = Arc::new(FakeClock::new(t(3)));
@@ -75,6 +113,11 @@ async fn engine(b: &Backend) -> Engine {
         clock,
         app,
         tenant: b.tenant.clone(),
+        rows_of: RowsOf {
+            application,
+            table: "scifeon_users".into(),
+            scope: String::new(),
+        },
         _dir: dir,
     }
 }
@@ -85,13 +128,17 @@ impl Engine {
             dry_run,
             ..RunOptions::default()
         };
-        let s = self
-            .engine
-            .run(&self.tenant, Trigger::Api, options)
-            .await
-            .unwrap();
+        let s = self.run_with(options).await;
         assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
         s
+    }
+
+    /// A run, whatever it came to.
+    async fn run_with(&self, options: RunOptions) -> RunSummary {
+        self.engine
+            .run(&self.tenant, Trigger::Api, options)
+            .await
+            .unwrap()
     }
 
     /// (UserName, FirstName, IsActive) of every application user.
@@ -264,6 +311,15 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
         assert_eq!(pending[0].due_at, "2030-01-02T02:00:00.000Z", "{backend}");
         assert_eq!(db.lease(tn, t(3)).await.unwrap(), None, "{backend}");
 
+        // Every row the engine created is this tenant's.
+        let keys: Vec<String> = ["ann", "bob", "carl"]
+            .iter()
+            .map(|n| format!("{n}@example.com"))
+            .collect();
+        let owners = s.owners(&e.rows_of, &keys).await.unwrap();
+        assert_eq!(owners.len(), 3, "{owners:?}: {backend}");
+        assert!(owners.values().all(|t| t == tn), "{owners:?}: {backend}");
+
         // Inside the retention nothing more happens; after it, purge and offboard.
         let r = e.run(false).await;
         assert_eq!(r.counts.offboarded, 0, "{backend}");
@@ -271,6 +327,12 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
         let r = e.run(false).await;
         assert_eq!(r.counts.offboarded, 1, "{backend}");
         assert_eq!(e.users().await.len(), 2, "{backend}");
+        // The deleted row's owner record goes with it.
+        let owners = s.owners(&e.rows_of, &keys).await.unwrap();
+        assert!(
+            !owners.contains_key("carl@example.com") && owners.len() == 2,
+            "{owners:?}: {backend}"
+        );
         assert!(
             matches!(
                 s.get_user(tn, &carl, false).await,
@@ -400,5 +462,803 @@ async fn a_second_replica_is_skipped_while_a_run_holds_the_lease() {
         assert_eq!(db.lease(&b.tenant, t(3)).await.unwrap(), None, "{backend}");
         // Free again: the next run takes the lease.
         assert_eq!(e.run(false).await.status, RunStatus::Succeeded, "{backend}");
+    }
+}
+
+/// A run begun through the store: `holder` leases it (unless it is a dry run) for five
+/// minutes from `at`.
+fn begin(
+    tenant: &str,
+    holder: &str,
+    take_from: Option<&str>,
+    dry_run: bool,
+    at: DateTime<Utc>,
+) -> BeginRun {
+    BeginRun {
+        tenant: tenant.to_string(),
+        holder: holder.to_string(),
+        take_from: take_from.map(str::to_string),
+        trigger: "cli",
+        dry_run,
+        full: false,
+        started_at: at,
+        lease_expires: at + Duration::minutes(5),
+        watermark_from: Some(0),
+    }
+}
+
+/// A holder of this host whose process is gone.
+fn dead_holder() -> String {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    Holder {
+        pid,
+        start: 1,
+        ..Holder::this_process()
+    }
+    .to_string()
+}
+
+/// How many times `actor` did `action` to the tenant, from the backend's audit table.
+async fn audited(b: &Backend, action: &str, actor: &str) -> i64 {
+    if b.store.backend_name() == "sqlite" {
+        let path = b.database.strip_prefix("sqlite://").unwrap();
+        return crate::helpers::Sql(path.into()).scalar(
+            "SELECT count(*) FROM sync_audit WHERE tenant = ? AND action = ? AND actor = ?",
+            &[&b.tenant, &action, &actor],
+        );
+    }
+    let DbLocation::SqlServer(server) =
+        resolve_database(&b.database, None, Path::new(".")).unwrap()
+    else {
+        panic!("{} is not SQL Server", b.database);
+    };
+    let pool = MssqlPool::connect(&server).await.unwrap();
+    let mut c = pool.get().await.unwrap();
+    // The tenant, action and actor are this test's own names, without quotes.
+    let row = c
+        .simple_query(format!(
+            "SELECT COUNT_BIG(*) FROM sync.audit WHERE tenant = N'{}' AND action = N'{action}' \
+             AND actor = N'{actor}'",
+            b.tenant
+        ))
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    row.get::<i64, _>(0).unwrap()
+}
+
+/// A heartbeat records the run's last sign of life and renews its lease; an operator can
+/// release the lease whoever holds it (audited), after which the run's heartbeat says it is
+/// lost.
+#[tokio::test]
+async fn heartbeats_renew_the_lease_until_an_operator_releases_it() {
+    for b in backends().await {
+        let (s, tn) = (&b.store, b.tenant.as_str());
+        let backend = s.backend_name();
+        let holder = Holder::this_process().to_string();
+        let begun = s
+            .begin_run(begin(tn, &holder, None, false, t(3)))
+            .await
+            .unwrap();
+        assert!(begun.leased, "{backend}");
+        let later = t(3) + Duration::seconds(20);
+        let beat = Heartbeat {
+            tenant: tn.to_string(),
+            run_id: begun.run_id,
+            holder: holder.clone(),
+            leased: true,
+            now: later,
+            lease_expires: later + Duration::seconds(30),
+        };
+        assert!(s.heartbeat(beat.clone()).await.unwrap(), "{backend}");
+        let lease = s.lease_row(tn).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                lease.holder.as_str(),
+                lease.run_id,
+                lease.acquired_at,
+                lease.expires_at
+            ),
+            (
+                holder.as_str(),
+                Some(begun.run_id),
+                t(3),
+                later + Duration::seconds(30)
+            ),
+            "{backend}"
+        );
+        let running = s.running_runs(Some(tn)).await.unwrap();
+        assert_eq!(running.len(), 1, "{backend}");
+        let r = &running[0];
+        assert_eq!(
+            (
+                r.id,
+                r.tenant.as_str(),
+                r.holder.as_deref(),
+                r.heartbeat_at,
+                r.started_at,
+                r.dry_run
+            ),
+            (
+                begun.run_id,
+                tn,
+                Some(holder.as_str()),
+                Some(later),
+                t(3),
+                false
+            ),
+            "{backend}"
+        );
+        assert!(
+            s.running_runs(None)
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.id == begun.run_id),
+            "{backend}"
+        );
+
+        let released = s.release_lease(tn, "ops-admin", later).await.unwrap();
+        assert_eq!(released, Some(lease), "{backend}");
+        assert_eq!(
+            s.release_lease(tn, "ops-admin", later).await.unwrap(),
+            None,
+            "{backend}"
+        );
+        assert_eq!(
+            audited(&b, "release_lease", "ops-admin").await,
+            1,
+            "{backend}"
+        );
+        assert!(
+            !s.heartbeat(beat).await.unwrap(),
+            "the lease is lost: {backend}"
+        );
+        // A dry run holds no lease: its heartbeat only records that it lives.
+        let dry = s
+            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .await
+            .unwrap();
+        let dry_beat = Heartbeat {
+            tenant: tn.to_string(),
+            run_id: dry.run_id,
+            holder,
+            leased: false,
+            now: later,
+            lease_expires: later,
+        };
+        assert!(s.heartbeat(dry_beat).await.unwrap(), "{backend}");
+        assert_eq!(s.lease_row(tn).await.unwrap(), None, "{backend}");
+    }
+}
+
+/// Runs left running are closed as failed with the reason, once: a closed run is not
+/// closed again.
+#[tokio::test]
+async fn close_runs_closes_only_runs_still_running() {
+    for b in backends().await {
+        let (s, tn) = (&b.store, b.tenant.as_str());
+        let backend = s.backend_name();
+        let holder = Holder::this_process().to_string();
+        let a = s
+            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .await
+            .unwrap();
+        let c = s
+            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.close_runs(&[], "closed by the test", t(4)).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            s.close_runs(&[a.run_id], "closed by the test", t(4))
+                .await
+                .unwrap(),
+            1,
+            "{backend}"
+        );
+        assert_eq!(
+            s.close_runs(&[a.run_id, c.run_id], "closed again", t(4))
+                .await
+                .unwrap(),
+            1,
+            "only the one still running: {backend}"
+        );
+        assert!(
+            s.running_runs(Some(tn)).await.unwrap().is_empty(),
+            "{backend}"
+        );
+        let row = s.run(a.run_id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                row.status.as_str(),
+                row.error.as_deref(),
+                row.ended_at.as_deref()
+            ),
+            (
+                "failed",
+                Some("closed by the test"),
+                Some("2030-01-01T04:00:00.000Z")
+            ),
+            "{backend}"
+        );
+    }
+}
+
+/// A lease held, unexpired, by a process of this host that died is taken over at once by a
+/// run that names it (take_from), and only then; the engine does that on its own, and closes
+/// the dead process's runs (its dry run too) as abandoned.
+#[tokio::test]
+async fn a_dead_holders_lease_is_taken_over_and_its_runs_closed() {
+    for b in backends().await {
+        let (s, tn) = (&b.store, b.tenant.as_str());
+        let backend = s.backend_name();
+        let e = engine(&b).await;
+        s.create_user(tn, &rt(), &id(), &person("ann@example.com", "Ann"), t(1))
+            .await
+            .unwrap();
+        let now = e.clock.now();
+        let dead = dead_holder();
+        let held = s
+            .begin_run(begin(tn, &dead, None, false, now))
+            .await
+            .unwrap();
+        assert!(held.leased, "{backend}");
+        let dry = s
+            .begin_run(begin(tn, &dead, None, true, now))
+            .await
+            .unwrap();
+        // Another holder gets it neither without naming the holder nor by naming another.
+        for take_from in [None, Some("host-b/4242:77/abc")] {
+            let other = s
+                .begin_run(begin(tn, "host-c/1:2/x", take_from, false, now))
+                .await
+                .unwrap();
+            assert!(!other.leased, "{take_from:?}: {backend}");
+        }
+        assert_eq!(
+            s.lease_row(tn).await.unwrap().unwrap().holder,
+            dead,
+            "{backend}"
+        );
+
+        let r = e.run(false).await;
+        assert_eq!(r.counts.created, 1, "{backend}");
+        for id in [held.run_id, dry.run_id] {
+            let run = s.run(id).await.unwrap().unwrap();
+            assert_eq!(run.status, "failed", "{backend}");
+            assert!(
+                run.error.as_deref().unwrap_or("").starts_with("abandoned"),
+                "{run:?}: {backend}"
+            );
+        }
+        assert!(
+            s.running_runs(Some(tn)).await.unwrap().is_empty(),
+            "{backend}"
+        );
+        assert_eq!(
+            s.lease_row(tn).await.unwrap(),
+            None,
+            "released at the end: {backend}"
+        );
+
+        // The store alone: naming the dead holder takes its unexpired lease.
+        let again = s
+            .begin_run(begin(tn, &dead, None, false, now))
+            .await
+            .unwrap();
+        assert!(again.leased, "{backend}");
+        let mine = Holder::this_process().to_string();
+        let taken = s
+            .begin_run(begin(tn, &mine, Some(&dead), false, now))
+            .await
+            .unwrap();
+        assert!(taken.leased, "{backend}");
+        let lease = s.lease_row(tn).await.unwrap().unwrap();
+        assert_eq!(
+            (lease.holder, lease.run_id),
+            (mine, Some(taken.run_id)),
+            "{backend}"
+        );
+    }
+}
+
+/// An approval's run holds the lease, and the lease names it.
+#[tokio::test]
+async fn an_approvals_run_is_recorded_in_the_lease() {
+    for b in backends().await {
+        let (s, tn) = (&b.store, b.tenant.as_str());
+        let backend = s.backend_name();
+        let holder = Holder::this_process().to_string();
+        let held = s
+            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .await
+            .unwrap();
+        let approving = s
+            .begin_approval(begin(tn, &holder, None, false, t(3)), held.run_id)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.lease(tn, t(3)).await.unwrap(),
+            Some(Some(approving)),
+            "{backend}"
+        );
+        assert_eq!(
+            s.run(approving).await.unwrap().unwrap().approves_run,
+            Some(held.run_id)
+        );
+    }
+}
+
+/// A user the application refuses run after run is quarantined after `quarantine_after`
+/// failures on one staged version: skipped (the run succeeds, counting it apart) by
+/// incremental and full runs alike, listed with its userName, until its staged data changes
+/// or an operator releases it (audited).
+#[tokio::test]
+async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_released() {
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        let backend = s.backend_name();
+        let e = engine_with(&b, "quarantine_after = 2\n").await;
+        e.app.exec(
+            "CREATE TRIGGER refuse BEFORE INSERT ON scifeon_users \
+             WHEN NEW.UserName = 'bad@example.com' \
+             BEGIN SELECT RAISE(ABORT, 'refused by the application'); END",
+            &[],
+        );
+        let bad = id();
+        s.create_user(tn, &rt, &id(), &person("ok@example.com", "Ok"), t(1))
+            .await
+            .unwrap();
+        s.create_user(tn, &rt, &bad, &person("bad@example.com", "Bad"), t(1))
+            .await
+            .unwrap();
+        let counts = |r: &RunSummary| (r.status, r.counts.failed, r.counts.quarantined);
+        let incremental = || RunOptions::default();
+
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::CompletedWithErrors, 1, 0),
+            "{backend}"
+        );
+        assert_eq!(r.counts.created, 1, "{backend}");
+        assert_eq!(s.count_quarantined(tn).await.unwrap(), 0, "{backend}");
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::CompletedWithErrors, 1, 1),
+            "the second failure in a row quarantines it: {backend}"
+        );
+        assert_eq!(
+            s.run(r.run_id).await.unwrap().unwrap().quarantined,
+            1,
+            "{backend}"
+        );
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::Succeeded, 0, 1),
+            "skipped: {backend}"
+        );
+        let full = RunOptions {
+            full: true,
+            ..RunOptions::default()
+        };
+        let r = e.run_with(full).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::Succeeded, 0, 1),
+            "a full run too: {backend}"
+        );
+
+        let (total, rows) = s.quarantined(tn, 10, 0).await.unwrap();
+        assert_eq!((total, rows.len()), (1, 1), "{backend}");
+        let q = &rows[0];
+        assert_eq!(
+            (q.user_id.as_str(), q.user_name.as_deref(), q.attempts),
+            (bad.as_str(), Some("bad@example.com"), 2),
+            "{backend}"
+        );
+        assert!(!q.last_error.is_empty(), "{backend}");
+        assert_eq!(
+            (q.first_failed_at.as_str(), q.quarantined_at.as_str()),
+            ("2030-01-01T03:00:00.000Z", "2030-01-01T03:00:00.000Z"),
+            "{backend}"
+        );
+        let past_the_end = s.quarantined(tn, 10, 1).await.unwrap();
+        assert_eq!((past_the_end.0, past_the_end.1.len()), (1, 0), "{backend}");
+
+        // Its staged data changes: tried again, failing anew, and quarantined after two more.
+        e.clock.advance(Duration::minutes(1));
+        let rename = |mut d: Map<String, Value>| {
+            d.insert(
+                "name".into(),
+                json!({"givenName": "Still bad", "familyName": "Test"}),
+            );
+            Ok(d)
+        };
+        s.update_user(tn, &rt, &bad, None, t(2), &rename)
+            .await
+            .unwrap();
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::CompletedWithErrors, 1, 0),
+            "{backend}"
+        );
+        assert_eq!(s.quarantined(tn, 10, 0).await.unwrap().0, 0, "{backend}");
+        let r = e.run_with(incremental()).await;
+        assert_eq!(
+            counts(&r),
+            (RunStatus::CompletedWithErrors, 1, 1),
+            "{backend}"
+        );
+        let (_, rows) = s.quarantined(tn, 10, 0).await.unwrap();
+        assert_eq!(
+            (
+                rows[0].attempts,
+                rows[0].first_failed_at.as_str(),
+                rows[0].quarantined_at.as_str()
+            ),
+            (2, "2030-01-01T03:01:00.000Z", "2030-01-01T03:01:00.000Z"),
+            "counted anew on the new version: {backend}"
+        );
+
+        // The application is fixed; an operator releases the user; the next run writes it.
+        e.app.exec("DROP TRIGGER refuse", &[]);
+        assert!(
+            s.release_quarantine(tn, &bad, "ops-admin", t(3))
+                .await
+                .unwrap(),
+            "{backend}"
+        );
+        assert!(
+            !s.release_quarantine(tn, &bad, "ops-admin", t(3))
+                .await
+                .unwrap(),
+            "not quarantined any more: {backend}"
+        );
+        assert_eq!(
+            audited(&b, "release_quarantine", "ops-admin").await,
+            1,
+            "{backend}"
+        );
+        let r = e.run_with(incremental()).await;
+        assert_eq!(counts(&r), (RunStatus::Succeeded, 0, 0), "{backend}");
+        assert_eq!(r.counts.created, 1, "{backend}");
+        assert_eq!(e.users().await.len(), 2, "{backend}");
+        let (total, rows) = s.quarantined(tn, 10, 0).await.unwrap();
+        assert_eq!((total, rows.len()), (0, 0), "{backend}");
+    }
+}
+
+/// After the application lost or changed rows behind the engine's back (a restore, a hand
+/// edit), an incremental run trusts its links and writes nothing, `verify` reports the drift
+/// (walking the links a page at a time), and a full run writes back what is gone or differs.
+#[tokio::test]
+async fn a_full_run_repairs_the_application_and_verify_reports_drift() {
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        let backend = s.backend_name();
+        // Two links a page: verify reads three links in two pages.
+        let e = engine_with(&b, "batch_size = 2\n").await;
+        let (ann, bob, carl) = (id(), id(), id());
+        for (uid, name, given) in [
+            (&ann, "ann@example.com", "Ann"),
+            (&bob, "bob@example.com", "Bob"),
+            (&carl, "carl@example.com", "Carl"),
+        ] {
+            s.create_user(tn, &rt, uid, &person(name, given), t(1))
+                .await
+                .unwrap();
+        }
+        s.create_group(
+            tn,
+            &rt,
+            &id(),
+            group_change("Scifeon Admins", &[&carl]),
+            t(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(e.run(false).await.counts.created, 3, "{backend}");
+        let v = e.engine.verify(tn).await.unwrap();
+        assert!(v.is_clean() && v.linked == 3, "{v:?}: {backend}");
+
+        e.app.exec(
+            "DELETE FROM scifeon_users WHERE UserName = 'ann@example.com'",
+            &[],
+        );
+        e.app.exec(
+            "UPDATE scifeon_users SET FirstName = 'edited by hand' \
+             WHERE UserName = 'bob@example.com'",
+            &[],
+        );
+        e.app.exec(
+            "DELETE FROM user_roles WHERE user_key = 'carl@example.com' AND role = 'Administrator'",
+            &[],
+        );
+        let v = e.engine.verify(tn).await.unwrap();
+        assert_eq!(
+            (v.linked, v.missing, v.differing, v.roles_missing),
+            (3, 1, 1, 1),
+            "{v:?}: {backend}"
+        );
+        let drift = |u: &str| v.drifts.iter().find(|d| d.user_id == u).unwrap();
+        assert!(drift(&ann).missing, "{backend}");
+        assert_eq!(
+            drift(&bob).changes["FirstName"],
+            Change {
+                before: json!("edited by hand"),
+                after: json!("Bob")
+            },
+            "{backend}"
+        );
+        assert_eq!(drift(&carl).roles_missing, ["Administrator"], "{backend}");
+
+        let r = e.run(false).await;
+        assert_eq!(
+            (r.counts.created, r.counts.updated, r.counts.roles_added),
+            (0, 0, 0),
+            "incremental: nothing changed in staging: {backend}"
+        );
+        let full = || RunOptions {
+            full: true,
+            ..RunOptions::default()
+        };
+        let r = e.run_with(full()).await;
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+        assert_eq!(
+            (r.counts.created, r.counts.updated, r.counts.unchanged),
+            (1, 2, 0),
+            "{r:?}: {backend}"
+        );
+        let (_, items) = b.store.items(r.run_id, None, 10, 0).await.unwrap();
+        let item = |u: &str| items.iter().find(|i| i.user_id == u).unwrap();
+        assert_eq!(
+            (
+                item(&ann).outcome.as_str(),
+                item(&bob).outcome.as_str(),
+                item(&carl).outcome.as_str()
+            ),
+            ("created", "updated", "updated"),
+            "{backend}"
+        );
+        assert_eq!(
+            item(&bob).changes["FirstName"],
+            json!({"before": "edited by hand", "after": "Bob"}),
+            "{backend}"
+        );
+        assert_eq!(item(&carl).roles_added, ["Administrator"], "{backend}");
+        assert!(e.engine.verify(tn).await.unwrap().is_clean(), "{backend}");
+        assert_eq!(
+            e.users().await,
+            [
+                row("ann@example.com", "Ann", true),
+                row("bob@example.com", "Bob", true),
+                row("carl@example.com", "Carl", true)
+            ],
+            "{backend}"
+        );
+        assert_eq!(
+            e.roles("carl@example.com").await,
+            ["Administrator", "User"],
+            "{backend}"
+        );
+        // A full run over rows that are as the links say writes nothing.
+        let r = e.run_with(full()).await;
+        assert_eq!(
+            (r.counts.unchanged, r.counts.updated, r.counts.created),
+            (3, 0, 0),
+            "{backend}"
+        );
+    }
+}
+
+/// Who owns `key` in the engine's application table, and how it came to (created, adopted,
+/// linked), from the backend's own table: the store's reads answer only the owner.
+async fn owner(b: &Backend, e: &Engine, key: &str) -> Option<(String, String)> {
+    let RowsOf {
+        application,
+        table,
+        scope,
+    } = &e.rows_of;
+    if b.store.backend_name() == "sqlite" {
+        let path = b.database.strip_prefix("sqlite://").unwrap();
+        return crate::helpers::Sql(path.into())
+            .query(
+                "SELECT tenant, how FROM sync_owners WHERE application = ? AND app_table = ? \
+                 AND scope = ? AND app_key = ?",
+                &[application, table, scope, &key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .pop();
+    }
+    let DbLocation::SqlServer(server) =
+        resolve_database(&b.database, None, Path::new(".")).unwrap()
+    else {
+        panic!("{} is not SQL Server", b.database);
+    };
+    let pool = MssqlPool::connect(&server).await.unwrap();
+    let mut c = pool.get().await.unwrap();
+    let mut q = tiberius::Query::new(
+        "SELECT tenant, how FROM sync.owners WHERE application = @P1 AND app_table = @P2 \
+         AND scope = @P3 AND app_key = @P4",
+    );
+    for p in [application.as_str(), table, scope, key] {
+        q.bind(p.to_string());
+    }
+    let row = q.query(&mut c).await.unwrap().into_row().await.unwrap()?;
+    Some((
+        row.get::<&str, _>(0).unwrap().to_string(),
+        row.get::<&str, _>(1).unwrap().to_string(),
+    ))
+}
+
+/// Ownership of application rows, with the application database on SQLite and the owners in
+/// each staging backend: a row another tenant owns is never written, adoption or not; a row
+/// the application made itself is left alone (the user fails, saying how to adopt) unless
+/// the mapping adopts, when it is taken over as an `adopted` item and owned from then on; the
+/// rows the engine creates are claimed by the tenant, and a key change moves the claim.
+#[tokio::test]
+async fn rows_another_tenant_owns_or_the_application_made_are_left_alone_unless_adopted() {
+    for adopt in [false, true] {
+        for b in backends().await {
+            let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+            let backend = format!("{} adopt={adopt}", s.backend_name());
+            let target = if adopt {
+                "adopt = \"match-by-key\"\n"
+            } else {
+                ""
+            };
+            let e = engine_mapped(&b, "", target).await;
+            for (name, first) in [
+                ("ann@example.com", "Other tenant's"),
+                ("bob@example.com", "Made by the application"),
+            ] {
+                e.app.exec(
+                    "INSERT INTO scifeon_users (UserName, FirstName) VALUES (?, ?)",
+                    &[&name, &first],
+                );
+            }
+            // Another tenant claims ann's row; this tenant's claim of it is then refused and
+            // changes nothing.
+            let other = format!("{tn}-other");
+            let claim = |key: &str, user_id: &str| {
+                vec![Owned {
+                    key: key.into(),
+                    user_id: user_id.into(),
+                    how: "created",
+                }]
+            };
+            let taken = s
+                .claim(&e.rows_of, &other, claim("ann@example.com", "x1"), t(3))
+                .await
+                .unwrap();
+            assert!(taken.is_empty(), "{taken:?}: {backend}");
+            let taken = s
+                .claim(&e.rows_of, tn, claim("ann@example.com", "u1"), t(3))
+                .await
+                .unwrap();
+            assert_eq!(taken, ["ann@example.com"], "{backend}");
+            let keys = ["ann@example.com".to_string(), "bob@example.com".to_string()];
+            assert_eq!(
+                s.owners(&e.rows_of, &keys).await.unwrap(),
+                [("ann@example.com".to_string(), other.clone())].into(),
+                "{backend}"
+            );
+            assert_eq!(
+                owner(&b, &e, "ann@example.com").await,
+                Some((other.clone(), "created".into())),
+                "{backend}"
+            );
+
+            let (ann, bob, carl) = (id(), id(), id());
+            for (uid, name, given) in [
+                (&ann, "ann@example.com", "Ann"),
+                (&bob, "bob@example.com", "Bob"),
+                (&carl, "carl@example.com", "Carl"),
+            ] {
+                s.create_user(tn, &rt, uid, &person(name, given), t(1))
+                    .await
+                    .unwrap();
+            }
+            let r = e.run_with(RunOptions::default()).await;
+            assert_eq!(r.status, RunStatus::CompletedWithErrors, "{r:?}: {backend}");
+            let (_, items) = s.items(r.run_id, None, 10, 0).await.unwrap();
+            let item = |u: &str| items.iter().find(|i| i.user_id == u).unwrap().clone();
+            assert_eq!(item(&ann).outcome, "failed", "{backend}");
+            let why = item(&ann).error.unwrap_or_default();
+            assert!(
+                why.contains(&format!("belongs to tenant \"{other}\"")),
+                "{why}: {backend}"
+            );
+            assert_eq!(item(&carl).outcome, "created", "{backend}");
+            assert_eq!(
+                owner(&b, &e, "carl@example.com").await,
+                Some((tn.to_string(), "created".into())),
+                "{backend}"
+            );
+            let first = |name: &str| {
+                e.app.query(
+                    "SELECT FirstName FROM scifeon_users WHERE UserName = ?",
+                    &[&name],
+                    |r| r.get::<_, String>(0),
+                )
+            };
+            assert_eq!(first("ann@example.com"), ["Other tenant's"], "{backend}");
+            if adopt {
+                assert_eq!(
+                    (r.counts.created, r.counts.updated, r.counts.failed),
+                    (1, 1, 1),
+                    "{r:?}: {backend}"
+                );
+                assert_eq!(item(&bob).outcome, "adopted", "{backend}");
+                assert_eq!(first("bob@example.com"), ["Bob"], "updated: {backend}");
+                assert_eq!(
+                    owner(&b, &e, "bob@example.com").await,
+                    Some((tn.to_string(), "adopted".into())),
+                    "{backend}"
+                );
+                continue;
+            }
+            assert_eq!(
+                (r.counts.created, r.counts.failed),
+                (1, 2),
+                "{r:?}: {backend}"
+            );
+            assert_eq!(item(&bob).outcome, "failed", "{backend}");
+            let why = item(&bob).error.unwrap_or_default();
+            assert!(why.contains("adopt = \"match-by-key\""), "{why}: {backend}");
+            assert_eq!(
+                first("bob@example.com"),
+                ["Made by the application"],
+                "left alone: {backend}"
+            );
+            assert_eq!(owner(&b, &e, "bob@example.com").await, None, "{backend}");
+
+            // Once the application's row is gone, the user is created and owned.
+            e.app.exec(
+                "DELETE FROM scifeon_users WHERE UserName = 'bob@example.com'",
+                &[],
+            );
+            let r = e.run_with(RunOptions::default()).await;
+            assert_eq!(
+                (r.counts.created, r.counts.failed),
+                (1, 1),
+                "ann still fails: {r:?}: {backend}"
+            );
+            assert_eq!(first("bob@example.com"), ["Bob"], "{backend}");
+            assert_eq!(
+                owner(&b, &e, "bob@example.com").await,
+                Some((tn.to_string(), "created".into())),
+                "{backend}"
+            );
+
+            // A key change moves the row and its claim.
+            let rename = |mut d: Map<String, Value>| {
+                d.insert("userName".into(), json!("carl.new@example.com"));
+                Ok(d)
+            };
+            s.update_user(tn, &rt, &carl, None, t(2), &rename)
+                .await
+                .unwrap();
+            e.run_with(RunOptions::default()).await;
+            assert_eq!(first("carl.new@example.com"), ["Carl"], "{backend}");
+            assert_eq!(owner(&b, &e, "carl@example.com").await, None, "{backend}");
+            assert_eq!(
+                owner(&b, &e, "carl.new@example.com").await,
+                Some((tn.to_string(), "linked".into())),
+                "{backend}"
+            );
+        }
     }
 }

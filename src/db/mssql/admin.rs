@@ -1,66 +1,126 @@
-//! What the admin API reads from a SQL Server staging database, and the provisioning log's
-//! table: the same operations as `crate::store::sqlite::admin`, with the statements of
-//! [`super::statements`].
+//! What the admin API counts in a SQL Server staging database, and the provisioning log's
+//! table: the same operations as SQLite's, with their T-SQL here.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tiberius::Query;
 
-use super::MssqlStore;
-use super::statements as st;
-use super::store::{first, get_i64, get_text, get_time, naive, rows};
+use super::MssqlStaging;
+use super::rows::{
+    self, SqlError, execute, first, float, int, int32, naive, opt_text, params, results, rows, text,
+};
 use crate::store::{
-    ProvisioningEntry, ProvisioningQuery, ProvisioningRow, StoreError, TenantCounts,
+    ProvisioningEntry, ProvisioningLogStore, ProvisioningQuery, ProvisioningRow, StagingCounts,
+    StoreError, TenantCounts,
 };
 
 /// Rows per DELETE when pruning.
 const PRUNE_CHUNK: i64 = 5_000;
 
-impl MssqlStore {
-    /// Live users (active and inactive), groups and memberships of `tenant`.
-    pub async fn tenant_counts(&self, tenant: &str) -> Result<TenantCounts, StoreError> {
-        let mut q = Query::new(st::TENANT_COUNTS);
+/// Live active users, live inactive users, groups and memberships of @P1 tenant.
+const TENANT_COUNTS: &str = "SELECT \
+     (SELECT COUNT_BIG(*) FROM scim.users WHERE tenant = @P1 AND deleted_at IS NULL AND active = 1), \
+     (SELECT COUNT_BIG(*) FROM scim.users WHERE tenant = @P1 AND deleted_at IS NULL AND active = 0), \
+     (SELECT COUNT_BIG(*) FROM scim.groups WHERE tenant = @P1), \
+     (SELECT COUNT_BIG(*) FROM scim.group_members WHERE tenant = @P1)";
+
+/// The member count of one group: @P1 tenant, @P2 group id.
+const MEMBER_COUNT: &str =
+    "SELECT COUNT_BIG(*) FROM scim.group_members WHERE tenant = @P1 AND group_id = @P2";
+
+/// Rows per provisioning log INSERT: 9 parameters each, below SQL Server's 2100 per statement.
+const PROVISIONING_LOG_CHUNK: usize = 200;
+const _: () = assert!(PROVISIONING_LOG_CHUNK * 9 <= 2100);
+
+/// Append `rows` provisioning log entries; per row, 9 parameters in this order: tenant, at,
+/// request_id, method, path, resource_id, status, duration_ms, error.
+fn insert_provisioning_log(rows: usize) -> String {
+    let values = (0..rows)
+        .map(|r| format!("({})", params(r * 9 + 1, 9)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO scim.provisioning_log (tenant, [at], request_id, method, path, resource_id, \
+         status, duration_ms, error) VALUES {values}"
+    )
+}
+
+/// The tenants with provisioning log entries (pruning goes tenant by tenant).
+const PROVISIONING_LOG_TENANTS: &str = "SELECT DISTINCT tenant FROM scim.provisioning_log";
+
+/// Delete up to @P3 entries of @P1 tenant older than @P2: short statements, short locks.
+const PRUNE_PROVISIONING_LOG: &str = "DELETE FROM scim.provisioning_log WHERE id IN \
+     (SELECT TOP (@P3) id FROM scim.provisioning_log WHERE tenant = @P1 AND [at] < @P2)";
+
+/// A page of a tenant's provisioning log and the number of matches, in one batch of two
+/// result sets. @P1 tenant, @P2..@P3 the status range, @P4 since (inclusive, only with
+/// `since`), @P5 until (exclusive, only with `until`), @P6 offset, @P7 limit; every parameter
+/// is always bound. Rows: id, at, request_id, method, path, resource_id, status, duration_ms,
+/// error, newest first.
+fn provisioning_log_page(since: bool, until: bool) -> String {
+    let mut filter = String::from("tenant = @P1 AND status BETWEEN @P2 AND @P3");
+    if since {
+        filter.push_str(" AND [at] >= @P4");
+    }
+    if until {
+        filter.push_str(" AND [at] < @P5");
+    }
+    format!(
+        "SELECT COUNT_BIG(*) FROM scim.provisioning_log WHERE {filter}; \
+         SELECT id, [at], request_id, method, path, resource_id, status, duration_ms, error \
+         FROM scim.provisioning_log WHERE {filter} ORDER BY [at] DESC, id DESC \
+         OFFSET @P6 ROWS FETCH NEXT @P7 ROWS ONLY"
+    )
+}
+
+#[async_trait]
+impl StagingCounts for MssqlStaging {
+    async fn tenant_counts(&self, tenant: &str) -> Result<TenantCounts, StoreError> {
+        let mut q = Query::new(TENANT_COUNTS);
         q.bind(tenant.to_string());
-        let mut c = self.pool().get().await?;
+        let mut c = self.pool.get().await?;
         let row = first(&mut c, q)
             .await?
-            .ok_or_else(|| StoreError::CommitFailed("no tenant counts".into()))?;
+            .ok_or_else(|| SqlError::missing("tenant counts"))?;
         Ok(TenantCounts {
-            active_users: get_i64(&row, 0)?,
-            inactive_users: get_i64(&row, 1)?,
-            groups: get_i64(&row, 2)?,
-            memberships: get_i64(&row, 3)?,
+            active_users: int(&row, 0)?,
+            inactive_users: int(&row, 1)?,
+            groups: int(&row, 2)?,
+            memberships: int(&row, 3)?,
         })
     }
 
-    /// The member count of each of `group_ids` (missing ids: 0).
-    pub async fn member_counts(
+    async fn member_counts(
         &self,
         tenant: &str,
         group_ids: &[String],
     ) -> Result<Vec<i64>, StoreError> {
-        let mut c = self.pool().get().await?;
+        let mut c = self.pool.get().await?;
         let mut out = Vec::with_capacity(group_ids.len());
         for id in group_ids {
-            let mut q = Query::new(st::MEMBER_COUNT);
+            let mut q = Query::new(MEMBER_COUNT);
             q.bind(tenant.to_string());
             q.bind(id.clone());
             let n = match first(&mut c, q).await? {
-                Some(row) => get_i64(&row, 0)?,
+                Some(row) => int(&row, 0)?,
                 None => 0,
             };
             out.push(n);
         }
         Ok(out)
     }
+}
 
-    /// Append provisioning log entries, a couple of hundred per statement.
-    pub async fn insert_provisioning_log(
+#[async_trait]
+impl ProvisioningLogStore for MssqlStaging {
+    /// A couple of hundred entries per statement.
+    async fn insert_provisioning_log(
         &self,
         entries: &[ProvisioningEntry],
     ) -> Result<(), StoreError> {
-        let mut c = self.pool().get().await?;
-        for chunk in entries.chunks(st::PROVISIONING_LOG_CHUNK) {
-            let mut q = Query::new(st::insert_provisioning_log(chunk.len()));
+        let mut c = self.pool.get().await?;
+        for chunk in entries.chunks(PROVISIONING_LOG_CHUNK) {
+            let mut q = Query::new(insert_provisioning_log(chunk.len()));
             for e in chunk {
                 q.bind(e.tenant.clone());
                 q.bind(naive(e.at));
@@ -72,28 +132,28 @@ impl MssqlStore {
                 q.bind(e.duration_ms);
                 q.bind(e.error.clone());
             }
-            q.execute(&mut *c).await?;
+            execute(&mut c, q).await?;
         }
         Ok(())
     }
 
-    /// Delete provisioning log entries older than `cutoff`; returns how many. Per tenant and
-    /// a few thousand rows per statement, so no statement holds its locks for long.
-    pub async fn prune_provisioning_log(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut c = self.pool().get().await?;
-        let tenants = rows(&mut c, Query::new(st::PROVISIONING_LOG_TENANTS))
+    /// Per tenant and a few thousand rows per statement, so no statement holds its locks for
+    /// long.
+    async fn prune_provisioning_log(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut c = self.pool.get().await?;
+        let tenants = rows(&mut c, Query::new(PROVISIONING_LOG_TENANTS))
             .await?
             .iter()
-            .map(|r| get_text(r, 0))
+            .map(|r| text(r, 0))
             .collect::<Result<Vec<_>, _>>()?;
         let mut deleted = 0;
         for tenant in tenants {
             loop {
-                let mut q = Query::new(st::PRUNE_PROVISIONING_LOG);
+                let mut q = Query::new(PRUNE_PROVISIONING_LOG);
                 q.bind(tenant.clone());
                 q.bind(naive(cutoff));
                 q.bind(PRUNE_CHUNK);
-                let n = q.execute(&mut *c).await?.total();
+                let n = execute(&mut c, q).await?;
                 deleted += n;
                 if n < PRUNE_CHUNK as u64 {
                     break;
@@ -103,17 +163,13 @@ impl MssqlStore {
         Ok(deleted)
     }
 
-    /// One page of a tenant's provisioning log, newest first, and the number of matches.
-    pub async fn provisioning_log(
+    async fn provisioning_log(
         &self,
         tenant: &str,
         q: &ProvisioningQuery,
     ) -> Result<(i64, Vec<ProvisioningRow>), StoreError> {
         let (lo, hi) = q.status.map(|s| s.range()).unwrap_or((0, 999));
-        let mut query = Query::new(st::provisioning_log_page(
-            q.since.is_some(),
-            q.until.is_some(),
-        ));
+        let mut query = Query::new(provisioning_log_page(q.since.is_some(), q.until.is_some()));
         query.bind(tenant.to_string());
         query.bind(i32::from(lo));
         query.bind(i32::from(hi));
@@ -122,35 +178,78 @@ impl MssqlStore {
         query.bind(q.until.map(naive).unwrap_or_default());
         query.bind(q.offset.max(0));
         query.bind(q.limit.max(0));
-        let mut c = self.pool().get().await?;
-        let mut results = query
-            .query(&mut *c)
-            .await?
-            .into_results()
-            .await?
-            .into_iter();
-        let total = match results.next().and_then(|r| r.into_iter().next()) {
-            Some(r) => get_i64(&r, 0)?,
+        let mut c = self.pool.get().await?;
+        let mut sets = results(&mut c, query).await?.into_iter();
+        let total = match sets.next().and_then(|r| r.into_iter().next()) {
+            Some(r) => int(&r, 0)?,
             None => 0,
         };
-        let rows = results
+        let rows = sets
             .next()
             .unwrap_or_default()
             .iter()
             .map(|r| {
                 Ok(ProvisioningRow {
-                    id: get_i64(r, 0)?,
-                    at: get_time(r, 1)?,
-                    request_id: get_text(r, 2)?,
-                    method: get_text(r, 3)?,
-                    path: get_text(r, 4)?,
-                    resource_id: r.try_get::<&str, _>(5)?.map(str::to_string),
-                    status: u16::try_from(r.try_get::<i32, _>(6)?.unwrap_or_default()).unwrap_or(0),
-                    duration_ms: r.try_get::<f64, _>(7)?.unwrap_or_default(),
-                    error: r.try_get::<&str, _>(8)?.map(str::to_string),
+                    id: int(r, 0)?,
+                    at: rows::time(r, 1)?,
+                    request_id: text(r, 2)?,
+                    method: text(r, 3)?,
+                    path: text(r, 4)?,
+                    resource_id: opt_text(r, 5)?,
+                    status: u16::try_from(int32(r, 6)?).unwrap_or(0),
+                    duration_ms: float(r, 7)?,
+                    error: opt_text(r, 8)?,
                 })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .collect::<Result<Vec<_>, SqlError>>()?;
         Ok((total, rows))
+    }
+}
+
+#[cfg(test)]
+pub(super) fn statements() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = [
+        ("TENANT_COUNTS", TENANT_COUNTS),
+        ("MEMBER_COUNT", MEMBER_COUNT),
+        ("PROVISIONING_LOG_TENANTS", PROVISIONING_LOG_TENANTS),
+        ("PRUNE_PROVISIONING_LOG", PRUNE_PROVISIONING_LOG),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s.to_string()))
+    .collect();
+    for rows in [1, 3, PROVISIONING_LOG_CHUNK] {
+        out.push((
+            format!("insert_provisioning_log({rows})"),
+            insert_provisioning_log(rows),
+        ));
+    }
+    for since in [false, true] {
+        for until in [false, true] {
+            out.push((
+                format!("provisioning_log_page({since}, {until})"),
+                provisioning_log_page(since, until),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provisioning_log_inserts_number_their_parameters_row_by_row() {
+        assert_eq!(
+            insert_provisioning_log(2),
+            "INSERT INTO scim.provisioning_log (tenant, [at], request_id, method, path, \
+             resource_id, status, duration_ms, error) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, \
+             @P7, @P8, @P9), (@P10, @P11, @P12, @P13, @P14, @P15, @P16, @P17, @P18)"
+        );
+        let page = provisioning_log_page(false, true);
+        assert!(
+            page.contains("[at] < @P5") && !page.contains("@P4"),
+            "{page}"
+        );
     }
 }

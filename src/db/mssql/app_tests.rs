@@ -1,7 +1,8 @@
-//! The statements each batch issues and its attempts, recorded without a server (a recorder
-//! stands in for the connection and answers counts and upserts from a fixed set of keys), and
-//! the connection failure against a closed port. The same writer against a live SQL Server is
-//! tests/it/app_target_mssql.rs (with SCIM_BRIDGE_TEST_MSSQL).
+//! The statements the shared writer issues in T-SQL for each batch, and its attempts, recorded
+//! without a server (a recorder stands in for the connection and answers counts and upserts
+//! from a fixed set of keys), and the connection failure against a closed port. The same
+//! writer against a live SQL Server is tests/it/app_target_mssql.rs (with
+//! SCIM_BRIDGE_TEST_MSSQL).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -10,8 +11,12 @@ use chrono::{TimeZone, Utc};
 
 use super::*;
 use crate::config::DbLocation;
-use crate::store::mssql::statements::tests::{UNPARSEABLE, parse};
-use crate::target::AppDb;
+use crate::db::mssql::rows;
+use crate::db::mssql::tsql::{UNPARSEABLE, parse};
+use crate::mapping::{Adopt, FieldValue, Offboarding, RoleTable, Target};
+use crate::store::DbError;
+use crate::target::writer::Param;
+use crate::target::{AppConnector, Existing, UserWrite};
 
 /// Records every statement; fails the ones listed.
 #[derive(Default)]
@@ -28,9 +33,9 @@ struct Recorder {
 impl Recorder {
     fn run(&mut self, s: &Stmt) -> Result<(), TargetError> {
         self.log.push(s.clone());
-        if s.sql == st::APP_BEGIN {
+        if s.sql == APP_BEGIN {
             self.state = 1;
-        } else if s.sql == st::APP_COMMIT || s.sql == st::APP_ROLLBACK {
+        } else if s.sql == APP_COMMIT || s.sql == APP_ROLLBACK {
             self.state = 0;
         }
         if let Some((_, _, after)) = self
@@ -39,7 +44,9 @@ impl Recorder {
             .find(|(sql, p, _)| s.sql.contains(sql.as_str()) && s.params.contains(p))
         {
             self.state = *after;
-            return Err(TargetError::SqlServer("refused by the recorder".into()));
+            return Err(TargetError::Db(DbError::Failed(
+                "refused by the recorder".into(),
+            )));
         }
         Ok(())
     }
@@ -53,7 +60,7 @@ impl Exec for Recorder {
 
     fn scalar(&mut self, s: &Stmt) -> Result<i64, TargetError> {
         self.run(s)?;
-        if s.sql == st::XACT_STATE {
+        if s.sql == XACT_STATE {
             return Ok(self.state);
         }
         let key = match s.params.first() {
@@ -80,8 +87,21 @@ fn target(roles: bool) -> Target {
             table: "dbo.user_roles".into(),
             user_column: "user_key".into(),
             role_column: "role".into(),
+            tenant_column: None,
         }),
+        adopt: Adopt::Never,
+        tenant_column: None,
     }
+}
+
+/// The same tables with a tenant column in each (rows of tenants sharing them told apart).
+fn scoped_target() -> Target {
+    let mut t = target(true);
+    t.tenant_column = Some("TenantName".into());
+    if let Some(r) = &mut t.roles {
+        r.tenant_column = Some("tenant".into());
+    }
+    t
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -99,7 +119,7 @@ fn stmt(sql: impl Into<String>, params: Vec<Param>) -> Stmt {
 /// The statements of the tests' schema, quoted.
 fn upsert_sql(cols: &[&str]) -> String {
     let cols: Vec<String> = cols.iter().map(|c| format!("[{c}]")).collect();
-    st::upsert_user("[dbo].[app_users]", "[UserName]", &cols)
+    upsert_user("[dbo].[app_users]", "[UserName]", &cols, None)
 }
 const ROLES: (&str, &str, &str) = ("[dbo].[user_roles]", "[user_key]", "[role]");
 
@@ -118,7 +138,7 @@ fn write_users(
 ) -> (usize, Result<Vec<Result<bool, String>>, TargetError>) {
     let target = target(true);
     let mut calls = 0;
-    let r = run_batch(rec, &mut |b| {
+    let r = writer::run_batch(rec, &TSQL, &mut |b| {
         calls += 1;
         Ok(keys
             .iter()
@@ -132,6 +152,8 @@ fn write_users(
                         fields: &fields,
                         roles_to_add: &set(&["ok"]),
                         roles_to_remove: &set(&[]),
+                        tenant: "t1",
+                        existing: Existing::Owned,
                     },
                 )
                 .map(|a| a.created)
@@ -147,21 +169,32 @@ fn parameters_are_typed_from_field_values() {
     let at = Utc.with_ymd_and_hms(2030, 5, 6, 7, 8, 9).unwrap();
     assert_eq!(Param::of(&FieldValue::Null), Param::Null);
     assert_eq!(Param::of(&FieldValue::Text("Ann".into())), t("Ann"));
-    assert_eq!(Param::of(&FieldValue::Integer(-42)), Param::BigInt(-42));
-    assert_eq!(Param::of(&FieldValue::Boolean(true)), Param::Bit(true));
-    assert_eq!(
-        Param::of(&FieldValue::Timestamp(at)),
-        Param::DateTime2(at.naive_utc())
-    );
-    // Bound as the types SQL Server receives.
-    let mut q = Query::new("SELECT @P1, @P2, @P3, @P4, @P5");
-    for p in [
+    assert_eq!(Param::of(&FieldValue::Integer(-42)), Param::Int(-42));
+    assert_eq!(Param::of(&FieldValue::Boolean(true)), Param::Bool(true));
+    assert_eq!(Param::of(&FieldValue::Timestamp(at)), Param::Time(at));
+    // Bound as the types SQL Server receives: NVARCHAR NULL, NVARCHAR, BIGINT, BIT, DATETIME2.
+    let typed: Vec<rows::Param> = [
         Param::Null,
         t("x"),
-        Param::BigInt(1),
-        Param::Bit(false),
-        Param::DateTime2(at.naive_utc()),
-    ] {
+        Param::Int(1),
+        Param::Bool(false),
+        Param::Time(at),
+    ]
+    .iter()
+    .map(rows::Param::from)
+    .collect();
+    assert_eq!(
+        typed,
+        [
+            rows::Param::Null,
+            rows::Param::Text("x".into()),
+            rows::Param::Int(1),
+            rows::Param::Bool(false),
+            rows::Param::Time(at.naive_utc()),
+        ]
+    );
+    let mut q = Query::new("SELECT @P1, @P2, @P3, @P4, @P5");
+    for p in &typed {
         p.bind(&mut q);
     }
 }
@@ -178,7 +211,7 @@ fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
     ];
     let mut rec = Recorder::default();
     let target = target(true);
-    let created = run_batch(&mut rec, &mut |b| {
+    let created = writer::run_batch(&mut rec, &TSQL, &mut |b| {
         b.apply_user(
             &target,
             &UserWrite {
@@ -187,6 +220,8 @@ fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
                 fields: &fields,
                 roles_to_add: &set(&["Admin", "User"]),
                 roles_to_remove: &set(&["Guest"]),
+                tenant: "t1",
+                existing: Existing::Owned,
             },
         )
     })
@@ -196,7 +231,7 @@ fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
     assert_eq!(
         rec.log,
         vec![
-            stmt(st::APP_BEGIN, vec![]),
+            stmt(APP_BEGIN, vec![]),
             stmt(
                 upsert_sql(&[
                     "FirstName",
@@ -208,25 +243,25 @@ fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
                 vec![
                     key.clone(),
                     t("Ann"),
-                    Param::Bit(true),
-                    Param::BigInt(7),
-                    Param::DateTime2(at.naive_utc()),
+                    Param::Bool(true),
+                    Param::Int(7),
+                    Param::Time(at),
                     Param::Null
                 ]
             ),
             stmt(
-                st::remove_role(ROLES.0, ROLES.1, ROLES.2),
+                remove_role(ROLES.0, ROLES.1, ROLES.2, None),
                 vec![key.clone(), t("Guest")]
             ),
             stmt(
-                st::add_role(ROLES.0, ROLES.1, ROLES.2),
+                add_role(ROLES.0, ROLES.1, ROLES.2, None),
                 vec![key.clone(), t("Admin")]
             ),
             stmt(
-                st::add_role(ROLES.0, ROLES.1, ROLES.2),
+                add_role(ROLES.0, ROLES.1, ROLES.2, None),
                 vec![key, t("User")]
             ),
-            stmt(st::APP_COMMIT, vec![]),
+            stmt(APP_COMMIT, vec![]),
         ]
     );
     assert_parses(&rec.log);
@@ -235,11 +270,11 @@ fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
         existing: set(&["ann@example.com"]),
         ..Recorder::default()
     };
-    let target = crate::mapping::Target {
+    let target = Target {
         roles: None,
         ..target
     };
-    let applied = run_batch(&mut rec, &mut |b| {
+    let applied = writer::run_batch(&mut rec, &TSQL, &mut |b| {
         b.apply_user(
             &target,
             &UserWrite {
@@ -248,6 +283,8 @@ fn a_user_write_is_one_upsert_then_its_role_diff_in_one_transaction() {
                 fields: &[],
                 roles_to_add: &set(&["Admin"]),
                 roles_to_remove: &set(&[]),
+                tenant: "t1",
+                existing: Existing::Owned,
             },
         )
     })
@@ -263,7 +300,7 @@ fn a_key_move_rekeys_the_row_and_its_roles_before_the_upsert() {
     let target = target(true);
     // The user's result, inside a batch that commits.
     let move_to = |rec: &mut Recorder, new: &'static str| {
-        run_batch(rec, &mut |b| {
+        writer::run_batch(rec, &TSQL, &mut |b| {
             Ok(b.apply_user(
                 &target,
                 &UserWrite {
@@ -272,12 +309,14 @@ fn a_key_move_rekeys_the_row_and_its_roles_before_the_upsert() {
                     fields: &[],
                     roles_to_add: &set(&[]),
                     roles_to_remove: &set(&[]),
+                    tenant: "t1",
+                    existing: Existing::Owned,
                 },
             ))
         })
         .unwrap()
     };
-    let count = st::count_key("[dbo].[app_users]", "[UserName]");
+    let count = count_key("[dbo].[app_users]", "[UserName]", None);
     let mut rec = Recorder {
         existing: set(&["old@example.com"]),
         ..Recorder::default()
@@ -290,10 +329,13 @@ fn a_key_move_rekeys_the_row_and_its_roles_before_the_upsert() {
             stmt(count.clone(), vec![old.clone()]),
             stmt(count.clone(), vec![new.clone()]),
             stmt(
-                st::rekey("[dbo].[app_users]", "[UserName]"),
+                rekey("[dbo].[app_users]", "[UserName]", None),
                 vec![new.clone(), old.clone()]
             ),
-            stmt(st::rekey(ROLES.0, ROLES.1), vec![new.clone(), old.clone()]),
+            stmt(
+                rekey(ROLES.0, ROLES.1, None),
+                vec![new.clone(), old.clone()]
+            ),
             stmt(upsert_sql(&[]), vec![new.clone()]),
         ]
     );
@@ -312,7 +354,7 @@ fn a_key_move_rekeys_the_row_and_its_roles_before_the_upsert() {
     let e = move_to(&mut rec, "taken@example.com").unwrap_err();
     assert!(matches!(e, TargetError::Conflict(_)), "{e}");
     assert!(!rec.log.iter().any(|s| s.sql.starts_with("UPDATE")));
-    assert!(rec.log.iter().any(|s| s.sql == st::ROLLBACK_TO_SAVEPOINT));
+    assert!(rec.log.iter().any(|s| s.sql == ROLLBACK_TO_SAVEPOINT));
 }
 
 #[test]
@@ -331,27 +373,27 @@ fn a_failed_user_is_retried_in_a_savepoint_and_the_others_are_written() {
     let n = |sql: &str| sqls.iter().filter(|s| **s == sql).count();
     assert_eq!(
         (
-            n(st::APP_BEGIN),
-            n(st::APP_ROLLBACK),
-            n(st::APP_COMMIT),
-            n(st::SAVEPOINT),
-            n(st::XACT_STATE),
-            n(st::ROLLBACK_TO_SAVEPOINT)
+            n(APP_BEGIN),
+            n(APP_ROLLBACK),
+            n(APP_COMMIT),
+            n(SAVEPOINT),
+            n(XACT_STATE),
+            n(ROLLBACK_TO_SAVEPOINT)
         ),
         (2, 1, 1, 3, 1, 1)
     );
     // The optimistic attempt stopped at b; c was written in the second attempt only.
-    let first_rollback = sqls.iter().position(|s| *s == st::APP_ROLLBACK).unwrap();
+    let first_rollback = sqls.iter().position(|s| *s == APP_ROLLBACK).unwrap();
     assert!(
         !rec.log[..first_rollback]
             .iter()
             .any(|s| s.params.contains(&t("c")))
     );
-    assert_eq!(sqls.last(), Some(&st::APP_COMMIT));
+    assert_eq!(sqls.last(), Some(&APP_COMMIT));
     // In the second attempt, b is rolled back to its savepoint right after its error.
-    let state = sqls.iter().position(|s| *s == st::XACT_STATE).unwrap();
-    assert_eq!(sqls[state + 1], st::ROLLBACK_TO_SAVEPOINT);
-    assert_eq!(sqls[state + 2], st::SAVEPOINT);
+    let state = sqls.iter().position(|s| *s == XACT_STATE).unwrap();
+    assert_eq!(sqls[state + 1], ROLLBACK_TO_SAVEPOINT);
+    assert_eq!(sqls[state + 2], SAVEPOINT);
     assert_parses(&rec.log);
 }
 
@@ -373,15 +415,15 @@ fn an_error_that_ends_the_transaction_is_not_tried_again() {
             .log
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.sql == st::APP_BEGIN)
+            .filter(|(_, s)| s.sql == APP_BEGIN)
             .map(|(i, _)| i)
             .collect();
         assert_eq!(begins.len(), 3);
         let last = &rec.log[begins[2]..];
         assert!(!last.iter().any(|s| s.params.contains(&t("b"))));
         assert!(last.iter().any(|s| s.params.contains(&t("c"))));
-        assert_eq!(last.last().unwrap().sql, st::APP_COMMIT);
-        assert!(!last.iter().any(|s| s.sql == st::ROLLBACK_TO_SAVEPOINT));
+        assert_eq!(last.last().unwrap().sql, APP_COMMIT);
+        assert!(!last.iter().any(|s| s.sql == ROLLBACK_TO_SAVEPOINT));
     }
 }
 
@@ -389,14 +431,14 @@ fn an_error_that_ends_the_transaction_is_not_tried_again() {
 fn a_batch_whose_closure_fails_is_rolled_back() {
     let mut rec = Recorder::default();
     let target = target(false);
-    let e = run_batch(&mut rec, &mut |b| -> Result<(), TargetError> {
-        b.offboard(&target, "k", &Offboarding::Delete, &set(&[]))?;
+    let e = writer::run_batch(&mut rec, &TSQL, &mut |b| -> Result<(), TargetError> {
+        b.offboard(&target, "t1", "k", &Offboarding::Delete, &set(&[]))?;
         Err(TargetError::Task("stop".into()))
     })
     .unwrap_err();
     assert_eq!(e.to_string(), "application database task failed: stop");
-    assert_eq!(rec.log.last().unwrap().sql, st::APP_ROLLBACK);
-    assert!(!rec.log.iter().any(|s| s.sql == st::APP_COMMIT));
+    assert_eq!(rec.log.last().unwrap().sql, APP_ROLLBACK);
+    assert!(!rec.log.iter().any(|s| s.sql == APP_COMMIT));
 }
 
 #[test]
@@ -406,8 +448,8 @@ fn a_failed_commit_is_rolled_back_before_the_connection_is_returned() {
     impl Exec for FailCommit {
         fn execute(&mut self, s: &Stmt) -> Result<u64, TargetError> {
             let n = self.0.execute(s)?;
-            if s.sql == st::APP_COMMIT {
-                return Err(TargetError::SqlServer("commit refused".into()));
+            if s.sql == APP_COMMIT {
+                return Err(TargetError::Db(DbError::Failed("commit refused".into())));
             }
             Ok(n)
         }
@@ -417,13 +459,13 @@ fn a_failed_commit_is_rolled_back_before_the_connection_is_returned() {
     }
     let mut ex = FailCommit(Recorder::default());
     let target = target(false);
-    let e = run_batch(&mut ex, &mut |b| {
-        b.offboard(&target, "k", &Offboarding::Delete, &set(&[]))
+    let e = writer::run_batch(&mut ex, &TSQL, &mut |b| {
+        b.offboard(&target, "t1", "k", &Offboarding::Delete, &set(&[]))
     })
     .unwrap_err();
     assert!(e.to_string().contains("commit refused"), "{e}");
     let sqls: Vec<&str> = ex.0.log.iter().map(|s| s.sql.as_str()).collect();
-    assert_eq!(sqls[sqls.len() - 2..], [st::APP_COMMIT, st::APP_ROLLBACK]);
+    assert_eq!(sqls[sqls.len() - 2..], [APP_COMMIT, APP_ROLLBACK]);
 }
 
 #[test]
@@ -435,34 +477,324 @@ fn offboarding_removes_the_applied_roles_then_deletes_or_updates_the_row() {
         ("LeftAt".to_string(), FieldValue::Timestamp(at)),
     ]);
     let mut rec = Recorder::default();
-    run_batch(&mut rec, &mut |b| {
-        b.offboard(&target, "k1", &Offboarding::Delete, &set(&["Admin"]))?;
-        b.offboard(&target, "k2", &update, &set(&[]))?;
-        b.offboard(&target, "k3", &Offboarding::None, &set(&["User"]))
+    writer::run_batch(&mut rec, &TSQL, &mut |b| {
+        b.offboard(&target, "t1", "k1", &Offboarding::Delete, &set(&["Admin"]))?;
+        b.offboard(&target, "t1", "k2", &update, &set(&[]))?;
+        b.offboard(&target, "t1", "k3", &Offboarding::None, &set(&["User"]))
     })
     .unwrap();
     let (tbl, key) = ("[dbo].[app_users]", "[UserName]");
     assert_eq!(
         rec.log,
         vec![
-            stmt(st::APP_BEGIN, vec![]),
+            stmt(APP_BEGIN, vec![]),
             stmt(
-                st::remove_role(ROLES.0, ROLES.1, ROLES.2),
+                remove_role(ROLES.0, ROLES.1, ROLES.2, None),
                 vec![t("k1"), t("Admin")]
             ),
-            stmt(st::delete_row(tbl, key), vec![t("k1")]),
+            stmt(delete_row(tbl, key, None), vec![t("k1")]),
             stmt(
-                st::update_row(tbl, key, &["[IsActive]".into(), "[LeftAt]".into()]),
-                vec![Param::Bit(false), Param::DateTime2(at.naive_utc()), t("k2")]
+                update_row(tbl, key, &["[IsActive]".into(), "[LeftAt]".into()], None),
+                vec![Param::Bool(false), Param::Time(at), t("k2")]
             ),
             stmt(
-                st::remove_role(ROLES.0, ROLES.1, ROLES.2),
+                remove_role(ROLES.0, ROLES.1, ROLES.2, None),
                 vec![t("k3"), t("User")]
             ),
-            stmt(st::APP_COMMIT, vec![]),
+            stmt(APP_COMMIT, vec![]),
         ]
     );
     assert_parses(&rec.log);
+}
+
+/// With tenant columns, every statement matches the row by key and tenant and the inserts write
+/// the tenant: the upsert takes it after the key (@P2), the key statements after the key(s)
+/// (the writer's order), the role statements after the role (@P3).
+#[test]
+fn scoped_writes_match_by_key_and_tenant_and_write_the_tenant() {
+    let target = scoped_target();
+    let (tbl, key, tc) = ("[dbo].[app_users]", "[UserName]", "[TenantName]");
+    let roles = (
+        "[dbo].[user_roles]",
+        "[user_key]",
+        "[role]",
+        Some("[tenant]"),
+    );
+    let fields = vec![("FirstName".to_string(), FieldValue::Text("Ann".into()))];
+    let mut rec = Recorder {
+        existing: set(&["old@example.com"]),
+        ..Recorder::default()
+    };
+    writer::run_batch(&mut rec, &TSQL, &mut |b| {
+        b.apply_user(
+            &target,
+            &UserWrite {
+                key: "ann@example.com",
+                previous_key: Some("old@example.com"),
+                fields: &fields,
+                roles_to_add: &set(&["Admin"]),
+                roles_to_remove: &set(&["Guest"]),
+                tenant: "t1",
+                existing: Existing::Owned,
+            },
+        )
+    })
+    .unwrap();
+    let (new, old, tenant) = (t("ann@example.com"), t("old@example.com"), t("t1"));
+    let count = count_key(tbl, key, Some(tc));
+    assert_eq!(
+        count,
+        "SELECT COUNT(*) FROM [dbo].[app_users] WITH (UPDLOCK, HOLDLOCK) \
+         WHERE [UserName] = @P1 AND [TenantName] = @P2"
+    );
+    assert_eq!(
+        rec.log,
+        vec![
+            stmt(APP_BEGIN, vec![]),
+            stmt(count.clone(), vec![old.clone(), tenant.clone()]),
+            stmt(count, vec![new.clone(), tenant.clone()]),
+            stmt(
+                rekey(tbl, key, Some(tc)),
+                vec![new.clone(), old.clone(), tenant.clone()]
+            ),
+            stmt(
+                rekey(roles.0, roles.1, roles.3),
+                vec![new.clone(), old, tenant.clone()]
+            ),
+            stmt(
+                upsert_user(tbl, key, &["[FirstName]".into()], Some(tc)),
+                vec![new.clone(), tenant.clone(), t("Ann")]
+            ),
+            stmt(
+                remove_role(roles.0, roles.1, roles.2, roles.3),
+                vec![new.clone(), t("Guest"), tenant.clone()]
+            ),
+            stmt(
+                add_role(roles.0, roles.1, roles.2, roles.3),
+                vec![new, t("Admin"), tenant]
+            ),
+            stmt(APP_COMMIT, vec![]),
+        ]
+    );
+    // The tenant narrows the UPDATE and the INSERT writes it, after the key.
+    let upsert = &rec.log[5].sql;
+    assert!(
+        upsert.contains("SET [FirstName] = @P3 WHERE [UserName] = @P1 AND [TenantName] = @P2"),
+        "{upsert}"
+    );
+    assert!(
+        upsert.contains("([UserName], [TenantName], [FirstName]) VALUES (@P1, @P2, @P3)"),
+        "{upsert}"
+    );
+    assert!(
+        rec.log[7]
+            .sql
+            .contains("([user_key], [role], [tenant]) SELECT @P1, @P2, @P3 WHERE NOT EXISTS"),
+        "{}",
+        rec.log[7].sql
+    );
+    assert_parses(&rec.log);
+
+    // Without fields the upsert counts the tenant's row, and inserts it with the tenant.
+    let mut rec = Recorder::default();
+    writer::run_batch(&mut rec, &TSQL, &mut |b| {
+        b.apply_user(
+            &Target {
+                roles: None,
+                ..scoped_target()
+            },
+            &UserWrite {
+                key: "k",
+                previous_key: None,
+                fields: &[],
+                roles_to_add: &set(&[]),
+                roles_to_remove: &set(&[]),
+                tenant: "t1",
+                existing: Existing::Adopt,
+            },
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        rec.log[1],
+        stmt(upsert_user(tbl, key, &[], Some(tc)), vec![t("k"), t("t1")])
+    );
+    assert!(
+        rec.log[1]
+            .sql
+            .contains("WHERE [UserName] = @P1 AND [TenantName] = @P2;"),
+        "{}",
+        rec.log[1].sql
+    );
+    assert_parses(&rec.log);
+
+    // Offboarding: the tenant's role rows, then its row, deleted or updated.
+    let at = Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap();
+    let update = Offboarding::Update(vec![("LeftAt".to_string(), FieldValue::Timestamp(at))]);
+    let mut rec = Recorder::default();
+    writer::run_batch(&mut rec, &TSQL, &mut |b| {
+        b.offboard(&target, "t1", "k1", &Offboarding::Delete, &set(&["Admin"]))?;
+        b.offboard(&target, "t1", "k2", &update, &set(&[]))
+    })
+    .unwrap();
+    assert_eq!(
+        rec.log[1..4],
+        [
+            stmt(
+                remove_role(roles.0, roles.1, roles.2, roles.3),
+                vec![t("k1"), t("Admin"), t("t1")]
+            ),
+            stmt(delete_row(tbl, key, Some(tc)), vec![t("k1"), t("t1")]),
+            stmt(
+                update_row(tbl, key, &["[LeftAt]".into()], Some(tc)),
+                vec![Param::Time(at), t("k2"), t("t1")]
+            ),
+        ]
+    );
+    assert_eq!(
+        rec.log[3].sql,
+        "UPDATE [dbo].[app_users] SET [LeftAt] = @P1 WHERE [UserName] = @P2 AND [TenantName] = @P3"
+    );
+    assert_parses(&rec.log);
+}
+
+/// A write for a user whose row does not exist yet (`Existing::Create`) first counts the key
+/// (locked until the batch ends); a row that has appeared meanwhile is the application's, and
+/// the user fails without a write.
+#[test]
+fn a_create_finds_a_row_that_appeared_and_leaves_it_alone() {
+    let target = target(false);
+    let create = |rec: &mut Recorder| {
+        writer::run_batch(rec, &TSQL, &mut |b| {
+            Ok(b.apply_user(
+                &target,
+                &UserWrite {
+                    key: "ann@example.com",
+                    previous_key: None,
+                    fields: &[],
+                    roles_to_add: &set(&[]),
+                    roles_to_remove: &set(&[]),
+                    tenant: "t1",
+                    existing: Existing::Create,
+                },
+            ))
+        })
+        .unwrap()
+    };
+    let count = count_key("[dbo].[app_users]", "[UserName]", None);
+    let mut rec = Recorder::default();
+    assert!(create(&mut rec).unwrap().created);
+    assert_eq!(
+        rec.log[1..3],
+        [
+            stmt(count.clone(), vec![t("ann@example.com")]),
+            stmt(upsert_sql(&[]), vec![t("ann@example.com")]),
+        ]
+    );
+    let mut rec = Recorder {
+        existing: set(&["ann@example.com"]),
+        ..Recorder::default()
+    };
+    let e = create(&mut rec).unwrap_err();
+    assert!(matches!(e, TargetError::NotOwned(_)), "{e}");
+    assert!(e.to_string().contains("adopt = \"match-by-key\""), "{e}");
+    assert!(!rec.log.iter().any(|s| s.sql.contains("INSERT")));
+    assert_parses(&rec.log);
+}
+
+/// Reads bind each key (at most KEYS_PER_READ a statement) and pad to a power of two, so a
+/// few texts serve every batch size; the tenant follows the keys.
+#[test]
+fn reads_bind_keys_in_padded_chunks() {
+    let keys: Vec<String> = (0..1030).map(|i| format!("k{i}")).collect();
+    let chunks = key_chunks(&keys);
+    assert_eq!(
+        chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1024, 8],
+        "1024 keys, then 6 padded to 8"
+    );
+    assert_eq!(chunks[1][5..], ["k1029", "k1029", "k1029"]);
+    assert_eq!(key_chunks(&keys[..3])[0], ["k0", "k1", "k2", "k2"]);
+    assert!(key_chunks(&[]).is_empty());
+    assert_eq!(
+        read_rows_sql(
+            "[dbo].[app_users]",
+            "[UserName]",
+            &["[FirstName]".into()],
+            2,
+            Some("[TenantName]")
+        ),
+        "SELECT [UserName], [FirstName] FROM [dbo].[app_users] \
+         WHERE [UserName] IN (@P1, @P2) AND [TenantName] = @P3"
+    );
+    assert_eq!(
+        read_roles_sql(ROLES.0, ROLES.1, ROLES.2, 1, None),
+        "SELECT [user_key], [role] FROM [dbo].[user_roles] WHERE [user_key] IN (@P1)"
+    );
+    // The most parameters one read binds stays under SQL Server's 2100.
+    let most = read_rows_sql("[t]", "[k]", &[], KEYS_PER_READ, Some("[tc]"));
+    assert_eq!(
+        crate::db::mssql::tsql::param_numbers(&most).len(),
+        KEYS_PER_READ + 1
+    );
+    const { assert!(KEYS_PER_READ < 2100) };
+}
+
+/// Values read back as the engine compares them, whatever their SQL Server type.
+#[test]
+fn column_values_are_read_in_the_terms_the_engine_compares() {
+    use std::borrow::Cow;
+    use tiberius::IntoSql;
+    let at = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
+    let midnight = Utc.with_ymd_and_hms(2030, 1, 2, 0, 0, 0).unwrap();
+    let offset = at.with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).unwrap());
+    let guid = uuid::Uuid::parse_str("6F1C2A8E-0D4B-4A51-9E53-8A4C3B2D1E0F").unwrap();
+    for (data, value) in [
+        (
+            ColumnData::String(Some(Cow::from("Ann"))),
+            AppValue::Text("Ann".into()),
+        ),
+        (ColumnData::String(None), AppValue::Null),
+        (ColumnData::U8(Some(3)), AppValue::Int(3)),
+        (ColumnData::I16(Some(-4)), AppValue::Int(-4)),
+        (ColumnData::I32(Some(1042)), AppValue::Int(1042)),
+        (ColumnData::I64(Some(1 << 40)), AppValue::Int(1 << 40)),
+        (ColumnData::I32(None), AppValue::Null),
+        (ColumnData::Bit(Some(true)), AppValue::Bool(true)),
+        (ColumnData::Bit(None), AppValue::Null),
+        (ColumnData::F32(Some(0.5)), AppValue::Real(0.5)),
+        (ColumnData::F64(Some(2.25)), AppValue::Real(2.25)),
+        (
+            ColumnData::Numeric(Some(tiberius::numeric::Numeric::new_with_scale(1234, 2))),
+            AppValue::Real(12.34),
+        ),
+        (
+            ColumnData::Guid(Some(guid)),
+            AppValue::Text("6f1c2a8e-0d4b-4a51-9e53-8a4c3b2d1e0f".into()),
+        ),
+        (at.naive_utc().into_sql(), AppValue::Time(at)),
+        (ColumnData::DateTime2(None), AppValue::Null),
+        (at.date_naive().into_sql(), AppValue::Time(midnight)),
+        (offset.into_sql(), AppValue::Time(at)),
+        (
+            ColumnData::Binary(Some(Cow::from(vec![1u8, 2]))),
+            AppValue::Other,
+        ),
+        (ColumnData::Binary(None), AppValue::Null),
+        (at.time().into_sql(), AppValue::Other),
+    ] {
+        assert_eq!(app_value(&data).unwrap(), value, "{data:?}");
+    }
+    // Keys (and roles) are text, or an integer column's number.
+    assert_eq!(key_text(AppValue::Int(42)), Some("42".into()));
+    assert_eq!(key_text(AppValue::Text("k".into())), Some("k".into()));
+    assert_eq!(key_text(AppValue::Null), None);
+    // A time the engine wrote is held by the row it reads back.
+    assert!(
+        app_value(&at.naive_utc().into_sql())
+            .unwrap()
+            .holds(&FieldValue::Timestamp(at))
+    );
 }
 
 #[test]
@@ -470,15 +802,15 @@ fn invalid_identifiers_are_refused_before_any_statement() {
     let mut target = target(false);
     target.user_table = "users]; DROP TABLE x; --".into();
     let mut rec = Recorder::default();
-    let e = run_batch(&mut rec, &mut |b| {
-        Ok(b.offboard(&target, "k", &Offboarding::Delete, &set(&[])))
+    let e = writer::run_batch(&mut rec, &TSQL, &mut |b| {
+        Ok(b.offboard(&target, "t1", "k", &Offboarding::Delete, &set(&[])))
     })
     .unwrap()
     .unwrap_err();
     assert!(matches!(e, TargetError::Identifier(_)), "{e}");
     let with_values = rec.log.iter().filter(|s| !s.params.is_empty()).count();
     assert_eq!(with_values, 0, "{:?}", rec.log);
-    assert_eq!(rec.log.last().unwrap().sql, st::APP_COMMIT);
+    assert_eq!(rec.log.last().unwrap().sql, APP_COMMIT);
 }
 
 #[tokio::test]
@@ -499,10 +831,69 @@ async fn an_unreachable_server_fails_fast_naming_application_server_and_database
         schema: None,
     };
     let started = Instant::now();
-    let msg = AppDb::open(&config).await.err().unwrap().to_string();
+    let msg = crate::db::Connector
+        .open(&config)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(started.elapsed() < Duration::from_secs(5), "{msg}");
     assert!(msg.starts_with("application database crm: "), "{msg}");
     assert!(msg.contains(&format!("127.0.0.1,{port}")), "{msg}");
     assert!(msg.contains("database crm_app"), "{msg}");
     assert!(!msg.contains("do-not-print-me"), "{msg}");
+}
+
+/// Every system type as `describe` spells it, and the kind the schema check takes it for:
+/// lengths in characters, `max` for -1, rowversion never a time.
+#[test]
+fn column_types_are_spelled_as_t_sql_declares_them_and_classified() {
+    use crate::target::schema::Kind;
+    for (name, max_length, precision, scale, spelled, kind) in [
+        ("nvarchar", 510, 0, 0, "nvarchar(255)", Kind::Text),
+        ("nvarchar", -1, 0, 0, "nvarchar(max)", Kind::Text),
+        ("nchar", 20, 0, 0, "nchar(10)", Kind::Text),
+        ("varchar", 200, 0, 0, "varchar(200)", Kind::Text),
+        ("varchar", -1, 0, 0, "varchar(max)", Kind::Text),
+        ("char", 1, 0, 0, "char(1)", Kind::Text),
+        ("ntext", 16, 0, 0, "ntext", Kind::Text),
+        ("text", 16, 0, 0, "text", Kind::Text),
+        ("bigint", 8, 19, 0, "bigint", Kind::Integer),
+        ("int", 4, 10, 0, "int", Kind::Integer),
+        ("smallint", 2, 5, 0, "smallint", Kind::Integer),
+        ("tinyint", 1, 3, 0, "tinyint", Kind::Integer),
+        ("bit", 1, 1, 0, "bit", Kind::Boolean),
+        ("decimal", 9, 10, 2, "decimal(10,2)", Kind::Real),
+        ("numeric", 9, 18, 0, "numeric(18,0)", Kind::Real),
+        ("money", 8, 19, 4, "money", Kind::Real),
+        ("smallmoney", 4, 10, 4, "smallmoney", Kind::Real),
+        ("float", 8, 53, 0, "float", Kind::Real),
+        ("real", 4, 24, 0, "real", Kind::Real),
+        ("datetime2", 8, 27, 7, "datetime2", Kind::Time),
+        ("datetime", 8, 23, 3, "datetime", Kind::Time),
+        ("smalldatetime", 4, 16, 0, "smalldatetime", Kind::Time),
+        ("datetimeoffset", 10, 34, 7, "datetimeoffset", Kind::Time),
+        ("date", 3, 10, 0, "date", Kind::Time),
+        ("time", 5, 16, 7, "time", Kind::Time),
+        ("timestamp", 8, 0, 0, "rowversion", Kind::Any),
+        ("uniqueidentifier", 16, 0, 0, "uniqueidentifier", Kind::Any),
+        ("varbinary", -1, 0, 0, "varbinary(max)", Kind::Any),
+        ("binary", 16, 0, 0, "binary(16)", Kind::Any),
+        ("image", 16, 0, 0, "image", Kind::Any),
+        ("xml", -1, 0, 0, "xml", Kind::Any),
+        ("sql_variant", 8016, 0, 0, "sql_variant", Kind::Any),
+        ("hierarchyid", 892, 0, 0, "hierarchyid", Kind::Any),
+        ("geography", -1, 0, 0, "geography", Kind::Any),
+    ] {
+        let declared = spell_type(name, max_length, precision, scale);
+        assert_eq!(declared, spelled);
+        assert_eq!(Kind::of(&declared), kind, "{declared}");
+    }
+}
+
+/// Both describe statements take the quoted name, bound once.
+#[test]
+fn describe_statements_take_one_parameter() {
+    assert_eq!(crate::db::mssql::tsql::param_numbers(DESCRIBE_COLUMNS), [1]);
+    assert_eq!(crate::db::mssql::tsql::param_numbers(DESCRIBE_UNIQUE), [1]);
 }

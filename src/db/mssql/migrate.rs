@@ -6,8 +6,34 @@
 use sha2::{Digest, Sha256};
 use tiberius::Query;
 
-use super::pool::{Client, MssqlError};
-use super::statements as st;
+use super::pool::{BEGIN, COMMIT, Client, ROLLBACK};
+use super::rows::{SqlError, execute, int32, rows, simple, text};
+use crate::db::MigrationReport;
+use crate::store::DbError;
+
+/// The migrations ledger, created when missing (idempotent).
+const MIGRATIONS_TABLE: &str = "IF OBJECT_ID(N'dbo.scim_bridge_migrations', N'U') IS NULL \
+     CREATE TABLE dbo.scim_bridge_migrations (\
+     version INT NOT NULL CONSTRAINT scim_bridge_migrations_pk PRIMARY KEY, \
+     name NVARCHAR(200) NOT NULL, \
+     checksum CHAR(64) NOT NULL, \
+     applied_at DATETIME2(3) NOT NULL CONSTRAINT scim_bridge_migrations_applied_default DEFAULT SYSUTCDATETIME())";
+
+/// One migrator at a time, across processes: an exclusive lock owned by the migration
+/// transaction; an error when not granted within a minute. (sp_getapplock's return code is
+/// not captured: APPLOCK_MODE says whether the lock is held, in a form every tool parses.)
+const MIGRATION_LOCK: &str = "EXEC sp_getapplock @Resource = N'scim-bridge.migrate', \
+     @LockMode = N'Exclusive', @LockOwner = N'Transaction', @LockTimeout = 60000; \
+     IF APPLOCK_MODE(N'public', N'scim-bridge.migrate', N'Transaction') = N'NoLock' \
+     THROW 51000, N'another process is migrating this database', 1";
+
+/// version, name, checksum of the applied migrations.
+const APPLIED_MIGRATIONS: &str =
+    "SELECT version, name, checksum FROM dbo.scim_bridge_migrations ORDER BY version";
+
+/// @P1 version, @P2 name, @P3 checksum (hex SHA-256 of the file).
+const RECORD_MIGRATION: &str =
+    "INSERT INTO dbo.scim_bridge_migrations (version, name, checksum) VALUES (@P1, @P2, @P3)";
 
 pub struct Migration {
     pub version: i32,
@@ -30,6 +56,16 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "0003_provisioning_log",
         sql: include_str!("../../../sql/mssql/0003_provisioning_log.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_sync_recovery",
+        sql: include_str!("../../../sql/mssql/0004_sync_recovery.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_owners",
+        sql: include_str!("../../../sql/mssql/0005_owners.sql"),
     },
 ];
 
@@ -56,57 +92,46 @@ pub fn checksum(script: &str) -> String {
     hex::encode(Sha256::digest(script.as_bytes()))
 }
 
-/// What a migration run found and did.
-#[derive(Debug, Default, PartialEq)]
-pub struct Report {
-    pub already_applied: Vec<i32>,
-    pub applied: Vec<i32>,
-}
-
-async fn simple(c: &mut Client, sql: &str) -> Result<(), MssqlError> {
-    c.simple_query(sql).await?.into_results().await?;
-    Ok(())
+fn failed(message: String) -> DbError {
+    DbError::Failed(format!("SQL Server migration failed: {message}"))
 }
 
 /// Apply the pending migrations.
-pub async fn run(c: &mut Client) -> Result<Report, MssqlError> {
-    simple(c, st::MIGRATIONS_TABLE).await?;
-    simple(c, "BEGIN TRANSACTION").await?;
-    let r = apply(c).await;
-    match r {
+pub async fn run(c: &mut Client) -> Result<MigrationReport, DbError> {
+    simple(c, MIGRATIONS_TABLE).await?;
+    simple(c, BEGIN).await?;
+    match apply(c).await {
         Ok(report) => {
-            simple(c, "COMMIT TRANSACTION").await?;
+            simple(c, COMMIT).await?;
             Ok(report)
         }
         Err(e) => {
-            let _ = simple(c, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
+            let _ = simple(c, ROLLBACK).await;
             Err(e)
         }
     }
 }
 
-async fn apply(c: &mut Client) -> Result<Report, MssqlError> {
-    simple(c, st::MIGRATION_LOCK).await?;
-    let rows = c
-        .simple_query(st::APPLIED_MIGRATIONS)
-        .await?
-        .into_first_result()
-        .await?;
-    let mut report = Report::default();
-    for r in &rows {
-        let version: i32 = r.try_get(0)?.unwrap_or_default();
-        let sum: &str = r.try_get(2)?.unwrap_or_default();
+async fn apply(c: &mut Client) -> Result<MigrationReport, DbError> {
+    simple(c, MIGRATION_LOCK).await?;
+    let applied = rows(c, Query::new(APPLIED_MIGRATIONS)).await?;
+    let mut report = MigrationReport::default();
+    for r in &applied {
+        let version = int32(r, 0)?;
+        let sum = text(r, 2)?;
         let known = MIGRATIONS.iter().find(|m| m.version == version);
         match known {
-            Some(m) if checksum(m.sql) == sum.trim() => report.already_applied.push(version),
+            Some(m) if checksum(m.sql) == sum.trim() => {
+                report.already_applied.push(i64::from(version))
+            }
             Some(m) => {
-                return Err(MssqlError::Migration(format!(
+                return Err(failed(format!(
                     "migration {} was applied from a different file than this build's",
                     m.name
                 )));
             }
             None => {
-                return Err(MssqlError::Migration(format!(
+                return Err(failed(format!(
                     "the database has migration {version}, which this build does not know: \
                      it was migrated by a newer version"
                 )));
@@ -114,22 +139,35 @@ async fn apply(c: &mut Client) -> Result<Report, MssqlError> {
         }
     }
     for m in MIGRATIONS {
-        if report.already_applied.contains(&m.version) {
+        if report.already_applied.contains(&i64::from(m.version)) {
             continue;
         }
         for b in batches(m.sql) {
             simple(c, &b)
                 .await
-                .map_err(|e| MssqlError::Migration(format!("{}: {e}", m.name)))?;
+                .map_err(|e: SqlError| failed(format!("{}: {e}", m.name)))?;
         }
-        let mut q = Query::new(st::RECORD_MIGRATION);
+        let mut q = Query::new(RECORD_MIGRATION);
         q.bind(m.version);
         q.bind(m.name);
         q.bind(checksum(m.sql));
-        q.execute(c).await?;
-        report.applied.push(m.version);
+        execute(c, q).await?;
+        report.applied.push(i64::from(m.version));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+pub(super) fn statements() -> Vec<(String, String)> {
+    [
+        ("MIGRATIONS_TABLE", MIGRATIONS_TABLE),
+        ("MIGRATION_LOCK", MIGRATION_LOCK),
+        ("APPLIED_MIGRATIONS", APPLIED_MIGRATIONS),
+        ("RECORD_MIGRATION", RECORD_MIGRATION),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s.to_string()))
+    .collect()
 }
 
 #[cfg(test)]

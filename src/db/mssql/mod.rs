@@ -1,12 +1,76 @@
-//! The SQL Server staging store and application target: T-SQL translation of filters, the
-//! statements the store, the sync engine and the application writer issue, the connection
-//! configuration and a bb8 pool of tiberius connections.
+//! SQL Server, on tiberius pooled by bb8: the staging database ([`MssqlStaging`], schemas
+//! `scim` and `sync`) and application databases ([`app::MssqlApp`]).
+//!
+//! Shared by both: the pool and the staging transactions ([`pool`]), the migrator
+//! ([`migrate`]), and [`rows`], the one place driver errors become domain errors, with the
+//! redaction of user data from server messages, typed parameters and row reading. The
+//! staging roles each have a module with their T-SQL beside the code that runs it: the SCIM
+//! store ([`scim`], with its filter translation [`filter_sql`]), the admin counts and the
+//! provisioning log (`admin`), the sync engine's state and lifecycle (`sync`), the ledger
+//! reads (`ledger`); the change sequence's protocol is [`seq`]. Connection settings are
+//! configuration ([`crate::config::MssqlConfig`]).
 
 mod admin;
-pub mod filter_sql;
-pub mod migrate;
+pub mod app;
+pub(super) mod filter_sql;
+mod ledger;
+mod migrate;
 pub mod pool;
-pub mod statements;
-pub mod store;
+mod rows;
+mod scim;
+mod seq;
+mod sync;
+#[cfg(test)]
+mod tsql;
 
-pub use store::MssqlStore;
+use async_trait::async_trait;
+
+use crate::config::MssqlConfig;
+use crate::db::{MigrationReport, Staging};
+use crate::store::StoreError;
+use pool::MssqlPool;
+
+/// The health check of `ping`.
+const PING: &str = "SELECT 1";
+
+/// The staging database on SQL Server.
+#[derive(Clone)]
+pub struct MssqlStaging {
+    pool: MssqlPool,
+}
+
+impl MssqlStaging {
+    /// Connect (failing fast with the server and database named), then migrate.
+    pub async fn open(config: &MssqlConfig) -> Result<Self, StoreError> {
+        let pool = MssqlPool::connect(config).await?;
+        {
+            let mut c = pool.get().await?;
+            migrate::run(&mut c).await?;
+        }
+        Ok(MssqlStaging { pool })
+    }
+}
+
+/// `scim-bridge migrate` on a SQL Server database.
+pub async fn migrate_server(config: &MssqlConfig) -> Result<MigrationReport, StoreError> {
+    let pool = MssqlPool::connect(config).await?;
+    let mut c = pool.get().await?;
+    Ok(migrate::run(&mut c).await?)
+}
+
+#[async_trait]
+impl Staging for MssqlStaging {
+    fn backend_name(&self) -> &'static str {
+        "sqlserver"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.pool.get().await?;
+        Ok(rows::simple(&mut c, PING).await?)
+    }
+}
+
+#[cfg(test)]
+fn statements() -> Vec<(String, String)> {
+    vec![("PING".into(), PING.into())]
+}

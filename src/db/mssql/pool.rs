@@ -1,4 +1,5 @@
-//! Connections to SQL Server: tiberius over tokio with rustls, pooled by bb8.
+//! Connections to SQL Server: tiberius over tokio with rustls, pooled by bb8, and the staging
+//! code's transactions on them.
 //!
 //! [`TiberiusManager`] is the bb8 connection manager (written here because bb8-tiberius
 //! pins an older tiberius). Every new connection runs [`CONNECTION_INIT`]; the pool checks a
@@ -6,49 +7,88 @@
 //! transaction open, is closed (the server rolls that transaction back) and another is taken.
 //! Opening a pool makes one connection first, so a wrong host, port, password or database
 //! fails at start-up, within the connect timeout, with an error that names the server and the
-//! database (never the password).
+//! database (never the password). Pool failures reach callers as [`DbError::Unavailable`].
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use super::statements::{CHECKOUT, CONNECTION_INIT};
+use super::rows::{SqlError, redact, simple};
 use crate::config::MssqlConfig;
+use crate::config::sqlserver::Encrypt;
+use crate::store::DbError;
 
 pub type Client = tiberius::Client<Compat<TcpStream>>;
 
+/// A pooled connection that may move to another thread.
+pub type Pooled = bb8::PooledConnection<'static, TiberiusManager>;
+
+/// Run on every new connection. Filtered indexes (users_user_name) refuse writes unless these
+/// options are on; drivers differ in what they set at login, so the service sets them itself.
+/// XACT_ABORT ON: a failed statement rolls its whole staging write back.
+pub const CONNECTION_INIT: &str = "SET ANSI_NULLS ON; SET ANSI_PADDING ON; SET ANSI_WARNINGS ON; \
+     SET ARITHABORT ON; SET CONCAT_NULL_YIELDS_NULL ON; SET QUOTED_IDENTIFIER ON; \
+     SET NUMERIC_ROUNDABORT OFF; SET XACT_ABORT ON;";
+
+/// The pool's check-out test: how many transactions the connection has open. A connection
+/// handed back with one still open (a cancelled request between BEGIN and COMMIT, a rollback
+/// that failed) must not be reused: the next BEGIN would nest in it and its COMMIT commit
+/// nothing, and the locks it holds would stay held.
+pub const CHECKOUT: &str = "SELECT @@TRANCOUNT";
+
+/// A staging transaction's statements (no parameters: sent as plain batches).
+pub const BEGIN: &str = "BEGIN TRANSACTION";
+pub const COMMIT: &str = "COMMIT TRANSACTION";
+/// Roll back whatever is still open (nothing, when XACT_ABORT already rolled it back).
+pub const ROLLBACK: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION";
+
+/// Why the pool could not hand out a connection (bb8's error type; callers see [`DbError`]).
 #[derive(Debug, thiserror::Error)]
-pub enum MssqlError {
+pub enum PoolError {
     #[error("cannot connect to SQL Server ({target}): {message}")]
     Connect { target: String, message: String },
-    #[error("SQL Server error: {}", redact(.0))]
-    Database(#[from] tiberius::error::Error),
-    #[error("SQL Server migration failed: {0}")]
-    Migration(String),
-    #[error("no SQL Server connection to {target} became available within {timeout:?}")]
-    PoolTimeout { target: String, timeout: Duration },
     #[error("a pooled SQL Server connection cannot be reused: {0}")]
     Unusable(String),
 }
 
-impl MssqlError {
-    /// A unique index or constraint refused the write (2601, 2627).
-    pub fn is_unique_violation(&self) -> bool {
-        matches!(self, MssqlError::Database(e) if matches!(e.code(), Some(2601 | 2627)))
+impl From<PoolError> for DbError {
+    fn from(e: PoolError) -> Self {
+        DbError::Unavailable(e.to_string())
     }
 }
 
-/// An error's text without the data SQL Server quotes in some messages (the duplicate key
-/// of 2601/2627, the truncated value of 2628): those are user data and must not be logged.
-pub fn redact(e: &tiberius::error::Error) -> String {
-    let text = e.to_string();
-    for marker in ["The duplicate key value is", "Truncated value:"] {
-        if let Some(at) = text.find(marker) {
-            return format!("{}{marker} (redacted)", &text[..at]);
-        }
+impl From<SqlError> for PoolError {
+    fn from(e: SqlError) -> Self {
+        PoolError::Unusable(e.to_string())
     }
-    text
+}
+
+/// The driver's configuration from the connection settings.
+fn tiberius_config(s: &MssqlConfig) -> tiberius::Config {
+    let mut c = tiberius::Config::new();
+    c.host(&s.host);
+    c.port(s.port);
+    if let Some(i) = &s.instance {
+        c.instance_name(i);
+    }
+    c.database(&s.database);
+    c.application_name(&s.application_name);
+    c.authentication(tiberius::AuthMethod::sql_server(
+        &s.user,
+        s.password.as_ref().map(|p| p.0.as_str()).unwrap_or(""),
+    ));
+    c.encryption(match s.encrypt {
+        Encrypt::Off => tiberius::EncryptionLevel::Off,
+        Encrypt::On => tiberius::EncryptionLevel::Required,
+        Encrypt::Strict => tiberius::EncryptionLevel::Strict,
+    });
+    if s.trust_server_certificate {
+        c.trust_cert();
+    }
+    c.command_timeout(s.command_timeout);
+    c.handshake_timeout(Some(s.connect_timeout));
+    c
 }
 
 pub struct TiberiusManager {
@@ -56,16 +96,8 @@ pub struct TiberiusManager {
 }
 
 impl TiberiusManager {
-    pub fn new(config: MssqlConfig) -> Self {
-        TiberiusManager { config }
-    }
-
-    pub fn config(&self) -> &MssqlConfig {
-        &self.config
-    }
-
-    fn failed(&self, message: impl std::fmt::Display) -> MssqlError {
-        MssqlError::Connect {
+    fn failed(&self, message: impl std::fmt::Display) -> PoolError {
+        PoolError::Connect {
             target: self.config.describe(),
             message: message.to_string(),
         }
@@ -73,10 +105,10 @@ impl TiberiusManager {
 
     /// One connection: TCP, TLS and login within the connect timeout, following one
     /// redirection (Azure SQL gateways answer with the address of the database's node).
-    pub async fn open(&self) -> Result<Client, MssqlError> {
+    async fn open(&self) -> Result<Client, PoolError> {
         let timeout = self.config.connect_timeout;
         let attempt = async {
-            let mut config = self.config.tiberius();
+            let mut config = tiberius_config(&self.config);
             for _ in 0..2 {
                 let addr = config.get_addr();
                 let tcp = TcpStream::connect(&addr)
@@ -85,11 +117,7 @@ impl TiberiusManager {
                 tcp.set_nodelay(true).map_err(|e| self.failed(e))?;
                 match Client::connect(config.clone(), tcp.compat_write()).await {
                     Ok(mut client) => {
-                        client
-                            .simple_query(CONNECTION_INIT)
-                            .await
-                            .map_err(|e| self.failed(e))?
-                            .into_results()
+                        simple(&mut client, CONNECTION_INIT)
                             .await
                             .map_err(|e| self.failed(e))?;
                         return Ok(client);
@@ -98,7 +126,7 @@ impl TiberiusManager {
                         config.host(&host);
                         config.port(port);
                     }
-                    Err(e) => return Err(self.failed(e)),
+                    Err(e) => return Err(self.failed(redact(&e))),
                 }
             }
             Err(self.failed("redirected more than once"))
@@ -115,16 +143,22 @@ impl TiberiusManager {
 
 impl bb8::ManageConnection for TiberiusManager {
     type Connection = Client;
-    type Error = MssqlError;
+    type Error = PoolError;
 
-    async fn connect(&self) -> Result<Client, MssqlError> {
+    async fn connect(&self) -> Result<Client, PoolError> {
         self.open().await
     }
 
-    async fn is_valid(&self, conn: &mut Client) -> Result<(), MssqlError> {
-        let results = conn.simple_query(CHECKOUT).await?.into_results().await?;
+    async fn is_valid(&self, conn: &mut Client) -> Result<(), PoolError> {
+        let results = conn
+            .simple_query(CHECKOUT)
+            .await
+            .map_err(SqlError::from)?
+            .into_results()
+            .await
+            .map_err(SqlError::from)?;
         let open = match results.first().and_then(|rows| rows.first()) {
-            Some(row) => row.try_get::<i32, _>(0)?,
+            Some(row) => row.try_get::<i32, _>(0).map_err(SqlError::from)?,
             None => None,
         };
         reusable(open)
@@ -139,13 +173,13 @@ impl bb8::ManageConnection for TiberiusManager {
 /// Whether a connection whose [`CHECKOUT`] answered `open_transactions` may be handed out:
 /// only with none open. (Closing it is the rollback: the server ends the session's
 /// transaction with the connection.)
-fn reusable(open_transactions: Option<i32>) -> Result<(), MssqlError> {
+fn reusable(open_transactions: Option<i32>) -> Result<(), PoolError> {
     match open_transactions {
         Some(0) => Ok(()),
-        Some(n) => Err(MssqlError::Unusable(format!(
+        Some(n) => Err(PoolError::Unusable(format!(
             "{n} transaction(s) still open on it"
         ))),
-        None => Err(MssqlError::Unusable(
+        None => Err(PoolError::Unusable(
             "its check-out test returned no transaction count".into(),
         )),
     }
@@ -155,13 +189,15 @@ fn reusable(open_transactions: Option<i32>) -> Result<(), MssqlError> {
 #[derive(Clone)]
 pub struct MssqlPool {
     pool: bb8::Pool<TiberiusManager>,
-    config: std::sync::Arc<MssqlConfig>,
+    config: Arc<MssqlConfig>,
 }
 
 impl MssqlPool {
     /// Open a pool after proving one connection works (that connection joins the pool).
-    pub async fn connect(config: &MssqlConfig) -> Result<MssqlPool, MssqlError> {
-        let manager = TiberiusManager::new(config.clone());
+    pub async fn connect(config: &MssqlConfig) -> Result<MssqlPool, DbError> {
+        let manager = TiberiusManager {
+            config: config.clone(),
+        };
         let first = manager.open().await?;
         let pool = bb8::Pool::builder()
             .max_size(config.max_pool_size)
@@ -173,67 +209,133 @@ impl MssqlPool {
         let _ = pool.add(first);
         Ok(MssqlPool {
             pool,
-            config: std::sync::Arc::new(config.clone()),
+            config: Arc::new(config.clone()),
         })
+    }
+
+    fn run_error(&self, e: bb8::RunError<PoolError>) -> DbError {
+        match e {
+            bb8::RunError::User(e) => e.into(),
+            bb8::RunError::TimedOut => DbError::Unavailable(format!(
+                "no SQL Server connection to {} became available within {:?}",
+                self.config.describe(),
+                self.config.connect_timeout
+            )),
+        }
     }
 
     /// A pooled connection; waiting longer than the connect timeout is an error naming the server.
-    pub async fn get(&self) -> Result<bb8::PooledConnection<'_, TiberiusManager>, MssqlError> {
-        self.pool.get().await.map_err(|e| match e {
-            bb8::RunError::User(e) => e,
-            bb8::RunError::TimedOut => MssqlError::PoolTimeout {
-                target: self.config.describe(),
-                timeout: self.config.connect_timeout,
-            },
-        })
+    pub async fn get(&self) -> Result<bb8::PooledConnection<'_, TiberiusManager>, DbError> {
+        self.pool.get().await.map_err(|e| self.run_error(e))
     }
 
     /// A pooled connection not tied to the pool's lifetime (to move it to another thread).
-    pub async fn get_owned(
-        &self,
-    ) -> Result<bb8::PooledConnection<'static, TiberiusManager>, MssqlError> {
-        self.pool.get_owned().await.map_err(|e| match e {
-            bb8::RunError::User(e) => e,
-            bb8::RunError::TimedOut => MssqlError::PoolTimeout {
-                target: self.config.describe(),
-                timeout: self.config.connect_timeout,
-            },
-        })
+    pub async fn get_owned(&self) -> Result<Pooled, DbError> {
+        self.pool.get_owned().await.map_err(|e| self.run_error(e))
+    }
+}
+
+/// A staging transaction on a pooled connection (XACT_ABORT is on: an error rolls it all
+/// back on the server). Dropped without [`Tx::commit`] or [`Tx::rollback`] (a cancelled
+/// request), it is rolled back off the caller's path before the connection is used again; if
+/// that rollback cannot run, the pool's check-out test finds the transaction still open and
+/// closes the connection.
+pub struct Tx {
+    conn: Option<Pooled>,
+}
+
+impl Tx {
+    pub async fn begin(pool: &MssqlPool) -> Result<Tx, SqlError> {
+        let mut conn = pool.get_owned().await?;
+        simple(&mut conn, BEGIN).await?;
+        Ok(Tx { conn: Some(conn) })
     }
 
-    pub fn config(&self) -> &MssqlConfig {
-        &self.config
+    pub fn client(&mut self) -> Result<&mut Client, SqlError> {
+        match self.conn.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(SqlError::Failed("the transaction has ended".into())),
+        }
     }
+
+    pub async fn commit(mut self) -> Result<(), SqlError> {
+        simple(self.client()?, COMMIT).await?;
+        // Committed: the connection goes back to the pool as it is.
+        self.conn = None;
+        Ok(())
+    }
+
+    /// Roll back now; a failure is logged (the check-out test keeps the connection out).
+    pub async fn rollback(mut self) {
+        if let Some(mut conn) = self.conn.take()
+            && let Err(e) = simple(&mut conn, ROLLBACK).await
+        {
+            tracing::warn!(error = %e, "rolling back a staging transaction");
+        }
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = simple(&mut conn, ROLLBACK).await {
+                    tracing::warn!(error = %e, "rolling back an abandoned staging transaction");
+                }
+            });
+        }
+    }
+}
+
+/// Run `f` in one staging transaction: committed when it returns Ok, rolled back otherwise.
+pub async fn transaction<T, E>(
+    pool: &MssqlPool,
+    f: impl AsyncFnOnce(&mut Client) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<SqlError>,
+{
+    let mut tx = Tx::begin(pool).await?;
+    match f(tx.client()?).await {
+        Ok(v) => {
+            tx.commit().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) fn statements() -> Vec<(String, String)> {
+    [
+        ("CONNECTION_INIT", CONNECTION_INIT),
+        ("CHECKOUT", CHECKOUT),
+        ("BEGIN", BEGIN),
+        ("COMMIT", COMMIT),
+        ("ROLLBACK", ROLLBACK),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s.to_string()))
+    .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn quoted_data_is_redacted_from_server_errors() {
-        let e = tiberius::error::Error::Protocol(
-            "Cannot insert duplicate key row in object 'scim.users' with unique index \
-             'users_user_name'. The duplicate key value is (t1, ann@example.com)."
-                .into(),
-        );
-        let shown = MssqlError::Database(e).to_string();
-        assert!(shown.contains("users_user_name"), "{shown}");
-        assert!(!shown.contains("ann@example.com"), "{shown}");
-        let e = tiberius::error::Error::Protocol(
-            "String or binary data would be truncated in table 'scim.users', column 'user_name'. Truncated value: 'secret'."
-                .into(),
-        );
-        assert!(!MssqlError::Database(e).to_string().contains("secret"));
-    }
+    use std::time::{Duration, Instant};
 
     #[test]
     fn a_connection_with_a_transaction_left_open_is_not_handed_out() {
         assert!(reusable(Some(0)).is_ok());
         for open in [Some(1), Some(2), None] {
             let err = reusable(open).unwrap_err();
-            assert!(matches!(err, MssqlError::Unusable(_)), "{err}");
+            assert!(matches!(err, PoolError::Unusable(_)), "{err}");
         }
         assert!(
             reusable(Some(1))
@@ -264,7 +366,8 @@ mod tests {
         assert!(msg.contains(&format!("127.0.0.1,{port}")), "{msg}");
         assert!(msg.contains("database scim_staging"), "{msg}");
         assert!(!msg.contains("do-not-print-me"), "{msg}");
-        assert!(matches!(err, MssqlError::Connect { .. }));
+        assert!(msg.contains("cannot connect to SQL Server"), "{msg}");
+        assert!(matches!(err, DbError::Unavailable(_)));
     }
 
     #[tokio::test]

@@ -1,82 +1,274 @@
-//! The SQL Server staging store: the same operations as [`crate::store::SqliteStore`], with
-//! the statements of [`super::statements`], on a bb8 pool of tiberius connections.
+//! The SCIM store on SQL Server staging (schema `scim`): the same operations as SQLite's, on
+//! the pool, with their T-SQL here.
 //!
 //! Writes run in one transaction each (XACT_ABORT ON: any error rolls the whole write back).
 //! Updates are optimistic like on SQLite: read, change, then a compare-and-swap on the version
 //! inside the transaction, starting over when another writer came first. Every write takes its
-//! change sequence value under the shared application lock described in [`super::statements::HIGH_SEQ`].
+//! change sequence value under the shared application lock of [`super::seq`].
+//!
+//! Parameters are `@P1…` (tiberius sends a statement with parameters through sp_executesql, so
+//! a parameter may be named more than once and a batch may hold several statements). Each
+//! constant documents its parameters in order.
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tiberius::{Query, Row};
 
-use super::filter_sql::{Condition, Param};
-use super::migrate;
-use super::pool::{Client, MssqlError, MssqlPool};
-use super::statements as st;
-use crate::config::MssqlConfig;
+use super::MssqlStaging;
+use super::filter_sql::{self, Condition};
+use super::pool::{Client, transaction};
+use super::rows::{
+    self, Param, SqlError, execute, first, int, naive, opt_text, params, results, text,
+};
+use super::seq::next_seq;
+use crate::db::{Sort, translate};
 use crate::scim::ScimError;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::fold_case;
 use crate::scim::schema::{ResourceKind, ResourceType};
 use crate::store::update::{self, Current, GroupUpdate, UserUpdate, check_version, group_columns};
 use crate::store::{
-    GroupChange, Page, Related, Sort, StoreError, Stored, UserColumns, format_time,
+    GroupChange, GroupChangeFn, ListQuery, Page, Related, ScimStore, StoreError, Stored,
+    UserChange, UserColumns, format_time,
 };
 
 /// Optimistic read-modify-write gives up after this many concurrent changes of one resource.
 const MAX_ATTEMPTS: usize = 8;
 
-#[derive(Clone)]
-pub struct MssqlStore {
-    pool: MssqlPool,
+const CUSTOM_COLUMNS: [&str; 16] = [
+    "custom_attribute_01",
+    "custom_attribute_02",
+    "custom_attribute_03",
+    "custom_attribute_04",
+    "custom_attribute_05",
+    "custom_attribute_06",
+    "custom_attribute_07",
+    "custom_attribute_08",
+    "custom_attribute_09",
+    "custom_attribute_10",
+    "custom_attribute_11",
+    "custom_attribute_12",
+    "custom_attribute_13",
+    "custom_attribute_14",
+    "custom_attribute_15",
+    "custom_attribute_16",
+];
+
+// ---- users ----------------------------------------------------------------------------------
+
+/// @P1 tenant, @P2 id, @P3 user_name, @P4 user_name_ci, @P5 external_id, @P6 display_name,
+/// @P7 active, @P8 deactivated_at, @P9…@P24 custom attributes, @P25 doc, @P26 doc_ci,
+/// @P27 change_seq, @P28 now (created and last_modified). Returns pk.
+///
+/// Two concurrent POSTs of one userName: the filtered unique index users_user_name makes the
+/// second INSERT wait for the first transaction's key lock and then fail with error 2601
+/// (reported as a conflict), or succeed if the first rolled back.
+static INSERT_USER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO scim.users (tenant, id, user_name, user_name_ci, external_id, display_name, active, \
+         deactivated_at, {}, doc, doc_ci, change_seq, created, last_modified) OUTPUT inserted.pk \
+         VALUES ({}, {}, @P25, @P26, @P27, @P28, @P28)",
+        CUSTOM_COLUMNS.join(", "),
+        params(1, 8),
+        params(9, 16),
+    )
+});
+
+/// Compare-and-swap update of a live user: @P1 user_name, @P2 user_name_ci, @P3 external_id,
+/// @P4 display_name, @P5 active, @P6 now, @P7…@P22 custom attributes, @P23 doc, @P24 doc_ci,
+/// @P25 change_seq, @P26 pk, @P27 the version read. No row updated: it changed meanwhile.
+/// deactivated_at is set when active goes 1 → 0 and cleared when it goes back.
+static UPDATE_USER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE scim.users SET user_name = @P1, user_name_ci = @P2, external_id = @P3, display_name = @P4, \
+         deactivated_at = CASE WHEN @P5 = 0 AND active = 1 THEN @P6 WHEN @P5 = 1 THEN NULL ELSE deactivated_at END, \
+         active = @P5, {}, doc = @P23, doc_ci = @P24, change_seq = @P25, last_modified = @P6 \
+         WHERE pk = @P26 AND change_seq = @P27 AND deleted_at IS NULL",
+        CUSTOM_COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = @P{}", i + 7))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+});
+
+/// The current document and version of a live user: @P1 tenant, @P2 id.
+const CURRENT_USER: &str = "SELECT pk, doc, change_seq, created, last_modified FROM scim.users \
+     WHERE tenant = @P1 AND id = @P2 AND deleted_at IS NULL";
+
+/// The version of a live user, locked for the rest of the transaction: @P1 tenant, @P2 id.
+const USER_VERSION_FOR_UPDATE: &str = "SELECT change_seq FROM scim.users WITH (UPDLOCK, ROWLOCK) \
+     WHERE tenant = @P1 AND id = @P2 AND deleted_at IS NULL";
+
+/// DELETE from the client (the row stays for the sync lifecycle): @P1 now, @P2 change_seq,
+/// @P3 tenant, @P4 id. Returns pk.
+const SOFT_DELETE_USER: &str = "UPDATE scim.users SET deleted_at = @P1, active = 0, \
+     deactivated_at = COALESCE(deactivated_at, @P1), change_seq = @P2, last_modified = @P1 \
+     OUTPUT inserted.pk WHERE tenant = @P3 AND id = @P4 AND deleted_at IS NULL";
+
+/// @P1 user pk.
+const DELETE_USER_EMAILS: &str = "DELETE FROM scim.user_emails WHERE user_pk = @P1";
+
+/// All of a user's email rows in one statement: @P1 user pk, @P2 tenant, @P3 JSON array of
+/// {"type": …, "value": …, "primary": …} (already lower-cased).
+const INSERT_USER_EMAILS: &str = "INSERT INTO scim.user_emails (user_pk, tenant, type_ci, value_ci, is_primary) \
+     SELECT @P1, @P2, j.type_ci, j.value_ci, j.is_primary FROM OPENJSON(@P3) \
+     WITH (type_ci NVARCHAR(64) '$.type', value_ci NVARCHAR(320) '$.value', is_primary BIT '$.primary') j";
+
+/// Stamp one user: @P1 change_seq, @P2 tenant, @P3 id.
+const STAMP_USER: &str = "UPDATE scim.users SET change_seq = @P1 WHERE tenant = @P2 AND id = @P3";
+
+// ---- groups ---------------------------------------------------------------------------------
+
+/// @P1 tenant, @P2 id, @P3 display_name, @P4 display_name_ci, @P5 external_id, @P6 doc,
+/// @P7 doc_ci, @P8 change_seq, @P9 now. Returns pk. A duplicate displayName fails with 2601.
+const INSERT_GROUP: &str = "INSERT INTO scim.groups (tenant, id, display_name, display_name_ci, external_id, \
+     doc, doc_ci, change_seq, created, last_modified) OUTPUT inserted.pk \
+     VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P9)";
+
+/// @P1 tenant, @P2 id.
+const CURRENT_GROUP: &str = "SELECT pk, doc, change_seq, created, last_modified FROM scim.groups \
+     WHERE tenant = @P1 AND id = @P2";
+
+/// The version of a group, locked for the rest of the transaction: @P1 pk.
+const GROUP_VERSION_FOR_UPDATE: &str =
+    "SELECT change_seq FROM scim.groups WITH (UPDLOCK, ROWLOCK) WHERE pk = @P1";
+
+/// @P1 tenant, @P2 id (locked, for DELETE).
+const GROUP_VERSION_BY_ID_FOR_UPDATE: &str =
+    "SELECT change_seq FROM scim.groups WITH (UPDLOCK, ROWLOCK) WHERE tenant = @P1 AND id = @P2";
+
+/// Compare-and-swap update of a group's document: @P1 display_name, @P2 display_name_ci,
+/// @P3 external_id, @P4 doc, @P5 doc_ci, @P6 change_seq, @P7 now, @P8 pk, @P9 the version read.
+const UPDATE_GROUP: &str = "UPDATE scim.groups SET display_name = @P1, display_name_ci = @P2, \
+     external_id = @P3, doc = @P4, doc_ci = @P5, change_seq = @P6, last_modified = @P7 \
+     WHERE pk = @P8 AND change_seq = @P9";
+
+/// A member-only change: @P1 change_seq, @P2 now, @P3 pk.
+const STAMP_GROUP: &str =
+    "UPDATE scim.groups SET change_seq = @P1, last_modified = @P2 WHERE pk = @P3";
+
+/// @P1 tenant, @P2 id.
+const DELETE_GROUP: &str = "DELETE FROM scim.groups WHERE tenant = @P1 AND id = @P2";
+
+// ---- members --------------------------------------------------------------------------------
+
+/// Stamp every live user member of a group: @P1 change_seq, @P2 tenant, @P3 group id.
+const STAMP_GROUP_MEMBERS: &str = "UPDATE scim.users SET change_seq = @P1 \
+     WHERE tenant = @P2 AND deleted_at IS NULL AND id IN \
+     (SELECT member_id FROM scim.group_members WHERE tenant = @P2 AND group_id = @P3 AND member_type = N'User')";
+
+/// @P1 tenant, @P2 group id. Returns the number of rows removed (@@ROWCOUNT via rows affected).
+const DELETE_ALL_MEMBERS: &str =
+    "DELETE FROM scim.group_members WHERE tenant = @P1 AND group_id = @P2";
+
+/// Whether an id is a live user or a group of the tenant: @P1 tenant, @P2 id.
+const MEMBER_KIND: &str = "SELECT N'User' FROM scim.users WHERE tenant = @P1 AND id = @P2 AND deleted_at IS NULL \
+     UNION ALL SELECT N'Group' FROM scim.groups WHERE tenant = @P1 AND id = @P2";
+
+/// Add one member row unless present: @P1 tenant, @P2 group id, @P3 member id, @P4 type.
+/// UPDLOCK + HOLDLOCK lock the key (or the gap where it would be), so two concurrent adds of
+/// one member give one insert and one no-op instead of a primary key violation.
+const ADD_MEMBER: &str = "INSERT INTO scim.group_members (tenant, group_id, member_id, member_type) \
+     SELECT @P1, @P2, @P3, @P4 WHERE NOT EXISTS (SELECT 1 FROM scim.group_members WITH (UPDLOCK, HOLDLOCK) \
+     WHERE tenant = @P1 AND group_id = @P2 AND member_id = @P3)";
+
+/// Remove one member row: @P1 tenant, @P2 group id, @P3 member id. Returns its type.
+const REMOVE_MEMBER: &str = "DELETE FROM scim.group_members OUTPUT deleted.member_type \
+     WHERE tenant = @P1 AND group_id = @P2 AND member_id = @P3";
+
+/// The groups a member leaves get a new version: @P1 change_seq, @P2 now, @P3 tenant, @P4 member id.
+const STAMP_GROUPS_OF_MEMBER: &str = "UPDATE scim.groups SET change_seq = @P1, last_modified = @P2 \
+     WHERE tenant = @P3 AND id IN (SELECT group_id FROM scim.group_members WHERE tenant = @P3 AND member_id = @P4)";
+
+/// @P1 tenant, @P2 member id.
+const DELETE_MEMBERSHIPS_OF: &str =
+    "DELETE FROM scim.group_members WHERE tenant = @P1 AND member_id = @P2";
+
+// ---- reads and lists ------------------------------------------------------------------------
+
+/// SELECT of live resources of `kind` for tenant @P1, aliased `r`: id, doc, change_seq,
+/// created, last_modified, related. related is a JSON array of objects — a user's groups
+/// ({"id", "name"}) or a group's members ({"id", "type"}) — or NULL when not asked for.
+fn select_sql(kind: ResourceKind, with_related: bool) -> String {
+    let (table, live, related) = match kind {
+        ResourceKind::User => (
+            "scim.users",
+            " AND r.deleted_at IS NULL",
+            "ISNULL((SELECT g.id AS id, g.display_name AS name FROM scim.group_members m \
+             JOIN scim.groups g ON g.tenant = m.tenant AND g.id = m.group_id \
+             WHERE m.tenant = r.tenant AND m.member_id = r.id FOR JSON PATH), N'[]')",
+        ),
+        ResourceKind::Group => (
+            "scim.groups",
+            "",
+            "ISNULL((SELECT m.member_id AS id, m.member_type AS type FROM scim.group_members m \
+             WHERE m.tenant = r.tenant AND m.group_id = r.id FOR JSON PATH), N'[]')",
+        ),
+    };
+    // A typed NULL: a bare NULL column would be an INT to the driver.
+    let related = if with_related {
+        related
+    } else {
+        "CAST(NULL AS NVARCHAR(MAX))"
+    };
+    format!(
+        "SELECT r.id, r.doc, r.change_seq, r.created, r.last_modified, {related} \
+         FROM {table} r WHERE r.tenant = @P1{live}"
+    )
 }
 
-impl From<MssqlError> for StoreError {
-    fn from(e: MssqlError) -> Self {
-        StoreError::SqlServer(e)
-    }
+/// One resource by id: @P1 tenant, @P2 id.
+fn get_sql(kind: ResourceKind, with_related: bool) -> String {
+    format!("{} AND r.id = @P2", select_sql(kind, with_related))
 }
 
-impl From<tiberius::error::Error> for StoreError {
-    fn from(e: tiberius::error::Error) -> Self {
-        match e.code() {
-            // Chosen as a deadlock victim, or a lock wait timed out: the client may retry.
-            Some(1205 | 1222) => StoreError::Contended,
-            // String or binary data would be truncated.
-            Some(2628 | 8152) => StoreError::Rejected(ScimError::invalid_value(
-                "a value is longer than the staging database allows",
-            )),
-            _ => StoreError::SqlServer(MssqlError::Database(e)),
-        }
-    }
+/// The total for a list: binds `cond.params` (or just the tenant).
+fn count_sql(kind: ResourceKind, cond: Option<&Condition>) -> String {
+    let (table, live) = match kind {
+        ResourceKind::User => ("scim.users", " AND r.deleted_at IS NULL"),
+        ResourceKind::Group => ("scim.groups", ""),
+    };
+    let filter = cond.map(|c| format!(" AND {}", c.sql)).unwrap_or_default();
+    format!("SELECT COUNT_BIG(*) FROM {table} r WHERE r.tenant = @P1{live}{filter}")
 }
 
-pub(crate) fn naive(t: DateTime<Utc>) -> NaiveDateTime {
-    t.naive_utc()
+/// One page: binds `cond.params` (or just the tenant), then the 0-based offset and the count,
+/// whose parameter numbers are returned with the SQL.
+fn page_sql(
+    kind: ResourceKind,
+    cond: Option<&Condition>,
+    sort: Option<&Sort>,
+    with_related: bool,
+) -> (String, usize) {
+    let filter = cond.map(|c| format!(" AND {}", c.sql)).unwrap_or_default();
+    let next = cond.map(|c| c.params.len()).unwrap_or(1) + 1;
+    let order = match sort {
+        Some(s) => format!(
+            "{} {}, r.pk",
+            s.expr,
+            if s.descending { "DESC" } else { "ASC" }
+        ),
+        None => "r.pk".into(),
+    };
+    (
+        format!(
+            "{}{filter} ORDER BY {order} OFFSET @P{next} ROWS FETCH NEXT @P{} ROWS ONLY",
+            select_sql(kind, with_related),
+            next + 1
+        ),
+        next,
+    )
 }
 
-pub(crate) fn time_text(t: NaiveDateTime) -> String {
-    format_time(Utc.from_utc_datetime(&t))
-}
+// ---- the store ------------------------------------------------------------------------------
 
-fn bind(q: &mut Query<'_>, p: &Param) {
-    match p {
-        Param::Text(s) => q.bind(s.clone()),
-        Param::Int(i) => q.bind(*i),
-        Param::Real(f) => q.bind(*f),
-        Param::Bool(b) => q.bind(*b),
-        Param::Time(t) => q.bind(*t),
-        Param::NullText => q.bind(Option::<String>::None),
-    }
-}
-
-fn text_param(v: &Option<String>) -> Param {
-    v.clone().map_or(Param::NullText, Param::Text)
-}
-
-/// The parameters of [`st::UPDATE_USER`], in @P order, for a planned update of the user at
-/// `pk` read at `version`, written with change sequence value `seq`.
+/// The parameters of [`UPDATE_USER`], in @P order, for a planned update of the user at `pk`
+/// read at `version`, written with change sequence value `seq`.
 fn update_user_params(
     cols: &UserColumns,
     text: &str,
@@ -89,12 +281,12 @@ fn update_user_params(
     let mut p = vec![
         Param::Text(cols.user_name.clone()),
         Param::Text(cols.user_name.to_lowercase()),
-        text_param(&cols.external_id),
-        text_param(&cols.display_name),
+        Param::opt_text(&cols.external_id),
+        Param::opt_text(&cols.display_name),
         Param::Bool(cols.active),
         Param::Time(naive(now)),
     ];
-    p.extend(cols.custom.iter().map(text_param));
+    p.extend(cols.custom.iter().map(Param::opt_text));
     p.extend([
         Param::Text(text.to_string()),
         Param::Text(text_ci.to_string()),
@@ -105,60 +297,8 @@ fn update_user_params(
     p
 }
 
-/// A unique index refused the write: a conflict with `what`; anything else as it is.
-fn unique(e: tiberius::error::Error, what: &str) -> StoreError {
-    if matches!(e.code(), Some(2601 | 2627)) {
-        StoreError::Conflict(what.into())
-    } else {
-        StoreError::from(e)
-    }
-}
-
-pub(super) async fn simple(c: &mut Client, sql: &str) -> Result<(), StoreError> {
-    c.simple_query(sql).await?.into_results().await?;
-    Ok(())
-}
-
-/// The rows of the first result set that has any.
-pub(crate) async fn rows(c: &mut Client, q: Query<'_>) -> Result<Vec<Row>, tiberius::error::Error> {
-    Ok(q.query(c)
-        .await?
-        .into_results()
-        .await?
-        .into_iter()
-        .find(|r| !r.is_empty())
-        .unwrap_or_default())
-}
-
-pub(crate) async fn first(
-    c: &mut Client,
-    q: Query<'_>,
-) -> Result<Option<Row>, tiberius::error::Error> {
-    Ok(rows(c, q).await?.into_iter().next())
-}
-
-pub(crate) fn get_i64(r: &Row, i: usize) -> Result<i64, StoreError> {
-    r.try_get::<i64, _>(i)?
-        .ok_or_else(|| StoreError::CommitFailed(format!("column {i} is NULL")))
-}
-
-pub(crate) fn get_text(r: &Row, i: usize) -> Result<String, StoreError> {
-    Ok(r.try_get::<&str, _>(i)?.unwrap_or_default().to_string())
-}
-
-pub(crate) fn get_time(r: &Row, i: usize) -> Result<String, StoreError> {
-    r.try_get::<NaiveDateTime, _>(i)?
-        .map(time_text)
-        .ok_or_else(|| StoreError::CommitFailed(format!("column {i} is NULL")))
-}
-
-/// The next change sequence value (inside the caller's transaction).
-async fn next_seq(c: &mut Client) -> Result<i64, StoreError> {
-    let row = first(c, Query::new(st::NEXT_SEQ))
-        .await?
-        .ok_or_else(|| StoreError::CommitFailed("no change sequence value".into()))?;
-    get_i64(&row, 0)
-}
+const USER_NAME_TAKEN: &str = "a user with this userName already exists";
+const DISPLAY_NAME_TAKEN: &str = "a group with this displayName already exists";
 
 fn emails_json(cols: &UserColumns) -> String {
     Value::Array(
@@ -177,60 +317,114 @@ async fn insert_emails(
     tenant: &str,
     pk: i64,
     cols: &UserColumns,
-) -> Result<(), StoreError> {
+) -> Result<(), SqlError> {
     if cols.emails.is_empty() {
         return Ok(());
     }
-    let mut q = Query::new(st::INSERT_USER_EMAILS);
+    let mut q = Query::new(INSERT_USER_EMAILS);
     q.bind(pk);
     q.bind(tenant.to_string());
     q.bind(emails_json(cols));
-    q.execute(c).await?;
-    Ok(())
+    execute(c, q).await.map(drop)
 }
 
-/// Run `body` in a transaction: committed when it returns Ok(Some), rolled back otherwise.
-macro_rules! transaction {
-    ($c:expr, $body:expr) => {{
-        simple($c, "BEGIN TRANSACTION").await?;
-        let r = $body.await;
-        match r {
-            Ok(Some(v)) => {
-                simple($c, "COMMIT TRANSACTION").await?;
-                Ok(Some(v))
-            }
-            other => {
-                // XACT_ABORT may already have rolled back; only roll back what is open.
-                let _ = simple($c, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
-                other
-            }
-        }
-    }};
+enum Outcome {
+    Retry,
+    Unchanged,
+    Written(i64),
 }
 
-impl MssqlStore {
-    /// Connect (failing fast with the server and database named), then migrate.
-    pub async fn open(config: &MssqlConfig) -> Result<Self, StoreError> {
-        let pool = MssqlPool::connect(config).await?;
-        {
-            let mut c = pool.get().await?;
-            migrate::run(&mut c).await?;
-        }
-        Ok(MssqlStore { pool })
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
+impl MssqlStaging {
+    async fn get(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        with_related: bool,
+    ) -> Result<Stored, StoreError> {
+        let sql = get_sql(kind, with_related);
+        let mut q = Query::new(sql.as_str());
+        q.bind(tenant.to_string());
+        q.bind(id.to_string());
         let mut c = self.pool.get().await?;
-        simple(&mut c, st::PING).await
+        let row = first(&mut c, q).await?.ok_or(StoreError::NotFound)?;
+        stored(kind, &row)
     }
 
-    pub fn pool(&self) -> &MssqlPool {
-        &self.pool
+    /// pk, doc, version, created, last_modified of a live resource.
+    async fn current(
+        &self,
+        kind: ResourceKind,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Current, StoreError> {
+        let sql = match kind {
+            ResourceKind::User => CURRENT_USER,
+            ResourceKind::Group => CURRENT_GROUP,
+        };
+        let mut q = Query::new(sql);
+        q.bind(tenant.to_string());
+        q.bind(id.to_string());
+        let mut c = self.pool.get().await?;
+        let r = first(&mut c, q).await?.ok_or(StoreError::NotFound)?;
+        Ok(Current {
+            pk: int(&r, 0)?,
+            doc: text(&r, 1)?,
+            version: int(&r, 2)?,
+            created: rows::time(&r, 3)?,
+            last_modified: rows::time(&r, 4)?,
+        })
     }
 
-    // ---- users -------------------------------------------------------------------------
+    /// One page of users or groups matching `cond` (compiled by [`super::filter_sql`]), and
+    /// the total count, from one batch.
+    async fn list_translated(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        cond: Option<&Condition>,
+        sort: Option<&Sort>,
+        page: &Page,
+        with_related: bool,
+    ) -> Result<(i64, Vec<Stored>), StoreError> {
+        let base = match cond {
+            Some(c) => c.params.clone(),
+            None => vec![Param::Text(tenant.to_string())],
+        };
+        let count = count_sql(kind, cond);
+        let wants_page = page.count > 0;
+        let sql = if wants_page {
+            format!("{count}; {}", page_sql(kind, cond, sort, with_related).0)
+        } else {
+            count
+        };
+        let mut q = Query::new(sql);
+        for p in &base {
+            p.bind(&mut q);
+        }
+        if wants_page {
+            q.bind((page.start_index - 1).max(0));
+            q.bind(page.count);
+        }
+        let mut c = self.pool.get().await?;
+        let mut sets = results(&mut c, q).await?.into_iter();
+        let total = match sets.next().and_then(|r| r.into_iter().next()) {
+            Some(r) => int(&r, 0)?,
+            None => 0,
+        };
+        let items = sets
+            .next()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| stored(kind, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((total, items))
+    }
+}
 
-    pub async fn create_user(
+#[async_trait]
+impl ScimStore for MssqlStaging {
+    async fn create_user(
         &self,
         tenant: &str,
         rt: &ResourceType,
@@ -241,11 +435,9 @@ impl MssqlStore {
         let cols = UserColumns::from_doc(doc, rt.custom_urn().unwrap_or_default());
         let doc_text = serde_json::to_string(doc)?;
         let doc_ci = serde_json::to_string(&fold_case(rt, doc))?;
-        let mut c = self.pool.get().await?;
-        let c = &mut *c;
-        let seq: Option<i64> = transaction!(c, async {
+        let seq = transaction(&self.pool, async |c: &mut Client| {
             let seq = next_seq(c).await?;
-            let mut q = Query::new(st::INSERT_USER.as_str());
+            let mut q = Query::new(INSERT_USER.as_str());
             q.bind(tenant.to_string());
             q.bind(id.to_string());
             q.bind(cols.user_name.clone());
@@ -263,24 +455,25 @@ impl MssqlStore {
             q.bind(naive(now));
             let row = first(c, q)
                 .await
-                .map_err(|e| unique(e, "a user with this userName already exists"))?
-                .ok_or_else(|| StoreError::CommitFailed("no row inserted".into()))?;
-            let pk = get_i64(&row, 0)?;
+                .map_err(|e| e.or_conflict(USER_NAME_TAKEN))?
+                .ok_or_else(|| SqlError::missing("row inserted"))?;
+            let pk = int(&row, 0)?;
             insert_emails(c, tenant, pk, &cols).await?;
-            Ok::<_, StoreError>(Some(seq))
-        })?;
+            Ok::<_, StoreError>(seq)
+        })
+        .await?;
         let now_s = format_time(now);
         Ok(Stored {
             id: id.to_string(),
             doc: doc_text,
-            version: seq.unwrap_or_default(),
+            version: seq,
             created: now_s.clone(),
             last_modified: now_s,
             related: Some(vec![]),
         })
     }
 
-    pub async fn get_user(
+    async fn get_user(
         &self,
         tenant: &str,
         id: &str,
@@ -289,66 +482,15 @@ impl MssqlStore {
         self.get(tenant, ResourceKind::User, id, with_groups).await
     }
 
-    pub async fn get_group(
-        &self,
-        tenant: &str,
-        id: &str,
-        with_members: bool,
-    ) -> Result<Stored, StoreError> {
-        self.get(tenant, ResourceKind::Group, id, with_members)
-            .await
-    }
-
-    async fn get(
-        &self,
-        tenant: &str,
-        kind: ResourceKind,
-        id: &str,
-        with_related: bool,
-    ) -> Result<Stored, StoreError> {
-        let sql = st::get_sql(kind, with_related);
-        let mut q = Query::new(sql.as_str());
-        q.bind(tenant.to_string());
-        q.bind(id.to_string());
-        let mut c = self.pool.get().await?;
-        let row = first(&mut c, q).await?.ok_or(StoreError::NotFound)?;
-        stored(kind, &row)
-    }
-
-    /// pk, doc, version, created, last_modified of a live resource.
-    async fn current(
-        &self,
-        kind: ResourceKind,
-        tenant: &str,
-        id: &str,
-    ) -> Result<Current, StoreError> {
-        let sql = match kind {
-            ResourceKind::User => st::CURRENT_USER,
-            ResourceKind::Group => st::CURRENT_GROUP,
-        };
-        let mut q = Query::new(sql);
-        q.bind(tenant.to_string());
-        q.bind(id.to_string());
-        let mut c = self.pool.get().await?;
-        let r = first(&mut c, q).await?.ok_or(StoreError::NotFound)?;
-        Ok(Current {
-            pk: get_i64(&r, 0)?,
-            doc: get_text(&r, 1)?,
-            version: get_i64(&r, 2)?,
-            created: get_time(&r, 3)?,
-            last_modified: get_time(&r, 4)?,
-        })
-    }
-
     /// Read-modify-write of one user with a compare-and-swap on its version.
-    pub async fn update_user(
+    async fn update_user(
         &self,
         tenant: &str,
         rt: &ResourceType,
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
-        change: impl Fn(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
+        change: UserChange<'_>,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let cur = self.current(ResourceKind::User, tenant, id).await?;
@@ -357,35 +499,34 @@ impl MssqlStore {
                 emails_changed,
                 text: new_text,
                 text_ci: new_ci,
-            }) = update::plan_user(rt, &cur, if_match, &change)?
+            }) = update::plan_user(rt, &cur, if_match, change)?
             else {
+                // Nothing changed: no new version, nothing for the sync engine to do.
                 return Ok(cur.unchanged(id));
             };
             let (pk, version) = (cur.pk, cur.version);
-            let mut conn = self.pool.get().await?;
-            let c = &mut *conn;
-            let written: Option<i64> = transaction!(c, async {
+            // None: the user changed since it was read (the taken value is a gap).
+            let written: Option<i64> = transaction(&self.pool, async |c: &mut Client| {
                 let seq = next_seq(c).await?;
-                let mut q = Query::new(st::UPDATE_USER.as_str());
+                let mut q = Query::new(UPDATE_USER.as_str());
                 for p in update_user_params(&cols, &new_text, &new_ci, now, seq, pk, version) {
-                    bind(&mut q, &p);
+                    p.bind(&mut q);
                 }
-                let n: u64 = q
-                    .execute(c)
+                let n = execute(c, q)
                     .await
-                    .map_err(|e| unique(e, "a user with this userName already exists"))?
-                    .total();
+                    .map_err(|e| e.or_conflict(USER_NAME_TAKEN))?;
                 if n == 0 {
                     return Ok::<_, StoreError>(None);
                 }
                 if emails_changed {
-                    let mut q = Query::new(st::DELETE_USER_EMAILS);
+                    let mut q = Query::new(DELETE_USER_EMAILS);
                     q.bind(pk);
-                    q.execute(c).await?;
+                    execute(c, q).await?;
                     insert_emails(c, tenant, pk, &cols).await?;
                 }
                 Ok(Some(seq))
-            })?;
+            })
+            .await?;
             if let Some(seq) = written {
                 return Ok(Stored {
                     id: id.to_string(),
@@ -401,40 +542,36 @@ impl MssqlStore {
     }
 
     /// DELETE from the client: gone from SCIM at once, memberships removed, row kept.
-    pub async fn delete_user(
+    async fn delete_user(
         &self,
         tenant: &str,
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
-        let c = &mut *conn;
-        transaction!(c, async {
-            let mut q = Query::new(st::USER_VERSION_FOR_UPDATE);
+        transaction(&self.pool, async |c: &mut Client| {
+            let mut q = Query::new(USER_VERSION_FOR_UPDATE);
             q.bind(tenant.to_string());
             q.bind(id.to_string());
             let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
-            check_version(if_match, get_i64(&row, 0)?)?;
+            check_version(if_match, int(&row, 0)?)?;
             let seq = next_seq(c).await?;
-            let mut q = Query::new(st::SOFT_DELETE_USER);
+            let mut q = Query::new(SOFT_DELETE_USER);
             q.bind(naive(now));
             q.bind(seq);
             q.bind(tenant.to_string());
             q.bind(id.to_string());
             let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
-            let mut q = Query::new(st::DELETE_USER_EMAILS);
-            q.bind(get_i64(&row, 0)?);
-            q.execute(c).await?;
+            let mut q = Query::new(DELETE_USER_EMAILS);
+            q.bind(int(&row, 0)?);
+            execute(c, q).await?;
             remove_from_all_groups(c, tenant, id, seq, now).await?;
-            Ok::<_, StoreError>(Some(()))
-        })?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
-    // ---- groups ------------------------------------------------------------------------
-
-    pub async fn create_group(
+    async fn create_group(
         &self,
         tenant: &str,
         rt: &ResourceType,
@@ -445,11 +582,9 @@ impl MssqlStore {
         let (display, external_id) = group_columns(&change.doc);
         let doc_text = serde_json::to_string(&change.doc)?;
         let doc_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
-        let mut conn = self.pool.get().await?;
-        let c = &mut *conn;
-        let seq: Option<i64> = transaction!(c, async {
+        let seq = transaction(&self.pool, async |c: &mut Client| {
             let seq = next_seq(c).await?;
-            let mut q = Query::new(st::INSERT_GROUP);
+            let mut q = Query::new(INSERT_GROUP);
             q.bind(tenant.to_string());
             q.bind(id.to_string());
             q.bind(display.clone());
@@ -461,30 +596,41 @@ impl MssqlStore {
             q.bind(naive(now));
             first(c, q)
                 .await
-                .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+                .map_err(|e| e.or_conflict(DISPLAY_NAME_TAKEN))?;
             apply_member_ops(c, tenant, id, &change.members, seq).await?;
-            Ok::<_, StoreError>(Some(seq))
-        })?;
+            Ok::<_, StoreError>(seq)
+        })
+        .await?;
         let now_s = format_time(now);
         Ok(Stored {
             id: id.to_string(),
             doc: doc_text,
-            version: seq.unwrap_or_default(),
+            version: seq,
             created: now_s.clone(),
             last_modified: now_s,
             related: None,
         })
     }
 
+    async fn get_group(
+        &self,
+        tenant: &str,
+        id: &str,
+        with_members: bool,
+    ) -> Result<Stored, StoreError> {
+        self.get(tenant, ResourceKind::Group, id, with_members)
+            .await
+    }
+
     /// Read-modify-write of one group: document and member rows, atomically.
-    pub async fn update_group(
+    async fn update_group(
         &self,
         tenant: &str,
         rt: &ResourceType,
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
-        change: impl Fn(Map<String, Value>) -> Result<GroupChange, ScimError>,
+        change: GroupChangeFn<'_>,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let cur = self.current(ResourceKind::Group, tenant, id).await?;
@@ -497,31 +643,29 @@ impl MssqlStore {
                 text: new_text,
                 text_ci: new_ci,
                 needs_version,
-            }) = update::plan_group(rt, &cur, if_match, &change)?
+            }) = update::plan_group(rt, &cur, if_match, change)?
             else {
                 return Ok(cur.unchanged(id));
             };
             let (pk, version) = (cur.pk, cur.version);
-            let mut conn = self.pool.get().await?;
-            let c = &mut *conn;
-            let outcome: Option<Outcome> = transaction!(c, async {
-                let mut q = Query::new(st::GROUP_VERSION_FOR_UPDATE);
+            let outcome = transaction(&self.pool, async |c: &mut Client| {
+                let mut q = Query::new(GROUP_VERSION_FOR_UPDATE);
                 q.bind(pk);
                 let current = match first(c, q).await? {
-                    Some(r) => Some(get_i64(&r, 0)?),
+                    Some(r) => Some(int(&r, 0)?),
                     None => None,
                 };
                 if current.is_none() || needs_version && current != Some(version) {
-                    return Ok::<_, StoreError>(Some(Outcome::Retry));
+                    return Ok::<_, StoreError>(Outcome::Retry);
                 }
                 let seq = next_seq(c).await?;
                 let members_changed = apply_member_ops(c, tenant, id, &members, seq).await?;
                 if !doc_changed && !members_changed {
-                    // Nothing to commit; the rollback also returns the sequence value.
-                    return Ok(None);
+                    // Nothing was written (the taken value is a gap).
+                    return Ok(Outcome::Unchanged);
                 }
                 if doc_changed {
-                    let mut q = Query::new(st::UPDATE_GROUP);
+                    let mut q = Query::new(UPDATE_GROUP);
                     q.bind(display.clone());
                     q.bind(display.to_lowercase());
                     q.bind(external_id.clone());
@@ -531,25 +675,27 @@ impl MssqlStore {
                     q.bind(naive(now));
                     q.bind(pk);
                     q.bind(version);
-                    q.execute(c)
+                    execute(c, q)
                         .await
-                        .map_err(|e| unique(e, "a group with this displayName already exists"))?;
+                        .map_err(|e| e.or_conflict(DISPLAY_NAME_TAKEN))?;
                     if renamed {
+                        // The members' group context (name, externalId) changed: they need a sync.
                         stamp_members(c, tenant, id, seq).await?;
                     }
                 } else {
-                    let mut q = Query::new(st::STAMP_GROUP);
+                    let mut q = Query::new(STAMP_GROUP);
                     q.bind(seq);
                     q.bind(naive(now));
                     q.bind(pk);
-                    q.execute(c).await?;
+                    execute(c, q).await?;
                 }
-                Ok(Some(Outcome::Written(seq)))
-            })?;
+                Ok(Outcome::Written(seq))
+            })
+            .await?;
             match outcome {
-                Some(Outcome::Retry) => continue,
-                None => return Ok(cur.unchanged(id)),
-                Some(Outcome::Written(seq)) => {
+                Outcome::Retry => continue,
+                Outcome::Unchanged => return Ok(cur.unchanged(id)),
+                Outcome::Written(seq) => {
                     return Ok(Stored {
                         id: id.to_string(),
                         doc: new_text,
@@ -564,99 +710,67 @@ impl MssqlStore {
         Err(StoreError::Contended)
     }
 
-    pub async fn delete_group(
+    async fn delete_group(
         &self,
         tenant: &str,
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
-        let c = &mut *conn;
-        transaction!(c, async {
-            let mut q = Query::new(st::GROUP_VERSION_BY_ID_FOR_UPDATE);
+        transaction(&self.pool, async |c: &mut Client| {
+            let mut q = Query::new(GROUP_VERSION_BY_ID_FOR_UPDATE);
             q.bind(tenant.to_string());
             q.bind(id.to_string());
             let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
-            check_version(if_match, get_i64(&row, 0)?)?;
+            check_version(if_match, int(&row, 0)?)?;
             let seq = next_seq(c).await?;
             stamp_members(c, tenant, id, seq).await?;
-            let mut q = Query::new(st::DELETE_ALL_MEMBERS);
+            let mut q = Query::new(DELETE_ALL_MEMBERS);
             q.bind(tenant.to_string());
             q.bind(id.to_string());
-            q.execute(c).await?;
+            execute(c, q).await?;
             remove_from_all_groups(c, tenant, id, seq, now).await?;
-            let mut q = Query::new(st::DELETE_GROUP);
+            let mut q = Query::new(DELETE_GROUP);
             q.bind(tenant.to_string());
             q.bind(id.to_string());
-            q.execute(c).await?;
-            Ok::<_, StoreError>(Some(()))
-        })?;
-        Ok(())
+            execute(c, q).await?;
+            Ok(())
+        })
+        .await
     }
 
-    // ---- lists -------------------------------------------------------------------------
-
-    /// One page of users or groups matching `cond` (compiled by [`super::filter_sql`]), and
-    /// the total count, from one batch.
-    pub async fn list(
+    /// One page of users or groups and the total, the filter and sort key in T-SQL.
+    async fn list(
         &self,
         tenant: &str,
-        kind: ResourceKind,
-        cond: Option<&Condition>,
-        sort: Option<&Sort>,
+        rt: &ResourceType,
+        query: ListQuery<'_>,
         page: &Page,
         with_related: bool,
     ) -> Result<(i64, Vec<Stored>), StoreError> {
-        let base = match cond {
-            Some(c) => c.params.clone(),
-            None => vec![Param::Text(tenant.to_string())],
-        };
-        let count_sql = st::count_sql(kind, cond);
-        let wants_page = page.count > 0;
-        let sql = if wants_page {
-            format!(
-                "{count_sql}; {}",
-                st::page_sql(kind, cond, sort, with_related).0
-            )
-        } else {
-            count_sql
-        };
-        let mut q = Query::new(sql);
-        for p in &base {
-            bind(&mut q, p);
-        }
-        if wants_page {
-            q.bind((page.start_index - 1).max(0));
-            q.bind(page.count);
-        }
-        let mut c = self.pool.get().await?;
-        let mut results = q.query(&mut c).await?.into_results().await?.into_iter();
-        let total = match results.next().and_then(|r| r.into_iter().next()) {
-            Some(r) => get_i64(&r, 0)?,
-            None => 0,
-        };
-        let items = results
-            .next()
-            .unwrap_or_default()
-            .iter()
-            .map(|r| stored(kind, r))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((total, items))
+        let (cond, sort) = translate(
+            &query,
+            |f| filter_sql::compile(rt, tenant, f),
+            |by| filter_sql::sort_expression(rt, by),
+        )?;
+        self.list_translated(
+            tenant,
+            rt.kind,
+            cond.as_ref(),
+            sort.as_ref(),
+            page,
+            with_related,
+        )
+        .await
     }
-}
-
-enum Outcome {
-    Retry,
-    Written(i64),
 }
 
 /// id, doc, change_seq, created, last_modified, related.
 fn stored(kind: ResourceKind, r: &Row) -> Result<Stored, StoreError> {
-    let related = match r.try_get::<&str, _>(5)? {
+    let related = match opt_text(r, 5)? {
         None => None,
         Some(json) => {
-            let items: Vec<Map<String, Value>> = serde_json::from_str(json)?;
+            let items: Vec<Map<String, Value>> = serde_json::from_str(&json)?;
             let s = |m: &Map<String, Value>, k: &str| {
                 m.get(k).and_then(Value::as_str).map(str::to_string)
             };
@@ -680,11 +794,11 @@ fn stored(kind: ResourceKind, r: &Row) -> Result<Stored, StoreError> {
         }
     };
     Ok(Stored {
-        id: get_text(r, 0)?,
-        doc: get_text(r, 1)?,
-        version: get_i64(r, 2)?,
-        created: get_time(r, 3)?,
-        last_modified: get_time(r, 4)?,
+        id: text(r, 0)?,
+        doc: text(r, 1)?,
+        version: int(r, 2)?,
+        created: rows::time(r, 3)?,
+        last_modified: rows::time(r, 4)?,
         related,
     })
 }
@@ -694,42 +808,41 @@ async fn stamp_members(
     tenant: &str,
     group_id: &str,
     seq: i64,
-) -> Result<(), StoreError> {
-    let mut q = Query::new(st::STAMP_GROUP_MEMBERS);
+) -> Result<(), SqlError> {
+    let mut q = Query::new(STAMP_GROUP_MEMBERS);
     q.bind(seq);
     q.bind(tenant.to_string());
     q.bind(group_id.to_string());
-    q.execute(c).await?;
-    Ok(())
+    execute(c, q).await.map(drop)
 }
 
-async fn remove_from_all_groups(
+/// A member leaves every group it is in; the groups get version `seq`. Also the sync
+/// lifecycle's purge of a user (the one operation of this module it shares).
+pub(super) async fn remove_from_all_groups(
     c: &mut Client,
     tenant: &str,
     member_id: &str,
     seq: i64,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let mut q = Query::new(st::STAMP_GROUPS_OF_MEMBER);
+) -> Result<(), SqlError> {
+    let mut q = Query::new(STAMP_GROUPS_OF_MEMBER);
     q.bind(seq);
     q.bind(naive(now));
     q.bind(tenant.to_string());
     q.bind(member_id.to_string());
-    q.execute(c).await?;
-    let mut q = Query::new(st::DELETE_MEMBERSHIPS_OF);
+    execute(c, q).await?;
+    let mut q = Query::new(DELETE_MEMBERSHIPS_OF);
     q.bind(tenant.to_string());
     q.bind(member_id.to_string());
-    q.execute(c).await?;
-    Ok(())
+    execute(c, q).await.map(drop)
 }
 
-async fn stamp_user(c: &mut Client, tenant: &str, id: &str, seq: i64) -> Result<(), StoreError> {
-    let mut q = Query::new(st::STAMP_USER);
+async fn stamp_user(c: &mut Client, tenant: &str, id: &str, seq: i64) -> Result<(), SqlError> {
+    let mut q = Query::new(STAMP_USER);
     q.bind(seq);
     q.bind(tenant.to_string());
     q.bind(id.to_string());
-    q.execute(c).await?;
-    Ok(())
+    execute(c, q).await.map(drop)
 }
 
 /// Member changes as row changes: O(members changed). Returns whether anything changed.
@@ -745,10 +858,10 @@ async fn apply_member_ops(
         match op {
             MemberOp::RemoveAll => {
                 stamp_members(c, tenant, group_id, seq).await?;
-                let mut q = Query::new(st::DELETE_ALL_MEMBERS);
+                let mut q = Query::new(DELETE_ALL_MEMBERS);
                 q.bind(tenant.to_string());
                 q.bind(group_id.to_string());
-                changed |= q.execute(c).await?.total() > 0;
+                changed |= execute(c, q).await? > 0;
             }
             MemberOp::Add(members) => {
                 for m in members {
@@ -758,11 +871,11 @@ async fn apply_member_ops(
                         )
                         .into());
                     }
-                    let mut q = Query::new(st::MEMBER_KIND);
+                    let mut q = Query::new(MEMBER_KIND);
                     q.bind(tenant.to_string());
                     q.bind(m.value.clone());
                     let kind = match first(c, q).await? {
-                        Some(r) => get_text(&r, 0)?,
+                        Some(r) => text(&r, 0)?,
                         None => {
                             return Err(StoreError::Rejected(ScimError::invalid_value(format!(
                                 "member {} is not a user or group of this tenant",
@@ -770,12 +883,12 @@ async fn apply_member_ops(
                             ))));
                         }
                     };
-                    let mut q = Query::new(st::ADD_MEMBER);
+                    let mut q = Query::new(ADD_MEMBER);
                     q.bind(tenant.to_string());
                     q.bind(group_id.to_string());
                     q.bind(m.value.clone());
                     q.bind(kind.clone());
-                    if q.execute(c).await?.total() > 0 {
+                    if execute(c, q).await? > 0 {
                         changed = true;
                         if kind == "User" {
                             stamp_user(c, tenant, &m.value, seq).await?;
@@ -785,13 +898,13 @@ async fn apply_member_ops(
             }
             MemberOp::Remove(ids) => {
                 for id in ids {
-                    let mut q = Query::new(st::REMOVE_MEMBER);
+                    let mut q = Query::new(REMOVE_MEMBER);
                     q.bind(tenant.to_string());
                     q.bind(group_id.to_string());
                     q.bind(id.clone());
                     if let Some(r) = first(c, q).await? {
                         changed = true;
-                        if get_text(&r, 0)? == "User" {
+                        if text(&r, 0)? == "User" {
                             stamp_user(c, tenant, id, seq).await?;
                         }
                     }
@@ -800,6 +913,78 @@ async fn apply_member_ops(
         }
     }
     Ok(changed)
+}
+
+/// Every statement of this module, each variant of the dynamic ones.
+#[cfg(test)]
+pub(super) fn statements() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = [
+        ("INSERT_USER", INSERT_USER.as_str()),
+        ("UPDATE_USER", UPDATE_USER.as_str()),
+        ("CURRENT_USER", CURRENT_USER),
+        ("USER_VERSION_FOR_UPDATE", USER_VERSION_FOR_UPDATE),
+        ("SOFT_DELETE_USER", SOFT_DELETE_USER),
+        ("DELETE_USER_EMAILS", DELETE_USER_EMAILS),
+        ("INSERT_USER_EMAILS", INSERT_USER_EMAILS),
+        ("STAMP_USER", STAMP_USER),
+        ("INSERT_GROUP", INSERT_GROUP),
+        ("CURRENT_GROUP", CURRENT_GROUP),
+        ("GROUP_VERSION_FOR_UPDATE", GROUP_VERSION_FOR_UPDATE),
+        (
+            "GROUP_VERSION_BY_ID_FOR_UPDATE",
+            GROUP_VERSION_BY_ID_FOR_UPDATE,
+        ),
+        ("UPDATE_GROUP", UPDATE_GROUP),
+        ("STAMP_GROUP", STAMP_GROUP),
+        ("DELETE_GROUP", DELETE_GROUP),
+        ("STAMP_GROUP_MEMBERS", STAMP_GROUP_MEMBERS),
+        ("DELETE_ALL_MEMBERS", DELETE_ALL_MEMBERS),
+        ("MEMBER_KIND", MEMBER_KIND),
+        ("ADD_MEMBER", ADD_MEMBER),
+        ("REMOVE_MEMBER", REMOVE_MEMBER),
+        ("STAMP_GROUPS_OF_MEMBER", STAMP_GROUPS_OF_MEMBER),
+        ("DELETE_MEMBERSHIPS_OF", DELETE_MEMBERSHIPS_OF),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s.to_string()))
+    .collect();
+    for kind in [ResourceKind::User, ResourceKind::Group] {
+        for rel in [false, true] {
+            out.push((format!("get_sql({kind:?}, {rel})"), get_sql(kind, rel)));
+            out.push((
+                format!("page_sql({kind:?}, {rel})"),
+                page_sql(kind, None, None, rel).0,
+            ));
+        }
+        out.push((format!("count_sql({kind:?})"), count_sql(kind, None)));
+    }
+    // Every filter translation, in the list statements it is used in.
+    let user = ResourceType::user(crate::scim::schema::DEFAULT_CUSTOM_SCHEMA);
+    let sort = Sort {
+        expr: filter_sql::sort_expression(&user, "name.familyName").unwrap(),
+        descending: true,
+    };
+    for (c, (kind, f)) in filter_sql::tests::sample_translations()
+        .iter()
+        .zip(filter_sql::tests::SAMPLES)
+    {
+        out.push((format!("count_sql [{f}]"), count_sql(*kind, Some(c))));
+        let s = (*kind == ResourceKind::User).then_some(&sort);
+        out.push((
+            format!("page_sql [{f}]"),
+            page_sql(*kind, Some(c), s, true).0,
+        ));
+        // The batch the list sends: the count, then the page.
+        out.push((
+            format!("list batch [{f}]"),
+            format!(
+                "{}; {}",
+                count_sql(*kind, Some(c)),
+                page_sql(*kind, Some(c), s, true).0
+            ),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -812,6 +997,15 @@ mod tests {
     use crate::scim::patch;
     use crate::scim::resource::normalize;
     use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
+
+    /// The membership statements the sync lifecycle's purge also runs take the parameters
+    /// [`remove_from_all_groups`] binds.
+    #[test]
+    fn the_shared_membership_statements_take_what_they_are_bound() {
+        use crate::db::mssql::tsql::param_numbers;
+        assert_eq!(param_numbers(STAMP_GROUPS_OF_MEMBER).len(), 4);
+        assert_eq!(param_numbers(DELETE_MEMBERSHIPS_OF).len(), 2);
+    }
 
     /// What an Entra PATCH writes on SQL Server: the statement, and its parameters in @P
     /// order, read against the statement's SET list. `active` arrives as the string "False"
@@ -873,7 +1067,7 @@ mod tests {
             Param::Time(naive(now)),
             Param::Text("2021-08-01".into()),
         ];
-        expected.extend((0..15).map(|_| Param::NullText));
+        expected.extend((0..15).map(|_| Param::Null));
         expected.extend([
             Param::Text(plan.text.clone()),
             Param::Text(plan.text_ci.clone()),
@@ -885,11 +1079,11 @@ mod tests {
         // 27 parameters, and the statement names exactly @P1…@P27.
         assert_eq!(params.len(), 27);
         for i in 1..=27 {
-            assert!(st::UPDATE_USER.contains(&format!("@P{i}")), "@P{i}");
+            assert!(UPDATE_USER.contains(&format!("@P{i}")), "@P{i}");
         }
-        assert!(!st::UPDATE_USER.contains("@P28"));
+        assert!(!UPDATE_USER.contains("@P28"));
         assert_eq!(
-            st::UPDATE_USER.as_str(),
+            UPDATE_USER.as_str(),
             "UPDATE scim.users SET user_name = @P1, user_name_ci = @P2, external_id = @P3, \
              display_name = @P4, deactivated_at = CASE WHEN @P5 = 0 AND active = 1 THEN @P6 \
              WHEN @P5 = 1 THEN NULL ELSE deactivated_at END, active = @P5, \

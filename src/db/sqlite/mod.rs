@@ -18,7 +18,7 @@
 mod admin;
 pub mod app;
 mod conn;
-mod filter_sql;
+pub(super) mod filter_sql;
 mod ledger;
 mod migrate;
 pub mod scim;

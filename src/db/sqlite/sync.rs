@@ -672,6 +672,8 @@ impl SyncStore for SqliteStaging {
                 }
                 abandon_stale_runs(c, &run.tenant, run.started_at)?;
                 let run_id = insert_run(c, &run, RunStatus::Running, Some(approves))?;
+                // The admin API reports which run holds the lease.
+                lease_run(c, &run, run_id)?;
                 c.prepare_cached(
                     "UPDATE sync_runs SET approved_at = ?, approved_by = ? WHERE id = ?",
                 )?
