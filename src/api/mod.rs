@@ -209,7 +209,9 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
     let service = api_service(state.clone());
     let spec_text = service.spec();
     let allow = Arc::new(AllowTable::from_spec(&spec_text, ADMIN_PREFIX));
-    let queries = Arc::new(params::QueryTable::from_spec(&spec_text));
+    let queries = Arc::new(
+        params::QueryTable::from_spec(&spec_text).everywhere(SCIM_PREFIX, params::ENTRA_FLAG),
+    );
     let scim_queries = queries.clone();
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
@@ -352,7 +354,11 @@ async fn scim_guard<E: Endpoint>(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Ok(resp);
     }
-    if let Err(p) = queries.check(req.method(), req.uri().path(), req.uri().query().unwrap_or("")) {
+    if let Err(p) = queries.check(
+        req.method(),
+        req.uri().path(),
+        req.uri().query().unwrap_or(""),
+    ) {
         return Err(ScimError::invalid_value(p.to_string()).into());
     }
     req.set_data(BodyLimit(state.config.server.max_body_bytes));

@@ -5,7 +5,15 @@
 use poem::http::Method;
 
 /// Each documented operation's path template and query parameter names.
-pub struct QueryTable(Vec<Operation>);
+pub struct QueryTable {
+    ops: Vec<Operation>,
+    /// Names every operation under a path prefix takes, and which mean nothing here.
+    everywhere: Vec<(&'static str, &'static str)>,
+}
+
+/// Microsoft Entra ID's tenant-URL flag for its RFC-conformant PATCH; Entra appends it to
+/// every request of an app whose tenant URL has it. The server behaves the same either way.
+pub const ENTRA_FLAG: &str = "aadOptscim062020";
 
 struct Operation {
     method: Method,
@@ -25,7 +33,10 @@ impl std::fmt::Display for QueryProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             QueryProblem::Unknown { name, known } if known.is_empty() => {
-                write!(f, "unknown query parameter `{name}`: this operation takes none")
+                write!(
+                    f,
+                    "unknown query parameter `{name}`: this operation takes none"
+                )
             }
             QueryProblem::Unknown { name, known } => write!(
                 f,
@@ -45,7 +56,10 @@ impl QueryTable {
         let doc: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
         let mut ops = Vec::new();
         let Some(paths) = doc.get("paths").and_then(|p| p.as_object()) else {
-            return QueryTable(ops);
+            return QueryTable {
+                ops,
+                everywhere: Vec::new(),
+            };
         };
         for (path, methods) in paths {
             let segments: Vec<Option<String>> = path
@@ -72,7 +86,16 @@ impl QueryTable {
                 });
             }
         }
-        QueryTable(ops)
+        QueryTable {
+            ops,
+            everywhere: Vec::new(),
+        }
+    }
+
+    /// Let every operation under `prefix` take `name` (which it ignores).
+    pub fn everywhere(mut self, prefix: &'static str, name: &'static str) -> QueryTable {
+        self.everywhere.push((prefix, name));
+        self
     }
 
     /// Check a request's query against its operation's parameters. A request no operation
@@ -84,7 +107,7 @@ impl QueryTable {
         let parts: Vec<&str> = path.split('/').collect();
         // The most specific template: `/Users/.search` before `/Users/{id}`.
         let Some(op) = self
-            .0
+            .ops
             .iter()
             .filter(|o| &o.method == method && matches(&o.segments, &parts))
             .max_by_key(|o| o.segments.iter().filter(|s| s.is_some()).count())
@@ -97,6 +120,13 @@ impl QueryTable {
                 continue;
             }
             let shown: String = name.chars().take(64).collect();
+            let anywhere = self
+                .everywhere
+                .iter()
+                .any(|(prefix, n)| *n == name && path.starts_with(prefix));
+            if anywhere {
+                continue;
+            }
             if !op.names.iter().any(|n| *n == name) {
                 return Err(QueryProblem::Unknown {
                     name: shown,
@@ -126,6 +156,7 @@ mod tests {
 
     fn table() -> QueryTable {
         QueryTable::from_spec(&super::super::openapi_spec())
+            .everywhere(super::super::SCIM_PREFIX, ENTRA_FLAG)
     }
 
     #[test]
@@ -134,7 +165,9 @@ mod tests {
         let runs = "/admin/v1/runs";
         assert_eq!(t.check(&Method::GET, runs, "status=failed&limit=5"), Ok(()));
         assert_eq!(t.check(&Method::GET, runs, ""), Ok(()));
-        let e = t.check(&Method::GET, runs, "limit=5&statuss=failed").unwrap_err();
+        let e = t
+            .check(&Method::GET, runs, "limit=5&statuss=failed")
+            .unwrap_err();
         assert!(
             matches!(&e, QueryProblem::Unknown { name, known } if name == "statuss" && known.contains(&"status".to_string())),
             "{e:?}"
@@ -158,10 +191,31 @@ mod tests {
         let t = table();
         let users = "/scim-api/v1/acme/scim/Users";
         assert_eq!(
-            t.check(&Method::GET, users, "filter=userName%20eq%20%22a%22&startIndex=1&count=2"),
+            t.check(
+                &Method::GET,
+                users,
+                "filter=userName%20eq%20%22a%22&startIndex=1&count=2"
+            ),
             Ok(())
         );
         assert!(t.check(&Method::GET, users, "startindex=1").is_err());
+        // Entra's flag goes with every SCIM request, and only there.
+        assert_eq!(
+            t.check(&Method::GET, users, "aadOptscim062020&count=1"),
+            Ok(())
+        );
+        assert_eq!(
+            t.check(
+                &Method::DELETE,
+                "/scim-api/v1/acme/scim/Users/abc",
+                "aadOptscim062020"
+            ),
+            Ok(())
+        );
+        assert!(
+            t.check(&Method::GET, "/admin/v1/runs", "aadOptscim062020")
+                .is_err()
+        );
         let one = "/scim-api/v1/acme/scim/Users/abc";
         assert_eq!(t.check(&Method::GET, one, "attributes=userName"), Ok(()));
         assert!(t.check(&Method::GET, one, "filter=x").is_err());
