@@ -109,7 +109,7 @@ impl QueryTable {
         let Some(op) = self
             .ops
             .iter()
-            .filter(|o| &o.method == method && matches(&o.segments, &parts))
+            .filter(|o| o.method == method && matches(&o.segments, &parts))
             .max_by_key(|o| o.segments.iter().filter(|s| s.is_some()).count())
         else {
             return Ok(());
