@@ -22,7 +22,10 @@ use super::{AppState, Tenant};
 use crate::config::AdminRole;
 use crate::scim::filter::parse_filter;
 use crate::scim::schema::ResourceKind;
-use crate::store::{ListQuery, Page, ProvisioningQuery, StatusFilter, StoreError, Stored};
+use crate::store::{
+    About, ListQuery, Page, ProvisioningQuery, ProvisioningRow, StatusFilter, StoreError, Stored,
+    UserKey,
+};
 
 pub const ADMIN_PREFIX: &str = "/admin/v1";
 
@@ -212,9 +215,73 @@ pub struct ProvisioningRequest {
     /// The SCIM error's detail, for error answers.
     #[oai(nullable)]
     pub error: Option<String>,
+    /// The userName a POST or PUT to /Users carried (lower-cased), failures included.
+    #[oai(nullable)]
+    pub user_name: Option<String>,
+    /// The externalId a POST or PUT carried, failures included.
+    #[oai(nullable)]
+    pub external_id: Option<String>,
+    /// The admin API path of the story of the user the request was about (null: a group, or
+    /// a request about no user).
+    #[oai(nullable)]
+    pub user_story: Option<String>,
 }
 
 page!(ProvisioningPage of ProvisioningRequest);
+
+/// The HTTP method of a SCIM request.
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "UPPERCASE")]
+pub enum ScimMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl ScimMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScimMethod::Get => "GET",
+            ScimMethod::Post => "POST",
+            ScimMethod::Put => "PUT",
+            ScimMethod::Patch => "PATCH",
+            ScimMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// A provisioning log entry as the admin API shows it, with the way to its user's story.
+pub fn provisioning_request(tenant: &str, r: ProvisioningRow) -> ProvisioningRequest {
+    let about_user = r.path.starts_with("/Users");
+    let user_story = match (&r.resource_id, &r.user_name, &r.external_id) {
+        _ if !about_user => None,
+        (Some(id), _, _) => Some(story_path(tenant, "userId", id)),
+        (None, Some(n), _) => Some(story_path(tenant, "userName", n)),
+        (None, None, Some(x)) => Some(story_path(tenant, "externalId", x)),
+        (None, None, None) => None,
+    };
+    ProvisioningRequest {
+        time: r.at,
+        request_id: r.request_id,
+        method: r.method,
+        path: r.path,
+        resource_id: r.resource_id,
+        status: r.status,
+        duration_ms: r.duration_ms,
+        error: r.error,
+        user_name: r.user_name,
+        external_id: r.external_id,
+        user_story,
+    }
+}
+
+/// `/admin/v1/tenants/{tenant}/story?{param}={value}`, the value percent-encoded.
+pub fn story_path(tenant: &str, param: &str, value: &str) -> String {
+    let value: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    format!("{ADMIN_PREFIX}/tenants/{tenant}/story?{param}={value}")
+}
 
 /// What a prune removed.
 #[derive(Object)]
@@ -320,6 +387,53 @@ impl AdminApi {
                 }
                 other => other.into(),
             })
+    }
+}
+
+impl AdminApi {
+    /// The entries a user filter asks for: one of a resource id, a userName (its staged users'
+    /// ids and the requests that named it) or an externalId (likewise).
+    async fn about(
+        &self,
+        tenant: &str,
+        resource_id: Option<String>,
+        user_name: Option<String>,
+        external_id: Option<String>,
+    ) -> std::result::Result<Option<About>, AdminError> {
+        let given = [&resource_id, &user_name, &external_id]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if given > 1 {
+            return Err(AdminError::bad_request(
+                "give one of resourceId, userName and externalId",
+            ));
+        }
+        Ok(match (resource_id, user_name, external_id) {
+            (Some(id), _, _) => Some(About {
+                ids: vec![id],
+                ..About::default()
+            }),
+            (_, Some(n), _) => Some(About {
+                ids: self
+                    .state
+                    .store
+                    .user_ids(tenant, &UserKey::UserName(n.clone()))
+                    .await?,
+                user_name: Some(n.to_lowercase()),
+                external_id: None,
+            }),
+            (_, _, Some(x)) => Some(About {
+                ids: self
+                    .state
+                    .store
+                    .user_ids(tenant, &UserKey::ExternalId(x.clone()))
+                    .await?,
+                user_name: None,
+                external_id: Some(x),
+            }),
+            _ => None,
+        })
     }
 }
 
@@ -535,7 +649,8 @@ impl AdminApi {
         }))
     }
 
-    /// A tenant's provisioning log: its SCIM requests, newest first
+    /// A tenant's provisioning log: its SCIM requests, newest first, filtered by user, method,
+    /// status, request id and time
     #[oai(
         path = "/tenants/:tenant/requests",
         method = "get",
@@ -546,9 +661,24 @@ impl AdminApi {
         &self,
         _auth: AdminAuth,
         tenant: Path<String>,
+        /// Requests about this resource (its id)
+        #[oai(name = "resourceId", validator(max_length = 200))]
+        resource_id: Query<Option<String>>,
+        /// Requests about this user: any with its id, and POST or PUT requests that carried
+        /// this userName (case-insensitive), refused ones included
+        #[oai(name = "userName", validator(max_length = 256))]
+        user_name: Query<Option<String>>,
+        /// Requests about the user with this externalId, as `userName` does
+        #[oai(name = "externalId", validator(max_length = 256))]
+        external_id: Query<Option<String>>,
+        /// Only this method
+        method: Query<Option<ScimMethod>>,
         /// A status (`404`) or a class (`4xx`, `5xx`)
         #[oai(validator(pattern = "^([1-5][0-9][0-9]|[1-5][xX][xX])$"))]
         status: Query<Option<String>>,
+        /// The request with this X-Request-Id
+        #[oai(name = "requestId", validator(max_length = 128))]
+        request_id: Query<Option<String>>,
         /// Requests at or after this time (RFC 3339)
         since: Query<Option<DateTime<Utc>>>,
         /// Requests before this time (RFC 3339)
@@ -562,6 +692,9 @@ impl AdminApi {
     ) -> Result<ProvisioningPage> {
         self.state.admin_tenant(&tenant)?;
         let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
+        let about = self
+            .about(&tenant, resource_id.0, user_name.0, external_id.0)
+            .await?;
         let status = match status.0.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(s) => Some(StatusFilter::parse(s).ok_or_else(|| {
@@ -570,6 +703,9 @@ impl AdminApi {
         };
         let q = ProvisioningQuery {
             status,
+            method: method.0.map(|m| m.as_str().to_string()),
+            request_id: request_id.0,
+            about,
             since: since.0,
             until: until.0,
             limit,
@@ -578,16 +714,7 @@ impl AdminApi {
         let (total, rows) = self.state.store.provisioning_log(&tenant, &q).await?;
         let items = rows
             .into_iter()
-            .map(|r| ProvisioningRequest {
-                time: r.at,
-                request_id: r.request_id,
-                method: r.method,
-                path: r.path,
-                resource_id: r.resource_id,
-                status: r.status,
-                duration_ms: r.duration_ms,
-                error: r.error,
-            })
+            .map(|r| provisioning_request(&tenant, r))
             .collect();
         Ok(Json(ProvisioningPage {
             items,

@@ -10,6 +10,7 @@ pub mod payload;
 pub mod problem;
 pub mod render;
 pub mod scim;
+pub mod subject;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -372,7 +373,7 @@ async fn scim_guard<E: Endpoint>(
 async fn observe<E: Endpoint>(
     state: Arc<AppState>,
     next: E,
-    req: Request,
+    mut req: Request,
 ) -> poem::Result<Response> {
     let request_id = req
         .header("x-request-id")
@@ -394,6 +395,8 @@ async fn observe<E: Endpoint>(
         tenant = tracing::field::Empty,
         admin = tracing::field::Empty,
     );
+    let subject = subject::Subject::default();
+    req.set_data(subject.clone());
     let at = state.clock.now();
     let start = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
@@ -435,6 +438,7 @@ async fn observe<E: Endpoint>(
                 .and_then(|l| l.rsplit('/').next())
                 .map(str::to_string)
         });
+        let named = subject.named();
         let entry = ProvisioningEntry {
             tenant: route.tenant.to_string(),
             at,
@@ -447,6 +451,8 @@ async fn observe<E: Endpoint>(
             error: resp
                 .data::<error::ErrorDetail>()
                 .map(|d| d.0.chars().take(1000).collect()),
+            user_name: named.user_name,
+            external_id: named.external_id,
         };
         // A write's entry is durable before the answer (a crash after it loses nothing the
         // client was told); reads are logged off the request path.

@@ -54,6 +54,13 @@ struct ListParams {
     excluded: Option<String>,
 }
 
+/// Tell the provisioning log whom a POST or PUT body names.
+fn record_subject(req: &Request, kind: ResourceKind, body: &Value) {
+    if let Some(s) = req.data::<super::subject::Subject>() {
+        s.from_body(kind, body);
+    }
+}
+
 impl ScimApi {
     fn tenant(&self, name: &str) -> std::result::Result<&Tenant, ScimError> {
         self.state
@@ -97,6 +104,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
+        record_subject(req, kind, body);
         let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let now = self.state.clock.now();
         let id = new_id(now);
@@ -221,6 +229,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
+        record_subject(req, kind, body);
         let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let if_match = if_match(req);
         let now = self.state.clock.now();

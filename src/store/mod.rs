@@ -178,6 +178,18 @@ pub trait StagingCounts: Send + Sync {
         tenant: &str,
         group_ids: &[String],
     ) -> Result<Vec<i64>, StoreError>;
+
+    /// The ids of the staged users (deleted ones too, until purged) with this userName
+    /// (case-insensitive) or externalId, newest first, at most `About::MAX_IDS`.
+    async fn user_ids(&self, tenant: &str, by: &UserKey) -> Result<Vec<String>, StoreError>;
+}
+
+/// A user's name or externalId, as an admin asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserKey {
+    /// Compared case-insensitively.
+    UserName(String),
+    ExternalId(String),
 }
 
 /// The provisioning log: one entry per SCIM request.
@@ -333,6 +345,10 @@ pub struct ProvisioningEntry {
     pub duration_ms: f64,
     /// The SCIM error's detail, for error answers.
     pub error: Option<String>,
+    /// Whom a POST or PUT was about, as its body said (failures included, so a refused create
+    /// can be found): the userName, lower-cased (users only), and the externalId.
+    pub user_name: Option<String>,
+    pub external_id: Option<String>,
 }
 
 /// A stored provisioning log entry.
@@ -348,6 +364,9 @@ pub struct ProvisioningRow {
     pub status: u16,
     pub duration_ms: f64,
     pub error: Option<String>,
+    /// Lower-cased.
+    pub user_name: Option<String>,
+    pub external_id: Option<String>,
 }
 
 /// Which statuses to list: one status, or a class (`4` for 4xx).
@@ -386,12 +405,36 @@ impl StatusFilter {
 #[derive(Debug, Clone, Default)]
 pub struct ProvisioningQuery {
     pub status: Option<StatusFilter>,
+    /// `POST`, `PUT`, …
+    pub method: Option<String>,
+    pub request_id: Option<String>,
+    /// Entries about one resource.
+    pub about: Option<About>,
     /// Inclusive lower bound of `at`.
     pub since: Option<DateTime<Utc>>,
     /// Exclusive upper bound of `at`.
     pub until: Option<DateTime<Utc>>,
     pub limit: i64,
     pub offset: i64,
+}
+
+/// The entries about a resource: those naming one of `ids` as their resource, or whose body
+/// carried `user_name` (lower-cased) or `external_id`. Any one matches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct About {
+    pub ids: Vec<String>,
+    pub user_name: Option<String>,
+    pub external_id: Option<String>,
+}
+
+impl About {
+    /// At most this many resource ids (a userName names one live user, and its deleted
+    /// predecessors until they are purged).
+    pub const MAX_IDS: usize = 20;
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.user_name.is_none() && self.external_id.is_none()
+    }
 }
 
 #[cfg(test)]

@@ -465,7 +465,9 @@ async fn concurrent_creates_of_one_name_give_one_user_and_one_conflict() {
 
 #[tokio::test]
 async fn admin_counts_and_the_provisioning_log() {
-    use scim_bridge::store::{ProvisioningEntry, ProvisioningQuery, StatusFilter, TenantCounts};
+    use scim_bridge::store::{
+        About, ProvisioningEntry, ProvisioningQuery, StatusFilter, TenantCounts, UserKey,
+    };
     for b in backends().await {
         let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
         assert_eq!(
@@ -510,6 +512,29 @@ async fn admin_counts_and_the_provisioning_log() {
                 .unwrap(),
             [2, 0, 0]
         );
+        // A userName's users, case-insensitively and deleted ones too; an externalId's.
+        let named = |k: UserKey| {
+            let s = s.clone();
+            async move { s.user_ids(tn, &k).await.unwrap() }
+        };
+        assert_eq!(named(UserKey::UserName("C1".into())).await, vec![u1.clone()]);
+        s.delete_user(tn, &u1, None, t(4)).await.unwrap();
+        assert_eq!(named(UserKey::UserName("c1".into())).await, vec![u1.clone()]);
+        let x = id();
+        s.update_user(tn, &rt, &u2, None, t(5), &|mut doc| {
+            doc.insert("externalId".into(), Value::String(x.clone()));
+            Ok(doc)
+        })
+        .await
+        .unwrap();
+        assert_eq!(named(UserKey::ExternalId(x.clone())).await, vec![u2.clone()]);
+        assert!(
+            named(UserKey::ExternalId(x.to_uppercase()))
+                .await
+                .is_empty(),
+            "externalId is case-exact"
+        );
+        assert!(named(UserKey::UserName("nobody".into())).await.is_empty());
 
         let entry = |minute: u32, status: u16| ProvisioningEntry {
             tenant: tn.to_string(),
@@ -519,12 +544,14 @@ async fn admin_counts_and_the_provisioning_log() {
                 .checked_add_signed(chrono::Duration::milliseconds(250))
                 .unwrap(),
             request_id: format!("r{minute}"),
-            method: "PATCH".into(),
+            method: if minute == 4 { "POST" } else { "PATCH" }.into(),
             path: "/Users/{id}".into(),
             resource_id: minute.is_multiple_of(2).then(|| format!("u{minute}")),
             status,
             duration_ms: 1.25,
             error: (status >= 400).then(|| "nope".to_string()),
+            user_name: (minute == 1 || minute == 4).then(|| "ann@example.com".to_string()),
+            external_id: (minute == 3).then(|| "X-3".to_string()),
         };
         let entries: Vec<_> = [(0, 200), (1, 404), (2, 201), (3, 500), (4, 409)]
             .iter()
@@ -580,6 +607,53 @@ async fn admin_counts_and_the_provisioning_log() {
         let (total, rows) = s.provisioning_log(tn, &q).await.unwrap();
         assert_eq!(total, 2, "since is inclusive, until exclusive");
         assert_eq!(rows.len(), 2);
+        // The entries about a resource: any of its ids, its userName or its externalId.
+        let about =
+            |ids: &[&str], user_name: Option<&str>, external_id: Option<&str>| ProvisioningQuery {
+                about: Some(About {
+                    ids: ids.iter().map(|s| s.to_string()).collect(),
+                    user_name: user_name.map(str::to_string),
+                    external_id: external_id.map(str::to_string),
+                }),
+                limit: 10,
+                ..Default::default()
+            };
+        let request_ids = |q: ProvisioningQuery| {
+            let s = s.clone();
+            async move {
+                let (total, rows) = s.provisioning_log(tn, &q).await.unwrap();
+                let ids: Vec<String> = rows.into_iter().map(|r| r.request_id).collect();
+                assert_eq!(total as usize, ids.len());
+                ids
+            }
+        };
+        assert_eq!(request_ids(about(&["u2"], None, None)).await, ["r2"]);
+        assert_eq!(
+            request_ids(about(&["u0", "u2"], Some("ann@example.com"), Some("X-3"))).await,
+            ["r4", "r3", "r2", "r1", "r0"],
+            "{}",
+            s.backend_name()
+        );
+        assert_eq!(
+            request_ids(about(&[], Some("ann@example.com"), None)).await,
+            ["r4", "r1"]
+        );
+        assert_eq!(request_ids(about(&[], None, Some("X-3"))).await, ["r3"]);
+        assert!(request_ids(about(&["nobody"], None, None)).await.is_empty());
+        let by = |method: Option<&str>, request: Option<&str>| ProvisioningQuery {
+            method: method.map(str::to_string),
+            request_id: request.map(str::to_string),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(request_ids(by(Some("POST"), None)).await, ["r4"]);
+        assert_eq!(request_ids(by(None, Some("r3"))).await, ["r3"]);
+        assert!(request_ids(by(Some("DELETE"), None)).await.is_empty());
+        let (_, rows) = s.provisioning_log(tn, &by(None, Some("r4"))).await.unwrap();
+        assert_eq!(
+            (rows[0].user_name.as_deref(), rows[0].external_id.as_deref()),
+            (Some("ann@example.com"), None)
+        );
         // Other tenants' entries may share a SQL Server database: at least this tenant's two.
         assert!(s.prune_provisioning_log(entries[2].at).await.unwrap() >= 2);
         let (total, _) = s.provisioning_log(tn, &all).await.unwrap();

@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_owners",
         sql: include_str!("../../../sql/mssql/0005_owners.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_admin_answers",
+        sql: include_str!("../../../sql/mssql/0006_admin_answers.sql"),
+    },
 ];
 
 /// The batches of a script: `GO` on a line of its own separates them, as in sqlcmd and SSMS.

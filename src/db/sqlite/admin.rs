@@ -2,16 +2,17 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{ToSql, params};
+use rusqlite::types::Value;
+use rusqlite::{ToSql, params, params_from_iter};
 
 use super::SqliteStaging;
 use super::conn::snapshot;
 use crate::store::{
-    ProvisioningEntry, ProvisioningLogStore, ProvisioningQuery, ProvisioningRow, StagingCounts,
-    StoreError, TenantCounts, format_time,
+    About, ProvisioningEntry, ProvisioningLogStore, ProvisioningQuery, ProvisioningRow,
+    StagingCounts, StoreError, TenantCounts, UserKey, format_time,
 };
 
-/// Rows per INSERT statement: 9 parameters each stays far below SQLite's parameter limit.
+/// Rows per INSERT statement: 11 parameters each stays far below SQLite's parameter limit.
 const INSERT_CHUNK: usize = 500;
 /// Rows per DELETE when pruning: each chunk is a job of its own, so SCIM writes never wait
 /// long behind a prune.
@@ -57,6 +58,22 @@ impl StagingCounts for SqliteStaging {
         })
         .await
     }
+
+    async fn user_ids(&self, tenant: &str, by: &UserKey) -> Result<Vec<String>, StoreError> {
+        let (sql, key) = match by {
+            UserKey::UserName(n) => ("user_name_ci = ?", n.to_lowercase()),
+            UserKey::ExternalId(x) => ("external_id = ?", x.clone()),
+        };
+        let sql =
+            format!("SELECT id FROM users WHERE tenant = ? AND {sql} ORDER BY pk DESC LIMIT ?");
+        let tenant = tenant.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![tenant, key, About::MAX_IDS as i64], |r| r.get(0))?;
+            Ok::<_, StoreError>(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -72,12 +89,14 @@ impl ProvisioningLogStore for SqliteStaging {
                 for chunk in entries.chunks(INSERT_CHUNK) {
                     let mut sql = String::from(
                         "INSERT INTO provisioning_log (tenant, at, request_id, method, path, \
-                         resource_id, status, duration_ms, error) VALUES ",
+                         resource_id, status, duration_ms, error, user_name, external_id) VALUES ",
                     );
-                    sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+                    sql.push_str(
+                        &vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "),
+                    );
                     let times: Vec<String> = chunk.iter().map(|e| format_time(e.at)).collect();
                     let statuses: Vec<i64> = chunk.iter().map(|e| i64::from(e.status)).collect();
-                    let mut p: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 9);
+                    let mut p: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 11);
                     for (i, e) in chunk.iter().enumerate() {
                         p.extend([
                             &e.tenant as &dyn ToSql,
@@ -89,6 +108,8 @@ impl ProvisioningLogStore for SqliteStaging {
                             &statuses[i],
                             &e.duration_ms,
                             &e.error,
+                            &e.user_name,
+                            &e.external_id,
                         ]);
                     }
                     c.prepare_cached(&sql)?.execute(&p[..])?;
@@ -144,41 +165,82 @@ impl ProvisioningLogStore for SqliteStaging {
         q: &ProvisioningQuery,
     ) -> Result<(i64, Vec<ProvisioningRow>), StoreError> {
         let (lo, hi) = q.status.map(|s| s.range()).unwrap_or((0, 999));
-        let since = q.since.map(format_time).unwrap_or_default();
-        // "~" sorts after every timestamp.
-        let until = q.until.map(format_time).unwrap_or_else(|| "~".into());
-        let (tenant, limit, offset) = (tenant.to_string(), q.limit, q.offset);
+        let mut filter = String::from("tenant = ? AND status BETWEEN ? AND ?");
+        let mut args: Vec<Value> = vec![
+            Value::Text(tenant.to_string()),
+            Value::Integer(i64::from(lo)),
+            Value::Integer(i64::from(hi)),
+        ];
+        let mut and = |sql: &str, v: Value| {
+            filter.push_str(sql);
+            args.push(v);
+        };
+        if let Some(t) = q.since {
+            and(" AND at >= ?", Value::Text(format_time(t)));
+        }
+        if let Some(t) = q.until {
+            and(" AND at < ?", Value::Text(format_time(t)));
+        }
+        if let Some(m) = &q.method {
+            and(" AND method = ?", Value::Text(m.clone()));
+        }
+        if let Some(r) = &q.request_id {
+            and(" AND request_id = ?", Value::Text(r.clone()));
+        }
+        if let Some(about) = q.about.as_ref().filter(|a| !a.is_empty()) {
+            // Each branch its own index (SQLite's OR optimisation): resource id, userName,
+            // externalId.
+            let mut any: Vec<&str> = Vec::new();
+            if !about.ids.is_empty() {
+                any.push("resource_id IN (SELECT value FROM json_each(?))");
+                args.push(Value::Text(
+                    serde_json::to_string(&about.ids).unwrap_or_else(|_| "[]".into()),
+                ));
+            }
+            if let Some(n) = &about.user_name {
+                any.push("user_name = ?");
+                args.push(Value::Text(n.clone()));
+            }
+            if let Some(x) = &about.external_id {
+                any.push("external_id = ?");
+                args.push(Value::Text(x.clone()));
+            }
+            filter.push_str(&format!(" AND ({})", any.join(" OR ")));
+        }
+        let (limit, offset) = (q.limit, q.offset);
         self.read(move |c| {
-            let filter = "tenant = ? AND status BETWEEN ? AND ? AND at >= ? AND at < ?";
-            let p = params![tenant, i64::from(lo), i64::from(hi), since, until];
             snapshot(c, || {
                 let total: i64 = c
                     .prepare_cached(&format!(
                         "SELECT count(*) FROM provisioning_log WHERE {filter}"
                     ))?
-                    .query_row(p, |r| r.get(0))?;
+                    .query_row(params_from_iter(&args), |r| r.get(0))?;
                 let mut stmt = c.prepare_cached(&format!(
-                    "SELECT id, at, request_id, method, path, resource_id, status, duration_ms, error \
+                    "SELECT id, at, request_id, method, path, resource_id, status, duration_ms, \
+                     error, user_name, external_id \
                      FROM provisioning_log WHERE {filter} ORDER BY at DESC, id DESC LIMIT ? OFFSET ?"
                 ))?;
+                let page = args
+                    .iter()
+                    .cloned()
+                    .chain([Value::Integer(limit), Value::Integer(offset)]);
                 let rows = stmt
-                    .query_map(
-                        params![tenant, i64::from(lo), i64::from(hi), since, until, limit, offset],
-                        |r| {
-                            let status: i64 = r.get(6)?;
-                            Ok(ProvisioningRow {
-                                id: r.get(0)?,
-                                at: r.get(1)?,
-                                request_id: r.get(2)?,
-                                method: r.get(3)?,
-                                path: r.get(4)?,
-                                resource_id: r.get(5)?,
-                                status: u16::try_from(status).unwrap_or(0),
-                                duration_ms: r.get(7)?,
-                                error: r.get(8)?,
-                            })
-                        },
-                    )?
+                    .query_map(params_from_iter(page), |r| {
+                        let status: i64 = r.get(6)?;
+                        Ok(ProvisioningRow {
+                            id: r.get(0)?,
+                            at: r.get(1)?,
+                            request_id: r.get(2)?,
+                            method: r.get(3)?,
+                            path: r.get(4)?,
+                            resource_id: r.get(5)?,
+                            status: u16::try_from(status).unwrap_or(0),
+                            duration_ms: r.get(7)?,
+                            error: r.get(8)?,
+                            user_name: r.get(9)?,
+                            external_id: r.get(10)?,
+                        })
+                    })?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, StoreError>((total, rows))
             })
@@ -208,6 +270,8 @@ mod tests {
             status,
             duration_ms: 1.5,
             error: (status >= 400).then(|| "nope".to_string()),
+            user_name: None,
+            external_id: None,
         }
     }
 
