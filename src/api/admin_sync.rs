@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use super::admin::{ADMIN_PREFIX, AdminAuth, page};
+use super::admin_story::{FailingPage, failing_page};
 use super::problem::{ActionError, AdminError};
 use crate::config::{AdminRole, SyncConfig};
 use crate::mapping::{Mapping, StagedGroup, StagedUser};
@@ -151,7 +152,7 @@ impl From<ledger::RunRow> for Run {
 page!(RunPage of Run);
 
 /// A field's value before and after (null: none).
-#[derive(Object)]
+#[derive(Object, Clone)]
 #[oai(rename_all = "camelCase")]
 pub struct FieldChange {
     pub before: Value,
@@ -173,7 +174,7 @@ fn changes_of(m: Map<String, Value>) -> BTreeMap<String, FieldChange> {
 }
 
 /// One user a run changed (or would change, in a dry run), failed on, held or offboarded.
-#[derive(Object)]
+#[derive(Object, Clone)]
 #[oai(rename_all = "camelCase")]
 pub struct RunItem {
     pub id: i64,
@@ -195,6 +196,22 @@ pub struct RunItem {
 }
 
 page!(RunItemPage of RunItem);
+
+impl From<ledger::ItemRow> for RunItem {
+    fn from(r: ledger::ItemRow) -> RunItem {
+        RunItem {
+            id: r.id,
+            user_id: r.user_id,
+            user_name: r.user_name,
+            app_key: r.app_key,
+            outcome: r.outcome,
+            changes: changes_of(r.changes),
+            roles_added: r.roles_added,
+            roles_removed: r.roles_removed,
+            error: r.error,
+        }
+    }
+}
 
 /// What to run.
 #[derive(Object, Default)]
@@ -291,6 +308,17 @@ pub struct LinkState {
     /// The roles the engine assigned.
     pub roles: Vec<String>,
     pub updated_at: String,
+}
+
+impl From<ledger::LinkRow> for LinkState {
+    fn from(l: ledger::LinkRow) -> LinkState {
+        LinkState {
+            app_key: l.app_key,
+            state: l.state,
+            roles: l.applied_roles.into_iter().collect(),
+            updated_at: l.updated_at,
+        }
+    }
 }
 
 /// A user rendered with the tenant's current mapping; nothing is written.
@@ -400,26 +428,6 @@ pub struct ReleasedLease {
     pub acquired_at: String,
     pub expires_at: String,
 }
-
-/// A quarantined user: it failed `attempts` runs in a row on one staged version, so runs skip
-/// it until its staged data changes or an operator releases it.
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-pub struct QuarantinedUser {
-    pub user_id: String,
-    /// Null when the user has left staging since.
-    #[oai(nullable)]
-    pub user_name: Option<String>,
-    /// Runs in a row it failed.
-    pub attempts: i64,
-    /// Why it failed last.
-    pub last_error: String,
-    pub first_failed_at: String,
-    pub last_failed_at: String,
-    pub quarantined_at: String,
-}
-
-page!(QuarantinePage of QuarantinedUser);
 
 #[derive(ApiResponse)]
 pub enum Released {
@@ -599,20 +607,7 @@ impl AdminSyncApi {
         let (total, rows) = ledger
             .items(id.0, outcome.0.as_deref(), limit, offset)
             .await?;
-        let items = rows
-            .into_iter()
-            .map(|r| RunItem {
-                id: r.id,
-                user_id: r.user_id,
-                user_name: r.user_name,
-                app_key: r.app_key,
-                outcome: r.outcome,
-                changes: changes_of(r.changes),
-                roles_added: r.roles_added,
-                roles_removed: r.roles_removed,
-                error: r.error,
-            })
-            .collect();
+        let items = rows.into_iter().map(RunItem::from).collect();
         Ok(Json(RunItemPage {
             items,
             total,
@@ -749,12 +744,7 @@ impl AdminSyncApi {
             key: p.key,
             fields: p.fields,
             roles: p.roles,
-            link: p.link.map(|l| LinkState {
-                app_key: l.app_key,
-                state: l.state,
-                roles: l.applied_roles.into_iter().collect(),
-                updated_at: l.updated_at,
-            }),
+            link: p.link.map(LinkState::from),
             changes: p.changes.map(fc),
             roles_added: p.roles_added,
             roles_removed: p.roles_removed,
@@ -898,27 +888,15 @@ impl AdminSyncApi {
         /// Items to skip
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
-    ) -> Result<QuarantinePage> {
+    ) -> Result<FailingPage> {
         let (service, _) = self.syncing(&tenant)?;
-        let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
-        let (total, rows) = service.ledger().quarantined(&tenant, limit, offset).await?;
-        Ok(Json(QuarantinePage {
-            items: rows
-                .into_iter()
-                .map(|r| QuarantinedUser {
-                    user_id: r.user_id,
-                    user_name: r.user_name,
-                    attempts: r.attempts,
-                    last_error: r.last_error,
-                    first_failed_at: r.first_failed_at,
-                    last_failed_at: r.last_failed_at,
-                    quarantined_at: r.quarantined_at,
-                })
-                .collect(),
-            total,
-            limit,
-            offset,
-        }))
+        failing_page(
+            service,
+            &tenant,
+            true,
+            self.state.admin_paging(limit.0, offset.0),
+        )
+        .await
     }
 
     /// Release a quarantined user (operator; recorded with the admin's name): the next run tries it again

@@ -2,6 +2,7 @@
 //! body limit), the SCIM API, the admin API, the OpenAPI UI and the operations endpoints.
 
 pub mod admin;
+pub mod admin_story;
 pub mod admin_sync;
 pub mod error;
 pub mod ops;
@@ -145,18 +146,27 @@ Admin errors are \
 RFC 9457 problem documents; SCIM errors use the SCIM error schema.";
 
 /// Both APIs in one OpenAPI document; `SpecOnly` variants describe without serving.
-pub type Apis = (scim::ScimApi, admin::AdminApi, admin_sync::AdminSyncApi);
+/// The admin sections come first: the UI lists them in this order.
+pub type Apis = (
+    admin_story::AdminStoryApi,
+    admin_sync::AdminSyncApi,
+    admin::AdminApi,
+    scim::ScimApi,
+);
 
 pub fn api_service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
-            scim::ScimApi {
+            admin_story::AdminStoryApi {
+                state: state.clone(),
+            },
+            admin_sync::AdminSyncApi {
                 state: state.clone(),
             },
             admin::AdminApi {
                 state: state.clone(),
             },
-            admin_sync::AdminSyncApi { state },
+            scim::ScimApi { state },
         ),
         "scim-bridge",
         env!("CARGO_PKG_VERSION"),
@@ -168,9 +178,10 @@ pub fn api_service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
 pub fn openapi_spec() -> String {
     OpenApiService::new(
         (
-            SpecOnly::<scim::ScimApi>::default(),
-            SpecOnly::<admin::AdminApi>::default(),
+            SpecOnly::<admin_story::AdminStoryApi>::default(),
             SpecOnly::<admin_sync::AdminSyncApi>::default(),
+            SpecOnly::<admin::AdminApi>::default(),
+            SpecOnly::<scim::ScimApi>::default(),
         ),
         "scim-bridge",
         env!("CARGO_PKG_VERSION"),

@@ -63,18 +63,31 @@ pub trait LedgerReads: Send + Sync {
 
     async fn count_pending(&self, tenant: &str, retention_hours: u32) -> Result<i64, SyncError>;
 
-    /// The tenant's quarantined users, longest quarantined first, and how many there are.
-    async fn quarantined(
+    /// The tenant's users whose last attempt failed (retried by every run), or only the
+    /// quarantined ones, longest failing first, and how many there are.
+    async fn failing(
         &self,
         tenant: &str,
+        quarantined_only: bool,
         limit: i64,
         offset: i64,
-    ) -> Result<(i64, Vec<QuarantineRow>), SyncError>;
+    ) -> Result<(i64, Vec<FailingRow>), SyncError>;
+
+    /// What the sync side knows of one user, in one read: its link, whether it is failing,
+    /// its queued offboarding, when its retention started, and its newest `limit` ledger
+    /// items (with their runs) and how many it has.
+    async fn user_sync(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<UserSyncRow, SyncError>;
 }
 
-/// A quarantined user: it failed `attempts` runs in a row on one staged version.
-#[derive(Debug, Clone)]
-pub struct QuarantineRow {
+/// A user whose last sync attempt failed: `attempts` runs in a row on one staged version;
+/// quarantined (skipped by the runs) since `quarantined_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailingRow {
     pub user_id: String,
     /// None when the user has left staging since.
     pub user_name: Option<String>,
@@ -82,7 +95,51 @@ pub struct QuarantineRow {
     pub last_error: String,
     pub first_failed_at: String,
     pub last_failed_at: String,
-    pub quarantined_at: String,
+    pub quarantined_at: Option<String>,
+}
+
+/// One user's sync side.
+#[derive(Debug, Clone, Default)]
+pub struct UserSyncRow {
+    pub link: Option<LinkRow>,
+    pub failing: Option<FailingRow>,
+    pub queued: Option<QueuedRow>,
+    /// The staged user's deactivated_at and deleted_at (None: active, or not staged).
+    pub deactivated_at: Option<String>,
+    pub deleted_at: Option<String>,
+    pub items_total: i64,
+    /// Newest first.
+    pub items: Vec<UserItem>,
+}
+
+/// A queued offboarding: decided (the user is purged from staging), not applied yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedRow {
+    pub app_key: String,
+    /// `delete`, `update` or `none`.
+    pub action: String,
+    pub queued_at: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+/// The action of a queued offboarding as stored (`{"action": …}`).
+pub fn queued_action(action: &str) -> String {
+    serde_json::from_str::<Value>(action)
+        .ok()
+        .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A ledger item of one user, with the run it belongs to.
+#[derive(Debug, Clone)]
+pub struct UserItem {
+    pub run_id: i64,
+    pub trigger: String,
+    pub dry_run: bool,
+    pub run_status: String,
+    pub started_at: String,
+    pub item: ItemRow,
 }
 
 /// One ledger row of the runs table, with the number of offboardings it held.
@@ -192,13 +249,15 @@ pub enum UserRef<'a> {
     Id(&'a str),
     /// Case-insensitive; a live user wins over a deleted one of the same name.
     UserName(&'a str),
+    /// Case-exact; a live user wins over a deleted one.
+    ExternalId(&'a str),
 }
 
 impl UserRef<'_> {
     /// The value compared with users.id or users.user_name_ci (names are stored lower-cased).
     pub fn key(&self) -> String {
         match self {
-            UserRef::Id(id) => id.to_string(),
+            UserRef::Id(id) | UserRef::ExternalId(id) => id.to_string(),
             UserRef::UserName(n) => n.to_lowercase(),
         }
     }

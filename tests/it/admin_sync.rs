@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 impl TestApp {
-    async fn admin_post(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
+    pub(crate) async fn admin_post(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
         let mut rb = self.admin_request(Method::POST, path, Some(token));
         if let Some(b) = body {
             rb = rb.json(&b);
@@ -20,7 +20,7 @@ impl TestApp {
     }
 
     /// Start a run of acme; answers 202 with its id.
-    async fn start_run(&self, body: Value) -> i64 {
+    pub(crate) async fn start_run(&self, body: Value) -> i64 {
         let r = self
             .admin_post(&format!("/tenants/{ACME}/runs"), OPERATOR_TOKEN, Some(body))
             .await;
@@ -34,7 +34,7 @@ impl TestApp {
     }
 
     /// The run, once it has ended.
-    async fn finished(&self, id: i64) -> Value {
+    pub(crate) async fn finished(&self, id: i64) -> Value {
         for _ in 0..500 {
             let r = self.admin_get(&format!("/runs/{id}"), &[]).await;
             r.assert_status(200);
@@ -46,12 +46,17 @@ impl TestApp {
         panic!("run {id} did not end");
     }
 
-    async fn sync_now(&self) -> Value {
+    pub(crate) async fn sync_now(&self) -> Value {
         let id = self.start_run(json!({})).await;
         self.finished(id).await
     }
 
-    async fn scifeon_user(&self, user_name: &str, given: &str, groups: &[&str]) -> String {
+    pub(crate) async fn scifeon_user(
+        &self,
+        user_name: &str,
+        given: &str,
+        groups: &[&str],
+    ) -> String {
         let id = self
             .create_user(json!({
                 "schemas": [USER_SCHEMA],

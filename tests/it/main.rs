@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin;
+mod admin_story;
 mod admin_sync;
 mod app_target_mssql;
 mod concurrency;

@@ -517,9 +517,15 @@ async fn admin_counts_and_the_provisioning_log() {
             let s = s.clone();
             async move { s.user_ids(tn, &k).await.unwrap() }
         };
-        assert_eq!(named(UserKey::UserName("C1".into())).await, vec![u1.clone()]);
+        assert_eq!(
+            named(UserKey::UserName("C1".into())).await,
+            vec![u1.clone()]
+        );
         s.delete_user(tn, &u1, None, t(4)).await.unwrap();
-        assert_eq!(named(UserKey::UserName("c1".into())).await, vec![u1.clone()]);
+        assert_eq!(
+            named(UserKey::UserName("c1".into())).await,
+            vec![u1.clone()]
+        );
         let x = id();
         s.update_user(tn, &rt, &u2, None, t(5), &|mut doc| {
             doc.insert("externalId".into(), Value::String(x.clone()));
@@ -527,7 +533,10 @@ async fn admin_counts_and_the_provisioning_log() {
         })
         .await
         .unwrap();
-        assert_eq!(named(UserKey::ExternalId(x.clone())).await, vec![u2.clone()]);
+        assert_eq!(
+            named(UserKey::ExternalId(x.clone())).await,
+            vec![u2.clone()]
+        );
         assert!(
             named(UserKey::ExternalId(x.to_uppercase()))
                 .await

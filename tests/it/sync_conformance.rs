@@ -310,6 +310,30 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
         );
         assert_eq!(pending[0].due_at, "2030-01-02T02:00:00.000Z", "{backend}");
         assert_eq!(db.lease(tn, t(3)).await.unwrap(), None, "{backend}");
+        // The user's sync side: its link, when its retention started, its items newest first.
+        let mine = db.user_sync(tn, &carl, 1).await.unwrap();
+        assert_eq!(
+            mine.link.as_ref().map(|l| l.state.as_str()),
+            Some("deactivated"),
+            "{backend}"
+        );
+        assert!(mine.failing.is_none() && mine.queued.is_none(), "{backend}");
+        assert_eq!(
+            (mine.deactivated_at.as_deref(), mine.deleted_at.as_deref()),
+            (Some("2030-01-01T02:00:00.000Z"), None),
+            "{backend}"
+        );
+        assert_eq!(mine.items.len(), 1, "the limit: {backend}");
+        assert!(
+            mine.items_total >= 2,
+            "created, then deactivated: {backend}"
+        );
+        assert_eq!(
+            (mine.items[0].run_id, mine.items[0].item.outcome.as_str()),
+            (r.run_id, "deactivated"),
+            "newest first: {backend}"
+        );
+        assert_eq!(db.user_sync(tn, "nobody", 10).await.unwrap().items_total, 0);
 
         // Every row the engine created is this tenant's.
         let keys: Vec<String> = ["ann", "bob", "carl"]
@@ -831,6 +855,44 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
         );
         assert_eq!(r.counts.created, 1, "{backend}");
         assert_eq!(s.count_quarantined(tn).await.unwrap(), 0, "{backend}");
+        // Failing now, not quarantined yet: listed with why and since when.
+        let (total, rows) = s.failing(tn, false, 10, 0).await.unwrap();
+        assert_eq!((total, rows.len()), (1, 1), "{backend}");
+        assert_eq!(
+            (
+                rows[0].user_id.as_str(),
+                rows[0].attempts,
+                rows[0].quarantined_at.as_deref()
+            ),
+            (bad.as_str(), 1, None),
+            "{backend}"
+        );
+        assert!(
+            rows[0].last_error.contains("refused"),
+            "{backend}: {rows:?}"
+        );
+        assert_eq!(s.failing(tn, true, 10, 0).await.unwrap().0, 0, "{backend}");
+        // The user's sync side in one read: failing, no link, its failed item with its run.
+        let mine = s.user_sync(tn, &bad, 10).await.unwrap();
+        assert!(mine.link.is_none() && mine.queued.is_none(), "{backend}");
+        assert_eq!(mine.failing.as_ref(), Some(&rows[0]), "{backend}");
+        assert_eq!((mine.items_total, mine.items.len()), (1, 1), "{backend}");
+        let item = &mine.items[0];
+        assert_eq!(
+            (
+                item.run_id,
+                item.item.outcome.as_str(),
+                item.dry_run,
+                item.trigger.as_str()
+            ),
+            (r.run_id, "failed", false, "api"),
+            "{backend}"
+        );
+        assert_eq!(
+            (mine.deactivated_at.as_deref(), mine.deleted_at.as_deref()),
+            (None, None),
+            "{backend}"
+        );
         let r = e.run_with(incremental()).await;
         assert_eq!(
             counts(&r),
@@ -859,7 +921,7 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             "a full run too: {backend}"
         );
 
-        let (total, rows) = s.quarantined(tn, 10, 0).await.unwrap();
+        let (total, rows) = s.failing(tn, true, 10, 0).await.unwrap();
         assert_eq!((total, rows.len()), (1, 1), "{backend}");
         let q = &rows[0];
         assert_eq!(
@@ -869,11 +931,11 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
         );
         assert!(!q.last_error.is_empty(), "{backend}");
         assert_eq!(
-            (q.first_failed_at.as_str(), q.quarantined_at.as_str()),
-            ("2030-01-01T03:00:00.000Z", "2030-01-01T03:00:00.000Z"),
+            (q.first_failed_at.as_str(), q.quarantined_at.as_deref()),
+            ("2030-01-01T03:00:00.000Z", Some("2030-01-01T03:00:00.000Z")),
             "{backend}"
         );
-        let past_the_end = s.quarantined(tn, 10, 1).await.unwrap();
+        let past_the_end = s.failing(tn, true, 10, 1).await.unwrap();
         assert_eq!((past_the_end.0, past_the_end.1.len()), (1, 0), "{backend}");
 
         // Its staged data changes: tried again, failing anew, and quarantined after two more.
@@ -894,21 +956,25 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             (RunStatus::CompletedWithErrors, 1, 0),
             "{backend}"
         );
-        assert_eq!(s.quarantined(tn, 10, 0).await.unwrap().0, 0, "{backend}");
+        assert_eq!(s.failing(tn, true, 10, 0).await.unwrap().0, 0, "{backend}");
         let r = e.run_with(incremental()).await;
         assert_eq!(
             counts(&r),
             (RunStatus::CompletedWithErrors, 1, 1),
             "{backend}"
         );
-        let (_, rows) = s.quarantined(tn, 10, 0).await.unwrap();
+        let (_, rows) = s.failing(tn, true, 10, 0).await.unwrap();
         assert_eq!(
             (
                 rows[0].attempts,
                 rows[0].first_failed_at.as_str(),
-                rows[0].quarantined_at.as_str()
+                rows[0].quarantined_at.as_deref()
             ),
-            (2, "2030-01-01T03:01:00.000Z", "2030-01-01T03:01:00.000Z"),
+            (
+                2,
+                "2030-01-01T03:01:00.000Z",
+                Some("2030-01-01T03:01:00.000Z")
+            ),
             "counted anew on the new version: {backend}"
         );
 
@@ -935,7 +1001,7 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
         assert_eq!(counts(&r), (RunStatus::Succeeded, 0, 0), "{backend}");
         assert_eq!(r.counts.created, 1, "{backend}");
         assert_eq!(e.users().await.len(), 2, "{backend}");
-        let (total, rows) = s.quarantined(tn, 10, 0).await.unwrap();
+        let (total, rows) = s.failing(tn, true, 10, 0).await.unwrap();
         assert_eq!((total, rows.len()), (0, 0), "{backend}");
     }
 }

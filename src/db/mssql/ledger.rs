@@ -13,13 +13,13 @@ use tiberius::{Query, Row};
 use super::MssqlStaging;
 use super::pool::MssqlPool;
 use super::rows::{
-    self, SqlError, at_ms, bit, first, int, opt_int, opt_text, opt_time, rows, text,
+    self, SqlError, at_ms, bit, first, int, opt_int, opt_text, opt_time, results, rows, text,
 };
-use super::sync::COUNT_QUARANTINED;
 use crate::sync::SyncError;
 use crate::sync::ledger::{
-    ItemRow, LedgerReads, LinkRow, PendingRow, QuarantineRow, RunQuery, RunRow, StagedRow, UserRef,
-    decode_item, decode_link, decode_pending, decode_staged,
+    FailingRow, ItemRow, LedgerReads, LinkRow, PendingRow, QueuedRow, RunQuery, RunRow, StagedRow,
+    UserItem, UserRef, UserSyncRow, decode_item, decode_link, decode_pending, decode_staged,
+    queued_action,
 };
 
 // ---- statements ---------------------------------------------------------------------------
@@ -140,15 +140,20 @@ fn items_page(outcome: bool) -> String {
 /// @P1 tenant, @P2 now.
 const LEASE: &str = "SELECT run_id FROM sync.leases WHERE tenant = @P1 AND expires_at > @P2";
 
+/// The column a [`UserRef`] is compared with.
+fn staged_user_column(who: &UserRef<'_>) -> &'static str {
+    match who {
+        UserRef::Id(_) => "u.id",
+        UserRef::UserName(_) => "u.user_name_ci",
+        UserRef::ExternalId(_) => "u.external_id",
+    }
+}
+
 /// One staged user with its groups (FOR JSON PATH objects, a NULL external_id left out): @P1
-/// tenant, @P2 the id or (`by_name`) the lower-cased userName. A live user wins over a deleted
-/// one, then the newest.
-fn staged_user_sql(by_name: bool) -> String {
-    let cond = if by_name {
-        "u.user_name_ci = @P2"
-    } else {
-        "u.id = @P2"
-    };
+/// tenant, @P2 the value of `column` (the id, the lower-cased userName or the externalId). A
+/// live user wins over a deleted one, then the newest.
+fn staged_user_sql(column: &str) -> String {
+    let cond = format!("{column} = @P2");
     format!(
         "SELECT TOP (1) u.id, u.user_name, u.doc, u.active, \
          CAST(CASE WHEN u.deleted_at IS NULL THEN 0 ELSE 1 END AS BIT) AS deleted, \
@@ -193,14 +198,58 @@ fn pending_page() -> String {
     )
 }
 
-/// The tenant's quarantined users, longest quarantined first, with their userName while they
-/// are staged, each ending with the number of matches (see [`counted`]): @P1 tenant, @P2
-/// offset, @P3 limit. (Counted alone by sync's COUNT_QUARANTINED.)
-const QUARANTINED_PAGE: &str = "SELECT x.user_id, u.user_name, CAST(x.attempts AS BIGINT) AS attempts, \
-     x.last_error, x.first_failed_at, x.last_failed_at, x.quarantined_at, COUNT_BIG(*) OVER () AS total \
-     FROM sync.retry x LEFT JOIN scim.users u ON u.tenant = x.tenant AND u.id = x.user_id \
-     WHERE x.tenant = @P1 AND x.quarantined_at IS NOT NULL \
-     ORDER BY x.quarantined_at, x.user_id OFFSET @P2 ROWS FETCH NEXT @P3 ROWS ONLY";
+/// A retry row `x` with its user `u`, in [`FailingRow`]'s field order.
+const FAILING_COLUMNS: &str = "x.user_id, u.user_name, CAST(x.attempts AS BIGINT) AS attempts, \
+     x.last_error, x.first_failed_at, x.last_failed_at, x.quarantined_at";
+
+/// @P1 tenant; with `quarantined_only`, quarantined users only.
+fn failing_condition(quarantined_only: bool) -> &'static str {
+    if quarantined_only {
+        "x.tenant = @P1 AND x.quarantined_at IS NOT NULL"
+    } else {
+        "x.tenant = @P1"
+    }
+}
+
+/// The tenant's failing users, longest failing first, with their userName while they are
+/// staged, each ending with the number of matches (see [`counted`]): @P1 tenant, @P2 offset,
+/// @P3 limit.
+fn failing_page(quarantined_only: bool) -> String {
+    format!(
+        "SELECT {FAILING_COLUMNS}, COUNT_BIG(*) OVER () AS total \
+         FROM sync.retry x LEFT JOIN scim.users u ON u.tenant = x.tenant AND u.id = x.user_id \
+         WHERE {} ORDER BY x.first_failed_at, x.user_id OFFSET @P2 ROWS FETCH NEXT @P3 ROWS ONLY",
+        failing_condition(quarantined_only)
+    )
+}
+
+fn count_failing(quarantined_only: bool) -> String {
+    format!(
+        "SELECT COUNT_BIG(*) FROM sync.retry x WHERE {}",
+        failing_condition(quarantined_only)
+    )
+}
+
+/// One user's sync side, six result sets: its link, its retry row, its queued offboarding,
+/// its staged lifecycle times, how many ledger items it has, and its newest @P3 items with
+/// their runs. @P1 tenant, @P2 user id.
+fn user_sync_sql() -> String {
+    format!(
+        "{LINK}; \
+         SELECT {FAILING_COLUMNS} FROM sync.retry x \
+         LEFT JOIN scim.users u ON u.tenant = x.tenant AND u.id = x.user_id \
+         WHERE x.tenant = @P1 AND x.user_id = @P2; \
+         SELECT app_key, action, queued_at, CAST(attempts AS BIGINT) AS attempts, last_error \
+         FROM sync.offboarding WHERE tenant = @P1 AND user_id = @P2; \
+         SELECT deactivated_at, deleted_at FROM scim.users WHERE tenant = @P1 AND id = @P2; \
+         SELECT COUNT_BIG(*) FROM sync.run_items i JOIN sync.runs r ON r.id = i.run_id \
+         WHERE i.user_id = @P2 AND r.tenant = @P1; \
+         SELECT TOP (@P3) r.id, r.[trigger], r.dry_run, r.status, r.started_at, i.id, i.user_id, \
+         i.user_name, i.app_key, i.outcome, i.changes, i.roles_added, i.roles_removed, i.error \
+         FROM sync.run_items i JOIN sync.runs r ON r.id = i.run_id \
+         WHERE i.user_id = @P2 AND r.tenant = @P1 ORDER BY i.id DESC"
+    )
+}
 
 /// @P1 tenant, @P2 retention hours.
 fn count_pending_sql() -> String {
@@ -396,7 +445,7 @@ impl LedgerReads for MssqlStaging {
         tenant: &str,
         who: UserRef<'_>,
     ) -> Result<Option<StagedRow>, SyncError> {
-        let mut q = Query::new(staged_user_sql(matches!(who, UserRef::UserName(_))));
+        let mut q = Query::new(staged_user_sql(staged_user_column(&who)));
         q.bind(tenant.to_string());
         q.bind(who.key());
         let mut c = self.pool.get().await?;
@@ -418,16 +467,7 @@ impl LedgerReads for MssqlStaging {
         q.bind(tenant.to_string());
         q.bind(user_id.to_string());
         let mut c = self.pool.get().await?;
-        let Some(r) = first(&mut c, q).await? else {
-            return Ok(None);
-        };
-        Ok(Some(decode_link((
-            text(&r, 0)?,
-            text(&r, 1)?,
-            text(&r, 2)?,
-            text(&r, 3)?,
-            rows::time(&r, 4)?,
-        ))))
+        Ok(first(&mut c, q).await?.as_ref().map(link_row).transpose()?)
     }
 
     async fn pending_offboardings(
@@ -464,34 +504,111 @@ impl LedgerReads for MssqlStaging {
         Ok(count(&self.pool, count_pending_query(tenant, retention_hours)).await?)
     }
 
-    async fn quarantined(
+    async fn failing(
         &self,
         tenant: &str,
+        quarantined_only: bool,
         limit: i64,
         offset: i64,
-    ) -> Result<(i64, Vec<QuarantineRow>), SyncError> {
-        let mut q = Query::new(QUARANTINED_PAGE);
+    ) -> Result<(i64, Vec<FailingRow>), SyncError> {
+        let mut q = Query::new(failing_page(quarantined_only));
         q.bind(tenant.to_string());
         q.bind(offset);
         q.bind(limit);
         let count_query = || {
-            let mut q = Query::new(COUNT_QUARANTINED);
+            let mut q = Query::new(count_failing(quarantined_only));
             q.bind(tenant.to_string());
             q
         };
-        let read = |r: &Row| {
-            Ok(QuarantineRow {
-                user_id: text(r, 0)?,
-                user_name: opt_text(r, 1)?,
-                attempts: int(r, 2)?,
-                last_error: text(r, 3)?,
-                first_failed_at: rows::time(r, 4)?,
-                last_failed_at: rows::time(r, 5)?,
-                quarantined_at: rows::time(r, 6)?,
-            })
-        };
-        Ok(counted(&self.pool, q, offset, count_query, read).await?)
+        Ok(counted(&self.pool, q, offset, count_query, failing_row).await?)
     }
+
+    /// One batch of six statements (under READ COMMITTED each sees the latest commit; an
+    /// admin's view of one user, not a snapshot the engine relies on).
+    async fn user_sync(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<UserSyncRow, SyncError> {
+        let mut q = Query::new(user_sync_sql());
+        q.bind(tenant.to_string());
+        q.bind(user_id.to_string());
+        q.bind(limit.max(0));
+        let mut c = self.pool.get().await?;
+        let sets = results(&mut c, q).await?;
+        let set = |i: usize| sets.get(i).map(Vec::as_slice).unwrap_or_default();
+        let first_of = |i: usize| set(i).first();
+        let queued = first_of(2)
+            .map(|r| {
+                Ok::<_, SqlError>(QueuedRow {
+                    app_key: text(r, 0)?,
+                    action: queued_action(&text(r, 1)?),
+                    queued_at: rows::time(r, 2)?,
+                    attempts: int(r, 3)?,
+                    last_error: opt_text(r, 4)?,
+                })
+            })
+            .transpose()?;
+        let (deactivated_at, deleted_at) = match first_of(3) {
+            Some(r) => (opt_time(r, 0)?, opt_time(r, 1)?),
+            None => (None, None),
+        };
+        let items = set(5)
+            .iter()
+            .map(|r| {
+                Ok::<_, SqlError>(UserItem {
+                    run_id: int(r, 0)?,
+                    trigger: text(r, 1)?,
+                    dry_run: bit(r, 2)?,
+                    run_status: text(r, 3)?,
+                    started_at: rows::time(r, 4)?,
+                    item: decode_item((
+                        int(r, 5)?,
+                        text(r, 6)?,
+                        opt_text(r, 7)?,
+                        opt_text(r, 8)?,
+                        text(r, 9)?,
+                        opt_text(r, 10)?,
+                        opt_text(r, 11)?,
+                        opt_text(r, 12)?,
+                        opt_text(r, 13)?,
+                    )),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(UserSyncRow {
+            link: first_of(0).map(link_row).transpose()?,
+            failing: first_of(1).map(failing_row).transpose()?,
+            queued,
+            deactivated_at,
+            deleted_at,
+            items_total: first_of(4).map(|r| int(r, 0)).transpose()?.unwrap_or(0),
+            items,
+        })
+    }
+}
+
+fn link_row(r: &Row) -> Result<LinkRow, SqlError> {
+    Ok(decode_link((
+        text(r, 0)?,
+        text(r, 1)?,
+        text(r, 2)?,
+        text(r, 3)?,
+        rows::time(r, 4)?,
+    )))
+}
+
+fn failing_row(r: &Row) -> Result<FailingRow, SqlError> {
+    Ok(FailingRow {
+        user_id: text(r, 0)?,
+        user_name: opt_text(r, 1)?,
+        attempts: int(r, 2)?,
+        last_error: text(r, 3)?,
+        first_failed_at: rows::time(r, 4)?,
+        last_failed_at: rows::time(r, 5)?,
+        quarantined_at: opt_time(r, 6)?,
+    })
 }
 
 /// Every statement the ledger can issue, each variant of the dynamic ones.
@@ -504,7 +621,7 @@ pub(super) fn statements() -> Vec<(String, String)> {
         ("LINK".into(), LINK.into()),
         ("pending_page".into(), pending_page()),
         ("count_pending_sql".into(), count_pending_sql()),
-        ("QUARANTINED_PAGE".into(), QUARANTINED_PAGE.into()),
+        ("user_sync_sql".into(), user_sync_sql()),
     ];
     for f in tests::all_filters() {
         out.push((format!("count_runs({f:?})"), count_runs(f)));
@@ -513,7 +630,19 @@ pub(super) fn statements() -> Vec<(String, String)> {
     for o in [false, true] {
         out.push((format!("count_items({o})"), count_items(o)));
         out.push((format!("items_page({o})"), items_page(o)));
-        out.push((format!("staged_user_sql({o})"), staged_user_sql(o)));
+        out.push((format!("failing_page({o})"), failing_page(o)));
+        out.push((format!("count_failing({o})"), count_failing(o)));
+    }
+    for who in [
+        UserRef::Id(""),
+        UserRef::UserName(""),
+        UserRef::ExternalId(""),
+    ] {
+        let column = staged_user_column(&who);
+        out.push((
+            format!("staged_user_sql({column})"),
+            staged_user_sql(column),
+        ));
     }
     out
 }
@@ -535,10 +664,10 @@ mod tests {
         out
     }
 
-    /// 7 fixed statements, 16 filter combinations of two, 3 pairs of variants.
+    /// 7 fixed statements, 16 filter combinations of two, 4 pairs of variants, 3 look-ups.
     #[test]
     fn every_ledger_statement_is_collected() {
-        assert_eq!(statements().len(), 7 + 32 + 6);
+        assert_eq!(statements().len(), 7 + 32 + 8 + 3);
     }
 
     #[test]

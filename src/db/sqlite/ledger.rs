@@ -10,8 +10,9 @@ use super::conn::snapshot;
 use crate::store::format_time;
 use crate::sync::SyncError;
 use crate::sync::ledger::{
-    ItemRow, LedgerReads, LinkRow, PendingRow, QuarantineRow, RunQuery, RunRow, StagedRow, UserRef,
-    decode_item, decode_link, decode_pending, decode_staged,
+    FailingRow, ItemRow, LedgerReads, LinkRow, PendingRow, QueuedRow, RawLink, RunQuery, RunRow,
+    StagedRow, UserItem, UserRef, UserSyncRow, decode_item, decode_link, decode_pending,
+    decode_staged, queued_action,
 };
 
 const RUN_COLUMNS: &str = "r.id, r.tenant, r.trigger, r.dry_run, r.full, r.status, r.started_at, \
@@ -224,6 +225,7 @@ impl LedgerReads for SqliteStaging {
         let cond = match who {
             UserRef::Id(_) => "u.id = ?",
             UserRef::UserName(_) => "u.user_name_ci = ?",
+            UserRef::ExternalId(_) => "u.external_id = ?",
         };
         let sql = format!(
             "SELECT u.id, u.user_name, u.doc, u.active, u.deleted_at IS NOT NULL, \
@@ -256,13 +258,8 @@ impl LedgerReads for SqliteStaging {
         let (tenant, user_id) = (tenant.to_string(), user_id.to_string());
         self.read(move |c| {
             let row = c
-                .prepare_cached(
-                    "SELECT app_key, applied_roles, fields, state, updated_at FROM sync_links \
-                     WHERE tenant = ? AND user_id = ?",
-                )?
-                .query_row(params![tenant, user_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
+                .prepare_cached(LINK)?
+                .query_row(params![tenant, user_id], link_row)
                 .optional()?;
             Ok(row.map(decode_link))
         })
@@ -314,43 +311,157 @@ impl LedgerReads for SqliteStaging {
             .await
     }
 
-    async fn quarantined(
+    async fn failing(
         &self,
         tenant: &str,
+        quarantined_only: bool,
         limit: i64,
         offset: i64,
-    ) -> Result<(i64, Vec<QuarantineRow>), SyncError> {
+    ) -> Result<(i64, Vec<FailingRow>), SyncError> {
+        let only = if quarantined_only {
+            " AND r.quarantined_at IS NOT NULL"
+        } else {
+            ""
+        };
         let tenant = tenant.to_string();
         self.read(move |c| {
             snapshot(c, || {
                 let total: i64 = c
-                    .prepare_cached(
-                        "SELECT count(*) FROM sync_retry WHERE tenant = ? AND quarantined_at IS NOT NULL",
-                    )?
+                    .prepare_cached(&format!(
+                        "SELECT count(*) FROM sync_retry r WHERE r.tenant = ?{only}"
+                    ))?
                     .query_row([&tenant], |r| r.get(0))?;
-                let mut stmt = c.prepare_cached(
-                    "SELECT r.user_id, u.user_name, r.attempts, r.last_error, r.first_failed_at, \
-                     r.last_failed_at, r.quarantined_at FROM sync_retry r \
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {FAILING_COLUMNS} FROM sync_retry r \
                      LEFT JOIN users u ON u.tenant = r.tenant AND u.id = r.user_id \
-                     WHERE r.tenant = ? AND r.quarantined_at IS NOT NULL \
-                     ORDER BY r.quarantined_at, r.user_id LIMIT ? OFFSET ?",
-                )?;
+                     WHERE r.tenant = ?{only} \
+                     ORDER BY r.first_failed_at, r.user_id LIMIT ? OFFSET ?"
+                ))?;
                 let rows = stmt
-                    .query_map(params![tenant, limit, offset], |r| {
-                        Ok(QuarantineRow {
-                            user_id: r.get(0)?,
-                            user_name: r.get(1)?,
-                            attempts: r.get(2)?,
-                            last_error: r.get(3)?,
-                            first_failed_at: r.get(4)?,
-                            last_failed_at: r.get(5)?,
-                            quarantined_at: r.get(6)?,
-                        })
-                    })?
+                    .query_map(params![tenant, limit, offset], failing_row)?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, SyncError>((total, rows))
             })
         })
         .await
     }
+
+    /// One snapshot: the user's link, retry row, queued offboarding, lifecycle times and
+    /// newest items (the items by their user index, newest first).
+    async fn user_sync(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<UserSyncRow, SyncError> {
+        let (tenant, user_id) = (tenant.to_string(), user_id.to_string());
+        self.read(move |c| {
+            snapshot(c, || {
+                let p = params![tenant, user_id];
+                let link = c
+                    .prepare_cached(LINK)?
+                    .query_row(p, link_row)
+                    .optional()?
+                    .map(decode_link);
+                let failing = c
+                    .prepare_cached(&format!(
+                        "SELECT {FAILING_COLUMNS} FROM sync_retry r \
+                         LEFT JOIN users u ON u.tenant = r.tenant AND u.id = r.user_id \
+                         WHERE r.tenant = ? AND r.user_id = ?"
+                    ))?
+                    .query_row(p, failing_row)
+                    .optional()?;
+                let queued = c
+                    .prepare_cached(
+                        "SELECT app_key, action, queued_at, attempts, last_error \
+                         FROM sync_offboarding WHERE tenant = ? AND user_id = ?",
+                    )?
+                    .query_row(p, |r| {
+                        Ok(QueuedRow {
+                            app_key: r.get(0)?,
+                            action: queued_action(&r.get::<_, String>(1)?),
+                            queued_at: r.get(2)?,
+                            attempts: r.get(3)?,
+                            last_error: r.get(4)?,
+                        })
+                    })
+                    .optional()?;
+                let (deactivated_at, deleted_at) = c
+                    .prepare_cached(
+                        "SELECT deactivated_at, deleted_at FROM users WHERE tenant = ? AND id = ?",
+                    )?
+                    .query_row(p, |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+                    .unwrap_or((None, None));
+                let items_total: i64 = c
+                    .prepare_cached(
+                        "SELECT count(*) FROM sync_run_items i JOIN sync_runs r ON r.id = i.run_id \
+                         WHERE i.user_id = ?2 AND r.tenant = ?1",
+                    )?
+                    .query_row(p, |r| r.get(0))?;
+                let mut stmt = c.prepare_cached(
+                    "SELECT r.id, r.trigger, r.dry_run, r.status, r.started_at, i.id, i.user_id, \
+                     i.user_name, i.app_key, i.outcome, i.changes, i.roles_added, i.roles_removed, \
+                     i.error FROM sync_run_items i JOIN sync_runs r ON r.id = i.run_id \
+                     WHERE i.user_id = ?2 AND r.tenant = ?1 ORDER BY i.id DESC LIMIT ?3",
+                )?;
+                let items = stmt
+                    .query_map(params![tenant, user_id, limit], |r| {
+                        Ok(UserItem {
+                            run_id: r.get(0)?,
+                            trigger: r.get(1)?,
+                            dry_run: r.get(2)?,
+                            run_status: r.get(3)?,
+                            started_at: r.get(4)?,
+                            item: decode_item((
+                                r.get(5)?,
+                                r.get(6)?,
+                                r.get(7)?,
+                                r.get(8)?,
+                                r.get(9)?,
+                                r.get(10)?,
+                                r.get(11)?,
+                                r.get(12)?,
+                                r.get(13)?,
+                            )),
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, SyncError>(UserSyncRow {
+                    link,
+                    failing,
+                    queued,
+                    deactivated_at,
+                    deleted_at,
+                    items_total,
+                    items,
+                })
+            })
+        })
+        .await
+    }
+}
+
+/// A link: binds tenant, user id.
+const LINK: &str = "SELECT app_key, applied_roles, fields, state, updated_at FROM sync_links \
+     WHERE tenant = ? AND user_id = ?";
+
+fn link_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawLink> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+/// A retry row `r` with its user `u`, in [`FailingRow`]'s field order.
+const FAILING_COLUMNS: &str = "r.user_id, u.user_name, r.attempts, r.last_error, \
+     r.first_failed_at, r.last_failed_at, r.quarantined_at";
+
+fn failing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FailingRow> {
+    Ok(FailingRow {
+        user_id: r.get(0)?,
+        user_name: r.get(1)?,
+        attempts: r.get(2)?,
+        last_error: r.get(3)?,
+        first_failed_at: r.get(4)?,
+        last_failed_at: r.get(5)?,
+        quarantined_at: r.get(6)?,
+    })
 }
