@@ -100,7 +100,8 @@ impl RenderError {
     /// The field and the kind of failure, with no rendered or staged value: what logs may say.
     pub fn loggable(&self) -> String {
         let what = match self.kind {
-            RenderErrorKind::EmptyKey => "the key attribute is empty".to_string(),
+            // Names the mapping's key attribute, nothing of the user's.
+            RenderErrorKind::EmptyKey => self.reason.clone(),
             RenderErrorKind::Template => "the template failed to render".to_string(),
             RenderErrorKind::Conversion(ty) => {
                 format!("the rendered value is empty or not a valid {ty}")

@@ -404,7 +404,10 @@ Strict = "{{lookup_table \"strict\" enterprise.department}}"
     let err = ok("[fields]\nA = \"x\"\n")
         .render(&u, UserState::Active)
         .unwrap_err();
-    assert_eq!(err.loggable(), "key: the key attribute is empty");
+    assert_eq!(
+        err.loggable(),
+        "key: the key attribute `externalId` is empty for this user"
+    );
 }
 
 #[test]

@@ -1681,7 +1681,7 @@ async fn failing_users_are_logged_without_the_values_their_reasons_quote() {
     );
     assert_eq!(
         reason("u-nokey").as_deref(),
-        Some("key: the key attribute is empty"),
+        Some("key: the key attribute `externalId` is empty for this user"),
         "{text}"
     );
     assert_eq!(
