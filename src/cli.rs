@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod report;
+
 use crate::app::Application;
 use crate::clock::SystemClock;
 use crate::config::{Config, LogFormat};
@@ -174,9 +176,16 @@ struct SyncArgs {
     /// Configuration file
     #[arg(long, env = "SCIM_BRIDGE_CONFIG", default_value = "scim-bridge.toml")]
     config: PathBuf,
-    /// Show what would change; write nothing (the run is still recorded in the ledger)
+    /// Show what would change; write nothing (the run is still recorded in the ledger).
+    /// Prints the counts, the first 10 users of each kind of change with the names of the
+    /// columns that change (not their values), and every failure with its reason (the first
+    /// 1000; the ledger has them all)
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: print every user it would change, each changed column with its value
+    /// before -> after, instead of the summary (columns that do not change are never printed)
+    #[arg(long, requires = "dry_run")]
+    verbose: bool,
     /// Read every user of the tenant, not only those changed since the last run
     #[arg(long)]
     full: bool,
@@ -320,7 +329,12 @@ async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
             exit::NOTHING_TO_RELEASE
         });
     }
-    let progress = Arc::new(SyncProgress::new(tty, args.dry_run));
+    let shown = match (args.dry_run, args.verbose) {
+        (true, false) => Shown::Summary(Default::default()),
+        (true, true) => Shown::Every,
+        (false, _) => Shown::Failures,
+    };
+    let progress = Arc::new(SyncProgress::new(tty, shown));
     let summary = match args.approve {
         Some(run_id) => {
             match engine.store().run_state(run_id).await? {
@@ -353,7 +367,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
         }
     };
     progress.finish();
-    print_summary(&summary);
+    print_stdout(progress.report(&summary).trim_end())?;
     use crate::sync::RunStatus;
     Ok(match summary.status {
         RunStatus::Failed => {
@@ -400,16 +414,27 @@ async fn migrate(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Progress of a CLI sync: a bar on a terminal, log lines otherwise; dry-run changes printed.
+/// Which users a CLI sync prints.
+enum Shown {
+    /// A real run: the failures, with their reasons, as they come.
+    Failures,
+    /// A dry run: at the end, a summary of the users of each kind and every failure.
+    Summary(Box<std::sync::Mutex<report::DryRunSummary>>),
+    /// A dry run with --verbose: every user and each changed value, as they come.
+    Every,
+}
+
+/// Progress of a CLI sync: a bar on a terminal, log lines otherwise; and the run's users as
+/// [`Shown`] says.
 struct SyncProgress {
     bar: Option<indicatif::ProgressBar>,
-    print_items: bool,
+    shown: Shown,
     done: std::sync::atomic::AtomicU64,
     total: std::sync::atomic::AtomicU64,
 }
 
 impl SyncProgress {
-    fn new(tty: bool, print_items: bool) -> Self {
+    fn new(tty: bool, shown: Shown) -> Self {
         let bar = tty.then(|| {
             let b = indicatif::ProgressBar::new(0);
             if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -421,7 +446,7 @@ impl SyncProgress {
         });
         SyncProgress {
             bar,
-            print_items,
+            shown,
             done: Default::default(),
             total: Default::default(),
         }
@@ -437,6 +462,17 @@ impl SyncProgress {
         match &self.bar {
             Some(b) => b.println(text),
             None => println!("{text}"),
+        }
+    }
+
+    /// What to print when the run has ended: its counts, and a dry run's summary.
+    fn report(&self, summary: &crate::sync::RunSummary) -> String {
+        match &self.shown {
+            Shown::Summary(s) => s
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .text(summary),
+            Shown::Failures | Shown::Every => report::run_text(summary),
         }
     }
 }
@@ -464,69 +500,17 @@ impl crate::sync::Progress for SyncProgress {
     }
 
     fn item(&self, item: &crate::sync::ItemReport) {
-        if !self.print_items && item.outcome != crate::sync::Outcome::Failed {
-            return;
+        match &self.shown {
+            Shown::Summary(s) => s
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .add(item),
+            Shown::Every => self.line(&report::item_text(item)),
+            Shown::Failures if item.outcome == crate::sync::Outcome::Failed => {
+                self.line(&report::item_text(item))
+            }
+            Shown::Failures => {}
         }
-        let mut text = format!(
-            "{} {} (key {}): {}",
-            item.user_id,
-            item.user_name.as_deref().unwrap_or("-"),
-            item.app_key.as_deref().unwrap_or("-"),
-            item.outcome.as_str()
-        );
-        for (column, change) in &item.changes {
-            text.push_str(&format!(
-                "\n    {column}: {} -> {}",
-                change.before, change.after
-            ));
-        }
-        if !item.roles_added.is_empty() {
-            text.push_str(&format!("\n    roles +{}", item.roles_added.join(", +")));
-        }
-        if !item.roles_removed.is_empty() {
-            text.push_str(&format!("\n    roles -{}", item.roles_removed.join(", -")));
-        }
-        if let Some(e) = &item.error {
-            text.push_str(&format!("\n    error: {e}"));
-        }
-        self.line(&text);
-    }
-}
-
-fn print_summary(s: &crate::sync::RunSummary) {
-    let c = &s.counts;
-    println!(
-        "run {} (tenant {}{}): {}",
-        s.run_id,
-        s.tenant,
-        if s.dry_run { ", dry run" } else { "" },
-        s.status.as_str()
-    );
-    println!(
-        "  created {}, updated {}, unchanged {}, deactivated {}, offboarded {}, failed {}, quarantined {}, roles added {}, roles removed {}",
-        c.created,
-        c.updated,
-        c.unchanged,
-        c.deactivated,
-        c.offboarded,
-        c.failed,
-        c.quarantined,
-        c.roles_added,
-        c.roles_removed
-    );
-    if s.held > 0 && s.dry_run {
-        println!(
-            "  {} offboardings would be held by the guard: a real run would wait for approval",
-            s.held
-        );
-    } else if s.held > 0 {
-        println!(
-            "  {} offboardings held by the guard; review the run's items, then approve with: scim-bridge sync --tenant {} --approve {}",
-            s.held, s.tenant, s.run_id
-        );
-    }
-    if let Some(e) = &s.error {
-        println!("  {e}");
     }
 }
 

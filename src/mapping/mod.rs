@@ -72,11 +72,43 @@ impl MappingError {
 }
 
 /// One user failed to render (conversion error, empty key, template error).
+///
+/// `reason` may quote what was rendered or staged (`` `Ann` is not an integer ``): it is for
+/// the ledger and the people reading it, never for logs. [`RenderError::loggable`] says the
+/// same without any value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct RenderError {
+    /// Where: the template's name (`fields.Column`), or `key`. From the mapping, not the user.
     pub field: String,
     pub reason: String,
+    pub kind: RenderErrorKind,
+}
+
+/// What went wrong in a render, without the value it concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenderErrorKind {
+    /// The key attribute is empty.
+    EmptyKey,
+    /// The template failed: a helper refused its input, a look-up has no entry, ….
+    Template,
+    /// The rendered text is empty, or not a value of the column's type.
+    Conversion(FieldType),
+}
+
+impl RenderError {
+    /// The field and the kind of failure, with no rendered or staged value: what logs may say.
+    pub fn loggable(&self) -> String {
+        let what = match self.kind {
+            // Names the mapping's key attribute, nothing of the user's.
+            RenderErrorKind::EmptyKey => self.reason.clone(),
+            RenderErrorKind::Template => "the template failed to render".to_string(),
+            RenderErrorKind::Conversion(ty) => {
+                format!("the rendered value is empty or not a valid {ty}")
+            }
+        };
+        format!("{}: {what}", self.field)
+    }
 }
 
 /// What the engine reads from staging.
@@ -630,6 +662,7 @@ impl Mapping {
                     "the key attribute `{}` is empty for this user",
                     self.target.key_source
                 ),
+                kind: RenderErrorKind::EmptyKey,
             });
         }
         let ctx = handlebars_context(ctx_json)?;
@@ -786,6 +819,7 @@ impl Mapping {
                 .map_err(|e| RenderError {
                     field: spec.template.clone(),
                     reason: e.reason().to_string(),
+                    kind: RenderErrorKind::Template,
                 })?;
             if let Some(v) = convert(spec, &rendered)? {
                 out.push((spec.column.clone(), v));
@@ -880,6 +914,7 @@ fn convert(spec: &FieldSpec, rendered: &str) -> Result<Option<FieldValue>, Rende
     let fail = |reason: String| RenderError {
         field: spec.template.clone(),
         reason,
+        kind: RenderErrorKind::Conversion(spec.ty),
     };
     let s = rendered.trim();
     if s.is_empty() {

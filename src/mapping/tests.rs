@@ -369,6 +369,47 @@ Emp = { template = "{{title}}", type = "integer" }
     );
 }
 
+/// A render error's reason quotes what was rendered; its loggable form names the field and
+/// the kind of failure only.
+#[test]
+fn loggable_render_errors_quote_no_value() {
+    let m = ok(r#"
+[fields]
+Emp = { template = "{{name.givenName}}", type = "integer" }
+"#);
+    let err = m.render(&ann(), UserState::Active).unwrap_err();
+    assert!(err.reason.contains("Ann"), "{err}");
+    assert_eq!(
+        err.loggable(),
+        "fields.Emp: the rendered value is empty or not a valid integer"
+    );
+    // A helper's refusal quotes the staged value too.
+    let m = ok(r#"
+[lookups.strict]
+values = { RD = "R" }
+[fields]
+Strict = "{{lookup_table \"strict\" enterprise.department}}"
+"#);
+    let mut u = ann();
+    u.doc
+        .insert(ENTERPRISE_SCHEMA.into(), json!({"department": "Sales"}));
+    let err = m.render(&u, UserState::Active).unwrap_err();
+    assert!(err.reason.contains("Sales"), "{err}");
+    assert_eq!(
+        err.loggable(),
+        "fields.Strict: the template failed to render"
+    );
+    let mut u = ann();
+    u.doc.remove("externalId");
+    let err = ok("[fields]\nA = \"x\"\n")
+        .render(&u, UserState::Active)
+        .unwrap_err();
+    assert_eq!(
+        err.loggable(),
+        "key: the key attribute `externalId` is empty for this user"
+    );
+}
+
 #[test]
 fn empty_handling() {
     let m = ok(r#"

@@ -125,7 +125,7 @@ impl Drop for Beating {
 pub enum Start {
     Begun(Box<Begun>),
     /// Another run holds the lease: recorded as skipped.
-    Skipped(RunSummary),
+    Skipped(Box<RunSummary>),
 }
 
 impl SyncEngine {
@@ -291,7 +291,7 @@ impl SyncEngine {
     ) -> Result<RunSummary, SyncError> {
         match self.begin(tenant, trigger, options).await? {
             Start::Begun(run) => self.execute(*run).await,
-            Start::Skipped(summary) => Ok(summary),
+            Start::Skipped(summary) => Ok(*summary),
         }
     }
 
@@ -327,7 +327,7 @@ impl SyncEngine {
                 run_id = begun.run_id,
                 "sync run skipped: another run holds the lease"
             );
-            return Ok(Start::Skipped(RunSummary {
+            return Ok(Start::Skipped(Box::new(RunSummary {
                 run_id: begun.run_id,
                 tenant: tenant.to_string(),
                 trigger,
@@ -341,7 +341,8 @@ impl SyncEngine {
                 started_at: started,
                 ended_at: started,
                 error: Some("another run holds the tenant's lease".into()),
-            }));
+                failures: vec![],
+            })));
         }
         tracing::info!(
             tenant,

@@ -13,7 +13,7 @@ use super::run::Run;
 use super::store::{
     DueBatch, DueQuery, LifecyclePlanner, LifecycleRecord, NewOffboarding, Queued, SyncStore,
 };
-use super::{ItemReport, Outcome, SyncError};
+use super::{ItemReport, Outcome, SyncError, UserFailure};
 use crate::mapping::Mapping;
 use crate::target::UserApplied;
 
@@ -50,6 +50,7 @@ fn item(row_id: &str, user_name: &str, app_key: Option<String>, outcome: Outcome
         roles_added: vec![],
         roles_removed: vec![],
         error: None,
+        log_reason: None,
     }
 }
 
@@ -81,13 +82,14 @@ fn plan_due(
         let link = batch.links.get(&row.id);
         let action = match row
             .staged()
-            .and_then(|s| mapping.offboarding(&s).map_err(|e| e.to_string()))
+            .map_err(UserFailure::Staged)
+            .and_then(|s| mapping.offboarding(&s).map_err(UserFailure::Render))
         {
             Ok(a) => a,
-            Err(error) => {
+            Err(failure) => {
                 record
                     .items
-                    .push(failed_item(row, link.map(|l| l.app_key.clone()), error));
+                    .push(failed_item(row, link.map(|l| l.app_key.clone()), failure));
                 continue;
             }
         };
@@ -234,7 +236,9 @@ impl Run<'_> {
             let mut record = self.context().record();
             record.rows_of = self.rows_of();
             for (q, error) in queued.iter().zip(errors) {
-                record.items.push(queue_item(q, error.clone()));
+                record
+                    .items
+                    .push(queue_item(q, error.clone().map(UserFailure::Offboarding)));
                 if self.options.dry_run {
                     continue;
                 }
@@ -258,7 +262,8 @@ impl Run<'_> {
 }
 
 /// The item of a queued offboarding applied (or failed).
-fn queue_item(q: &Queued, error: Option<String>) -> ItemReport {
+fn queue_item(q: &Queued, failure: Option<UserFailure>) -> ItemReport {
+    let error = failure.as_ref().map(UserFailure::reason);
     ItemReport {
         user_id: q.user_id.clone(),
         user_name: q.user_name.clone(),
@@ -276,6 +281,7 @@ fn queue_item(q: &Queued, error: Option<String>) -> ItemReport {
             q.roles.iter().cloned().collect()
         },
         error,
+        log_reason: failure.as_ref().map(UserFailure::loggable),
     }
 }
 

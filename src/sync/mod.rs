@@ -36,6 +36,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::mapping::RenderError;
 use crate::store::{DbError, StoreError};
 use crate::target::TargetError;
 pub use engine::SyncEngine;
@@ -188,7 +189,76 @@ pub struct ItemReport {
     pub changes: BTreeMap<String, Change>,
     pub roles_added: Vec<String>,
     pub roles_removed: Vec<String>,
+    /// Why the user failed, in full, for the ledger, the CLI and the admin API. It may quote a
+    /// rendered or staged value, or the application's own message.
     pub error: Option<String>,
+    /// The same reason without any value (see [`UserFailure::loggable`]): what logs may say.
+    #[serde(skip)]
+    pub log_reason: Option<String>,
+}
+
+/// Why one user failed.
+#[derive(Debug, Clone)]
+pub enum UserFailure {
+    /// The staged document or its groups could not be read back.
+    Staged(String),
+    /// The mapping could not render the user or its offboarding.
+    Render(RenderError),
+    /// The application refused the user's write (its message may quote the row's values).
+    Application(String),
+    /// The application refused the user's offboarding.
+    Offboarding(String),
+    /// The engine would not write the row (another tenant's, or one the application made):
+    /// the engine's own text, which names only columns, options and tenants.
+    Refused(String),
+}
+
+impl UserFailure {
+    /// The whole reason, for the ledger, the CLI and the admin API.
+    pub fn reason(&self) -> String {
+        match self {
+            UserFailure::Render(e) => e.to_string(),
+            UserFailure::Staged(s)
+            | UserFailure::Application(s)
+            | UserFailure::Offboarding(s)
+            | UserFailure::Refused(s) => s.clone(),
+        }
+    }
+
+    /// The reason without any rendered or staged value, nor the application's message (which
+    /// can quote the row, as SQL Server's duplicate-key error does): what logs may say. The
+    /// ledger has the whole reason.
+    pub fn loggable(&self) -> String {
+        match self {
+            UserFailure::Staged(_) => {
+                "the staged user's stored document or groups are not valid JSON".to_string()
+            }
+            UserFailure::Render(e) => e.loggable(),
+            UserFailure::Application(_) => "the application refused the write".to_string(),
+            UserFailure::Offboarding(_) => "the application refused the offboarding".to_string(),
+            UserFailure::Refused(s) => s.clone(),
+        }
+    }
+}
+
+/// A user a run failed on, as logs may tell it: its id and a reason with no value in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedUser {
+    pub user_id: String,
+    pub reason: String,
+}
+
+impl FailedUser {
+    /// The failure of a failed item (None for any other).
+    pub fn of(item: &ItemReport) -> Option<FailedUser> {
+        (item.outcome == Outcome::Failed).then(|| FailedUser {
+            user_id: item.user_id.clone(),
+            reason: item
+                .log_reason
+                .clone()
+                .unwrap_or_else(|| "failed".to_string()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -244,6 +314,45 @@ pub struct RunSummary {
     pub started_at: DateTime<Utc>,
     pub ended_at: DateTime<Utc>,
     pub error: Option<String>,
+    /// The run's first failing users (at most [`RunSummary::FAILURES_KEPT`]) with value-free
+    /// reasons, for the log; `counts.failed` counts them all, and the ledger has every one with
+    /// its whole reason.
+    pub failures: Vec<FailedUser>,
+}
+
+impl RunSummary {
+    /// Failing users a summary keeps (and a server-started run logs).
+    pub const FAILURES_KEPT: usize = 20;
+
+    /// Log the failing users the summary kept, at WARN, one event each (tenant, run id, user
+    /// id and the value-free reason; never the userName), then how many more failed. Runs the
+    /// server starts are logged so; the CLI prints the whole reasons instead.
+    pub fn log_failures(&self) {
+        for f in &self.failures {
+            tracing::warn!(
+                tenant = %self.tenant,
+                run_id = self.run_id,
+                dry_run = self.dry_run,
+                user_id = %f.user_id,
+                reason = %f.reason,
+                "sync user failed"
+            );
+        }
+        let more = self
+            .counts
+            .failed
+            .saturating_sub(self.failures.len() as u64);
+        if more > 0 {
+            tracing::warn!(
+                tenant = %self.tenant,
+                run_id = self.run_id,
+                dry_run = self.dry_run,
+                more,
+                "more sync users failed than are logged: the run's failed items list every one \
+                 with its reason (GET /admin/v1/runs/{{id}}/items?outcome=failed)"
+            );
+        }
+    }
 }
 
 impl Counts {

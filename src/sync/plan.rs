@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{Map, Value};
 
 use super::store::{Link, Mark, UserRow};
-use super::{Change, ItemReport, Outcome, SyncError};
+use super::{Change, ItemReport, Outcome, SyncError, UserFailure};
 use crate::mapping::{FieldValue, Mapping, Offboarding, RenderedUser, UserState};
 use crate::store::format_time;
 use crate::target::Existing;
@@ -20,7 +20,7 @@ pub enum Plan {
     Failed {
         row: UserRow,
         app_key: Option<String>,
-        error: String,
+        failure: UserFailure,
     },
     Write(Box<Write>),
     /// A full run: unchanged against the link, to be compared with the application row as it
@@ -191,7 +191,7 @@ pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>, full: bool) ->
             return Plan::Failed {
                 app_key: link.map(|l| l.app_key.clone()),
                 row,
-                error,
+                failure: UserFailure::Staged(error),
             };
         }
     };
@@ -201,7 +201,7 @@ pub fn plan(mapping: &Mapping, row: UserRow, link: Option<&Link>, full: bool) ->
             return Plan::Failed {
                 app_key: link.map(|l| l.app_key.clone()),
                 row,
-                error: e.to_string(),
+                failure: UserFailure::Render(e),
             };
         }
     };
@@ -321,7 +321,7 @@ pub fn plan_batch(
     })
 }
 
-pub fn failed_item(row: &UserRow, app_key: Option<String>, error: String) -> ItemReport {
+pub fn failed_item(row: &UserRow, app_key: Option<String>, failure: UserFailure) -> ItemReport {
     ItemReport {
         user_id: row.id.clone(),
         user_name: Some(row.user_name.clone()),
@@ -330,7 +330,8 @@ pub fn failed_item(row: &UserRow, app_key: Option<String>, error: String) -> Ite
         changes: BTreeMap::new(),
         roles_added: vec![],
         roles_removed: vec![],
-        error: Some(error),
+        error: Some(failure.reason()),
+        log_reason: Some(failure.loggable()),
     }
 }
 

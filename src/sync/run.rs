@@ -12,7 +12,8 @@ use super::engine::{SyncEngine, TenantSync};
 use super::plan::{Plan, Planned, Write, failed_item, field_json, plan_batch, state_name};
 use super::store::{LinkWrite, Mark, Owned, Read, Record, RetryWrite, RowsOf};
 use super::{
-    Change, Counts, ItemReport, Outcome, RunOptions, RunStatus, RunSummary, SyncError, Trigger,
+    Change, Counts, FailedUser, ItemReport, Outcome, RunOptions, RunStatus, RunSummary, SyncError,
+    Trigger, UserFailure,
 };
 use crate::mapping::Adopt;
 use crate::target::row::AppValue;
@@ -31,6 +32,8 @@ pub(super) struct Run<'a> {
     pub watermark_to: Option<i64>,
     /// Set by the heartbeat when the lease is no longer the run's.
     pub lost: Arc<AtomicBool>,
+    /// The first users that failed (for the summary and the log; the ledger has them all).
+    pub failures: Vec<FailedUser>,
 }
 
 fn join_error(e: tokio::task::JoinError) -> SyncError {
@@ -58,6 +61,7 @@ impl<'a> Run<'a> {
             held: 0,
             watermark_to: None,
             lost,
+            failures: Vec::new(),
         }
     }
 
@@ -70,6 +74,9 @@ impl<'a> Run<'a> {
         self.counts.add(item);
         if item.outcome == Outcome::OffboardingHeld {
             self.held += 1;
+        }
+        if self.failures.len() < RunSummary::FAILURES_KEPT {
+            self.failures.extend(FailedUser::of(item));
         }
         if let Some(p) = &self.options.progress {
             p.item(item);
@@ -385,8 +392,8 @@ impl<'a> Run<'a> {
                 Plan::Failed {
                     row,
                     app_key,
-                    error,
-                } => slots.push(Slot::Failed(failed_item(&row, app_key, error))),
+                    failure,
+                } => slots.push(Slot::Failed(failed_item(&row, app_key, failure))),
                 Plan::Write(w) => {
                     slots.push(Slot::Write(writes.len()));
                     writes.push(w);
@@ -440,10 +447,15 @@ impl<'a> Run<'a> {
                 roles_added: w.roles_to_add.iter().cloned().collect(),
                 roles_removed: w.roles_to_remove.iter().cloned().collect(),
                 error: None,
+                log_reason: None,
             };
             if let Some(why) = &w.refused {
                 items.push((
-                    failed_item(&w.row, Some(w.rendered.key.clone()), why.clone()),
+                    failed_item(
+                        &w.row,
+                        Some(w.rendered.key.clone()),
+                        UserFailure::Refused(why.clone()),
+                    ),
                     None,
                 ));
                 continue;
@@ -469,7 +481,11 @@ impl<'a> Run<'a> {
                         // Nothing was created: the claim goes.
                         unclaimed.push(w.rendered.key.clone());
                     }
-                    items.push((failed_item(&w.row, Some(w.rendered.key.clone()), e), None));
+                    let failure = UserFailure::Application(e);
+                    items.push((
+                        failed_item(&w.row, Some(w.rendered.key.clone()), failure),
+                        None,
+                    ));
                     continue;
                 }
             }
@@ -611,6 +627,7 @@ impl<'a> Run<'a> {
             started_at: started,
             ended_at: ended,
             error,
+            failures: std::mem::take(&mut self.failures),
         })
     }
 }

@@ -185,9 +185,10 @@ impl SyncService {
         }
     }
 
-    /// Report a finished run to the metrics: the run by status and duration, its items by
-    /// outcome.
+    /// Report a finished run to the metrics (the run by status and duration, its items by
+    /// outcome) and its failing users to the log.
     pub fn record(&self, s: &RunSummary) {
+        s.log_failures();
         let elapsed = (s.ended_at - s.started_at).to_std().unwrap_or_default();
         self.metrics
             .sync_run_finished(&s.tenant, s.status.as_str(), elapsed);

@@ -1586,6 +1586,118 @@ async fn rows_the_application_made_are_left_alone_unless_the_mapping_adopts() {
     }
 }
 
+/// What a subscriber wrote, for tests that read the log.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// The JSON log lines `f` writes.
+fn log_of(f: impl FnOnce()) -> Vec<Value> {
+    let out = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(out.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A run's summary keeps its first failing users with reasons that quote no value, and the
+/// log says who failed and why, but neither the rendered value, nor the application's
+/// message, nor the userName; the ledger keeps the whole reason.
+#[tokio::test]
+async fn failing_users_are_logged_without_the_values_their_reasons_quote() {
+    let mapping = MAPPING.replacen(
+        "active = { template = \"true\", type = \"boolean\" }",
+        "active = { template = \"{{default title \\\"true\\\"}}\", type = \"boolean\" }",
+        1,
+    );
+    assert_ne!(mapping, MAPPING);
+    let e = env_with(format!("{mapping}{DELETE}"), "").await;
+    e.app.batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON app_users WHEN NEW.user_name LIKE 'refused-%' \
+         BEGIN SELECT RAISE(ABORT, 'the application says no to this person'); END;",
+    );
+    e.user("u-title", "ann-person", Some("e0")).await;
+    e.set("u-title", "title", json!("Secret Title Value")).await;
+    e.user("u-nokey", "nokey-person", None).await;
+    for i in 0..21 {
+        e.user(
+            &format!("u{i:02}"),
+            &format!("refused-{i:02}"),
+            Some(&format!("e{i:02}")),
+        )
+        .await;
+    }
+    e.user("u-ok", "ok-person", Some("e-ok")).await;
+    let s = e.run().await;
+    assert_eq!((s.counts.created, s.counts.failed), (1, 23), "{s:?}");
+    assert_eq!(s.failures.len(), RunSummary::FAILURES_KEPT);
+    let items = e.items(s.run_id).await;
+    let error = |id: &str| items.iter().find(|i| i.0 == id).and_then(|i| i.3.clone());
+    assert!(
+        error("u-title").unwrap().contains("Secret Title Value"),
+        "the ledger keeps the whole reason: {items:?}"
+    );
+    assert!(error("u00").unwrap().contains("says no"), "{items:?}");
+
+    let lines = log_of(|| s.log_failures());
+    let text = serde_json::to_string(&lines).unwrap();
+    for secret in ["Secret Title Value", "says no", "-person", "refused-"] {
+        assert!(!text.contains(secret), "{secret:?} is in the log: {text}");
+    }
+    assert_eq!(lines.len(), RunSummary::FAILURES_KEPT + 1, "{text}");
+    let reason = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["user_id"] == id)
+            .map(|l| l["fields"]["reason"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        reason("u-title").as_deref(),
+        Some("fields.active: the rendered value is empty or not a valid boolean"),
+        "{text}"
+    );
+    assert_eq!(
+        reason("u-nokey").as_deref(),
+        Some("key: the key attribute `externalId` is empty for this user"),
+        "{text}"
+    );
+    assert_eq!(
+        reason("u00").as_deref(),
+        Some("the application refused the write"),
+        "{text}"
+    );
+    for l in &lines {
+        assert_eq!(l["level"], "WARN", "{l}");
+        assert_eq!(l["fields"]["tenant"], "t", "{l}");
+        assert_eq!(l["fields"]["run_id"], s.run_id, "{l}");
+    }
+    let last = &lines[RunSummary::FAILURES_KEPT]["fields"];
+    assert_eq!(last["more"], 3, "{text}");
+}
+
 /// A row another tenant owns is never written, whatever the key says.
 #[tokio::test]
 async fn a_row_another_tenant_owns_is_never_taken_over() {

@@ -21,5 +21,6 @@ mod provisioning;
 mod serve_crash;
 mod store_conformance;
 mod sync;
+mod sync_cli;
 mod sync_conformance;
 mod sync_crash;

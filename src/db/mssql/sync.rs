@@ -1466,6 +1466,7 @@ mod tests {
             roles_added: vec!["User".into()],
             roles_removed: vec![],
             error: None,
+            log_reason: None,
         };
         let items = items_json(std::slice::from_ref(&item)).unwrap();
         assert_eq!(keys(&items), paths(INSERT_RUN_ITEMS));
