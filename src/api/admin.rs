@@ -50,11 +50,14 @@ pub(super) use page;
 
 #[derive(Tags)]
 enum AdminTag {
-    /// Tenants and their staged counts
+    /// Tenants: how many users and groups each has, its last sync run and its next one
     Tenants,
-    /// The users and groups staged for a tenant (read-only)
+    /// What the identity provider sent: each tenant's users and groups as staged (read-only)
+    #[oai(rename = "Staged data")]
     Staging,
-    /// Every SCIM request a tenant's client made
+    /// Every request the identity provider made, with its answer: find a user's by its id,
+    /// userName or externalId, and the refused ones by status
+    #[oai(rename = "Provisioning log")]
     ProvisioningLog,
 }
 

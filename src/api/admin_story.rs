@@ -22,7 +22,7 @@ type Result<T> = std::result::Result<Json<T>, AdminError>;
 
 #[derive(Tags)]
 enum StoryTag {
-    /// What happened to a user, and which users are failing now
+    /// Start here: what happened to a user and why, and which users are failing now
     Users,
 }
 
@@ -30,6 +30,7 @@ enum StoryTag {
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
 pub struct FailingUser {
+    pub tenant: String,
     pub user_id: String,
     /// Null when the user has left staging since.
     #[oai(nullable)]
@@ -51,9 +52,10 @@ pub struct FailingUser {
 
 page!(FailingPage of FailingUser);
 
-fn failing_user(tenant: &str, r: FailingRow) -> FailingUser {
+fn failing_user(r: FailingRow) -> FailingUser {
     FailingUser {
-        user_story: story_path(tenant, "userId", &r.user_id),
+        user_story: story_path(&r.tenant, "userId", &r.user_id),
+        tenant: r.tenant,
         user_id: r.user_id,
         user_name: r.user_name,
         attempts: r.attempts,
@@ -65,10 +67,10 @@ fn failing_user(tenant: &str, r: FailingRow) -> FailingUser {
     }
 }
 
-/// A page of a syncing tenant's failing users (or quarantined ones only).
+/// A page of the failing users of a syncing tenant or of all (or quarantined ones only).
 pub async fn failing_page(
     service: &SyncService,
-    tenant: &str,
+    tenant: Option<&str>,
     quarantined_only: bool,
     (limit, offset): (i64, i64),
 ) -> Result<FailingPage> {
@@ -77,7 +79,7 @@ pub async fn failing_page(
         .failing(tenant, quarantined_only, limit, offset)
         .await?;
     Ok(Json(FailingPage {
-        items: rows.into_iter().map(|r| failing_user(tenant, r)).collect(),
+        items: rows.into_iter().map(failing_user).collect(),
         total,
         limit,
         offset,
@@ -507,7 +509,7 @@ impl AdminStoryApi {
             syncs,
             application: link.map(LinkState::from),
             last_outcome,
-            failing: failing.map(|f| failing_user(&tenant, f)),
+            failing: failing.map(failing_user),
             offboarding,
             items,
             items_total,
@@ -518,10 +520,11 @@ impl AdminStoryApi {
         Ok(Json(story))
     }
 
-    /// Users failing now: those whose last sync attempt failed (retried by every run) and the
-    /// quarantined ones, longest failing first, with why and since when
+    /// Users failing now, of every tenant or of one: those whose last sync attempt failed
+    /// (every run tries them again) and the quarantined ones, longest failing first, with why
+    /// and since when
     #[oai(
-        path = "/tenants/:tenant/failing",
+        path = "/failing",
         method = "get",
         tag = "StoryTag::Users",
         operation_id = "adminListFailing"
@@ -529,7 +532,9 @@ impl AdminStoryApi {
     async fn failing(
         &self,
         _auth: AdminAuth,
-        tenant: Path<String>,
+        /// Only this tenant's
+        #[oai(validator(max_length = 256))]
+        tenant: Query<Option<String>>,
         /// Only the quarantined users
         #[oai(default)]
         quarantined: Query<bool>,
@@ -540,19 +545,29 @@ impl AdminStoryApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
         offset: Query<Option<i64>>,
     ) -> Result<FailingPage> {
-        self.state.admin_tenant(&tenant)?;
+        let paging = self.state.admin_paging(limit.0, offset.0);
+        let tenant = tenant.0.as_deref();
+        if let Some(t) = tenant {
+            self.state.admin_tenant(t)?;
+        }
         let service = self
             .state
             .sync
             .as_ref()
-            .filter(|s| s.tenant_config(&tenant).is_ok())
-            .ok_or_else(|| AdminError::not_found(format!("tenant {:?} does not sync", &*tenant)))?;
-        failing_page(
-            service,
-            &tenant,
-            quarantined.0,
-            self.state.admin_paging(limit.0, offset.0),
-        )
-        .await
+            .filter(|s| tenant.is_none_or(|t| s.tenant_config(t).is_ok()));
+        match service {
+            Some(service) => failing_page(service, tenant, quarantined.0, paging).await,
+            // Nothing syncs (here), so nothing fails.
+            None if tenant.is_none() => Ok(Json(FailingPage {
+                items: Vec::new(),
+                total: 0,
+                limit: paging.0,
+                offset: paging.1,
+            })),
+            None => Err(AdminError::not_found(format!(
+                "tenant {:?} does not sync",
+                tenant.unwrap_or_default()
+            ))),
+        }
     }
 }

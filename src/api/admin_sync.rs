@@ -27,13 +27,16 @@ type Result<T> = std::result::Result<Json<T>, AdminError>;
 
 #[derive(Tags)]
 enum SyncTag {
-    /// Sync runs: the ledger, triggers and approvals
+    /// What each sync run did to the application, user by user; start a run; approve the
+    /// offboardings a run held
+    #[oai(rename = "Sync runs")]
     SyncRuns,
-    /// A tenant's mapping: preview and reload
+    /// How the mapping writes a user (preview, without writing), the settings in force, and
+    /// reloading them after an edit
     Mapping,
-    /// Offboardings not applied yet
+    /// Users leaving the application: who, and when their retention ends
     Offboardings,
-    /// Users skipped after failing runs in a row, and the tenant's lease
+    /// Unstick a tenant: release the lease of a run whose process died, or a quarantined user
     Recovery,
 }
 
@@ -892,7 +895,7 @@ impl AdminSyncApi {
         let (service, _) = self.syncing(&tenant)?;
         failing_page(
             service,
-            &tenant,
+            Some(&tenant),
             true,
             self.state.admin_paging(limit.0, offset.0),
         )

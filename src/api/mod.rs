@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admin_story;
 pub mod admin_sync;
+pub mod docs;
 pub mod error;
 pub mod ops;
 pub mod params;
@@ -176,6 +177,19 @@ pub fn api_service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
 
 /// The OpenAPI document (JSON) of both APIs, without a running application.
 pub fn openapi_spec() -> String {
+    spec_service().spec()
+}
+
+/// Both APIs described, with no routes and no state.
+fn spec_service() -> OpenApiService<
+    (
+        SpecOnly<admin_story::AdminStoryApi>,
+        SpecOnly<admin_sync::AdminSyncApi>,
+        SpecOnly<admin::AdminApi>,
+        SpecOnly<scim::ScimApi>,
+    ),
+    (),
+> {
     OpenApiService::new(
         (
             SpecOnly::<admin_story::AdminStoryApi>::default(),
@@ -187,7 +201,11 @@ pub fn openapi_spec() -> String {
         env!("CARGO_PKG_VERSION"),
     )
     .description(DESCRIPTION)
-    .spec()
+}
+
+#[cfg(test)]
+fn api_service_spec_html() -> String {
+    spec_service().swagger_ui_html()
 }
 
 /// An API's description with no routes: the spec needs no state.
@@ -226,7 +244,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
     );
     let scim_queries = queries.clone();
     let spec = service.spec_endpoint();
-    let docs = service.swagger_ui();
+    let docs = docs::endpoint(&service.swagger_ui_html());
     // One endpoint serves both APIs (their paths carry their prefixes); each prefix has its
     // own guard.
     let api = Arc::new(service.into_endpoint());
@@ -248,6 +266,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         .nest_no_strip(ADMIN_PREFIX, admin)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
+        .at("/", get(docs::root))
         .at("/healthz", get(healthz))
         .at("/readyz", get(ops::readyz).data(state.clone()))
         .at("/metrics", get(ops::metrics).data(state.clone()))

@@ -25,11 +25,15 @@ type Result<T> = poem::Result<T>;
 
 #[derive(Tags)]
 enum ScimTag {
-    /// SCIM 2.0 users (RFC 7644)
+    /// The SCIM 2.0 protocol the identity provider speaks (RFC 7644), with the tenant's SCIM
+    /// token: users
+    #[oai(rename = "SCIM users")]
     Users,
-    /// SCIM 2.0 groups (RFC 7644)
+    /// SCIM 2.0 groups, with the tenant's SCIM token
+    #[oai(rename = "SCIM groups")]
     Groups,
     /// SCIM 2.0 discovery: ServiceProviderConfig, ResourceTypes, Schemas
+    #[oai(rename = "SCIM discovery")]
     Discovery,
 }
 

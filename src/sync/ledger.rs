@@ -63,11 +63,11 @@ pub trait LedgerReads: Send + Sync {
 
     async fn count_pending(&self, tenant: &str, retention_hours: u32) -> Result<i64, SyncError>;
 
-    /// The tenant's users whose last attempt failed (retried by every run), or only the
-    /// quarantined ones, longest failing first, and how many there are.
+    /// The users whose last attempt failed (retried by every run), or only the quarantined
+    /// ones, of one tenant or of all, longest failing first, and how many there are.
     async fn failing(
         &self,
-        tenant: &str,
+        tenant: Option<&str>,
         quarantined_only: bool,
         limit: i64,
         offset: i64,
@@ -88,6 +88,7 @@ pub trait LedgerReads: Send + Sync {
 /// quarantined (skipped by the runs) since `quarantined_at`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailingRow {
+    pub tenant: String,
     pub user_id: String,
     /// None when the user has left staging since.
     pub user_name: Option<String>,

@@ -143,8 +143,8 @@ async fn a_users_story_says_why_it_failed_in_one_call() {
         .assert_problem(400);
 
     // Failing now: the failing user with its reason and the way to its story.
-    let failing = format!("/tenants/{ACME}/failing");
-    let r = app.admin_get(&failing, &[]).await;
+    let failing = "/failing";
+    let r = app.admin_get(failing, &[]).await;
     r.assert_status(200);
     assert_eq!(r.body["total"], 1, "{}", r.text);
     let f = &r.body["items"][0];
@@ -163,15 +163,22 @@ async fn a_users_story_says_why_it_failed_in_one_call() {
         )
         .await;
     assert_eq!(followed.body["userId"], json!(bad));
+    assert_eq!(r.body["items"][0]["tenant"], ACME);
+    // One tenant's: the same; a tenant that does not sync: 404.
+    let r = app.admin_get(failing, &[("tenant", ACME)]).await;
+    assert_eq!(r.body["total"], 1, "{}", r.text);
+    app.admin_get(failing, &[("tenant", OTHER)])
+        .await
+        .assert_problem(404);
     assert_eq!(
-        app.admin_get(&failing, &[("quarantined", "true")])
+        app.admin_get(failing, &[("quarantined", "true")])
             .await
             .body["total"],
         0
     );
     // A second failure quarantines it: listed as such, and the story says so.
     app.sync_now().await;
-    let r = app.admin_get(&failing, &[("quarantined", "true")]).await;
+    let r = app.admin_get(failing, &[("quarantined", "true")]).await;
     assert_eq!(r.body["total"], 1, "{}", r.text);
     assert_eq!(r.body["items"][0]["quarantined"], true);
     let s = story(&app, &[("userId", &bad)]).await.body;
@@ -184,7 +191,7 @@ async fn a_users_story_says_why_it_failed_in_one_call() {
     );
     assert_eq!(outcomes(&s), ["failed", "failed"]);
     // A misspelt parameter is refused, never ignored.
-    let r = app.admin_get(&failing, &[("quarantine", "true")]).await;
+    let r = app.admin_get(failing, &[("quarantine", "true")]).await;
     r.assert_problem(400);
     assert!(
         r.body["detail"].as_str().unwrap().contains("`quarantine`"),

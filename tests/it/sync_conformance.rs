@@ -856,7 +856,7 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
         assert_eq!(r.counts.created, 1, "{backend}");
         assert_eq!(s.count_quarantined(tn).await.unwrap(), 0, "{backend}");
         // Failing now, not quarantined yet: listed with why and since when.
-        let (total, rows) = s.failing(tn, false, 10, 0).await.unwrap();
+        let (total, rows) = s.failing(Some(tn), false, 10, 0).await.unwrap();
         assert_eq!((total, rows.len()), (1, 1), "{backend}");
         assert_eq!(
             (
@@ -871,7 +871,7 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             rows[0].last_error.contains("refused"),
             "{backend}: {rows:?}"
         );
-        assert_eq!(s.failing(tn, true, 10, 0).await.unwrap().0, 0, "{backend}");
+        assert_eq!(s.failing(Some(tn), true, 10, 0).await.unwrap().0, 0, "{backend}");
         // The user's sync side in one read: failing, no link, its failed item with its run.
         let mine = s.user_sync(tn, &bad, 10).await.unwrap();
         assert!(mine.link.is_none() && mine.queued.is_none(), "{backend}");
@@ -921,7 +921,7 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             "a full run too: {backend}"
         );
 
-        let (total, rows) = s.failing(tn, true, 10, 0).await.unwrap();
+        let (total, rows) = s.failing(Some(tn), true, 10, 0).await.unwrap();
         assert_eq!((total, rows.len()), (1, 1), "{backend}");
         let q = &rows[0];
         assert_eq!(
@@ -935,7 +935,7 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             ("2030-01-01T03:00:00.000Z", Some("2030-01-01T03:00:00.000Z")),
             "{backend}"
         );
-        let past_the_end = s.failing(tn, true, 10, 1).await.unwrap();
+        let past_the_end = s.failing(Some(tn), true, 10, 1).await.unwrap();
         assert_eq!((past_the_end.0, past_the_end.1.len()), (1, 0), "{backend}");
 
         // Its staged data changes: tried again, failing anew, and quarantined after two more.
@@ -956,14 +956,14 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             (RunStatus::CompletedWithErrors, 1, 0),
             "{backend}"
         );
-        assert_eq!(s.failing(tn, true, 10, 0).await.unwrap().0, 0, "{backend}");
+        assert_eq!(s.failing(Some(tn), true, 10, 0).await.unwrap().0, 0, "{backend}");
         let r = e.run_with(incremental()).await;
         assert_eq!(
             counts(&r),
             (RunStatus::CompletedWithErrors, 1, 1),
             "{backend}"
         );
-        let (_, rows) = s.failing(tn, true, 10, 0).await.unwrap();
+        let (_, rows) = s.failing(Some(tn), true, 10, 0).await.unwrap();
         assert_eq!(
             (
                 rows[0].attempts,
@@ -1001,7 +1001,7 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
         assert_eq!(counts(&r), (RunStatus::Succeeded, 0, 0), "{backend}");
         assert_eq!(r.counts.created, 1, "{backend}");
         assert_eq!(e.users().await.len(), 2, "{backend}");
-        let (total, rows) = s.failing(tn, true, 10, 0).await.unwrap();
+        let (total, rows) = s.failing(Some(tn), true, 10, 0).await.unwrap();
         assert_eq!((total, rows.len()), (0, 0), "{backend}");
     }
 }

@@ -200,33 +200,39 @@ fn pending_page() -> String {
 
 /// A retry row `x` with its user `u`, in [`FailingRow`]'s field order.
 const FAILING_COLUMNS: &str = "x.user_id, u.user_name, CAST(x.attempts AS BIGINT) AS attempts, \
-     x.last_error, x.first_failed_at, x.last_failed_at, x.quarantined_at";
+     x.last_error, x.first_failed_at, x.last_failed_at, x.quarantined_at, x.tenant";
 
-/// @P1 tenant; with `quarantined_only`, quarantined users only.
-fn failing_condition(quarantined_only: bool) -> &'static str {
-    if quarantined_only {
-        "x.tenant = @P1 AND x.quarantined_at IS NOT NULL"
-    } else {
-        "x.tenant = @P1"
-    }
+/// Which failing users: of one tenant (@P1) or of all (@P1 bound, unused), quarantined only.
+#[derive(Debug, Clone, Copy)]
+struct FailingFilter {
+    tenant: bool,
+    quarantined_only: bool,
 }
 
-/// The tenant's failing users, longest failing first, with their userName while they are
-/// staged, each ending with the number of matches (see [`counted`]): @P1 tenant, @P2 offset,
-/// @P3 limit.
-fn failing_page(quarantined_only: bool) -> String {
+fn failing_condition(f: FailingFilter) -> String {
+    let mut cond = vec![if f.tenant { "x.tenant = @P1" } else { "@P1 IS NULL" }];
+    if f.quarantined_only {
+        cond.push("x.quarantined_at IS NOT NULL");
+    }
+    cond.join(" AND ")
+}
+
+/// Failing users, longest failing first, with their userName while they are staged, each
+/// ending with the number of matches (see [`counted`]): @P1 tenant, @P2 offset, @P3 limit.
+fn failing_page(f: FailingFilter) -> String {
     format!(
         "SELECT {FAILING_COLUMNS}, COUNT_BIG(*) OVER () AS total \
          FROM sync.retry x LEFT JOIN scim.users u ON u.tenant = x.tenant AND u.id = x.user_id \
-         WHERE {} ORDER BY x.first_failed_at, x.user_id OFFSET @P2 ROWS FETCH NEXT @P3 ROWS ONLY",
-        failing_condition(quarantined_only)
+         WHERE {} ORDER BY x.first_failed_at, x.tenant, x.user_id \
+         OFFSET @P2 ROWS FETCH NEXT @P3 ROWS ONLY",
+        failing_condition(f)
     )
 }
 
-fn count_failing(quarantined_only: bool) -> String {
+fn count_failing(f: FailingFilter) -> String {
     format!(
         "SELECT COUNT_BIG(*) FROM sync.retry x WHERE {}",
-        failing_condition(quarantined_only)
+        failing_condition(f)
     )
 }
 
@@ -506,18 +512,23 @@ impl LedgerReads for MssqlStaging {
 
     async fn failing(
         &self,
-        tenant: &str,
+        tenant: Option<&str>,
         quarantined_only: bool,
         limit: i64,
         offset: i64,
     ) -> Result<(i64, Vec<FailingRow>), SyncError> {
-        let mut q = Query::new(failing_page(quarantined_only));
-        q.bind(tenant.to_string());
+        let f = FailingFilter {
+            tenant: tenant.is_some(),
+            quarantined_only,
+        };
+        let tenant = tenant.map(str::to_string);
+        let mut q = Query::new(failing_page(f));
+        q.bind(tenant.clone());
         q.bind(offset);
         q.bind(limit);
         let count_query = || {
-            let mut q = Query::new(count_failing(quarantined_only));
-            q.bind(tenant.to_string());
+            let mut q = Query::new(count_failing(f));
+            q.bind(tenant);
             q
         };
         Ok(counted(&self.pool, q, offset, count_query, failing_row).await?)
@@ -608,6 +619,7 @@ fn failing_row(r: &Row) -> Result<FailingRow, SqlError> {
         first_failed_at: rows::time(r, 4)?,
         last_failed_at: rows::time(r, 5)?,
         quarantined_at: opt_time(r, 6)?,
+        tenant: text(r, 7)?,
     })
 }
 
@@ -630,8 +642,16 @@ pub(super) fn statements() -> Vec<(String, String)> {
     for o in [false, true] {
         out.push((format!("count_items({o})"), count_items(o)));
         out.push((format!("items_page({o})"), items_page(o)));
-        out.push((format!("failing_page({o})"), failing_page(o)));
-        out.push((format!("count_failing({o})"), count_failing(o)));
+    }
+    for tenant in [false, true] {
+        for quarantined_only in [false, true] {
+            let f = FailingFilter {
+                tenant,
+                quarantined_only,
+            };
+            out.push((format!("failing_page({f:?})"), failing_page(f)));
+            out.push((format!("count_failing({f:?})"), count_failing(f)));
+        }
     }
     for who in [
         UserRef::Id(""),
@@ -664,10 +684,11 @@ mod tests {
         out
     }
 
-    /// 7 fixed statements, 16 filter combinations of two, 4 pairs of variants, 3 look-ups.
+    /// 7 fixed statements, 16 filter combinations of two, 2 pairs of variants, 4 failing
+    /// pairs, 3 look-ups.
     #[test]
     fn every_ledger_statement_is_collected() {
-        assert_eq!(statements().len(), 7 + 32 + 8 + 3);
+        assert_eq!(statements().len(), 7 + 32 + 4 + 8 + 3);
     }
 
     #[test]

@@ -313,29 +313,27 @@ impl LedgerReads for SqliteStaging {
 
     async fn failing(
         &self,
-        tenant: &str,
+        tenant: Option<&str>,
         quarantined_only: bool,
         limit: i64,
         offset: i64,
     ) -> Result<(i64, Vec<FailingRow>), SyncError> {
-        let only = if quarantined_only {
-            " AND r.quarantined_at IS NOT NULL"
-        } else {
-            ""
-        };
-        let tenant = tenant.to_string();
+        // A tenant's in its index order; all tenants' sorted (the failing users, not the users).
+        let mut cond = vec![if tenant.is_some() { "r.tenant = ?1" } else { "?1 IS NULL" }];
+        if quarantined_only {
+            cond.push("r.quarantined_at IS NOT NULL");
+        }
+        let cond = cond.join(" AND ");
+        let tenant = tenant.map(str::to_string);
         self.read(move |c| {
             snapshot(c, || {
                 let total: i64 = c
-                    .prepare_cached(&format!(
-                        "SELECT count(*) FROM sync_retry r WHERE r.tenant = ?{only}"
-                    ))?
+                    .prepare_cached(&format!("SELECT count(*) FROM sync_retry r WHERE {cond}"))?
                     .query_row([&tenant], |r| r.get(0))?;
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {FAILING_COLUMNS} FROM sync_retry r \
                      LEFT JOIN users u ON u.tenant = r.tenant AND u.id = r.user_id \
-                     WHERE r.tenant = ?{only} \
-                     ORDER BY r.first_failed_at, r.user_id LIMIT ? OFFSET ?"
+                     WHERE {cond} ORDER BY r.first_failed_at, r.tenant, r.user_id LIMIT ?2 OFFSET ?3"
                 ))?;
                 let rows = stmt
                     .query_map(params![tenant, limit, offset], failing_row)?
@@ -452,7 +450,7 @@ fn link_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawLink> {
 
 /// A retry row `r` with its user `u`, in [`FailingRow`]'s field order.
 const FAILING_COLUMNS: &str = "r.user_id, u.user_name, r.attempts, r.last_error, \
-     r.first_failed_at, r.last_failed_at, r.quarantined_at";
+     r.first_failed_at, r.last_failed_at, r.quarantined_at, r.tenant";
 
 fn failing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FailingRow> {
     Ok(FailingRow {
@@ -463,5 +461,6 @@ fn failing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FailingRow> {
         first_failed_at: r.get(4)?,
         last_failed_at: r.get(5)?,
         quarantined_at: r.get(6)?,
+        tenant: r.get(7)?,
     })
 }
