@@ -21,7 +21,7 @@ use crate::mapping::{Mapping, StagedGroup, StagedUser};
 use crate::scim::resource::normalize;
 use crate::sync::ledger::{self, LedgerReads, RunQuery, UserRef};
 use crate::sync::service::{PreviewSource, StartedRun};
-use crate::sync::{SyncService, Trigger};
+use crate::sync::{Outcome, RunStatus, SyncService, Trigger};
 
 type Result<T> = std::result::Result<Json<T>, AdminError>;
 
@@ -510,6 +510,41 @@ fn mapping_info(tenant: &str, c: &SyncConfig) -> MappingInfo {
     }
 }
 
+/// Declares an enum for a query parameter (the UI shows a dropdown) and its conversion into
+/// the sync layer's own enum, variant by variant.
+macro_rules! filter_enum {
+    ($(#[$doc:meta])* $name:ident => $target:ident { $($v:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+        #[oai(rename_all = "snake_case")]
+        pub enum $name { $($v),+ }
+
+        impl From<$name> for $target {
+            fn from(v: $name) -> Self {
+                match v { $($name::$v => $target::$v),+ }
+            }
+        }
+    };
+}
+
+filter_enum!(
+    /// A run's status.
+    RunStatusFilter => RunStatus {
+        Running, Succeeded, CompletedWithErrors, Failed, Skipped, AwaitingApproval
+    }
+);
+filter_enum!(
+    /// What started a run.
+    TriggerFilter => Trigger { Schedule, Cli, Api }
+);
+filter_enum!(
+    /// What happened to a user in a run.
+    OutcomeFilter => Outcome {
+        Created, Updated, Reactivated, Deactivated, Failed, Offboarded, Purged,
+        OffboardingHeld, Adopted
+    }
+);
+
 #[allow(clippy::too_many_arguments)]
 #[OpenApi(prefix_path = "/admin/v1")]
 impl AdminSyncApi {
@@ -527,10 +562,9 @@ impl AdminSyncApi {
         #[oai(validator(max_length = 256))]
         tenant: Query<Option<String>>,
         /// Only runs with this status
-        #[oai(validator(
-            pattern = "^(running|succeeded|completed_with_errors|failed|skipped|awaiting_approval)$"
-        ))]
-        status: Query<Option<String>>,
+        status: Query<Option<RunStatusFilter>>,
+        /// Only runs started this way
+        trigger: Query<Option<TriggerFilter>>,
         /// Runs started at or after this time (RFC 3339)
         since: Query<Option<DateTime<Utc>>>,
         /// Runs started before this time (RFC 3339)
@@ -548,7 +582,8 @@ impl AdminSyncApi {
         let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
         let q = RunQuery {
             tenant: tenant.0,
-            status: status.0,
+            status: status.0.map(|s| RunStatus::from(s).as_str().to_string()),
+            trigger: trigger.0.map(|t| Trigger::from(t).as_str().to_string()),
             since: since.0,
             until: until.0,
             limit,
@@ -591,10 +626,7 @@ impl AdminSyncApi {
         _auth: AdminAuth,
         id: Path<i64>,
         /// Only items with this outcome
-        #[oai(validator(
-            pattern = "^(created|updated|reactivated|deactivated|failed|offboarded|purged|offboarding_held)$"
-        ))]
-        outcome: Query<Option<String>>,
+        outcome: Query<Option<OutcomeFilter>>,
         /// Page size (default: server.default_page_size, at most server.max_page_size)
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
@@ -608,7 +640,12 @@ impl AdminSyncApi {
         }
         let (limit, offset) = self.state.admin_paging(limit.0, offset.0);
         let (total, rows) = ledger
-            .items(id.0, outcome.0.as_deref(), limit, offset)
+            .items(
+                id.0,
+                outcome.0.map(|o| Outcome::from(o).as_str()),
+                limit,
+                offset,
+            )
             .await?;
         let items = rows.into_iter().map(RunItem::from).collect();
         Ok(Json(RunItemPage {

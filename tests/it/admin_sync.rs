@@ -274,6 +274,35 @@ async fn a_triggered_run_is_in_the_ledger_with_its_items_and_changes() {
     app.admin_get("/runs", &[("status", "bogus")])
         .await
         .assert_problem(400);
+    // Runs started from the API; none from the schedule. Filters are enums, spelled exactly.
+    assert_eq!(
+        app.admin_get("/runs", &[("trigger", "api")]).await.body["total"],
+        3
+    );
+    assert_eq!(
+        app.admin_get("/runs", &[("trigger", "schedule")])
+            .await
+            .body["total"],
+        0
+    );
+    for (name, value) in [
+        ("trigger", "API"),
+        ("status", "Failed"),
+        ("trigger", "cron"),
+    ] {
+        app.admin_get("/runs", &[(name, value)])
+            .await
+            .assert_problem(400);
+    }
+    app.admin_get(&format!("/runs/{run}/items"), &[("outcome", "Failed")])
+        .await
+        .assert_problem(400);
+    assert_eq!(
+        app.admin_get(&format!("/runs/{run}/items"), &[("outcome", "adopted")])
+            .await
+            .body["total"],
+        0
+    );
     app.admin_get("/runs", &[("tenant", "nobody")])
         .await
         .assert_problem(404);

@@ -386,6 +386,7 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             .runs(&RunQuery {
                 tenant: Some(tn.to_string()),
                 status: None,
+                trigger: None,
                 since: None,
                 until: None,
                 limit: 100,
@@ -396,6 +397,24 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
         assert_eq!(total, 7, "{backend}");
         assert_eq!(runs[0].id, again.run_id, "{backend}");
         assert!(runs[6].dry_run && !runs[5].dry_run, "{backend}");
+        // The trigger filter: every run here was started the same way, none by the others.
+        let started_as = runs[0].trigger.clone();
+        assert!(runs.iter().all(|r| r.trigger == started_as), "{backend}");
+        for trigger in ["cli", "api", "schedule"] {
+            let q = RunQuery {
+                tenant: Some(tn.to_string()),
+                trigger: Some(trigger.to_string()),
+                limit: 100,
+                ..RunQuery::default()
+            };
+            let expected = if trigger == started_as { 7 } else { 0 };
+            let (total, page) = db.runs(&q).await.unwrap();
+            assert_eq!(
+                (total, page.len()),
+                (expected, expected as usize),
+                "{backend} {trigger}"
+            );
+        }
     }
 }
 
@@ -871,7 +890,11 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             rows[0].last_error.contains("refused"),
             "{backend}: {rows:?}"
         );
-        assert_eq!(s.failing(Some(tn), true, 10, 0).await.unwrap().0, 0, "{backend}");
+        assert_eq!(
+            s.failing(Some(tn), true, 10, 0).await.unwrap().0,
+            0,
+            "{backend}"
+        );
         // The user's sync side in one read: failing, no link, its failed item with its run.
         let mine = s.user_sync(tn, &bad, 10).await.unwrap();
         assert!(mine.link.is_none() && mine.queued.is_none(), "{backend}");
@@ -956,7 +979,11 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             (RunStatus::CompletedWithErrors, 1, 0),
             "{backend}"
         );
-        assert_eq!(s.failing(Some(tn), true, 10, 0).await.unwrap().0, 0, "{backend}");
+        assert_eq!(
+            s.failing(Some(tn), true, 10, 0).await.unwrap().0,
+            0,
+            "{backend}"
+        );
         let r = e.run_with(incremental()).await;
         assert_eq!(
             counts(&r),

@@ -40,6 +40,7 @@ const RUN_COLUMNS: &str = "r.id, r.tenant, r.[trigger], r.dry_run, r.[full], r.s
 struct RunFilters {
     tenant: bool,
     status: bool,
+    trigger: bool,
     since: bool,
     until: bool,
 }
@@ -49,6 +50,7 @@ impl RunFilters {
         RunFilters {
             tenant: q.tenant.is_some(),
             status: q.status.is_some(),
+            trigger: q.trigger.is_some(),
             since: q.since.is_some(),
             until: q.until.is_some(),
         }
@@ -61,6 +63,7 @@ impl RunFilters {
         for (set, test) in [
             (self.tenant, "r.tenant ="),
             (self.status, "r.status ="),
+            (self.trigger, "r.[trigger] ="),
             (self.since, "r.started_at >="),
             (self.until, "r.started_at <"),
         ] {
@@ -210,7 +213,11 @@ struct FailingFilter {
 }
 
 fn failing_condition(f: FailingFilter) -> String {
-    let mut cond = vec![if f.tenant { "x.tenant = @P1" } else { "@P1 IS NULL" }];
+    let mut cond = vec![if f.tenant {
+        "x.tenant = @P1"
+    } else {
+        "@P1 IS NULL"
+    }];
     if f.quarantined_only {
         cond.push("x.quarantined_at IS NOT NULL");
     }
@@ -361,6 +368,9 @@ impl LedgerReads for MssqlStaging {
             }
             if let Some(s) = &q.status {
                 query.bind(s.clone());
+            }
+            if let Some(t) = &q.trigger {
+                query.bind(t.clone());
             }
             if let Some(t) = q.since {
                 query.bind(at_ms(t));
@@ -673,22 +683,23 @@ mod tests {
 
     pub(super) fn all_filters() -> Vec<RunFilters> {
         let mut out = vec![];
-        for bits in 0..16u8 {
+        for bits in 0..32u8 {
             out.push(RunFilters {
                 tenant: bits & 1 != 0,
                 status: bits & 2 != 0,
                 since: bits & 4 != 0,
                 until: bits & 8 != 0,
+                trigger: bits & 16 != 0,
             });
         }
         out
     }
 
-    /// 7 fixed statements, 16 filter combinations of two, 2 pairs of variants, 4 failing
+    /// 7 fixed statements, 32 filter combinations of two, 2 pairs of variants, 4 failing
     /// pairs, 3 look-ups.
     #[test]
     fn every_ledger_statement_is_collected() {
-        assert_eq!(statements().len(), 7 + 32 + 4 + 8 + 3);
+        assert_eq!(statements().len(), 7 + 64 + 4 + 8 + 3);
     }
 
     #[test]
@@ -696,6 +707,7 @@ mod tests {
         let f = RunFilters {
             tenant: true,
             status: false,
+            trigger: false,
             since: true,
             until: true,
         };
@@ -722,7 +734,7 @@ mod tests {
         assert!(runs_page(none).contains("OFFSET @P1 ROWS FETCH NEXT @P2 ROWS ONLY) p"));
         // Every variant numbers its page parameters right after its filters.
         for f in all_filters() {
-            let n = [f.tenant, f.status, f.since, f.until]
+            let n = [f.tenant, f.status, f.trigger, f.since, f.until]
                 .iter()
                 .filter(|b| **b)
                 .count();

@@ -94,6 +94,9 @@ impl LedgerReads for SqliteStaging {
             if q.status.is_some() {
                 cond.push("r.status = ?");
             }
+            if q.trigger.is_some() {
+                cond.push("r.trigger = ?");
+            }
             if q.since.is_some() {
                 cond.push("r.started_at >= ?");
             }
@@ -104,6 +107,7 @@ impl LedgerReads for SqliteStaging {
             let binds: Vec<String> = [
                 q.tenant.clone(),
                 q.status.clone(),
+                q.trigger.clone(),
                 q.since.map(format_time),
                 q.until.map(format_time),
             ]
@@ -319,7 +323,11 @@ impl LedgerReads for SqliteStaging {
         offset: i64,
     ) -> Result<(i64, Vec<FailingRow>), SyncError> {
         // A tenant's in its index order; all tenants' sorted (the failing users, not the users).
-        let mut cond = vec![if tenant.is_some() { "r.tenant = ?1" } else { "?1 IS NULL" }];
+        let mut cond = vec![if tenant.is_some() {
+            "r.tenant = ?1"
+        } else {
+            "?1 IS NULL"
+        }];
         if quarantined_only {
             cond.push("r.quarantined_at IS NOT NULL");
         }
