@@ -105,10 +105,9 @@ impl AppState {
         self.sync.as_ref().map(|h| h.engine())
     }
 
-    /// The bounds on what one SCIM request may ask for (docs/scim.md): the defaults, until
-    /// they are configurable.
+    /// The bounds on what one SCIM request may ask for (`[limits]`, docs/scim.md).
     pub fn scim_limits(&self) -> &Limits {
-        &Limits::DEFAULT
+        &self.config.limits
     }
 
     /// The retention of the tenants without a sync section (a syncing tenant's runs purge

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::mapping::Mapping;
+use crate::scim::limits::Limits;
 use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
 pub use location::{DbLocation, Durability, MssqlConfig, resolve_database, resolve_sqlite_path};
 pub use raw::{LogConfig, LogFormat, ServerConfig, StagingConfig};
@@ -223,6 +224,8 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
     pub applications: BTreeMap<String, ApplicationConfig>,
     pub admin: AdminConfig,
+    /// `[limits]`: the bounds on what one SCIM request may ask for.
+    pub limits: Limits,
     /// The folder relative paths resolve against.
     pub base_dir: PathBuf,
     /// The file and overrides it was loaded from (None: parsed from text), so a reload can
@@ -387,6 +390,7 @@ impl Config {
         if raw.server.max_page_size < 1 || raw.server.default_page_size < 1 {
             return Err(invalid("server page sizes must be at least 1".into()));
         }
+        raw.limits.validate().map_err(invalid)?;
         let mut admin_tokens = Vec::new();
         for (name, t) in raw.admin.tokens {
             let hash = resolve_secret(&t.token, base_dir)
@@ -411,6 +415,7 @@ impl Config {
         };
         Ok(Config {
             admin,
+            limits: raw.limits,
             server: raw.server,
             log: raw.log,
             staging: raw.staging,
@@ -523,6 +528,41 @@ mod tests {
         assert_eq!(c.tenants["demo"].custom_schema, DEFAULT_CUSTOM_SCHEMA);
         assert!(c.tenants["demo"].accepts("0123456789abcdef"));
         assert!(!c.tenants["demo"].accepts("0123456789abcdeF"));
+    }
+
+    #[test]
+    fn limits_default_are_set_and_are_checked() {
+        assert_eq!(parse(MIN, &[]).unwrap().limits, Limits::DEFAULT);
+        let c = parse(
+            &format!("[limits]\nmax_patch_operations = 10\n{MIN}"),
+            &[("SCIM_BRIDGE_LIMITS__MAX_MEMBERS_PER_REQUEST", "100")],
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_patch_operations, 10);
+        assert_eq!(c.limits.max_members_per_request, 100);
+        assert_eq!(c.limits.max_filter_terms, Limits::DEFAULT.max_filter_terms);
+        for (bad, says) in [
+            (
+                "max_patch_operations = 0",
+                "limits.max_patch_operations must be at least 1",
+            ),
+            (
+                "max_filter_terms = 1001",
+                "limits.max_filter_terms is at most 1000",
+            ),
+            (
+                "max_filter_depth = 65",
+                "limits.max_filter_depth is at most 64",
+            ),
+            (
+                "max_user_name_chars = 257",
+                "limits.max_user_name_chars is at most 256",
+            ),
+            ("max_pach_operations = 1", "max_pach_operations"),
+        ] {
+            let e = parse(&format!("[limits]\n{bad}\n{MIN}"), &[]).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(super) struct RawConfig {
     pub(super) applications: BTreeMap<String, RawApplication>,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) limits: crate::scim::limits::Limits,
 }
 
 /// `[applications.NAME]`: an application database the sync engine writes to.

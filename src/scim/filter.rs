@@ -16,8 +16,8 @@ use super::work;
 /// Whatever is configured, parentheses, `not(` and brackets nest at most this deep, and a
 /// request has at most this many terms: `and`/`or` chains build a left-nested tree that
 /// evaluating or dropping recurses through once per operator, so these keep the stack safe.
-const DEPTH_CEILING: usize = 64;
-const TERMS_CEILING: usize = 1000;
+pub(crate) const DEPTH_CEILING: usize = 64;
+pub(crate) const TERMS_CEILING: usize = 1000;
 const OPERATORS: &str = "eq, ne, co, sw, ew, gt, ge, lt, le or pr";
 
 /// An attribute path as written by the client: optional schema URN, attribute name, optional sub-attribute.

@@ -9,10 +9,15 @@
 
 use std::fmt;
 
-use super::error::{ScimError, ScimType};
+use serde::Deserialize;
 
-/// The per-request bounds. `Limits::default()` holds the documented defaults (docs/scim.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
+use super::error::{ScimError, ScimType};
+use super::filter::{DEPTH_CEILING, TERMS_CEILING};
+
+/// The per-request bounds: the `[limits]` section of the configuration, each key defaulting
+/// to `Limits::DEFAULT` (documented in docs/scim.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Values of one multi-valued attribute (emails, phoneNumbers, roles, …) in a request, and
     /// in the resource an `add` leaves behind. Group members are rows, not values: they are
@@ -56,6 +61,27 @@ impl Limits {
         max_user_name_chars: 256,
     };
 
+    /// Every bound at least 1, and within what the code beneath it takes: filters are
+    /// evaluated recursively (at most 64 deep, 1 000 terms), and the staging column holds 256
+    /// characters of a userName.
+    pub fn validate(&self) -> Result<(), String> {
+        for bound in Bound::ALL {
+            if self.get(bound) == 0 {
+                return Err(format!("limits.{} must be at least 1", bound.name()));
+            }
+        }
+        for (bound, ceiling) in [
+            (Bound::FilterTerms, TERMS_CEILING),
+            (Bound::FilterDepth, DEPTH_CEILING),
+            (Bound::UserNameChars, Self::DEFAULT.max_user_name_chars),
+        ] {
+            if self.get(bound) > ceiling {
+                return Err(format!("limits.{} is at most {ceiling}", bound.name()));
+            }
+        }
+        Ok(())
+    }
+
     /// The configured value of `bound`.
     pub fn get(&self, bound: Bound) -> usize {
         match bound {
@@ -82,7 +108,7 @@ impl Default for Limits {
     }
 }
 
-/// One of the bounds, by the name it has in [`Limits`] (and will have in the configuration).
+/// One of the bounds, by the name it has in [`Limits`] and in the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
     ValuesPerAttribute,
@@ -95,6 +121,16 @@ pub enum Bound {
 }
 
 impl Bound {
+    pub const ALL: [Bound; 7] = [
+        Bound::ValuesPerAttribute,
+        Bound::PatchOperations,
+        Bound::FilterTerms,
+        Bound::FilterDepth,
+        Bound::AttributePaths,
+        Bound::MembersPerRequest,
+        Bound::UserNameChars,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Bound::ValuesPerAttribute => "max_values_per_attribute",

@@ -217,6 +217,12 @@ impl TestApp {
         .await
     }
 
+    /// A server whose configuration has `extra` appended (whole sections).
+    pub async fn start_configured(extra: &str) -> TestApp {
+        let extra = extra.to_string();
+        Self::start_with(move |_| extra).await
+    }
+
     async fn start_with(extra: impl FnOnce(&Path) -> String) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("staging.db");

@@ -119,6 +119,31 @@ async fn patch_operations() {
         .assert_status(200);
 }
 
+/// The bounds come from `[limits]`: a lowered one applies, the others keep their defaults.
+#[tokio::test]
+async fn configured_bounds_apply() {
+    let app = TestApp::start_configured("\n[limits]\nmax_patch_operations = 2\n").await;
+    let id = app.user("ops").await;
+    let op = json!({"op": "replace", "path": "title", "value": "T"});
+    let r = app
+        .patch(
+            &format!("/Users/{id}"),
+            &patch_ops(json!(vec![op.clone(); 3])),
+        )
+        .await;
+    r.assert_error(400, Some("invalidSyntax"));
+    assert_eq!(
+        r.body["detail"],
+        "more than 2 PATCH operations (limit max_patch_operations)"
+    );
+    app.patch(&format!("/Users/{id}"), &patch_ops(json!(vec![op; 2])))
+        .await
+        .assert_status(200);
+    let terms = vec!["userName eq \"ops\""; 100].join(" or ");
+    let r = app.list(ACME, "/Users", &[("filter", &terms)]).await;
+    r.assert_status(200);
+}
+
 #[tokio::test]
 async fn filter_terms_and_depth() {
     let app = TestApp::start().await;
