@@ -179,16 +179,16 @@ pub fn openapi_spec() -> String {
     spec_service().spec()
 }
 
+/// Every API's description, in the order the document lists them.
+type SpecApis = (
+    SpecOnly<admin_story::AdminStoryApi>,
+    SpecOnly<admin_sync::AdminSyncApi>,
+    SpecOnly<admin::AdminApi>,
+    SpecOnly<scim::ScimApi>,
+);
+
 /// Both APIs described, with no routes and no state.
-fn spec_service() -> OpenApiService<
-    (
-        SpecOnly<admin_story::AdminStoryApi>,
-        SpecOnly<admin_sync::AdminSyncApi>,
-        SpecOnly<admin::AdminApi>,
-        SpecOnly<scim::ScimApi>,
-    ),
-    (),
-> {
+fn spec_service() -> OpenApiService<SpecApis, ()> {
     OpenApiService::new(
         (
             SpecOnly::<admin_story::AdminStoryApi>::default(),
