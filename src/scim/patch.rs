@@ -124,6 +124,7 @@ pub fn apply(
     limits: &Limits,
 ) -> Result<Vec<MemberOp>, ScimError> {
     let user_name_before = doc.get("userName").cloned();
+    let key_texts_before = resource::KEY_TEXTS.map(|k| doc.get(k).cloned());
     let mut patch = Patch {
         rt,
         limits,
@@ -166,6 +167,15 @@ pub fn apply(
     // A userName stored before the rule existed stays usable; a new one must follow it.
     if rt.kind == ResourceKind::User && doc.get(required) != user_name_before.as_ref() {
         resource::check_user_name(value, limits)?;
+    }
+    for (name, before) in resource::KEY_TEXTS.iter().zip(&key_texts_before) {
+        let applies = *name != "displayName" || rt.kind == ResourceKind::Group;
+        match doc.get(*name) {
+            Some(Value::String(now)) if applies && Some(&doc[*name]) != before.as_ref() => {
+                resource::check_key_text(name, now)?
+            }
+            _ => {}
+        }
     }
     Ok(patch.members)
 }

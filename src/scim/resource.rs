@@ -116,12 +116,41 @@ fn check_required(
     match doc.get(name).and_then(Value::as_str) {
         Some(s) if !s.trim().is_empty() => match rt.kind {
             ResourceKind::User => check_user_name(s, limits),
-            ResourceKind::Group => Ok(()),
-        },
-        _ => Err(ScimError::invalid_value(format!(
-            "{name} is required and must be a non-empty string"
-        ))),
+            ResourceKind::Group => check_key_text("displayName", s),
+        }?,
+        _ => {
+            return Err(ScimError::invalid_value(format!(
+                "{name} is required and must be a non-empty string"
+            )));
+        }
     }
+    match doc.get("externalId") {
+        Some(Value::String(x)) => check_key_text("externalId", x),
+        _ => Ok(()),
+    }
+}
+
+/// Characters a staging key column holds (`externalId`, a group's `displayName`): the width of
+/// the column on SQL Server, so that what one backend accepts the other does too.
+pub const KEY_TEXT_CHARS: usize = 256;
+
+/// The attributes [`check_key_text`] applies to (`displayName`: a group's only).
+pub const KEY_TEXTS: [&str; 2] = ["externalId", "displayName"];
+
+/// A group's displayName and an externalId are looked up and compared: at most
+/// [`KEY_TEXT_CHARS`] characters, no control characters.
+pub fn check_key_text(name: &str, value: &str) -> Result<(), ScimError> {
+    if value.chars().any(char::is_control) {
+        return Err(ScimError::invalid_value(format!(
+            "{name} must not contain control characters"
+        )));
+    }
+    if value.chars().nth(KEY_TEXT_CHARS).is_some() {
+        return Err(ScimError::invalid_value(format!(
+            "{name}: longer than {KEY_TEXT_CHARS} characters"
+        )));
+    }
+    Ok(())
 }
 
 /// The userName rule (docs/scim.md): no whitespace at either end, no control characters (NUL
@@ -726,6 +755,10 @@ mod tests {
         ResourceType::user(DEFAULT_CUSTOM_SCHEMA)
     }
 
+    fn group_rt() -> ResourceType {
+        ResourceType::group()
+    }
+
     fn normalize(rt: &ResourceType, input: &Value) -> Result<Normalized, ScimError> {
         super::normalize(rt, input, &Limits::default())
     }
@@ -928,6 +961,46 @@ mod tests {
                 "the detail never echoes the value"
             );
         }
+        // externalId and a group's displayName: the key columns' width, no control characters.
+        assert!(
+            normalize(
+                &rt,
+                &json!({"userName": "a", "externalId": "x".repeat(256)})
+            )
+            .is_ok()
+        );
+        for (doc, says) in [
+            (
+                json!({"userName": "a", "externalId": "x".repeat(257)}),
+                "externalId: longer than 256",
+            ),
+            (
+                json!({"userName": "a", "externalId": "x\u{0}"}),
+                "externalId must not contain",
+            ),
+            (
+                json!({"displayName": "g".repeat(257)}),
+                "displayName: longer than 256",
+            ),
+            (
+                json!({"displayName": "g\n"}),
+                "displayName must not contain",
+            ),
+        ] {
+            let rt = if doc.get("userName").is_some() {
+                user_rt()
+            } else {
+                group_rt()
+            };
+            let e = normalize(&rt, &doc).unwrap_err();
+            assert_eq!(
+                (e.status, e.detail.starts_with(says)),
+                (400, true),
+                "{}",
+                e.detail
+            );
+        }
+        assert!(normalize(&group_rt(), &json!({"displayName": "g".repeat(256)})).is_ok());
         let e = user(&"ü".repeat(257)).unwrap_err();
         assert_eq!(
             e.detail,

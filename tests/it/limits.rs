@@ -389,3 +389,37 @@ async fn user_name_rule_and_length() {
     .await
     .assert_status(200);
 }
+
+/// externalId and a group's displayName fit their key columns on every backend: POST, PUT and
+/// PATCH beyond 256 characters are refused and change nothing.
+#[tokio::test]
+async fn key_texts_fit_their_columns() {
+    let app = TestApp::start().await;
+    let long = "x".repeat(257);
+    let r = app
+        .post(
+            "/Users",
+            &json!({"schemas": [USER_SCHEMA], "userName": "kit", "externalId": long}),
+        )
+        .await;
+    r.assert_error(400, Some("invalidValue"));
+    assert!(!r.text.contains(&long));
+    assert_eq!(users_named(&app, "kit").await, 0);
+    let g = app.group("Chemists", &[]).await;
+    let before = app.get(&format!("/Groups/{g}")).await.body;
+    for ops in [
+        json!([{"op": "replace", "path": "displayName", "value": long}]),
+        json!([{"op": "replace", "path": "externalId", "value": "a\u{0}b"}]),
+    ] {
+        app.patch(&format!("/Groups/{g}"), &patch_ops(ops))
+            .await
+            .assert_error(400, Some("invalidValue"));
+    }
+    assert_eq!(app.get(&format!("/Groups/{g}")).await.body, before);
+    app.patch(
+        &format!("/Groups/{g}"),
+        &patch_ops(json!([{"op": "replace", "path": "displayName", "value": "x".repeat(256)}])),
+    )
+    .await
+    .assert_status(204);
+}
