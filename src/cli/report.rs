@@ -233,6 +233,7 @@ mod tests {
             roles_added: vec![],
             roles_removed: vec![],
             error: None,
+            action: None,
             log_reason: None,
         }
     }

@@ -27,7 +27,7 @@ use crate::mapping::Mapping;
 use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
 pub use location::{DbLocation, Durability, MssqlConfig, resolve_database, resolve_sqlite_path};
 pub use raw::{LogConfig, LogFormat, ServerConfig, StagingConfig};
-use raw::{RawConfig, RawSync, default_log_days};
+use raw::{RawConfig, RawSync, default_log_days, default_noop_run_days, default_run_days};
 pub use schedule::Schedule;
 use secret::resolve_secret;
 pub use secret::{RawSecret, TokenHash};
@@ -73,6 +73,11 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
     /// Days a provisioning log entry is kept; 0 keeps no log at all.
     pub provisioning_log_days: u32,
+    /// Days a no-op sync run (nothing changed, nothing failed) is kept in the ledger; 0: as
+    /// long as other runs.
+    pub noop_run_days: u32,
+    /// Days any other sync run is kept; 0: for ever.
+    pub run_days: u32,
 }
 
 impl Default for AdminConfig {
@@ -80,6 +85,8 @@ impl Default for AdminConfig {
         AdminConfig {
             tokens: vec![],
             provisioning_log_days: default_log_days(),
+            noop_run_days: default_noop_run_days(),
+            run_days: default_run_days(),
         }
     }
 }
@@ -405,9 +412,18 @@ impl Config {
                 role: t.role,
             });
         }
+        let (noop_run_days, run_days) = (raw.admin.noop_run_days, raw.admin.run_days);
+        if run_days > 0 && noop_run_days > run_days {
+            return Err(invalid(format!(
+                "admin.noop_run_days ({noop_run_days}) exceeds admin.run_days ({run_days}): \
+                 no-op runs would be kept longer than runs that changed something"
+            )));
+        }
         let admin = AdminConfig {
             tokens: admin_tokens,
             provisioning_log_days: raw.admin.provisioning_log_days,
+            noop_run_days,
+            run_days,
         };
         Ok(Config {
             admin,
@@ -689,6 +705,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.admin.provisioning_log_days, 3);
+        assert_eq!((c.admin.noop_run_days, c.admin.run_days), (7, 90));
         let who = |t: &str| c.admin.authenticate(t).map(|a| (a.name.clone(), a.role));
         assert_eq!(
             who("operator-token-0123456"),

@@ -443,6 +443,7 @@ impl<'a> Run<'a> {
                 user_name: Some(w.row.user_name.clone()),
                 app_key: Some(w.rendered.key.clone()),
                 outcome: w.outcome,
+                action: None,
                 changes: w.changes.clone(),
                 roles_added: w.roles_to_add.iter().cloned().collect(),
                 roles_removed: w.roles_to_remove.iter().cloned().collect(),

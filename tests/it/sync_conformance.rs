@@ -23,7 +23,7 @@ use scim_bridge::scim::resource::normalize;
 use scim_bridge::store::StoreError;
 use scim_bridge::sync::holder::Holder;
 use scim_bridge::sync::ledger::RunQuery;
-use scim_bridge::sync::store::{BeginRun, Heartbeat, Owned, RowsOf};
+use scim_bridge::sync::store::{BeginRun, FinishRun, Heartbeat, Owned, RowsOf};
 use scim_bridge::sync::{Change, RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
 
 use crate::store_conformance::{Backend, backends, group_change, id, rt, t};
@@ -802,11 +802,27 @@ async fn an_approvals_run_is_recorded_in_the_lease() {
         let backend = s.backend_name();
         let holder = Holder::this_process().to_string();
         let held = s
-            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .begin_run(begin(tn, &holder, None, false, t(3)))
             .await
             .unwrap();
+        s.finish_run(FinishRun {
+            tenant: tn.to_string(),
+            run_id: held.run_id,
+            holder: Some(holder.clone()),
+            status: RunStatus::AwaitingApproval,
+            counts: Default::default(),
+            watermark_to: None,
+            ended_at: t(3),
+            error: None,
+        })
+        .await
+        .unwrap();
         let approving = s
-            .begin_approval(begin(tn, &holder, None, false, t(3)), held.run_id)
+            .begin_approval(
+                begin(tn, &holder, None, false, t(3)),
+                held.run_id,
+                "ops-admin",
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -871,7 +887,11 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             rows[0].last_error.contains("refused"),
             "{backend}: {rows:?}"
         );
-        assert_eq!(s.failing(Some(tn), true, 10, 0).await.unwrap().0, 0, "{backend}");
+        assert_eq!(
+            s.failing(Some(tn), true, 10, 0).await.unwrap().0,
+            0,
+            "{backend}"
+        );
         // The user's sync side in one read: failing, no link, its failed item with its run.
         let mine = s.user_sync(tn, &bad, 10).await.unwrap();
         assert!(mine.link.is_none() && mine.queued.is_none(), "{backend}");
@@ -956,7 +976,11 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             (RunStatus::CompletedWithErrors, 1, 0),
             "{backend}"
         );
-        assert_eq!(s.failing(Some(tn), true, 10, 0).await.unwrap().0, 0, "{backend}");
+        assert_eq!(
+            s.failing(Some(tn), true, 10, 0).await.unwrap().0,
+            0,
+            "{backend}"
+        );
         let r = e.run_with(incremental()).await;
         assert_eq!(
             counts(&r),
