@@ -124,9 +124,8 @@ async fn prune_runs(state: &AppState) {
     let admin = &state.config.admin;
     let now = state.clock.now();
     let store: &dyn crate::sync::store::SyncStore = state.store.as_ref();
-    if let Err(e) =
-        crate::sync::lifecycle::prune_runs(store, admin.noop_run_days, admin.run_days, now).await
-    {
+    let prune = crate::sync::lifecycle::run_retention(admin.noop_run_days, admin.run_days, now);
+    if let Err(e) = crate::sync::lifecycle::prune_runs(store, prune).await {
         tracing::warn!(error = %e, "run retention failed");
     }
 }

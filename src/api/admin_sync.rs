@@ -23,7 +23,7 @@ use crate::store::format_time;
 use crate::sync::ledger::{self, LedgerReads, RunQuery, UserRef};
 use crate::sync::lifecycle::{prune_runs, run_retention};
 use crate::sync::service::{PreviewSource, StartedRun};
-use crate::sync::store::SyncStore;
+use crate::sync::store::{PruneRuns, SyncStore};
 use crate::sync::{SyncService, Trigger};
 
 type Result<T> = std::result::Result<Json<T>, AdminError>;
@@ -719,18 +719,30 @@ impl AdminSyncApi {
         tag = "SyncTag::SyncRuns",
         operation_id = "adminPruneRuns"
     )]
-    async fn prune_runs(&self, auth: AdminAuth) -> Result<RunsPruned> {
+    async fn prune_runs(
+        &self,
+        auth: AdminAuth,
+        /// Only this tenant's runs (default: every tenant's)
+        #[oai(validator(max_length = 256))]
+        tenant: Query<Option<String>>,
+    ) -> Result<RunsPruned> {
         auth.require(AdminRole::Operator)?;
+        if let Some(t) = tenant.0.as_deref() {
+            self.state.admin_tenant(t)?;
+        }
         let admin = &self.state.config.admin;
-        let now = self.state.clock.now();
-        let cut = run_retention(admin.noop_run_days, admin.run_days, now);
+        let prune = PruneRuns {
+            tenant: tenant.0,
+            ..run_retention(admin.noop_run_days, admin.run_days, self.state.clock.now())
+        };
+        let (noop_before, before) = (format_time(prune.noop_before), format_time(prune.before));
         let store: &dyn SyncStore = self.state.store.as_ref();
-        let deleted = prune_runs(store, admin.noop_run_days, admin.run_days, now).await?;
+        let deleted = prune_runs(store, prune).await?;
         tracing::info!(admin = %auth.0.name, deleted, "sync runs pruned on request");
         Ok(Json(RunsPruned {
             deleted,
-            noop_before: format_time(cut.noop_before),
-            before: format_time(cut.before),
+            noop_before,
+            before,
         }))
     }
 

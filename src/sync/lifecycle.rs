@@ -341,7 +341,8 @@ pub async fn purge_unsynced(
 }
 
 /// Run retention's cutoffs at `now`: no-op runs older than `noop_run_days`, every other run
-/// older than `run_days` (0: no-op runs as long as the others; others for ever).
+/// older than `run_days` (0: no-op runs as long as the others; others for ever); of every
+/// tenant.
 pub fn run_retention(noop_run_days: u32, run_days: u32, now: DateTime<Utc>) -> PruneRuns {
     // Nothing started before 1970: a cutoff there prunes nothing.
     let cutoff = |days: u32| match days {
@@ -356,22 +357,21 @@ pub fn run_retention(noop_run_days: u32, run_days: u32, now: DateTime<Utc>) -> P
             cutoff(noop_run_days).max(before)
         },
         before,
+        tenant: None,
     }
 }
 
-/// Prune the run ledger (see [`run_retention`]); how many runs went, with their items. A run
-/// that is running or awaiting approval, or a tenant's newest run, stays.
-pub async fn prune_runs(
-    store: &dyn SyncStore,
-    noop_run_days: u32,
-    run_days: u32,
-    now: DateTime<Utc>,
-) -> Result<u64, SyncError> {
-    let pruned = store
-        .prune_runs(run_retention(noop_run_days, run_days, now))
-        .await?;
+/// Prune the run ledger as `prune` says (see [`run_retention`]); how many runs went, with
+/// their items. A run that is running or awaiting approval, or a tenant's newest run, stays.
+pub async fn prune_runs(store: &dyn SyncStore, prune: PruneRuns) -> Result<u64, SyncError> {
+    let tenant = prune.tenant.clone();
+    let pruned = store.prune_runs(prune).await?;
     if pruned > 0 {
-        tracing::info!(pruned, "run retention pruned sync runs");
+        tracing::info!(
+            pruned,
+            tenant = tenant.as_deref().unwrap_or("*"),
+            "run retention pruned sync runs"
+        );
     }
     Ok(pruned)
 }

@@ -375,11 +375,12 @@ pub struct LeaseRow {
 
 /// Which runs retention deletes: no-op runs (no item — nothing changed, nothing failed,
 /// nothing held or offboarded — and not failed, nor part of an approval) started before
-/// `noop_before`, every other run started before `before`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `noop_before`, every other run started before `before`; of one tenant, or of every tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PruneRuns {
     pub noop_before: DateTime<Utc>,
     pub before: DateTime<Utc>,
+    pub tenant: Option<String>,
 }
 
 /// What an approval needs to know about the run it approves.

@@ -353,7 +353,7 @@ const APPROVE_RUN: &str = "UPDATE sync.runs SET status = N'approved', approved_a
 const PRUNE_BATCH: i64 = 500;
 
 /// The runs retention deletes (see `PruneRuns`), oldest first: @P1 before, @P2 noop_before,
-/// @P3 limit. Never a running or awaiting_approval run, nor the newest run of its tenant. A
+/// @P3 limit, @P4 tenant (NULL: every tenant). Never a running or awaiting_approval run, nor the newest run of its tenant. A
 /// no-op run has no item, did not fail and is no part of an approval.
 const PRUNABLE_RUNS: &str = "SELECT TOP (@P3) r.id FROM sync.runs r \
      WHERE r.status NOT IN (N'running', N'awaiting_approval') \
@@ -361,6 +361,7 @@ const PRUNABLE_RUNS: &str = "SELECT TOP (@P3) r.id FROM sync.runs r \
      AND (r.started_at < @P1 OR (r.started_at < @P2 AND r.status IN (N'succeeded', N'skipped') \
          AND r.approves_run IS NULL AND r.approved_at IS NULL \
          AND NOT EXISTS (SELECT 1 FROM sync.run_items i WHERE i.run_id = r.id))) \
+     AND (@P4 IS NULL OR r.tenant = @P4) \
      ORDER BY r.id";
 
 /// Delete the runs of @P1 (a JSON array of ids) with their items; runs kept that point at them
@@ -1034,6 +1035,7 @@ impl SyncStore for MssqlStaging {
                 q.bind(naive(prune.before));
                 q.bind(naive(prune.noop_before));
                 q.bind(PRUNE_BATCH);
+                q.bind(prune.tenant.clone());
                 let ids = rows(c, q)
                     .await?
                     .iter()
@@ -1469,7 +1471,7 @@ mod tests {
             ("INSERT_RUN", INSERT_RUN, 10),
             ("UPDATE_RUN", UPDATE_RUN, 14),
             ("APPROVE_RUN", APPROVE_RUN, 4),
-            ("PRUNABLE_RUNS", PRUNABLE_RUNS, 3),
+            ("PRUNABLE_RUNS", PRUNABLE_RUNS, 4),
             ("PRUNE_RUNS", PRUNE_RUNS, 1),
             ("QUEUE_OFFBOARDING", QUEUE_OFFBOARDING, 8),
             ("COUNT_MEMBERSHIPS", COUNT_MEMBERSHIPS, 2),

@@ -82,7 +82,7 @@ const APPROVE_RUN: &str = "UPDATE sync_runs SET status = 'approved', approved_at
 const PRUNE_BATCH: i64 = 500;
 
 /// The runs retention deletes (see `PruneRuns`), oldest first: binds before, noop_before,
-/// limit. Never a running or awaiting_approval run, nor the newest run of its tenant. A no-op
+/// limit, tenant (NULL: every tenant). Never a running or awaiting_approval run, nor the newest run of its tenant. A no-op
 /// run has no item, did not fail and is no part of an approval.
 const PRUNABLE_RUNS: &str = "SELECT r.id FROM sync_runs r \
     WHERE r.status NOT IN ('running', 'awaiting_approval') \
@@ -90,6 +90,7 @@ const PRUNABLE_RUNS: &str = "SELECT r.id FROM sync_runs r \
     AND (r.started_at < ?1 OR (r.started_at < ?2 AND r.status IN ('succeeded', 'skipped') \
         AND r.approves_run IS NULL AND r.approved_at IS NULL \
         AND NOT EXISTS (SELECT 1 FROM sync_run_items i WHERE i.run_id = r.id))) \
+    AND (?4 IS NULL OR r.tenant = ?4) \
     ORDER BY r.id LIMIT ?3";
 
 /// Delete the runs of a JSON array of ids with their items; runs kept that point at them (an
@@ -747,12 +748,15 @@ impl SyncStore for SqliteStaging {
         // A bounded batch per job: the writer's other callers wait for one batch at most.
         loop {
             let (noop_before, before) = (noop_before.clone(), before.clone());
+            let tenant = prune.tenant.clone();
             let n = self
                 .writes
                 .run(move |c| -> Result<u64, SyncError> {
                     let ids: Vec<i64> = c
                         .prepare_cached(PRUNABLE_RUNS)?
-                        .query_map(params![before, noop_before, PRUNE_BATCH], |r| r.get(0))?
+                        .query_map(params![before, noop_before, PRUNE_BATCH, tenant], |r| {
+                            r.get(0)
+                        })?
                         .collect::<Result<_, rusqlite::Error>>()?;
                     if ids.is_empty() {
                         return Ok(0u64);
