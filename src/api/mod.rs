@@ -180,16 +180,16 @@ pub fn openapi_spec() -> String {
     spec_service().spec()
 }
 
+/// [`Apis`], described only.
+type SpecApis = (
+    SpecOnly<admin_story::AdminStoryApi>,
+    SpecOnly<admin_sync::AdminSyncApi>,
+    SpecOnly<admin::AdminApi>,
+    SpecOnly<scim::ScimApi>,
+);
+
 /// Both APIs described, with no routes and no state.
-fn spec_service() -> OpenApiService<
-    (
-        SpecOnly<admin_story::AdminStoryApi>,
-        SpecOnly<admin_sync::AdminSyncApi>,
-        SpecOnly<admin::AdminApi>,
-        SpecOnly<scim::ScimApi>,
-    ),
-    (),
-> {
+fn spec_service() -> OpenApiService<SpecApis, ()> {
     OpenApiService::new(
         (
             SpecOnly::<admin_story::AdminStoryApi>::default(),
