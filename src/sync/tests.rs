@@ -677,7 +677,30 @@ async fn retention_deactivates_restores_then_purges_and_deletes() {
     assert_eq!(s.counts.offboarded, 0);
     assert!(e.staged("u1").await);
     e.clock.advance(Duration::hours(2));
-    let s = e.run().await;
+    // A dry run shows the offboarding as the real run records it: its action, the values
+    // before it.
+    let dry = e
+        .run_with(RunOptions {
+            dry_run: true,
+            ..RunOptions::default()
+        })
+        .await;
+    let real = e.run().await;
+    let offboarded = |run: i64| {
+        let store = e.store.clone();
+        async move {
+            let (_, items) = store.items(run, Some("offboarded"), 10, 0).await.unwrap();
+            assert_eq!(items.len(), 1, "{items:?}");
+            let i = items.into_iter().next().unwrap();
+            (i.action, i.changes)
+        }
+    };
+    let (dry_action, dry_changes) = offboarded(dry.run_id).await;
+    let (action, changes) = offboarded(real.run_id).await;
+    assert_eq!(action.as_deref(), Some("delete"));
+    assert_eq!((dry_action, dry_changes), (action, changes.clone()));
+    assert!(!changes.is_empty() && changes.values().all(|c| c["after"].is_null()));
+    let s = real;
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     assert_eq!(s.counts.offboarded, 1);
     assert!(!e.staged("u1").await, "purged from staging");
