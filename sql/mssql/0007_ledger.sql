@@ -7,7 +7,7 @@
 ALTER TABLE sync.run_items ADD action NVARCHAR(16) NULL;
 
 -- Who approved an awaiting_approval run: the admin token's name, or 'cli'.
-ALTER TABLE sync.runs ADD approver NVARCHAR(128) NULL;
+ALTER TABLE sync.runs ADD approver NVARCHAR(256) NULL;
 GO
 -- Run retention walks each tenant's ended runs by age.
 CREATE INDEX runs_started ON sync.runs (started_at);
