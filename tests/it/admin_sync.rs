@@ -95,6 +95,7 @@ async fn sync_endpoints_need_a_token_and_posts_need_an_operator() {
             json!({"userId": user}),
         ),
         (format!("/tenants/{ACME}/mapping/reload"), json!({})),
+        ("/runs/prune".to_string(), json!({})),
     ];
     for path in &gets {
         for token in [None, Some(ACME_TOKEN)] {
@@ -113,7 +114,7 @@ async fn sync_endpoints_need_a_token_and_posts_need_an_operator() {
         assert!(r.body["detail"].as_str().unwrap().contains("operator"));
     }
     // The operator may: a dry run starts, the run is not awaiting approval, the preview renders,
-    // the mapping reloads.
+    // the mapping reloads, the ledger is pruned.
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
         for (path, body) in &posts {
@@ -125,7 +126,7 @@ async fn sync_endpoints_need_a_token_and_posts_need_an_operator() {
         }
         v
     };
-    assert_eq!(statuses, [202, 409, 200, 200]);
+    assert_eq!(statuses, [202, 409, 200, 200, 200]);
     // A method a path does not have: 405 naming the ones it has.
     let r = app
         .send(app.admin_request(
