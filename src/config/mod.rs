@@ -691,6 +691,28 @@ mod tests {
     }
 
     #[test]
+    fn run_retention_is_configured_in_admin() {
+        let c = parse(
+            &format!("{MIN}[admin]\nnoop_run_days = 2\nrun_days = 30\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!((c.admin.noop_run_days, c.admin.run_days), (2, 30));
+        let c = parse(MIN, &[("SCIM_BRIDGE_ADMIN__RUN_DAYS", "0")]).unwrap();
+        assert_eq!((c.admin.noop_run_days, c.admin.run_days), (7, 0));
+        let e = parse(
+            &format!("{MIN}[admin]\nnoop_run_days = 30\nrun_days = 7\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("admin.noop_run_days (30) exceeds admin.run_days (7)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn admin_tokens_and_roles() {
         let c = parse(MIN, &[]).unwrap();
         assert!(c.admin.tokens.is_empty());
