@@ -17,7 +17,8 @@ use crate::metrics::Metrics;
 use crate::sync::scheduler::Scheduler;
 use crate::sync::{SyncEngine, SyncService};
 
-/// How often the retention of tenants without a sync section runs (and once at start).
+/// How often the retention of tenants without a sync section and the run ledger's retention
+/// run (and once at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 pub struct Application {
@@ -88,7 +89,8 @@ impl Application {
             Some(handle) => Some(Scheduler::start(handle.clone()).await?),
             None => None,
         };
-        let retention = (state.config.tenants.values().any(|t| t.sync.is_none())).then(|| {
+        // Retention: staged users of tenants that do not sync, and the run ledger.
+        let retention = {
             let state = state.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(RETENTION_EVERY);
@@ -96,9 +98,10 @@ impl Application {
                 loop {
                     every.tick().await;
                     state.purge_unsynced().await;
+                    prune_runs(&state).await;
                 }
             })
-        });
+        };
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 api::app(self.state),
@@ -106,14 +109,24 @@ impl Application {
                 Some(Duration::from_secs(30)),
             )
             .await;
-        if let Some(r) = retention {
-            r.abort();
-        }
+        retention.abort();
         if let Some(s) = scheduler {
             s.shutdown(Duration::from_secs(30)).await;
         }
         state.provlog.close().await;
         Ok(served?)
+    }
+}
+
+/// The run ledger's retention (`[admin] noop_run_days`, `run_days`); a failure is logged and
+/// tried again at the next tick.
+async fn prune_runs(state: &AppState) {
+    let admin = &state.config.admin;
+    let now = state.clock.now();
+    let store: &dyn crate::sync::store::SyncStore = state.store.as_ref();
+    let prune = crate::sync::lifecycle::run_retention(admin.noop_run_days, admin.run_days, now);
+    if let Err(e) = crate::sync::lifecycle::prune_runs(store, prune).await {
+        tracing::warn!(error = %e, "run retention failed");
     }
 }
 

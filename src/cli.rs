@@ -12,6 +12,9 @@ use crate::app::Application;
 use crate::clock::SystemClock;
 use crate::config::{Config, LogFormat};
 
+/// Whom the ledger and the audit trail name for what the CLI does (releases, approvals).
+const CLI_ACTOR: &str = "cli";
+
 #[derive(Parser)]
 #[command(
     name = "scim-bridge",
@@ -252,7 +255,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
         return Ok(
             match engine
                 .store()
-                .release_lease(&args.tenant, "cli", now)
+                .release_lease(&args.tenant, CLI_ACTOR, now)
                 .await?
             {
                 Some(l) => {
@@ -316,7 +319,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
     if let Some(user_id) = &args.release_quarantine {
         let released = engine
             .store()
-            .release_quarantine(&args.tenant, user_id, "cli", now)
+            .release_quarantine(&args.tenant, user_id, CLI_ACTOR, now)
             .await?;
         return Ok(if released {
             println!("released user {user_id}: the next run tries it again");
@@ -343,7 +346,9 @@ async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
                 }
                 _ => {}
             }
-            engine.approve(run_id, crate::sync::Trigger::Cli).await?
+            engine
+                .approve(run_id, crate::sync::Trigger::Cli, CLI_ACTOR)
+                .await?
         }
         None => {
             // Ctrl-C or SIGTERM: finish the batch in progress, record it, let go of the lease.
@@ -394,7 +399,8 @@ async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
             exit::AWAITING_APPROVAL
         }
         RunStatus::CompletedWithErrors => exit::COMPLETED_WITH_ERRORS,
-        RunStatus::Succeeded | RunStatus::Running => exit::OK,
+        // A run ends with neither of these; only a held run becomes `approved`.
+        RunStatus::Succeeded | RunStatus::Running | RunStatus::Approved => exit::OK,
     })
 }
 

@@ -331,8 +331,14 @@ fn headline(s: &UserStory, last_request: Option<&ProvisioningRequest>) -> String
         };
     }
     let last = s.last_outcome.as_ref().map(|i| {
+        let action = i
+            .item
+            .action
+            .as_deref()
+            .map(|a| format!(" ({a})"))
+            .unwrap_or_default();
         format!(
-            "{} in run {} at {}",
+            "{}{action} in run {} at {}",
             i.item.outcome, i.run_id, i.run_started_at
         )
     });

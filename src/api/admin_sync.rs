@@ -19,8 +19,11 @@ use super::problem::{ActionError, AdminError};
 use crate::config::{AdminRole, SyncConfig};
 use crate::mapping::{Mapping, StagedGroup, StagedUser};
 use crate::scim::resource::normalize;
+use crate::store::format_time;
 use crate::sync::ledger::{self, LedgerReads, RunQuery, UserRef};
+use crate::sync::lifecycle::{prune_runs, run_retention};
 use crate::sync::service::{PreviewSource, StartedRun};
+use crate::sync::store::{PruneRuns, SyncStore};
 use crate::sync::{Outcome, RunStatus, SyncService, Trigger};
 
 type Result<T> = std::result::Result<Json<T>, AdminError>;
@@ -65,12 +68,15 @@ pub struct Approval {
     /// This run performs the approval of that run.
     #[oai(nullable)]
     pub approves_run: Option<i64>,
-    /// When this (awaiting_approval) run was approved.
+    /// When this run (status `approved`, was `awaiting_approval`) was approved.
     #[oai(nullable)]
     pub approved_at: Option<String>,
     /// The run that performed the approval.
     #[oai(nullable)]
     pub approved_by: Option<i64>,
+    /// Who approved this run: the admin token's name, or `cli`.
+    #[oai(nullable)]
+    pub approver: Option<String>,
 }
 
 /// One sync run of the ledger.
@@ -83,8 +89,8 @@ pub struct Run {
     pub trigger: String,
     pub dry_run: bool,
     pub full: bool,
-    /// `running`, `succeeded`, `completed_with_errors`, `failed`, `skipped` or
-    /// `awaiting_approval`.
+    /// `running`, `succeeded`, `completed_with_errors`, `failed`, `skipped`,
+    /// `awaiting_approval`, or `approved` (was awaiting approval; see `approval`).
     pub status: String,
     /// RFC 3339, UTC.
     pub started_at: String,
@@ -147,6 +153,7 @@ impl From<ledger::RunRow> for Run {
                 approves_run: r.approves_run,
                 approved_at: r.approved_at,
                 approved_by: r.approved_by,
+                approver: r.approver,
             },
         }
     }
@@ -190,7 +197,14 @@ pub struct RunItem {
     /// `created`, `updated`, `reactivated`, `deactivated`, `failed`, `offboarded`, `purged` or
     /// `offboarding_held`.
     pub outcome: String,
-    /// Column → before/after, only the columns that differ.
+    /// What an offboarding did (`offboarded`, or a `failed` offboarding: what it tried):
+    /// `delete` (the row), `update` (the columns the mapping's offboarding sets) or `none`;
+    /// the roles the engine applied are removed whatever the action (`rolesRemoved`). Null
+    /// for other items.
+    #[oai(nullable)]
+    pub action: Option<String>,
+    /// Column → before/after, only the columns that differ (an offboarding: what the row
+    /// held before it, a deletion taking every column to null).
     pub changes: BTreeMap<String, FieldChange>,
     pub roles_added: Vec<String>,
     pub roles_removed: Vec<String>,
@@ -208,12 +222,26 @@ impl From<ledger::ItemRow> for RunItem {
             user_name: r.user_name,
             app_key: r.app_key,
             outcome: r.outcome,
+            action: r.action,
             changes: changes_of(r.changes),
             roles_added: r.roles_added,
             roles_removed: r.roles_removed,
             error: r.error,
         }
     }
+}
+
+/// What a prune of the run ledger removed.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RunsPruned {
+    /// Runs deleted, with their items.
+    pub deleted: u64,
+    /// No-op runs (no item: nothing changed, failed, held or offboarded) started before this
+    /// time went (`admin.noop_run_days`).
+    pub noop_before: String,
+    /// Every other run started before this time went (`admin.run_days`; 1970 when 0: none).
+    pub before: String,
 }
 
 /// What to run.
@@ -530,7 +558,7 @@ macro_rules! filter_enum {
 filter_enum!(
     /// A run's status.
     RunStatusFilter => RunStatus {
-        Running, Succeeded, CompletedWithErrors, Failed, Skipped, AwaitingApproval
+        Running, Succeeded, CompletedWithErrors, Failed, Skipped, AwaitingApproval, Approved
     }
 );
 filter_enum!(
@@ -715,7 +743,44 @@ impl AdminSyncApi {
         }
         let (service, _) = self.syncing(&run.tenant)?;
         tracing::info!(admin = %auth.0.name, tenant = %run.tenant, run_id = id.0, "approval requested");
-        Ok(service.approve(id.0, Trigger::Api).await?.into())
+        Ok(service
+            .approve(id.0, Trigger::Api, &auth.0.name)
+            .await?
+            .into())
+    }
+
+    /// Prune the run ledger now (operator): delete no-op runs past admin.noop_run_days and other runs past admin.run_days
+    #[oai(
+        path = "/runs/prune",
+        method = "post",
+        tag = "SyncTag::SyncRuns",
+        operation_id = "adminPruneRuns"
+    )]
+    async fn prune_runs(
+        &self,
+        auth: AdminAuth,
+        /// Only this tenant's runs (default: every tenant's)
+        #[oai(validator(max_length = 256))]
+        tenant: Query<Option<String>>,
+    ) -> Result<RunsPruned> {
+        auth.require(AdminRole::Operator)?;
+        if let Some(t) = tenant.0.as_deref() {
+            self.state.admin_tenant(t)?;
+        }
+        let admin = &self.state.config.admin;
+        let prune = PruneRuns {
+            tenant: tenant.0,
+            ..run_retention(admin.noop_run_days, admin.run_days, self.state.clock.now())
+        };
+        let (noop_before, before) = (format_time(prune.noop_before), format_time(prune.before));
+        let store: &dyn SyncStore = self.state.store.as_ref();
+        let deleted = prune_runs(store, prune).await?;
+        tracing::info!(admin = %auth.0.name, deleted, "sync runs pruned on request");
+        Ok(Json(RunsPruned {
+            deleted,
+            noop_before,
+            before,
+        }))
     }
 
     /// Render a staged user or a posted SCIM user with the tenant's mapping (operator); writes nothing

@@ -56,9 +56,13 @@ fn listed(item: &ItemReport) -> String {
     }
 }
 
-/// One user in full: its outcome, each changed column before -> after, the roles, the error.
+/// One user in full: its outcome (an offboarding's with its action), each changed column
+/// before -> after, the roles, the error.
 pub fn item_text(item: &ItemReport) -> String {
     let mut text = format!("{}: {}", who(item), item.outcome.as_str());
+    if let Some(action) = &item.action {
+        let _ = write!(text, " ({action})");
+    }
     for (column, change) in changed(item) {
         let _ = write!(
             text,
@@ -233,6 +237,7 @@ mod tests {
             roles_added: vec![],
             roles_removed: vec![],
             error: None,
+            action: None,
             log_reason: None,
         }
     }
@@ -391,6 +396,20 @@ mod tests {
         for absent in ["phone", "office", "Basel"] {
             assert!(!all.contains(absent), "{absent:?} printed: {all}");
         }
+    }
+
+    #[test]
+    fn verbose_names_an_offboardings_action() {
+        let mut it = item(
+            "u9",
+            Outcome::Offboarded,
+            &[("display_name", json!("Ann"), Value::Null)],
+        );
+        it.action = Some("delete".into());
+        assert_eq!(
+            item_text(&it),
+            "u9 u9@example.com (key key-u9): offboarded (delete)\n    display_name: \"Ann\" -> null"
+        );
     }
 
     /// The failures a summary lists are bounded; the rest are counted and pointed to.

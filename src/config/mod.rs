@@ -28,7 +28,7 @@ use crate::scim::limits::Limits;
 use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
 pub use location::{DbLocation, Durability, MssqlConfig, resolve_database, resolve_sqlite_path};
 pub use raw::{LogConfig, LogFormat, ServerConfig, StagingConfig};
-use raw::{RawConfig, RawSync, default_log_days};
+use raw::{RawConfig, RawSync, default_log_days, default_noop_run_days, default_run_days};
 pub use schedule::Schedule;
 use secret::resolve_secret;
 pub use secret::{RawSecret, TokenHash};
@@ -74,6 +74,11 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
     /// Days a provisioning log entry is kept; 0 keeps no log at all.
     pub provisioning_log_days: u32,
+    /// Days a no-op sync run (nothing changed, nothing failed) is kept in the ledger; 0: as
+    /// long as other runs.
+    pub noop_run_days: u32,
+    /// Days any other sync run is kept; 0: for ever.
+    pub run_days: u32,
 }
 
 impl Default for AdminConfig {
@@ -81,6 +86,8 @@ impl Default for AdminConfig {
         AdminConfig {
             tokens: vec![],
             provisioning_log_days: default_log_days(),
+            noop_run_days: default_noop_run_days(),
+            run_days: default_run_days(),
         }
     }
 }
@@ -409,9 +416,18 @@ impl Config {
                 role: t.role,
             });
         }
+        let (noop_run_days, run_days) = (raw.admin.noop_run_days, raw.admin.run_days);
+        if run_days > 0 && noop_run_days > run_days {
+            return Err(invalid(format!(
+                "admin.noop_run_days ({noop_run_days}) exceeds admin.run_days ({run_days}): \
+                 no-op runs would be kept longer than runs that changed something"
+            )));
+        }
         let admin = AdminConfig {
             tokens: admin_tokens,
             provisioning_log_days: raw.admin.provisioning_log_days,
+            noop_run_days,
+            run_days,
         };
         Ok(Config {
             admin,
@@ -715,6 +731,28 @@ mod tests {
     }
 
     #[test]
+    fn run_retention_is_configured_in_admin() {
+        let c = parse(
+            &format!("{MIN}[admin]\nnoop_run_days = 2\nrun_days = 30\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!((c.admin.noop_run_days, c.admin.run_days), (2, 30));
+        let c = parse(MIN, &[("SCIM_BRIDGE_ADMIN__RUN_DAYS", "0")]).unwrap();
+        assert_eq!((c.admin.noop_run_days, c.admin.run_days), (7, 0));
+        let e = parse(
+            &format!("{MIN}[admin]\nnoop_run_days = 30\nrun_days = 7\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("admin.noop_run_days (30) exceeds admin.run_days (7)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn admin_tokens_and_roles() {
         let c = parse(MIN, &[]).unwrap();
         assert!(c.admin.tokens.is_empty());
@@ -729,6 +767,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.admin.provisioning_log_days, 3);
+        assert_eq!((c.admin.noop_run_days, c.admin.run_days), (7, 90));
         let who = |t: &str| c.admin.authenticate(t).map(|a| (a.name.clone(), a.role));
         assert_eq!(
             who("operator-token-0123456"),

@@ -79,12 +79,16 @@ fn default_quarantine_after() -> u32 {
     3
 }
 
-/// `[admin]`: the admin API's tokens and the provisioning log's retention.
+/// `[admin]`: the admin API's tokens, the provisioning log's and the run ledger's retention.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     #[serde(default = "default_log_days")]
     pub(super) provisioning_log_days: u32,
+    #[serde(default = "default_noop_run_days")]
+    pub(super) noop_run_days: u32,
+    #[serde(default = "default_run_days")]
+    pub(super) run_days: u32,
     #[serde(default)]
     pub(super) tokens: BTreeMap<String, RawAdminToken>,
 }
@@ -93,6 +97,8 @@ impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             provisioning_log_days: default_log_days(),
+            noop_run_days: default_noop_run_days(),
+            run_days: default_run_days(),
             tokens: BTreeMap::new(),
         }
     }
@@ -100,6 +106,14 @@ impl Default for RawAdmin {
 
 pub(super) fn default_log_days() -> u32 {
     14
+}
+
+pub(super) fn default_noop_run_days() -> u32 {
+    7
+}
+
+pub(super) fn default_run_days() -> u32 {
+    90
 }
 
 impl fmt::Debug for RawAdmin {

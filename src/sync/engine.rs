@@ -416,8 +416,14 @@ impl SyncEngine {
     }
 
     /// Begin the approval of a run that is awaiting approval: recorded as a run of its own
-    /// that holds the lease.
-    pub async fn begin_approval(&self, run_id: i64, trigger: Trigger) -> Result<Begun, SyncError> {
+    /// that holds the lease; the approved run records `approver` (the admin token's name, or
+    /// `cli`) and the time, and its status becomes `approved`.
+    pub async fn begin_approval(
+        &self,
+        run_id: i64,
+        trigger: Trigger,
+        approver: &str,
+    ) -> Result<Begun, SyncError> {
         let Some(approved) = self.store.run_state(run_id).await? else {
             return Err(SyncError::RunNotFound(run_id));
         };
@@ -447,12 +453,14 @@ impl SyncEngine {
                     watermark_from: None,
                 },
                 run_id,
+                approver,
             )
             .await?;
         tracing::info!(
             tenant,
             run_id = new_id,
             approves = run_id,
+            approver,
             "offboarding approved"
         );
         Ok(Begun {
@@ -469,8 +477,13 @@ impl SyncEngine {
 
     /// Approve a run that is awaiting approval: perform the offboardings it held that are
     /// still due (users reactivated since are left alone). Recorded as a run of its own.
-    pub async fn approve(&self, run_id: i64, trigger: Trigger) -> Result<RunSummary, SyncError> {
-        let begun = self.begin_approval(run_id, trigger).await?;
+    pub async fn approve(
+        &self,
+        run_id: i64,
+        trigger: Trigger,
+        approver: &str,
+    ) -> Result<RunSummary, SyncError> {
+        let begun = self.begin_approval(run_id, trigger, approver).await?;
         self.execute(begun).await
     }
 

@@ -170,6 +170,8 @@ pub struct RunRow {
     pub approves_run: Option<i64>,
     pub approved_at: Option<String>,
     pub approved_by: Option<i64>,
+    /// Who approved it: the admin token's name, or `cli`.
+    pub approver: Option<String>,
 }
 
 /// Which runs to list.
@@ -195,6 +197,8 @@ pub struct ItemRow {
     pub user_name: Option<String>,
     pub app_key: Option<String>,
     pub outcome: String,
+    /// An offboarding's action (`delete`, `update`, `none`); None for other items.
+    pub action: Option<String>,
     /// Column → {"before": …, "after": …}.
     pub changes: Map<String, Value>,
     pub roles_added: Vec<String>,
@@ -203,13 +207,14 @@ pub struct ItemRow {
 }
 
 /// An item as stored: id, user_id, user_name, app_key, outcome, then the JSON texts of
-/// changes, roles_added and roles_removed, and error.
+/// changes, roles_added and roles_removed, error and action.
 pub type RawItem = (
     i64,
     String,
     Option<String>,
     Option<String>,
     String,
+    Option<String>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -222,7 +227,7 @@ fn json_or_default<T: serde::de::DeserializeOwned + Default>(text: Option<&str>)
 }
 
 pub fn decode_item(
-    (id, user_id, user_name, app_key, outcome, changes, added, removed, error): RawItem,
+    (id, user_id, user_name, app_key, outcome, changes, added, removed, error, action): RawItem,
 ) -> ItemRow {
     ItemRow {
         id,
@@ -230,6 +235,7 @@ pub fn decode_item(
         user_name,
         app_key,
         outcome,
+        action,
         changes: json_or_default(changes.as_deref()),
         roles_added: json_or_default(added.as_deref()),
         roles_removed: json_or_default(removed.as_deref()),

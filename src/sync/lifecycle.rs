@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 
-use super::plan::{failed_item, offboarding_changes, offboarding_from_json, offboarding_json};
+use super::plan::{
+    failed_item, offboarding_action, offboarding_changes, offboarding_from_json, offboarding_json,
+};
 use super::run::Run;
 use super::store::{
-    DueBatch, DueQuery, LifecyclePlanner, LifecycleRecord, NewOffboarding, Queued, SyncStore,
+    DueBatch, DueQuery, LifecyclePlanner, LifecycleRecord, NewOffboarding, PruneRuns, Queued,
+    SyncStore,
 };
 use super::{ItemReport, Outcome, SyncError, UserFailure};
 use crate::mapping::Mapping;
@@ -46,6 +49,7 @@ fn item(row_id: &str, user_name: &str, app_key: Option<String>, outcome: Outcome
         user_name: Some(user_name.to_string()),
         app_key,
         outcome,
+        action: None,
         changes: BTreeMap::new(),
         roles_added: vec![],
         roles_removed: vec![],
@@ -103,7 +107,8 @@ fn plan_due(
                         Some(l.app_key.clone()),
                         Outcome::Offboarded,
                     );
-                    it.changes = offboarding_changes(&action, l);
+                    it.action = Some(offboarding_action(&action).to_string());
+                    it.changes = offboarding_changes(&action, &l.fields);
                     it.roles_removed = l.applied_roles.iter().cloned().collect();
                     record.items.push(it);
                 } else {
@@ -261,9 +266,11 @@ impl Run<'_> {
     }
 }
 
-/// The item of a queued offboarding applied (or failed).
+/// The item of a queued offboarding applied (or failed): the action it took (or tried) and,
+/// when applied, the columns it changed from the values the engine last wrote to the row.
 fn queue_item(q: &Queued, failure: Option<UserFailure>) -> ItemReport {
     let error = failure.as_ref().map(UserFailure::reason);
+    let action = offboarding_from_json(&q.action);
     ItemReport {
         user_id: q.user_id.clone(),
         user_name: q.user_name.clone(),
@@ -273,7 +280,12 @@ fn queue_item(q: &Queued, failure: Option<UserFailure>) -> ItemReport {
         } else {
             Outcome::Offboarded
         },
-        changes: BTreeMap::new(),
+        action: Some(offboarding_action(&action).to_string()),
+        changes: if error.is_some() {
+            BTreeMap::new()
+        } else {
+            offboarding_changes(&action, &q.applied)
+        },
         roles_added: vec![],
         roles_removed: if error.is_some() {
             vec![]
@@ -326,6 +338,42 @@ pub async fn purge_unsynced(
         after = done.last_pk;
     }
     Ok(purged.load(Ordering::Relaxed))
+}
+
+/// Run retention's cutoffs at `now`: no-op runs older than `noop_run_days`, every other run
+/// older than `run_days` (0: no-op runs as long as the others; others for ever); of every
+/// tenant.
+pub fn run_retention(noop_run_days: u32, run_days: u32, now: DateTime<Utc>) -> PruneRuns {
+    // Nothing started before 1970: a cutoff there prunes nothing.
+    let cutoff = |days: u32| match days {
+        0 => DateTime::UNIX_EPOCH,
+        d => now - chrono::Duration::days(i64::from(d)),
+    };
+    let before = cutoff(run_days);
+    PruneRuns {
+        noop_before: if noop_run_days == 0 {
+            before
+        } else {
+            cutoff(noop_run_days).max(before)
+        },
+        before,
+        tenant: None,
+    }
+}
+
+/// Prune the run ledger as `prune` says (see [`run_retention`]); how many runs went, with
+/// their items. A run that is running or awaiting approval, or a tenant's newest run, stays.
+pub async fn prune_runs(store: &dyn SyncStore, prune: PruneRuns) -> Result<u64, SyncError> {
+    let tenant = prune.tenant.clone();
+    let pruned = store.prune_runs(prune).await?;
+    if pruned > 0 {
+        tracing::info!(
+            pruned,
+            tenant = tenant.as_deref().unwrap_or("*"),
+            "run retention pruned sync runs"
+        );
+    }
+    Ok(pruned)
 }
 
 #[cfg(test)]
@@ -404,6 +452,24 @@ mod tests {
             "b is reported when its offboarding is applied"
         );
         assert_eq!(r.items[0].outcome, Outcome::Purged);
+    }
+
+    #[test]
+    fn run_retention_keeps_no_op_runs_no_longer_than_the_others() {
+        let now = Utc.with_ymd_and_hms(2030, 1, 31, 0, 0, 0).unwrap();
+        let day = |d: u32| Utc.with_ymd_and_hms(2030, 1, d, 0, 0, 0).unwrap();
+        let r = run_retention(7, 20, now);
+        assert_eq!((r.noop_before, r.before), (day(24), day(11)));
+        // 0: no-op runs as long as the others, the others for ever.
+        let r = run_retention(0, 20, now);
+        assert_eq!((r.noop_before, r.before), (day(11), day(11)));
+        let r = run_retention(7, 0, now);
+        assert_eq!((r.noop_before, r.before), (day(24), DateTime::UNIX_EPOCH));
+        let r = run_retention(0, 0, now);
+        assert_eq!(
+            (r.noop_before, r.before),
+            (DateTime::UNIX_EPOCH, DateTime::UNIX_EPOCH)
+        );
     }
 
     /// A dry run changes nothing, so the key stays shared for both.

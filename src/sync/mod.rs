@@ -121,6 +121,9 @@ pub enum RunStatus {
     Failed,
     Skipped,
     AwaitingApproval,
+    /// Was `awaiting_approval`; an approval was recorded (the approving run applies what it
+    /// held).
+    Approved,
 }
 
 impl RunStatus {
@@ -132,6 +135,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Skipped => "skipped",
             RunStatus::AwaitingApproval => "awaiting_approval",
+            RunStatus::Approved => "approved",
         }
     }
 }
@@ -185,6 +189,9 @@ pub struct ItemReport {
     pub user_name: Option<String>,
     pub app_key: Option<String>,
     pub outcome: Outcome,
+    /// The offboarding action an offboarded item (or a failed offboarding) records:
+    /// `delete`, `update` or `none` (the applied roles are removed whatever the action).
+    pub action: Option<String>,
     /// Column → before/after, only the columns that differ.
     pub changes: BTreeMap<String, Change>,
     pub roles_added: Vec<String>,

@@ -331,16 +331,30 @@ pub fn failed_item(row: &UserRow, app_key: Option<String>, failure: UserFailure)
         roles_added: vec![],
         roles_removed: vec![],
         error: Some(failure.reason()),
+        action: None,
         log_reason: Some(failure.loggable()),
     }
 }
 
-/// What an offboarding would change, from the link's last applied values.
-pub fn offboarding_changes(action: &Offboarding, link: &Link) -> BTreeMap<String, Change> {
+/// The name of an offboarding's action, as the ledger records it: `none`, `delete` or
+/// `update` (the applied roles are removed whatever the action).
+pub fn offboarding_action(action: &Offboarding) -> &'static str {
+    match action {
+        Offboarding::None => "none",
+        Offboarding::Delete => "delete",
+        Offboarding::Update(_) => "update",
+    }
+}
+
+/// What an offboarding changes, from the values last applied to the row (a link's fields):
+/// a deletion takes every column to null, an update the columns it sets that differ.
+pub fn offboarding_changes(
+    action: &Offboarding,
+    applied: &Map<String, Value>,
+) -> BTreeMap<String, Change> {
     match action {
         Offboarding::None => BTreeMap::new(),
-        Offboarding::Delete => link
-            .fields
+        Offboarding::Delete => applied
             .iter()
             .map(|(c, v)| {
                 (
@@ -356,7 +370,7 @@ pub fn offboarding_changes(action: &Offboarding, link: &Link) -> BTreeMap<String
             .iter()
             .filter_map(|(c, v)| {
                 let after = field_json(v);
-                let before = link.fields.get(c).cloned().unwrap_or(Value::Null);
+                let before = applied.get(c).cloned().unwrap_or(Value::Null);
                 (before != after).then(|| (c.clone(), Change { before, after }))
             })
             .collect(),

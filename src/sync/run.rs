@@ -375,7 +375,7 @@ impl<'a> Run<'a> {
         let seqs: std::collections::HashMap<String, i64> = ids.iter().cloned().zip(seqs).collect();
         // The users to write, in batch order; failures keep their place among them.
         enum Slot {
-            Failed(ItemReport),
+            Failed(Box<ItemReport>),
             Write(usize),
             Check(usize),
         }
@@ -393,7 +393,7 @@ impl<'a> Run<'a> {
                     row,
                     app_key,
                     failure,
-                } => slots.push(Slot::Failed(failed_item(&row, app_key, failure))),
+                } => slots.push(Slot::Failed(Box::new(failed_item(&row, app_key, failure)))),
                 Plan::Write(w) => {
                     slots.push(Slot::Write(writes.len()));
                     writes.push(w);
@@ -430,7 +430,7 @@ impl<'a> Run<'a> {
         for slot in slots {
             let i = match slot {
                 Slot::Failed(item) => {
-                    items.push((item, None));
+                    items.push((*item, None));
                     continue;
                 }
                 Slot::Write(i) | Slot::Check(i) => i,
@@ -443,6 +443,7 @@ impl<'a> Run<'a> {
                 user_name: Some(w.row.user_name.clone()),
                 app_key: Some(w.rendered.key.clone()),
                 outcome: w.outcome,
+                action: None,
                 changes: w.changes.clone(),
                 roles_added: w.roles_to_add.iter().cloned().collect(),
                 roles_removed: w.roles_to_remove.iter().cloned().collect(),

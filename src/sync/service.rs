@@ -269,16 +269,18 @@ impl SyncService {
         }
     }
 
-    /// Approve a run that waits for approval: its held offboardings are applied by a new run,
-    /// started in the background; answers with that run's id.
+    /// Approve a run that waits for approval on behalf of `approver` (the admin token's name):
+    /// its held offboardings are applied by a new run, started in the background; answers
+    /// with that run's id.
     pub async fn approve(
         self: &Arc<Self>,
         run_id: i64,
         trigger: Trigger,
+        approver: &str,
     ) -> Result<StartedRun, SyncError> {
         let engine = self.engine();
         let permit = self.run_permit().await.ok_or(SyncError::ShuttingDown)?;
-        let begun = engine.begin_approval(run_id, trigger).await?;
+        let begun = engine.begin_approval(run_id, trigger, approver).await?;
         Ok(self.spawn(engine.clone(), begun, permit))
     }
 

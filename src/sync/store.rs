@@ -52,8 +52,21 @@ pub trait SyncStore: Send + Sync {
     async fn begin_run(&self, run: BeginRun) -> Result<Begun, SyncError>;
 
     /// Start the run that approves run `approves`: take the lease (`SyncError::Busy` when
-    /// someone else holds it), insert the run and mark `approves` approved by it.
-    async fn begin_approval(&self, run: BeginRun, approves: i64) -> Result<i64, SyncError>;
+    /// someone else holds it), insert the run and mark `approves` approved by it — status
+    /// `approved`, when, by which run and by whom (`approver`: the admin token's name, or
+    /// `cli`) — and record the approval in the audit trail. `SyncError::NotAwaitingApproval`
+    /// (and nothing written) when `approves` is not awaiting approval or was approved already.
+    async fn begin_approval(
+        &self,
+        run: BeginRun,
+        approves: i64,
+        approver: &str,
+    ) -> Result<i64, SyncError>;
+
+    /// Run retention: delete the ended runs `prune` selects, with their items; how many runs.
+    /// A run that is running or awaiting approval, or the newest run of its tenant, is never
+    /// deleted.
+    async fn prune_runs(&self, prune: PruneRuns) -> Result<u64, SyncError>;
 
     /// Record the end of a run and let go of its lease.
     async fn finish_run(&self, end: FinishRun) -> Result<(), SyncError>;
@@ -285,6 +298,9 @@ pub struct Queued {
     pub app_key: String,
     pub action: Value,
     pub roles: BTreeSet<String>,
+    /// What the engine last wrote to the row (the user's link's fields; empty when the link
+    /// is gone): the values before the offboarding.
+    pub applied: Map<String, Value>,
 }
 
 /// A run to insert.
@@ -355,6 +371,16 @@ pub struct LeaseRow {
     pub run_id: Option<i64>,
     pub acquired_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+/// Which runs retention deletes: no-op runs (no item — nothing changed, nothing failed,
+/// nothing held or offboarded — and not failed, nor part of an approval) started before
+/// `noop_before`, every other run started before `before`; of one tenant, or of every tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneRuns {
+    pub noop_before: DateTime<Utc>,
+    pub before: DateTime<Utc>,
+    pub tenant: Option<String>,
 }
 
 /// What an approval needs to know about the run it approves.

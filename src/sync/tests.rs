@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use super::plan::Planned;
 use super::store::{
     BatchPlanner, BeginRun, Begun, DueQuery, FinishRun, Heartbeat, LeaseRow, LifecycleDone,
-    LifecyclePlanner, LifecycleRecord, Link, Mark, Queued, Read, Record, RowsOf, RunState,
-    RunningRun, SyncStore,
+    LifecyclePlanner, LifecycleRecord, Link, Mark, PruneRuns, Queued, Read, Record, RowsOf,
+    RunState, RunningRun, SyncStore,
 };
 use super::{
     ItemReport, Outcome, Progress, RunOptions, RunStatus, RunSummary, SyncEngine, SyncError,
@@ -85,8 +85,16 @@ impl SyncStore for Seams {
         self.records.store(0, Ordering::SeqCst);
         self.inner.begin_run(run).await
     }
-    async fn begin_approval(&self, run: BeginRun, approves: i64) -> Result<i64, SyncError> {
-        self.inner.begin_approval(run, approves).await
+    async fn begin_approval(
+        &self,
+        run: BeginRun,
+        approves: i64,
+        approver: &str,
+    ) -> Result<i64, SyncError> {
+        self.inner.begin_approval(run, approves, approver).await
+    }
+    async fn prune_runs(&self, prune: PruneRuns) -> Result<u64, SyncError> {
+        self.inner.prune_runs(prune).await
     }
     async fn finish_run(&self, end: FinishRun) -> Result<(), SyncError> {
         self.inner.finish_run(end).await
@@ -669,7 +677,30 @@ async fn retention_deactivates_restores_then_purges_and_deletes() {
     assert_eq!(s.counts.offboarded, 0);
     assert!(e.staged("u1").await);
     e.clock.advance(Duration::hours(2));
-    let s = e.run().await;
+    // A dry run shows the offboarding as the real run records it: its action, the values
+    // before it.
+    let dry = e
+        .run_with(RunOptions {
+            dry_run: true,
+            ..RunOptions::default()
+        })
+        .await;
+    let real = e.run().await;
+    let offboarded = |run: i64| {
+        let store = e.store.clone();
+        async move {
+            let (_, items) = store.items(run, Some("offboarded"), 10, 0).await.unwrap();
+            assert_eq!(items.len(), 1, "{items:?}");
+            let i = items.into_iter().next().unwrap();
+            (i.action, i.changes)
+        }
+    };
+    let (dry_action, dry_changes) = offboarded(dry.run_id).await;
+    let (action, changes) = offboarded(real.run_id).await;
+    assert_eq!(action.as_deref(), Some("delete"));
+    assert_eq!((dry_action, dry_changes), (action, changes.clone()));
+    assert!(!changes.is_empty() && changes.values().all(|c| c["after"].is_null()));
+    let s = real;
     assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
     assert_eq!(s.counts.offboarded, 1);
     assert!(!e.staged("u1").await, "purged from staging");
@@ -773,13 +804,17 @@ async fn the_guard_holds_mass_offboarding_until_approved() {
     assert!(e.staged("u1").await);
     // One comes back before the approval: it is not offboarded.
     e.set("u5", "active", json!(true)).await;
-    let a = e.engine.approve(s.run_id, Trigger::Api).await.unwrap();
+    let a = e
+        .engine
+        .approve(s.run_id, Trigger::Api, "ops-admin")
+        .await
+        .unwrap();
     assert_eq!(a.status, RunStatus::Succeeded, "{a:?}");
     assert_eq!(a.counts.offboarded, 4);
     assert_eq!(e.rows().await.len(), 4);
     assert!(e.staged("u5").await && !e.staged("u1").await);
     assert!(matches!(
-        e.engine.approve(s.run_id, Trigger::Api).await,
+        e.engine.approve(s.run_id, Trigger::Api, "ops-admin").await,
         Err(super::SyncError::NotAwaitingApproval(_))
     ));
     let approved_by = e
@@ -789,6 +824,29 @@ async fn the_guard_holds_mass_offboarding_until_approved() {
         ))
         .await;
     assert_eq!(approved_by, a.run_id);
+    // The held run says it was approved, by whom, and the audit trail has the approval.
+    let held = e.store.run(s.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (held.status.as_str(), held.approver.as_deref()),
+        ("approved", Some("ops-admin"))
+    );
+    assert!(held.approved_at.is_some());
+    assert_eq!(
+        e.count("SELECT count(*) FROM sync_audit WHERE action = 'approve' AND actor = 'ops-admin'")
+            .await,
+        1
+    );
+    // Each offboarding applied by the approval records its action and the values before it.
+    let (_, items) = e.store.items(a.run_id, None, 10, 0).await.unwrap();
+    assert_eq!(items.len(), 4);
+    for i in &items {
+        assert_eq!(
+            (i.outcome.as_str(), i.action.as_deref()),
+            ("offboarded", Some("delete"))
+        );
+        assert!(!i.changes.is_empty(), "{i:?}");
+        assert!(i.changes.values().all(|c| c["after"].is_null()), "{i:?}");
+    }
     // Below the guard, offboarding needs no approval.
     e.set("u6", "active", json!(false)).await;
     e.clock.advance(Duration::hours(2));

@@ -243,11 +243,17 @@ async fn a_users_story_follows_its_offboarding() {
     assert_eq!(s["application"], Value::Null);
     assert_eq!(s["offboarding"], Value::Null);
     assert_eq!(outcomes(&s)[0], "offboarded");
+    // The offboarding's item says what it did and what the row held before.
+    let offboarded = &s["items"][0]["item"];
+    assert_eq!(offboarded["action"], "delete", "{s}");
+    assert_eq!(
+        offboarded["changes"]["FirstName"],
+        json!({"before": "Ann", "after": null})
+    );
+    assert_eq!(s["items"][1]["item"]["action"], Value::Null);
+    let headline = s["headline"].as_str().unwrap();
     assert!(
-        s["headline"]
-            .as_str()
-            .unwrap()
-            .starts_with("Not staged any more"),
+        headline.starts_with("Not staged any more") && headline.contains("offboarded (delete)"),
         "{s}"
     );
 }

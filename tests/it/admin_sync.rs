@@ -95,6 +95,7 @@ async fn sync_endpoints_need_a_token_and_posts_need_an_operator() {
             json!({"userId": user}),
         ),
         (format!("/tenants/{ACME}/mapping/reload"), json!({})),
+        ("/runs/prune".to_string(), json!({})),
     ];
     for path in &gets {
         for token in [None, Some(ACME_TOKEN)] {
@@ -113,7 +114,7 @@ async fn sync_endpoints_need_a_token_and_posts_need_an_operator() {
         assert!(r.body["detail"].as_str().unwrap().contains("operator"));
     }
     // The operator may: a dry run starts, the run is not awaiting approval, the preview renders,
-    // the mapping reloads.
+    // the mapping reloads, the ledger is pruned.
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
         for (path, body) in &posts {
@@ -125,7 +126,7 @@ async fn sync_endpoints_need_a_token_and_posts_need_an_operator() {
         }
         v
     };
-    assert_eq!(statuses, [202, 409, 200, 200]);
+    assert_eq!(statuses, [202, 409, 200, 200, 200]);
     // A method a path does not have: 405 naming the ones it has.
     let r = app
         .send(app.admin_request(
@@ -443,9 +444,36 @@ async fn the_guard_holds_offboardings_until_an_operator_approves() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["counts"]["offboarded"], 1);
     assert_eq!(done["approval"]["approvesRun"], held_id);
+    // The held run says it was approved, by which admin token, when and by which run.
     let held = app.admin_get(&format!("/runs/{held_id}"), &[]).await.body;
+    assert_eq!(held["status"], "approved", "{held}");
+    assert_eq!(held["approval"]["approver"], "ops");
     assert_eq!(held["approval"]["approvedBy"], approving);
-    assert!(held["approval"]["approvedAt"].is_string());
+    assert_eq!(
+        held["approval"]["approvedAt"],
+        held_started(&app, approving).await
+    );
+    let approved = app.admin_get("/runs", &[("status", "approved")]).await;
+    assert_eq!(approved.body["total"], 1, "{}", approved.text);
+    assert_eq!(approved.body["items"][0]["id"], held_id);
+    // What the offboarding did: the Scifeon mapping deletes the row (its roles went with the
+    // deactivation, which removes them).
+    let items = app
+        .admin_get(&format!("/runs/{approving}/items"), &[])
+        .await
+        .body;
+    let item = &items["items"][0];
+    assert_eq!(
+        (&item["outcome"], &item["action"], &item["userId"]),
+        (&json!("offboarded"), &json!("delete"), &json!(ann)),
+        "{items}"
+    );
+    assert_eq!(
+        item["changes"]["FirstName"],
+        json!({"before": "Ann", "after": null}),
+        "{items}"
+    );
+    assert_eq!(item["rolesRemoved"], json!([]));
     assert_eq!(
         app.admin_get(&format!("/tenants/{ACME}/offboardings"), &[])
             .await
@@ -460,6 +488,60 @@ async fn the_guard_holds_offboardings_until_an_operator_approves() {
         .await
         .assert_problem(409);
     app.admin_post("/runs/987654/approve", OPERATOR_TOKEN, None)
+        .await
+        .assert_problem(404);
+}
+
+/// When a run started (the approval is recorded as it starts).
+async fn held_started(app: &TestApp, run: i64) -> Value {
+    app.admin_get(&format!("/runs/{run}"), &[]).await.body["startedAt"].clone()
+}
+
+/// No-op runs go after admin.noop_run_days (7), runs with changes after admin.run_days (90);
+/// the tenant's newest run stays; a reader may not prune.
+#[tokio::test]
+async fn runs_are_pruned_on_request_no_op_runs_first() {
+    let app = TestApp::start_syncing("").await;
+    app.scifeon_user("ann@example.com", "Ann", &[]).await;
+    let changed = app.sync_now().await["id"].as_i64().unwrap();
+    let noop = app.sync_now().await["id"].as_i64().unwrap();
+    app.clock.advance(Duration::days(8));
+    let newest = app.sync_now().await["id"].as_i64().unwrap();
+    app.admin_post("/runs/prune", READER_TOKEN, None)
+        .await
+        .assert_problem(403);
+    app.admin_post("/runs/prune?tenant=nobody", OPERATOR_TOKEN, None)
+        .await
+        .assert_problem(404);
+    let ids = || async {
+        let runs = app.admin_get("/runs", &[("tenant", ACME)]).await.body;
+        runs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let r = app.admin_post("/runs/prune", OPERATOR_TOKEN, None).await;
+    r.assert_status(200);
+    assert_eq!(r.body["deleted"], 1, "{}", r.text);
+    assert_eq!(
+        r.body["noopBefore"],
+        fmt(app.clock_now() - Duration::days(7))
+    );
+    assert_eq!(r.body["before"], fmt(app.clock_now() - Duration::days(90)));
+    assert_eq!(ids().await, [newest, changed]);
+    app.admin_get(&format!("/runs/{noop}"), &[])
+        .await
+        .assert_problem(404);
+    // Past 90 days the run with changes goes too, with its items; the newest stays.
+    app.clock.advance(Duration::days(90));
+    let r = app
+        .admin_post(&format!("/runs/prune?tenant={ACME}"), OPERATOR_TOKEN, None)
+        .await;
+    assert_eq!(r.body["deleted"], 1, "{}", r.text);
+    assert_eq!(ids().await, [newest]);
+    app.admin_get(&format!("/runs/{changed}/items"), &[])
         .await
         .assert_problem(404);
 }

@@ -23,8 +23,11 @@ use scim_bridge::scim::resource::normalize;
 use scim_bridge::store::StoreError;
 use scim_bridge::sync::holder::Holder;
 use scim_bridge::sync::ledger::RunQuery;
-use scim_bridge::sync::store::{BeginRun, Heartbeat, Owned, RowsOf};
-use scim_bridge::sync::{Change, RunOptions, RunStatus, RunSummary, SyncEngine, Trigger};
+use scim_bridge::sync::lifecycle::{prune_runs, run_retention};
+use scim_bridge::sync::store::{BeginRun, FinishRun, Heartbeat, Owned, PruneRuns, RowsOf};
+use scim_bridge::sync::{
+    Change, RunOptions, RunStatus, RunSummary, SyncEngine, SyncError, Trigger,
+};
 
 use crate::store_conformance::{Backend, backends, group_change, id, rt, t};
 
@@ -373,6 +376,27 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             [(carl.as_str(), "offboarded")],
             "{backend}"
         );
+        // The offboarding's item says what it did (the mapping deletes the row) and what the
+        // row held before, as the engine last wrote it (deactivated).
+        assert_eq!(items[0].action.as_deref(), Some("delete"), "{backend}");
+        assert_eq!(
+            (
+                &items[0].changes["FirstName"],
+                &items[0].changes["IsActive"]
+            ),
+            (
+                &json!({"before": "Carl", "after": null}),
+                &json!({"before": false, "after": null})
+            ),
+            "{backend}"
+        );
+        assert!(
+            items[0].changes.values().all(|c| c["after"].is_null()),
+            "{backend}"
+        );
+        // Other items record no action.
+        let (_, earlier) = db.items(dry.run_id, None, 10, 0).await.unwrap();
+        assert!(earlier.iter().all(|i| i.action.is_none()), "{backend}");
         assert_eq!(db.count_pending(tn, 24).await.unwrap(), 0, "{backend}");
         assert!(db.link(tn, &carl).await.unwrap().is_none(), "{backend}");
         let again = e.run(false).await;
@@ -813,7 +837,9 @@ async fn a_dead_holders_lease_is_taken_over_and_its_runs_closed() {
     }
 }
 
-/// An approval's run holds the lease, and the lease names it.
+/// An approval's run holds the lease, and the lease names it; the approved run records who
+/// approved it and when, its status is `approved`, the approval is audited, and a run is
+/// approved once.
 #[tokio::test]
 async fn an_approvals_run_is_recorded_in_the_lease() {
     for b in backends().await {
@@ -821,11 +847,27 @@ async fn an_approvals_run_is_recorded_in_the_lease() {
         let backend = s.backend_name();
         let holder = Holder::this_process().to_string();
         let held = s
-            .begin_run(begin(tn, &holder, None, true, t(3)))
+            .begin_run(begin(tn, &holder, None, false, t(3)))
             .await
             .unwrap();
+        s.finish_run(FinishRun {
+            tenant: tn.to_string(),
+            run_id: held.run_id,
+            holder: Some(holder.clone()),
+            status: RunStatus::AwaitingApproval,
+            counts: Default::default(),
+            watermark_to: None,
+            ended_at: t(3),
+            error: None,
+        })
+        .await
+        .unwrap();
         let approving = s
-            .begin_approval(begin(tn, &holder, None, false, t(3)), held.run_id)
+            .begin_approval(
+                begin(tn, &holder, None, false, t(3)),
+                held.run_id,
+                "ops-admin",
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -837,6 +879,189 @@ async fn an_approvals_run_is_recorded_in_the_lease() {
             s.run(approving).await.unwrap().unwrap().approves_run,
             Some(held.run_id)
         );
+        // The held run says it was approved, when and by whom, and the approval is audited.
+        let approved = s.run(held.run_id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                approved.status.as_str(),
+                approved.approver.as_deref(),
+                approved.approved_by,
+                approved.approved_at.as_deref()
+            ),
+            (
+                "approved",
+                Some("ops-admin"),
+                Some(approving),
+                Some("2030-01-01T03:00:00.000Z")
+            ),
+            "{backend}"
+        );
+        assert_eq!(audited(&b, "approve", "ops-admin").await, 1, "{backend}");
+        let (n, runs) = s
+            .runs(&RunQuery {
+                tenant: Some(tn.to_string()),
+                status: Some("approved".into()),
+                limit: 10,
+                ..RunQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((n, runs[0].id), (1, held.run_id), "{backend}");
+        // A run can be approved once; the second attempt writes nothing (no run, no audit).
+        s.finish_run(FinishRun {
+            tenant: tn.to_string(),
+            run_id: approving,
+            holder: Some(holder.clone()),
+            status: RunStatus::Succeeded,
+            counts: Default::default(),
+            watermark_to: None,
+            ended_at: t(3),
+            error: None,
+        })
+        .await
+        .unwrap();
+        let again = s
+            .begin_approval(begin(tn, &holder, None, false, t(4)), held.run_id, "other")
+            .await;
+        assert!(
+            matches!(again, Err(SyncError::NotAwaitingApproval(id)) if id == held.run_id),
+            "{again:?}: {backend}"
+        );
+        assert_eq!(audited(&b, "approve", "other").await, 0, "{backend}");
+        assert_eq!(s.lease(tn, t(4)).await.unwrap(), None, "{backend}");
+        let (n, _) = s
+            .runs(&RunQuery {
+                tenant: Some(tn.to_string()),
+                limit: 10,
+                ..RunQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 2, "{backend}");
+    }
+}
+
+/// Run retention: no-op runs go after `noop_run_days`, runs with items after `run_days`, with
+/// their items; a running or awaiting_approval run and each tenant's newest run stay; another
+/// tenant's runs are left alone when the prune names a tenant.
+#[tokio::test]
+async fn run_retention_prunes_no_op_runs_sooner_and_keeps_what_must_stay() {
+    for b in backends().await {
+        let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
+        let backend = s.backend_name();
+        let e = engine(&b).await;
+        let holder = Holder::this_process().to_string();
+        let day = |d: i64| t(3) + Duration::days(d);
+        // Day 0: a dry run left running (the engine's next run closes it as failed) and a run
+        // awaiting approval.
+        let failed = s
+            .begin_run(begin(tn, &holder, None, true, day(0)))
+            .await
+            .unwrap()
+            .run_id;
+        let held = s
+            .begin_run(begin(tn, &holder, None, false, day(0)))
+            .await
+            .unwrap()
+            .run_id;
+        s.finish_run(FinishRun {
+            tenant: tn.to_string(),
+            run_id: held,
+            holder: Some(holder.clone()),
+            status: RunStatus::AwaitingApproval,
+            counts: Default::default(),
+            watermark_to: None,
+            ended_at: day(0),
+            error: None,
+        })
+        .await
+        .unwrap();
+        // A run that creates a user (an item), then no-op runs, a dry one among them.
+        s.create_user(tn, &rt, &id(), &person("ann@example.com", "Ann"), t(1))
+            .await
+            .unwrap();
+        let changed = e.run(false).await.run_id;
+        let noop = e.run(false).await.run_id;
+        let noop_dry = e.run(true).await.run_id;
+        // Ten days later, one more no-op run: the newest.
+        e.clock.advance(Duration::days(10));
+        let newest = e.run(false).await.run_id;
+        let ids = || async {
+            let (_, runs) = s
+                .runs(&RunQuery {
+                    tenant: Some(tn.to_string()),
+                    limit: 100,
+                    ..RunQuery::default()
+                })
+                .await
+                .unwrap();
+            let mut ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(
+            ids().await,
+            [failed, held, changed, noop, noop_dry, newest],
+            "{backend}"
+        );
+        let prune = |now: DateTime<Utc>| PruneRuns {
+            tenant: Some(tn.to_string()),
+            ..run_retention(7, 90, now)
+        };
+        // Inside both retentions nothing goes.
+        assert_eq!(s.prune_runs(prune(day(5))).await.unwrap(), 0, "{backend}");
+        // Past the no-op retention the no-op runs go; the run with an item stays.
+        let n = prune_runs(s.as_ref(), prune(e.clock.now())).await.unwrap();
+        assert_eq!(n, 2, "{backend}");
+        assert_eq!(ids().await, [failed, held, changed, newest], "{backend}");
+        assert!(s.run(noop).await.unwrap().is_none(), "{backend}");
+        // A failed run is no no-op: it is kept as long as runs with changes.
+        let status = s.run(failed).await.unwrap().unwrap().status;
+        assert_eq!(status, "failed", "{backend}");
+        // Past the other retention it goes too, with its items; what must stay stays.
+        let (n, items) = s.items(changed, None, 10, 0).await.unwrap();
+        assert_eq!(n, 1, "{items:?} {backend}");
+        let later = e.clock.now() + Duration::days(200);
+        // Another tenant's prune leaves this tenant's runs alone.
+        let other = PruneRuns {
+            tenant: Some(format!("{tn}-other")),
+            ..run_retention(7, 90, later)
+        };
+        assert_eq!(s.prune_runs(other).await.unwrap(), 0, "{backend}");
+        // A run still running (started long ago) and a newest run, both old by then.
+        let running = s
+            .begin_run(begin(tn, &holder, None, true, day(0)))
+            .await
+            .unwrap()
+            .run_id;
+        let last = s
+            .begin_run(begin(tn, &holder, None, false, day(0)))
+            .await
+            .unwrap()
+            .run_id;
+        s.finish_run(FinishRun {
+            tenant: tn.to_string(),
+            run_id: last,
+            holder: Some(holder.clone()),
+            status: RunStatus::Succeeded,
+            counts: Default::default(),
+            watermark_to: None,
+            ended_at: day(0),
+            error: None,
+        })
+        .await
+        .unwrap();
+        let n = s.prune_runs(prune(later)).await.unwrap();
+        assert_eq!(ids().await, [held, running, last], "{backend}");
+        assert_eq!(n, 3, "the failed, the changed, the then newest: {backend}");
+        let (n, items) = s.items(changed, None, 10, 0).await.unwrap();
+        assert!(n == 0 && items.is_empty(), "{backend}");
+        // 0 days: runs with items are kept for ever.
+        let forever = PruneRuns {
+            tenant: Some(tn.to_string()),
+            ..run_retention(0, 0, later)
+        };
+        assert_eq!(s.prune_runs(forever).await.unwrap(), 0, "{backend}");
     }
 }
 

@@ -32,7 +32,7 @@ const RUN_COLUMNS: &str = "r.id, r.tenant, r.[trigger], r.dry_run, r.[full], r.s
      CAST(r.deactivated AS BIGINT) AS deactivated, CAST(r.offboarded AS BIGINT) AS offboarded, \
      CAST(r.failed AS BIGINT) AS failed, CAST(r.quarantined AS BIGINT) AS quarantined, \
      (SELECT COUNT_BIG(*) FROM sync.run_items i WHERE i.run_id = r.id AND i.outcome = N'offboarding_held') AS held, \
-     r.watermark_from, r.watermark_to, r.error, r.approves_run, r.approved_at, r.approved_by";
+     r.watermark_from, r.watermark_to, r.error, r.approves_run, r.approved_at, r.approved_by, r.approver";
 
 /// Which of [`RunQuery`]'s filters are set: each set one is a parameter, numbered from @P1
 /// in this order.
@@ -131,7 +131,7 @@ fn items_page(outcome: bool) -> String {
     let n = if outcome { 2 } else { 1 };
     format!(
         "SELECT i.id, i.user_id, i.user_name, i.app_key, i.outcome, i.changes, i.roles_added, \
-         i.roles_removed, i.error, p.total FROM (SELECT id, COUNT_BIG(*) OVER () AS total \
+         i.roles_removed, i.error, i.action, p.total FROM (SELECT id, COUNT_BIG(*) OVER () AS total \
          FROM sync.run_items WHERE {} ORDER BY id OFFSET @P{} ROWS FETCH NEXT @P{} ROWS ONLY) p \
          JOIN sync.run_items i ON i.id = p.id ORDER BY i.id",
         items_condition(outcome),
@@ -258,7 +258,8 @@ fn user_sync_sql() -> String {
          SELECT COUNT_BIG(*) FROM sync.run_items i JOIN sync.runs r ON r.id = i.run_id \
          WHERE i.user_id = @P2 AND r.tenant = @P1; \
          SELECT TOP (@P3) r.id, r.[trigger], r.dry_run, r.status, r.started_at, i.id, i.user_id, \
-         i.user_name, i.app_key, i.outcome, i.changes, i.roles_added, i.roles_removed, i.error \
+         i.user_name, i.app_key, i.outcome, i.changes, i.roles_added, i.roles_removed, i.error, \
+         i.action \
          FROM sync.run_items i JOIN sync.runs r ON r.id = i.run_id \
          WHERE i.user_id = @P2 AND r.tenant = @P1 ORDER BY i.id DESC"
     )
@@ -297,6 +298,7 @@ fn run_row(r: &Row) -> Result<RunRow, SqlError> {
         approves_run: opt_int(r, 21)?,
         approved_at: opt_time(r, 22)?,
         approved_by: opt_int(r, 23)?,
+        approver: opt_text(r, 24)?,
     })
 }
 
@@ -436,6 +438,7 @@ impl LedgerReads for MssqlStaging {
                 opt_text(r, 6)?,
                 opt_text(r, 7)?,
                 opt_text(r, 8)?,
+                opt_text(r, 9)?,
             )))
         };
         Ok(counted(&self.pool, page, offset, count_query, read).await?)
@@ -594,6 +597,7 @@ impl LedgerReads for MssqlStaging {
                         opt_text(r, 11)?,
                         opt_text(r, 12)?,
                         opt_text(r, 13)?,
+                        opt_text(r, 14)?,
                     )),
                 })
             })

@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_admin_answers",
         sql: include_str!("../../../sql/mssql/0006_admin_answers.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_ledger",
+        sql: include_str!("../../../sql/mssql/0007_ledger.sql"),
+    },
 ];
 
 /// The batches of a script: `GO` on a line of its own separates them, as in sqlcmd and SSMS.

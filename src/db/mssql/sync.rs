@@ -23,8 +23,8 @@ use crate::store::format_time;
 use crate::sync::plan::Planned;
 use crate::sync::store::{
     BatchPlanner, BeginRun, Begun, DueBatch, DueQuery, FinishRun, Heartbeat, LeaseRow,
-    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, LinkWrite, Mark, Owned, Queued, Read,
-    Record, RetryWrite, RowsOf, RunState, RunningRun, SyncStore, UserRow, item_json,
+    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, LinkWrite, Mark, Owned, PruneRuns,
+    Queued, Read, Record, RetryWrite, RowsOf, RunState, RunningRun, SyncStore, UserRow, item_json,
 };
 use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
 
@@ -344,20 +344,47 @@ const UPDATE_RUN: &str = "UPDATE sync.runs SET status = @P1, ended_at = @P2, cre
 /// @P1 id.
 const GET_RUN: &str = "SELECT tenant, status, dry_run, approved_at FROM sync.runs WHERE id = @P1";
 
-/// @P1 approved_at, @P2 approving run, @P3 id.
-const APPROVE_RUN: &str =
-    "UPDATE sync.runs SET approved_at = @P1, approved_by = @P2 WHERE id = @P3";
+/// Mark an awaiting_approval run approved: @P1 approved_at, @P2 approving run, @P3 approver,
+/// @P4 id; no row when it is not awaiting approval or was approved already.
+const APPROVE_RUN: &str = "UPDATE sync.runs SET status = N'approved', approved_at = @P1, approved_by = @P2, \
+     approver = @P3 WHERE id = @P4 AND status = N'awaiting_approval' AND approved_at IS NULL AND dry_run = 0";
+
+/// Runs pruned per transaction.
+const PRUNE_BATCH: i64 = 500;
+
+/// The runs retention deletes (see `PruneRuns`), oldest first: @P1 before, @P2 noop_before,
+/// @P3 limit, @P4 tenant (NULL: every tenant). Never a running or awaiting_approval run, nor the newest run of its tenant. A
+/// no-op run has no item, did not fail and is no part of an approval.
+const PRUNABLE_RUNS: &str = "SELECT TOP (@P3) r.id FROM sync.runs r \
+     WHERE r.status NOT IN (N'running', N'awaiting_approval') \
+     AND r.id < (SELECT MAX(n.id) FROM sync.runs n WHERE n.tenant = r.tenant) \
+     AND (r.started_at < @P1 OR (r.started_at < @P2 AND r.status IN (N'succeeded', N'skipped') \
+         AND r.approves_run IS NULL AND r.approved_at IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM sync.run_items i WHERE i.run_id = r.id))) \
+     AND (@P4 IS NULL OR r.tenant = @P4) \
+     ORDER BY r.id";
+
+/// Delete the runs of @P1 (a JSON array of ids) with their items; runs kept that point at them
+/// (an approval and the run it approved) let go of the reference first.
+const PRUNE_RUNS: &str = "UPDATE sync.runs SET approves_run = NULL WHERE approves_run IN \
+     (SELECT CAST([value] AS BIGINT) FROM OPENJSON(@P1)); \
+     UPDATE sync.runs SET approved_by = NULL WHERE approved_by IN \
+     (SELECT CAST([value] AS BIGINT) FROM OPENJSON(@P1)); \
+     DELETE FROM sync.run_items WHERE run_id IN (SELECT CAST([value] AS BIGINT) FROM OPENJSON(@P1)); \
+     DELETE FROM sync.runs WHERE id IN (SELECT CAST([value] AS BIGINT) FROM OPENJSON(@P1))";
 
 /// A batch's ledger items in one statement, ids in array order: @P1 run id, @P2 a JSON array
 /// of objects with user_id, user_name, app_key, outcome, changes, roles_added, roles_removed
 /// (JSON text or null) and error.
 const INSERT_RUN_ITEMS: &str = "INSERT INTO sync.run_items (run_id, user_id, user_name, app_key, outcome, changes, \
-     roles_added, roles_removed, error) \
-     SELECT @P1, j.user_id, j.user_name, j.app_key, j.outcome, j.changes, j.roles_added, j.roles_removed, j.error \
+     roles_added, roles_removed, error, action) \
+     SELECT @P1, j.user_id, j.user_name, j.app_key, j.outcome, j.changes, j.roles_added, j.roles_removed, j.error, \
+     j.action \
      FROM OPENJSON(@P2) a CROSS APPLY OPENJSON(a.value) WITH (user_id NVARCHAR(64) '$.user_id', \
      user_name NVARCHAR(256) '$.user_name', app_key NVARCHAR(450) '$.app_key', outcome NVARCHAR(32) '$.outcome', \
      changes NVARCHAR(MAX) '$.changes', roles_added NVARCHAR(MAX) '$.roles_added', \
-     roles_removed NVARCHAR(MAX) '$.roles_removed', error NVARCHAR(MAX) '$.error') j \
+     roles_removed NVARCHAR(MAX) '$.roles_removed', error NVARCHAR(MAX) '$.error', \
+     action NVARCHAR(16) '$.action') j \
      ORDER BY CAST(a.[key] AS INT)";
 
 // ---- offboarding queue ----------------------------------------------------------------------
@@ -368,9 +395,10 @@ const QUEUE_OFFBOARDING: &str = "INSERT INTO sync.offboarding (tenant, user_id, 
      SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8 WHERE NOT EXISTS \
      (SELECT 1 FROM sync.offboarding WITH (UPDLOCK, HOLDLOCK) WHERE tenant = @P1 AND user_id = @P2)";
 
-/// @P1 tenant, @P2 after id, @P3 limit.
-const PENDING_OFFBOARDINGS: &str = "SELECT TOP (@P3) id, user_id, user_name, app_key, action, roles \
-     FROM sync.offboarding WHERE tenant = @P1 AND id > @P2 ORDER BY id";
+/// @P1 tenant, @P2 after id, @P3 limit; with the fields the user's link last applied.
+const PENDING_OFFBOARDINGS: &str = "SELECT TOP (@P3) o.id, o.user_id, o.user_name, o.app_key, o.action, o.roles, \
+     l.fields FROM sync.offboarding o LEFT JOIN sync.links l ON l.tenant = o.tenant AND l.user_id = o.user_id \
+     WHERE o.tenant = @P1 AND o.id > @P2 ORDER BY o.id";
 
 /// @P1 id.
 const DELETE_OFFBOARDING: &str = "DELETE FROM sync.offboarding WHERE id = @P1";
@@ -503,6 +531,7 @@ fn items_json(items: &[ItemReport]) -> Result<String, SyncError> {
                 "roles_added": j.roles_added,
                 "roles_removed": j.roles_removed,
                 "error": item.error,
+                "action": item.action,
             }))
         })
         .collect::<Result<Vec<Value>, SyncError>>()?;
@@ -967,7 +996,12 @@ impl SyncStore for MssqlStaging {
         .await
     }
 
-    async fn begin_approval(&self, run: BeginRun, approves: i64) -> Result<i64, SyncError> {
+    async fn begin_approval(
+        &self,
+        run: BeginRun,
+        approves: i64,
+        approver: &str,
+    ) -> Result<i64, SyncError> {
         transaction(&self.pool, async |c: &mut Client| {
             if !acquire_lease(c, &run).await? {
                 return Err(SyncError::Busy(run.tenant.clone()));
@@ -979,11 +1013,48 @@ impl SyncStore for MssqlStaging {
             let mut q = Query::new(APPROVE_RUN);
             q.bind(naive(run.started_at));
             q.bind(run_id);
+            q.bind(approver.to_string());
             q.bind(approves);
-            execute(c, q).await?;
+            if execute(c, q).await? == 0 {
+                // Approved meanwhile (or never held): the transaction is rolled back.
+                return Err(SyncError::NotAwaitingApproval(approves));
+            }
+            let detail = json!({ "run_id": approves, "approving_run": run_id });
+            audit(c, &run.tenant, approver, "approve", &detail, run.started_at).await?;
             Ok(run_id)
         })
         .await
+    }
+
+    async fn prune_runs(&self, prune: PruneRuns) -> Result<u64, SyncError> {
+        let mut pruned = 0;
+        // A bounded batch per transaction: its locks are held for one batch at most.
+        loop {
+            let n = transaction(&self.pool, async |c: &mut Client| {
+                let mut q = Query::new(PRUNABLE_RUNS);
+                q.bind(naive(prune.before));
+                q.bind(naive(prune.noop_before));
+                q.bind(PRUNE_BATCH);
+                q.bind(prune.tenant.clone());
+                let ids = rows(c, q)
+                    .await?
+                    .iter()
+                    .map(|r| int(r, 0))
+                    .collect::<Result<Vec<i64>, SqlError>>()?;
+                if ids.is_empty() {
+                    return Ok::<u64, SyncError>(0);
+                }
+                let mut q = Query::new(PRUNE_RUNS);
+                q.bind(serde_json::to_string(&ids)?);
+                execute(c, q).await?;
+                Ok(ids.len() as u64)
+            })
+            .await?;
+            pruned += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 
     async fn finish_run(&self, end: FinishRun) -> Result<(), SyncError> {
@@ -1280,6 +1351,9 @@ impl SyncStore for MssqlStaging {
                     app_key: text(r, 3)?,
                     action: serde_json::from_str(&text(r, 4)?)?,
                     roles: serde_json::from_str(&text(r, 5)?)?,
+                    applied: opt_text(r, 6)?
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or_default(),
                 })
             })
             .collect()
@@ -1329,6 +1403,8 @@ pub(super) fn statements() -> Vec<(String, String)> {
         ("UPDATE_RUN", UPDATE_RUN),
         ("GET_RUN", GET_RUN),
         ("APPROVE_RUN", APPROVE_RUN),
+        ("PRUNABLE_RUNS", PRUNABLE_RUNS),
+        ("PRUNE_RUNS", PRUNE_RUNS),
         ("INSERT_RUN_ITEMS", INSERT_RUN_ITEMS),
         ("QUEUE_OFFBOARDING", QUEUE_OFFBOARDING),
         ("PENDING_OFFBOARDINGS", PENDING_OFFBOARDINGS),
@@ -1364,7 +1440,7 @@ mod tests {
     /// the statement uses.
     #[test]
     fn the_sync_engine_statements_take_as_many_parameters_as_it_binds() {
-        let engine: [(&str, &str, usize); 41] = [
+        let engine: [(&str, &str, usize); 43] = [
             ("GET_WATERMARK", GET_WATERMARK, 1),
             ("COUNT_CHANGED", COUNT_CHANGED, 4),
             ("CHANGED_USERS", &CHANGED_USERS, 5),
@@ -1394,7 +1470,9 @@ mod tests {
             ("DROP_ORPHAN_RETRIES", DROP_ORPHAN_RETRIES, 1),
             ("INSERT_RUN", INSERT_RUN, 10),
             ("UPDATE_RUN", UPDATE_RUN, 14),
-            ("APPROVE_RUN", APPROVE_RUN, 3),
+            ("APPROVE_RUN", APPROVE_RUN, 4),
+            ("PRUNABLE_RUNS", PRUNABLE_RUNS, 4),
+            ("PRUNE_RUNS", PRUNE_RUNS, 1),
             ("QUEUE_OFFBOARDING", QUEUE_OFFBOARDING, 8),
             ("COUNT_MEMBERSHIPS", COUNT_MEMBERSHIPS, 2),
             ("PURGE_USER", PURGE_USER, 2),
@@ -1456,6 +1534,7 @@ mod tests {
             user_name: Some("ann@example.com".into()),
             app_key: Some("ann".into()),
             outcome: Outcome::Updated,
+            action: None,
             changes: BTreeMap::from([(
                 "FirstName".to_string(),
                 Change {

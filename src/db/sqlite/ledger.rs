@@ -19,7 +19,7 @@ const RUN_COLUMNS: &str = "r.id, r.tenant, r.trigger, r.dry_run, r.full, r.statu
      r.ended_at, r.created, r.updated, r.unchanged, r.roles_added, r.roles_removed, \
      r.deactivated, r.offboarded, r.failed, r.quarantined, \
      (SELECT count(*) FROM sync_run_items i WHERE i.run_id = r.id AND i.outcome = 'offboarding_held') AS held, \
-     r.watermark_from, r.watermark_to, r.error, r.approves_run, r.approved_at, r.approved_by";
+     r.watermark_from, r.watermark_to, r.error, r.approves_run, r.approved_at, r.approved_by, r.approver";
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -47,6 +47,7 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         approves_run: r.get(21)?,
         approved_at: r.get(22)?,
         approved_by: r.get(23)?,
+        approver: r.get(24)?,
     })
 }
 
@@ -181,7 +182,7 @@ impl LedgerReads for SqliteStaging {
                     .query_row(&p[..], |r| r.get(0))?;
                 p.extend([&limit as &dyn ToSql, &offset]);
                 let mut stmt = c.prepare_cached(&format!(
-                    "SELECT id, user_id, user_name, app_key, outcome, changes, roles_added, roles_removed, error \
+                    "SELECT id, user_id, user_name, app_key, outcome, changes, roles_added, roles_removed, error, action \
                      FROM sync_run_items WHERE {cond} ORDER BY id LIMIT ? OFFSET ?"
                 ))?;
                 let rows = stmt
@@ -196,6 +197,7 @@ impl LedgerReads for SqliteStaging {
                             r.get(6)?,
                             r.get(7)?,
                             r.get(8)?,
+                            r.get(9)?,
                         )))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
@@ -408,7 +410,7 @@ impl LedgerReads for SqliteStaging {
                 let mut stmt = c.prepare_cached(
                     "SELECT r.id, r.trigger, r.dry_run, r.status, r.started_at, i.id, i.user_id, \
                      i.user_name, i.app_key, i.outcome, i.changes, i.roles_added, i.roles_removed, \
-                     i.error FROM sync_run_items i JOIN sync_runs r ON r.id = i.run_id \
+                     i.error, i.action FROM sync_run_items i JOIN sync_runs r ON r.id = i.run_id \
                      WHERE i.user_id = ?2 AND r.tenant = ?1 ORDER BY i.id DESC LIMIT ?3",
                 )?;
                 let items = stmt
@@ -429,6 +431,7 @@ impl LedgerReads for SqliteStaging {
                                 r.get(11)?,
                                 r.get(12)?,
                                 r.get(13)?,
+                                r.get(14)?,
                             )),
                         })
                     })?

@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "admin answers",
         sql: include_str!("../../../sql/sqlite/0007_admin_answers.sql"),
     },
+    Migration {
+        version: 8,
+        description: "ledger",
+        sql: include_str!("../../../sql/sqlite/0008_ledger.sql"),
+    },
 ];
 
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
@@ -131,10 +136,10 @@ mod tests {
         let path = dir.path().join("m.db");
         let mut c = Connection::open(&path).unwrap();
         let first = run(&mut c).unwrap();
-        assert_eq!(first.applied, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(first.applied, [1, 2, 3, 4, 5, 6, 7, 8]);
         let again = run(&mut c).unwrap();
         assert!(again.applied.is_empty());
-        assert_eq!(again.already_applied, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(again.already_applied, [1, 2, 3, 4, 5, 6, 7, 8]);
         c.execute(
             "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 2",
             [],

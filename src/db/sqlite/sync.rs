@@ -15,8 +15,8 @@ use crate::store::format_time;
 use crate::sync::plan::Planned;
 use crate::sync::store::{
     BatchPlanner, BeginRun, Begun, DueBatch, DueQuery, FinishRun, Heartbeat, LeaseRow,
-    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, Mark, Owned, Queued, Read, Record,
-    RowsOf, RunState, RunningRun, SyncStore, UserRow, item_json,
+    LifecycleDone, LifecyclePlanner, LifecycleRecord, Link, Mark, Owned, PruneRuns, Queued, Read,
+    Record, RowsOf, RunState, RunningRun, SyncStore, UserRow, item_json,
 };
 use crate::sync::{Counts, ItemReport, RunStatus, SyncError};
 
@@ -30,7 +30,7 @@ const USER_COLUMNS: &str = "u.pk, u.id, u.user_name, u.doc, u.active, u.deleted_
       AND q.quarantined_at IS NOT NULL AND q.change_seq = u.change_seq)";
 
 const INSERT_ITEM: &str = "INSERT INTO sync_run_items (run_id, user_id, user_name, app_key, outcome, changes, \
-    roles_added, roles_removed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    roles_added, roles_removed, error, action) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 const UPSERT_LINK: &str = "INSERT INTO sync_links (tenant, user_id, app_key, fingerprint, applied_roles, fields, state, updated_at) \
     VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, user_id) DO UPDATE SET \
@@ -72,6 +72,36 @@ const INSERT_RUN: &str = "INSERT INTO sync_runs (tenant, trigger, dry_run, full,
 const UPDATE_RUN: &str = "UPDATE sync_runs SET status = ?, ended_at = ?, created = ?, updated = ?, unchanged = ?, \
     roles_added = ?, roles_removed = ?, deactivated = ?, offboarded = ?, failed = ?, quarantined = ?, \
     watermark_to = ?, error = ? WHERE id = ?";
+
+/// Mark an awaiting_approval run approved: @1 approved_at, @2 the approving run, @3 the
+/// approver, @4 the run; no row when it is not awaiting approval or was approved already.
+const APPROVE_RUN: &str = "UPDATE sync_runs SET status = 'approved', approved_at = ?, approved_by = ?, \
+    approver = ? WHERE id = ? AND status = 'awaiting_approval' AND approved_at IS NULL AND dry_run = 0";
+
+/// Runs pruned per writer job.
+const PRUNE_BATCH: i64 = 500;
+
+/// The runs retention deletes (see `PruneRuns`), oldest first: binds before, noop_before,
+/// limit, tenant (NULL: every tenant). Never a running or awaiting_approval run, nor the newest run of its tenant. A no-op
+/// run has no item, did not fail and is no part of an approval.
+const PRUNABLE_RUNS: &str = "SELECT r.id FROM sync_runs r \
+    WHERE r.status NOT IN ('running', 'awaiting_approval') \
+    AND r.id < (SELECT max(n.id) FROM sync_runs n WHERE n.tenant = r.tenant) \
+    AND (r.started_at < ?1 OR (r.started_at < ?2 AND r.status IN ('succeeded', 'skipped') \
+        AND r.approves_run IS NULL AND r.approved_at IS NULL \
+        AND NOT EXISTS (SELECT 1 FROM sync_run_items i WHERE i.run_id = r.id))) \
+    AND (?4 IS NULL OR r.tenant = ?4) \
+    ORDER BY r.id LIMIT ?3";
+
+/// Delete the runs of a JSON array of ids with their items; runs kept that point at them (an
+/// approval and the run it approved) let go of the reference first. The last statement
+/// deletes the runs.
+const PRUNE_RUNS: [&str; 4] = [
+    "UPDATE sync_runs SET approves_run = NULL WHERE approves_run IN (SELECT value FROM json_each(?))",
+    "UPDATE sync_runs SET approved_by = NULL WHERE approved_by IN (SELECT value FROM json_each(?))",
+    "DELETE FROM sync_run_items WHERE run_id IN (SELECT value FROM json_each(?))",
+    "DELETE FROM sync_runs WHERE id IN (SELECT value FROM json_each(?))",
+];
 
 pub const LINKS: &str = "SELECT user_id, app_key, fingerprint, applied_roles, fields, state FROM sync_links \
     WHERE tenant = ? AND user_id IN (SELECT value FROM json_each(?))";
@@ -192,6 +222,7 @@ fn insert_items(c: &Connection, run_id: i64, items: &[ItemReport]) -> Result<(),
             j.roles_added,
             j.roles_removed,
             item.error,
+            item.action,
         ])?;
     }
     Ok(())
@@ -500,6 +531,13 @@ fn lease_row(c: &Connection, tenant: &str) -> Result<Option<LeaseRow>, SyncError
     }))
 }
 
+/// A link's fields as the values before an offboarding (none when the link is gone or its
+/// JSON unreadable: the offboarding is applied all the same).
+pub(crate) fn applied_fields(text: Option<&str>) -> serde_json::Map<String, serde_json::Value> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
 /// An operator's action on the sync side, in the audit trail.
 fn audit(
     c: &Connection,
@@ -664,7 +702,13 @@ impl SyncStore for SqliteStaging {
             .await
     }
 
-    async fn begin_approval(&self, run: BeginRun, approves: i64) -> Result<i64, SyncError> {
+    async fn begin_approval(
+        &self,
+        run: BeginRun,
+        approves: i64,
+        approver: &str,
+    ) -> Result<i64, SyncError> {
+        let approver = approver.to_string();
         self.writes
             .run(move |c| {
                 if !acquire_lease(c, &run)? {
@@ -674,17 +718,62 @@ impl SyncStore for SqliteStaging {
                 let run_id = insert_run(c, &run, RunStatus::Running, Some(approves))?;
                 // The admin API reports which run holds the lease.
                 lease_run(c, &run, run_id)?;
-                c.prepare_cached(
-                    "UPDATE sync_runs SET approved_at = ?, approved_by = ? WHERE id = ?",
-                )?
-                .execute(params![
+                let n = c.prepare_cached(APPROVE_RUN)?.execute(params![
                     format_time(run.started_at),
                     run_id,
+                    approver,
                     approves
                 ])?;
+                if n == 0 {
+                    // Approved meanwhile (or never held): the job's writes are undone.
+                    return Err(SyncError::NotAwaitingApproval(approves));
+                }
+                let detail = serde_json::json!({ "run_id": approves, "approving_run": run_id });
+                audit(
+                    c,
+                    &run.tenant,
+                    &approver,
+                    "approve",
+                    &detail,
+                    run.started_at,
+                )?;
                 Ok(run_id)
             })
             .await
+    }
+
+    async fn prune_runs(&self, prune: PruneRuns) -> Result<u64, SyncError> {
+        let (noop_before, before) = (format_time(prune.noop_before), format_time(prune.before));
+        let mut pruned = 0;
+        // A bounded batch per job: the writer's other callers wait for one batch at most.
+        loop {
+            let (noop_before, before) = (noop_before.clone(), before.clone());
+            let tenant = prune.tenant.clone();
+            let n = self
+                .writes
+                .run(move |c| -> Result<u64, SyncError> {
+                    let ids: Vec<i64> = c
+                        .prepare_cached(PRUNABLE_RUNS)?
+                        .query_map(params![before, noop_before, PRUNE_BATCH, tenant], |r| {
+                            r.get(0)
+                        })?
+                        .collect::<Result<_, rusqlite::Error>>()?;
+                    if ids.is_empty() {
+                        return Ok(0u64);
+                    }
+                    let ids = serde_json::to_string(&ids)?;
+                    let mut deleted = 0;
+                    for sql in PRUNE_RUNS {
+                        deleted = c.prepare_cached(sql)?.execute([&ids])?;
+                    }
+                    Ok(deleted as u64)
+                })
+                .await?;
+            pruned += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 
     async fn finish_run(&self, end: FinishRun) -> Result<(), SyncError> {
@@ -1012,8 +1101,10 @@ impl SyncStore for SqliteStaging {
         let tenant = tenant.to_string();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, user_id, user_name, app_key, action, roles FROM sync_offboarding \
-                 WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
+                "SELECT o.id, o.user_id, o.user_name, o.app_key, o.action, o.roles, l.fields \
+                 FROM sync_offboarding o LEFT JOIN sync_links l \
+                 ON l.tenant = o.tenant AND l.user_id = o.user_id \
+                 WHERE o.tenant = ? AND o.id > ? ORDER BY o.id LIMIT ?",
             )?;
             let rows = stmt.query_map(params![tenant, after_id, limit], |r| {
                 Ok((
@@ -1023,10 +1114,11 @@ impl SyncStore for SqliteStaging {
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })?;
             rows.map(|r| {
-                let (id, user_id, user_name, app_key, action, roles) = r?;
+                let (id, user_id, user_name, app_key, action, roles, applied) = r?;
                 Ok(Queued {
                     id,
                     user_id,
@@ -1034,6 +1126,7 @@ impl SyncStore for SqliteStaging {
                     app_key,
                     action: serde_json::from_str(&action)?,
                     roles: serde_json::from_str(&roles)?,
+                    applied: applied_fields(applied.as_deref()),
                 })
             })
             .collect()
