@@ -549,6 +549,7 @@ impl AdminSyncApi {
         let q = RunQuery {
             tenant: tenant.0,
             status: status.0,
+            trigger: None,
             since: since.0,
             until: until.0,
             limit,

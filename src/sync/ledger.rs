@@ -177,6 +177,8 @@ pub struct RunRow {
 pub struct RunQuery {
     pub tenant: Option<String>,
     pub status: Option<String>,
+    /// `schedule`, `cli` or `api`.
+    pub trigger: Option<String>,
     /// Runs started at or after this time.
     pub since: Option<DateTime<Utc>>,
     /// Runs started before this time.

@@ -790,6 +790,7 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
         let q = RunQuery {
             tenant: Some(tn.to_string()),
             status: Some("running".into()),
+            trigger: None,
             since: Some(t(0)),
             until: Some(t(5)),
             limit: 10,

@@ -386,6 +386,7 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             .runs(&RunQuery {
                 tenant: Some(tn.to_string()),
                 status: None,
+                trigger: None,
                 since: None,
                 until: None,
                 limit: 100,

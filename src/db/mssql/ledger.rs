@@ -40,6 +40,7 @@ const RUN_COLUMNS: &str = "r.id, r.tenant, r.[trigger], r.dry_run, r.[full], r.s
 struct RunFilters {
     tenant: bool,
     status: bool,
+    trigger: bool,
     since: bool,
     until: bool,
 }
@@ -49,6 +50,7 @@ impl RunFilters {
         RunFilters {
             tenant: q.tenant.is_some(),
             status: q.status.is_some(),
+            trigger: q.trigger.is_some(),
             since: q.since.is_some(),
             until: q.until.is_some(),
         }
@@ -61,6 +63,7 @@ impl RunFilters {
         for (set, test) in [
             (self.tenant, "r.tenant ="),
             (self.status, "r.status ="),
+            (self.trigger, "r.[trigger] ="),
             (self.since, "r.started_at >="),
             (self.until, "r.started_at <"),
         ] {
@@ -361,6 +364,9 @@ impl LedgerReads for MssqlStaging {
             }
             if let Some(s) = &q.status {
                 query.bind(s.clone());
+            }
+            if let Some(t) = &q.trigger {
+                query.bind(t.clone());
             }
             if let Some(t) = q.since {
                 query.bind(at_ms(t));
@@ -673,12 +679,13 @@ mod tests {
 
     pub(super) fn all_filters() -> Vec<RunFilters> {
         let mut out = vec![];
-        for bits in 0..16u8 {
+        for bits in 0..32u8 {
             out.push(RunFilters {
                 tenant: bits & 1 != 0,
                 status: bits & 2 != 0,
                 since: bits & 4 != 0,
                 until: bits & 8 != 0,
+                trigger: bits & 16 != 0,
             });
         }
         out
@@ -696,6 +703,7 @@ mod tests {
         let f = RunFilters {
             tenant: true,
             status: false,
+            trigger: false,
             since: true,
             until: true,
         };

@@ -94,6 +94,9 @@ impl LedgerReads for SqliteStaging {
             if q.status.is_some() {
                 cond.push("r.status = ?");
             }
+            if q.trigger.is_some() {
+                cond.push("r.trigger = ?");
+            }
             if q.since.is_some() {
                 cond.push("r.started_at >= ?");
             }
@@ -104,6 +107,7 @@ impl LedgerReads for SqliteStaging {
             let binds: Vec<String> = [
                 q.tenant.clone(),
                 q.status.clone(),
+                q.trigger.clone(),
                 q.since.map(format_time),
                 q.until.map(format_time),
             ]
