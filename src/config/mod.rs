@@ -27,7 +27,10 @@ use crate::mapping::Mapping;
 use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
 pub use location::{DbLocation, Durability, MssqlConfig, resolve_database, resolve_sqlite_path};
 pub use raw::{LogConfig, LogFormat, ServerConfig, StagingConfig};
-use raw::{RawConfig, RawSync, default_log_days};
+use raw::{
+    RawConfig, RawSync, default_console_idle_minutes, default_console_session_hours,
+    default_log_days,
+};
 pub use schedule::Schedule;
 use secret::resolve_secret;
 pub use secret::{RawSecret, TokenHash};
@@ -73,6 +76,10 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
     /// Days a provisioning log entry is kept; 0 keeps no log at all.
     pub provisioning_log_days: u32,
+    /// The admin console's sessions: ended after this long without a request …
+    pub console_idle: chrono::Duration,
+    /// … and this long after sign-in.
+    pub console_session: chrono::Duration,
 }
 
 impl Default for AdminConfig {
@@ -80,6 +87,8 @@ impl Default for AdminConfig {
         AdminConfig {
             tokens: vec![],
             provisioning_log_days: default_log_days(),
+            console_idle: chrono::Duration::minutes(i64::from(default_console_idle_minutes())),
+            console_session: chrono::Duration::hours(i64::from(default_console_session_hours())),
         }
     }
 }
@@ -405,9 +414,17 @@ impl Config {
                 role: t.role,
             });
         }
+        if raw.admin.console_idle_minutes == 0 || raw.admin.console_session_hours == 0 {
+            return Err(invalid(
+                "admin.console_idle_minutes and admin.console_session_hours must be at least 1"
+                    .into(),
+            ));
+        }
         let admin = AdminConfig {
             tokens: admin_tokens,
             provisioning_log_days: raw.admin.provisioning_log_days,
+            console_idle: chrono::Duration::minutes(i64::from(raw.admin.console_idle_minutes)),
+            console_session: chrono::Duration::hours(i64::from(raw.admin.console_session_hours)),
         };
         Ok(Config {
             admin,

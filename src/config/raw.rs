@@ -85,6 +85,12 @@ pub(super) struct RawAdmin {
     pub(super) provisioning_log_days: u32,
     #[serde(default)]
     pub(super) tokens: BTreeMap<String, RawAdminToken>,
+    /// The console's sessions end after this many minutes without a request.
+    #[serde(default = "default_console_idle_minutes")]
+    pub(super) console_idle_minutes: u32,
+    /// … and this many hours after sign-in, however busy.
+    #[serde(default = "default_console_session_hours")]
+    pub(super) console_session_hours: u32,
 }
 
 impl Default for RawAdmin {
@@ -92,12 +98,22 @@ impl Default for RawAdmin {
         RawAdmin {
             provisioning_log_days: default_log_days(),
             tokens: BTreeMap::new(),
+            console_idle_minutes: default_console_idle_minutes(),
+            console_session_hours: default_console_session_hours(),
         }
     }
 }
 
 pub(super) fn default_log_days() -> u32 {
     14
+}
+
+pub(super) fn default_console_idle_minutes() -> u32 {
+    30
+}
+
+pub(super) fn default_console_session_hours() -> u32 {
+    8
 }
 
 impl fmt::Debug for RawAdmin {
