@@ -181,6 +181,7 @@ pub fn openapi_spec() -> String {
 }
 
 /// Both APIs described, with no routes and no state.
+#[allow(clippy::type_complexity)] // the tuple is the list of APIs, spelled out once
 fn spec_service() -> OpenApiService<
     (
         SpecOnly<admin_story::AdminStoryApi>,
