@@ -691,11 +691,11 @@ mod tests {
         out
     }
 
-    /// 7 fixed statements, 16 filter combinations of two, 2 pairs of variants, 4 failing
+    /// 7 fixed statements, 32 filter combinations of two, 2 pairs of variants, 4 failing
     /// pairs, 3 look-ups.
     #[test]
     fn every_ledger_statement_is_collected() {
-        assert_eq!(statements().len(), 7 + 32 + 4 + 8 + 3);
+        assert_eq!(statements().len(), 7 + 64 + 4 + 8 + 3);
     }
 
     #[test]
@@ -730,7 +730,7 @@ mod tests {
         assert!(runs_page(none).contains("OFFSET @P1 ROWS FETCH NEXT @P2 ROWS ONLY) p"));
         // Every variant numbers its page parameters right after its filters.
         for f in all_filters() {
-            let n = [f.tenant, f.status, f.since, f.until]
+            let n = [f.tenant, f.status, f.trigger, f.since, f.until]
                 .iter()
                 .filter(|b| **b)
                 .count();
