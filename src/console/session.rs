@@ -147,11 +147,11 @@ mod tests {
         assert!(s.touch(&id, t0() + Duration::minutes(29)).is_some());
         // Each request restarts the idle clock …
         let mut now = t0();
-        for _ in 0..15 {
+        for _ in 0..16 {
             now += Duration::minutes(29);
             assert!(s.touch(&id, now).is_some());
         }
-        // … but not the absolute one (15 × 29 min > 7 h; one more step passes 8 h).
+        // … but not the absolute one (16 × 29 min < 8 h; one more step passes it).
         now += Duration::minutes(29);
         assert!(s.touch(&id, now).is_none());
         assert!(s.is_empty());
