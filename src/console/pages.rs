@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures_util::try_join;
 use maud::{Markup, html};
 use poem::http::StatusCode;
 
@@ -14,7 +15,7 @@ use super::{ConsoleError, Ctx, MAX_CSV_ROWS, PREFIX, PageResult, Reply};
 use crate::api::SCIM_PREFIX;
 use crate::api::admin_story::{Asked, UserStory, user_story};
 use crate::config::SyncConfig;
-use crate::store::{About, ProvisioningQuery, StatusFilter};
+use crate::store::{About, ProvisioningQuery, StatusFilter, format_time};
 use crate::sync::SyncService;
 use crate::sync::ledger::{RunQuery, RunRow, UserRef};
 use crate::sync::service::PreviewSource;
@@ -264,37 +265,49 @@ impl Console {
             if only.as_deref().is_some_and(|o| o != name) {
                 continue;
             }
-            let counts = self.state.store.tenant_counts(name).await?;
-            let url = self.scim_url(cx, name);
-            let sync = match self.syncing(name) {
-                None => None,
-                Some((service, config)) => {
-                    let ledger = service.ledger();
-                    let summary = service.summary(name).await?;
-                    let (failing_total, failing) = ledger.failing(Some(name), false, 5, 0).await?;
-                    let (quarantined, _) = ledger.failing(Some(name), true, 1, 0).await?;
-                    let (pending_total, pending) = ledger
-                        .pending_offboardings(name, config.retention_hours, 5, 0)
-                        .await?;
-                    let (awaiting_total, awaiting) = ledger
-                        .runs(&RunQuery {
-                            tenant: Some(name.to_string()),
-                            status: Some("awaiting_approval".into()),
-                            limit: 5,
-                            ..RunQuery::default()
-                        })
-                        .await?;
-                    let lease = ledger.lease(name, now).await?;
-                    Some((
-                        summary,
-                        (failing_total, failing),
-                        quarantined,
-                        (pending_total, pending),
-                        (awaiting_total, awaiting),
-                        lease,
-                    ))
-                }
+            // The reads are independent: run them at once (each on a read connection).
+            let counts = async {
+                self.state
+                    .store
+                    .tenant_counts(name)
+                    .await
+                    .map_err(ConsoleError::from)
             };
+            let sync = async {
+                let Some((service, config)) = self.syncing(name) else {
+                    return Ok::<_, ConsoleError>(None);
+                };
+                let ledger = service.ledger();
+                let awaiting = RunQuery {
+                    tenant: Some(name.to_string()),
+                    status: Some("awaiting_approval".into()),
+                    limit: 5,
+                    ..RunQuery::default()
+                };
+                let (last_run, failing, (quarantined, _), pending, awaiting, lease) = try_join!(
+                    ledger.last_run(name),
+                    ledger.failing(Some(name), false, 5, 0),
+                    ledger.failing(Some(name), true, 1, 0),
+                    ledger.pending_offboardings(name, config.retention_hours, 5, 0),
+                    ledger.runs(&awaiting),
+                    ledger.lease(name, now),
+                )?;
+                let next_run_at = config
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.next_after(now))
+                    .map(format_time);
+                Ok(Some((
+                    (last_run, next_run_at),
+                    failing,
+                    quarantined,
+                    pending,
+                    awaiting,
+                    lease,
+                )))
+            };
+            let (counts, sync) = try_join!(counts, sync)?;
+            let url = self.scim_url(cx, name);
             let act = cx.session.may_act();
             let url_id = format!("scim-url-{name}");
             sections.push(html! {
@@ -321,14 +334,14 @@ impl Console {
                                 caption { "Sync of tenant " (name) }
                                 tbody {
                                     tr { th scope="row" { "Last run" } td {
-                                        @match summary.as_ref().and_then(|s| s.last_run.as_ref()) {
+                                        @match &summary.0 {
                                             Some(r) => { (run_link(r.id)) " " (status(&r.status)) " started " (time(&r.started_at)) }
                                             None => "none yet",
                                         }
                                     } }
                                     tr { th scope="row" { "Next scheduled run" } td {
-                                        (opt_time(summary.as_ref().and_then(|s| s.next_run_at.as_deref())))
-                                        @if summary.as_ref().is_some_and(|s| s.next_run_at.is_none()) { " (no schedule: runs on demand)" }
+                                        (opt_time(summary.1.as_deref()))
+                                        @if summary.1.is_none() { " (no schedule: runs on demand)" }
                                     } }
                                     tr { th scope="row" { "Failing now" } td { a href={ (PREFIX) "/failing?" (query([("tenant", name)])) } { (failing_total) " users" } } }
                                     tr { th scope="row" { "Quarantined" } td { a href={ (PREFIX) "/failing?" (query([("tenant", name), ("quarantined", "yes")])) } { (quarantined) " users" } } }
