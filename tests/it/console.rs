@@ -467,3 +467,56 @@ async fn an_operator_approves_a_held_run_and_a_reader_cannot() {
         .await;
     assert_eq!(again.status, 409, "{}", again.text);
 }
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_behind_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&dir.path().join("staging.db"))
+        .replace(
+            "[server]\n",
+            "[server]\npublic_url = \"https://scim.example.com\"\n",
+        )
+        .replace(
+            "[admin]\nprovisioning_log_days = 14\n",
+            "[admin]\nprovisioning_log_days = 14\nconsole_idle_minutes = 5\n",
+        );
+    assert!(text.contains("console_idle_minutes = 5") && text.contains("public_url"));
+    let file = dir.path().join(CONFIG_FILE);
+    std::fs::write(&file, &text).unwrap();
+    let config = scim_bridge::config::Config::load(&file, std::iter::empty()).unwrap();
+    assert_eq!(config.admin.console_idle, Duration::minutes(5));
+    let clock = std::sync::Arc::new(scim_bridge::clock::FakeClock::new(start_time()));
+    let app = scim_bridge::app::Application::build(config, clock.clone(), Some("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = app.addr;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("http://{addr}/console/sign-in"))
+        .form(&[("token", READER_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.contains("; Secure"), "{set}");
+    // The configured idle expiry applies.
+    let cookie = set.split(';').next().unwrap().to_string();
+    clock.advance(Duration::minutes(5));
+    let r = client
+        .get(format!("http://{addr}/console"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "idle for console_idle_minutes: signed out");
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+}
