@@ -1,8 +1,9 @@
 // Browser test of the admin console: start the built server on a temporary database with a
 // syncing tenant, make a run with a failed item and a run the guard held, then in headless
 // Chromium sign in, walk overview → runs → the run with the failed item → that user's story,
-// approve the held run as an operator, check that a reader sees no actions, run axe-core on
-// every page (no serious or critical violations) and save a screenshot of each page.
+// approve the held run as an operator, check that a reader sees no actions and that no token
+// reaches the server's log, run axe-core on every page (no serious or critical violations)
+// and save a screenshot of each page.
 //
 //   node tests/browser/console.mjs
 //
@@ -136,8 +137,12 @@ const user = (userName, given, extra = {}) => ({
 
 const server = spawn(bin, ["serve", "--config", join(work, "scim-bridge.toml")], {
   cwd: work,
-  stdio: ["ignore", "ignore", "inherit"],
+  stdio: ["ignore", "pipe", "pipe"],
 });
+// Everything the server logs, to check that no token is in it.
+let serverLog = "";
+server.stdout.on("data", (d) => (serverLog += d));
+server.stderr.on("data", (d) => (serverLog += d));
 let browser;
 let failed = false;
 try {
@@ -263,6 +268,11 @@ try {
   check("sign-out ends the session", reader.url().endsWith("/console/sign-in"));
 
   check("the console loaded nothing from outside the server", external.length === 0, external.join(" "));
+  check("the server logged sign-ins", serverLog.includes("console sign-in"), `${serverLog.length} bytes of log`);
+  check(
+    "no token is in the server's log",
+    ![operatorToken, readerToken].some((t) => serverLog.includes(t)),
+  );
   if (serious.length) console.log(serious.join("\n"));
   console.log(`screenshots: ${shots}/console-*.png`);
 } catch (e) {
