@@ -343,8 +343,8 @@ impl Console {
                                         (opt_time(summary.1.as_deref()))
                                         @if summary.1.is_none() { " (no schedule: runs on demand)" }
                                     } }
-                                    tr { th scope="row" { "Failing now" } td { a href={ (PREFIX) "/failing?" (query([("tenant", name)])) } { (failing_total) " users" } } }
-                                    tr { th scope="row" { "Quarantined" } td { a href={ (PREFIX) "/failing?" (query([("tenant", name), ("quarantined", "yes")])) } { (quarantined) " users" } } }
+                                    tr { th scope="row" { "Failing now" } td { a href={ (PREFIX) "/failing?" (query([("tenant", name)])) } { (users(*failing_total)) } } }
+                                    tr { th scope="row" { "Quarantined" } td { a href={ (PREFIX) "/failing?" (query([("tenant", name), ("quarantined", "yes")])) } { (users(*quarantined)) } } }
                                     tr { th scope="row" { "Pending offboardings" } td { a href={ (PREFIX) "/offboardings?" (query([("tenant", name)])) } { (pending_total) } } }
                                     tr { th scope="row" { "Runs awaiting approval" } td { a href={ (PREFIX) "/runs?" (query([("tenant", name), ("status", "awaiting_approval")])) } { (awaiting_total) } } }
                                     tr { th scope="row" { "Lease" } td {
@@ -1305,6 +1305,15 @@ impl Console {
                 }
             },
         )
+    }
+}
+
+/// "1 user", "2 users".
+fn users(n: i64) -> String {
+    if n == 1 {
+        "1 user".into()
+    } else {
+        format!("{n} users")
     }
 }
 
