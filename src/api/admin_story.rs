@@ -190,14 +190,14 @@ pub struct AdminStoryApi {
 }
 
 /// Who the admin asked about.
-enum Asked {
+pub enum Asked {
     Id(String),
     UserName(String),
     ExternalId(String),
 }
 
 impl Asked {
-    fn of(
+    pub fn of(
         user_id: Option<String>,
         user_name: Option<String>,
         external_id: Option<String>,
@@ -235,47 +235,44 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-impl AdminStoryApi {
-    /// The offboarding waiting for the user: queued, or its retention running while it has
-    /// an application row.
-    fn offboarding(
-        &self,
-        sync: &UserSyncRow,
-        retention_hours: Option<u32>,
-    ) -> Option<StoryOffboarding> {
-        let now = self.state.clock.now();
-        if let Some(q) = &sync.queued {
-            return Some(StoryOffboarding {
-                state: "queued".into(),
-                due_at: q.queued_at.clone(),
-                due: true,
-                action: Some(q.action.clone()),
-                attempts: q.attempts,
-                last_error: q.last_error.clone(),
-            });
-        }
-        let started = sync.deactivated_at.as_deref()?;
-        sync.link.as_ref()?;
-        let from = [Some(started), sync.deleted_at.as_deref()]
-            .into_iter()
-            .flatten()
-            .filter_map(parse_time)
-            .max()?;
-        let due_at = from + chrono::Duration::hours(i64::from(retention_hours?));
-        Some(StoryOffboarding {
-            state: if sync.deleted_at.is_some() {
-                "deleted"
-            } else {
-                "inactive"
-            }
-            .into(),
-            due_at: crate::store::format_time(due_at),
-            due: due_at <= now,
-            action: None,
-            attempts: 0,
-            last_error: None,
-        })
+/// The offboarding waiting for the user: queued, or its retention running while it has
+/// an application row.
+fn offboarding(
+    sync: &UserSyncRow,
+    retention_hours: Option<u32>,
+    now: DateTime<Utc>,
+) -> Option<StoryOffboarding> {
+    if let Some(q) = &sync.queued {
+        return Some(StoryOffboarding {
+            state: "queued".into(),
+            due_at: q.queued_at.clone(),
+            due: true,
+            action: Some(q.action.clone()),
+            attempts: q.attempts,
+            last_error: q.last_error.clone(),
+        });
     }
+    let started = sync.deactivated_at.as_deref()?;
+    sync.link.as_ref()?;
+    let from = [Some(started), sync.deleted_at.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(parse_time)
+        .max()?;
+    let due_at = from + chrono::Duration::hours(i64::from(retention_hours?));
+    Some(StoryOffboarding {
+        state: if sync.deleted_at.is_some() {
+            "deleted"
+        } else {
+            "inactive"
+        }
+        .into(),
+        due_at: crate::store::format_time(due_at),
+        due: due_at <= now,
+        action: None,
+        attempts: 0,
+        last_error: None,
+    })
 }
 
 /// Where the user stands, in one sentence, from the most pressing fact down.
@@ -390,6 +387,119 @@ fn staged_state(s: &StagedState) -> &'static str {
     }
 }
 
+/// Everything known about one user of `tenant` and where it stands (`limit` runs and
+/// requests each): the admin API's story and the console's user page.
+pub async fn user_story(
+    state: &AppState,
+    tenant: &str,
+    asked: Asked,
+    limit: i64,
+) -> std::result::Result<UserStory, AdminError> {
+    let t = state.admin_tenant(tenant)?;
+    let store = &state.store;
+    let staged = store.staged_user(tenant, asked.user_ref()).await?;
+    let id = match (&staged, &asked) {
+        (Some(s), _) => Some(s.user.id.clone()),
+        (None, Asked::Id(id)) => Some(id.clone()),
+        (None, _) => None,
+    };
+    let sync_config = t.config.sync.is_some().then(|| {
+        state
+            .sync
+            .as_ref()
+            .and_then(|s| s.tenant_config(tenant).ok())
+    });
+    let syncs = sync_config.is_some();
+    let sync = match &id {
+        Some(id) if syncs => store.user_sync(tenant, id, limit).await?,
+        _ => UserSyncRow::default(),
+    };
+    // Its requests: by its id, and those whose body named it.
+    let (asked_name, asked_external) = match &asked {
+        Asked::UserName(n) => (Some(n.to_lowercase()), None),
+        Asked::ExternalId(x) => (None, Some(x.clone())),
+        Asked::Id(_) => (None, None),
+    };
+    let about = About {
+        ids: id.iter().cloned().collect(),
+        user_name: staged
+            .as_ref()
+            .map(|s| s.user_name.to_lowercase())
+            .or(asked_name),
+        external_id: staged
+            .as_ref()
+            .and_then(|s| doc_text(s, "externalId"))
+            .or(asked_external),
+    };
+    let q = ProvisioningQuery {
+        about: Some(about),
+        limit,
+        ..ProvisioningQuery::default()
+    };
+    let (requests_total, requests): (i64, Vec<ProvisioningRow>) =
+        store.provisioning_log(tenant, &q).await?;
+    if staged.is_none() && sync.items_total == 0 && sync.queued.is_none() && requests_total == 0 {
+        return Err(AdminError::not_found(format!(
+            "tenant {:?} has no such user: none is staged, and no SCIM request named it",
+            tenant
+        )));
+    }
+    let retention = sync_config.flatten().map(|c| c.retention_hours);
+    let offboarding = offboarding(&sync, retention, state.clock.now());
+    let requests: Vec<ProvisioningRequest> = requests
+        .into_iter()
+        .map(|r| provisioning_request(tenant, r))
+        .collect();
+    let staged = staged.map(|s| StagedState {
+        user_name: s.user_name.clone(),
+        external_id: doc_text(&s, "externalId"),
+        display_name: doc_text(&s, "displayName"),
+        active: s.active,
+        deleted: s.deleted,
+        deactivated_at: sync.deactivated_at.clone(),
+        deleted_at: sync.deleted_at.clone(),
+        groups: s
+            .user
+            .groups
+            .iter()
+            .map(|g| g.display_name.clone())
+            .collect(),
+    });
+    let UserSyncRow {
+        link,
+        failing,
+        items_total,
+        items,
+        ..
+    } = sync;
+    let items: Vec<StoryItem> = items.into_iter().map(StoryItem::from).collect();
+    let last_outcome = items.iter().find(|i| !i.dry_run).map(|i| StoryItem {
+        run_id: i.run_id,
+        trigger: i.trigger.clone(),
+        dry_run: i.dry_run,
+        run_status: i.run_status.clone(),
+        run_started_at: i.run_started_at.clone(),
+        item: i.item.clone(),
+    });
+    let mut story = UserStory {
+        tenant: tenant.to_string(),
+        user_id: id,
+        headline: String::new(),
+        staged,
+        syncs,
+        application: link.map(LinkState::from),
+        last_outcome,
+        failing: failing.map(failing_user),
+        offboarding,
+        items,
+        items_total,
+        requests,
+        requests_total,
+    };
+    story.headline = headline(&story, story.requests.first());
+    Ok(story)
+}
+
 #[allow(clippy::too_many_arguments)]
 #[OpenApi(prefix_path = "/admin/v1")]
 impl AdminStoryApi {
@@ -418,111 +528,8 @@ impl AdminStoryApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
     ) -> Result<UserStory> {
-        let t = self.state.admin_tenant(&tenant)?;
         let asked = Asked::of(user_id.0, user_name.0, external_id.0)?;
-        let limit = limit.0.unwrap_or(20);
-        let store = &self.state.store;
-        let staged = store.staged_user(&tenant, asked.user_ref()).await?;
-        let id = match (&staged, &asked) {
-            (Some(s), _) => Some(s.user.id.clone()),
-            (None, Asked::Id(id)) => Some(id.clone()),
-            (None, _) => None,
-        };
-        let sync_config = t.config.sync.is_some().then(|| {
-            self.state
-                .sync
-                .as_ref()
-                .and_then(|s| s.tenant_config(&tenant).ok())
-        });
-        let syncs = sync_config.is_some();
-        let sync = match &id {
-            Some(id) if syncs => store.user_sync(&tenant, id, limit).await?,
-            _ => UserSyncRow::default(),
-        };
-        // Its requests: by its id, and those whose body named it.
-        let (asked_name, asked_external) = match &asked {
-            Asked::UserName(n) => (Some(n.to_lowercase()), None),
-            Asked::ExternalId(x) => (None, Some(x.clone())),
-            Asked::Id(_) => (None, None),
-        };
-        let about = About {
-            ids: id.iter().cloned().collect(),
-            user_name: staged
-                .as_ref()
-                .map(|s| s.user_name.to_lowercase())
-                .or(asked_name),
-            external_id: staged
-                .as_ref()
-                .and_then(|s| doc_text(s, "externalId"))
-                .or(asked_external),
-        };
-        let q = ProvisioningQuery {
-            about: Some(about),
-            limit,
-            ..ProvisioningQuery::default()
-        };
-        let (requests_total, requests): (i64, Vec<ProvisioningRow>) =
-            store.provisioning_log(&tenant, &q).await?;
-        if staged.is_none() && sync.items_total == 0 && sync.queued.is_none() && requests_total == 0
-        {
-            return Err(AdminError::not_found(format!(
-                "tenant {:?} has no such user: none is staged, and no SCIM request named it",
-                &*tenant
-            )));
-        }
-        let retention = sync_config.flatten().map(|c| c.retention_hours);
-        let offboarding = self.offboarding(&sync, retention);
-        let requests: Vec<ProvisioningRequest> = requests
-            .into_iter()
-            .map(|r| provisioning_request(&tenant, r))
-            .collect();
-        let staged = staged.map(|s| StagedState {
-            user_name: s.user_name.clone(),
-            external_id: doc_text(&s, "externalId"),
-            display_name: doc_text(&s, "displayName"),
-            active: s.active,
-            deleted: s.deleted,
-            deactivated_at: sync.deactivated_at.clone(),
-            deleted_at: sync.deleted_at.clone(),
-            groups: s
-                .user
-                .groups
-                .iter()
-                .map(|g| g.display_name.clone())
-                .collect(),
-        });
-        let UserSyncRow {
-            link,
-            failing,
-            items_total,
-            items,
-            ..
-        } = sync;
-        let items: Vec<StoryItem> = items.into_iter().map(StoryItem::from).collect();
-        let last_outcome = items.iter().find(|i| !i.dry_run).map(|i| StoryItem {
-            run_id: i.run_id,
-            trigger: i.trigger.clone(),
-            dry_run: i.dry_run,
-            run_status: i.run_status.clone(),
-            run_started_at: i.run_started_at.clone(),
-            item: i.item.clone(),
-        });
-        let mut story = UserStory {
-            tenant: tenant.0.clone(),
-            user_id: id,
-            headline: String::new(),
-            staged,
-            syncs,
-            application: link.map(LinkState::from),
-            last_outcome,
-            failing: failing.map(failing_user),
-            offboarding,
-            items,
-            items_total,
-            requests,
-            requests_total,
-        };
-        story.headline = headline(&story, story.requests.first());
+        let story = user_story(&self.state, &tenant, asked, limit.0.unwrap_or(20)).await?;
         Ok(Json(story))
     }
 

@@ -269,6 +269,11 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         .at("/healthz", get(healthz))
         .at("/readyz", get(ops::readyz).data(state.clone()))
         .at("/metrics", get(ops::metrics).data(state.clone()))
+        // The admin console: HTML over the same use cases, not in the OpenAPI document.
+        .nest(
+            crate::console::PREFIX,
+            crate::console::endpoint(state.clone()),
+        )
         .catch_all_error(error::catch_all)
         // A bug must still answer with a SCIM error, and never take the process down.
         .with(poem::middleware::CatchPanic::new().with_handler(|_| {

@@ -28,7 +28,10 @@ use crate::scim::limits::Limits;
 use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
 pub use location::{DbLocation, Durability, MssqlConfig, resolve_database, resolve_sqlite_path};
 pub use raw::{LogConfig, LogFormat, ServerConfig, StagingConfig};
-use raw::{RawConfig, RawSync, default_log_days, default_noop_run_days, default_run_days};
+use raw::{
+    RawConfig, RawSync, default_console_idle_minutes, default_console_session_hours,
+    default_log_days, default_noop_run_days, default_run_days,
+};
 pub use schedule::Schedule;
 use secret::resolve_secret;
 pub use secret::{RawSecret, TokenHash};
@@ -79,6 +82,10 @@ pub struct AdminConfig {
     pub noop_run_days: u32,
     /// Days any other sync run is kept; 0: for ever.
     pub run_days: u32,
+    /// The admin console's sessions: ended after this long without a request …
+    pub console_idle: chrono::Duration,
+    /// … and this long after sign-in.
+    pub console_session: chrono::Duration,
 }
 
 impl Default for AdminConfig {
@@ -88,6 +95,8 @@ impl Default for AdminConfig {
             provisioning_log_days: default_log_days(),
             noop_run_days: default_noop_run_days(),
             run_days: default_run_days(),
+            console_idle: chrono::Duration::minutes(i64::from(default_console_idle_minutes())),
+            console_session: chrono::Duration::hours(i64::from(default_console_session_hours())),
         }
     }
 }
@@ -423,11 +432,19 @@ impl Config {
                  no-op runs would be kept longer than runs that changed something"
             )));
         }
+        if raw.admin.console_idle_minutes == 0 || raw.admin.console_session_hours == 0 {
+            return Err(invalid(
+                "admin.console_idle_minutes and admin.console_session_hours must be at least 1"
+                    .into(),
+            ));
+        }
         let admin = AdminConfig {
             tokens: admin_tokens,
             provisioning_log_days: raw.admin.provisioning_log_days,
             noop_run_days,
             run_days,
+            console_idle: chrono::Duration::minutes(i64::from(raw.admin.console_idle_minutes)),
+            console_session: chrono::Duration::hours(i64::from(raw.admin.console_session_hours)),
         };
         Ok(Config {
             admin,

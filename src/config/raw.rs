@@ -91,6 +91,12 @@ pub(super) struct RawAdmin {
     pub(super) run_days: u32,
     #[serde(default)]
     pub(super) tokens: BTreeMap<String, RawAdminToken>,
+    /// The console's sessions end after this many minutes without a request.
+    #[serde(default = "default_console_idle_minutes")]
+    pub(super) console_idle_minutes: u32,
+    /// … and this many hours after sign-in, however busy.
+    #[serde(default = "default_console_session_hours")]
+    pub(super) console_session_hours: u32,
 }
 
 impl Default for RawAdmin {
@@ -100,6 +106,8 @@ impl Default for RawAdmin {
             noop_run_days: default_noop_run_days(),
             run_days: default_run_days(),
             tokens: BTreeMap::new(),
+            console_idle_minutes: default_console_idle_minutes(),
+            console_session_hours: default_console_session_hours(),
         }
     }
 }
@@ -114,6 +122,14 @@ pub(super) fn default_noop_run_days() -> u32 {
 
 pub(super) fn default_run_days() -> u32 {
     90
+}
+
+pub(super) fn default_console_idle_minutes() -> u32 {
+    30
+}
+
+pub(super) fn default_console_session_hours() -> u32 {
+    8
 }
 
 impl fmt::Debug for RawAdmin {

@@ -32,7 +32,8 @@ pub use file::FieldType;
 use check::Checker;
 use context::KeySource;
 use file::{OffboardingAction, Ordered, RawField, RawMapping, content_line, line_of, section_line};
-use helpers::{Lookup, RegexCache};
+pub use helpers::Lookup;
+use helpers::RegexCache;
 use roles::RoleRule;
 
 /// Load/validation failure. Display names file, line (and column when known) and the reason.
@@ -300,8 +301,21 @@ pub struct Mapping {
     remove_roles: bool,
     offboarding: OffboardingSpec,
     role_rules: Vec<RoleRule>,
+    /// `[lookups.NAME]`, as the helpers use them.
+    lookups: Arc<BTreeMap<String, Lookup>>,
     reads: BTreeSet<String>,
     tests: Vec<cases::TestCase>,
+}
+
+/// A field of the mapping as written, for people reading it (the admin console).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDescription {
+    /// `fields`, `deactivation` or `offboarding`.
+    pub section: &'static str,
+    pub column: String,
+    pub template: String,
+    pub ty: FieldType,
+    pub line: usize,
 }
 
 impl fmt::Debug for Mapping {
@@ -612,6 +626,7 @@ impl Mapping {
             remove_roles,
             offboarding,
             role_rules,
+            lookups: tables,
             reads,
             tests: Vec::new(),
         };
@@ -782,6 +797,40 @@ impl Mapping {
             OffboardingSpec::Delete => "delete",
             OffboardingSpec::Update(_) => "update",
         }
+    }
+
+    /// Every field of every section, in file order within a section.
+    pub fn field_descriptions(&self) -> Vec<FieldDescription> {
+        let offboarding: &[FieldSpec] = match &self.offboarding {
+            OffboardingSpec::Update(f) => f,
+            _ => &[],
+        };
+        [
+            ("fields", self.fields.as_slice()),
+            ("deactivation", self.deactivation.as_slice()),
+            ("offboarding", offboarding),
+        ]
+        .into_iter()
+        .flat_map(|(section, specs)| {
+            specs.iter().map(move |f| FieldDescription {
+                section,
+                column: f.column.clone(),
+                template: f.template.clone(),
+                ty: f.ty,
+                line: f.line,
+            })
+        })
+        .collect()
+    }
+
+    /// The `[[roles]]` rules: what each matches (described) and the roles it grants.
+    pub fn role_rule_descriptions(&self) -> Vec<(String, Vec<String>)> {
+        self.role_rules.iter().map(RoleRule::describe).collect()
+    }
+
+    /// The `[lookups.NAME]` tables.
+    pub fn lookups(&self) -> &BTreeMap<String, Lookup> {
+        &self.lookups
     }
 
     /// Number of [[roles]] rules and [[test]] cases.

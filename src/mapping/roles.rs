@@ -17,6 +17,13 @@ enum Matcher {
     ExternalIdPattern(Regex),
 }
 
+/// A pattern as written: the rule holds it anchored as `^(?:…)$`.
+fn unanchored(p: &str) -> &str {
+    p.strip_prefix("^(?:")
+        .and_then(|p| p.strip_suffix(")$"))
+        .unwrap_or(p)
+}
+
 #[derive(Debug, Clone)]
 pub struct RoleRule {
     matcher: Matcher,
@@ -24,6 +31,19 @@ pub struct RoleRule {
 }
 
 impl RoleRule {
+    /// What the rule matches, in the file's words, and the roles it grants.
+    pub fn describe(&self) -> (String, Vec<String>) {
+        let matches = match &self.matcher {
+            Matcher::Group(g) => format!("group = {g:?}"),
+            Matcher::GroupPattern(r) => format!("group_pattern = {:?}", unanchored(r.as_str())),
+            Matcher::ExternalId(e) => format!("external_id = {e:?}"),
+            Matcher::ExternalIdPattern(r) => {
+                format!("external_id_pattern = {:?}", unanchored(r.as_str()))
+            }
+        };
+        (matches, self.roles.clone())
+    }
+
     /// Build a rule from its matchers (exactly one must be set) and roles (at least one).
     pub fn new(
         group: Option<String>,
@@ -173,5 +193,20 @@ mod tests {
         .unwrap();
         assert!(roles_for(std::slice::from_ref(&r), &[g("x", None)]).is_empty());
         assert_eq!(roles_for(&[r], &[g("x", Some("12ab-3"))]).len(), 1);
+    }
+
+    #[test]
+    fn a_rule_describes_itself_as_written() {
+        let r =
+            RoleRule::new(None, Some("Lab .+".into()), None, None, vec!["User".into()]).unwrap();
+        assert_eq!(
+            r.describe(),
+            (
+                "group_pattern = \"Lab .+\"".to_string(),
+                vec!["User".to_string()]
+            )
+        );
+        let r = RoleRule::new(Some("Admins".into()), None, None, None, vec!["A".into()]).unwrap();
+        assert_eq!(r.describe().0, "group = \"Admins\"");
     }
 }

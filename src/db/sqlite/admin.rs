@@ -24,16 +24,25 @@ impl StagingCounts for SqliteStaging {
         let tenant = tenant.to_string();
         self.read(move |c| {
             Ok(c.prepare_cached(
+                // Live users from the users_live index alone, the inactive ones through
+                // users_deactivated (active = 0 exactly when deactivated_at is set): neither
+                // reads the rows of the active users, whose documents make a scan slow. Named,
+                // because with one tenant the planner's statistics make a table scan look as
+                // cheap (115 ms instead of 4 ms for 100 000 users).
                 "SELECT \
-                   (SELECT count(*) FROM users WHERE tenant = ?1 AND deleted_at IS NULL AND active = 1), \
-                   (SELECT count(*) FROM users WHERE tenant = ?1 AND deleted_at IS NULL AND active = 0), \
+                   (SELECT count(*) FROM users INDEXED BY users_live \
+                      WHERE tenant = ?1 AND deleted_at IS NULL), \
+                   (SELECT count(*) FROM users INDEXED BY users_deactivated \
+                      WHERE tenant = ?1 AND deactivated_at IS NOT NULL AND deleted_at IS NULL \
+                      AND active = 0), \
                    (SELECT count(*) FROM groups WHERE tenant = ?1), \
                    (SELECT count(*) FROM group_members WHERE tenant = ?1)",
             )?
             .query_row([&tenant], |r| {
+                let (live, inactive): (i64, i64) = (r.get(0)?, r.get(1)?);
                 Ok(TenantCounts {
-                    active_users: r.get(0)?,
-                    inactive_users: r.get(1)?,
+                    active_users: live - inactive,
+                    inactive_users: inactive,
                     groups: r.get(2)?,
                     memberships: r.get(3)?,
                 })
