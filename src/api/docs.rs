@@ -23,7 +23,11 @@ const OPTIONS: &str = "deepLinking: true,
 pub fn page(swagger_html: &str) -> String {
     swagger_html
         .replacen("deepLinking: true,", OPTIONS, 1)
-        .replacen("<title>Swagger UI</title>", "<title>scim-bridge API</title>", 1)
+        .replacen(
+            "<title>Swagger UI</title>",
+            "<title>scim-bridge API</title>",
+            1,
+        )
 }
 
 pub fn endpoint(swagger_html: &str) -> impl Endpoint + use<> {
@@ -42,7 +46,10 @@ mod tests {
     #[test]
     fn the_ui_keeps_its_authorisation_and_is_ready_to_try() {
         let html = super::page(&super::super::api_service_spec_html());
-        assert!(html.contains("persistAuthorization: true"), "poem-openapi's page changed");
+        assert!(
+            html.contains("persistAuthorization: true"),
+            "poem-openapi's page changed"
+        );
         assert!(html.contains("tryItOutEnabled: true"));
         assert!(html.contains("<title>scim-bridge API</title>"));
     }

@@ -16,7 +16,8 @@ pub mod subject;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use poem::error::ResponseError;
 use poem::http::{HeaderValue, header};
@@ -27,7 +28,7 @@ use poem_openapi::OpenApiService;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::config::{Config, TenantConfig};
+use crate::config::{AdminRole, Config, TenantConfig};
 use crate::db::Staging;
 use crate::metrics::{Metrics, ScimRequest};
 use crate::provlog::ProvisioningLog;
@@ -180,16 +181,16 @@ pub fn openapi_spec() -> String {
     spec_service().spec()
 }
 
+/// [`Apis`] described only.
+type SpecApis = (
+    SpecOnly<admin_story::AdminStoryApi>,
+    SpecOnly<admin_sync::AdminSyncApi>,
+    SpecOnly<admin::AdminApi>,
+    SpecOnly<scim::ScimApi>,
+);
+
 /// Both APIs described, with no routes and no state.
-fn spec_service() -> OpenApiService<
-    (
-        SpecOnly<admin_story::AdminStoryApi>,
-        SpecOnly<admin_sync::AdminSyncApi>,
-        SpecOnly<admin::AdminApi>,
-        SpecOnly<scim::ScimApi>,
-    ),
-    (),
-> {
+fn spec_service() -> OpenApiService<SpecApis, ()> {
     OpenApiService::new(
         (
             SpecOnly::<admin_story::AdminStoryApi>::default(),
@@ -276,7 +277,136 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
             tracing::error!("request handler panicked");
             error::to_scim_response(ScimError::internal().into())
         }))
+        .around({
+            let state = state.clone();
+            move |next, req| deadlines(state.clone(), next, req)
+        })
         .around(move |next, req| observe(state.clone(), next, req))
+}
+
+/// `[server]`'s body-read timeout and whole-request deadline. A body that has not arrived in
+/// time answers 408; a request that runs too long is stopped — its future is dropped, so its
+/// work ends at its next await (a write already handed to the database may still commit) —
+/// and answers 503. Both close the connection, whose body may be half read.
+async fn deadlines<E: Endpoint>(
+    state: Arc<AppState>,
+    next: E,
+    mut req: Request,
+) -> poem::Result<Response> {
+    let s = &state.config.server;
+    let admin = req.uri().path().starts_with(ADMIN_PREFIX);
+    let body_late = Arc::new(AtomicBool::new(false));
+    if has_body(&req) {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(s.body_read_timeout_seconds);
+        let body = req.take_body().into_bytes_stream();
+        req.set_body(poem::Body::from_bytes_stream(until(
+            body,
+            deadline,
+            body_late.clone(),
+        )));
+    }
+    let limit = Duration::from_secs(s.request_timeout_seconds);
+    let answer = tokio::time::timeout(limit, next.call(req)).await;
+    let late = |status: u16, detail: String| {
+        let mut resp = if admin {
+            problem::AdminError::new(
+                poem::http::StatusCode::from_u16(status)
+                    .unwrap_or(poem::http::StatusCode::SERVICE_UNAVAILABLE),
+                detail,
+            )
+            .as_response()
+        } else {
+            error::to_scim_response(ScimError::new(status, None, detail).into())
+        };
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    };
+    if body_late.load(Ordering::Relaxed) {
+        return Ok(late(
+            408,
+            format!(
+                "the request body did not arrive within {} s",
+                s.body_read_timeout_seconds
+            ),
+        ));
+    }
+    match answer {
+        Ok(r) => r.map(IntoResponse::into_response),
+        Err(_) => {
+            tracing::warn!(
+                limit_s = s.request_timeout_seconds,
+                "request stopped at its deadline"
+            );
+            let mut resp = late(
+                503,
+                format!(
+                    "the request took longer than {} s and was stopped",
+                    s.request_timeout_seconds
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            Ok(resp)
+        }
+    }
+}
+
+/// Whether a request announces a body.
+fn has_body(req: &Request) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .header(header::CONTENT_LENGTH)
+            .is_some_and(|l| l.trim() != "0")
+}
+
+/// The body's chunks up to `limit` bytes in all; past it an error, and `oversize` is set.
+fn capped(
+    body: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    limit: usize,
+    oversize: Arc<AtomicBool>,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use futures_util::StreamExt;
+    let mut seen = 0usize;
+    body.map(move |chunk| {
+        let chunk = chunk?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            oversize.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("the request body is too large"));
+        }
+        Ok(chunk)
+    })
+}
+
+/// The body's chunks until `deadline`; then an error, and `late` is set.
+fn until(
+    body: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    deadline: tokio::time::Instant,
+    late: Arc<AtomicBool>,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold((Box::pin(body), false), move |(mut body, done)| {
+        let late = late.clone();
+        async move {
+            if done {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, body.next()).await {
+                Ok(Some(chunk)) => Some((chunk, (body, false))),
+                Ok(None) => None,
+                Err(_) => {
+                    late.store(true, Ordering::Relaxed);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body did not arrive in time",
+                    );
+                    Some((Err(e), (body, true)))
+                }
+            }
+        }
+    })
 }
 
 #[handler]
@@ -297,8 +427,51 @@ async fn admin_guard<E: Endpoint>(
     if let Err(p) = queries.check(req.method(), &path, req.uri().query().unwrap_or("")) {
         return Ok(problem::AdminError::bad_request(p.to_string()).as_response());
     }
+    // Every admin write needs an operator token: refuse before a byte of the body is read.
+    if !matches!(
+        *req.method(),
+        poem::http::Method::GET | poem::http::Method::HEAD | poem::http::Method::OPTIONS
+    ) {
+        match state.config.admin.authenticate(bearer(&req)) {
+            None => return Ok(problem::AdminError::unauthorized().as_response()),
+            Some(t) if t.role < AdminRole::Operator => {
+                return Ok(
+                    problem::AdminError::forbidden(AdminRole::Operator.as_str()).as_response()
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    let limit = state.config.admin.max_body_bytes;
+    let too_large = || {
+        problem::AdminError::new(
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .as_response()
+    };
+    if req
+        .header(header::CONTENT_LENGTH)
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .is_some_and(|l| l > limit as u64)
+    {
+        return Ok(too_large());
+    }
+    let oversize = Arc::new(AtomicBool::new(false));
+    if has_body(&req) {
+        let body = req.take_body().into_bytes_stream();
+        req.set_body(poem::Body::from_bytes_stream(capped(
+            body,
+            limit,
+            oversize.clone(),
+        )));
+    }
     req.set_data(state);
-    let mut resp = match next.call(req).await {
+    let answer = next.call(req).await;
+    if oversize.load(Ordering::Relaxed) {
+        return Ok(too_large());
+    }
+    let mut resp = match answer {
         Ok(r) => r.into_response(),
         Err(e) => problem::to_problem_response(e),
     };
@@ -351,6 +524,16 @@ impl AllowTable {
     }
 }
 
+/// The bearer token a request presents ("" when none).
+fn bearer(req: &Request) -> &str {
+    req.header(header::AUTHORIZATION)
+        .and_then(|h| {
+            let (scheme, token) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .unwrap_or("")
+}
+
 /// Tenant and bearer token check before any body is read; sets the body limit.
 async fn scim_guard<E: Endpoint>(
     state: Arc<AppState>,
@@ -370,14 +553,7 @@ async fn scim_guard<E: Endpoint>(
         return Err(ScimError::not_found("no such tenant").into());
     };
     tracing::Span::current().record("tenant", tenant_name);
-    let presented = req
-        .header(header::AUTHORIZATION)
-        .and_then(|h| {
-            let (scheme, token) = h.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .unwrap_or("");
-    if !tenant.config.accepts(presented) {
+    if !tenant.config.accepts(bearer(&req)) {
         let mut resp = error::to_scim_response(
             ScimError::unauthorized("a valid bearer token for this tenant is required").into(),
         );

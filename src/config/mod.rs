@@ -73,6 +73,8 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
     /// Days a provisioning log entry is kept; 0 keeps no log at all.
     pub provisioning_log_days: u32,
+    /// The largest admin request body.
+    pub max_body_bytes: usize,
 }
 
 impl Default for AdminConfig {
@@ -80,6 +82,7 @@ impl Default for AdminConfig {
         AdminConfig {
             tokens: vec![],
             provisioning_log_days: default_log_days(),
+            max_body_bytes: raw::default_admin_body_bytes(),
         }
     }
 }
@@ -387,6 +390,20 @@ impl Config {
         if raw.server.max_page_size < 1 || raw.server.default_page_size < 1 {
             return Err(invalid("server page sizes must be at least 1".into()));
         }
+        let s = &raw.server;
+        if [
+            s.header_read_timeout_seconds,
+            s.body_read_timeout_seconds,
+            s.idle_timeout_seconds,
+            s.request_timeout_seconds,
+        ]
+        .contains(&0)
+            || s.max_connections == 0
+        {
+            return Err(invalid(
+                "server timeouts and max_connections must be at least 1".into(),
+            ));
+        }
         let mut admin_tokens = Vec::new();
         for (name, t) in raw.admin.tokens {
             let hash = resolve_secret(&t.token, base_dir)
@@ -408,6 +425,7 @@ impl Config {
         let admin = AdminConfig {
             tokens: admin_tokens,
             provisioning_log_days: raw.admin.provisioning_log_days,
+            max_body_bytes: raw.admin.max_body_bytes,
         };
         Ok(Config {
             admin,

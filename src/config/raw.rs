@@ -83,6 +83,8 @@ fn default_quarantine_after() -> u32 {
 pub(super) struct RawAdmin {
     #[serde(default = "default_log_days")]
     pub(super) provisioning_log_days: u32,
+    #[serde(default = "default_admin_body_bytes")]
+    pub(super) max_body_bytes: usize,
     #[serde(default)]
     pub(super) tokens: BTreeMap<String, RawAdminToken>,
 }
@@ -91,6 +93,7 @@ impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             provisioning_log_days: default_log_days(),
+            max_body_bytes: default_admin_body_bytes(),
             tokens: BTreeMap::new(),
         }
     }
@@ -98,6 +101,11 @@ impl Default for RawAdmin {
 
 pub(super) fn default_log_days() -> u32 {
     14
+}
+
+/// Admin bodies are small (a run request, a user to preview).
+pub(super) fn default_admin_body_bytes() -> usize {
+    256 * 1024
 }
 
 impl fmt::Debug for RawAdmin {
@@ -145,6 +153,16 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub default_page_size: i64,
     pub max_page_size: i64,
+    /// From a request head's first byte to its last; a slower client is disconnected.
+    pub header_read_timeout_seconds: u64,
+    /// From a request's head to the end of its body; slower is 408 and the connection closes.
+    pub body_read_timeout_seconds: u64,
+    /// A keep-alive connection with no request and no traffic for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// The whole request, body and work included: longer is stopped and answers 503.
+    pub request_timeout_seconds: u64,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -155,6 +173,11 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             default_page_size: 100,
             max_page_size: 1000,
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 30,
+            idle_timeout_seconds: 60,
+            request_timeout_seconds: 60,
+            max_connections: 1024,
         }
     }
 }

@@ -8,6 +8,7 @@ mod admin_story;
 mod admin_sync;
 mod app_target_mssql;
 mod concurrency;
+mod connections;
 mod discovery;
 mod entra_examples;
 mod errors;

@@ -324,13 +324,23 @@ async fn docs_ui_is_served_from_the_binary() {
         !r.text.contains("<script src=\"http") && !r.text.contains("<link href=\"http"),
         "no assets from elsewhere"
     );
-    assert!(r.text.contains("persistAuthorization: true"), "a reload keeps the token");
+    assert!(
+        r.text.contains("persistAuthorization: true"),
+        "a reload keeps the token"
+    );
     // The root points there.
     let plain = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = read(plain.get(format!("http://{}/", app.addr)).send().await.unwrap()).await;
+    let r = read(
+        plain
+            .get(format!("http://{}/", app.addr))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((r.status, r.header("location")), (303, Some("/docs")));
     let r = app.get_root("/").await;
     assert!(r.text.contains("SwaggerUIBundle"), "followed: the UI");

@@ -871,7 +871,11 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             rows[0].last_error.contains("refused"),
             "{backend}: {rows:?}"
         );
-        assert_eq!(s.failing(Some(tn), true, 10, 0).await.unwrap().0, 0, "{backend}");
+        assert_eq!(
+            s.failing(Some(tn), true, 10, 0).await.unwrap().0,
+            0,
+            "{backend}"
+        );
         // The user's sync side in one read: failing, no link, its failed item with its run.
         let mine = s.user_sync(tn, &bad, 10).await.unwrap();
         assert!(mine.link.is_none() && mine.queued.is_none(), "{backend}");
@@ -956,7 +960,11 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             (RunStatus::CompletedWithErrors, 1, 0),
             "{backend}"
         );
-        assert_eq!(s.failing(Some(tn), true, 10, 0).await.unwrap().0, 0, "{backend}");
+        assert_eq!(
+            s.failing(Some(tn), true, 10, 0).await.unwrap().0,
+            0,
+            "{backend}"
+        );
         let r = e.run_with(incremental()).await;
         assert_eq!(
             counts(&r),

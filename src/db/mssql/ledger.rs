@@ -210,7 +210,11 @@ struct FailingFilter {
 }
 
 fn failing_condition(f: FailingFilter) -> String {
-    let mut cond = vec![if f.tenant { "x.tenant = @P1" } else { "@P1 IS NULL" }];
+    let mut cond = vec![if f.tenant {
+        "x.tenant = @P1"
+    } else {
+        "@P1 IS NULL"
+    }];
     if f.quarantined_only {
         cond.push("x.quarantined_at IS NOT NULL");
     }

@@ -319,7 +319,11 @@ impl LedgerReads for SqliteStaging {
         offset: i64,
     ) -> Result<(i64, Vec<FailingRow>), SyncError> {
         // A tenant's in its index order; all tenants' sorted (the failing users, not the users).
-        let mut cond = vec![if tenant.is_some() { "r.tenant = ?1" } else { "?1 IS NULL" }];
+        let mut cond = vec![if tenant.is_some() {
+            "r.tenant = ?1"
+        } else {
+            "?1 IS NULL"
+        }];
         if quarantined_only {
             cond.push("r.quarantined_at IS NOT NULL");
         }
