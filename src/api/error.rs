@@ -24,9 +24,19 @@ impl ResponseError for ScimError {
             self.detail.clone()
         };
         resp.set_data(ErrorDetail(detail));
+        // Every 503 is worth retrying (busy, full, contended, past a deadline): say when.
+        if self.status == 503 {
+            resp.headers_mut().insert(
+                poem::http::header::RETRY_AFTER,
+                poem::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
         resp
     }
 }
+
+/// What a 503 answer advises in `Retry-After`.
+pub const RETRY_AFTER_SECONDS: &str = "5";
 
 /// A filter error may quote a piece of the filter, which may be a value (personal data):
 /// the provisioning log keeps the message with every quoted piece replaced by '…'.
@@ -61,6 +71,14 @@ impl From<StoreError> for ScimError {
             StoreError::Db(DbError::Busy) => {
                 tracing::warn!("staging database busy");
                 ScimError::new(503, None, "the staging database is busy; retry")
+            }
+            StoreError::Db(DbError::Full) => {
+                tracing::error!("staging database storage is full");
+                ScimError::new(
+                    503,
+                    None,
+                    "the staging database's storage is full; writes resume once space is freed",
+                )
             }
             StoreError::Contended => ScimError::new(
                 503,
@@ -130,6 +148,14 @@ mod tests {
         assert_eq!(e.detail, "internal server error", "no internals leak");
         let e = ScimError::from(StoreError::Db(DbError::Busy));
         assert_eq!(e.status, 503);
+        let e = ScimError::from(StoreError::Db(DbError::Full));
+        assert_eq!(e.status, 503);
+        assert!(e.detail.contains("storage is full"), "{}", e.detail);
+        let r = e.as_response();
+        assert_eq!(
+            r.headers().get(poem::http::header::RETRY_AFTER).unwrap(),
+            RETRY_AFTER_SECONDS
+        );
     }
 
     #[test]

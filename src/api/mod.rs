@@ -346,8 +346,10 @@ async fn deadlines<E: Endpoint>(
                     s.request_timeout_seconds
                 ),
             );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(error::RETRY_AFTER_SECONDS),
+            );
             Ok(resp)
         }
     }
