@@ -269,8 +269,20 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/", get(docs::root))
         .at("/healthz", get(healthz))
-        .at("/readyz", get(ops::readyz).data(state.clone()))
-        .at("/metrics", get(ops::metrics).data(state.clone()))
+        .at(
+            "/readyz",
+            get(ops::readyz).data(state.clone()).around({
+                let state = state.clone();
+                move |next, req| ops_guard(state.clone(), next, req)
+            }),
+        )
+        .at(
+            "/metrics",
+            get(ops::metrics).data(state.clone()).around({
+                let state = state.clone();
+                move |next, req| ops_guard(state.clone(), next, req)
+            }),
+        )
         .catch_all_error(error::catch_all)
         // A bug must still answer with a SCIM error, and never take the process down.
         .with(poem::middleware::CatchPanic::new().with_handler(|_| {
@@ -526,6 +538,24 @@ impl AllowTable {
     }
 }
 
+/// `[server] ops_token`, when set, guards /readyz and /metrics.
+async fn ops_guard<E: Endpoint>(
+    state: Arc<AppState>,
+    next: E,
+    req: Request,
+) -> poem::Result<Response> {
+    if let Some(token) = &state.config.ops_token
+        && !token.matches(bearer(&req))
+    {
+        return Ok(problem::AdminError::new(
+            poem::http::StatusCode::UNAUTHORIZED,
+            "a valid operations bearer token is required ([server] ops_token)",
+        )
+        .as_response());
+    }
+    Ok(next.call(req).await?.into_response())
+}
+
 /// The bearer token a request presents ("" when none).
 fn bearer(req: &Request) -> &str {
     req.header(header::AUTHORIZATION)
@@ -551,11 +581,17 @@ async fn scim_guard<E: Endpoint>(
         .split('/')
         .next()
         .unwrap_or("");
-    let Some(tenant) = state.tenants.get(tenant_name) else {
-        return Err(ScimError::not_found("no such tenant").into());
+    // An unknown tenant answers exactly as a wrong token does (a token is compared either
+    // way), so tenant names cannot be probed.
+    let tenant = state.tenants.get(tenant_name);
+    let accepted = match tenant {
+        Some(t) => t.config.accepts(bearer(&req)),
+        None => {
+            let _ = crate::config::TokenHash::of("no such tenant").matches(bearer(&req));
+            false
+        }
     };
-    tracing::Span::current().record("tenant", tenant_name);
-    if !tenant.config.accepts(bearer(&req)) {
+    if !accepted {
         let mut resp = error::to_scim_response(
             ScimError::unauthorized("a valid bearer token for this tenant is required").into(),
         );
@@ -563,6 +599,7 @@ async fn scim_guard<E: Endpoint>(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Ok(resp);
     }
+    tracing::Span::current().record("tenant", tenant_name);
     if let Err(p) = queries.check(
         req.method(),
         req.uri().path(),

@@ -226,6 +226,8 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
     pub applications: BTreeMap<String, ApplicationConfig>,
     pub admin: AdminConfig,
+    /// `[server] ops_token`, when set: the token /readyz and /metrics need.
+    pub ops_token: Option<TokenHash>,
     /// The folder relative paths resolve against.
     pub base_dir: PathBuf,
     /// The file and overrides it was loaded from (None: parsed from text), so a reload can
@@ -427,8 +429,16 @@ impl Config {
             provisioning_log_days: raw.admin.provisioning_log_days,
             max_body_bytes: raw.admin.max_body_bytes,
         };
+        let ops_token = match &raw.server.ops_token {
+            None => None,
+            Some(t) => Some(
+                resolve_secret(t, base_dir)
+                    .map_err(|m| invalid(format!("server.ops_token: {m}")))?,
+            ),
+        };
         Ok(Config {
             admin,
+            ops_token,
             server: raw.server,
             log: raw.log,
             staging: raw.staging,

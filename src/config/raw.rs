@@ -163,6 +163,8 @@ pub struct ServerConfig {
     pub request_timeout_seconds: u64,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// When set, /readyz and /metrics need this bearer token (/healthz never does).
+    pub ops_token: Option<RawSecret>,
 }
 
 impl Default for ServerConfig {
@@ -178,6 +180,7 @@ impl Default for ServerConfig {
             idle_timeout_seconds: 60,
             request_timeout_seconds: 60,
             max_connections: 1024,
+            ops_token: None,
         }
     }
 }

@@ -380,7 +380,7 @@ async fn provisioning_log_records_scim_requests_without_personal_data() {
             .get(format!("http://{}/scim-api/v1/ghost/scim/Users", app.addr)),
     )
     .await
-    .assert_error(404, None);
+    .assert_error(401, None);
 
     let r = log(&app, &[]).await;
     assert_eq!(

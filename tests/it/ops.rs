@@ -474,3 +474,31 @@ async fn readyz_fails_while_the_staging_folder_cannot_be_written() {
     let r = app.get_root("/readyz").await;
     r.assert_status(200);
 }
+
+#[tokio::test]
+async fn an_ops_token_guards_readiness_and_metrics_but_not_health() {
+    let token = "ops-token-for-this-test-0123";
+    let app = TestApp::start_with_server(&format!("ops_token = \"{token}\"")).await;
+    for path in ["/readyz", "/metrics"] {
+        let r = app.get_root(path).await;
+        r.assert_problem(401);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        let r = app
+            .send(
+                app.client
+                    .get(format!("http://{}{path}", app.addr))
+                    .bearer_auth(ACME_TOKEN),
+            )
+            .await;
+        r.assert_problem(401);
+        let r = app
+            .send(
+                app.client
+                    .get(format!("http://{}{path}", app.addr))
+                    .bearer_auth(token),
+            )
+            .await;
+        r.assert_status(200);
+    }
+    app.get_root("/healthz").await.assert_status(200);
+}
