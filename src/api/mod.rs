@@ -10,6 +10,7 @@ pub mod ops;
 pub mod params;
 pub mod payload;
 pub mod problem;
+pub mod queue;
 pub mod render;
 pub mod scim;
 pub mod subject;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub provlog: ProvisioningLog,
     /// The sync use cases, when a tenant syncs.
     pub sync: Option<Arc<SyncService>>,
+    /// Writes of one resource, one at a time.
+    pub writes: queue::WriteQueue,
 }
 
 impl AppState {
@@ -98,6 +101,7 @@ impl AppState {
             metrics,
             provlog,
             sync,
+            writes: queue::WriteQueue::default(),
         }
     }
 

@@ -236,6 +236,7 @@ impl ScimApi {
         record_subject(req, kind, body);
         let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let if_match = if_match(req);
+        let _turn = self.state.writes.turn(tenant, kind, id).await?;
         let now = self.state.clock.now();
         let store = &self.state.store;
         let stored = match kind {
@@ -280,6 +281,7 @@ impl ScimApi {
         let limits = self.state.scim_limits();
         let ops = patch::parse(body, limits)?;
         let if_match = if_match(req);
+        let _turn = self.state.writes.turn(tenant, kind, id).await?;
         let now = self.state.clock.now();
         let store = &self.state.store;
         let projection = self.projection(rt, &p)?;
@@ -331,6 +333,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         self.tenant(tenant)?;
         let if_match = if_match(req);
+        let _turn = self.state.writes.turn(tenant, kind, id).await?;
         let now = self.state.clock.now();
         match kind {
             ResourceKind::User => {
