@@ -24,8 +24,9 @@ impl ResponseError for ScimError {
             self.detail.clone()
         };
         resp.set_data(ErrorDetail(detail));
-        // Every 503 is worth retrying (busy, full, contended, past a deadline): say when.
-        if self.status == 503 {
+        // Every 503 and 429 is worth retrying (busy, full, contended, past a deadline, a
+        // tenant at its share): say when.
+        if self.status == 503 || self.status == 429 {
             resp.headers_mut().insert(
                 poem::http::header::RETRY_AFTER,
                 poem::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),

@@ -45,6 +45,8 @@ pub struct Tenant {
     pub config: TenantConfig,
     pub users: ResourceType,
     pub groups: ResourceType,
+    /// The tenant's share: its SCIM requests in progress (`[server] max_requests_per_tenant`).
+    pub admission: Arc<tokio::sync::Semaphore>,
 }
 
 /// Everything a request may need.
@@ -89,6 +91,9 @@ impl AppState {
                         users: ResourceType::user(&t.custom_schema),
                         groups: ResourceType::group(),
                         config: t.clone(),
+                        admission: Arc::new(tokio::sync::Semaphore::new(
+                            config.server.max_requests_per_tenant,
+                        )),
                     },
                 )
             })
@@ -611,6 +616,24 @@ async fn scim_guard<E: Endpoint>(
     ) {
         return Err(ScimError::invalid_value(p.to_string()).into());
     }
+    // A tenant at its share waits for nothing: it is told to come back, and the others, whose
+    // shares are their own, go on.
+    let Some(_share) = state
+        .tenants
+        .get(tenant_name)
+        .and_then(|t| t.admission.clone().try_acquire_owned().ok())
+    else {
+        tracing::warn!(
+            limit = state.config.server.max_requests_per_tenant,
+            "tenant at its share of concurrent requests"
+        );
+        return Err(ScimError::new(
+            429,
+            None,
+            "this tenant has as many requests in progress as it may; retry",
+        )
+        .into());
+    };
     req.set_data(BodyLimit(state.config.server.max_body_bytes));
     Ok(next.call(req).await?.into_response())
 }

@@ -401,9 +401,11 @@ impl Config {
         ]
         .contains(&0)
             || s.max_connections == 0
+            || s.max_requests_per_tenant == 0
         {
             return Err(invalid(
-                "server timeouts and max_connections must be at least 1".into(),
+                "server timeouts, max_connections and max_requests_per_tenant must be at least 1"
+                    .into(),
             ));
         }
         let mut admin_tokens = Vec::new();

@@ -163,6 +163,8 @@ pub struct ServerConfig {
     pub request_timeout_seconds: u64,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// SCIM requests of one tenant in progress at once; more are 429 with Retry-After.
+    pub max_requests_per_tenant: usize,
     /// When set, /readyz and /metrics need this bearer token (/healthz never does).
     pub ops_token: Option<RawSecret>,
 }
@@ -180,6 +182,7 @@ impl Default for ServerConfig {
             idle_timeout_seconds: 60,
             request_timeout_seconds: 60,
             max_connections: 1024,
+            max_requests_per_tenant: 32,
             ops_token: None,
         }
     }

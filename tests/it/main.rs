@@ -13,6 +13,7 @@ mod discovery;
 mod entra_examples;
 mod errors;
 mod etags;
+mod fairness;
 mod filters;
 mod groups;
 mod limits;
