@@ -148,8 +148,11 @@ impl fmt::Debug for RawTenant {
 pub struct ServerConfig {
     pub listen: String,
     /// Base URL clients use to reach this server, for meta.location and Location headers.
-    /// Without it, the request's Host header is used.
+    /// Without it, the request's Host header is used when it is trusted (see `allowed_hosts`).
     pub public_url: Option<String>,
+    /// Host names (optionally with a port) a Host header may name for meta.location, besides
+    /// localhost, loopback addresses and the address a connection came in on.
+    pub allowed_hosts: Vec<String>,
     pub max_body_bytes: usize,
     pub default_page_size: i64,
     pub max_page_size: i64,
@@ -174,6 +177,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:8080".into(),
             public_url: None,
+            allowed_hosts: Vec::new(),
             max_body_bytes: 1024 * 1024,
             default_page_size: 100,
             max_page_size: 1000,

@@ -225,3 +225,30 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     );
     drop(second);
 }
+
+#[tokio::test]
+async fn an_untrusted_host_header_never_reaches_meta_location() {
+    let app = TestApp::start().await;
+    let id = app.user("hosted@acme.example").await;
+    let r = app
+        .send(
+            app.request(reqwest::Method::GET, ACME, &format!("/Users/{id}"))
+                .header("host", "evil.example"),
+        )
+        .await;
+    r.assert_status(200);
+    let location = r.body["meta"]["location"].as_str().unwrap();
+    assert!(!location.contains("evil"), "{location}");
+    assert!(
+        location.starts_with(&format!("http://{}/", app.addr)),
+        "the address the connection came in on: {location}"
+    );
+    // The address a client really used is kept.
+    let r = app.get(&format!("/Users/{id}")).await;
+    assert!(
+        r.body["meta"]["location"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("http://{}/", app.addr))
+    );
+}
