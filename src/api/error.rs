@@ -18,7 +18,15 @@ impl ResponseError for ScimError {
             .status(self.status())
             .content_type(SCIM_JSON)
             .body(self.to_json().to_string());
-        let detail = if self.scim_type == Some(crate::scim::error::ScimType::InvalidFilter) {
+        // Filters, and PATCH paths (which may carry a value filter), can quote values.
+        let detail = if matches!(
+            self.scim_type,
+            Some(
+                crate::scim::error::ScimType::InvalidFilter
+                    | crate::scim::error::ScimType::InvalidPath
+                    | crate::scim::error::ScimType::NoTarget
+            )
+        ) {
             redact_quoted(&self.detail)
         } else {
             self.detail.clone()
@@ -157,6 +165,17 @@ mod tests {
             r.headers().get(poem::http::header::RETRY_AFTER).unwrap(),
             RETRY_AFTER_SECONDS
         );
+    }
+
+    #[test]
+    fn the_logged_detail_of_a_path_error_quotes_no_value() {
+        let r = ScimError::invalid_path(
+            "path: unknown operator '\"ann@example.com\"' (expected eq) (at character 17)",
+        )
+        .as_response();
+        let d = &r.data::<ErrorDetail>().unwrap().0;
+        assert!(!d.contains("ann@"), "{d}");
+        assert!(d.contains("'…'"), "{d}");
     }
 
     #[test]

@@ -823,7 +823,23 @@ pub fn operation(method: &str, path: &str) -> String {
         ["scim-api", "v1", _tenant, "scim", resource] => (*resource).to_string(),
         ["scim-api", "v1", _tenant, "scim", resource, ".search"] => format!("{resource}/.search"),
         ["scim-api", "v1", _tenant, "scim", resource, _id] => format!("{resource}/{{id}}"),
-        _ => path.to_string(),
+        [""] | ["healthz"] | ["readyz"] | ["metrics"] | ["openapi.json"] => path.to_string(),
+        ["docs", ..] => "/docs/…".to_string(),
+        // Admin routes: their words; ids, names and anything else as a placeholder.
+        ["admin", "v1", rest @ ..] => {
+            let words: Vec<&str> = rest
+                .iter()
+                .map(|s| {
+                    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+                        *s
+                    } else {
+                        "{…}"
+                    }
+                })
+                .collect();
+            format!("/admin/v1/{}", words.join("/"))
+        }
+        _ => "{unmatched}".to_string(),
     };
     format!("{method} {route}")
 }
@@ -857,6 +873,15 @@ mod tests {
             "POST Groups/.search"
         );
         assert_eq!(operation("GET", "/healthz"), "GET /healthz");
+        assert_eq!(
+            operation("GET", "/wp-admin/ann@example.com"),
+            "GET {unmatched}"
+        );
+        assert_eq!(
+            operation("GET", "/admin/v1/tenants/acme/users/0190a1b2"),
+            "GET /admin/v1/tenants/acme/users/{…}"
+        );
+        assert_eq!(operation("GET", "/scim-api/v1/x/y"), "GET {unmatched}");
     }
 
     #[test]
