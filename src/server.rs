@@ -40,6 +40,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+/// The most headers hyper parses; the API's own limit is lower.
+pub const HYPER_MAX_HEADERS: usize = 200;
+
 /// The longest pause after repeated accept errors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -242,7 +245,12 @@ async fn serve_connection<E: Endpoint + 'static>(
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The watcher below times header reads; hyper's own timer would also count idle time.
-    builder.http1().header_read_timeout(None);
+    // Heads up to hyper's limits reach the API, which answers those over its own (smaller)
+    // limits with an error document; hyper's answer past its limits has no body.
+    builder
+        .http1()
+        .header_read_timeout(None)
+        .max_headers(HYPER_MAX_HEADERS);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let tick = (limits.header_read.min(limits.idle) / 4)

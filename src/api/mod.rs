@@ -316,6 +316,9 @@ async fn deadlines<E: Endpoint>(
 ) -> poem::Result<Response> {
     let s = &state.config.server;
     let admin = req.uri().path().starts_with(ADMIN_PREFIX);
+    if let Some((status, detail)) = head_too_large(&req) {
+        return Ok(edge_error(admin, status, detail));
+    }
     let body_late = Arc::new(AtomicBool::new(false));
     if has_body(&req) {
         let deadline =
@@ -329,21 +332,7 @@ async fn deadlines<E: Endpoint>(
     }
     let limit = Duration::from_secs(s.request_timeout_seconds);
     let answer = tokio::time::timeout(limit, next.call(req)).await;
-    let late = |status: u16, detail: String| {
-        let mut resp = if admin {
-            problem::AdminError::new(
-                poem::http::StatusCode::from_u16(status)
-                    .unwrap_or(poem::http::StatusCode::SERVICE_UNAVAILABLE),
-                detail,
-            )
-            .as_response()
-        } else {
-            error::to_scim_response(ScimError::new(status, None, detail).into())
-        };
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        resp
-    };
+    let late = |status: u16, detail: String| edge_error(admin, status, detail);
     if body_late.load(Ordering::Relaxed) {
         return Ok(late(
             408,
@@ -374,6 +363,56 @@ async fn deadlines<E: Endpoint>(
             Ok(resp)
         }
     }
+}
+
+/// The longest request target (path and query) answered with an error document; hyper's own
+/// limit (64 KiB) is above it and answers without one.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most request headers, and their total size, answered with an error document (hyper
+/// is configured above them: `server::HYPER_MAX_HEADERS`, and its 400 KiB head buffer).
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Why a request's head is too large, when it is.
+fn head_too_large(req: &Request) -> Option<(u16, String)> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some((
+            414,
+            format!("the request path and query are longer than {MAX_URI_BYTES} bytes"),
+        ));
+    }
+    let headers = req.headers();
+    let size: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADERS || size > MAX_HEADER_BYTES {
+        return Some((
+            431,
+            format!(
+                "the request headers are more than {MAX_HEADERS} or larger than {MAX_HEADER_BYTES} bytes"
+            ),
+        ));
+    }
+    None
+}
+
+/// An error answered before the request reached its API, in that API's format; the
+/// connection closes after it.
+fn edge_error(admin: bool, status: u16, detail: String) -> Response {
+    let mut resp = if admin {
+        problem::AdminError::new(
+            poem::http::StatusCode::from_u16(status).unwrap_or(poem::http::StatusCode::BAD_REQUEST),
+            detail,
+        )
+        .as_response()
+    } else {
+        error::to_scim_response(ScimError::new(status, None, detail).into())
+    };
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// Whether a request announces a body.

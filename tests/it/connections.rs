@@ -252,3 +252,36 @@ async fn an_untrusted_host_header_never_reaches_meta_location() {
             .starts_with(&format!("http://{}/", app.addr))
     );
 }
+
+#[tokio::test]
+async fn a_head_over_the_limits_gets_a_scim_error_body() {
+    let app = TestApp::start().await;
+    // A long query string.
+    let filter = "a".repeat(20_000);
+    let r = app
+        .list(
+            ACME,
+            "/Users",
+            &[("filter", &format!("userName eq \"{filter}\""))],
+        )
+        .await;
+    r.assert_error(414, None);
+    // Many headers, and large ones.
+    let mut rb = app.request(reqwest::Method::GET, ACME, "/Users");
+    for i in 0..150 {
+        rb = rb.header(format!("x-many-{i}"), "y");
+    }
+    app.send(rb).await.assert_error(431, None);
+    let rb = app
+        .request(reqwest::Method::GET, ACME, "/Users")
+        .header("x-large", "z".repeat(100_000));
+    app.send(rb).await.assert_error(431, None);
+    // The admin API answers with a problem document.
+    let r = app
+        .send(
+            app.admin_request(reqwest::Method::GET, "/tenants", Some(READER_TOKEN))
+                .header("x-large", "z".repeat(100_000)),
+        )
+        .await;
+    r.assert_problem(431);
+}
