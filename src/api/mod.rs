@@ -604,6 +604,9 @@ async fn ops_guard<E: Endpoint>(
     Ok(next.call(req).await?.into_response())
 }
 
+/// How long a request of a tenant at its share waits for a place before it is 429.
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(2);
+
 /// The bearer token a request presents ("" when none).
 fn bearer(req: &Request) -> &str {
     req.header(header::AUTHORIZATION)
@@ -655,13 +658,17 @@ async fn scim_guard<E: Endpoint>(
     ) {
         return Err(ScimError::invalid_value(p.to_string()).into());
     }
-    // A tenant at its share waits for nothing: it is told to come back, and the others, whose
-    // shares are their own, go on.
-    let Some(_share) = state
-        .tenants
-        .get(tenant_name)
-        .and_then(|t| t.admission.clone().try_acquire_owned().ok())
-    else {
+    // A tenant at its share waits a moment for a place (a burst, such as concurrent writes of
+    // one user, gets through), then is told to come back; the others, whose shares are their
+    // own, go on. Nothing of the body has been read yet.
+    let share = match state.tenants.get(tenant_name) {
+        Some(t) => tokio::time::timeout(ADMISSION_WAIT, t.admission.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
+    let Some(_share) = share else {
         tracing::warn!(
             limit = state.config.server.max_requests_per_tenant,
             "tenant at its share of concurrent requests"
