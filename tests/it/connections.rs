@@ -285,3 +285,89 @@ async fn a_head_over_the_limits_gets_a_scim_error_body() {
         .await;
     r.assert_problem(431);
 }
+
+/// CPU time (user + system, in clock ticks) of process `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("scim-bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"error\"\n\
+             [staging]\ndatabase = \"sqlite://staging.db\"\ndurability = \"normal\"\n\
+             [tenants.fd]\ntoken = \"fd-limit-token-0123456789\"\n"
+        ),
+    )
+    .unwrap();
+    // A process with few descriptors: the connections below exhaust them.
+    let mut server = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" serve --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_scim-bridge"))
+        .arg(&config)
+        .env_remove("SCIM_BRIDGE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if client.get(&health).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the server started");
+
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(server.id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(server.id()) - before;
+    // A loop retrying accept at once burns a core: about 200 ticks in 2 s.
+    assert!(
+        spent < 50,
+        "{spent} ticks of CPU in 2 s at the descriptor limit"
+    );
+
+    drop(held);
+    let mut served = false;
+    for _ in 0..100 {
+        if client
+            .get(&health)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(served, "served again once descriptors are free");
+}
