@@ -30,6 +30,13 @@ pub struct BenchArgs {
     /// Staging durability: full (fsync per commit) or normal (survives a process crash)
     #[arg(long, default_value = "full")]
     pub durability: String,
+    /// `standard`: the SCIM operations; `abuse`: heavy requests against one tenant while
+    /// another tenant's look-ups and /healthz are timed
+    #[arg(long, default_value = "standard")]
+    pub workload: String,
+    /// abuse: seconds of heavy requests
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -48,6 +55,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 const TOKEN: &str = "bench-token-0123456789";
+/// The abuse workload's other tenant, whose requests are timed.
+const VICTIM_TOKEN: &str = "victim-token-0123456789";
 const CUSTOM_URN: &str = scim_bridge::scim::schema::DEFAULT_CUSTOM_SCHEMA;
 
 struct Row {
@@ -72,6 +81,7 @@ impl Row {
 struct Client {
     http: reqwest::Client,
     base: String,
+    token: &'static str,
 }
 
 impl Client {
@@ -86,7 +96,7 @@ impl Client {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
+            .bearer_auth(self.token);
         if let Some(b) = body {
             req = req.header("content-type", "application/scim+json").body(b);
         }
@@ -191,7 +201,8 @@ fn write_config(dir: &Path, port: u16, durability: &str) -> anyhow::Result<std::
             "[server]\nlisten = \"127.0.0.1:{port}\"\nmax_page_size = 1000\n\
              [log]\nlevel = \"warn\"\n\
              [staging]\ndatabase = \"sqlite://staging.db\"\ndurability = \"{durability}\"\n\
-             [tenants.bench]\ntoken = \"{TOKEN}\"\n"
+             [tenants.bench]\ntoken = \"{TOKEN}\"\n\
+             [tenants.victim]\ntoken = \"{VICTIM_TOKEN}\"\n"
         ),
     )?;
     Ok(path)
@@ -220,6 +231,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .pool_max_idle_per_host(args.concurrency)
             .build()?,
         base: format!("http://127.0.0.1:{port}/scim-api/v1/bench/scim"),
+        token: TOKEN,
     });
     for _ in 0..100 {
         if client
@@ -231,7 +243,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let result = drive(&client, &args).await;
+    let result = if args.workload == "abuse" {
+        abuse(&client, port, &args).await
+    } else {
+        drive(&client, &args).await
+    };
     let rss = peak_rss_kib(pid);
     let _ = server.kill().await;
     let rows = result?;
@@ -386,6 +402,186 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
         elapsed: latencies.iter().sum(),
         latencies,
     });
+    Ok(rows)
+}
+
+/// What the abuse workload's heavy requests were answered.
+#[derive(Default)]
+struct Answers {
+    by_status: std::collections::BTreeMap<u16, usize>,
+    failed: usize,
+}
+
+/// One heavy request of the abuse workload, `i`-th of its kind: a 90-term substring filter,
+/// a PATCH adding 1 000 emails, or a search excluding one path many times.
+async fn heavy(client: &Client, ids: &[String], i: usize) -> Option<u16> {
+    use reqwest::Method;
+    let (method, path, body) = match i % 3 {
+        0 => {
+            let filter = (0..90)
+                .map(|k| format!("userName co \"{k:02}{i}\""))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            let q: String = form_urlencoded::byte_serialize(filter.as_bytes()).collect();
+            (Method::GET, format!("/Users?filter={q}"), None)
+        }
+        1 => {
+            let emails: Vec<Value> = (0..1000)
+                .map(|k| json!({"value": format!("e{i}-{k}@abuse.example"), "type": "other"}))
+                .collect();
+            let body = json!({"schemas": [scim_bridge::scim::schema::PATCH_OP],
+                "Operations": [{"op": "add", "path": "emails", "value": emails}]});
+            (
+                Method::PATCH,
+                format!("/Users/{}", ids[i % ids.len()]),
+                Some(body.to_string().into_bytes()),
+            )
+        }
+        _ => {
+            let excluded = vec!["name.givenName"; 500].join(",");
+            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                "filter": "displayName co \"User\"", "excludedAttributes": excluded});
+            (
+                Method::POST,
+                "/Users/.search".to_string(),
+                Some(body.to_string().into_bytes()),
+            )
+        }
+    };
+    let mut req = client
+        .http
+        .request(method, format!("{}{path}", client.base))
+        .bearer_auth(client.token);
+    if let Some(b) = body {
+        req = req.header("content-type", "application/scim+json").body(b);
+    }
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    let _ = resp.bytes().await;
+    Some(status)
+}
+
+/// Time the victim tenant's look-ups and /healthz, one after the other, until `until`.
+async fn observe_victim(
+    victim: &Client,
+    health: &Client,
+    users: usize,
+    until: Instant,
+) -> (Row, Row, usize) {
+    let (mut looks, mut checks, mut unanswered) = (Vec::new(), Vec::new(), 0);
+    let start = Instant::now();
+    let mut i = 0;
+    while Instant::now() < until {
+        let path = format!(
+            "/Users?filter=userName%20eq%20%22user{:07}%40bench.example%22",
+            i % users
+        );
+        match victim.send(reqwest::Method::GET, &path, None, 200).await {
+            Ok((l, _)) => looks.push(l),
+            Err(_) => unanswered += 1,
+        }
+        match health
+            .send(reqwest::Method::GET, "/healthz", None, 200)
+            .await
+        {
+            Ok((l, _)) => checks.push(l),
+            Err(_) => unanswered += 1,
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = start.elapsed();
+    let row = |name: &str, latencies: Vec<Duration>| Row {
+        name: name.to_string(),
+        requests: latencies.len(),
+        elapsed,
+        latencies,
+    };
+    (
+        row("victim GET /Users?filter=userName eq", looks),
+        row("GET /healthz", checks),
+        unanswered,
+    )
+}
+
+/// The abuse workload: load both tenants, time the victim quietly, then again while the
+/// `bench` tenant sends heavy requests with `concurrency` in flight for `seconds`.
+async fn abuse(client: &Arc<Client>, port: u16, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    use reqwest::Method;
+    let c = args.concurrency;
+    let n = args.users.min(5_000);
+    let victim = Arc::new(Client {
+        http: client.http.clone(),
+        base: format!("http://127.0.0.1:{port}/scim-api/v1/victim/scim"),
+        token: VICTIM_TOKEN,
+    });
+    let health = Client {
+        http: client.http.clone(),
+        base: format!("http://127.0.0.1:{port}"),
+        token: "",
+    };
+    let bodies: Vec<Vec<u8>> = (0..n).map(user_body).collect();
+    let (_, created) = phase("load attacker", n, c, |i| {
+        let client = client.clone();
+        let body = bodies[i].clone();
+        async move { client.send(Method::POST, "/Users", Some(body), 201).await }
+    })
+    .await?;
+    let ids: Vec<String> = created.iter().map(|b| id_of(b)).collect::<Result<_, _>>()?;
+    let vn = 1_000.min(n);
+    phase("load victim", vn, c, |i| {
+        let victim = victim.clone();
+        let body = bodies[i].clone();
+        async move { victim.send(Method::POST, "/Users", Some(body), 201).await }
+    })
+    .await?;
+
+    let mut rows = Vec::new();
+    let quiet = Instant::now() + Duration::from_secs(args.seconds.min(10));
+    let (mut look, mut check, _) = observe_victim(&victim, &health, vn, quiet).await;
+    look.name = format!("quiet: {}", look.name);
+    check.name = format!("quiet: {}", check.name);
+    rows.extend([look, check]);
+
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let answers = Arc::new(std::sync::Mutex::new(Answers::default()));
+    let attackers = (0..c).map(|w| {
+        let (client, ids, answers) = (client.clone(), ids.clone(), answers.clone());
+        tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < until {
+                let status = heavy(&client, &ids, i).await;
+                if let Ok(mut a) = answers.lock() {
+                    match status {
+                        Some(s) => *a.by_status.entry(s).or_default() += 1,
+                        None => a.failed += 1,
+                    }
+                }
+                i += c;
+            }
+        })
+    });
+    let attackers: Vec<_> = attackers.collect();
+    let (mut look, mut check, unanswered) = observe_victim(&victim, &health, vn, until).await;
+    for a in attackers {
+        let _ = a.await;
+    }
+    look.name = format!("under abuse: {}", look.name);
+    check.name = format!("under abuse: {}", check.name);
+    rows.extend([look, check]);
+    if let Ok(a) = answers.lock() {
+        let statuses: Vec<String> = a
+            .by_status
+            .iter()
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
+        println!(
+            "heavy requests of the bench tenant: {} (no answer: {})",
+            statuses.join(", "),
+            a.failed
+        );
+    }
+    println!("victim requests or health checks not answered 200: {unanswered}");
     Ok(rows)
 }
 

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use poem::Server;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::{Config, DbLocation};
 use crate::db::{self, Connector, Staging};
 use crate::metrics::Metrics;
+use crate::server::{self, ConnectionLimits};
 use crate::sync::scheduler::Scheduler;
 use crate::sync::{SyncEngine, SyncService};
 
@@ -22,7 +22,7 @@ use crate::sync::{SyncEngine, SyncService};
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 pub struct Application {
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
     pub addr: SocketAddr,
     /// Everything requests need, the sync engine (`state.sync`) included.
     pub state: Arc<AppState>,
@@ -61,17 +61,14 @@ impl Application {
         };
         let listen = listen.unwrap_or(&config.server.listen).to_string();
         let state = Arc::new(AppState::new(config, store, clock, metrics, sync));
-        let acceptor = TcpListener::bind(listen.clone())
-            .into_acceptor()
+        let listener = TcpListener::bind(listen.as_str())
             .await
             .with_context(|| format!("binding {listen}"))?;
-        let addr = acceptor
+        let addr = listener
             .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
             .context("the listener has no socket address")?;
         Ok(Application {
-            acceptor,
+            listener,
             addr,
             state,
         })
@@ -102,13 +99,20 @@ impl Application {
                 }
             })
         };
-        let served = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(
-                api::app(self.state),
-                shutdown,
-                Some(Duration::from_secs(30)),
-            )
-            .await;
+        let s = &state.config.server;
+        let limits = ConnectionLimits {
+            header_read: Duration::from_secs(s.header_read_timeout_seconds),
+            idle: Duration::from_secs(s.idle_timeout_seconds),
+            max_connections: s.max_connections,
+        };
+        let served = server::serve(
+            self.listener,
+            api::app(self.state),
+            limits,
+            shutdown,
+            Duration::from_secs(30),
+        )
+        .await;
         retention.abort();
         if let Some(s) = scheduler {
             s.shutdown(Duration::from_secs(30)).await;

@@ -140,6 +140,17 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path, std::env::vars())?)
 }
 
+/// Libraries that would log personal data or secrets at debug or trace.
+pub const QUIET_TARGETS: &[&str] = &[
+    "handlebars",
+    "rusqlite",
+    "tiberius",
+    "bb8",
+    "hyper",
+    "hyper_util",
+    "h2",
+];
+
 pub fn init_logging(format: LogFormat, level: &str) {
     // The scheduler library narrates its own start-up at info; its warnings are enough.
     let directives = if level.contains("tokio_cron_scheduler") {
@@ -147,8 +158,15 @@ pub fn init_logging(format: LogFormat, level: &str) {
     } else {
         format!("{level},tokio_cron_scheduler=warn")
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
+    // Whatever the level asked for, these never log below WARN: at debug and trace they print
+    // rendered templates (values), whole statements and headers (tokens).
+    for quiet in QUIET_TARGETS {
+        if let Ok(d) = format!("{quiet}=warn").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     // Colours only for a terminal: log files and collectors get plain lines.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()

@@ -15,6 +15,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod provlog;
 pub mod scim;
+pub mod server;
 pub mod store;
 pub mod sync;
 pub mod target;

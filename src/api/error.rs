@@ -18,15 +18,34 @@ impl ResponseError for ScimError {
             .status(self.status())
             .content_type(SCIM_JSON)
             .body(self.to_json().to_string());
-        let detail = if self.scim_type == Some(crate::scim::error::ScimType::InvalidFilter) {
+        // Filters, and PATCH paths (which may carry a value filter), can quote values.
+        let detail = if matches!(
+            self.scim_type,
+            Some(
+                crate::scim::error::ScimType::InvalidFilter
+                    | crate::scim::error::ScimType::InvalidPath
+                    | crate::scim::error::ScimType::NoTarget
+            )
+        ) {
             redact_quoted(&self.detail)
         } else {
             self.detail.clone()
         };
         resp.set_data(ErrorDetail(detail));
+        // Every 503 and 429 is worth retrying (busy, full, contended, past a deadline, a
+        // tenant at its share): say when.
+        if self.status == 503 || self.status == 429 {
+            resp.headers_mut().insert(
+                poem::http::header::RETRY_AFTER,
+                poem::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
         resp
     }
 }
+
+/// What a 503 answer advises in `Retry-After`.
+pub const RETRY_AFTER_SECONDS: &str = "5";
 
 /// A filter error may quote a piece of the filter, which may be a value (personal data):
 /// the provisioning log keeps the message with every quoted piece replaced by '…'.
@@ -61,6 +80,14 @@ impl From<StoreError> for ScimError {
             StoreError::Db(DbError::Busy) => {
                 tracing::warn!("staging database busy");
                 ScimError::new(503, None, "the staging database is busy; retry")
+            }
+            StoreError::Db(DbError::Full) => {
+                tracing::error!("staging database storage is full");
+                ScimError::new(
+                    503,
+                    None,
+                    "the staging database's storage is full; writes resume once space is freed",
+                )
             }
             StoreError::Contended => ScimError::new(
                 503,
@@ -130,6 +157,25 @@ mod tests {
         assert_eq!(e.detail, "internal server error", "no internals leak");
         let e = ScimError::from(StoreError::Db(DbError::Busy));
         assert_eq!(e.status, 503);
+        let e = ScimError::from(StoreError::Db(DbError::Full));
+        assert_eq!(e.status, 503);
+        assert!(e.detail.contains("storage is full"), "{}", e.detail);
+        let r = e.as_response();
+        assert_eq!(
+            r.headers().get(poem::http::header::RETRY_AFTER).unwrap(),
+            RETRY_AFTER_SECONDS
+        );
+    }
+
+    #[test]
+    fn the_logged_detail_of_a_path_error_quotes_no_value() {
+        let r = ScimError::invalid_path(
+            "path: unknown operator '\"ann@example.com\"' (expected eq) (at character 17)",
+        )
+        .as_response();
+        let d = &r.data::<ErrorDetail>().unwrap().0;
+        assert!(!d.contains("ann@"), "{d}");
+        assert!(d.contains("'…'"), "{d}");
     }
 
     #[test]

@@ -10,13 +10,15 @@ pub mod ops;
 pub mod params;
 pub mod payload;
 pub mod problem;
+pub mod queue;
 pub mod render;
 pub mod scim;
 pub mod subject;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use poem::error::ResponseError;
 use poem::http::{HeaderValue, header};
@@ -27,7 +29,7 @@ use poem_openapi::OpenApiService;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::config::{Config, TenantConfig};
+use crate::config::{AdminRole, Config, TenantConfig};
 use crate::db::Staging;
 use crate::metrics::{Metrics, ScimRequest};
 use crate::provlog::ProvisioningLog;
@@ -43,6 +45,8 @@ pub struct Tenant {
     pub config: TenantConfig,
     pub users: ResourceType,
     pub groups: ResourceType,
+    /// The tenant's share: its SCIM requests in progress (`[server] max_requests_per_tenant`).
+    pub admission: Arc<tokio::sync::Semaphore>,
 }
 
 /// Everything a request may need.
@@ -57,6 +61,8 @@ pub struct AppState {
     pub provlog: ProvisioningLog,
     /// The sync use cases, when a tenant syncs.
     pub sync: Option<Arc<SyncService>>,
+    /// Writes of one resource, one at a time.
+    pub writes: queue::WriteQueue,
 }
 
 impl AppState {
@@ -85,6 +91,9 @@ impl AppState {
                         users: ResourceType::user(&t.custom_schema),
                         groups: ResourceType::group(),
                         config: t.clone(),
+                        admission: Arc::new(tokio::sync::Semaphore::new(
+                            config.server.max_requests_per_tenant,
+                        )),
                     },
                 )
             })
@@ -97,6 +106,7 @@ impl AppState {
             metrics,
             provlog,
             sync,
+            writes: queue::WriteQueue::default(),
         }
     }
 
@@ -267,8 +277,20 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/", get(docs::root))
         .at("/healthz", get(healthz))
-        .at("/readyz", get(ops::readyz).data(state.clone()))
-        .at("/metrics", get(ops::metrics).data(state.clone()))
+        .at(
+            "/readyz",
+            get(ops::readyz).data(state.clone()).around({
+                let state = state.clone();
+                move |next, req| ops_guard(state.clone(), next, req)
+            }),
+        )
+        .at(
+            "/metrics",
+            get(ops::metrics).data(state.clone()).around({
+                let state = state.clone();
+                move |next, req| ops_guard(state.clone(), next, req)
+            }),
+        )
         // The admin console: HTML over the same use cases, not in the OpenAPI document.
         .nest(
             crate::console::PREFIX,
@@ -280,7 +302,177 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
             tracing::error!("request handler panicked");
             error::to_scim_response(ScimError::internal().into())
         }))
+        .around({
+            let state = state.clone();
+            move |next, req| deadlines(state.clone(), next, req)
+        })
         .around(move |next, req| observe(state.clone(), next, req))
+}
+
+/// `[server]`'s body-read timeout and whole-request deadline. A body that has not arrived in
+/// time answers 408; a request that runs too long is stopped — its future is dropped, so its
+/// work ends at its next await (a write already handed to the database may still commit) —
+/// and answers 503. Both close the connection, whose body may be half read.
+async fn deadlines<E: Endpoint>(
+    state: Arc<AppState>,
+    next: E,
+    mut req: Request,
+) -> poem::Result<Response> {
+    let s = &state.config.server;
+    let admin = req.uri().path().starts_with(ADMIN_PREFIX);
+    if let Some((status, detail)) = head_too_large(&req) {
+        return Ok(edge_error(admin, status, detail));
+    }
+    let body_late = Arc::new(AtomicBool::new(false));
+    if has_body(&req) {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(s.body_read_timeout_seconds);
+        let body = req.take_body().into_bytes_stream();
+        req.set_body(poem::Body::from_bytes_stream(until(
+            body,
+            deadline,
+            body_late.clone(),
+        )));
+    }
+    let limit = Duration::from_secs(s.request_timeout_seconds);
+    let answer = tokio::time::timeout(limit, next.call(req)).await;
+    let late = |status: u16, detail: String| edge_error(admin, status, detail);
+    if body_late.load(Ordering::Relaxed) {
+        return Ok(late(
+            408,
+            format!(
+                "the request body did not arrive within {} s",
+                s.body_read_timeout_seconds
+            ),
+        ));
+    }
+    match answer {
+        Ok(r) => r.map(IntoResponse::into_response),
+        Err(_) => {
+            tracing::warn!(
+                limit_s = s.request_timeout_seconds,
+                "request stopped at its deadline"
+            );
+            let mut resp = late(
+                503,
+                format!(
+                    "the request took longer than {} s and was stopped",
+                    s.request_timeout_seconds
+                ),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(error::RETRY_AFTER_SECONDS),
+            );
+            Ok(resp)
+        }
+    }
+}
+
+/// The longest request target (path and query) answered with an error document; hyper's own
+/// limit (64 KiB) is above it and answers without one.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most request headers, and their total size, answered with an error document (hyper
+/// is configured above them: `server::HYPER_MAX_HEADERS`, and its 400 KiB head buffer).
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Why a request's head is too large, when it is.
+fn head_too_large(req: &Request) -> Option<(u16, String)> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some((
+            414,
+            format!("the request path and query are longer than {MAX_URI_BYTES} bytes"),
+        ));
+    }
+    let headers = req.headers();
+    let size: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADERS || size > MAX_HEADER_BYTES {
+        return Some((
+            431,
+            format!(
+                "the request headers are more than {MAX_HEADERS} or larger than {MAX_HEADER_BYTES} bytes"
+            ),
+        ));
+    }
+    None
+}
+
+/// An error answered before the request reached its API, in that API's format; the
+/// connection closes after it.
+fn edge_error(admin: bool, status: u16, detail: String) -> Response {
+    let mut resp = if admin {
+        problem::AdminError::new(
+            poem::http::StatusCode::from_u16(status).unwrap_or(poem::http::StatusCode::BAD_REQUEST),
+            detail,
+        )
+        .as_response()
+    } else {
+        error::to_scim_response(ScimError::new(status, None, detail).into())
+    };
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Whether a request announces a body.
+fn has_body(req: &Request) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .header(header::CONTENT_LENGTH)
+            .is_some_and(|l| l.trim() != "0")
+}
+
+/// The body's chunks up to `limit` bytes in all; past it an error, and `oversize` is set.
+fn capped(
+    body: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    limit: usize,
+    oversize: Arc<AtomicBool>,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use futures_util::StreamExt;
+    let mut seen = 0usize;
+    body.map(move |chunk| {
+        let chunk = chunk?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            oversize.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("the request body is too large"));
+        }
+        Ok(chunk)
+    })
+}
+
+/// The body's chunks until `deadline`; then an error, and `late` is set.
+fn until(
+    body: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    deadline: tokio::time::Instant,
+    late: Arc<AtomicBool>,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold((Box::pin(body), false), move |(mut body, done)| {
+        let late = late.clone();
+        async move {
+            if done {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, body.next()).await {
+                Ok(Some(chunk)) => Some((chunk, (body, false))),
+                Ok(None) => None,
+                Err(_) => {
+                    late.store(true, Ordering::Relaxed);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body did not arrive in time",
+                    );
+                    Some((Err(e), (body, true)))
+                }
+            }
+        }
+    })
 }
 
 #[handler]
@@ -301,8 +493,51 @@ async fn admin_guard<E: Endpoint>(
     if let Err(p) = queries.check(req.method(), &path, req.uri().query().unwrap_or("")) {
         return Ok(problem::AdminError::bad_request(p.to_string()).as_response());
     }
+    // Every admin write needs an operator token: refuse before a byte of the body is read.
+    if !matches!(
+        *req.method(),
+        poem::http::Method::GET | poem::http::Method::HEAD | poem::http::Method::OPTIONS
+    ) {
+        match state.config.admin.authenticate(bearer(&req)) {
+            None => return Ok(problem::AdminError::unauthorized().as_response()),
+            Some(t) if t.role < AdminRole::Operator => {
+                return Ok(
+                    problem::AdminError::forbidden(AdminRole::Operator.as_str()).as_response()
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    let limit = state.config.admin.max_body_bytes;
+    let too_large = || {
+        problem::AdminError::new(
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .as_response()
+    };
+    if req
+        .header(header::CONTENT_LENGTH)
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .is_some_and(|l| l > limit as u64)
+    {
+        return Ok(too_large());
+    }
+    let oversize = Arc::new(AtomicBool::new(false));
+    if has_body(&req) {
+        let body = req.take_body().into_bytes_stream();
+        req.set_body(poem::Body::from_bytes_stream(capped(
+            body,
+            limit,
+            oversize.clone(),
+        )));
+    }
     req.set_data(state);
-    let mut resp = match next.call(req).await {
+    let answer = next.call(req).await;
+    if oversize.load(Ordering::Relaxed) {
+        return Ok(too_large());
+    }
+    let mut resp = match answer {
         Ok(r) => r.into_response(),
         Err(e) => problem::to_problem_response(e),
     };
@@ -355,6 +590,37 @@ impl AllowTable {
     }
 }
 
+/// `[server] ops_token`, when set, guards /readyz and /metrics.
+async fn ops_guard<E: Endpoint>(
+    state: Arc<AppState>,
+    next: E,
+    req: Request,
+) -> poem::Result<Response> {
+    if let Some(token) = &state.config.ops_token
+        && !token.matches(bearer(&req))
+    {
+        return Ok(problem::AdminError::new(
+            poem::http::StatusCode::UNAUTHORIZED,
+            "a valid operations bearer token is required ([server] ops_token)",
+        )
+        .as_response());
+    }
+    Ok(next.call(req).await?.into_response())
+}
+
+/// How long a request of a tenant at its share waits for a place before it is 429.
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(2);
+
+/// The bearer token a request presents ("" when none).
+fn bearer(req: &Request) -> &str {
+    req.header(header::AUTHORIZATION)
+        .and_then(|h| {
+            let (scheme, token) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .unwrap_or("")
+}
+
 /// Tenant and bearer token check before any body is read; sets the body limit.
 async fn scim_guard<E: Endpoint>(
     state: Arc<AppState>,
@@ -370,18 +636,17 @@ async fn scim_guard<E: Endpoint>(
         .split('/')
         .next()
         .unwrap_or("");
-    let Some(tenant) = state.tenants.get(tenant_name) else {
-        return Err(ScimError::not_found("no such tenant").into());
+    // An unknown tenant answers exactly as a wrong token does (a token is compared either
+    // way), so tenant names cannot be probed.
+    let tenant = state.tenants.get(tenant_name);
+    let accepted = match tenant {
+        Some(t) => t.config.accepts(bearer(&req)),
+        None => {
+            let _ = crate::config::TokenHash::of("no such tenant").matches(bearer(&req));
+            false
+        }
     };
-    tracing::Span::current().record("tenant", tenant_name);
-    let presented = req
-        .header(header::AUTHORIZATION)
-        .and_then(|h| {
-            let (scheme, token) = h.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .unwrap_or("");
-    if !tenant.config.accepts(presented) {
+    if !accepted {
         let mut resp = error::to_scim_response(
             ScimError::unauthorized("a valid bearer token for this tenant is required").into(),
         );
@@ -389,6 +654,7 @@ async fn scim_guard<E: Endpoint>(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Ok(resp);
     }
+    tracing::Span::current().record("tenant", tenant_name);
     if let Err(p) = queries.check(
         req.method(),
         req.uri().path(),
@@ -396,6 +662,28 @@ async fn scim_guard<E: Endpoint>(
     ) {
         return Err(ScimError::invalid_value(p.to_string()).into());
     }
+    // A tenant at its share waits a moment for a place (a burst, such as concurrent writes of
+    // one user, gets through), then is told to come back; the others, whose shares are their
+    // own, go on. Nothing of the body has been read yet.
+    let share = match state.tenants.get(tenant_name) {
+        Some(t) => tokio::time::timeout(ADMISSION_WAIT, t.admission.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
+    let Some(_share) = share else {
+        tracing::warn!(
+            limit = state.config.server.max_requests_per_tenant,
+            "tenant at its share of concurrent requests"
+        );
+        return Err(ScimError::new(
+            429,
+            None,
+            "this tenant has as many requests in progress as it may; retry",
+        )
+        .into());
+    };
     req.set_data(BodyLimit(state.config.server.max_body_bytes));
     Ok(next.call(req).await?.into_response())
 }
@@ -585,7 +873,23 @@ pub fn operation(method: &str, path: &str) -> String {
         ["scim-api", "v1", _tenant, "scim", resource] => (*resource).to_string(),
         ["scim-api", "v1", _tenant, "scim", resource, ".search"] => format!("{resource}/.search"),
         ["scim-api", "v1", _tenant, "scim", resource, _id] => format!("{resource}/{{id}}"),
-        _ => path.to_string(),
+        [""] | ["healthz"] | ["readyz"] | ["metrics"] | ["openapi.json"] => path.to_string(),
+        ["docs", ..] => "/docs/…".to_string(),
+        // Admin routes: their words; ids, names and anything else as a placeholder.
+        ["admin", "v1", rest @ ..] => {
+            let words: Vec<&str> = rest
+                .iter()
+                .map(|s| {
+                    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+                        *s
+                    } else {
+                        "{…}"
+                    }
+                })
+                .collect();
+            format!("/admin/v1/{}", words.join("/"))
+        }
+        _ => "{unmatched}".to_string(),
     };
     format!("{method} {route}")
 }
@@ -619,6 +923,15 @@ mod tests {
             "POST Groups/.search"
         );
         assert_eq!(operation("GET", "/healthz"), "GET /healthz");
+        assert_eq!(
+            operation("GET", "/wp-admin/ann@example.com"),
+            "GET {unmatched}"
+        );
+        assert_eq!(
+            operation("GET", "/admin/v1/tenants/acme/users/0190a1b2"),
+            "GET /admin/v1/tenants/acme/users/{…}"
+        );
+        assert_eq!(operation("GET", "/scim-api/v1/x/y"), "GET {unmatched}");
     }
 
     #[test]

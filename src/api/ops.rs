@@ -53,6 +53,23 @@ pub async fn readiness(state: &AppState) -> Vec<Check> {
                 })
         })
         .await,
+        check("staging_writable", async {
+            state
+                .store
+                .writable()
+                .await
+                .map(|_| "writable".to_string())
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "readiness: staging database not writable");
+                    match e {
+                        crate::store::StoreError::Db(crate::store::DbError::Full) => {
+                            "the staging database's storage is full".to_string()
+                        }
+                        _ => "the staging database cannot be written".to_string(),
+                    }
+                })
+        })
+        .await,
         check("mappings_loaded", async {
             match state.sync_engine() {
                 None => Ok("no tenant syncs".to_string()),

@@ -285,6 +285,19 @@ pub fn to_problem_response(err: poem::Error) -> Response {
     if let Some(e) = err.downcast_ref::<ScimError>() {
         return AdminError::from(e.clone()).as_response();
     }
+    if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseRequestPayloadError>() {
+        // The parser's reason may quote the body: keep only where it failed.
+        let at = e
+            .reason
+            .rfind(" at line ")
+            .map(|i| &e.reason[i..])
+            .filter(|at| at.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' '))
+            .unwrap_or("");
+        return AdminError::bad_request(format!(
+            "the request body does not match this operation's schema (see /openapi.json){at}"
+        ))
+        .as_response();
+    }
     let status = err.status();
     let e = match status.as_u16() {
         401 => AdminError::unauthorized(),

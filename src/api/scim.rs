@@ -77,9 +77,18 @@ impl ScimApi {
         let root = match &self.state.config.server.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => {
-                let host = req
-                    .header(header::HOST)
-                    .unwrap_or(&self.state.config.server.listen);
+                let local = req.local_addr().as_socket_addr().copied();
+                let host = trusted_host(
+                    req.header(header::HOST),
+                    &self.state.config.server.allowed_hosts,
+                    local,
+                )
+                .unwrap_or_else(|| {
+                    local.map_or_else(
+                        || self.state.config.server.listen.clone(),
+                        |a| a.to_string(),
+                    )
+                });
                 format!("http://{host}")
             }
         };
@@ -236,6 +245,7 @@ impl ScimApi {
         record_subject(req, kind, body);
         let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let if_match = if_match(req);
+        let _turn = self.state.writes.turn(tenant, kind, id).await?;
         let now = self.state.clock.now();
         let store = &self.state.store;
         let stored = match kind {
@@ -280,6 +290,7 @@ impl ScimApi {
         let limits = self.state.scim_limits();
         let ops = patch::parse(body, limits)?;
         let if_match = if_match(req);
+        let _turn = self.state.writes.turn(tenant, kind, id).await?;
         let now = self.state.clock.now();
         let store = &self.state.store;
         let projection = self.projection(rt, &p)?;
@@ -331,6 +342,7 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         self.tenant(tenant)?;
         let if_match = if_match(req);
+        let _turn = self.state.writes.turn(tenant, kind, id).await?;
         let now = self.state.clock.now();
         match kind {
             ResourceKind::User => {
@@ -913,4 +925,73 @@ fn new_id(now: chrono::DateTime<chrono::Utc>) -> String {
         now.timestamp_subsec_nanos(),
     );
     Uuid::new_v7(ts).to_string()
+}
+
+/// The Host header, when it may go into meta.location and Location: a name in `[server]
+/// allowed_hosts` (with or without its port), `localhost`, a loopback address or the address
+/// the connection came in on. Anything else is a client's say-so (a link to another site in
+/// an answer that may be cached or logged), and None.
+pub fn trusted_host(
+    host: Option<&str>,
+    allowed: &[String],
+    local: Option<std::net::SocketAddr>,
+) -> Option<String> {
+    let host = host?.trim();
+    if host.is_empty()
+        || host.len() > 255
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    {
+        return None;
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.ends_with(':') && !p.contains(']') => (n, Some(p)),
+        _ => (host, None),
+    };
+    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    let listed = allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name));
+    let ip = bare.parse::<std::net::IpAddr>().ok();
+    let ours = name.eq_ignore_ascii_case("localhost")
+        || ip.is_some_and(|ip| ip.is_loopback() || local.is_some_and(|l| l.ip() == ip));
+    (listed || ours).then(|| host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trusted_host;
+
+    #[test]
+    fn only_trusted_hosts_go_into_locations() {
+        let allowed = vec!["scim.example.com".to_string()];
+        let local = Some("10.0.0.5:8080".parse().unwrap());
+        let t = |h: &str| trusted_host(Some(h), &allowed, local);
+        assert_eq!(t("scim.example.com").as_deref(), Some("scim.example.com"));
+        assert_eq!(
+            t("SCIM.example.com:8443").as_deref(),
+            Some("scim.example.com:8443")
+        );
+        assert_eq!(t("localhost:8080").as_deref(), Some("localhost:8080"));
+        assert_eq!(t("127.0.0.1:9").as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(t("[::1]:8080").as_deref(), Some("[::1]:8080"));
+        assert_eq!(t("10.0.0.5:8080").as_deref(), Some("10.0.0.5:8080"));
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.6",
+            "scim.example.com.evil.example",
+            "scim.example.com:80x",
+            "scim.example.com/x",
+            "a@scim.example.com",
+            "",
+        ] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+        assert_eq!(trusted_host(None, &allowed, local), None);
+    }
 }

@@ -86,6 +86,8 @@ pub struct AdminConfig {
     pub console_idle: chrono::Duration,
     /// … and this long after sign-in.
     pub console_session: chrono::Duration,
+    /// The largest admin request body.
+    pub max_body_bytes: usize,
 }
 
 impl Default for AdminConfig {
@@ -97,6 +99,7 @@ impl Default for AdminConfig {
             run_days: default_run_days(),
             console_idle: chrono::Duration::minutes(i64::from(default_console_idle_minutes())),
             console_session: chrono::Duration::hours(i64::from(default_console_session_hours())),
+            max_body_bytes: raw::default_admin_body_bytes(),
         }
     }
 }
@@ -242,6 +245,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[limits]`: the bounds on what one SCIM request may ask for.
     pub limits: Limits,
+    /// `[server] ops_token`, when set: the token /readyz and /metrics need.
+    pub ops_token: Option<TokenHash>,
     /// The folder relative paths resolve against.
     pub base_dir: PathBuf,
     /// The file and overrides it was loaded from (None: parsed from text), so a reload can
@@ -407,6 +412,22 @@ impl Config {
             return Err(invalid("server page sizes must be at least 1".into()));
         }
         raw.limits.validate().map_err(invalid)?;
+        let s = &raw.server;
+        if [
+            s.header_read_timeout_seconds,
+            s.body_read_timeout_seconds,
+            s.idle_timeout_seconds,
+            s.request_timeout_seconds,
+        ]
+        .contains(&0)
+            || s.max_connections == 0
+            || s.max_requests_per_tenant == 0
+        {
+            return Err(invalid(
+                "server timeouts, max_connections and max_requests_per_tenant must be at least 1"
+                    .into(),
+            ));
+        }
         let mut admin_tokens = Vec::new();
         for (name, t) in raw.admin.tokens {
             let hash = resolve_secret(&t.token, base_dir)
@@ -445,9 +466,18 @@ impl Config {
             run_days,
             console_idle: chrono::Duration::minutes(i64::from(raw.admin.console_idle_minutes)),
             console_session: chrono::Duration::hours(i64::from(raw.admin.console_session_hours)),
+            max_body_bytes: raw.admin.max_body_bytes,
+        };
+        let ops_token = match &raw.server.ops_token {
+            None => None,
+            Some(t) => Some(
+                resolve_secret(t, base_dir)
+                    .map_err(|m| invalid(format!("server.ops_token: {m}")))?,
+            ),
         };
         Ok(Config {
             admin,
+            ops_token,
             limits: raw.limits,
             server: raw.server,
             log: raw.log,

@@ -89,6 +89,8 @@ pub(super) struct RawAdmin {
     pub(super) noop_run_days: u32,
     #[serde(default = "default_run_days")]
     pub(super) run_days: u32,
+    #[serde(default = "default_admin_body_bytes")]
+    pub(super) max_body_bytes: usize,
     #[serde(default)]
     pub(super) tokens: BTreeMap<String, RawAdminToken>,
     /// The console's sessions end after this many minutes without a request.
@@ -105,6 +107,7 @@ impl Default for RawAdmin {
             provisioning_log_days: default_log_days(),
             noop_run_days: default_noop_run_days(),
             run_days: default_run_days(),
+            max_body_bytes: default_admin_body_bytes(),
             tokens: BTreeMap::new(),
             console_idle_minutes: default_console_idle_minutes(),
             console_session_hours: default_console_session_hours(),
@@ -130,6 +133,11 @@ pub(super) fn default_console_idle_minutes() -> u32 {
 
 pub(super) fn default_console_session_hours() -> u32 {
     8
+}
+
+/// Admin bodies are small (a run request, a user to preview).
+pub(super) fn default_admin_body_bytes() -> usize {
+    256 * 1024
 }
 
 impl fmt::Debug for RawAdmin {
@@ -172,11 +180,28 @@ impl fmt::Debug for RawTenant {
 pub struct ServerConfig {
     pub listen: String,
     /// Base URL clients use to reach this server, for meta.location and Location headers.
-    /// Without it, the request's Host header is used.
+    /// Without it, the request's Host header is used when it is trusted (see `allowed_hosts`).
     pub public_url: Option<String>,
+    /// Host names (optionally with a port) a Host header may name for meta.location, besides
+    /// localhost, loopback addresses and the address a connection came in on.
+    pub allowed_hosts: Vec<String>,
     pub max_body_bytes: usize,
     pub default_page_size: i64,
     pub max_page_size: i64,
+    /// From a request head's first byte to its last; a slower client is disconnected.
+    pub header_read_timeout_seconds: u64,
+    /// From a request's head to the end of its body; slower is 408 and the connection closes.
+    pub body_read_timeout_seconds: u64,
+    /// A keep-alive connection with no request and no traffic for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// The whole request, body and work included: longer is stopped and answers 503.
+    pub request_timeout_seconds: u64,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// SCIM requests of one tenant in progress at once; more are 429 with Retry-After.
+    pub max_requests_per_tenant: usize,
+    /// When set, /readyz and /metrics need this bearer token (/healthz never does).
+    pub ops_token: Option<RawSecret>,
 }
 
 impl Default for ServerConfig {
@@ -184,9 +209,17 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:8080".into(),
             public_url: None,
+            allowed_hosts: Vec::new(),
             max_body_bytes: 1024 * 1024,
             default_page_size: 100,
             max_page_size: 1000,
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 30,
+            idle_timeout_seconds: 60,
+            request_timeout_seconds: 60,
+            max_connections: 1024,
+            max_requests_per_tenant: 32,
+            ops_token: None,
         }
     }
 }

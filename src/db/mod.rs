@@ -36,6 +36,11 @@ pub trait Staging:
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether the database can take writes now (readiness). By default: it answers.
+    async fn writable(&self) -> Result<(), StoreError> {
+        self.ping().await
+    }
 }
 
 /// Open (creating or migrating as needed) the staging database at `location`.

@@ -30,6 +30,10 @@ pub enum DbError {
     /// stopped, a read-only or full disk).
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The storage under the database is full (or the database at its size limit): writes
+    /// fail until space is freed, then resume by themselves.
+    #[error("the database's storage is full")]
+    Full,
     /// Anything else; the text names the failure, never the values involved.
     #[error("{0}")]
     Failed(String),

@@ -380,7 +380,7 @@ async fn provisioning_log_records_scim_requests_without_personal_data() {
             .get(format!("http://{}/scim-api/v1/ghost/scim/Users", app.addr)),
     )
     .await
-    .assert_error(404, None);
+    .assert_error(401, None);
 
     let r = log(&app, &[]).await;
     assert_eq!(
@@ -531,4 +531,101 @@ async fn provisioning_log_is_written_at_shutdown() {
         &[],
     );
     assert_eq!(n, 20);
+}
+
+/// Send `head` on a fresh connection and read the answer's status line and body.
+async fn raw_answer(app: &TestApp, head: &str, then: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(then).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if String::from_utf8_lossy(&got).contains("\"status\"") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn a_write_is_refused_by_role_before_its_body_is_read() {
+    let app = TestApp::start().await;
+    // 200 MB announced, none sent: the answer comes without waiting for it.
+    let head = |token: &str| {
+        format!(
+            "POST /admin/v1/tenants/{ACME}/runs HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+             Content-Length: 200000000\r\n\r\n"
+        )
+    };
+    let answer = raw_answer(&app, &head(READER_TOKEN), b"").await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    let answer = raw_answer(&app, &head("not-a-token"), b"").await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // An operator's is refused by its size, also before reading it.
+    let answer = raw_answer(&app, &head(OPERATOR_TOKEN), b"").await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_oversize_admin_body_is_413_whatever_its_framing() {
+    let app = TestApp::start().await;
+    let r = app
+        .send(
+            app.admin_request(
+                Method::POST,
+                &format!("/tenants/{ACME}/runs"),
+                Some(OPERATOR_TOKEN),
+            )
+            .header("content-type", "application/json")
+            .body(vec![b' '; 300 * 1024]),
+        )
+        .await;
+    r.assert_problem(413);
+    // Chunked, without a length: counted as it is read.
+    let head = format!(
+        "POST /admin/v1/tenants/{ACME}/runs HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {OPERATOR_TOKEN}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    );
+    let mut chunks = Vec::new();
+    for _ in 0..40 {
+        chunks.extend_from_slice(b"2000\r\n");
+        chunks.extend_from_slice(&[b' '; 0x2000]);
+        chunks.extend_from_slice(b"\r\n");
+    }
+    chunks.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw_answer(&app, &head, &chunks).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_admin_error_never_echoes_the_body() {
+    let app = TestApp::start().await;
+    let r = app
+        .send(
+            app.admin_request(
+                Method::POST,
+                &format!("/tenants/{ACME}/runs"),
+                Some(OPERATOR_TOKEN),
+            )
+            .header("content-type", "application/json")
+            .body(r#"{"dryRun": "ann.secret@example.com"}"#),
+        )
+        .await;
+    r.assert_problem(400);
+    assert!(!r.text.contains("ann.secret"), "{}", r.text);
 }

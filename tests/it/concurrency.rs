@@ -124,3 +124,50 @@ async fn concurrent_member_adds_all_land() {
         (&json!("T"), &json!("N"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_patches_of_one_user_queue_and_all_land() {
+    let app = TestApp::start().await;
+    let uid = app.user("queued@acme.example").await;
+    let path = format!("/Users/{uid}");
+    let futures = (0..50).map(|i| {
+        let body = patch_ops(json!([{
+            "op": "add", "path": "emails",
+            "value": [{"value": format!("q{i:02}@acme.example"), "type": "other"}]
+        }]));
+        let (app, path) = (&app, path.clone());
+        async move { app.patch(&path, &body).await }
+    });
+    let results = futures_util::future::join_all(futures).await;
+    for r in &results {
+        r.assert_status(200);
+    }
+    let r = app.get(&path).await;
+    assert_eq!(
+        r.body["emails"].as_array().map(Vec::len),
+        Some(50),
+        "{}",
+        r.text
+    );
+    assert!(app.state.writes.is_empty(), "no turn is left behind");
+
+    // With If-Match, exactly one of those naming the same version wins; the others are 412.
+    let version = r.header("etag").unwrap().to_string();
+    let futures = (0..20).map(|i| {
+        let body = patch_ops(json!([{"op": "replace", "path": "title", "value": format!("T{i}")}]));
+        let (app, path, version) = (&app, path.clone(), version.clone());
+        async move {
+            app.send(
+                app.request(Method::PATCH, ACME, &path)
+                    .header("if-match", version)
+                    .header("content-type", "application/scim+json")
+                    .body(body.to_string()),
+            )
+            .await
+        }
+    });
+    let results = futures_util::future::join_all(futures).await;
+    let won = results.iter().filter(|r| r.status == 200).count();
+    let refused = results.iter().filter(|r| r.status == 412).count();
+    assert_eq!((won, refused), (1, 19));
+}

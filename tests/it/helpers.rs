@@ -198,6 +198,12 @@ impl TestApp {
         Self::start_with(|_| String::new()).await
     }
 
+    /// A server with more `[server]` settings (`key = value` lines).
+    pub async fn start_with_server(lines: &str) -> TestApp {
+        let lines = lines.to_string();
+        Self::start_configured(&lines, |_| String::new()).await
+    }
+
     /// A server whose acme tenant syncs into an application database (sql/app/example_app.sql)
     /// with a copy of mappings/scifeon.toml; `settings` go into `[tenants.acme.sync]`.
     pub async fn start_syncing(settings: &str) -> TestApp {
@@ -218,15 +224,20 @@ impl TestApp {
     }
 
     /// A server whose configuration has `extra` appended (whole sections).
-    pub async fn start_configured(extra: &str) -> TestApp {
+    pub async fn start_with_sections(extra: &str) -> TestApp {
         let extra = extra.to_string();
         Self::start_with(move |_| extra).await
     }
 
     async fn start_with(extra: impl FnOnce(&Path) -> String) -> TestApp {
+        Self::start_configured("", extra).await
+    }
+
+    async fn start_configured(server: &str, extra: impl FnOnce(&Path) -> String) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("staging.db");
-        let text = config_text(&db) + &extra(dir.path());
+        let text = config_text(&db).replacen("[server]\n", &format!("[server]\n{server}\n"), 1)
+            + &extra(dir.path());
         // Written out, as an operator's would be: a reload reads it again.
         let file = dir.path().join(CONFIG_FILE);
         std::fs::write(&file, &text).unwrap();

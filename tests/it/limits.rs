@@ -122,7 +122,7 @@ async fn patch_operations() {
 /// The bounds come from `[limits]`: a lowered one applies, the others keep their defaults.
 #[tokio::test]
 async fn configured_bounds_apply() {
-    let app = TestApp::start_configured("\n[limits]\nmax_patch_operations = 2\n").await;
+    let app = TestApp::start_with_sections("\n[limits]\nmax_patch_operations = 2\n").await;
     let id = app.user("ops").await;
     let op = json!({"op": "replace", "path": "title", "value": "T"});
     let r = app

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -425,4 +425,80 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
         !text.contains(OPERATOR_TOKEN) && !text.contains(ACME_TOKEN),
         "no tokens in logs"
     );
+}
+
+/// The check named `name` in a /readyz answer.
+fn readiness_check<'a>(r: &'a Resp, name: &str) -> &'a Value {
+    r.body["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn readyz_fails_while_the_staging_folder_cannot_be_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::start().await;
+    let r = app.get_root("/readyz").await;
+    r.assert_status(200);
+    assert_eq!(readiness_check(&r, "staging_writable")["ok"], true);
+
+    // Read-only, or (where permissions do not bind, as for root) gone from its place.
+    let dir = app.dir().to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let bound = std::fs::File::create(dir.join("try")).is_err();
+    let moved = dir.with_extension("moved");
+    if !bound {
+        let _ = std::fs::remove_file(dir.join("try"));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&dir, &moved).unwrap();
+    }
+    let r = app.get_root("/readyz").await;
+    r.assert_status(503);
+    let check = readiness_check(&r, "staging_writable");
+    assert_eq!(check["ok"], false, "{}", r.text);
+    assert_eq!(check["detail"], "the staging database cannot be written");
+    assert!(
+        !r.text.contains(&dir.display().to_string()),
+        "no path: {}",
+        r.text
+    );
+    // The health check is not readiness.
+    app.get_root("/healthz").await.assert_status(200);
+
+    if bound {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    } else {
+        std::fs::rename(&moved, &dir).unwrap();
+    }
+    let r = app.get_root("/readyz").await;
+    r.assert_status(200);
+}
+
+#[tokio::test]
+async fn an_ops_token_guards_readiness_and_metrics_but_not_health() {
+    let token = "ops-token-for-this-test-0123";
+    let app = TestApp::start_with_server(&format!("ops_token = \"{token}\"")).await;
+    for path in ["/readyz", "/metrics"] {
+        let r = app.get_root(path).await;
+        r.assert_problem(401);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        let r = app
+            .send(
+                app.client
+                    .get(format!("http://{}{path}", app.addr))
+                    .bearer_auth(ACME_TOKEN),
+            )
+            .await;
+        r.assert_problem(401);
+        let r = app
+            .send(
+                app.client
+                    .get(format!("http://{}{path}", app.addr))
+                    .bearer_auth(token),
+            )
+            .await;
+        r.assert_status(200);
+    }
+    app.get_root("/healthz").await.assert_status(200);
 }

@@ -24,6 +24,9 @@ pub enum SqlError {
     /// The connection failed or the server cannot take the session.
     #[error("{0}")]
     Unavailable(String),
+    /// The database's data or log files are full (1105, 9002).
+    #[error("the database is full")]
+    Full,
     /// A unique index or constraint refused the write (2601, 2627); the text is redacted.
     #[error("{0}")]
     Unique(String),
@@ -50,6 +53,7 @@ impl SqlError {
         }
         match code {
             Some(1205 | 1222) => SqlError::Busy,
+            Some(1105 | 9002) => SqlError::Full,
             Some(2601 | 2627) => SqlError::Unique(text),
             Some(2628 | 8152) => SqlError::TooLong(text),
             Some(c) if UNAVAILABLE.contains(&c) => SqlError::Unavailable(text),
@@ -84,6 +88,7 @@ impl From<SqlError> for DbError {
         match e {
             SqlError::Busy => DbError::Busy,
             SqlError::Unavailable(t) => DbError::Unavailable(t),
+            SqlError::Full => DbError::Full,
             SqlError::Unique(t) | SqlError::TooLong(t) | SqlError::Failed(t) => DbError::Failed(t),
         }
     }
@@ -94,6 +99,7 @@ impl From<DbError> for SqlError {
         match e {
             DbError::Busy => SqlError::Busy,
             DbError::Unavailable(t) => SqlError::Unavailable(t),
+            DbError::Full => SqlError::Full,
             DbError::Failed(t) => SqlError::Failed(t),
         }
     }

@@ -25,7 +25,7 @@ pub mod scim;
 mod sync;
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -47,6 +47,8 @@ pub struct SqliteStaging {
     writes: writer::Writer,
     /// Reads: read-only connections.
     reads: Arc<conn::ReadPool>,
+    /// The database file, for the readiness probe.
+    path: PathBuf,
 }
 
 impl SqliteStaging {
@@ -58,6 +60,7 @@ impl SqliteStaging {
             Ok(SqliteStaging {
                 writes: writer::Writer::start(conn)?,
                 reads: Arc::new(conn::ReadPool::new(&path)?),
+                path,
             })
         })
         .await
@@ -120,15 +123,55 @@ impl Staging for SqliteStaging {
                 .map_err(StoreError::from)
         })
     }
+
+    /// The last write batch did not fail for want of storage, and a file can be written and
+    /// synced beside the database (a read-only or full folder, or one that is gone, cannot).
+    async fn writable(&self) -> Result<(), StoreError> {
+        if let Some(e) = self.writes.storage_failure() {
+            return Err(StoreError::Db(e));
+        }
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        tokio::task::spawn_blocking(move || probe_write(&dir))
+            .await
+            .map_err(task_failed)?
+            .map_err(StoreError::Db)
+    }
 }
+
+/// Write, sync and remove a small file in `dir`.
+fn probe_write(dir: &Path) -> Result<(), DbError> {
+    use std::io::Write;
+    let file = dir.join(format!(".scim-bridge-probe-{}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&file)?;
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&file);
+    written.map_err(|e| match e.raw_os_error() {
+        Some(libc_enospc) if libc_enospc == ENOSPC => DbError::Full,
+        _ => DbError::Unavailable(format!(
+            "the database folder cannot be written: {}",
+            e.kind()
+        )),
+    })
+}
+
+/// "No space left on device" (Linux, macOS and the BSDs agree).
+const ENOSPC: i32 = 28;
 
 /// A driver error in the domain's terms.
 pub(crate) fn db_error(e: &rusqlite::Error) -> DbError {
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => DbError::Busy,
+        Some(ErrorCode::DiskFull) => DbError::Full,
         Some(
-            ErrorCode::DiskFull
-            | ErrorCode::ReadOnly
+            ErrorCode::ReadOnly
             | ErrorCode::CannotOpen
             | ErrorCode::PermissionDenied
             | ErrorCode::SystemIoFailure,
@@ -158,5 +201,46 @@ impl From<rusqlite::Error> for TargetError {
 impl From<rusqlite::Error> for DbError {
     fn from(e: rusqlite::Error) -> Self {
         db_error(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(c: std::os::raw::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(c), None)
+    }
+
+    #[test]
+    fn driver_errors_are_classified() {
+        assert!(matches!(
+            db_error(&code(rusqlite::ffi::SQLITE_FULL)),
+            DbError::Full
+        ));
+        assert!(matches!(
+            db_error(&code(rusqlite::ffi::SQLITE_BUSY)),
+            DbError::Busy
+        ));
+        assert!(matches!(
+            db_error(&code(rusqlite::ffi::SQLITE_READONLY)),
+            DbError::Unavailable(_)
+        ));
+        assert!(matches!(
+            db_error(&code(rusqlite::ffi::SQLITE_CONSTRAINT)),
+            DbError::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn the_write_probe_fails_on_a_folder_that_is_not_there() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(probe_write(dir.path()).is_ok());
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "it cleans up"
+        );
+        let gone = dir.path().join("gone");
+        assert!(matches!(probe_write(&gone), Err(DbError::Unavailable(_))));
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::SqliteStaging;
 use super::conn::snapshot;
 use super::filter_sql::{self, Condition, Param};
-use crate::db::{Sort, translate};
+use crate::db::{Sort, task_failed, translate};
 use crate::scim::ScimError;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::fold_case;
@@ -584,15 +584,42 @@ impl ScimStore for SqliteStaging {
             |f| filter_sql::compile(rt, tenant, f),
             |by| filter_sql::sort_expression(rt, by),
         )?;
-        self.list_translated(
-            tenant,
-            rt.kind,
-            cond.as_ref(),
-            sort.as_ref(),
-            page,
-            with_related,
-        )
+        if cond.as_ref().is_some_and(is_point_lookup) && sort.is_none() {
+            return self.list_translated(
+                tenant,
+                rt.kind,
+                cond.as_ref(),
+                sort.as_ref(),
+                page,
+                with_related,
+            );
+        }
+        // A scan (no filter, several terms, a substring or a JSON path) may take milliseconds
+        // or more: off the async workers, so other requests and /healthz go on meanwhile.
+        let (this, tenant, kind, page) = (self.clone(), tenant.to_string(), rt.kind, page.clone());
+        tokio::task::spawn_blocking(move || {
+            this.list_translated(
+                &tenant,
+                kind,
+                cond.as_ref(),
+                sort.as_ref(),
+                &page,
+                with_related,
+            )
+        })
+        .await
+        .map_err(task_failed)?
     }
+}
+
+/// An indexed look-up by one value (Entra's `userName eq "…"`, `externalId eq "…"`): it takes
+/// microseconds, less than a hand-over to a blocking thread.
+fn is_point_lookup(c: &Condition) -> bool {
+    c.params.len() == 1
+        && !c.sql.contains("json_")
+        && !c.sql.contains("instr(")
+        && !c.sql.contains("substr(")
+        && !c.sql.contains(" OR ")
 }
 
 impl SqliteStaging {

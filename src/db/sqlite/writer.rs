@@ -9,6 +9,7 @@
 //! however many statements it runs.
 
 use std::any::Any;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -32,17 +33,29 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Why the last batch failed for want of storage (full, read-only); cleared by a commit.
+    storage: Arc<Mutex<Option<DbError>>>,
 }
 
 impl Writer {
     /// Start the writer thread on `conn`.
     pub fn start(conn: Connection) -> Result<Writer, DbError> {
         let (tx, rx) = mpsc::channel(1024);
+        let storage = Arc::new(Mutex::new(None));
+        let health = storage.clone();
         std::thread::Builder::new()
             .name("staging-writer".into())
-            .spawn(move || writer_thread(conn, rx))
+            .spawn(move || writer_thread(conn, rx, &health))
             .map_err(|e| DbError::Unavailable(format!("cannot start the writer: {e}")))?;
-        Ok(Writer { jobs: tx })
+        Ok(Writer { jobs: tx, storage })
+    }
+
+    /// The storage failure of the last batch, if it failed for one.
+    pub fn storage_failure(&self) -> Option<DbError> {
+        match self.storage.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Run `f` in a write transaction (shared with other jobs) and return its result once
@@ -77,7 +90,7 @@ impl Writer {
     }
 }
 
-fn writer_thread(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn writer_thread(conn: Connection, mut rx: mpsc::Receiver<Job>, health: &Mutex<Option<DbError>>) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -86,7 +99,12 @@ fn writer_thread(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&conn, jobs);
+        let failure = run_batch(&conn, jobs);
+        let mut h = match health.lock() {
+            Ok(h) => h,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *h = failure.filter(|e| matches!(e, DbError::Full | DbError::Unavailable(_)));
     }
 }
 
@@ -99,13 +117,14 @@ fn gone() -> DbError {
     DbError::Unavailable("the staging writer has stopped".into())
 }
 
-fn run_batch(conn: &Connection, jobs: Vec<Job>) {
+/// Run the jobs in one transaction; the batch's own failure, if it failed.
+fn run_batch(conn: &Connection, jobs: Vec<Job>) -> Option<DbError> {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let e = DbError::from(e);
         for j in jobs {
             (j.reply)(Err(e.clone()));
         }
-        return;
+        return Some(e);
     }
     let mut done: Vec<(ReplyFn, Outcome)> = Vec::with_capacity(jobs.len());
     let mut broken: Option<DbError> = None;
@@ -156,6 +175,7 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
             for (reply, r) in done {
                 reply(r);
             }
+            None
         }
         Err(e) => {
             tracing::error!(error = %e, "staging write batch failed; rolled back");
@@ -167,6 +187,7 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) {
                     _ => Err(e.clone()),
                 });
             }
+            Some(e)
         }
     }
 }
