@@ -1,4 +1,4 @@
-//! Work figures for the heavy requests of issue 11, run by hand:
+//! Work figures for the heaviest requests a hostile client can send, run by hand:
 //!
 //!     cargo test --lib scim::bench -- --ignored --nocapture --test-threads 1
 //!
