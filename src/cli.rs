@@ -151,7 +151,15 @@ pub const QUIET_TARGETS: &[&str] = &[
     "h2",
 ];
 
-pub fn init_logging(format: LogFormat, level: &str) {
+/// Where log lines go: `serve` logs to stdout (its only output); a command with a report of its
+/// own (`sync`) logs to stderr, so that the report can be piped alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTo {
+    Stdout,
+    Stderr,
+}
+
+pub fn init_logging(format: LogFormat, level: &str, to: LogTo) {
     // The scheduler library narrates its own start-up at info; its warnings are enough.
     let directives = if level.contains("tokio_cron_scheduler") {
         level.to_string()
@@ -168,9 +176,21 @@ pub fn init_logging(format: LogFormat, level: &str) {
         }
     }
     // Colours only for a terminal: log files and collectors get plain lines.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let (ansi, writer) = match to {
+        LogTo::Stdout => (
+            std::io::stdout().is_terminal(),
+            BoxMakeWriter::new(std::io::stdout),
+        ),
+        LogTo::Stderr => (
+            std::io::stderr().is_terminal(),
+            BoxMakeWriter::new(std::io::stderr),
+        ),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(writer)
         .with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -180,7 +200,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
 
 async fn serve(config_path: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
     let config = load_config(&config_path)?;
-    init_logging(config.log.format, &config.log.level);
+    init_logging(config.log.format, &config.log.level, LogTo::Stdout);
     let tenants: Vec<String> = config.tenants.keys().cloned().collect();
     let app = Application::build(config, Arc::new(SystemClock), listen.as_deref()).await?;
     tracing::info!(addr = %app.addr, tenants = ?tenants, "scim-bridge listening");
@@ -252,6 +272,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
     init_logging(
         config.log.format,
         if tty { "warn" } else { &config.log.level },
+        LogTo::Stderr,
     );
     let Some(tenant) = config.tenants.get(&args.tenant) else {
         anyhow::bail!("unknown tenant {:?}", args.tenant);
