@@ -171,3 +171,28 @@ async fn concurrent_patches_of_one_user_queue_and_all_land() {
     let refused = results.iter().filter(|r| r.status == 412).count();
     assert_eq!((won, refused), (1, 19));
 }
+
+/// A PATCH of a large user is planned off the async worker on the server's multi-threaded
+/// runtime (block_in_place): it succeeds, and the other tenant is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_user_is_patched_off_the_worker() {
+    let app = TestApp::start().await;
+    let id = app.user("big@acme.example").await;
+    let emails = |from: usize| {
+        json!([{"op": "add", "path": "emails", "value":
+            (from..from + 800)
+                .map(|i| json!({"value": format!("address-{i:05}@example.com"), "type": "work"}))
+                .collect::<Vec<_>>()}])
+    };
+    // Each PATCH stays under the test server's 64 KiB body; together they pass 64 KiB.
+    for from in [0, 800, 1600] {
+        let (path, body) = (format!("/Users/{id}"), patch_ops(emails(from)));
+        let (patched, other) =
+            tokio::join!(app.patch(&path, &body), app.list(OTHER, "/Users", &[]));
+        patched.assert_status(200);
+        other.assert_status(200);
+    }
+    let user = app.get(&format!("/Users/{id}")).await;
+    assert_eq!(user.body["emails"].as_array().unwrap().len(), 2400);
+    assert!(user.text.len() > 64 * 1024, "{}", user.text.len());
+}
