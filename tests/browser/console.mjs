@@ -13,60 +13,31 @@
 // console-<page>.png there. Exit code 0 only when every check passed.
 
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
+import {
+  bin,
+  check,
+  chromiumPath,
+  finish,
+  freePort,
+  requireServerBinary,
+  root,
+  targetDir,
+  waitForHealth,
+} from "./harness.mjs";
 
 const axeSource = createRequire(import.meta.url)("axe-core").source;
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const targetDir = process.env.CARGO_TARGET_DIR || join(root, "target");
-const bin = process.env.SERVER_BIN || join(targetDir, "debug", "scim-bridge");
-const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const shots = resolve(process.env.SCREENSHOT_DIR || join(targetDir, "browser"));
 const stamp = `${process.pid}-${Date.now()}`;
 const operatorToken = `browser-console-operator-${stamp}`;
 const readerToken = `browser-console-reader-${stamp}`;
 const scimToken = `browser-console-scim-${stamp}`;
 
-function freePort() {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.on("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
-}
-
-async function waitForHealth(base, server) {
-  for (let i = 0; i < 100; i++) {
-    if (server.exitCode !== null) throw new Error(`the server exited with ${server.exitCode}`);
-    try {
-      const r = await fetch(`${base}/healthz`);
-      if (r.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("the server did not become healthy within 10 s");
-}
-
-const checks = [];
-function check(name, ok, detail = "") {
-  checks.push({ name, ok });
-  console.log(`${ok ? "ok" : "FAILED"} - ${name}${detail ? `: ${detail}` : ""}`);
-}
-
-if (!existsSync(bin)) {
-  console.error(`FAILED - no server binary at ${bin}: run cargo build first, or set SERVER_BIN`);
-  process.exit(1);
-}
+requireServerBinary();
 
 const work = mkdtempSync(join(tmpdir(), "scim-bridge-console-"));
 const port = await freePort();
@@ -283,6 +254,4 @@ try {
   server.kill("SIGTERM");
   rmSync(work, { recursive: true, force: true });
 }
-const bad = checks.filter((c) => !c.ok).length;
-console.log(`console checks: ${checks.length - bad} of ${checks.length} passed`);
-process.exit(failed || bad > 0 || checks.length === 0 ? 1 : 0);
+finish("console", failed);
