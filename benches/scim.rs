@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// abuse: seconds of heavy requests
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
+    /// The server binary to measure (default: the one `cargo bench` built), so that two
+    /// builds can be compared with the same client
+    #[arg(long)]
+    pub server: Option<std::path::PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -214,8 +218,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .local_addr()?
         .port();
     let config = write_config(dir.path(), port, &args.durability)?;
-    // The product binary, built by `cargo bench` with the same profile.
-    let exe = env!("CARGO_BIN_EXE_scim-bridge");
+    // The product binary, built by `cargo bench` with the same profile, unless told otherwise.
+    let exe = args
+        .server
+        .clone()
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_scim-bridge").into());
     let mut server = tokio::process::Command::new(exe)
         .arg("serve")
         .arg("--config")
