@@ -55,6 +55,11 @@ pub fn group_columns(doc: &Map<String, Value>) -> (String, Option<String>) {
 pub struct UserUpdate {
     pub cols: UserColumns,
     pub emails_changed: bool,
+    /// userName or externalId changed: their indexes need new entries. Writing an unchanged
+    /// indexed column still rewrites its index entries, so a write leaves them out otherwise.
+    pub keys_changed: bool,
+    /// active changed (and with it deactivated_at).
+    pub active_changed: bool,
     pub text: String,
     pub text_ci: String,
 }
@@ -102,9 +107,11 @@ fn plan_user_here(
         return Ok(None);
     }
     let cols = UserColumns::from_doc(&new, rt.custom_urn().unwrap_or_default());
-    let emails_changed = UserColumns::from_doc(&old, "").emails != cols.emails;
+    let was = UserColumns::from_doc(&old, "");
     Ok(Some(UserUpdate {
-        emails_changed,
+        emails_changed: was.emails != cols.emails,
+        keys_changed: was.user_name != cols.user_name || was.external_id != cols.external_id,
+        active_changed: was.active != cols.active,
         text: serde_json::to_string(&new)?,
         text_ci: serde_json::to_string(&fold_case(rt, &new))?,
         cols,

@@ -497,6 +497,8 @@ impl ScimStore for MssqlStaging {
             let Some(UserUpdate {
                 cols,
                 emails_changed,
+                keys_changed: _,
+                active_changed: _,
                 text: new_text,
                 text_ci: new_ci,
             }) = update::plan_user(rt, &cur, if_match, change)?

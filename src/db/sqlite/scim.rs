@@ -57,19 +57,41 @@ static INSERT_USER: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static UPDATE_USER: LazyLock<String> = LazyLock::new(|| {
-    // deactivated_at: set when active goes 1 → 0, cleared when it goes back (binds: active, now, active, active).
-    format!(
-        "UPDATE users SET user_name = ?, user_name_ci = ?, external_id = ?, display_name = ?, \
-         deactivated_at = CASE WHEN ? = 0 AND active = 1 THEN ? WHEN ? = 1 THEN NULL ELSE deactivated_at END, \
-         active = ?, {}, doc = ?, doc_ci = ?, change_seq = ?, last_modified = ? WHERE pk = ? AND change_seq = ?",
-        CUSTOM_COLUMNS
-            .iter()
-            .map(|c| format!("{c} = ?"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+/// The UPDATE of a user, in four variants: with or without the key columns (userName,
+/// externalId) and with or without active/deactivated_at. SQLite rewrites the index entries of
+/// every column a statement sets, changed or not, so a write sets only what changed (a PATCH
+/// of displayName then touches no userName or externalId index). Binds, in order: [user_name,
+/// user_name_ci, external_id,] display_name, [active, now, active, active,] 16 custom, doc,
+/// doc_ci, change_seq, last_modified, pk, version.
+static UPDATE_USER: LazyLock<[String; 4]> = LazyLock::new(|| {
+    let custom = CUSTOM_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = ?"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    [(false, false), (false, true), (true, false), (true, true)].map(|(keys, active)| {
+        format!(
+            "UPDATE users SET {}display_name = ?, {}{custom}, doc = ?, doc_ci = ?, change_seq = ?, \
+             last_modified = ? WHERE pk = ? AND change_seq = ?",
+            if keys {
+                "user_name = ?, user_name_ci = ?, external_id = ?, "
+            } else {
+                ""
+            },
+            // deactivated_at: set when active goes 1 → 0, cleared when it goes back.
+            if active {
+                "deactivated_at = CASE WHEN ? = 0 AND active = 1 THEN ? WHEN ? = 1 THEN NULL \
+                 ELSE deactivated_at END, active = ?, "
+            } else {
+                ""
+            },
+        )
+    })
 });
+
+fn update_user_sql(keys: bool, active: bool) -> &'static str {
+    &UPDATE_USER[usize::from(keys) * 2 + usize::from(active)]
+}
 
 /// A user's row as the API writes it, derived from its normalised document off the writer
 /// thread.
@@ -315,6 +337,8 @@ impl ScimStore for SqliteStaging {
             let Some(UserUpdate {
                 cols,
                 emails_changed,
+                keys_changed,
+                active_changed,
                 text: new_text,
                 text_ci: new_ci,
             }) = update::plan_user(rt, &cur, if_match, change)?
@@ -329,20 +353,27 @@ impl ScimStore for SqliteStaging {
                 .write(move |c| {
                     let seq = next_seq(c)?;
                     let user_name_ci = cols.user_name.to_lowercase();
-                    let mut p: Vec<&dyn ToSql> = vec![
-                        &cols.user_name,
-                        &user_name_ci,
-                        &cols.external_id,
-                        &cols.display_name,
-                        &cols.active,
-                        &now_o,
-                        &cols.active,
-                        &cols.active,
-                    ];
+                    let mut p: Vec<&dyn ToSql> = Vec::with_capacity(31);
+                    if keys_changed {
+                        p.extend([
+                            &cols.user_name as &dyn ToSql,
+                            &user_name_ci,
+                            &cols.external_id,
+                        ]);
+                    }
+                    p.push(&cols.display_name);
+                    if active_changed {
+                        p.extend([
+                            &cols.active as &dyn ToSql,
+                            &now_o,
+                            &cols.active,
+                            &cols.active,
+                        ]);
+                    }
                     p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
                     p.extend([&text as &dyn ToSql, &new_ci, &seq, &now_o, &pk, &version]);
                     let n = c
-                        .prepare_cached(&UPDATE_USER)?
+                        .prepare_cached(update_user_sql(keys_changed, active_changed))?
                         .execute(&p[..])
                         .map_err(|e| unique(e, "a user with this userName already exists"))?;
                     if n == 0 {
@@ -1088,6 +1119,83 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(row(&s, "u1").await.1, None);
+    }
+
+    #[test]
+    fn each_update_variant_has_a_bind_per_placeholder() {
+        for keys in [false, true] {
+            for active in [false, true] {
+                let sql = update_user_sql(keys, active);
+                let binds = 1 + 16 + 6 + if keys { 3 } else { 0 } + if active { 4 } else { 0 };
+                assert_eq!(sql.matches('?').count(), binds, "{sql}");
+                assert_eq!(sql.contains("user_name_ci"), keys);
+                assert_eq!(sql.contains("deactivated_at"), active);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_writes_the_key_columns_only_when_they_change() {
+        let (_d, s) = store().await;
+        let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
+        s.create_user("t", &rt, "u1", &user("ann"), t(0))
+            .await
+            .unwrap();
+        let cols = |s: &SqliteStaging| {
+            s.read_now(|c| {
+                Ok(c.query_row(
+                    "SELECT user_name, user_name_ci, external_id, display_name FROM users WHERE id = 'u1'",
+                    [],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                        ))
+                    },
+                )?)
+            })
+            .unwrap()
+        };
+        let before = cols(&s);
+        s.update_user("t", &rt, "u1", None, t(1), &|mut d| {
+            d.insert("displayName".into(), json!("Ann Other"));
+            Ok(d)
+        })
+        .await
+        .unwrap();
+        let after = cols(&s);
+        assert_eq!(
+            (&after.0, &after.1, &after.2),
+            (&before.0, &before.1, &before.2)
+        );
+        assert_eq!(after.3.as_deref(), Some("Ann Other"));
+        s.update_user("t", &rt, "u1", None, t(2), &|mut d| {
+            d.insert("userName".into(), json!("Ann.B"));
+            d.insert("externalId".into(), json!("x-9"));
+            Ok(d)
+        })
+        .await
+        .unwrap();
+        let renamed = cols(&s);
+        assert_eq!(
+            (renamed.0.as_str(), renamed.1.as_str(), renamed.2.as_deref()),
+            ("Ann.B", "ann.b", Some("x-9"))
+        );
+        // The index holds the new key (and only it).
+        let by_index = |name: &str| {
+            s.read_now(|c| {
+                Ok(c.query_row(
+                    "SELECT count(*) FROM users INDEXED BY users_user_name \
+                     WHERE tenant = 't' AND user_name_ci = ? AND deleted_at IS NULL",
+                    [name],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            })
+            .unwrap()
+        };
+        assert_eq!((by_index("ann.b"), by_index(&before.1)), (1, 0));
     }
 
     #[tokio::test]
