@@ -23,7 +23,7 @@ async fn hold(app: &TestApp, tenant: &str, token: &str) -> TcpStream {
 
 #[tokio::test]
 async fn a_tenant_at_its_share_is_told_to_retry_while_others_are_served() {
-    let app = TestApp::start_with_server("max_requests_per_tenant = 2").await;
+    let mut app = TestApp::start_with_server("max_requests_per_tenant = 2").await;
     let held = [
         hold(&app, ACME, ACME_TOKEN).await,
         hold(&app, ACME, ACME_TOKEN).await,
@@ -57,6 +57,17 @@ async fn a_tenant_at_its_share_is_told_to_retry_while_others_are_served() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served, "acme is served once its requests ended");
+
+    // Refusals are not logged (a flooding tenant would fill its own log); what was served is.
+    app.stop().await;
+    let logged = |status: i64| {
+        app.db().scalar(
+            "SELECT count(*) FROM provisioning_log WHERE tenant = ? AND status = ?",
+            &[&ACME, &status],
+        )
+    };
+    assert_eq!(logged(429), 0);
+    assert!(logged(200) > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
