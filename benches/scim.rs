@@ -68,6 +68,26 @@ struct Row {
     requests: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// The server's CPU time (all its threads) during the phase, where it ran alone.
+    cpu: Option<Duration>,
+}
+
+/// The server process, whose CPU time the phases read.
+static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// CPU time (user + system) the server has used so far, from /proc (Linux).
+fn server_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", SERVER_PID.get()?)).ok()?;
+    // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // /proc counts in USER_HZ, 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn cpu_since(before: Option<Duration>) -> Option<Duration> {
+    Some(server_cpu()?.saturating_sub(before?))
 }
 
 impl Row {
@@ -130,12 +150,14 @@ where
     Fut: std::future::Future<Output = anyhow::Result<(Duration, Vec<u8>)>>,
 {
     let start = Instant::now();
+    let cpu = server_cpu();
     let results: Vec<anyhow::Result<(Duration, Vec<u8>)>> = stream::iter(0..n)
         .map(make)
         .buffered(concurrency)
         .collect()
         .await;
     let elapsed = start.elapsed();
+    let cpu = cpu_since(cpu);
     let mut latencies = Vec::with_capacity(n);
     let mut bodies = Vec::with_capacity(n);
     for r in results {
@@ -149,6 +171,7 @@ where
             requests: n,
             elapsed,
             latencies,
+            cpu,
         },
         bodies,
     ))
@@ -233,6 +256,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .spawn()
         .context("starting the server")?;
     let pid = server.id().context("server pid")?;
+    let _ = SERVER_PID.set(pid);
     let client = Arc::new(Client {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency)
@@ -317,6 +341,7 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
     // Paging through all users by 100, sequentially, as Entra's initial cycle does.
     let pages = n.div_ceil(100);
     let start = Instant::now();
+    let cpu = server_cpu();
     let mut latencies = Vec::new();
     for p in 0..pages {
         let path = format!("/Users?startIndex={}&count=100", p * 100 + 1);
@@ -328,6 +353,7 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
         requests: pages,
         elapsed: start.elapsed(),
         latencies,
+        cpu: cpu_since(cpu),
     });
 
     // Enough users to fill the big group.
@@ -377,6 +403,7 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
         requests: k,
         elapsed: latencies[..k].iter().sum(),
         latencies: latencies[..k].to_vec(),
+        cpu: None,
     });
     rows.push(Row {
         name: format!(
@@ -386,12 +413,14 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
         requests: k,
         elapsed: latencies[batches - k..].iter().sum(),
         latencies: latencies[batches - k..].to_vec(),
+        cpu: None,
     });
     rows.push(Row {
         name: format!("PATCH add 100 members, all {batches} batches"),
         requests: batches,
         elapsed: start.elapsed(),
         latencies,
+        cpu: None,
     });
 
     let mut latencies = Vec::new();
@@ -408,6 +437,7 @@ async fn drive(client: &Arc<Client>, args: &BenchArgs) -> anyhow::Result<Vec<Row
         requests: latencies.len(),
         elapsed: latencies.iter().sum(),
         latencies,
+        cpu: None,
     });
     Ok(rows)
 }
@@ -503,6 +533,7 @@ async fn observe_victim(
         requests: latencies.len(),
         elapsed,
         latencies,
+        cpu: None,
     };
     (
         row("victim GET /Users?filter=userName eq", looks),
@@ -598,13 +629,19 @@ fn print_table(args: &BenchArgs, rows: &[Row], rss_kib: Option<u64>) {
         args.users, args.members, args.concurrency, args.durability
     );
     println!(
-        "{:<52} {:>8} {:>10} {:>12} {:>9} {:>9}",
-        "operation", "requests", "seconds", "per second", "p50 ms", "p99 ms"
+        "{:<52} {:>8} {:>10} {:>12} {:>9} {:>9} {:>11}",
+        "operation", "requests", "seconds", "per second", "p50 ms", "p99 ms", "CPU µs/req"
     );
     for r in rows {
         let secs = r.elapsed.as_secs_f64();
+        let cpu = match r.cpu {
+            Some(c) if r.requests > 0 => {
+                format!("{:.0}", c.as_secs_f64() * 1e6 / r.requests as f64)
+            }
+            _ => "-".into(),
+        };
         println!(
-            "{:<52} {:>8} {:>10.3} {:>12.0} {:>9.3} {:>9.3}",
+            "{:<52} {:>8} {:>10.3} {:>12.0} {:>9.3} {:>9.3} {:>11}",
             r.name,
             r.requests,
             secs,
@@ -614,7 +651,8 @@ fn print_table(args: &BenchArgs, rows: &[Row], rss_kib: Option<u64>) {
                 0.0
             },
             r.percentile(0.5),
-            r.percentile(0.99)
+            r.percentile(0.99),
+            cpu
         );
     }
     match rss_kib {
