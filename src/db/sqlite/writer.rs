@@ -139,13 +139,18 @@ fn writer_thread(conn: Connection, mut rx: mpsc::Receiver<Job>, health: &Mutex<O
                 Err(_) => break,
             }
         }
-        let failure = run_batch(&conn, jobs);
-        let mut h = match health.lock() {
-            Ok(h) => h,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *h = failure.filter(storage_failure);
+        run_batch(&conn, jobs, health);
     }
+}
+
+/// Record a batch's storage failure (or its absence), before its callers hear back: an
+/// answered 503 is already in readiness.
+fn record(health: &Mutex<Option<DbError>>, failure: Option<&DbError>) {
+    let mut h = match health.lock() {
+        Ok(h) => h,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    *h = failure.filter(|e| storage_failure(e)).cloned();
 }
 
 /// A statement without results, prepared once per connection.
@@ -157,15 +162,16 @@ fn gone() -> DbError {
     DbError::Unavailable("the staging writer has stopped".into())
 }
 
-/// Run the jobs in one transaction; the batch's own failure if it failed, else the storage
-/// failure of a job that failed alone.
-fn run_batch(conn: &Connection, jobs: Vec<Job>) -> Option<DbError> {
+/// Run the jobs in one transaction and record in `health` the batch's own failure if it
+/// failed, else the storage failure of a job that failed alone.
+fn run_batch(conn: &Connection, jobs: Vec<Job>, health: &Mutex<Option<DbError>>) {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let e = DbError::from(e);
+        record(health, Some(&e));
         for j in jobs {
             (j.reply)(Err(e.clone()));
         }
-        return Some(e);
+        return;
     }
     let mut done: Vec<(ReplyFn, Outcome)> = Vec::with_capacity(jobs.len());
     let mut broken: Option<DbError> = None;
@@ -219,14 +225,15 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) -> Option<DbError> {
     };
     match commit {
         Ok(()) => {
+            record(health, job_storage.as_ref());
             for (reply, r) in done {
                 reply(r);
             }
-            job_storage
         }
         Err(e) => {
             tracing::error!(error = %e, "staging write batch failed; rolled back");
             let _ = exec(conn, "ROLLBACK");
+            record(health, Some(&e));
             for (reply, r) in done {
                 // A job that failed on its own keeps its own error; the others learn the commit failed.
                 reply(match r {
@@ -234,7 +241,6 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) -> Option<DbError> {
                     _ => Err(e.clone()),
                 });
             }
-            Some(e)
         }
     }
 }
