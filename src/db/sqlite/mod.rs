@@ -274,6 +274,37 @@ mod tests {
         ));
     }
 
+    /// The cap is in pages, hits as a full disk, and never lies below the file's size.
+    #[test]
+    fn a_capped_file_is_full_at_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let c = conn::open_create(&path, crate::config::Durability::Normal).unwrap();
+        c.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        let page: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(conn::cap_size(&c, 1).unwrap(), 1024 * 1024 / page);
+        let big = c.execute("INSERT INTO t (v) VALUES (zeroblob(2 * 1024 * 1024))", []);
+        assert!(matches!(big.map_err(|e| db_error(&e)), Err(DbError::Full)));
+        let left = conn::pages_left(&c, 1024 * 1024 / page).unwrap();
+        assert!(left > HEADROOM_PAGES, "{left}");
+        c.execute("INSERT INTO t (v) VALUES (zeroblob(980 * 1024))", [])
+            .unwrap();
+        assert!(conn::pages_left(&c, 1024 * 1024 / page).unwrap() < HEADROOM_PAGES);
+        // Deleted rows' pages count as room.
+        c.execute("DELETE FROM t", []).unwrap();
+        assert!(conn::pages_left(&c, 1024 * 1024 / page).unwrap() > HEADROOM_PAGES);
+        drop(c);
+
+        // A file already larger than its cap keeps its size as the cap.
+        let c = conn::open_create(&path, crate::config::Durability::Normal).unwrap();
+        c.execute("INSERT INTO t (v) VALUES (zeroblob(2 * 1024 * 1024))", [])
+            .unwrap();
+        drop(c);
+        let c = conn::open_create(&path, crate::config::Durability::Normal).unwrap();
+        let pages: u64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        assert_eq!(conn::cap_size(&c, 1).unwrap(), pages);
+    }
+
     #[test]
     fn the_write_probe_fails_on_a_folder_that_is_not_there() {
         let dir = tempfile::tempdir().unwrap();
