@@ -136,7 +136,7 @@ async fn prune_runs(state: &AppState) {
 
 /// Open (creating or migrating as needed) the configured staging database; an error names it.
 pub async fn open_staging(config: &Config) -> anyhow::Result<Arc<dyn Staging>> {
-    db::open_staging(&config.staging_db, config.staging.durability)
+    db::open_staging(&config.staging_db, config.staging.sqlite_settings())
         .await
         .with_context(|| match &config.staging_db {
             DbLocation::Sqlite(path) => {

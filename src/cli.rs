@@ -446,7 +446,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<u8> {
 async fn migrate(config_path: PathBuf) -> anyhow::Result<()> {
     use crate::config::DbLocation;
     let config = load_config(&config_path)?;
-    let report = crate::db::migrate(&config.staging_db, config.staging.durability).await?;
+    let report = crate::db::migrate(&config.staging_db, config.staging.sqlite_settings()).await?;
     match &config.staging_db {
         DbLocation::Sqlite(path) => println!("{}: up to date", path.display()),
         DbLocation::SqlServer(c) => println!(

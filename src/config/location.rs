@@ -16,6 +16,29 @@ pub enum Durability {
     Full,
 }
 
+/// How the SQLite staging file is written: its durability and, when set, the most it may grow
+/// to (`[staging] max_size_mb`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqliteSettings {
+    pub durability: Durability,
+    /// None: no cap (the file grows while the disk has room).
+    pub max_size_mb: Option<u32>,
+}
+
+/// Durability alone: no size cap.
+impl From<Durability> for SqliteSettings {
+    fn from(durability: Durability) -> Self {
+        SqliteSettings {
+            durability,
+            max_size_mb: None,
+        }
+    }
+}
+
+/// The largest `[staging] max_size_mb` accepted: 1 TiB, far beyond what an embedded staging
+/// file should hold (SQL Server is the backend for more).
+pub const MAX_STAGING_SIZE_MB: u32 = 1024 * 1024;
+
 /// Where a database is: the staging database, or an application database.
 #[derive(Debug, Clone)]
 pub enum DbLocation {

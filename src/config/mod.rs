@@ -26,7 +26,10 @@ use serde::Deserialize;
 use crate::mapping::Mapping;
 use crate::scim::limits::Limits;
 use crate::scim::schema::DEFAULT_CUSTOM_SCHEMA;
-pub use location::{DbLocation, Durability, MssqlConfig, resolve_database, resolve_sqlite_path};
+pub use location::{
+    DbLocation, Durability, MAX_STAGING_SIZE_MB, MssqlConfig, SqliteSettings, resolve_database,
+    resolve_sqlite_path,
+};
 pub use raw::{LogConfig, LogFormat, ServerConfig, StagingConfig};
 use raw::{
     RawConfig, RawSync, default_console_idle_minutes, default_console_session_hours,
@@ -408,6 +411,20 @@ impl Config {
             base_dir,
         )
         .map_err(|m| invalid(format!("staging.database: {m}")))?;
+        if let Some(mb) = raw.staging.max_size_mb {
+            if matches!(staging_db, DbLocation::SqlServer(_)) {
+                return Err(invalid(
+                    "staging.max_size_mb applies to SQLite only; cap a SQL Server staging \
+                     database with its files' MAXSIZE"
+                        .into(),
+                ));
+            }
+            if mb == 0 || mb > MAX_STAGING_SIZE_MB {
+                return Err(invalid(format!(
+                    "staging.max_size_mb must be between 1 and {MAX_STAGING_SIZE_MB} (1 TiB), not {mb}"
+                )));
+            }
+        }
         if raw.server.max_page_size < 1 || raw.server.default_page_size < 1 {
             return Err(invalid("server page sizes must be at least 1".into()));
         }
@@ -919,6 +936,56 @@ mod tests {
         assert!(e.contains("must be quoted") && !e.contains("a;b"), "{e}");
         let e = err("data/staging.db", "password = \"x\"\n");
         assert!(e.contains("SQL Server only"), "{e}");
+    }
+
+    #[test]
+    fn staging_max_size_is_optional_validated_and_sqlite_only() {
+        let c = parse(MIN, &[]).unwrap();
+        assert_eq!(c.staging.max_size_mb, None, "no cap by default");
+        assert_eq!(c.staging.sqlite_settings().max_size_mb, None);
+        let c = parse(&format!("{MIN}[staging]\nmax_size_mb = 512\n"), &[]).unwrap();
+        assert_eq!(c.staging.max_size_mb, Some(512));
+        assert_eq!(
+            c.staging.sqlite_settings(),
+            SqliteSettings {
+                durability: Durability::Full,
+                max_size_mb: Some(512)
+            }
+        );
+        // From the environment, as any staging key.
+        let c = parse(MIN, &[("SCIM_BRIDGE_STAGING__MAX_SIZE_MB", "64")]).unwrap();
+        assert_eq!(c.staging.max_size_mb, Some(64));
+        let err = |text: String, env: &[(&str, &str)]| parse(&text, env).unwrap_err().to_string();
+        for bad in ["0", "1048577"] {
+            let e = err(format!("{MIN}[staging]\nmax_size_mb = {bad}\n"), &[]);
+            assert!(
+                e.contains("staging.max_size_mb") && e.contains("between 1 and 1048576"),
+                "{e}"
+            );
+        }
+        let e = err(format!("{MIN}[staging]\nmax_size_mb = -1\n"), &[]);
+        assert!(e.contains("max_size_mb"), "{e}");
+        let e = err(format!("{MIN}[staging]\nmax_size_mb = \"big\"\n"), &[]);
+        assert!(e.contains("max_size_mb"), "{e}");
+        let e = err(
+            MIN.to_string(),
+            &[("SCIM_BRIDGE_STAGING__MAX_SIZE_MB", "0")],
+        );
+        assert!(e.contains("staging.max_size_mb"), "{e}");
+        // A misspelt key is refused, not taken for no cap.
+        let e = err(format!("{MIN}[staging]\nmax_size = 10\n"), &[]);
+        assert!(e.contains("max_size"), "{e}");
+        // SQL Server: refused, never silently ignored.
+        let e = err(
+            format!(
+                "{MIN}[staging]\ndatabase = \"Server=h;Database=d;User Id=u;Password=p\"\nmax_size_mb = 10\n"
+            ),
+            &[],
+        );
+        assert!(
+            e.contains("staging.max_size_mb") && e.contains("SQLite only"),
+            "{e}"
+        );
     }
 
     #[test]

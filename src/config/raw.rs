@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::AdminRole;
-use super::location::{Durability, MssqlConfig};
+use super::location::{Durability, MssqlConfig, SqliteSettings};
 use super::secret::RawSecret;
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +257,9 @@ pub struct StagingConfig {
     pub database: String,
     /// SQLite only.
     pub durability: Durability,
+    /// SQLite only: the most the file may grow to, in MiB; at the cap writes answer 503 (as
+    /// on a full disk) and readiness fails until space is freed. None: no cap.
+    pub max_size_mb: Option<u32>,
     /// SQL Server only: the password, instead of `Password=` in the connection string
     /// (inline, { env = "VAR" } or { file = "path" }).
     pub password: Option<RawSecret>,
@@ -273,6 +276,7 @@ impl fmt::Debug for StagingConfig {
         f.debug_struct("StagingConfig")
             .field("database", &database)
             .field("durability", &self.durability)
+            .field("max_size_mb", &self.max_size_mb)
             .field("password", &self.password)
             .finish()
     }
@@ -283,7 +287,19 @@ impl Default for StagingConfig {
         StagingConfig {
             database: "sqlite://data/staging.db".into(),
             durability: Durability::Full,
+            max_size_mb: None,
             password: None,
+        }
+    }
+}
+
+impl StagingConfig {
+    /// How the SQLite staging file is written (ignored on SQL Server, where validation has
+    /// refused a size cap).
+    pub fn sqlite_settings(&self) -> SqliteSettings {
+        SqliteSettings {
+            durability: self.durability,
+            max_size_mb: self.max_size_mb,
         }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::{ApplicationConfig, DbLocation, Durability};
+use crate::config::{ApplicationConfig, DbLocation, SqliteSettings};
 use crate::scim::ScimError;
 use crate::scim::filter::Filter;
 use crate::store::{
@@ -43,13 +43,14 @@ pub trait Staging:
     }
 }
 
-/// Open (creating or migrating as needed) the staging database at `location`.
+/// Open (creating or migrating as needed) the staging database at `location`; `sqlite` (a
+/// [`crate::config::Durability`] alone, or with a size cap) applies to an SQLite file only.
 pub async fn open_staging(
     location: &DbLocation,
-    durability: Durability,
+    sqlite: impl Into<SqliteSettings>,
 ) -> Result<Arc<dyn Staging>, StoreError> {
     Ok(match location {
-        DbLocation::Sqlite(path) => Arc::new(sqlite::SqliteStaging::open(path, durability).await?),
+        DbLocation::Sqlite(path) => Arc::new(sqlite::SqliteStaging::open(path, sqlite).await?),
         DbLocation::SqlServer(config) => Arc::new(mssql::MssqlStaging::open(config).await?),
     })
 }
@@ -64,10 +65,10 @@ pub struct MigrationReport {
 /// Create or upgrade the staging database and report the migrations.
 pub async fn migrate(
     location: &DbLocation,
-    durability: Durability,
+    sqlite: impl Into<SqliteSettings>,
 ) -> Result<MigrationReport, StoreError> {
     match location {
-        DbLocation::Sqlite(path) => sqlite::migrate_file(path, durability).await,
+        DbLocation::Sqlite(path) => sqlite::migrate_file(path, sqlite.into()).await,
         DbLocation::SqlServer(config) => mssql::migrate_server(config).await,
     }
 }

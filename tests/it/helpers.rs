@@ -223,6 +223,21 @@ impl TestApp {
         .await
     }
 
+    /// A server with more `[staging]` settings (`key = value` lines) and `[admin]` lines
+    /// replacing the provisioning log's retention line.
+    pub async fn start_with_staging(staging: &str, admin: &str) -> TestApp {
+        let (staging, admin) = (staging.to_string(), admin.to_string());
+        Self::start_edited(move |text| {
+            text.replacen(
+                "durability = \"normal\"\n",
+                &format!("durability = \"normal\"\n{staging}\n"),
+                1,
+            )
+            .replacen("provisioning_log_days = 14\n", &format!("{admin}\n"), 1)
+        })
+        .await
+    }
+
     /// A server whose configuration has `extra` appended (whole sections).
     pub async fn start_with_sections(extra: &str) -> TestApp {
         let extra = extra.to_string();
@@ -234,10 +249,22 @@ impl TestApp {
     }
 
     async fn start_configured(server: &str, extra: impl FnOnce(&Path) -> String) -> TestApp {
+        let server = server.to_string();
+        Self::start_in(move |dir, text| {
+            text.replacen("[server]\n", &format!("[server]\n{server}\n"), 1) + &extra(dir)
+        })
+        .await
+    }
+
+    async fn start_edited(edit: impl FnOnce(String) -> String) -> TestApp {
+        Self::start_in(move |_, text| edit(text)).await
+    }
+
+    /// A server on the configuration `edit` makes of the default one.
+    async fn start_in(edit: impl FnOnce(&Path, String) -> String) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("staging.db");
-        let text = config_text(&db).replacen("[server]\n", &format!("[server]\n{server}\n"), 1)
-            + &extra(dir.path());
+        let text = edit(dir.path(), config_text(&db));
         // Written out, as an operator's would be: a reload reads it again.
         let file = dir.path().join(CONFIG_FILE);
         std::fs::write(&file, &text).unwrap();

@@ -22,6 +22,7 @@ mod lists;
 mod ops;
 mod provisioning;
 mod serve_crash;
+mod storage_full;
 mod store_conformance;
 mod sync;
 mod sync_cli;

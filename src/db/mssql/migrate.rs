@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_ledger",
         sql: include_str!("../../../sql/mssql/0007_ledger.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_health",
+        sql: include_str!("../../../sql/mssql/0008_health.sql"),
+    },
 ];
 
 /// The batches of a script: `GO` on a line of its own separates them, as in sqlcmd and SSMS.

@@ -33,6 +33,12 @@ use pool::MssqlPool;
 /// The health check of `ping`.
 const PING: &str = "SELECT 1";
 
+/// The write probe of `writable`: the one row of scim.health (sql/mssql/0008_health.sql),
+/// updated and committed. A full transaction log (9002), a read-only database, a login that
+/// lost its write permission fail it; a full data file (1105) does not (the row is updated in
+/// place), and shows in the writes themselves.
+const WRITE_PROBE: &str = "UPDATE scim.health SET probed_at = SYSUTCDATETIME() WHERE id = 1";
+
 /// The staging database on SQL Server.
 #[derive(Clone)]
 pub struct MssqlStaging {
@@ -68,9 +74,19 @@ impl Staging for MssqlStaging {
         let mut c = self.pool.get().await?;
         Ok(rows::simple(&mut c, PING).await?)
     }
+
+    /// A real write, committed (classified as every driver error: 1105 and 9002 are
+    /// `DbError::Full`), not only an answer.
+    async fn writable(&self) -> Result<(), StoreError> {
+        let mut c = self.pool.get().await?;
+        Ok(rows::simple(&mut c, WRITE_PROBE).await?)
+    }
 }
 
 #[cfg(test)]
 fn statements() -> Vec<(String, String)> {
-    vec![("PING".into(), PING.into())]
+    vec![
+        ("PING".into(), PING.into()),
+        ("WRITE_PROBE".into(), WRITE_PROBE.into()),
+    ]
 }

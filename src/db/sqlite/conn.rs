@@ -52,6 +52,35 @@ pub fn open_create(path: &Path, durability: Durability) -> Result<Connection, Db
     Ok(conn)
 }
 
+/// Cap the file `conn` writes at `max_size_mb` MiB (SQLite's `max_page_count`, which holds for
+/// this connection only: every connection that writes the staging file must be capped here).
+/// A write that would grow the file past it fails with SQLITE_FULL, as on a full disk. The
+/// cap in pages, as SQLite took it: never below the file's current size.
+pub fn cap_size(conn: &Connection, max_size_mb: u32) -> Result<u64, DbError> {
+    let page_size: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let wanted = u64::from(max_size_mb) * 1024 * 1024 / page_size.max(512);
+    let took: u64 = conn.query_row(&format!("PRAGMA max_page_count = {wanted}"), [], |r| {
+        r.get(0)
+    })?;
+    if took > wanted {
+        tracing::warn!(
+            max_size_mb,
+            size_mb = took * page_size / (1024 * 1024),
+            "the staging database is already larger than staging.max_size_mb: \
+             it cannot grow, and writes that need more room fail until space is freed"
+        );
+    }
+    Ok(took)
+}
+
+/// Pages the capped file can still take without growing past `max_pages`: the pages below
+/// the cap plus the free pages inside the file.
+pub fn pages_left(conn: &Connection, max_pages: u64) -> Result<u64, DbError> {
+    let pages: u64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: u64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    Ok(max_pages.saturating_sub(pages) + free)
+}
+
 /// Run `f` in one read transaction on `c`, so every statement in it sees the same snapshot
 /// (a count and its page, a batch's users and their links).
 pub fn snapshot<T, E: From<DbError>>(

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode};
 
-use crate::config::Durability;
+use crate::config::SqliteSettings;
 use crate::db::{MigrationReport, Staging, task_failed};
 use crate::store::{DbError, StoreError};
 use crate::sync::SyncError;
@@ -49,18 +49,29 @@ pub struct SqliteStaging {
     reads: Arc<conn::ReadPool>,
     /// The database file, for the readiness probe.
     path: PathBuf,
+    /// `[staging] max_size_mb` in pages, as the write connection took it; None: no cap.
+    max_pages: Option<u64>,
 }
+
+/// Pages a capped file must have left for readiness to pass: a write touches about a dozen
+/// b-trees (a table, its indexes, the log), each of which may split. A write that failed at
+/// the cap rolls back, so the file may stop a few pages short of it; that is not room.
+const HEADROOM_PAGES: u64 = 16;
 
 impl SqliteStaging {
     /// Open (creating if missing) and migrate the database at `path`.
-    pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let path = path.to_path_buf();
+    pub async fn open(
+        path: &Path,
+        settings: impl Into<SqliteSettings>,
+    ) -> Result<Self, StoreError> {
+        let (path, settings) = (path.to_path_buf(), settings.into());
         tokio::task::spawn_blocking(move || {
-            let conn = open_migrated(&path, durability)?.0;
+            let (conn, _, max_pages) = open_migrated(&path, settings)?;
             Ok(SqliteStaging {
                 writes: writer::Writer::start(conn)?,
                 reads: Arc::new(conn::ReadPool::new(&path)?),
                 path,
+                max_pages,
             })
         })
         .await
@@ -83,30 +94,34 @@ impl SqliteStaging {
     }
 }
 
-/// Create the file (and its folder) if missing, switch it to WAL and migrate it: the write
-/// connection, and what the migrations did.
+/// Create the file (and its folder) if missing, switch it to WAL, cap its size when asked and
+/// migrate it: the write connection, what the migrations did, and the cap in pages.
 fn open_migrated(
     path: &Path,
-    durability: Durability,
-) -> Result<(Connection, MigrationReport), StoreError> {
+    settings: SqliteSettings,
+) -> Result<(Connection, MigrationReport, Option<u64>), StoreError> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir)
             .map_err(|e| DbError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let mut conn = conn::open_create(path, durability)?;
+    let mut conn = conn::open_create(path, settings.durability)?;
+    let max_pages = settings
+        .max_size_mb
+        .map(|mb| conn::cap_size(&conn, mb))
+        .transpose()?;
     let report = migrate::run(&mut conn)?;
-    Ok((conn, report))
+    Ok((conn, report, max_pages))
 }
 
 /// `scim-bridge migrate` on an SQLite file.
 pub async fn migrate_file(
     path: &Path,
-    durability: Durability,
+    settings: SqliteSettings,
 ) -> Result<MigrationReport, StoreError> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || open_migrated(&path, durability).map(|(_, r)| r))
+    tokio::task::spawn_blocking(move || open_migrated(&path, settings).map(|(_, r, _)| r))
         .await
         .map_err(task_failed)?
 }
@@ -124,22 +139,37 @@ impl Staging for SqliteStaging {
         })
     }
 
-    /// The last write batch did not fail for want of storage, and a file can be written and
-    /// synced beside the database (a read-only or full folder, or one that is gone, cannot).
+    /// A file can be written and synced beside the database (a read-only or full folder, or
+    /// one that is gone, cannot); a capped file has room below its cap; and when a write
+    /// failed for want of storage, the database file itself can be written. All probed on
+    /// each call, never waited for: while readiness fails a load balancer may route no write
+    /// here, so no write would come to succeed and say the storage is back.
     async fn writable(&self) -> Result<(), StoreError> {
-        if let Some(e) = self.writes.storage_failure() {
-            return Err(StoreError::Db(e));
-        }
+        let recorded = self.writes.storage_failure();
         let dir = self
             .path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        tokio::task::spawn_blocking(move || probe_write(&dir))
-            .await
-            .map_err(task_failed)?
-            .map_err(StoreError::Db)
+        let (path, reads, max_pages) = (self.path.clone(), self.reads.clone(), self.max_pages);
+        tokio::task::spawn_blocking(move || {
+            probe_write(&dir)?;
+            if let Some(max) = max_pages
+                && reads.with(|c| conn::pages_left(c, max))? < HEADROOM_PAGES
+            {
+                return Err(DbError::Full);
+            }
+            // A recorded full disk is over once the folder takes a file again (above); a
+            // file made read-only in a writable folder shows only here.
+            if let Some(DbError::Unavailable(_)) = recorded {
+                probe_file(&path)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(task_failed)?
+        .map_err(StoreError::Db)
     }
 }
 
@@ -160,6 +190,18 @@ fn probe_write(dir: &Path) -> Result<(), DbError> {
             e.kind()
         )),
     })
+}
+
+/// Open the database file itself for writing (without changing it): a file made read-only
+/// in a writable folder fails here.
+fn probe_file(path: &Path) -> Result<(), DbError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            DbError::Unavailable(format!("the database file cannot be written: {}", e.kind()))
+        })
 }
 
 /// "No space left on device" (Linux, macOS and the BSDs agree).
@@ -230,6 +272,37 @@ mod tests {
             db_error(&code(rusqlite::ffi::SQLITE_CONSTRAINT)),
             DbError::Failed(_)
         ));
+    }
+
+    /// The cap is in pages, hits as a full disk, and never lies below the file's size.
+    #[test]
+    fn a_capped_file_is_full_at_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let c = conn::open_create(&path, crate::config::Durability::Normal).unwrap();
+        c.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        let page: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(conn::cap_size(&c, 1).unwrap(), 1024 * 1024 / page);
+        let big = c.execute("INSERT INTO t (v) VALUES (zeroblob(2 * 1024 * 1024))", []);
+        assert!(matches!(big.map_err(|e| db_error(&e)), Err(DbError::Full)));
+        let left = conn::pages_left(&c, 1024 * 1024 / page).unwrap();
+        assert!(left > HEADROOM_PAGES, "{left}");
+        c.execute("INSERT INTO t (v) VALUES (zeroblob(980 * 1024))", [])
+            .unwrap();
+        assert!(conn::pages_left(&c, 1024 * 1024 / page).unwrap() < HEADROOM_PAGES);
+        // Deleted rows' pages count as room.
+        c.execute("DELETE FROM t", []).unwrap();
+        assert!(conn::pages_left(&c, 1024 * 1024 / page).unwrap() > HEADROOM_PAGES);
+        drop(c);
+
+        // A file already larger than its cap keeps its size as the cap.
+        let c = conn::open_create(&path, crate::config::Durability::Normal).unwrap();
+        c.execute("INSERT INTO t (v) VALUES (zeroblob(2 * 1024 * 1024))", [])
+            .unwrap();
+        drop(c);
+        let c = conn::open_create(&path, crate::config::Durability::Normal).unwrap();
+        let pages: u64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        assert_eq!(conn::cap_size(&c, 1).unwrap(), pages);
     }
 
     #[test]

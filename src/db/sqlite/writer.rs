@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::DbError;
+use crate::store::{DbError, StoreError};
+use crate::sync::SyncError;
 
 /// Jobs in one transaction at most; bounds the latency a batch adds.
 const MAX_BATCH: usize = 128;
@@ -22,7 +23,8 @@ const MAX_BATCH: usize = 128;
 type Erased = Box<dyn Any + Send>;
 /// A job's own outcome (its value or its error, type-erased), or why the batch failed.
 type Outcome = Result<Result<Erased, Erased>, DbError>;
-type RunFn = Box<dyn FnOnce(&Connection) -> Result<Erased, Erased> + Send>;
+/// A job's own error comes with the storage failure it was, if it was one.
+type RunFn = Box<dyn FnOnce(&Connection) -> Result<Erased, (Erased, Option<DbError>)> + Send>;
 type ReplyFn = Box<dyn FnOnce(Outcome) + Send>;
 
 struct Job {
@@ -30,10 +32,47 @@ struct Job {
     reply: ReplyFn,
 }
 
+/// The error of a write job: anything the writer can report a failure of its own as, and
+/// which says whether it was the database's.
+pub trait JobError: From<DbError> + Send + 'static {
+    fn db_error(&self) -> Option<&DbError>;
+}
+
+impl JobError for DbError {
+    fn db_error(&self) -> Option<&DbError> {
+        Some(self)
+    }
+}
+
+impl JobError for StoreError {
+    fn db_error(&self) -> Option<&DbError> {
+        match self {
+            StoreError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl JobError for SyncError {
+    fn db_error(&self) -> Option<&DbError> {
+        match self {
+            SyncError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A failure for want of storage (full, read-only, gone), which readiness reports.
+fn storage_failure(e: &DbError) -> bool {
+    matches!(e, DbError::Full | DbError::Unavailable(_))
+}
+
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
-    /// Why the last batch failed for want of storage (full, read-only); cleared by a commit.
+    /// Why the last batch, or a job in it, failed for want of storage (full, read-only):
+    /// a statement that finds the disk full fails its job, not always the batch. Cleared by a
+    /// batch without one.
     storage: Arc<Mutex<Option<DbError>>>,
 }
 
@@ -63,15 +102,16 @@ impl Writer {
     pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        E: From<DbError> + Send + 'static,
+        E: JobError,
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, E>>();
         let job = Job {
             run: Box::new(move |conn| {
-                f(conn)
-                    .map(|t| Box::new(t) as Erased)
-                    .map_err(|e| Box::new(e) as Erased)
+                f(conn).map(|t| Box::new(t) as Erased).map_err(|e| {
+                    let storage = e.db_error().filter(|d| storage_failure(d)).cloned();
+                    (Box::new(e) as Erased, storage)
+                })
             }),
             reply: Box::new(move |r| {
                 let r = match r {
@@ -99,13 +139,18 @@ fn writer_thread(conn: Connection, mut rx: mpsc::Receiver<Job>, health: &Mutex<O
                 Err(_) => break,
             }
         }
-        let failure = run_batch(&conn, jobs);
-        let mut h = match health.lock() {
-            Ok(h) => h,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *h = failure.filter(|e| matches!(e, DbError::Full | DbError::Unavailable(_)));
+        run_batch(&conn, jobs, health);
     }
+}
+
+/// Record a batch's storage failure (or its absence), before its callers hear back: an
+/// answered 503 is already in readiness.
+fn record(health: &Mutex<Option<DbError>>, failure: Option<&DbError>) {
+    let mut h = match health.lock() {
+        Ok(h) => h,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    *h = failure.filter(|e| storage_failure(e)).cloned();
 }
 
 /// A statement without results, prepared once per connection.
@@ -117,17 +162,20 @@ fn gone() -> DbError {
     DbError::Unavailable("the staging writer has stopped".into())
 }
 
-/// Run the jobs in one transaction; the batch's own failure, if it failed.
-fn run_batch(conn: &Connection, jobs: Vec<Job>) -> Option<DbError> {
+/// Run the jobs in one transaction and record in `health` the batch's own failure if it
+/// failed, else the storage failure of a job that failed alone.
+fn run_batch(conn: &Connection, jobs: Vec<Job>, health: &Mutex<Option<DbError>>) {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let e = DbError::from(e);
+        record(health, Some(&e));
         for j in jobs {
             (j.reply)(Err(e.clone()));
         }
-        return Some(e);
+        return;
     }
     let mut done: Vec<(ReplyFn, Outcome)> = Vec::with_capacity(jobs.len());
     let mut broken: Option<DbError> = None;
+    let mut job_storage: Option<DbError> = None;
     for j in jobs {
         if broken.is_some() {
             done.push((j.reply, Err(DbError::Failed("batch aborted".into()))));
@@ -143,7 +191,12 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) -> Option<DbError> {
         // it every later write, goes on.
         let run = j.run;
         let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(conn))) {
-            Ok(r) => r.map_err(Ok),
+            Ok(r) => r.map_err(|(own, storage)| {
+                if storage.is_some() {
+                    job_storage = storage;
+                }
+                Ok(own)
+            }),
             Err(_) => {
                 tracing::error!("a staging write job panicked; rolled back");
                 Err(Err(DbError::Failed("the write failed".into())))
@@ -172,14 +225,15 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) -> Option<DbError> {
     };
     match commit {
         Ok(()) => {
+            record(health, job_storage.as_ref());
             for (reply, r) in done {
                 reply(r);
             }
-            None
         }
         Err(e) => {
             tracing::error!(error = %e, "staging write batch failed; rolled back");
             let _ = exec(conn, "ROLLBACK");
+            record(health, Some(&e));
             for (reply, r) in done {
                 // A job that failed on its own keeps its own error; the others learn the commit failed.
                 reply(match r {
@@ -187,7 +241,6 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) -> Option<DbError> {
                     _ => Err(e.clone()),
                 });
             }
-            Some(e)
         }
     }
 }
@@ -195,6 +248,23 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>) -> Option<DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A statement that finds the storage full fails its job, not the batch: the writer
+    /// still records it for readiness, and a later batch without one clears it.
+    #[tokio::test]
+    async fn a_job_failing_for_want_of_storage_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer::start(Connection::open(dir.path().join("w.db")).unwrap()).unwrap();
+        let full: Result<(), StoreError> = w
+            .run(|_: &Connection| Err(StoreError::Db(DbError::Full)))
+            .await;
+        assert!(matches!(full, Err(StoreError::Db(DbError::Full))));
+        assert!(matches!(w.storage_failure(), Some(DbError::Full)));
+        let refused: Result<(), StoreError> =
+            w.run(|_: &Connection| Err(StoreError::NotFound)).await;
+        assert!(refused.is_err());
+        assert!(w.storage_failure().is_none(), "not a storage failure");
+    }
 
     /// A job that fails or panics leaves nothing behind and fails alone; the thread goes on.
     #[tokio::test]
