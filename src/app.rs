@@ -1,4 +1,5 @@
-//! The application: open the staging store, bind the listener, serve until told to stop.
+//! The application: open the staging store, bind the listener (and the operations listener of
+//! `[server] ops_listen`), serve until told to stop.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -6,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use poem::Endpoint;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::clock::Clock;
@@ -21,9 +24,16 @@ use crate::sync::{SyncEngine, SyncService};
 /// run (and once at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
+/// How long in-flight requests may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 pub struct Application {
     listener: TcpListener,
     pub addr: SocketAddr,
+    /// `[server] ops_listen`'s listener, when set: /readyz, /metrics and /healthz.
+    ops_listener: Option<TcpListener>,
+    /// Its bound address (port 0 in the configuration picks a free port).
+    pub ops_addr: Option<SocketAddr>,
     /// Everything requests need, the sync engine (`state.sync`) included.
     pub state: Arc<AppState>,
 }
@@ -60,6 +70,7 @@ impl Application {
             None
         };
         let listen = listen.unwrap_or(&config.server.listen).to_string();
+        let ops_listen = config.ops_listen;
         let state = Arc::new(AppState::new(config, store, clock, metrics, sync));
         let listener = TcpListener::bind(listen.as_str())
             .await
@@ -67,16 +78,33 @@ impl Application {
         let addr = listener
             .local_addr()
             .context("the listener has no socket address")?;
+        let ops_listener = match ops_listen {
+            None => None,
+            Some(ops) => Some(
+                TcpListener::bind(ops)
+                    .await
+                    .with_context(|| format!("binding [server] ops_listen {ops}"))?,
+            ),
+        };
+        let ops_addr = match &ops_listener {
+            None => None,
+            Some(l) => Some(
+                l.local_addr()
+                    .context("the ops_listen listener has no socket address")?,
+            ),
+        };
         Ok(Application {
             listener,
             addr,
+            ops_listener,
+            ops_addr,
             state,
         })
     }
 
-    /// Run the sync schedules and serve until `shutdown` resolves, then finish in-flight
-    /// requests and sync runs (up to 30 s each) and write the provisioning log entries still
-    /// queued.
+    /// Run the sync schedules and serve (on both listeners, with `ops_listen`) until
+    /// `shutdown` resolves, then finish in-flight requests and sync runs (up to 30 s each) and
+    /// write the provisioning log entries still queued.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -105,14 +133,23 @@ impl Application {
             idle: Duration::from_secs(s.idle_timeout_seconds),
             max_connections: s.max_connections,
         };
-        let served = server::serve(
-            self.listener,
-            api::app(self.state),
-            limits,
-            shutdown,
-            Duration::from_secs(30),
-        )
-        .await;
+        // One stop for every listener: the signal, or a listener that stopped on its own.
+        let stop = CancellationToken::new();
+        let main = serve_until(self.listener, api::app(self.state.clone()), limits, &stop);
+        let ops = async {
+            match self.ops_listener {
+                Some(l) => serve_until(l, api::ops_app(self.state.clone()), limits, &stop).await,
+                None => Ok(()),
+            }
+        };
+        let signal = async {
+            tokio::select! {
+                _ = shutdown => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        };
+        let (main, ops, ()) = tokio::join!(main, ops, signal);
+        let served = main.and(ops);
         retention.abort();
         if let Some(s) = scheduler {
             s.shutdown(Duration::from_secs(30)).await;
@@ -120,6 +157,26 @@ impl Application {
         state.provlog.close().await;
         Ok(served?)
     }
+}
+
+/// Serve `ep` on `listener` until `stop` is cancelled; when serving ends (an error too), cancel
+/// `stop`, so the other listener stops with it.
+async fn serve_until<E: Endpoint + 'static>(
+    listener: TcpListener,
+    ep: E,
+    limits: ConnectionLimits,
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
+    let served = server::serve(
+        listener,
+        ep,
+        limits,
+        stop.clone().cancelled_owned(),
+        SHUTDOWN_GRACE,
+    )
+    .await;
+    stop.cancel();
+    served
 }
 
 /// The run ledger's retention (`[admin] noop_run_days`, `run_days`); a failure is logged and

@@ -203,7 +203,12 @@ async fn serve(config_path: PathBuf, listen: Option<String>) -> anyhow::Result<(
     init_logging(config.log.format, &config.log.level, LogTo::Stdout);
     let tenants: Vec<String> = config.tenants.keys().cloned().collect();
     let app = Application::build(config, Arc::new(SystemClock), listen.as_deref()).await?;
-    tracing::info!(addr = %app.addr, tenants = ?tenants, "scim-bridge listening");
+    tracing::info!(
+        addr = %app.addr,
+        ops_addr = app.ops_addr.map(tracing::field::display),
+        tenants = ?tenants,
+        "scim-bridge listening"
+    );
     app.run(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -270,32 +270,51 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
             let state = state.clone();
             move |next, req| admin_guard(state.clone(), allow.clone(), queries.clone(), next, req)
         });
-    Route::new()
+    let routes = Route::new()
         .nest_no_strip(SCIM_PREFIX, scim)
         .nest_no_strip(ADMIN_PREFIX, admin)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .at("/", get(docs::root))
-        .at("/healthz", get(healthz))
-        .at(
-            "/readyz",
-            get(ops::readyz).data(state.clone()).around({
-                let state = state.clone();
-                move |next, req| ops_guard(state.clone(), next, req)
-            }),
-        )
-        .at(
-            "/metrics",
-            get(ops::metrics).data(state.clone()).around({
-                let state = state.clone();
-                move |next, req| ops_guard(state.clone(), next, req)
-            }),
-        )
         // The admin console: HTML over the same use cases, not in the OpenAPI document.
         .nest(
             crate::console::PREFIX,
             crate::console::endpoint(state.clone()),
-        )
+        );
+    // With `[server] ops_listen`, /readyz and /metrics are served there only.
+    let routes = match state.config.ops_listen {
+        None => ops_routes(routes, &state),
+        Some(_) => routes,
+    };
+    serve_routes(routes, state)
+}
+
+/// The operations listener's application (`[server] ops_listen`): /readyz, /metrics and
+/// /healthz, with the same middleware as [`app`].
+pub fn ops_app(state: Arc<AppState>) -> impl Endpoint {
+    serve_routes(ops_routes(Route::new(), &state), state)
+}
+
+/// `routes` with /readyz and /metrics, behind `[server] ops_token` when it is set.
+fn ops_routes(routes: Route, state: &Arc<AppState>) -> Route {
+    routes
+        .at("/readyz", ops_guarded(get(ops::readyz), state.clone()))
+        .at("/metrics", ops_guarded(get(ops::metrics), state.clone()))
+}
+
+/// An operations endpoint: the state as request data, behind [`ops_guard`].
+fn ops_guarded<E: Endpoint + 'static>(ep: E, state: Arc<AppState>) -> impl Endpoint {
+    let guard = state.clone();
+    ep.data(state)
+        .around(move |next, req| ops_guard(guard.clone(), next, req))
+}
+
+/// What every listener serves around its routes: /healthz (load balancers probe every
+/// listener), a SCIM error for an unknown path, panics caught, `[server]`'s deadlines, and
+/// the request id, access log and request metrics.
+fn serve_routes(routes: Route, state: Arc<AppState>) -> impl Endpoint {
+    routes
+        .at("/healthz", get(healthz))
         .catch_all_error(error::catch_all)
         // A bug must still answer with a SCIM error, and never take the process down.
         .with(poem::middleware::CatchPanic::new().with_handler(|_| {

@@ -18,6 +18,7 @@ pub mod sqlserver;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -250,6 +251,9 @@ pub struct Config {
     pub limits: Limits,
     /// `[server] ops_token`, when set: the token /readyz and /metrics need.
     pub ops_token: Option<TokenHash>,
+    /// `[server] ops_listen`, when set: the address /readyz, /metrics and /healthz are served
+    /// on instead of `listen` (which keeps /healthz).
+    pub ops_listen: Option<SocketAddr>,
     /// The folder relative paths resolve against.
     pub base_dir: PathBuf,
     /// The file and overrides it was loaded from (None: parsed from text), so a reload can
@@ -492,9 +496,18 @@ impl Config {
                     .map_err(|m| invalid(format!("server.ops_token: {m}")))?,
             ),
         };
+        let ops_listen = match &raw.server.ops_listen {
+            None => None,
+            Some(a) => Some(a.trim().parse::<SocketAddr>().map_err(|_| {
+                invalid(format!(
+                    "server.ops_listen: {a:?} is not a socket address (an IP address and a port, like \"127.0.0.1:9100\")"
+                ))
+            })?),
+        };
         Ok(Config {
             admin,
             ops_token,
+            ops_listen,
             limits: raw.limits,
             server: raw.server,
             log: raw.log,
@@ -651,6 +664,31 @@ mod tests {
         assert!(e.to_string().contains("listne"), "{e}");
         let e = parse(MIN, &[("SCIM_BRIDGE_SERVER__NOPE", "1")]).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn ops_listen_is_a_socket_address_from_the_file_or_the_environment() {
+        assert_eq!(parse(MIN, &[]).unwrap().ops_listen, None);
+        let c = parse(
+            &format!("{MIN}[server]\nops_listen = \"127.0.0.1:9100\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.ops_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        let c = parse(MIN, &[("SCIM_BRIDGE_SERVER__OPS_LISTEN", "[::1]:9100")]).unwrap();
+        assert_eq!(c.ops_listen, Some("[::1]:9100".parse().unwrap()));
+        for bad in [
+            "\"nonsense\"",
+            "\"127.0.0.1\"",
+            "\"127.0.0.1:99999\"",
+            "\"\"",
+            "9100",
+        ] {
+            let e = parse(&format!("{MIN}[server]\nops_listen = {bad}\n"), &[]).unwrap_err();
+            assert!(e.to_string().contains("ops_listen"), "{bad}: {e}");
+        }
+        let e = parse(MIN, &[("SCIM_BRIDGE_SERVER__OPS_LISTEN", "localhost")]).unwrap_err();
+        assert!(e.to_string().contains("server.ops_listen"), "{e}");
     }
 
     #[test]

@@ -202,6 +202,10 @@ pub struct ServerConfig {
     pub max_requests_per_tenant: usize,
     /// When set, /readyz and /metrics need this bearer token (/healthz never does).
     pub ops_token: Option<RawSecret>,
+    /// When set, a second listener at this socket address serves /readyz, /metrics and
+    /// /healthz, and `listen` no longer serves /readyz and /metrics (validated into
+    /// `Config::ops_listen`).
+    pub ops_listen: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -220,6 +224,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_requests_per_tenant: 32,
             ops_token: None,
+            ops_listen: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub fn start_time() -> DateTime<Utc> {
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    /// The operations listener's address, with `[server] ops_listen`.
+    pub ops_addr: Option<std::net::SocketAddr>,
     pub client: reqwest::Client,
     pub clock: Arc<FakeClock>,
     pub state: Arc<AppState>,
@@ -274,6 +276,7 @@ impl TestApp {
             .await
             .unwrap();
         let addr = app.addr;
+        let ops_addr = app.ops_addr;
         let state = app.state.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async move {
@@ -281,6 +284,7 @@ impl TestApp {
         }));
         TestApp {
             addr,
+            ops_addr,
             client: reqwest::Client::new(),
             clock,
             state,

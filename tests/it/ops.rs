@@ -502,3 +502,122 @@ async fn an_ops_token_guards_readiness_and_metrics_but_not_health() {
     }
     app.get_root("/healthz").await.assert_status(200);
 }
+
+/// GET `path` on `addr`, with `token` as the bearer token when given.
+async fn get_at(
+    app: &TestApp,
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Resp {
+    let rb = app.client.get(format!("http://{addr}{path}"));
+    let rb = match token {
+        Some(t) => rb.bearer_auth(t),
+        None => rb,
+    };
+    app.send(rb).await
+}
+
+#[tokio::test]
+async fn ops_listen_serves_readiness_and_metrics_on_its_own_port_only() {
+    let app = TestApp::start_with_server("ops_listen = \"127.0.0.1:0\"").await;
+    let ops = app.ops_addr.expect("the ops listener's address");
+    assert_ne!(ops, app.addr);
+    let r = get_at(&app, ops, "/readyz", None).await;
+    r.assert_status(200);
+    assert_eq!(r.body["status"], "ready", "{}", r.text);
+    let r = get_at(&app, ops, "/metrics", None).await;
+    r.assert_status(200);
+    parse_exposition(&r.text).unwrap();
+    for path in ["/readyz", "/metrics"] {
+        // The main port answers as it does any unknown path.
+        get_at(&app, app.addr, path, None)
+            .await
+            .assert_error(404, None);
+    }
+    for addr in [app.addr, ops] {
+        let r = get_at(&app, addr, "/healthz", None).await;
+        r.assert_status(200);
+        assert_eq!(r.text, "ok");
+    }
+    // The ops port serves nothing else.
+    get_at(&app, ops, "/scim-api/v1/acme/scim/Users", Some(ACME_TOKEN))
+        .await
+        .assert_error(404, None);
+    get_at(&app, ops, "/openapi.json", None)
+        .await
+        .assert_error(404, None);
+    // SCIM is still on the main port.
+    app.get("/Users").await.assert_status(200);
+}
+
+#[tokio::test]
+async fn without_ops_listen_there_is_one_listener_serving_everything() {
+    let app = TestApp::start().await;
+    assert_eq!(app.ops_addr, None);
+    for path in ["/readyz", "/metrics", "/healthz"] {
+        app.get_root(path).await.assert_status(200);
+    }
+}
+
+#[tokio::test]
+async fn an_ops_token_guards_the_ops_listener() {
+    let token = "ops-token-for-this-test-0123";
+    let app = TestApp::start_with_server(&format!(
+        "ops_listen = \"127.0.0.1:0\"\nops_token = \"{token}\""
+    ))
+    .await;
+    let ops = app.ops_addr.expect("the ops listener's address");
+    for path in ["/readyz", "/metrics"] {
+        get_at(&app, ops, path, None).await.assert_problem(401);
+        get_at(&app, ops, path, Some(ACME_TOKEN))
+            .await
+            .assert_problem(401);
+        get_at(&app, ops, path, Some(token))
+            .await
+            .assert_status(200);
+        // Not on the main port, token or not.
+        get_at(&app, app.addr, path, Some(token))
+            .await
+            .assert_error(404, None);
+    }
+    get_at(&app, ops, "/healthz", None).await.assert_status(200);
+}
+
+#[tokio::test]
+async fn stopping_the_server_closes_the_ops_listener_too() {
+    let mut app = TestApp::start_with_server("ops_listen = \"127.0.0.1:0\"").await;
+    let ops = app.ops_addr.expect("the ops listener's address");
+    get_at(&app, ops, "/healthz", None).await.assert_status(200);
+    app.stop().await;
+    for addr in [app.addr, ops] {
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "{addr} still accepts connections"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_ops_listen_address_in_use_is_a_startup_error_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&dir.path().join("staging.db")).replacen(
+        "[server]\n",
+        &format!("[server]\nops_listen = \"127.0.0.1:{port}\"\n"),
+        1,
+    );
+    let file = dir.path().join(CONFIG_FILE);
+    std::fs::write(&file, text).unwrap();
+    let config = scim_bridge::config::Config::load(&file, std::iter::empty()).unwrap();
+    let clock = std::sync::Arc::new(scim_bridge::clock::FakeClock::new(start_time()));
+    let e = match scim_bridge::app::Application::build(config, clock, Some("127.0.0.1:0")).await {
+        Ok(_) => panic!("started with its ops_listen address taken"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("ops_listen") && e.contains(&port.to_string()),
+        "{e}"
+    );
+}
