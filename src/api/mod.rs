@@ -330,7 +330,8 @@ fn serve_routes(routes: Route, state: Arc<AppState>) -> impl Endpoint {
 
 /// `[server]`'s body-read timeout and whole-request deadline. A body that has not arrived in
 /// time answers 408; a request that runs too long is stopped — its future is dropped, so its
-/// work ends at its next await (a write already handed to the database may still commit) —
+/// work ends at its next await; on SQLite a running read is interrupted and a write still
+/// waiting for its turn is skipped (one the writer has begun commits) —
 /// and answers 503. Both close the connection, whose body may be half read.
 async fn deadlines<E: Endpoint>(
     state: Arc<AppState>,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, InterruptHandle, OpenFlags};
 
 use crate::config::Durability;
 use crate::store::DbError;
@@ -93,6 +93,47 @@ pub fn snapshot<T, E: From<DbError>>(
     r
 }
 
+/// A read its caller can stop: one that has not started does not start, one that runs is
+/// interrupted (SQLite's `sqlite3_interrupt`). A request whose deadline passed drops its
+/// future, which stops its read, so a long scan ends with the request instead of running on.
+#[derive(Default)]
+pub struct Stop(Mutex<StopState>);
+
+#[derive(Default)]
+pub enum StopState {
+    #[default]
+    Waiting,
+    Running(InterruptHandle),
+    Done,
+    Stopped,
+}
+
+impl Stop {
+    pub fn stop(&self) {
+        let mut s = match self.0.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let StopState::Running(h) = &*s {
+            h.interrupt();
+        }
+        *s = StopState::Stopped;
+    }
+
+    /// Move to `next`, unless stopped already.
+    fn set(&self, next: StopState) -> Result<(), DbError> {
+        let mut s = match self.0.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if matches!(*s, StopState::Stopped) {
+            return Err(DbError::Failed("the read was stopped".into()));
+        }
+        *s = next;
+        Ok(())
+    }
+}
+
 /// Read connections, taken for one call and given back.
 pub struct ReadPool {
     path: PathBuf,
@@ -137,6 +178,22 @@ impl ReadPool {
         {
             idle.push(conn);
         }
+    }
+
+    /// Run `f` on a read connection, on this thread, unless `stop` was stopped first; stopping
+    /// it while `f` runs interrupts the statement in progress (which then fails).
+    pub fn with_stop<T, E: From<DbError>>(
+        &self,
+        stop: &Stop,
+        f: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.with(|c| {
+            stop.set(StopState::Running(c.get_interrupt_handle()))?;
+            let r = f(c);
+            // Under the lock: a stop from now on cannot reach this connection's next user.
+            stop.set(StopState::Done)?;
+            r
+        })
     }
 
     /// Run `f` on a read connection, on this thread. Keep `f` short: it blocks the caller.

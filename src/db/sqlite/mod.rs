@@ -78,7 +78,8 @@ impl SqliteStaging {
         .map_err(task_failed)?
     }
 
-    /// Run `f` on a read connection on a blocking thread.
+    /// Run `f` on a read connection on a blocking thread. Dropping the future stops the read
+    /// (before it starts, or by interrupting its statement).
     async fn read<T, E>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
@@ -87,8 +88,17 @@ impl SqliteStaging {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        /// Stops the read when the future that waits for it goes away.
+        struct StopOnDrop(Arc<conn::Stop>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.stop();
+            }
+        }
         let reads = self.reads.clone();
-        tokio::task::spawn_blocking(move || reads.with(f))
+        let stop = StopOnDrop(Arc::default());
+        let theirs = stop.0.clone();
+        tokio::task::spawn_blocking(move || reads.with_stop(&theirs, f))
             .await
             .map_err(|e| E::from(task_failed(e)))?
     }
@@ -303,6 +313,42 @@ mod tests {
         let c = conn::open_create(&path, crate::config::Durability::Normal).unwrap();
         let pages: u64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
         assert_eq!(conn::cap_size(&c, 1).unwrap(), pages);
+    }
+
+    /// A read whose caller gives up is interrupted, not run to its end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_whose_caller_left_is_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStaging::open(&dir.path().join("s.db"), crate::config::Durability::Normal)
+            .await
+            .unwrap();
+        let (ended, ends) = std::sync::mpsc::channel();
+        // Counts for half a minute or more when left alone.
+        let long = s.read(move |c| {
+            let r = c.query_row(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 500000000) \
+                 SELECT count(*) FROM n",
+                [],
+                |r| r.get::<_, i64>(0),
+            );
+            let _ = ended.send(r.is_err());
+            r.map_err(StoreError::from)
+        });
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(200), long).await;
+        assert!(gave_up.is_err(), "still counting");
+        let failed = tokio::task::spawn_blocking(move || {
+            ends.recv_timeout(std::time::Duration::from_secs(10))
+        })
+        .await
+        .unwrap();
+        assert_eq!(failed, Ok(true), "interrupted soon after its caller left");
+        // The pool goes on serving.
+        s.ping().await.unwrap();
+        let n: i64 = s
+            .read(|c| Ok::<_, StoreError>(c.query_row("SELECT 41 + 1", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(n, 42);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! however many statements it runs.
 
 use std::any::Any;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +30,10 @@ type ReplyFn = Box<dyn FnOnce(Outcome) + Send>;
 struct Job {
     run: RunFn,
     reply: ReplyFn,
+    /// Alive while the caller waits for the outcome. A caller that went away before its job's
+    /// turn (a request past its deadline, whose future was dropped) has its job skipped: the
+    /// work ends with the request, and nothing it would have written is left unanswered.
+    caller: Weak<()>,
 }
 
 /// The error of a write job: anything the writer can report a failure of its own as, and
@@ -106,7 +110,9 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, E>>();
+        let caller = Arc::new(());
         let job = Job {
+            caller: Arc::downgrade(&caller),
             run: Box::new(move |conn| {
                 f(conn).map(|t| Box::new(t) as Erased).map_err(|e| {
                     let storage = e.db_error().filter(|d| storage_failure(d)).cloned();
@@ -126,7 +132,9 @@ impl Writer {
             }),
         };
         self.jobs.send(job).await.map_err(|_| E::from(gone()))?;
-        rx.await.map_err(|_| E::from(gone()))?
+        let outcome = rx.await.map_err(|_| E::from(gone()));
+        drop(caller);
+        outcome?
     }
 }
 
@@ -179,6 +187,10 @@ fn run_batch(conn: &Connection, jobs: Vec<Job>, health: &Mutex<Option<DbError>>)
     for j in jobs {
         if broken.is_some() {
             done.push((j.reply, Err(DbError::Failed("batch aborted".into()))));
+            continue;
+        }
+        if j.caller.strong_count() == 0 {
+            done.push((j.reply, Err(DbError::Failed("its caller went away".into()))));
             continue;
         }
         if let Err(e) = exec(conn, "SAVEPOINT job") {
@@ -264,6 +276,56 @@ mod tests {
             w.run(|_: &Connection| Err(StoreError::NotFound)).await;
         assert!(refused.is_err());
         assert!(w.storage_failure().is_none(), "not a storage failure");
+    }
+
+    /// A job whose caller went away before its turn is not run.
+    #[tokio::test]
+    async fn a_job_whose_caller_left_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
+        let w = Writer::start(conn).unwrap();
+        // Hold the writer busy until released.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.run(move |_: &Connection| -> Result<(), DbError> {
+                    let _ = wait.recv();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Handed over, then given up on while the writer is busy.
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            w.run(|c: &Connection| -> Result<(), DbError> {
+                c.execute("INSERT INTO t (v) VALUES (1)", [])?;
+                Ok(())
+            }),
+        )
+        .await;
+        assert!(gave_up.is_err(), "still waiting for its turn");
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        let waited: Result<(), DbError> = w
+            .run(|c: &Connection| {
+                c.execute("INSERT INTO t (v) VALUES (2)", [])?;
+                Ok(())
+            })
+            .await;
+        waited.unwrap();
+        let rows: Vec<i64> = w
+            .run(|c: &Connection| -> Result<Vec<i64>, DbError> {
+                let mut s = c.prepare("SELECT v FROM t")?;
+                let v = s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(v)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![2], "the abandoned insert never ran");
     }
 
     /// A job that fails or panics leaves nothing behind and fails alone; the thread goes on.
