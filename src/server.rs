@@ -223,6 +223,7 @@ async fn serve_connection<E: Endpoint + 'static>(
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
+        replaced: None,
     });
     let service = hyper::service::service_fn({
         let activity = activity.clone();
@@ -246,7 +247,8 @@ async fn serve_connection<E: Endpoint + 'static>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The watcher below times header reads; hyper's own timer would also count idle time.
     // Heads up to hyper's limits reach the API, which answers those over its own (smaller)
-    // limits with an error document; hyper's answer past its limits has no body.
+    // limits with an error document; past hyper's limits, `Watched` puts a SCIM error body
+    // into hyper's own answer.
     builder
         .http1()
         .header_read_timeout(None)
@@ -295,6 +297,89 @@ async fn serve_connection<E: Endpoint + 'static>(
 struct Watched {
     inner: TcpStream,
     activity: Shared,
+    /// Our answer in place of hyper's own, and how much of it is written.
+    replaced: Option<(Vec<u8>, usize)>,
+}
+
+/// hyper answers a request it cannot take (a head past its limits, or not HTTP) by itself,
+/// before the API sees it, with an empty body:
+/// `HTTP/1.1 431 …\r\nconnection: close\r\ncontent-length: 0\r\n…`. The same answer with
+/// a SCIM error body, for such a head; None for anything else (the API's own answers carry a
+/// body, so they never match).
+fn answer_for_hyper_refusal(head: &[u8]) -> Option<Vec<u8>> {
+    const MARK: &[u8] = b"\r\nconnection: close\r\ncontent-length: 0\r\n";
+    let (status, reason, detail) = match head.get(..13)? {
+        b"HTTP/1.1 400 " => (400, "Bad Request", "the request is not valid HTTP"),
+        b"HTTP/1.1 414 " => (
+            414,
+            "URI Too Long",
+            "the request target is longer than the server accepts",
+        ),
+        b"HTTP/1.1 431 " => (
+            431,
+            "Request Header Fields Too Large",
+            "the request has more or larger headers than the server accepts",
+        ),
+        _ => return None,
+    };
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    if head.get(line_end..line_end + MARK.len())? != MARK || !head.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let body = serde_json::json!({
+        "schemas": [crate::scim::error::ERROR_SCHEMA],
+        "status": status.to_string(),
+        "detail": detail,
+    })
+    .to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\nconnection: close\r\n\
+             content-type: application/scim+json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl Watched {
+    /// Write what is left of a replaced answer; Ready once it is all out.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, done)) = &mut self.replaced {
+            if *done == bytes.len() {
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// If `buf` is hyper's own refusal, take it (as written) and send ours instead.
+    fn replace(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        if self.replaced.is_some() {
+            return None;
+        }
+        let ours = answer_for_hyper_refusal(buf)?;
+        self.replaced = Some((ours, 0));
+        Some(match self.drain(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            // The rest goes out on flush, which hyper calls before it closes.
+            _ => Poll::Ready(Ok(buf.len())),
+        })
+    }
+
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled
+            && *n > 0
+        {
+            with(&self.activity, |a| a.last_traffic = Instant::now());
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -324,12 +409,14 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &polled
-            && *n > 0
-        {
-            with(&self.activity, |a| a.last_traffic = Instant::now());
+        if let Some(taken) = self.replace(cx, buf) {
+            return taken;
         }
+        if self.drain(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&polled);
         polled
     }
 
@@ -338,12 +425,18 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &polled
-            && *n > 0
+        // hyper writes a refusal's head as one slice, with nothing after it.
+        if let [head, rest @ ..] = bufs
+            && rest.iter().all(|b| b.is_empty())
+            && let Some(taken) = self.replace(cx, head)
         {
-            with(&self.activity, |a| a.last_traffic = Instant::now());
+            return taken;
         }
+        if self.drain(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&polled);
         polled
     }
 
@@ -352,10 +445,16 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.drain(cx)?.is_pending() {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.drain(cx)?.is_pending() {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -369,6 +468,27 @@ mod tests {
         idle: Duration::from_secs(60),
         max_connections: 10,
     };
+
+    #[test]
+    fn only_hypers_own_refusals_are_replaced() {
+        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\
+                      content-length: 0\r\ndate: Thu, 03 Dec 2026 17:18:46 GMT\r\n\r\n";
+        let ours = String::from_utf8(answer_for_hyper_refusal(hyper).unwrap()).unwrap();
+        let (head, body) = ours.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["status"], "431");
+        // The API's answers (with a body, or kept alive), and other statuses, pass.
+        let api = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: \
+                    application/scim+json\r\ncontent-length: 120\r\n\r\n";
+        assert!(answer_for_hyper_refusal(api).is_none());
+        let kept = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert!(answer_for_hyper_refusal(kept).is_none());
+        let ok = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert!(answer_for_hyper_refusal(ok).is_none());
+        assert!(answer_for_hyper_refusal(b"HTTP/1.1 4").is_none());
+    }
 
     #[test]
     fn accept_errors_back_off_to_a_second() {

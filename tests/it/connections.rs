@@ -286,6 +286,67 @@ async fn a_head_over_the_limits_gets_a_scim_error_body() {
     r.assert_problem(431);
 }
 
+#[tokio::test]
+async fn a_head_past_the_http_librarys_limits_still_gets_a_scim_error_body() {
+    let app = TestApp::start().await;
+    let scim_error = |(status, head, body): (u16, String, String), want: u16| {
+        assert_eq!(status, want, "{head}");
+        assert!(head.contains("application/scim+json"), "{head}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error",
+            "{body}"
+        );
+        assert_eq!(v["status"], want.to_string());
+        assert!(
+            !body.contains("aaaa"),
+            "nothing of the request is echoed: {body}"
+        );
+    };
+    // A 70 KB target, past the library's 64 KiB.
+    let long = format!(
+        "GET /scim-api/v1/acme/scim/Users?filter={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    scim_error(raw_http(app.addr, long.as_bytes()).await, 414);
+    // 300 headers, past its 200.
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..300 {
+        many.push_str(&format!("x-h{i}: aaaa\r\n"));
+    }
+    many.push_str("\r\n");
+    scim_error(raw_http(app.addr, many.as_bytes()).await, 431);
+    // Not HTTP.
+    scim_error(
+        raw_http(app.addr, b"GET /healthz HTTP/1.1\r\nHo st: aaaa\r\n\r\n").await,
+        400,
+    );
+    // On a kept-alive connection, after an answer the API gave.
+    let (status, head, body) = raw_http(
+        app.addr,
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n{many}").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let second = body
+        .split_once("HTTP/1.1 ")
+        .map(|(_, rest)| format!("HTTP/1.1 {rest}"))
+        .unwrap_or_default();
+    let (head2, body2) = second.split_once("\r\n\r\n").unwrap_or(("", ""));
+    scim_error(
+        (
+            head2
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            head2.to_string(),
+            body2.to_string(),
+        ),
+        431,
+    );
+}
+
 /// CPU time (user + system, in clock ticks) of process `pid`.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
