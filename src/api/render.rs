@@ -86,9 +86,11 @@ pub fn single(
     projection: &Projection,
     status: StatusCode,
 ) -> Result<ScimResponse, ScimError> {
-    let body = resource(rt, base, stored, projection)?;
-    let mut resp =
-        ScimResponse::json(status, &body).with_header(header::ETAG, etag(stored.version));
+    let mut resp = crate::blocking::off_worker_if_large(rendered_bytes(stored), || {
+        let body = resource(rt, base, stored, projection)?;
+        Ok::<_, ScimError>(ScimResponse::json(status, &body))
+    })?
+    .with_header(header::ETAG, etag(stored.version));
     if status == StatusCode::CREATED {
         resp = resp.with_header(
             header::LOCATION,
@@ -107,20 +109,29 @@ pub fn list(
     items: &[Stored],
     projection: &Projection,
 ) -> Result<ScimResponse, ScimError> {
-    let resources = items
-        .iter()
-        .map(|s| resource(rt, base, s, projection))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ScimResponse::json(
-        StatusCode::OK,
-        &json!({
-            "schemas": [LIST_RESPONSE],
-            "totalResults": total,
-            "itemsPerPage": resources.len(),
-            "startIndex": start_index,
-            "Resources": resources,
-        }),
-    ))
+    let bytes = items.iter().map(rendered_bytes).sum();
+    crate::blocking::off_worker_if_large(bytes, || {
+        let resources = items
+            .iter()
+            .map(|s| resource(rt, base, s, projection))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ScimResponse::json(
+            StatusCode::OK,
+            &json!({
+                "schemas": [LIST_RESPONSE],
+                "totalResults": total,
+                "itemsPerPage": resources.len(),
+                "startIndex": start_index,
+                "Resources": resources,
+            }),
+        ))
+    })
+}
+
+/// About how many bytes rendering `stored` goes through: its document and its groups or
+/// members (a group with 100 000 members renders megabytes from a small document).
+fn rendered_bytes(stored: &Stored) -> usize {
+    stored.doc.len() + stored.related.as_ref().map_or(0, |r| r.len() * 100)
 }
 
 /// Versions named by an If-Match / If-None-Match header: None for "*" (any version).

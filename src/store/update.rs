@@ -66,32 +66,15 @@ pub struct UserUpdate {
 
 /// Check the version and apply `change`; None when the document stays as it is (no new
 /// version, nothing for the sync engine to do).
-/// Documents from this size on are large: planning an update of one (parsing, the change,
-/// comparing, serialising) is CPU work of milliseconds.
-const LARGE_DOC: usize = 64 * 1024;
-
-/// Plan over a large document off the async worker: on a multi-threaded runtime the worker
-/// hands its other tasks to another thread while `plan` runs (`block_in_place`), so a PATCH of a
-/// user with thousands of values does not hold up requests queued behind it on that worker.
-/// Small documents, and other runtimes, plan in place (the hand-over costs more than they do).
-fn off_worker_if_large<T>(current: &Current, plan: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let multi_threaded =
-        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if current.doc.len() >= LARGE_DOC && multi_threaded {
-        tokio::task::block_in_place(plan)
-    } else {
-        plan()
-    }
-}
-
 pub fn plan_user(
     rt: &ResourceType,
     current: &Current,
     if_match: Option<&[i64]>,
     change: impl Fn(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
 ) -> Result<Option<UserUpdate>, StoreError> {
-    off_worker_if_large(current, || plan_user_here(rt, current, if_match, change))
+    crate::blocking::off_worker_if_large(current.doc.len(), || {
+        plan_user_here(rt, current, if_match, change)
+    })
 }
 
 fn plan_user_here(
@@ -143,7 +126,9 @@ pub fn plan_group(
     if_match: Option<&[i64]>,
     change: impl Fn(Map<String, Value>) -> Result<GroupChange, ScimError>,
 ) -> Result<Option<GroupUpdate>, StoreError> {
-    off_worker_if_large(current, || plan_group_here(rt, current, if_match, change))
+    crate::blocking::off_worker_if_large(current.doc.len(), || {
+        plan_group_here(rt, current, if_match, change)
+    })
 }
 
 fn plan_group_here(
