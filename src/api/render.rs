@@ -4,6 +4,7 @@ use poem::http::{StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::payload::ScimResponse;
+use crate::blocking;
 use crate::scim::ScimError;
 use crate::scim::resource::Projection;
 use crate::scim::schema::{LIST_RESPONSE, ResourceKind, ResourceType};
@@ -86,11 +87,12 @@ pub fn single(
     projection: &Projection,
     status: StatusCode,
 ) -> Result<ScimResponse, ScimError> {
-    let mut resp = crate::blocking::off_worker_if_large(rendered_bytes(stored), || {
-        let body = resource(rt, base, stored, projection)?;
-        Ok::<_, ScimError>(ScimResponse::json(status, &body))
-    })?
-    .with_header(header::ETAG, etag(stored.version));
+    let mut resp =
+        blocking::off_worker_if_large(rendered_bytes(stored), blocking::LARGE_RENDER, || {
+            let body = resource(rt, base, stored, projection)?;
+            Ok::<_, ScimError>(ScimResponse::json(status, &body))
+        })?
+        .with_header(header::ETAG, etag(stored.version));
     if status == StatusCode::CREATED {
         resp = resp.with_header(
             header::LOCATION,
@@ -110,7 +112,7 @@ pub fn list(
     projection: &Projection,
 ) -> Result<ScimResponse, ScimError> {
     let bytes = items.iter().map(rendered_bytes).sum();
-    crate::blocking::off_worker_if_large(bytes, || {
+    blocking::off_worker_if_large(bytes, blocking::LARGE_RENDER, || {
         let resources = items
             .iter()
             .map(|s| resource(rt, base, s, projection))

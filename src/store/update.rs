@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::{StoreError, Stored, UserColumns};
+use crate::blocking;
 use crate::scim::ScimError;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::fold_case;
@@ -72,7 +73,7 @@ pub fn plan_user(
     if_match: Option<&[i64]>,
     change: impl Fn(Map<String, Value>) -> Result<Map<String, Value>, ScimError>,
 ) -> Result<Option<UserUpdate>, StoreError> {
-    crate::blocking::off_worker_if_large(current.doc.len(), || {
+    blocking::off_worker_if_large(current.doc.len(), blocking::LARGE_UPDATE, || {
         plan_user_here(rt, current, if_match, change)
     })
 }
@@ -126,7 +127,7 @@ pub fn plan_group(
     if_match: Option<&[i64]>,
     change: impl Fn(Map<String, Value>) -> Result<GroupChange, ScimError>,
 ) -> Result<Option<GroupUpdate>, StoreError> {
-    crate::blocking::off_worker_if_large(current.doc.len(), || {
+    blocking::off_worker_if_large(current.doc.len(), blocking::LARGE_UPDATE, || {
         plan_group_here(rt, current, if_match, change)
     })
 }
