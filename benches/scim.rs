@@ -41,6 +41,13 @@ pub struct BenchArgs {
     /// builds can be compared with the same client
     #[arg(long)]
     pub server: Option<std::path::PathBuf>,
+    /// Compare with this other build's binary: alternate the two, `--rounds` times each, and
+    /// print the medians side by side
+    #[arg(long)]
+    pub against: Option<std::path::PathBuf>,
+    /// Rounds of each binary with `--against`
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -72,12 +79,13 @@ struct Row {
     cpu: Option<Duration>,
 }
 
-/// The server process, whose CPU time the phases read.
-static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+/// The server process, whose CPU time the phases read (0: none).
+static SERVER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// CPU time (user + system) the server has used so far, from /proc (Linux).
 fn server_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", SERVER_PID.get()?)).ok()?;
+    let pid = SERVER_PID.load(std::sync::atomic::Ordering::Relaxed);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -236,16 +244,29 @@ fn write_config(dir: &Path, port: u16, durability: &str) -> anyhow::Result<std::
 }
 
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let config = write_config(dir.path(), port, &args.durability)?;
     // The product binary, built by `cargo bench` with the same profile, unless told otherwise.
     let exe = args
         .server
         .clone()
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_scim-bridge").into());
+    match &args.against {
+        None => {
+            let (rows, rss) = measure(&args, &exe).await?;
+            print_table(&args, &rows, rss);
+        }
+        Some(other) => compare(&args, &exe, other).await?,
+    }
+    Ok(())
+}
+
+/// Start `exe` on a fresh database, run the workload against it, stop it: the rows and the
+/// server's peak RSS.
+async fn measure(args: &BenchArgs, exe: &Path) -> anyhow::Result<(Vec<Row>, Option<u64>)> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = write_config(dir.path(), port, &args.durability)?;
     let mut server = tokio::process::Command::new(exe)
         .arg("serve")
         .arg("--config")
@@ -254,9 +275,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .context("starting the server")?;
+        .with_context(|| format!("starting {}", exe.display()))?;
     let pid = server.id().context("server pid")?;
-    let _ = SERVER_PID.set(pid);
+    SERVER_PID.store(pid, std::sync::atomic::Ordering::Relaxed);
     let client = Arc::new(Client {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency)
@@ -275,14 +296,75 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let result = if args.workload == "abuse" {
-        abuse(&client, port, &args).await
+        abuse(&client, port, args).await
     } else {
-        drive(&client, &args).await
+        drive(&client, args).await
     };
     let rss = peak_rss_kib(pid);
     let _ = server.kill().await;
-    let rows = result?;
-    print_table(&args, &rows, rss);
+    Ok((result?, rss))
+}
+
+/// Alternate `a` and `b` (a b, b a, a b, …: neither always runs on a warmer machine) and
+/// print each phase's median requests/s and server CPU per request, with b's ratio to a's.
+async fn compare(args: &BenchArgs, a: &Path, b: &Path) -> anyhow::Result<()> {
+    let mut runs: [Vec<Vec<Row>>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let exe = if i == 0 { a } else { b };
+            eprintln!("round {} of {}: {}", round + 1, args.rounds, exe.display());
+            runs[i].push(measure(args, exe).await?.0);
+        }
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let per_second = |r: &Row| r.requests as f64 / r.elapsed.as_secs_f64().max(1e-9);
+    let cpu = |r: &Row| {
+        r.cpu
+            .filter(|_| r.requests > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / r.requests as f64)
+    };
+    println!(
+        "scim-bridge bench: medians of {} alternated rounds; a = {}, b = {}",
+        args.rounds,
+        a.display(),
+        b.display()
+    );
+    println!(
+        "{:<52} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6}",
+        "operation", "a req/s", "b req/s", "b/a", "a CPU µs", "b CPU µs", "b/a"
+    );
+    let names: Vec<String> = runs[0]
+        .first()
+        .map(|rows| rows.iter().map(|r| r.name.clone()).collect())
+        .unwrap_or_default();
+    for (k, name) in names.iter().enumerate() {
+        let column = |i: usize, f: &dyn Fn(&Row) -> Option<f64>| {
+            median(
+                runs[i]
+                    .iter()
+                    .filter_map(|rows| rows.get(k))
+                    .filter_map(f)
+                    .collect(),
+            )
+        };
+        let (ta, tb) = (
+            column(0, &|r| Some(per_second(r))),
+            column(1, &|r| Some(per_second(r))),
+        );
+        let (ca, cb) = (column(0, &cpu), column(1, &cpu));
+        println!(
+            "{name:<52} {ta:>9.0} {tb:>9.0} {:>6.3} {ca:>10.0} {cb:>10.0} {:>6.3}",
+            tb / ta,
+            cb / ca
+        );
+    }
     Ok(())
 }
 
