@@ -322,7 +322,20 @@ async fn compare(args: &BenchArgs, a: &Path, b: &Path) -> anyhow::Result<()> {
             return f64::NAN;
         }
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        let m = v.len() / 2;
+        if v.len().is_multiple_of(2) {
+            (v[m - 1] + v[m]) / 2.0
+        } else {
+            v[m]
+        }
+    };
+    // A figure, or "-" where there is none (a phase without requests, or without CPU time).
+    let show = |x: f64, digits: usize| {
+        if x.is_finite() {
+            format!("{x:.digits$}")
+        } else {
+            "-".into()
+        }
     };
     let per_second = |r: &Row| r.requests as f64 / r.elapsed.as_secs_f64().max(1e-9);
     let cpu = |r: &Row| {
@@ -360,9 +373,13 @@ async fn compare(args: &BenchArgs, a: &Path, b: &Path) -> anyhow::Result<()> {
         );
         let (ca, cb) = (column(0, &cpu), column(1, &cpu));
         println!(
-            "{name:<52} {ta:>9.0} {tb:>9.0} {:>6.3} {ca:>10.0} {cb:>10.0} {:>6.3}",
-            tb / ta,
-            cb / ca
+            "{name:<52} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6}",
+            show(ta, 0),
+            show(tb, 0),
+            show(tb / ta, 3),
+            show(ca, 0),
+            show(cb, 0),
+            show(cb / ca, 3)
         );
     }
     Ok(())
