@@ -359,21 +359,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test]
 async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path().join("scim-bridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"error\"\n\
-             [staging]\ndatabase = \"sqlite://staging.db\"\ndurability = \"normal\"\n\
-             [tenants.fd]\ntoken = \"fd-limit-token-0123456789\"\n"
-        ),
-    )
-    .unwrap();
+    let port = free_port();
+    let config = child_config(dir.path(), port, "error", "fd", "fd-limit-token-0123456789");
     // A process with few descriptors: the connections below exhaust them.
     let mut server = std::process::Command::new("sh")
         .arg("-c")

@@ -532,6 +532,34 @@ pub fn patch_ops(ops: Value) -> Value {
     json!({"schemas": [PATCH_OP], "Operations": ops})
 }
 
+/// A free TCP port on the loopback interface, for a server run as a child process.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The configuration of a `serve` child process, written to `dir`: listening on `port`,
+/// logging at `level`, SQLite staging in `dir` (durability normal) and one tenant.
+pub fn child_config(
+    dir: &Path,
+    port: u16,
+    level: &str,
+    tenant: &str,
+    token: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("scim-bridge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"{level}\"\n\
+             [staging]\ndatabase = \"sqlite://staging.db\"\ndurability = \"normal\"\n\
+             [tenants.{tenant}]\ntoken = \"{token}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// A raw HTTP/1.1 exchange, for requests reqwest will not make (chunked bodies).
 pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,7 +1,6 @@
 //! `scim-bridge serve` killed (SIGKILL) under write load: every write it answered is in the
 //! staging database afterwards, and so is its provisioning log entry.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,28 +8,9 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::json;
 
-use crate::helpers::{Sql, USER_SCHEMA};
+use crate::helpers::{Sql, USER_SCHEMA, child_config, free_port};
 
 const TOKEN: &str = "serve-crash-token-0123456789";
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn config(dir: &Path, port: u16) -> std::path::PathBuf {
-    let path = dir.join("scim-bridge.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n\
-             [staging]\ndatabase = \"sqlite://staging.db\"\ndurability = \"normal\"\n\
-             [tenants.crash]\ntoken = \"{TOKEN}\"\n"
-        ),
-    )
-    .unwrap();
-    path
-}
 
 #[tokio::test]
 async fn an_answered_write_and_its_log_entry_survive_a_kill() {
@@ -39,7 +19,7 @@ async fn an_answered_write_and_its_log_entry_survive_a_kill() {
     let answered: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     for round in 0..3 {
         let port = free_port();
-        let path = config(dir.path(), port);
+        let path = child_config(dir.path(), port, "warn", "crash", TOKEN);
         let mut server = Command::new(env!("CARGO_BIN_EXE_scim-bridge"))
             .args(["serve", "--config"])
             .arg(&path)
