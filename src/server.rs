@@ -323,9 +323,12 @@ fn answer_for_hyper_refusal(head: &[u8]) -> Option<Vec<u8>> {
         _ => return None,
     };
     let line_end = head.windows(2).position(|w| w == b"\r\n")?;
-    if head.get(line_end..line_end + MARK.len())? != MARK || !head.ends_with(b"\r\n\r\n") {
+    let rest = line_end + MARK.len();
+    if head.get(line_end..rest)? != MARK || !head.ends_with(b"\r\n\r\n") {
         return None;
     }
+    // hyper's other headers (its Date) stay, after ours.
+    let others = String::from_utf8_lossy(&head[rest..]);
     let body = serde_json::json!({
         "schemas": [crate::scim::error::ERROR_SCHEMA],
         "status": status.to_string(),
@@ -335,7 +338,7 @@ fn answer_for_hyper_refusal(head: &[u8]) -> Option<Vec<u8>> {
     Some(
         format!(
             "HTTP/1.1 {status} {reason}\r\nconnection: close\r\n\
-             content-type: application/scim+json\r\ncontent-length: {}\r\n\r\n{body}",
+             content-type: application/scim+json\r\ncontent-length: {}\r\n{others}{body}",
             body.len()
         )
         .into_bytes(),
@@ -477,6 +480,10 @@ mod tests {
         let (head, body) = ours.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 431 "));
         assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(
+            head.contains("\r\ndate: Thu, 03 Dec 2026 17:18:46 GMT"),
+            "{head}"
+        );
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["status"], "431");
         // The API's answers (with a body, or kept alive), and other statuses, pass.
