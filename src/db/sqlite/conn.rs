@@ -100,7 +100,7 @@ pub fn snapshot<T, E: From<DbError>>(
 pub struct Stop(Mutex<StopState>);
 
 #[derive(Default)]
-pub enum StopState {
+enum StopState {
     #[default]
     Waiting,
     Running(InterruptHandle),
