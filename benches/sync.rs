@@ -11,6 +11,7 @@
 //! subcommand), so its peak RSS is its own: neither the load nor another size shows in it.
 //! Run it with `cargo bench --bench sync` (options after `--`).
 
+use scim_bridge::store::RequestLog;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -358,15 +359,23 @@ async fn child(args: BenchSyncChildArgs) -> anyhow::Result<()> {
             // As a SCIM PATCH or PUT would: read, change, compare-and-swap, new change_seq.
             for id in &ids {
                 store
-                    .update_user(TENANT, &rt, id, None, now, &|mut doc| {
-                        // A promotion, or back again: every step changes every user.
-                        let title = match doc.get("title").and_then(Value::as_str) {
-                            Some(SENIOR) => "Lab Technician",
-                            _ => SENIOR,
-                        };
-                        doc.insert("title".into(), json!(title));
-                        Ok(doc)
-                    })
+                    .update_user(
+                        TENANT,
+                        &rt,
+                        id,
+                        None,
+                        now,
+                        &|mut doc| {
+                            // A promotion, or back again: every step changes every user.
+                            let title = match doc.get("title").and_then(Value::as_str) {
+                                Some(SENIOR) => "Lab Technician",
+                                _ => SENIOR,
+                            };
+                            doc.insert("title".into(), json!(title));
+                            Ok(doc)
+                        },
+                        &RequestLog::default(),
+                    )
                     .await?;
             }
         }

@@ -1,9 +1,11 @@
-//! The provisioning log writer. A SCIM write's entry is committed before the write is
-//! answered, in the staging writer's group commit with other requests' work, so an answered
-//! write never loses its entry to a crash. Reads (and writes whose entry could not be written
-//! at once) are recorded off the request path: the request hands its entry to a bounded
+//! The provisioning log writer. A SCIM write that changes something has its entry written by
+//! the store in the write's own transaction ([`crate::store::RequestLog`]), so an answered
+//! write never loses its entry to a crash; every half second (and at start) this task has the
+//! store settle such entries into the log's look-ups. Every other request (reads, refusals, writes that
+//! changed nothing) is recorded off the request path: the request hands its entry to a bounded
 //! channel (never waiting); a background task collects entries for up to half a second (or a
 //! thousand) and writes them in one statement, and prunes entries past the retention period.
+//! The same task corrects the rare written entry whose request was answered otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 enum Msg {
     Entry(Box<ProvisioningEntry>),
+    /// Correct an entry written with its write.
+    Amend(Box<ProvisioningEntry>),
     /// Write everything received so far, then answer.
     Flush(oneshot::Sender<()>),
 }
@@ -37,7 +41,6 @@ enum Msg {
 pub struct ProvisioningLog {
     tx: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
-    store: Arc<dyn ProvisioningLogStore>,
     retention_days: u32,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
@@ -51,11 +54,10 @@ impl ProvisioningLog {
         retention_days: u32,
     ) -> ProvisioningLog {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store.clone(), clock, rx, retention_days));
+        let task = tokio::spawn(run(store, clock, rx, retention_days));
         ProvisioningLog {
             tx,
             metrics,
-            store,
             retention_days,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
         }
@@ -68,21 +70,17 @@ impl ProvisioningLog {
         }
     }
 
-    /// Record a SCIM write's entry before its request is answered: committed with the next
-    /// group commit of the staging writer, so an answered write's entry survives a crash.
-    /// Should the write fail, the entry goes to the queue like any other.
-    pub async fn record_now(&self, entry: ProvisioningEntry) {
-        if self.retention_days == 0 {
-            return;
+    /// Correct an entry written with its write (its request was answered otherwise); never
+    /// waits.
+    pub fn amend(&self, entry: ProvisioningEntry) {
+        if self.tx.try_send(Msg::Amend(Box::new(entry))).is_err() {
+            self.metrics.provisioning_log_dropped();
         }
-        if let Err(e) = self
-            .store
-            .insert_provisioning_log(std::slice::from_ref(&entry))
-            .await
-        {
-            tracing::warn!(error = %e, "provisioning log: writing an entry at once failed; queued");
-            self.record(entry);
-        }
+    }
+
+    /// Whether entries are kept (`provisioning_log_days` above 0).
+    pub fn enabled(&self) -> bool {
+        self.retention_days > 0
     }
 
     /// Wait until everything recorded before this call is written.
@@ -112,6 +110,9 @@ async fn run(
 ) {
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick, at once, settles what a crash left in the store's inbox.
+    let mut settling = tokio::time::interval(LINGER);
+    settling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<ProvisioningEntry> = Vec::with_capacity(BATCH);
     // When the oldest unwritten entry must be written at the latest.
     let mut deadline: Option<Instant> = None;
@@ -121,6 +122,7 @@ async fn run(
             msg = rx.recv() => match msg {
                 None => {
                     write(store.as_ref(), &mut batch, retention_days).await;
+                    settle(store.as_ref(), retention_days).await;
                     return;
                 }
                 Some(Msg::Entry(e)) => {
@@ -132,8 +134,16 @@ async fn run(
                         deadline = Some(Instant::now() + LINGER);
                     }
                 }
+                Some(Msg::Amend(e)) => {
+                    if retention_days > 0
+                        && let Err(e) = store.amend_provisioning_log(std::slice::from_ref(&e)).await
+                    {
+                        tracing::warn!(error = %e, "correcting a provisioning log entry failed");
+                    }
+                }
                 Some(Msg::Flush(ack)) => {
                     write(store.as_ref(), &mut batch, retention_days).await;
+                    settle(store.as_ref(), retention_days).await;
                     deadline = None;
                     let _ = ack.send(());
                 }
@@ -142,6 +152,7 @@ async fn run(
                 write(store.as_ref(), &mut batch, retention_days).await;
                 deadline = None;
             }
+            _ = settling.tick() => settle(store.as_ref(), retention_days).await,
             _ = prune.tick() => {
                 if retention_days > 0 {
                     let cutoff = clock.now() - chrono::Duration::days(i64::from(retention_days));
@@ -153,6 +164,15 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Move the entries written with their writes into the log proper.
+async fn settle(store: &dyn ProvisioningLogStore, retention_days: u32) {
+    if retention_days > 0
+        && let Err(e) = store.settle_provisioning_log().await
+    {
+        tracing::warn!(error = %e, "moving written entries into the provisioning log failed");
     }
 }
 

@@ -35,7 +35,8 @@ use crate::metrics::{Metrics, ScimRequest};
 use crate::provlog::ProvisioningLog;
 use crate::scim::schema::ResourceType;
 use crate::scim::{Limits, ScimError};
-use crate::store::ProvisioningEntry;
+use crate::store::request_log::Finished;
+use crate::store::{ProvisioningEntry, RequestLog};
 use crate::sync::{SyncEngine, SyncService};
 pub use admin::ADMIN_PREFIX;
 use payload::BodyLimit;
@@ -743,10 +744,29 @@ async fn observe<E: Endpoint>(
         tenant = tracing::field::Empty,
         admin = tracing::field::Empty,
     );
-    let subject = subject::Subject::default();
-    req.set_data(subject.clone());
     let at = state.clock.now();
     let start = Instant::now();
+    let route = ScimRoute::parse(&method, &path).filter(|r| state.tenants.contains_key(r.tenant));
+    let log = match &route {
+        Some(r) if state.provlog.enabled() => RequestLog::open(
+            ProvisioningEntry {
+                tenant: r.tenant.to_string(),
+                at,
+                request_id: request_id.clone(),
+                method: method.chars().take(16).collect(),
+                path: r.template.clone(),
+                resource_id: r.id.map(|id| id.chars().take(200).collect()),
+                status: 0,
+                duration_ms: 0.0,
+                error: None,
+                user_name: None,
+                external_id: None,
+            },
+            start,
+        ),
+        _ => RequestLog::default(),
+    };
+    req.set_data(log.clone());
     let result = next.call(req).instrument(span.clone()).await;
     let mut resp = match result {
         Ok(r) => r.into_response(),
@@ -766,9 +786,7 @@ async fn observe<E: Endpoint>(
             tracing::info!(status, duration_ms, "request");
         }
     });
-    if let Some(route) = ScimRoute::parse(&method, &path)
-        && state.tenants.contains_key(route.tenant)
-    {
+    if let Some(route) = route {
         state.metrics.scim_request(
             &ScimRequest {
                 tenant: route.tenant,
@@ -778,39 +796,22 @@ async fn observe<E: Endpoint>(
             },
             elapsed,
         );
-        let resource_id = route.id.map(str::to_string).or_else(|| {
+        // A request refused at its tenant's share (429) is counted, not logged: a flooding
+        // tenant would otherwise fill its own log with refusals and push out what matters.
+        if status != 429 {
+            let error = resp
+                .data::<error::ErrorDetail>()
+                .map(|d| d.0.chars().take(1000).collect());
             // A create names its new resource in Location.
-            (status == 201)
+            let created = (status == 201)
                 .then(|| resp.header(header::LOCATION))
                 .flatten()
                 .and_then(|l| l.rsplit('/').next())
-                .map(str::to_string)
-        });
-        let named = subject.named();
-        let entry = ProvisioningEntry {
-            tenant: route.tenant.to_string(),
-            at,
-            request_id,
-            method: method.chars().take(16).collect(),
-            path: route.template,
-            resource_id: resource_id.map(|id| id.chars().take(200).collect()),
-            status,
-            duration_ms: (duration_ms * 1000.0).round() / 1000.0,
-            error: resp
-                .data::<error::ErrorDetail>()
-                .map(|d| d.0.chars().take(1000).collect()),
-            user_name: named.user_name,
-            external_id: named.external_id,
-        };
-        // A request refused at its tenant's share (429) is counted, not logged: a flooding
-        // tenant would otherwise fill its own log with refusals and push out what matters.
-        // A write's entry is durable before the answer (a crash after it loses nothing the
-        // client was told); reads are logged off the request path.
-        if status != 429 {
-            if matches!(route.operation, "create" | "replace" | "patch" | "delete") {
-                state.provlog.record_now(entry).await;
-            } else {
-                state.provlog.record(entry);
+                .map(str::to_string);
+            match log.finish(status, error, created) {
+                Finished::Written | Finished::Off => {}
+                Finished::Amend(entry) => state.provlog.amend(entry),
+                Finished::Record(entry) => state.provlog.record(entry),
             }
         }
     }

@@ -19,7 +19,7 @@ use crate::scim::schema::{
     ResourceKind, ResourceType, SEARCH_REQUEST, resource_type_document, schema_document,
 };
 use crate::scim::{ScimError, patch};
-use crate::store::{GroupChange, ListQuery, Page};
+use crate::store::{GroupChange, ListQuery, Page, RequestLog};
 
 type Result<T> = poem::Result<T>;
 
@@ -58,11 +58,18 @@ struct ListParams {
     excluded: Option<String>,
 }
 
-/// Tell the provisioning log whom a POST or PUT body names.
-fn record_subject(req: &Request, kind: ResourceKind, body: &Value) {
-    if let Some(s) = req.data::<super::subject::Subject>() {
-        s.from_body(kind, body);
-    }
+/// The request's provisioning log entry, opened by the request's observer (none when the
+/// request is not logged).
+fn request_log(req: &Request) -> RequestLog {
+    req.data::<RequestLog>().cloned().unwrap_or_default()
+}
+
+/// The request's log entry, told whom a POST or PUT body names.
+fn named_log(req: &Request, kind: ResourceKind, body: &Value) -> RequestLog {
+    let log = request_log(req);
+    let named = super::subject::named_in(kind, body);
+    log.name(named.user_name, named.external_id);
+    log
 }
 
 impl ScimApi {
@@ -117,16 +124,23 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        record_subject(req, kind, body);
+        let log = named_log(req, kind, body);
         let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let now = self.state.clock.now();
         let id = new_id(now);
+        log.on_success(StatusCode::CREATED.as_u16(), &id);
         let store = &self.state.store;
         let stored = match kind {
-            ResourceKind::User => store.create_user(tenant, rt, &id, &n.doc, now).await?,
+            ResourceKind::User => {
+                store
+                    .create_user(tenant, rt, &id, &n.doc, now, &log)
+                    .await?
+            }
             ResourceKind::Group => {
                 let change = GroupChange::replace_members(n.doc, n.members);
-                store.create_group(tenant, rt, &id, change, now).await?;
+                store
+                    .create_group(tenant, rt, &id, change, now, &log)
+                    .await?;
                 store.get_group(tenant, &id, true).await?
             }
         };
@@ -242,27 +256,40 @@ impl ScimApi {
     ) -> Result<ScimResponse> {
         let t = self.tenant(tenant)?;
         let rt = t.rt(kind);
-        record_subject(req, kind, body);
+        let log = named_log(req, kind, body);
         let n = resource::normalize(rt, body, self.state.scim_limits())?;
         let if_match = if_match(req);
         let _turn = self.state.writes.turn(tenant, kind, id).await?;
         let now = self.state.clock.now();
+        log.on_success(StatusCode::OK.as_u16(), id);
         let store = &self.state.store;
         let stored = match kind {
             ResourceKind::User => {
                 store
-                    .update_user(tenant, rt, id, if_match.as_deref(), now, &|_| {
-                        Ok(n.doc.clone())
-                    })
+                    .update_user(
+                        tenant,
+                        rt,
+                        id,
+                        if_match.as_deref(),
+                        now,
+                        &|_| Ok(n.doc.clone()),
+                        &log,
+                    )
                     .await?;
                 store.get_user(tenant, id, true).await?
             }
             ResourceKind::Group => {
                 let change = GroupChange::replace_members(n.doc, n.members);
                 store
-                    .update_group(tenant, rt, id, if_match.as_deref(), now, &|_| {
-                        Ok(change.clone())
-                    })
+                    .update_group(
+                        tenant,
+                        rt,
+                        id,
+                        if_match.as_deref(),
+                        now,
+                        &|_| Ok(change.clone()),
+                        &log,
+                    )
                     .await?;
                 store.get_group(tenant, id, true).await?
             }
@@ -294,13 +321,28 @@ impl ScimApi {
         let now = self.state.clock.now();
         let store = &self.state.store;
         let projection = self.projection(rt, &p)?;
+        // A group PATCH that names no attributes answers 204 (below).
+        let success = match kind {
+            ResourceKind::Group if projection.is_identity() => StatusCode::NO_CONTENT,
+            _ => StatusCode::OK,
+        };
+        let log = request_log(req);
+        log.on_success(success.as_u16(), id);
         let stored = match kind {
             ResourceKind::User => {
                 store
-                    .update_user(tenant, rt, id, if_match.as_deref(), now, &|mut doc| {
-                        patch::apply(rt, &mut doc, &ops, limits)?;
-                        Ok(doc)
-                    })
+                    .update_user(
+                        tenant,
+                        rt,
+                        id,
+                        if_match.as_deref(),
+                        now,
+                        &|mut doc| {
+                            patch::apply(rt, &mut doc, &ops, limits)?;
+                            Ok(doc)
+                        },
+                        &log,
+                    )
                     .await?;
                 store
                     .get_user(tenant, id, projection.wants("groups"))
@@ -308,16 +350,24 @@ impl ScimApi {
             }
             ResourceKind::Group => {
                 store
-                    .update_group(tenant, rt, id, if_match.as_deref(), now, &|mut doc| {
-                        let members = patch::apply(rt, &mut doc, &ops, limits)?;
-                        Ok(GroupChange { doc, members })
-                    })
+                    .update_group(
+                        tenant,
+                        rt,
+                        id,
+                        if_match.as_deref(),
+                        now,
+                        &|mut doc| {
+                            let members = patch::apply(rt, &mut doc, &ops, limits)?;
+                            Ok(GroupChange { doc, members })
+                        },
+                        &log,
+                    )
                     .await?;
                 // A group can have 100 000 members: answering every member PATCH with all of
                 // them would make each batch O(group size). RFC 7644 §3.5.2 allows 204 (and
                 // Entra's own examples use it); a client that names attributes gets 200.
-                if projection.is_identity() {
-                    return Ok(ScimResponse::empty(StatusCode::NO_CONTENT));
+                if success == StatusCode::NO_CONTENT {
+                    return Ok(ScimResponse::empty(success));
                 }
                 store
                     .get_group(tenant, id, projection.wants("members"))
@@ -344,17 +394,18 @@ impl ScimApi {
         let if_match = if_match(req);
         let _turn = self.state.writes.turn(tenant, kind, id).await?;
         let now = self.state.clock.now();
+        let log = request_log(req);
+        log.on_success(StatusCode::NO_CONTENT.as_u16(), id);
+        let store = &self.state.store;
         match kind {
             ResourceKind::User => {
-                self.state
-                    .store
-                    .delete_user(tenant, id, if_match.as_deref(), now)
+                store
+                    .delete_user(tenant, id, if_match.as_deref(), now, &log)
                     .await?
             }
             ResourceKind::Group => {
-                self.state
-                    .store
-                    .delete_group(tenant, id, if_match.as_deref(), now)
+                store
+                    .delete_group(tenant, id, if_match.as_deref(), now, &log)
                     .await?
             }
         }

@@ -6,7 +6,10 @@
 //! shared by every backend.
 
 pub mod filter_walk;
+pub mod request_log;
 pub mod update;
+
+pub use request_log::RequestLog;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -83,7 +86,9 @@ pub type GroupChangeFn<'a> =
 ///
 /// Updates are optimistic: the backend reads the resource, [`update`] plans the change, and the
 /// write succeeds only if the resource did not change in between (compare-and-swap on its
-/// version); `if_match` are the versions the client accepts.
+/// version); `if_match` are the versions the client accepts. A write that changes something
+/// writes `log`'s entry ([`RequestLog::for_write`]) in its own transaction and reports it
+/// ([`RequestLog::written`]) once committed.
 #[async_trait]
 pub trait ScimStore: Send + Sync {
     async fn create_user(
@@ -93,6 +98,7 @@ pub trait ScimStore: Send + Sync {
         id: &str,
         doc: &Map<String, Value>,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError>;
 
     async fn get_user(
@@ -102,6 +108,8 @@ pub trait ScimStore: Send + Sync {
         with_groups: bool,
     ) -> Result<Stored, StoreError>;
 
+    // What to change, under which version and time, and the entry to log with it.
+    #[allow(clippy::too_many_arguments)]
     async fn update_user(
         &self,
         tenant: &str,
@@ -110,6 +118,7 @@ pub trait ScimStore: Send + Sync {
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
         change: UserChange<'_>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError>;
 
     /// DELETE from the client: the user disappears from SCIM at once and loses its
@@ -121,6 +130,7 @@ pub trait ScimStore: Send + Sync {
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<(), StoreError>;
 
     async fn create_group(
@@ -130,6 +140,7 @@ pub trait ScimStore: Send + Sync {
         id: &str,
         change: GroupChange,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError>;
 
     async fn get_group(
@@ -140,6 +151,8 @@ pub trait ScimStore: Send + Sync {
     ) -> Result<Stored, StoreError>;
 
     /// A group's document and member rows, changed atomically.
+    // What to change, under which version and time, and the entry to log with it.
+    #[allow(clippy::too_many_arguments)]
     async fn update_group(
         &self,
         tenant: &str,
@@ -148,6 +161,7 @@ pub trait ScimStore: Send + Sync {
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
         change: GroupChangeFn<'_>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError>;
 
     async fn delete_group(
@@ -156,6 +170,7 @@ pub trait ScimStore: Send + Sync {
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<(), StoreError>;
 
     /// One page of users or groups and the total; the backend translates the filter and sort
@@ -203,6 +218,17 @@ pub trait ProvisioningLogStore: Send + Sync {
         &self,
         entries: &[ProvisioningEntry],
     ) -> Result<(), StoreError>;
+
+    /// Make the entries written with their writes ([`ScimStore`]) part of the log's pages and
+    /// look-ups, if the backend keeps them apart until then (SQLite appends them to an inbox
+    /// without indexes, for the writes' sake); how many were moved.
+    async fn settle_provisioning_log(&self) -> Result<u64, StoreError>;
+
+    /// Set the status, duration and error of entries already written (found by tenant,
+    /// request id and time): a write's entry, committed with the write, whose request was
+    /// answered otherwise than the write's success.
+    async fn amend_provisioning_log(&self, entries: &[ProvisioningEntry])
+    -> Result<(), StoreError>;
 
     /// Delete entries older than `cutoff`, in bounded steps; how many.
     async fn prune_provisioning_log(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;

@@ -2,6 +2,7 @@
 //! injected by [`Seams`], a wrapper around the staging database's sync role: the engine's own
 //! code has no test hooks.
 
+use crate::store::RequestLog;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -350,17 +351,25 @@ impl Env {
         }
         let doc = normalize(&rt(), &body, &Limits::default()).unwrap().doc;
         self.store
-            .create_user("t", &rt(), id, &doc, self.now())
+            .create_user("t", &rt(), id, &doc, self.now(), &RequestLog::default())
             .await
             .unwrap();
     }
 
     async fn set(&self, id: &str, attr: &str, value: Value) {
         self.store
-            .update_user("t", &rt(), id, None, self.now(), &|mut d| {
-                d.insert(attr.into(), value.clone());
-                Ok(d)
-            })
+            .update_user(
+                "t",
+                &rt(),
+                id,
+                None,
+                self.now(),
+                &|mut d| {
+                    d.insert(attr.into(), value.clone());
+                    Ok(d)
+                },
+                &RequestLog::default(),
+            )
             .await
             .unwrap();
     }
@@ -385,6 +394,7 @@ impl Env {
                 id,
                 GroupChange::replace_members(g.doc, Some(members)),
                 self.now(),
+                &RequestLog::default(),
             )
             .await
             .unwrap();
@@ -404,6 +414,7 @@ impl Env {
                         members: vec![op.clone()],
                     })
                 },
+                &RequestLog::default(),
             )
             .await
             .unwrap();
@@ -735,7 +746,10 @@ async fn a_deleted_user_is_offboarded_after_retention_from_its_deletion() {
     e.group("g", "Staff", &["u1", "u2"]).await;
     e.run().await;
     e.clock.advance(Duration::hours(5));
-    e.store.delete_user("t", "u2", None, e.now()).await.unwrap();
+    e.store
+        .delete_user("t", "u2", None, e.now(), &RequestLog::default())
+        .await
+        .unwrap();
     let s = e.run().await;
     assert_eq!(s.counts.deactivated, 1);
     assert!(!e.rows().await[1].4);
@@ -1110,7 +1124,7 @@ async fn the_sample_configuration_syncs_out_of_the_box() {
     .unwrap()
     .doc;
     store
-        .create_user("demo", &rt(), "u1", &doc, t0())
+        .create_user("demo", &rt(), "u1", &doc, t0(), &RequestLog::default())
         .await
         .unwrap();
     let s = engine
@@ -1263,7 +1277,10 @@ async fn a_user_gone_before_its_first_sync_is_never_created() {
     e.user("u1", "ann", Some("e1")).await;
     e.set("u1", "active", json!(false)).await;
     e.user("u2", "bob", Some("e2")).await;
-    e.store.delete_user("t", "u2", None, e.now()).await.unwrap();
+    e.store
+        .delete_user("t", "u2", None, e.now(), &RequestLog::default())
+        .await
+        .unwrap();
     e.user("u3", "cid", Some("e3")).await;
     let s = e.run().await;
     assert_eq!((s.counts.created, s.counts.unchanged), (1, 2), "{s:?}");
@@ -1845,7 +1862,7 @@ async fn tenants_sharing_a_table_need_a_tenant_column() {
         .unwrap()
         .doc;
         store
-            .create_user(tenant, &rt(), "u1", &doc, t0())
+            .create_user(tenant, &rt(), "u1", &doc, t0(), &RequestLog::default())
             .await
             .unwrap();
         let g = normalize(
@@ -1861,6 +1878,7 @@ async fn tenants_sharing_a_table_need_a_tenant_column() {
                 "g1",
                 GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }])),
                 t0(),
+                &RequestLog::default(),
             )
             .await
             .unwrap();
@@ -1894,10 +1912,18 @@ async fn tenants_sharing_a_table_need_a_tenant_column() {
     );
     // One tenant's change reaches only its own row.
     store
-        .update_user("a", &rt(), "u1", None, t0(), &|mut d| {
-            d.insert("displayName".into(), json!("Ann of A"));
-            Ok(d)
-        })
+        .update_user(
+            "a",
+            &rt(),
+            "u1",
+            None,
+            t0(),
+            &|mut d| {
+                d.insert("displayName".into(), json!("Ann of A"));
+                Ok(d)
+            },
+            &RequestLog::default(),
+        )
         .await
         .unwrap();
     engine

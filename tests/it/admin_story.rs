@@ -58,7 +58,9 @@ async fn a_users_story_says_why_it_failed_in_one_call() {
     let app = failing_app().await;
     let ann = app.scifeon_user("ann@example.com", "Ann", &[]).await;
     let bad = app.scifeon_user(BAD, "Bad", &[]).await;
-    // A second create of ann is refused: no resource, but the log knows whom it named.
+    // A second create of ann is refused: no resource, but the log knows whom it named. (A
+    // second later: the log is newest first by arrival.)
+    app.clock.advance(chrono::Duration::seconds(1));
     app.post(
         "/Users",
         &json!({"schemas": [USER_SCHEMA], "userName": "Ann@Example.com"}),
@@ -212,6 +214,7 @@ async fn a_users_story_follows_its_offboarding() {
     .await
     .assert_status(200);
     app.sync_now().await;
+    app.flush_log().await;
     let s = story(&app, &[("userName", "ann@example.com")]).await.body;
     assert_eq!(s["offboarding"]["state"], "inactive", "{s}");
     assert_eq!(s["offboarding"]["due"], false);
@@ -261,15 +264,21 @@ async fn a_users_story_follows_its_offboarding() {
 #[tokio::test]
 async fn the_provisioning_log_filters_by_user_method_and_request() {
     let app = TestApp::start().await;
+    // The log is newest first by arrival time: each request arrives a second after the last
+    // (entries are written in another order: a write's with its write, the others queued).
+    let tick = || app.clock.advance(chrono::Duration::seconds(1));
     let create = |name: &str, external: &str| json!({"schemas": [USER_SCHEMA], "userName": name, "externalId": external});
     let ann = app.create_user(create("Ann@Example.com", "x-ann")).await["id"]
         .as_str()
         .unwrap()
         .to_string();
+    tick();
     app.create_user(create("bob@example.com", "x-bob")).await;
+    tick();
     app.post("/Users", &create("ann@example.com", "x-other"))
         .await
         .assert_status(409);
+    tick();
     let r = app
         .send(
             app.request(Method::PATCH, ACME, &format!("/Users/{ann}"))
@@ -282,6 +291,7 @@ async fn the_provisioning_log_filters_by_user_method_and_request() {
         )
         .await;
     r.assert_status(200);
+    tick();
     app.get(&format!("/Users/{ann}")).await.assert_status(200);
     app.flush_log().await;
     let log = format!("/tenants/{ACME}/requests");

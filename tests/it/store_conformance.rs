@@ -11,6 +11,7 @@ use scim_bridge::scim::filter::parse_filter;
 use scim_bridge::scim::patch::MemberOp;
 use scim_bridge::scim::resource::{MemberRef, normalize};
 use scim_bridge::scim::schema::{DEFAULT_CUSTOM_SCHEMA, ResourceType};
+use scim_bridge::store::RequestLog;
 use std::sync::Arc;
 
 use scim_bridge::db::{Staging, open_staging};
@@ -151,6 +152,7 @@ async fn users_round_trip_with_case_insensitive_unique_names() {
                 &a,
                 &user_doc("Ann@Example.com", "ann@example.com"),
                 t(1),
+                &RequestLog::default(),
             )
             .await
             .unwrap();
@@ -170,6 +172,7 @@ async fn users_round_trip_with_case_insensitive_unique_names() {
                 &id(),
                 &user_doc("ANN@example.COM", "x@example.com"),
                 t(2),
+                &RequestLog::default(),
             )
             .await
             .unwrap_err();
@@ -179,9 +182,15 @@ async fn users_round_trip_with_case_insensitive_unique_names() {
             s.backend_name()
         );
         // Deleted: gone from SCIM, and the name is free again.
-        s.delete_user(tn, &a, Some(&[created.version]), t(3))
-            .await
-            .unwrap();
+        s.delete_user(
+            tn,
+            &a,
+            Some(&[created.version]),
+            t(3),
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
         assert!(matches!(
             s.get_user(tn, &a, false).await,
             Err(StoreError::NotFound)
@@ -192,6 +201,7 @@ async fn users_round_trip_with_case_insensitive_unique_names() {
             &id(),
             &user_doc("ann@example.com", "ann@example.com"),
             t(4),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
@@ -204,12 +214,27 @@ async fn updates_compare_and_swap_on_the_version() {
         let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
         let a = id();
         let v1 = s
-            .create_user(tn, &rt, &a, &user_doc("bob", "bob@example.com"), t(1))
+            .create_user(
+                tn,
+                &rt,
+                &a,
+                &user_doc("bob", "bob@example.com"),
+                t(1),
+                &RequestLog::default(),
+            )
             .await
             .unwrap()
             .version;
         let e = s
-            .update_user(tn, &rt, &a, Some(&[v1 + 1000]), t(2), &Ok)
+            .update_user(
+                tn,
+                &rt,
+                &a,
+                Some(&[v1 + 1000]),
+                t(2),
+                &Ok,
+                &RequestLog::default(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -222,13 +247,24 @@ async fn updates_compare_and_swap_on_the_version() {
             Ok(d)
         };
         let v2 = s
-            .update_user(tn, &rt, &a, Some(&[v1]), t(2), &deactivate)
+            .update_user(
+                tn,
+                &rt,
+                &a,
+                Some(&[v1]),
+                t(2),
+                &deactivate,
+                &RequestLog::default(),
+            )
             .await
             .unwrap();
         assert!(v2.version > v1, "{}", s.backend_name());
         assert_eq!(v2.last_modified, "2030-01-01T02:00:00.000Z");
         // No change: same version.
-        let v3 = s.update_user(tn, &rt, &a, None, t(3), &Ok).await.unwrap();
+        let v3 = s
+            .update_user(tn, &rt, &a, None, t(3), &Ok, &RequestLog::default())
+            .await
+            .unwrap();
         assert_eq!(v3.version, v2.version, "{}", s.backend_name());
         let (_, names) = list_names(
             &b,
@@ -250,13 +286,27 @@ async fn memberships_are_rows_and_follow_deletes() {
         let (s, tn, rt, grt) = (&b.store, b.tenant.as_str(), rt(), ResourceType::group());
         let (u1, u2, g) = (id(), id(), id());
         for (u, n) in [(&u1, "m1"), (&u2, "m2")] {
-            s.create_user(tn, &rt, u, &user_doc(n, &format!("{n}@example.com")), t(1))
-                .await
-                .unwrap();
-        }
-        s.create_group(tn, &grt, &g, group_change("Sales", &[&u1, &u2]), t(2))
+            s.create_user(
+                tn,
+                &rt,
+                u,
+                &user_doc(n, &format!("{n}@example.com")),
+                t(1),
+                &RequestLog::default(),
+            )
             .await
             .unwrap();
+        }
+        s.create_group(
+            tn,
+            &grt,
+            &g,
+            group_change("Sales", &[&u1, &u2]),
+            t(2),
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
         let members = s.get_group(tn, &g, true).await.unwrap().related.unwrap();
         let mut ids: Vec<_> = members
             .iter()
@@ -278,23 +328,39 @@ async fn memberships_are_rows_and_follow_deletes() {
             s.backend_name()
         );
         // Remove one, add an unknown one (rejected, nothing changes), add itself (rejected).
-        s.update_group(tn, &grt, &g, None, t(3), &|doc| {
-            Ok(GroupChange {
-                doc,
-                members: vec![MemberOp::Remove(vec![u2.clone()])],
-            })
-        })
+        s.update_group(
+            tn,
+            &grt,
+            &g,
+            None,
+            t(3),
+            &|doc| {
+                Ok(GroupChange {
+                    doc,
+                    members: vec![MemberOp::Remove(vec![u2.clone()])],
+                })
+            },
+            &RequestLog::default(),
+        )
         .await
         .unwrap();
         let e = s
-            .update_group(tn, &grt, &g, None, t(4), &|doc| {
-                Ok(GroupChange {
-                    doc,
-                    members: vec![MemberOp::Add(vec![MemberRef {
-                        value: "nobody".into(),
-                    }])],
-                })
-            })
+            .update_group(
+                tn,
+                &grt,
+                &g,
+                None,
+                t(4),
+                &|doc| {
+                    Ok(GroupChange {
+                        doc,
+                        members: vec![MemberOp::Add(vec![MemberRef {
+                            value: "nobody".into(),
+                        }])],
+                    })
+                },
+                &RequestLog::default(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -304,14 +370,22 @@ async fn memberships_are_rows_and_follow_deletes() {
         );
         let g_id = g.clone();
         let e = s
-            .update_group(tn, &grt, &g, None, t(4), &move |doc| {
-                Ok(GroupChange {
-                    doc,
-                    members: vec![MemberOp::Add(vec![MemberRef {
-                        value: g_id.clone(),
-                    }])],
-                })
-            })
+            .update_group(
+                tn,
+                &grt,
+                &g,
+                None,
+                t(4),
+                &move |doc| {
+                    Ok(GroupChange {
+                        doc,
+                        members: vec![MemberOp::Add(vec![MemberRef {
+                            value: g_id.clone(),
+                        }])],
+                    })
+                },
+                &RequestLog::default(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -342,12 +416,16 @@ async fn memberships_are_rows_and_follow_deletes() {
             .unwrap();
         assert_eq!(total, 1, "{}", s.backend_name());
         // Deleting the user takes it out of the group; deleting the group leaves the user.
-        s.delete_user(tn, &u1, None, t(5)).await.unwrap();
+        s.delete_user(tn, &u1, None, t(5), &RequestLog::default())
+            .await
+            .unwrap();
         assert_eq!(
             s.get_group(tn, &g, true).await.unwrap().related.unwrap(),
             vec![]
         );
-        s.delete_group(tn, &g, None, t(6)).await.unwrap();
+        s.delete_group(tn, &g, None, t(6), &RequestLog::default())
+            .await
+            .unwrap();
         assert!(matches!(
             s.get_group(tn, &g, false).await,
             Err(StoreError::NotFound)
@@ -373,7 +451,9 @@ async fn filters_sorting_and_paging() {
             // rule can have one, and the store still compares it exactly.
             let mut doc = user_doc(n.trim_end(), e);
             doc.insert("userName".into(), json!(n));
-            s.create_user(tn, &rt, &id(), &doc, t(1)).await.unwrap();
+            s.create_user(tn, &rt, &id(), &doc, t(1), &RequestLog::default())
+                .await
+                .unwrap();
         }
         let all = Page {
             start_index: 1,
@@ -437,9 +517,10 @@ async fn concurrent_creates_of_one_name_give_one_user_and_one_conflict() {
         let (s, tn, rt) = (&b.store, b.tenant.as_str(), rt());
         let doc = user_doc("race@example.com", "race@example.com");
         let (id1, id2) = (id(), id());
+        let no_log = RequestLog::default();
         let (r1, r2) = tokio::join!(
-            s.create_user(tn, &rt, &id1, &doc, t(1)),
-            s.create_user(tn, &rt, &id2, &doc, t(1)),
+            s.create_user(tn, &rt, &id1, &doc, t(1), &no_log),
+            s.create_user(tn, &rt, &id2, &doc, t(1), &no_log),
         );
         let oks = [r1.is_ok(), r2.is_ok()].iter().filter(|ok| **ok).count();
         assert_eq!(oks, 1, "{}", s.backend_name());
@@ -478,23 +559,52 @@ async fn admin_counts_and_the_provisioning_log() {
         );
         let (u1, u2, g1, g2) = (id(), id(), id(), id());
         for (u, n) in [(&u1, "c1"), (&u2, "c2")] {
-            s.create_user(tn, &rt, u, &user_doc(n, &format!("{n}@example.com")), t(1))
-                .await
-                .unwrap();
+            s.create_user(
+                tn,
+                &rt,
+                u,
+                &user_doc(n, &format!("{n}@example.com")),
+                t(1),
+                &RequestLog::default(),
+            )
+            .await
+            .unwrap();
         }
-        s.update_user(tn, &rt, &u2, None, t(2), &|mut doc| {
-            doc.insert("active".into(), Value::Bool(false));
-            Ok(doc)
-        })
+        s.update_user(
+            tn,
+            &rt,
+            &u2,
+            None,
+            t(2),
+            &|mut doc| {
+                doc.insert("active".into(), Value::Bool(false));
+                Ok(doc)
+            },
+            &RequestLog::default(),
+        )
         .await
         .unwrap();
         let grt = ResourceType::group();
-        s.create_group(tn, &grt, &g1, group_change("Two", &[&u1, &u2]), t(3))
-            .await
-            .unwrap();
-        s.create_group(tn, &grt, &g2, group_change("None", &[]), t(3))
-            .await
-            .unwrap();
+        s.create_group(
+            tn,
+            &grt,
+            &g1,
+            group_change("Two", &[&u1, &u2]),
+            t(3),
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
+        s.create_group(
+            tn,
+            &grt,
+            &g2,
+            group_change("None", &[]),
+            t(3),
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             s.tenant_counts(tn).await.unwrap(),
             TenantCounts {
@@ -521,16 +631,26 @@ async fn admin_counts_and_the_provisioning_log() {
             named(UserKey::UserName("C1".into())).await,
             vec![u1.clone()]
         );
-        s.delete_user(tn, &u1, None, t(4)).await.unwrap();
+        s.delete_user(tn, &u1, None, t(4), &RequestLog::default())
+            .await
+            .unwrap();
         assert_eq!(
             named(UserKey::UserName("c1".into())).await,
             vec![u1.clone()]
         );
         let x = id();
-        s.update_user(tn, &rt, &u2, None, t(5), &|mut doc| {
-            doc.insert("externalId".into(), Value::String(x.clone()));
-            Ok(doc)
-        })
+        s.update_user(
+            tn,
+            &rt,
+            &u2,
+            None,
+            t(5),
+            &|mut doc| {
+                doc.insert("externalId".into(), Value::String(x.clone()));
+                Ok(doc)
+            },
+            &RequestLog::default(),
+        )
         .await
         .unwrap();
         assert_eq!(
@@ -687,6 +807,7 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
             &ann,
             &user_doc("Ledger.Ann", "ann@example.com"),
             t(1),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
@@ -696,6 +817,7 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
             &g,
             group_change("Ledger Group", &[&ann]),
             t(2),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
@@ -705,16 +827,20 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
             &old_bob,
             &user_doc("Ledger.Bob", "bob@example.com"),
             t(1),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
-        s.delete_user(tn, &old_bob, None, t(2)).await.unwrap();
+        s.delete_user(tn, &old_bob, None, t(2), &RequestLog::default())
+            .await
+            .unwrap();
         s.create_user(
             tn,
             &rt,
             &bob,
             &user_doc("ledger.bob", "bob@example.com"),
             t(3),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
@@ -810,5 +936,169 @@ async fn the_sync_ledger_reads_staged_users_and_an_empty_ledger() {
         assert_eq!(db.count_pending(tn, 24).await.unwrap(), 0, "{name}");
         let (total, pending) = db.pending_offboardings(tn, 24, 10, 0).await.unwrap();
         assert_eq!((total, pending.len()), (0, 0), "{name}");
+    }
+}
+
+/// A write that changes something commits its provisioning log entry in its own transaction;
+/// a refused write, or one that changes nothing, writes none (the request's observer queues
+/// those); a written entry can be corrected.
+#[tokio::test]
+async fn a_write_and_its_log_entry_commit_together() {
+    use scim_bridge::store::request_log::Finished;
+    use scim_bridge::store::{ProvisioningEntry, ProvisioningQuery};
+    for b in backends().await {
+        let (s, tn, rt, grt) = (&b.store, b.tenant.as_str(), rt(), ResourceType::group());
+        let open = |request_id: &str, method: &str, success: u16, id: &str| {
+            let log = RequestLog::open(
+                ProvisioningEntry {
+                    tenant: tn.to_string(),
+                    at: t(1),
+                    request_id: request_id.to_string(),
+                    method: method.to_string(),
+                    path: "/Users".into(),
+                    resource_id: None,
+                    status: 0,
+                    duration_ms: 0.0,
+                    error: None,
+                    user_name: Some("ann@example.com".into()),
+                    external_id: None,
+                },
+                std::time::Instant::now(),
+            );
+            log.on_success(success, id);
+            log
+        };
+        let logged = |request_id: &str| {
+            let q = ProvisioningQuery {
+                request_id: Some(request_id.to_string()),
+                limit: 10,
+                ..Default::default()
+            };
+            async move {
+                s.settle_provisioning_log().await.unwrap();
+                let (_, rows) = s.provisioning_log(tn, &q).await.unwrap();
+                rows.iter()
+                    .map(|r| (r.status, r.resource_id.clone(), r.error.clone()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let name = s.backend_name();
+        let (u, g) = (id(), id());
+        let doc = user_doc("ann@example.com", "ann@example.com");
+
+        let log = open("create", "POST", 201, &u);
+        s.create_user(tn, &rt, &u, &doc, t(1), &log).await.unwrap();
+        assert_eq!(log.finish(201, None, None), Finished::Written, "{name}");
+        assert_eq!(
+            logged("create").await,
+            [(201, Some(u.clone()), None)],
+            "{name}"
+        );
+
+        // Refused: the entry is rolled back with the write, and left to the observer.
+        let taken = id();
+        let log = open("taken", "POST", 201, &taken);
+        let e = s.create_user(tn, &rt, &taken, &doc, t(1), &log).await;
+        assert!(matches!(e, Err(StoreError::Conflict(_))), "{name}: {e:?}");
+        assert!(
+            matches!(
+                log.finish(409, Some("taken".into()), None),
+                Finished::Record(_)
+            ),
+            "{name}"
+        );
+        assert_eq!(logged("taken").await, [], "{name}");
+
+        // Nothing to change: nothing written.
+        let log = open("same", "PUT", 200, &u);
+        s.update_user(tn, &rt, &u, None, t(1), &|_| Ok(doc.clone()), &log)
+            .await
+            .unwrap();
+        assert!(
+            matches!(log.finish(200, None, None), Finished::Record(_)),
+            "{name}"
+        );
+        assert_eq!(logged("same").await, [], "{name}");
+
+        // The wrong version: refused, nothing written.
+        let log = open("stale", "PATCH", 200, &u);
+        let e = s
+            .update_user(tn, &rt, &u, Some(&[-1]), t(1), &Ok, &log)
+            .await;
+        assert!(
+            matches!(e, Err(StoreError::VersionMismatch)),
+            "{name}: {e:?}"
+        );
+        assert_eq!(logged("stale").await, [], "{name}");
+
+        let log = open("patch", "PATCH", 200, &u);
+        let renamed = user_doc("ann@example.com", "ann.lee@example.com");
+        s.update_user(tn, &rt, &u, None, t(1), &|_| Ok(renamed.clone()), &log)
+            .await
+            .unwrap();
+        // Answered otherwise after the commit (a deadline): corrected, before it settled into
+        // the log and after.
+        let Finished::Amend(amended) = log.finish(503, Some("too slow".into()), None) else {
+            panic!("{name}: a written entry answered otherwise is amended");
+        };
+        s.amend_provisioning_log(&[amended]).await.unwrap();
+        assert_eq!(
+            logged("patch").await,
+            [(503, Some(u.clone()), Some("too slow".into()))],
+            "{name}"
+        );
+        let lost = ProvisioningEntry {
+            status: 500,
+            error: Some("lost".into()),
+            ..open("create", "POST", 201, &u).for_write().unwrap()
+        };
+        s.amend_provisioning_log(&[lost]).await.unwrap();
+        assert_eq!(
+            logged("create").await,
+            [(500, Some(u.clone()), Some("lost".into()))],
+            "{name}"
+        );
+
+        let log = open("group", "POST", 201, &g);
+        s.create_group(tn, &grt, &g, group_change("Sales", &[&u]), t(1), &log)
+            .await
+            .unwrap();
+        let log = open("group-same", "PATCH", 204, &g);
+        s.update_group(
+            tn,
+            &grt,
+            &g,
+            None,
+            t(1),
+            &|doc| {
+                Ok(GroupChange {
+                    doc,
+                    members: vec![],
+                })
+            },
+            &log,
+        )
+        .await
+        .unwrap();
+        let log = open("group-delete", "DELETE", 204, &g);
+        s.delete_group(tn, &g, None, t(1), &log).await.unwrap();
+        let log = open("delete", "DELETE", 204, &u);
+        s.delete_user(tn, &u, None, t(1), &log).await.unwrap();
+        assert_eq!(
+            logged("group").await,
+            [(201, Some(g.clone()), None)],
+            "{name}"
+        );
+        assert_eq!(logged("group-same").await, [], "{name}");
+        assert_eq!(
+            logged("group-delete").await,
+            [(204, Some(g.clone()), None)],
+            "{name}"
+        );
+        assert_eq!(
+            logged("delete").await,
+            [(204, Some(u.clone()), None)],
+            "{name}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! each kind with the columns that change, every failure), `--verbose`'s changed values, and a
 //! real run's failures.
 
+use scim_bridge::store::RequestLog;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -75,7 +76,14 @@ async fn sync_prints_a_dry_run_summary_verbose_changes_and_a_real_runs_failures(
             .unwrap()
             .doc;
         store
-            .create_user(TENANT, &rt, &format!("u{i:02}"), &doc, now)
+            .create_user(
+                TENANT,
+                &rt,
+                &format!("u{i:02}"),
+                &doc,
+                now,
+                &RequestLog::default(),
+            )
             .await
             .unwrap();
     }
@@ -124,10 +132,18 @@ async fn sync_prints_a_dry_run_summary_verbose_changes_and_a_real_runs_failures(
 
     for i in 0..3 {
         store
-            .update_user(TENANT, &rt, &format!("u{i:02}"), None, now, &|mut d| {
-                d.insert("displayName".into(), json!(format!("New Name {i:02}")));
-                Ok(d)
-            })
+            .update_user(
+                TENANT,
+                &rt,
+                &format!("u{i:02}"),
+                None,
+                now,
+                &|mut d| {
+                    d.insert("displayName".into(), json!(format!("New Name {i:02}")));
+                    Ok(d)
+                },
+                &RequestLog::default(),
+            )
             .await
             .unwrap();
     }

@@ -8,6 +8,7 @@
 //! the audit trail and how an owner came to own a row, which nothing reads back yet, are read
 //! from each backend's own table.
 
+use scim_bridge::store::RequestLog;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -178,9 +179,16 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             (&bob, "bob@example.com", "Bob"),
             (&carl, "carl@example.com", "Carl"),
         ] {
-            s.create_user(tn, &rt, uid, &person(name, given), t(1))
-                .await
-                .unwrap();
+            s.create_user(
+                tn,
+                &rt,
+                uid,
+                &person(name, given),
+                t(1),
+                &RequestLog::default(),
+            )
+            .await
+            .unwrap();
         }
         s.create_group(
             tn,
@@ -188,6 +196,7 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             &id(),
             group_change("Scifeon Admins", &[&ann]),
             t(1),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
@@ -197,6 +206,7 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             &id(),
             group_change("Scifeon Lab Aarhus", &[&bob, &carl]),
             t(1),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
@@ -240,16 +250,24 @@ async fn runs_create_update_deactivate_and_offboard_on_every_staging_backend() {
             );
             Ok(d)
         };
-        s.update_user(tn, &rt, &bob, None, t(2), &rename)
+        s.update_user(tn, &rt, &bob, None, t(2), &rename, &RequestLog::default())
             .await
             .unwrap();
         let deactivate = |mut d: Map<String, Value>| {
             d.insert("active".into(), Value::Bool(false));
             Ok(d)
         };
-        s.update_user(tn, &rt, &carl, None, t(2), &deactivate)
-            .await
-            .unwrap();
+        s.update_user(
+            tn,
+            &rt,
+            &carl,
+            None,
+            t(2),
+            &deactivate,
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
         let r = e.run(false).await;
         assert_eq!(
             (
@@ -469,6 +487,7 @@ async fn a_second_replica_is_skipped_while_a_run_holds_the_lease() {
                 &id(),
                 &person("ann@example.com", "Ann"),
                 t(1),
+                &RequestLog::default(),
             )
             .await
             .unwrap();
@@ -768,9 +787,16 @@ async fn a_dead_holders_lease_is_taken_over_and_its_runs_closed() {
         let (s, tn) = (&b.store, b.tenant.as_str());
         let backend = s.backend_name();
         let e = engine(&b).await;
-        s.create_user(tn, &rt(), &id(), &person("ann@example.com", "Ann"), t(1))
-            .await
-            .unwrap();
+        s.create_user(
+            tn,
+            &rt(),
+            &id(),
+            &person("ann@example.com", "Ann"),
+            t(1),
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
         let now = e.clock.now();
         let dead = dead_holder();
         let held = s
@@ -977,9 +1003,16 @@ async fn run_retention_prunes_no_op_runs_sooner_and_keeps_what_must_stay() {
         .await
         .unwrap();
         // A run that creates a user (an item), then no-op runs, a dry one among them.
-        s.create_user(tn, &rt, &id(), &person("ann@example.com", "Ann"), t(1))
-            .await
-            .unwrap();
+        s.create_user(
+            tn,
+            &rt,
+            &id(),
+            &person("ann@example.com", "Ann"),
+            t(1),
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
         let changed = e.run(false).await.run_id;
         let noop = e.run(false).await.run_id;
         let noop_dry = e.run(true).await.run_id;
@@ -1082,12 +1115,26 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             &[],
         );
         let bad = id();
-        s.create_user(tn, &rt, &id(), &person("ok@example.com", "Ok"), t(1))
-            .await
-            .unwrap();
-        s.create_user(tn, &rt, &bad, &person("bad@example.com", "Bad"), t(1))
-            .await
-            .unwrap();
+        s.create_user(
+            tn,
+            &rt,
+            &id(),
+            &person("ok@example.com", "Ok"),
+            t(1),
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
+        s.create_user(
+            tn,
+            &rt,
+            &bad,
+            &person("bad@example.com", "Bad"),
+            t(1),
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
         let counts = |r: &RunSummary| (r.status, r.counts.failed, r.counts.quarantined);
         let incremental = || RunOptions::default();
 
@@ -1195,7 +1242,7 @@ async fn a_user_failing_runs_in_a_row_is_quarantined_until_it_changes_or_is_rele
             );
             Ok(d)
         };
-        s.update_user(tn, &rt, &bad, None, t(2), &rename)
+        s.update_user(tn, &rt, &bad, None, t(2), &rename, &RequestLog::default())
             .await
             .unwrap();
         let r = e.run_with(incremental()).await;
@@ -1274,9 +1321,16 @@ async fn a_full_run_repairs_the_application_and_verify_reports_drift() {
             (&bob, "bob@example.com", "Bob"),
             (&carl, "carl@example.com", "Carl"),
         ] {
-            s.create_user(tn, &rt, uid, &person(name, given), t(1))
-                .await
-                .unwrap();
+            s.create_user(
+                tn,
+                &rt,
+                uid,
+                &person(name, given),
+                t(1),
+                &RequestLog::default(),
+            )
+            .await
+            .unwrap();
         }
         s.create_group(
             tn,
@@ -1284,6 +1338,7 @@ async fn a_full_run_repairs_the_application_and_verify_reports_drift() {
             &id(),
             group_change("Scifeon Admins", &[&carl]),
             t(1),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
@@ -1485,9 +1540,16 @@ async fn rows_another_tenant_owns_or_the_application_made_are_left_alone_unless_
                 (&bob, "bob@example.com", "Bob"),
                 (&carl, "carl@example.com", "Carl"),
             ] {
-                s.create_user(tn, &rt, uid, &person(name, given), t(1))
-                    .await
-                    .unwrap();
+                s.create_user(
+                    tn,
+                    &rt,
+                    uid,
+                    &person(name, given),
+                    t(1),
+                    &RequestLog::default(),
+                )
+                .await
+                .unwrap();
             }
             let r = e.run_with(RunOptions::default()).await;
             assert_eq!(r.status, RunStatus::CompletedWithErrors, "{r:?}: {backend}");
@@ -1566,7 +1628,7 @@ async fn rows_another_tenant_owns_or_the_application_made_are_left_alone_unless_
                 d.insert("userName".into(), json!("carl.new@example.com"));
                 Ok(d)
             };
-            s.update_user(tn, &rt, &carl, None, t(2), &rename)
+            s.update_user(tn, &rt, &carl, None, t(2), &rename, &RequestLog::default())
                 .await
                 .unwrap();
             e.run_with(RunOptions::default()).await;

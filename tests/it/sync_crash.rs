@@ -3,6 +3,7 @@
 //! lease, must close the dead run in the ledger, and together the runs must converge on the
 //! staged users — every row once, nothing lost.
 
+use scim_bridge::store::RequestLog;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,7 +72,14 @@ async fn a_sync_killed_mid_run_is_taken_over_at_once_and_converges() {
         .unwrap()
         .doc;
         store
-            .create_user(TENANT, &rt, &format!("u{i:05}"), &doc, now)
+            .create_user(
+                TENANT,
+                &rt,
+                &format!("u{i:05}"),
+                &doc,
+                now,
+                &RequestLog::default(),
+            )
             .await
             .unwrap();
     }
@@ -84,10 +92,18 @@ async fn a_sync_killed_mid_run_is_taken_over_at_once_and_converges() {
         for i in (round..USERS).step_by(4) {
             let name = format!("Round{round}");
             store
-                .update_user(TENANT, &rt, &format!("u{i:05}"), None, now, &|mut d| {
-                    d.insert("name".into(), json!({"givenName": name, "familyName": "X"}));
-                    Ok(d)
-                })
+                .update_user(
+                    TENANT,
+                    &rt,
+                    &format!("u{i:05}"),
+                    None,
+                    now,
+                    &|mut d| {
+                        d.insert("name".into(), json!({"givenName": name, "familyName": "X"}));
+                        Ok(d)
+                    },
+                    &RequestLog::default(),
+                )
                 .await
                 .unwrap();
         }

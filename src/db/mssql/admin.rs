@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use tiberius::Query;
 
 use super::MssqlStaging;
+use super::pool::Client;
 use super::rows::{
     self, SqlError, execute, first, float, int, int32, naive, opt_text, params, results, rows, text,
 };
@@ -58,6 +59,38 @@ fn insert_provisioning_log(rows: usize) -> String {
         "INSERT INTO scim.provisioning_log (tenant, [at], request_id, method, path, resource_id, \
          status, duration_ms, error, user_name, external_id) VALUES {values}"
     )
+}
+
+/// Correct a written entry: @P1 status, @P2 duration_ms, @P3 error of the entry of @P4 tenant,
+/// @P5 request_id and @P6 time.
+const AMEND_PROVISIONING_LOG: &str = "UPDATE scim.provisioning_log \
+     SET status = @P1, duration_ms = @P2, error = @P3 \
+     WHERE tenant = @P4 AND request_id = @P5 AND [at] = @P6";
+
+/// Append provisioning log entries, a couple of hundred per statement, on `c` (in the caller's
+/// transaction: a SCIM write's entry is written with the write).
+pub(super) async fn insert_log_rows(
+    c: &mut Client,
+    entries: &[ProvisioningEntry],
+) -> Result<(), SqlError> {
+    for chunk in entries.chunks(PROVISIONING_LOG_CHUNK) {
+        let mut q = Query::new(insert_provisioning_log(chunk.len()));
+        for e in chunk {
+            q.bind(e.tenant.clone());
+            q.bind(naive(e.at));
+            q.bind(e.request_id.clone());
+            q.bind(e.method.clone());
+            q.bind(e.path.clone());
+            q.bind(e.resource_id.clone());
+            q.bind(i32::from(e.status));
+            q.bind(e.duration_ms);
+            q.bind(e.error.clone());
+            q.bind(e.user_name.clone());
+            q.bind(e.external_id.clone());
+        }
+        execute(c, q).await?;
+    }
+    Ok(())
 }
 
 /// The tenants with provisioning log entries (pruning goes tenant by tenant).
@@ -196,21 +229,27 @@ impl ProvisioningLogStore for MssqlStaging {
         entries: &[ProvisioningEntry],
     ) -> Result<(), StoreError> {
         let mut c = self.pool.get().await?;
-        for chunk in entries.chunks(PROVISIONING_LOG_CHUNK) {
-            let mut q = Query::new(insert_provisioning_log(chunk.len()));
-            for e in chunk {
-                q.bind(e.tenant.clone());
-                q.bind(naive(e.at));
-                q.bind(e.request_id.clone());
-                q.bind(e.method.clone());
-                q.bind(e.path.clone());
-                q.bind(e.resource_id.clone());
-                q.bind(i32::from(e.status));
-                q.bind(e.duration_ms);
-                q.bind(e.error.clone());
-                q.bind(e.user_name.clone());
-                q.bind(e.external_id.clone());
-            }
+        Ok(insert_log_rows(&mut c, entries).await?)
+    }
+
+    /// Nothing to move: a write's entry goes into the log itself.
+    async fn settle_provisioning_log(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    async fn amend_provisioning_log(
+        &self,
+        entries: &[ProvisioningEntry],
+    ) -> Result<(), StoreError> {
+        let mut c = self.pool.get().await?;
+        for e in entries {
+            let mut q = Query::new(AMEND_PROVISIONING_LOG);
+            q.bind(i32::from(e.status));
+            q.bind(e.duration_ms);
+            q.bind(e.error.clone());
+            q.bind(e.tenant.clone());
+            q.bind(e.request_id.clone());
+            q.bind(naive(e.at));
             execute(&mut c, q).await?;
         }
         Ok(())
@@ -300,6 +339,7 @@ pub(super) fn statements() -> Vec<(String, String)> {
         ("MEMBER_COUNT", MEMBER_COUNT),
         ("PROVISIONING_LOG_TENANTS", PROVISIONING_LOG_TENANTS),
         ("PRUNE_PROVISIONING_LOG", PRUNE_PROVISIONING_LOG),
+        ("AMEND_PROVISIONING_LOG", AMEND_PROVISIONING_LOG),
     ]
     .into_iter()
     .map(|(n, s)| (n.to_string(), s.to_string()))

@@ -18,8 +18,9 @@ use serde_json::{Map, Value};
 use tiberius::{Query, Row};
 
 use super::MssqlStaging;
+use super::admin::insert_log_rows;
 use super::filter_sql::{self, Condition};
-use super::pool::{Client, transaction};
+use super::pool::{Client, MssqlPool, transaction};
 use super::rows::{
     self, Param, SqlError, execute, first, int, naive, opt_text, params, results, text,
 };
@@ -31,8 +32,8 @@ use crate::scim::resource::fold_case;
 use crate::scim::schema::{ResourceKind, ResourceType};
 use crate::store::update::{self, Current, GroupUpdate, UserUpdate, check_version, group_columns};
 use crate::store::{
-    GroupChange, GroupChangeFn, ListQuery, Page, Related, ScimStore, StoreError, Stored,
-    UserChange, UserColumns, format_time,
+    GroupChange, GroupChangeFn, ListQuery, Page, Related, RequestLog, ScimStore, StoreError,
+    Stored, UserChange, UserColumns, format_time,
 };
 
 /// Optimistic read-modify-write gives up after this many concurrent changes of one resource.
@@ -422,6 +423,33 @@ impl MssqlStaging {
     }
 }
 
+/// Run `f` in one transaction; when `wrote` says that it changed something, `log`'s entry is
+/// written in the same transaction, and so commits with the change.
+async fn logged<T>(
+    log: &RequestLog,
+    pool: &MssqlPool,
+    f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
+    wrote: fn(&T) -> bool,
+) -> Result<T, StoreError> {
+    let entry = log.for_write();
+    let (t, logged) = transaction(pool, async move |c: &mut Client| {
+        let t = f(c).await?;
+        let logged = match entry {
+            Some(e) if wrote(&t) => {
+                insert_log_rows(c, std::slice::from_ref(&e)).await?;
+                Some(e)
+            }
+            _ => None,
+        };
+        Ok::<_, StoreError>((t, logged))
+    })
+    .await?;
+    if let Some(e) = logged {
+        log.written(e);
+    }
+    Ok(t)
+}
+
 #[async_trait]
 impl ScimStore for MssqlStaging {
     async fn create_user(
@@ -431,36 +459,42 @@ impl ScimStore for MssqlStaging {
         id: &str,
         doc: &Map<String, Value>,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError> {
         let cols = UserColumns::from_doc(doc, rt.custom_urn().unwrap_or_default());
         let doc_text = serde_json::to_string(doc)?;
         let doc_ci = serde_json::to_string(&fold_case(rt, doc))?;
-        let seq = transaction(&self.pool, async |c: &mut Client| {
-            let seq = next_seq(c).await?;
-            let mut q = Query::new(INSERT_USER.as_str());
-            q.bind(tenant.to_string());
-            q.bind(id.to_string());
-            q.bind(cols.user_name.clone());
-            q.bind(cols.user_name.to_lowercase());
-            q.bind(cols.external_id.clone());
-            q.bind(cols.display_name.clone());
-            q.bind(cols.active);
-            q.bind((!cols.active).then(|| naive(now)));
-            for v in &cols.custom {
-                q.bind(v.clone());
-            }
-            q.bind(doc_text.clone());
-            q.bind(doc_ci.clone());
-            q.bind(seq);
-            q.bind(naive(now));
-            let row = first(c, q)
-                .await
-                .map_err(|e| e.or_conflict(USER_NAME_TAKEN))?
-                .ok_or_else(|| SqlError::missing("row inserted"))?;
-            let pk = int(&row, 0)?;
-            insert_emails(c, tenant, pk, &cols).await?;
-            Ok::<_, StoreError>(seq)
-        })
+        let seq = logged(
+            log,
+            &self.pool,
+            async |c: &mut Client| {
+                let seq = next_seq(c).await?;
+                let mut q = Query::new(INSERT_USER.as_str());
+                q.bind(tenant.to_string());
+                q.bind(id.to_string());
+                q.bind(cols.user_name.clone());
+                q.bind(cols.user_name.to_lowercase());
+                q.bind(cols.external_id.clone());
+                q.bind(cols.display_name.clone());
+                q.bind(cols.active);
+                q.bind((!cols.active).then(|| naive(now)));
+                for v in &cols.custom {
+                    q.bind(v.clone());
+                }
+                q.bind(doc_text.clone());
+                q.bind(doc_ci.clone());
+                q.bind(seq);
+                q.bind(naive(now));
+                let row = first(c, q)
+                    .await
+                    .map_err(|e| e.or_conflict(USER_NAME_TAKEN))?
+                    .ok_or_else(|| SqlError::missing("row inserted"))?;
+                let pk = int(&row, 0)?;
+                insert_emails(c, tenant, pk, &cols).await?;
+                Ok::<_, StoreError>(seq)
+            },
+            |_| true,
+        )
         .await?;
         let now_s = format_time(now);
         Ok(Stored {
@@ -491,6 +525,7 @@ impl ScimStore for MssqlStaging {
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
         change: UserChange<'_>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let cur = self.current(ResourceKind::User, tenant, id).await?;
@@ -508,26 +543,31 @@ impl ScimStore for MssqlStaging {
             };
             let (pk, version) = (cur.pk, cur.version);
             // None: the user changed since it was read (the taken value is a gap).
-            let written: Option<i64> = transaction(&self.pool, async |c: &mut Client| {
-                let seq = next_seq(c).await?;
-                let mut q = Query::new(UPDATE_USER.as_str());
-                for p in update_user_params(&cols, &new_text, &new_ci, now, seq, pk, version) {
-                    p.bind(&mut q);
-                }
-                let n = execute(c, q)
-                    .await
-                    .map_err(|e| e.or_conflict(USER_NAME_TAKEN))?;
-                if n == 0 {
-                    return Ok::<_, StoreError>(None);
-                }
-                if emails_changed {
-                    let mut q = Query::new(DELETE_USER_EMAILS);
-                    q.bind(pk);
-                    execute(c, q).await?;
-                    insert_emails(c, tenant, pk, &cols).await?;
-                }
-                Ok(Some(seq))
-            })
+            let written: Option<i64> = logged(
+                log,
+                &self.pool,
+                async |c: &mut Client| {
+                    let seq = next_seq(c).await?;
+                    let mut q = Query::new(UPDATE_USER.as_str());
+                    for p in update_user_params(&cols, &new_text, &new_ci, now, seq, pk, version) {
+                        p.bind(&mut q);
+                    }
+                    let n = execute(c, q)
+                        .await
+                        .map_err(|e| e.or_conflict(USER_NAME_TAKEN))?;
+                    if n == 0 {
+                        return Ok::<_, StoreError>(None);
+                    }
+                    if emails_changed {
+                        let mut q = Query::new(DELETE_USER_EMAILS);
+                        q.bind(pk);
+                        execute(c, q).await?;
+                        insert_emails(c, tenant, pk, &cols).await?;
+                    }
+                    Ok(Some(seq))
+                },
+                Option::is_some,
+            )
             .await?;
             if let Some(seq) = written {
                 return Ok(Stored {
@@ -550,26 +590,32 @@ impl ScimStore for MssqlStaging {
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<(), StoreError> {
-        transaction(&self.pool, async |c: &mut Client| {
-            let mut q = Query::new(USER_VERSION_FOR_UPDATE);
-            q.bind(tenant.to_string());
-            q.bind(id.to_string());
-            let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
-            check_version(if_match, int(&row, 0)?)?;
-            let seq = next_seq(c).await?;
-            let mut q = Query::new(SOFT_DELETE_USER);
-            q.bind(naive(now));
-            q.bind(seq);
-            q.bind(tenant.to_string());
-            q.bind(id.to_string());
-            let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
-            let mut q = Query::new(DELETE_USER_EMAILS);
-            q.bind(int(&row, 0)?);
-            execute(c, q).await?;
-            remove_from_all_groups(c, tenant, id, seq, now).await?;
-            Ok(())
-        })
+        logged(
+            log,
+            &self.pool,
+            async |c: &mut Client| {
+                let mut q = Query::new(USER_VERSION_FOR_UPDATE);
+                q.bind(tenant.to_string());
+                q.bind(id.to_string());
+                let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
+                check_version(if_match, int(&row, 0)?)?;
+                let seq = next_seq(c).await?;
+                let mut q = Query::new(SOFT_DELETE_USER);
+                q.bind(naive(now));
+                q.bind(seq);
+                q.bind(tenant.to_string());
+                q.bind(id.to_string());
+                let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
+                let mut q = Query::new(DELETE_USER_EMAILS);
+                q.bind(int(&row, 0)?);
+                execute(c, q).await?;
+                remove_from_all_groups(c, tenant, id, seq, now).await?;
+                Ok(())
+            },
+            |_| true,
+        )
         .await
     }
 
@@ -580,28 +626,34 @@ impl ScimStore for MssqlStaging {
         id: &str,
         change: GroupChange,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError> {
         let (display, external_id) = group_columns(&change.doc);
         let doc_text = serde_json::to_string(&change.doc)?;
         let doc_ci = serde_json::to_string(&fold_case(rt, &change.doc))?;
-        let seq = transaction(&self.pool, async |c: &mut Client| {
-            let seq = next_seq(c).await?;
-            let mut q = Query::new(INSERT_GROUP);
-            q.bind(tenant.to_string());
-            q.bind(id.to_string());
-            q.bind(display.clone());
-            q.bind(display.to_lowercase());
-            q.bind(external_id.clone());
-            q.bind(doc_text.clone());
-            q.bind(doc_ci.clone());
-            q.bind(seq);
-            q.bind(naive(now));
-            first(c, q)
-                .await
-                .map_err(|e| e.or_conflict(DISPLAY_NAME_TAKEN))?;
-            apply_member_ops(c, tenant, id, &change.members, seq).await?;
-            Ok::<_, StoreError>(seq)
-        })
+        let seq = logged(
+            log,
+            &self.pool,
+            async |c: &mut Client| {
+                let seq = next_seq(c).await?;
+                let mut q = Query::new(INSERT_GROUP);
+                q.bind(tenant.to_string());
+                q.bind(id.to_string());
+                q.bind(display.clone());
+                q.bind(display.to_lowercase());
+                q.bind(external_id.clone());
+                q.bind(doc_text.clone());
+                q.bind(doc_ci.clone());
+                q.bind(seq);
+                q.bind(naive(now));
+                first(c, q)
+                    .await
+                    .map_err(|e| e.or_conflict(DISPLAY_NAME_TAKEN))?;
+                apply_member_ops(c, tenant, id, &change.members, seq).await?;
+                Ok::<_, StoreError>(seq)
+            },
+            |_| true,
+        )
         .await?;
         let now_s = format_time(now);
         Ok(Stored {
@@ -633,6 +685,7 @@ impl ScimStore for MssqlStaging {
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
         change: GroupChangeFn<'_>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let cur = self.current(ResourceKind::Group, tenant, id).await?;
@@ -650,49 +703,54 @@ impl ScimStore for MssqlStaging {
                 return Ok(cur.unchanged(id));
             };
             let (pk, version) = (cur.pk, cur.version);
-            let outcome = transaction(&self.pool, async |c: &mut Client| {
-                let mut q = Query::new(GROUP_VERSION_FOR_UPDATE);
-                q.bind(pk);
-                let current = match first(c, q).await? {
-                    Some(r) => Some(int(&r, 0)?),
-                    None => None,
-                };
-                if current.is_none() || needs_version && current != Some(version) {
-                    return Ok::<_, StoreError>(Outcome::Retry);
-                }
-                let seq = next_seq(c).await?;
-                let members_changed = apply_member_ops(c, tenant, id, &members, seq).await?;
-                if !doc_changed && !members_changed {
-                    // Nothing was written (the taken value is a gap).
-                    return Ok(Outcome::Unchanged);
-                }
-                if doc_changed {
-                    let mut q = Query::new(UPDATE_GROUP);
-                    q.bind(display.clone());
-                    q.bind(display.to_lowercase());
-                    q.bind(external_id.clone());
-                    q.bind(new_text.clone());
-                    q.bind(new_ci.clone());
-                    q.bind(seq);
-                    q.bind(naive(now));
+            let outcome = logged(
+                log,
+                &self.pool,
+                async |c: &mut Client| {
+                    let mut q = Query::new(GROUP_VERSION_FOR_UPDATE);
                     q.bind(pk);
-                    q.bind(version);
-                    execute(c, q)
-                        .await
-                        .map_err(|e| e.or_conflict(DISPLAY_NAME_TAKEN))?;
-                    if renamed {
-                        // The members' group context (name, externalId) changed: they need a sync.
-                        stamp_members(c, tenant, id, seq).await?;
+                    let current = match first(c, q).await? {
+                        Some(r) => Some(int(&r, 0)?),
+                        None => None,
+                    };
+                    if current.is_none() || needs_version && current != Some(version) {
+                        return Ok::<_, StoreError>(Outcome::Retry);
                     }
-                } else {
-                    let mut q = Query::new(STAMP_GROUP);
-                    q.bind(seq);
-                    q.bind(naive(now));
-                    q.bind(pk);
-                    execute(c, q).await?;
-                }
-                Ok(Outcome::Written(seq))
-            })
+                    let seq = next_seq(c).await?;
+                    let members_changed = apply_member_ops(c, tenant, id, &members, seq).await?;
+                    if !doc_changed && !members_changed {
+                        // Nothing was written (the taken value is a gap).
+                        return Ok(Outcome::Unchanged);
+                    }
+                    if doc_changed {
+                        let mut q = Query::new(UPDATE_GROUP);
+                        q.bind(display.clone());
+                        q.bind(display.to_lowercase());
+                        q.bind(external_id.clone());
+                        q.bind(new_text.clone());
+                        q.bind(new_ci.clone());
+                        q.bind(seq);
+                        q.bind(naive(now));
+                        q.bind(pk);
+                        q.bind(version);
+                        execute(c, q)
+                            .await
+                            .map_err(|e| e.or_conflict(DISPLAY_NAME_TAKEN))?;
+                        if renamed {
+                            // The members' group context (name, externalId) changed: they need a sync.
+                            stamp_members(c, tenant, id, seq).await?;
+                        }
+                    } else {
+                        let mut q = Query::new(STAMP_GROUP);
+                        q.bind(seq);
+                        q.bind(naive(now));
+                        q.bind(pk);
+                        execute(c, q).await?;
+                    }
+                    Ok(Outcome::Written(seq))
+                },
+                |o| matches!(o, Outcome::Written(_)),
+            )
             .await?;
             match outcome {
                 Outcome::Retry => continue,
@@ -718,26 +776,32 @@ impl ScimStore for MssqlStaging {
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<(), StoreError> {
-        transaction(&self.pool, async |c: &mut Client| {
-            let mut q = Query::new(GROUP_VERSION_BY_ID_FOR_UPDATE);
-            q.bind(tenant.to_string());
-            q.bind(id.to_string());
-            let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
-            check_version(if_match, int(&row, 0)?)?;
-            let seq = next_seq(c).await?;
-            stamp_members(c, tenant, id, seq).await?;
-            let mut q = Query::new(DELETE_ALL_MEMBERS);
-            q.bind(tenant.to_string());
-            q.bind(id.to_string());
-            execute(c, q).await?;
-            remove_from_all_groups(c, tenant, id, seq, now).await?;
-            let mut q = Query::new(DELETE_GROUP);
-            q.bind(tenant.to_string());
-            q.bind(id.to_string());
-            execute(c, q).await?;
-            Ok(())
-        })
+        logged(
+            log,
+            &self.pool,
+            async |c: &mut Client| {
+                let mut q = Query::new(GROUP_VERSION_BY_ID_FOR_UPDATE);
+                q.bind(tenant.to_string());
+                q.bind(id.to_string());
+                let row = first(c, q).await?.ok_or(StoreError::NotFound)?;
+                check_version(if_match, int(&row, 0)?)?;
+                let seq = next_seq(c).await?;
+                stamp_members(c, tenant, id, seq).await?;
+                let mut q = Query::new(DELETE_ALL_MEMBERS);
+                q.bind(tenant.to_string());
+                q.bind(id.to_string());
+                execute(c, q).await?;
+                remove_from_all_groups(c, tenant, id, seq, now).await?;
+                let mut q = Query::new(DELETE_GROUP);
+                q.bind(tenant.to_string());
+                q.bind(id.to_string());
+                execute(c, q).await?;
+                Ok(())
+            },
+            |_| true,
+        )
         .await
     }
 

@@ -18,6 +18,58 @@ const INSERT_CHUNK: usize = 500;
 /// long behind a prune.
 const PRUNE_CHUNK: i64 = 5_000;
 
+/// The columns of an entry, in `provisioning_log` and its inbox alike.
+const ENTRY_COLUMNS: &str = "tenant, at, request_id, method, path, resource_id, status, \
+                             duration_ms, error, user_name, external_id";
+
+/// Rows moved from the inbox to the log per job.
+const SETTLE_CHUNK: i64 = 5_000;
+
+/// Where entries are appended.
+#[derive(Clone, Copy)]
+pub(super) enum LogTable {
+    /// `provisioning_log`, with its look-up indexes.
+    Log,
+    /// `provisioning_log_inbox`, without any: a SCIM write's entry, written with the write.
+    Inbox,
+}
+
+/// Append provisioning log entries, a few hundred per statement, within the caller's job.
+pub(super) fn insert_log_rows(
+    c: &rusqlite::Connection,
+    table: LogTable,
+    entries: &[ProvisioningEntry],
+) -> Result<(), rusqlite::Error> {
+    let table = match table {
+        LogTable::Log => "provisioning_log",
+        LogTable::Inbox => "provisioning_log_inbox",
+    };
+    for chunk in entries.chunks(INSERT_CHUNK) {
+        let mut sql = format!("INSERT INTO {table} ({ENTRY_COLUMNS}) VALUES ");
+        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        let times: Vec<String> = chunk.iter().map(|e| format_time(e.at)).collect();
+        let statuses: Vec<i64> = chunk.iter().map(|e| i64::from(e.status)).collect();
+        let mut p: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 11);
+        for (i, e) in chunk.iter().enumerate() {
+            p.extend([
+                &e.tenant as &dyn ToSql,
+                &times[i],
+                &e.request_id,
+                &e.method,
+                &e.path,
+                &e.resource_id,
+                &statuses[i],
+                &e.duration_ms,
+                &e.error,
+                &e.user_name,
+                &e.external_id,
+            ]);
+        }
+        c.prepare_cached(&sql)?.execute(&p[..])?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl StagingCounts for SqliteStaging {
     async fn tenant_counts(&self, tenant: &str) -> Result<TenantCounts, StoreError> {
@@ -94,34 +146,77 @@ impl ProvisioningLogStore for SqliteStaging {
     ) -> Result<(), StoreError> {
         let entries = entries.to_vec();
         self.writes
+            .run(move |c| Ok::<_, StoreError>(insert_log_rows(c, LogTable::Log, &entries)?))
+            .await
+    }
+
+    /// A few thousand rows per job, oldest first, until the inbox is empty; a look at the
+    /// inbox on a read connection first, so an idle log costs no write.
+    async fn settle_provisioning_log(&self) -> Result<u64, StoreError> {
+        let mut moved = 0;
+        loop {
+            let waiting: bool = self
+                .read(|c| {
+                    Ok::<_, StoreError>(
+                        c.prepare_cached("SELECT EXISTS (SELECT 1 FROM provisioning_log_inbox)")?
+                            .query_row([], |r| r.get(0))?,
+                    )
+                })
+                .await?;
+            if !waiting {
+                return Ok(moved);
+            }
+            let n = self
+                .writes
+                .run(|c| {
+                    let last: Option<i64> = c
+                        .prepare_cached(
+                            "SELECT max(id) FROM (SELECT id FROM provisioning_log_inbox \
+                             ORDER BY id LIMIT ?)",
+                        )?
+                        .query_row([SETTLE_CHUNK], |r| r.get(0))?;
+                    let Some(last) = last else {
+                        return Ok::<_, StoreError>(0);
+                    };
+                    c.prepare_cached(&format!(
+                        "INSERT INTO provisioning_log ({ENTRY_COLUMNS}) \
+                         SELECT {ENTRY_COLUMNS} FROM provisioning_log_inbox WHERE id <= ? ORDER BY id"
+                    ))?
+                    .execute([last])?;
+                    Ok(c.prepare_cached("DELETE FROM provisioning_log_inbox WHERE id <= ?")?
+                        .execute([last])? as u64)
+                })
+                .await?;
+            moved += n;
+            if n < SETTLE_CHUNK as u64 {
+                return Ok(moved);
+            }
+        }
+    }
+
+    async fn amend_provisioning_log(
+        &self,
+        entries: &[ProvisioningEntry],
+    ) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.writes
             .run(move |c| {
-                for chunk in entries.chunks(INSERT_CHUNK) {
-                    let mut sql = String::from(
-                        "INSERT INTO provisioning_log (tenant, at, request_id, method, path, \
-                         resource_id, status, duration_ms, error, user_name, external_id) VALUES ",
-                    );
-                    sql.push_str(
-                        &vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "),
-                    );
-                    let times: Vec<String> = chunk.iter().map(|e| format_time(e.at)).collect();
-                    let statuses: Vec<i64> = chunk.iter().map(|e| i64::from(e.status)).collect();
-                    let mut p: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 11);
-                    for (i, e) in chunk.iter().enumerate() {
-                        p.extend([
-                            &e.tenant as &dyn ToSql,
-                            &times[i],
-                            &e.request_id,
-                            &e.method,
-                            &e.path,
-                            &e.resource_id,
-                            &statuses[i],
-                            &e.duration_ms,
-                            &e.error,
-                            &e.user_name,
-                            &e.external_id,
-                        ]);
+                // In the inbox (small, so scanned) or already moved to the log.
+                for table in ["provisioning_log_inbox", "provisioning_log"] {
+                    let mut stmt = c.prepare_cached(&format!(
+                        "UPDATE {table} SET status = ?, duration_ms = ?, error = ? \
+                         WHERE tenant = ? AND request_id = ? AND at = ?"
+                    ))?;
+                    for e in &entries {
+                        stmt.execute(params![
+                            i64::from(e.status),
+                            e.duration_ms,
+                            e.error,
+                            e.tenant,
+                            e.request_id,
+                            format_time(e.at)
+                        ])?;
                     }
-                    c.prepare_cached(&sql)?.execute(&p[..])?;
                 }
                 Ok::<_, StoreError>(())
             })

@@ -64,6 +64,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "plan hints for later indexes",
         sql: include_str!("../../../sql/sqlite/0009_plan_hints.sql"),
     },
+    Migration {
+        version: 10,
+        description: "provisioning log inbox",
+        sql: include_str!("../../../sql/sqlite/0010_provisioning_log_inbox.sql"),
+    },
 ];
 
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
@@ -141,10 +146,10 @@ mod tests {
         let path = dir.path().join("m.db");
         let mut c = Connection::open(&path).unwrap();
         let first = run(&mut c).unwrap();
-        assert_eq!(first.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(first.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         let again = run(&mut c).unwrap();
         assert!(again.applied.is_empty());
-        assert_eq!(again.already_applied, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(again.already_applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         c.execute(
             "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 2",
             [],

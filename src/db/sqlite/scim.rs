@@ -10,6 +10,7 @@ use rusqlite::{OptionalExtension, ToSql, params};
 use serde_json::{Map, Value};
 
 use super::SqliteStaging;
+use super::admin::{LogTable, insert_log_rows};
 use super::conn::snapshot;
 use super::filter_sql::{self, Condition, Param};
 use crate::db::{Sort, task_failed, translate};
@@ -19,8 +20,8 @@ use crate::scim::resource::fold_case;
 use crate::scim::schema::{ResourceKind, ResourceType};
 use crate::store::update::{self, Current, GroupUpdate, UserUpdate, check_version, group_columns};
 use crate::store::{
-    GroupChange, GroupChangeFn, ListQuery, Page, Related, ScimStore, StoreError, Stored,
-    UserChange, UserColumns, format_time,
+    GroupChange, GroupChangeFn, ListQuery, Page, Related, RequestLog, ScimStore, StoreError,
+    Stored, UserChange, UserColumns, format_time,
 };
 
 type Conn = rusqlite::Connection;
@@ -227,12 +228,34 @@ impl SqliteStaging {
         self.reads.with(f)
     }
 
-    /// Run `f` as a job of the writer thread; its result once committed.
+    /// Run `f` as a job of the writer thread; its result once committed. When `wrote` says
+    /// that `f` changed something, `log`'s entry is written in the same job, and so commits
+    /// with the change.
     async fn write<T: Send + 'static>(
         &self,
+        log: &RequestLog,
         f: impl FnOnce(&Conn) -> Result<T, StoreError> + Send + 'static,
+        wrote: fn(&T) -> bool,
     ) -> Result<T, StoreError> {
-        self.writes.run(f).await
+        let entry = log.for_write();
+        let (t, logged) = self
+            .writes
+            .run(move |c| {
+                let t = f(c)?;
+                let logged = match entry {
+                    Some(e) if wrote(&t) => {
+                        insert_log_rows(c, LogTable::Inbox, std::slice::from_ref(&e))?;
+                        Some(e)
+                    }
+                    _ => None,
+                };
+                Ok::<_, StoreError>((t, logged))
+            })
+            .await?;
+        if let Some(e) = logged {
+            log.written(e);
+        }
+        Ok(t)
     }
 
     /// One resource, with its groups or members in the same statement when asked.
@@ -289,17 +312,22 @@ impl ScimStore for SqliteStaging {
         id: &str,
         doc: &Map<String, Value>,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError> {
         let row = NewUserRow::of(rt, doc)?;
         let doc_text = row.text.clone();
         let now_s = format_time(now);
         let (tenant_o, id_o, now_o) = (tenant.to_string(), id.to_string(), now_s.clone());
         let seq = self
-            .write(move |c| {
-                let seq = next_seq(c)?;
-                insert_user_row(c, &tenant_o, &id_o, &row, seq, &now_o)?;
-                Ok::<_, StoreError>(seq)
-            })
+            .write(
+                log,
+                move |c| {
+                    let seq = next_seq(c)?;
+                    insert_user_row(c, &tenant_o, &id_o, &row, seq, &now_o)?;
+                    Ok::<_, StoreError>(seq)
+                },
+                |_| true,
+            )
             .await?;
         Ok(Stored {
             id: id.to_string(),
@@ -331,6 +359,7 @@ impl ScimStore for SqliteStaging {
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
         change: UserChange<'_>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let cur = self.current(ResourceKind::User, tenant, id)?;
@@ -350,42 +379,46 @@ impl ScimStore for SqliteStaging {
             let now_s = format_time(now);
             let (tenant_o, text, now_o) = (tenant.to_string(), new_text.clone(), now_s.clone());
             let seq = self
-                .write(move |c| {
-                    let seq = next_seq(c)?;
-                    let user_name_ci = cols.user_name.to_lowercase();
-                    let mut p: Vec<&dyn ToSql> = Vec::with_capacity(31);
-                    if keys_changed {
-                        p.extend([
-                            &cols.user_name as &dyn ToSql,
-                            &user_name_ci,
-                            &cols.external_id,
-                        ]);
-                    }
-                    p.push(&cols.display_name);
-                    if active_changed {
-                        p.extend([
-                            &cols.active as &dyn ToSql,
-                            &now_o,
-                            &cols.active,
-                            &cols.active,
-                        ]);
-                    }
-                    p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
-                    p.extend([&text as &dyn ToSql, &new_ci, &seq, &now_o, &pk, &version]);
-                    let n = c
-                        .prepare_cached(update_user_sql(keys_changed, active_changed))?
-                        .execute(&p[..])
-                        .map_err(|e| unique(e, "a user with this userName already exists"))?;
-                    if n == 0 {
-                        return Ok(None);
-                    }
-                    if emails_changed {
-                        c.prepare_cached("DELETE FROM user_emails WHERE user_pk = ?")?
-                            .execute([pk])?;
-                        insert_emails(c, &tenant_o, pk, &cols)?;
-                    }
-                    Ok(Some(seq))
-                })
+                .write(
+                    log,
+                    move |c| {
+                        let seq = next_seq(c)?;
+                        let user_name_ci = cols.user_name.to_lowercase();
+                        let mut p: Vec<&dyn ToSql> = Vec::with_capacity(31);
+                        if keys_changed {
+                            p.extend([
+                                &cols.user_name as &dyn ToSql,
+                                &user_name_ci,
+                                &cols.external_id,
+                            ]);
+                        }
+                        p.push(&cols.display_name);
+                        if active_changed {
+                            p.extend([
+                                &cols.active as &dyn ToSql,
+                                &now_o,
+                                &cols.active,
+                                &cols.active,
+                            ]);
+                        }
+                        p.extend(cols.custom.iter().map(|v| v as &dyn ToSql));
+                        p.extend([&text as &dyn ToSql, &new_ci, &seq, &now_o, &pk, &version]);
+                        let n = c
+                            .prepare_cached(update_user_sql(keys_changed, active_changed))?
+                            .execute(&p[..])
+                            .map_err(|e| unique(e, "a user with this userName already exists"))?;
+                        if n == 0 {
+                            return Ok(None);
+                        }
+                        if emails_changed {
+                            c.prepare_cached("DELETE FROM user_emails WHERE user_pk = ?")?
+                                .execute([pk])?;
+                            insert_emails(c, &tenant_o, pk, &cols)?;
+                        }
+                        Ok(Some(seq))
+                    },
+                    Option::is_some,
+                )
                 .await?;
             if let Some(seq) = seq {
                 return Ok(Stored {
@@ -409,10 +442,11 @@ impl ScimStore for SqliteStaging {
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<(), StoreError> {
         let (tenant, id, now_s) = (tenant.to_string(), id.to_string(), format_time(now));
         let if_match = if_match.map(<[i64]>::to_vec);
-        self.write(move |c| {
+        self.write(log, move |c| {
                 let version: Option<i64> = c
                     .prepare_cached(
                         "SELECT change_seq FROM users WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
@@ -431,7 +465,7 @@ impl ScimStore for SqliteStaging {
                 c.prepare_cached("DELETE FROM user_emails WHERE user_pk = ?")?
                     .execute([pk])?;
                 remove_from_all_groups(c, &tenant, &id, seq, &now_s)
-            })
+            }, |_| true)
             .await
     }
 
@@ -444,6 +478,7 @@ impl ScimStore for SqliteStaging {
         id: &str,
         change: GroupChange,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError> {
         let row = NewGroupRow::of(rt, &change.doc)?;
         let doc_text = row.text.clone();
@@ -451,12 +486,16 @@ impl ScimStore for SqliteStaging {
         let (tenant_o, id_o, now_o) = (tenant.to_string(), id.to_string(), now_s.clone());
         let members = change.members;
         let seq = self
-            .write(move |c| {
-                let seq = next_seq(c)?;
-                insert_group_row(c, &tenant_o, &id_o, &row, seq, &now_o)?;
-                apply_member_ops(c, &tenant_o, &id_o, &members, seq)?;
-                Ok::<_, StoreError>(seq)
-            })
+            .write(
+                log,
+                move |c| {
+                    let seq = next_seq(c)?;
+                    insert_group_row(c, &tenant_o, &id_o, &row, seq, &now_o)?;
+                    apply_member_ops(c, &tenant_o, &id_o, &members, seq)?;
+                    Ok::<_, StoreError>(seq)
+                },
+                |_| true,
+            )
             .await?;
         Ok(Stored {
             id: id.to_string(),
@@ -487,6 +526,7 @@ impl ScimStore for SqliteStaging {
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
         change: GroupChangeFn<'_>,
+        log: &RequestLog,
     ) -> Result<Stored, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let cur = self.current(ResourceKind::Group, tenant, id)?;
@@ -512,7 +552,7 @@ impl ScimStore for SqliteStaging {
                 now_s.clone(),
             );
             let outcome = self
-                .write(move |c| {
+                .write(log, move |c| {
                     let current: Option<i64> = c
                         .prepare_cached("SELECT change_seq FROM groups WHERE pk = ?")?
                         .query_row([pk], |r| r.get(0))
@@ -552,7 +592,7 @@ impl ScimStore for SqliteStaging {
                         .execute(params![seq, now_o, pk])?;
                     }
                     Ok(Outcome::Written(seq))
-                })
+                }, |o| matches!(o, Outcome::Written(_)))
                 .await?;
             match outcome {
                 Outcome::Retry => continue,
@@ -578,24 +618,29 @@ impl ScimStore for SqliteStaging {
         id: &str,
         if_match: Option<&[i64]>,
         now: DateTime<Utc>,
+        log: &RequestLog,
     ) -> Result<(), StoreError> {
         let (tenant, id, now_s) = (tenant.to_string(), id.to_string(), format_time(now));
         let if_match = if_match.map(<[i64]>::to_vec);
-        self.write(move |c| {
-            let version: Option<i64> = c
-                .prepare_cached("SELECT change_seq FROM groups WHERE tenant = ? AND id = ?")?
-                .query_row(params![tenant, id], |r| r.get(0))
-                .optional()?;
-            check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
-            let seq = next_seq(c)?;
-            stamp_members(c, &tenant, &id, seq)?;
-            c.prepare_cached("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")?
-                .execute(params![tenant, id])?;
-            remove_from_all_groups(c, &tenant, &id, seq, &now_s)?;
-            c.prepare_cached("DELETE FROM groups WHERE tenant = ? AND id = ?")?
-                .execute(params![tenant, id])?;
-            Ok(())
-        })
+        self.write(
+            log,
+            move |c| {
+                let version: Option<i64> = c
+                    .prepare_cached("SELECT change_seq FROM groups WHERE tenant = ? AND id = ?")?
+                    .query_row(params![tenant, id], |r| r.get(0))
+                    .optional()?;
+                check_version(if_match.as_deref(), version.ok_or(StoreError::NotFound)?)?;
+                let seq = next_seq(c)?;
+                stamp_members(c, &tenant, &id, seq)?;
+                c.prepare_cached("DELETE FROM group_members WHERE tenant = ? AND group_id = ?")?
+                    .execute(params![tenant, id])?;
+                remove_from_all_groups(c, &tenant, &id, seq, &now_s)?;
+                c.prepare_cached("DELETE FROM groups WHERE tenant = ? AND id = ?")?
+                    .execute(params![tenant, id])?;
+                Ok(())
+            },
+            |_| true,
+        )
         .await
     }
 
@@ -1006,13 +1051,16 @@ mod tests {
         )
         .unwrap()
         .doc;
-        s.create_user("api", &rt, "u1", &doc, t(0)).await.unwrap();
+        s.create_user("api", &rt, "u1", &doc, t(0), &RequestLog::default())
+            .await
+            .unwrap();
         s.create_group(
             "api",
             &gt,
             "g1",
             GroupChange::replace_members(group.clone(), None),
             t(0),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
@@ -1080,7 +1128,7 @@ mod tests {
     async fn deactivation_clock_is_set_and_cleared() {
         let (_d, s) = store().await;
         let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
-        s.create_user("t", &rt, "u1", &user("ann"), t(0))
+        s.create_user("t", &rt, "u1", &user("ann"), t(0), &RequestLog::default())
             .await
             .unwrap();
         assert_eq!(
@@ -1092,7 +1140,7 @@ mod tests {
             d.insert("active".into(), json!(false));
             Ok(d)
         };
-        s.update_user("t", &rt, "u1", None, t(1), &off)
+        s.update_user("t", &rt, "u1", None, t(1), &off, &RequestLog::default())
             .await
             .unwrap();
         let (active, since, ..) = row(&s, "u1").await;
@@ -1101,21 +1149,37 @@ mod tests {
             (0, Some("2026-01-01T01:00:00.000Z"))
         );
         // Staying inactive keeps the original time.
-        s.update_user("t", &rt, "u1", None, t(2), &|mut d| {
-            d.insert("displayName".into(), json!("x"));
-            d.insert("active".into(), json!(false));
-            Ok(d)
-        })
+        s.update_user(
+            "t",
+            &rt,
+            "u1",
+            None,
+            t(2),
+            &|mut d| {
+                d.insert("displayName".into(), json!("x"));
+                d.insert("active".into(), json!(false));
+                Ok(d)
+            },
+            &RequestLog::default(),
+        )
         .await
         .unwrap();
         assert_eq!(
             row(&s, "u1").await.1.as_deref(),
             Some("2026-01-01T01:00:00.000Z")
         );
-        s.update_user("t", &rt, "u1", None, t(3), &|mut d| {
-            d.insert("active".into(), json!(true));
-            Ok(d)
-        })
+        s.update_user(
+            "t",
+            &rt,
+            "u1",
+            None,
+            t(3),
+            &|mut d| {
+                d.insert("active".into(), json!(true));
+                Ok(d)
+            },
+            &RequestLog::default(),
+        )
         .await
         .unwrap();
         assert_eq!(row(&s, "u1").await.1, None);
@@ -1138,7 +1202,7 @@ mod tests {
     async fn an_update_writes_the_key_columns_only_when_they_change() {
         let (_d, s) = store().await;
         let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
-        s.create_user("t", &rt, "u1", &user("ann"), t(0))
+        s.create_user("t", &rt, "u1", &user("ann"), t(0), &RequestLog::default())
             .await
             .unwrap();
         let cols = |s: &SqliteStaging| {
@@ -1159,10 +1223,18 @@ mod tests {
             .unwrap()
         };
         let before = cols(&s);
-        s.update_user("t", &rt, "u1", None, t(1), &|mut d| {
-            d.insert("displayName".into(), json!("Ann Other"));
-            Ok(d)
-        })
+        s.update_user(
+            "t",
+            &rt,
+            "u1",
+            None,
+            t(1),
+            &|mut d| {
+                d.insert("displayName".into(), json!("Ann Other"));
+                Ok(d)
+            },
+            &RequestLog::default(),
+        )
         .await
         .unwrap();
         let after = cols(&s);
@@ -1171,11 +1243,19 @@ mod tests {
             (&before.0, &before.1, &before.2)
         );
         assert_eq!(after.3.as_deref(), Some("Ann Other"));
-        s.update_user("t", &rt, "u1", None, t(2), &|mut d| {
-            d.insert("userName".into(), json!("Ann.B"));
-            d.insert("externalId".into(), json!("x-9"));
-            Ok(d)
-        })
+        s.update_user(
+            "t",
+            &rt,
+            "u1",
+            None,
+            t(2),
+            &|mut d| {
+                d.insert("userName".into(), json!("Ann.B"));
+                d.insert("externalId".into(), json!("x-9"));
+                Ok(d)
+            },
+            &RequestLog::default(),
+        )
         .await
         .unwrap();
         let renamed = cols(&s);
@@ -1203,33 +1283,43 @@ mod tests {
         let (_d, s) = store().await;
         let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
         let gt = ResourceType::group();
-        s.create_user("t", &rt, "u1", &user("ann"), t(0))
+        s.create_user("t", &rt, "u1", &user("ann"), t(0), &RequestLog::default())
             .await
             .unwrap();
-        s.create_user("t", &rt, "u2", &user("bob"), t(0))
+        s.create_user("t", &rt, "u2", &user("bob"), t(0), &RequestLog::default())
             .await
             .unwrap();
         let before = row(&s, "u1").await.2;
         let g = normalize(&gt, &json!({"displayName": "G"}), &Limits::default()).unwrap();
         let change =
             GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }]));
-        s.create_group("t", &gt, "g1", change, t(1)).await.unwrap();
+        s.create_group("t", &gt, "g1", change, t(1), &RequestLog::default())
+            .await
+            .unwrap();
         let after = row(&s, "u1").await.2;
         assert!(after > before, "adding u1 stamps it");
         assert!(row(&s, "u2").await.2 < after, "u2 was not touched");
         // An unknown member rolls the whole change back.
         let e = s
-            .update_group("t", &gt, "g1", None, t(2), &|doc| {
-                Ok(GroupChange {
-                    doc,
-                    members: vec![
-                        MemberOp::Remove(vec!["u1".into()]),
-                        MemberOp::Add(vec![MemberRef {
-                            value: "nope".into(),
-                        }]),
-                    ],
-                })
-            })
+            .update_group(
+                "t",
+                &gt,
+                "g1",
+                None,
+                t(2),
+                &|doc| {
+                    Ok(GroupChange {
+                        doc,
+                        members: vec![
+                            MemberOp::Remove(vec!["u1".into()]),
+                            MemberOp::Add(vec![MemberRef {
+                                value: "nope".into(),
+                            }]),
+                        ],
+                    })
+                },
+                &RequestLog::default(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::Rejected(_)));
@@ -1239,7 +1329,9 @@ mod tests {
         let g = normalize(&gt, &json!({"displayName": "User"}), &Limits::default()).unwrap();
         let change =
             GroupChange::replace_members(g.doc, Some(vec![MemberRef { value: "u1".into() }]));
-        s.create_group("t", &gt, "g2", change, t(2)).await.unwrap();
+        s.create_group("t", &gt, "g2", change, t(2), &RequestLog::default())
+            .await
+            .unwrap();
         let mut groups = s.get_user("t", "u1", true).await.unwrap().related.unwrap();
         groups.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(
@@ -1258,7 +1350,9 @@ mod tests {
             ]
         );
         // Deleting the user removes its memberships.
-        s.delete_user("t", "u1", None, t(3)).await.unwrap();
+        s.delete_user("t", "u1", None, t(3), &RequestLog::default())
+            .await
+            .unwrap();
         let members = s.get_group("t", "g1", true).await.unwrap().related.unwrap();
         assert!(members.is_empty());
         assert!(matches!(
@@ -1276,9 +1370,16 @@ mod tests {
         let gt = ResourceType::group();
         let n = 2 * MAX_ATTEMPTS + 4;
         for i in 0..n {
-            s.create_user("t", &rt, &format!("u{i}"), &user(&format!("n{i}")), t(0))
-                .await
-                .unwrap();
+            s.create_user(
+                "t",
+                &rt,
+                &format!("u{i}"),
+                &user(&format!("n{i}")),
+                t(0),
+                &RequestLog::default(),
+            )
+            .await
+            .unwrap();
         }
         let g = normalize(&gt, &json!({"displayName": "G"}), &Limits::default()).unwrap();
         s.create_group(
@@ -1287,20 +1388,29 @@ mod tests {
             "g1",
             GroupChange::replace_members(g.doc, None),
             t(0),
+            &RequestLog::default(),
         )
         .await
         .unwrap();
         let adds = (0..n).map(|i| {
             let (s, gt) = (s.clone(), &gt);
             async move {
-                s.update_group("t", gt, "g1", None, t(1), &|doc| {
-                    Ok(GroupChange {
-                        doc,
-                        members: vec![MemberOp::Add(vec![MemberRef {
-                            value: format!("u{i}"),
-                        }])],
-                    })
-                })
+                s.update_group(
+                    "t",
+                    gt,
+                    "g1",
+                    None,
+                    t(1),
+                    &|doc| {
+                        Ok(GroupChange {
+                            doc,
+                            members: vec![MemberOp::Add(vec![MemberRef {
+                                value: format!("u{i}"),
+                            }])],
+                        })
+                    },
+                    &RequestLog::default(),
+                )
                 .await
             }
         });
@@ -1406,24 +1516,42 @@ mod tests {
     async fn user_names_are_unique_per_tenant_case_insensitively() {
         let (_d, s) = store().await;
         let rt = ResourceType::user(DEFAULT_CUSTOM_SCHEMA);
-        s.create_user("t", &rt, "u1", &user("Ann"), t(0))
+        s.create_user("t", &rt, "u1", &user("Ann"), t(0), &RequestLog::default())
             .await
             .unwrap();
         let e = s
-            .create_user("t", &rt, "u2", &user("aNN"), t(0))
+            .create_user("t", &rt, "u2", &user("aNN"), t(0), &RequestLog::default())
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::Conflict(_)));
-        s.create_user("other", &rt, "u3", &user("ann"), t(0))
+        s.create_user(
+            "other",
+            &rt,
+            "u3",
+            &user("ann"),
+            t(0),
+            &RequestLog::default(),
+        )
+        .await
+        .unwrap();
+        // A deleted user's name can be taken again.
+        s.delete_user("t", "u1", None, t(1), &RequestLog::default())
             .await
             .unwrap();
-        // A deleted user's name can be taken again.
-        s.delete_user("t", "u1", None, t(1)).await.unwrap();
-        s.create_user("t", &rt, "u4", &user("ANN"), t(2))
+        s.create_user("t", &rt, "u4", &user("ANN"), t(2), &RequestLog::default())
             .await
             .unwrap();
         assert!(matches!(
-            s.update_user("t", &rt, "u4", Some(&[999]), t(3), &Ok).await,
+            s.update_user(
+                "t",
+                &rt,
+                "u4",
+                Some(&[999]),
+                t(3),
+                &Ok,
+                &RequestLog::default()
+            )
+            .await,
             Err(StoreError::VersionMismatch)
         ));
     }
