@@ -17,6 +17,9 @@ use crate::store::DbError;
 /// Idle read connections kept for reuse.
 const MAX_IDLE: usize = 8;
 
+/// The write connection's page cache, in KiB.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+
 /// Statements kept prepared per connection.
 const STATEMENT_CACHE: usize = 64;
 
@@ -49,6 +52,14 @@ pub fn open_create(path: &Path, durability: Durability) -> Result<Connection, Db
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     configure(&conn, durability)?;
+    // Each write job runs in its own savepoint inside a shared transaction, so a page a
+    // later job changes is first copied to the statement journal; on disk (SQLite spills it
+    // to a temporary file past 64 KiB) that copy was a fifth of the writer's time. Bounded by
+    // one transaction's pages.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // The writer alone updates every index, the provisioning log's random-keyed ones included:
+    // a larger cache keeps their pages instead of reading them back for each batch.
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     Ok(conn)
 }
 
@@ -208,5 +219,20 @@ impl ReadPool {
             self.give_back(conn);
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_connection_keeps_statement_journals_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_create(&dir.path().join("w.db"), Durability::Full).unwrap();
+        let temp_store: i64 = c.query_row("PRAGMA temp_store", [], |r| r.get(0)).unwrap();
+        assert_eq!(temp_store, 2, "MEMORY");
+        let cache: i64 = c.query_row("PRAGMA cache_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(cache, -WRITER_CACHE_KIB);
     }
 }
