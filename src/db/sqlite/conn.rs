@@ -17,16 +17,24 @@ use crate::store::DbError;
 /// Idle read connections kept for reuse.
 const MAX_IDLE: usize = 8;
 
-/// The write connection's page cache, in KiB.
+/// A read connection's page cache, in KiB: the indexes of a large tenant stay hot.
+const READER_CACHE_KIB: i64 = 4 * 1024;
+
+/// The write connection's page cache, in KiB. The writer alone updates every index, the
+/// provisioning log's random-keyed ones included: a larger cache keeps their pages from one
+/// batch to the next instead of reading them back.
 const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 /// Statements kept prepared per connection.
 const STATEMENT_CACHE: usize = 64;
 
-fn configure(conn: &Connection, durability: Durability) -> Result<(), rusqlite::Error> {
+fn configure(
+    conn: &Connection,
+    durability: Durability,
+    cache_kib: i64,
+) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(Duration::from_secs(10))?;
-    // 4 MiB of page cache per connection: the indexes of a large tenant stay hot.
-    conn.pragma_update(None, "cache_size", -4096)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(
         None,
@@ -51,15 +59,12 @@ pub fn open_create(path: &Path, durability: Durability) -> Result<Connection, Db
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    configure(&conn, durability)?;
+    configure(&conn, durability, WRITER_CACHE_KIB)?;
     // Each write job runs in its own savepoint inside a shared transaction, so a page a
-    // later job changes is first copied to the statement journal; on disk (SQLite spills it
-    // to a temporary file past 64 KiB) that copy was a fifth of the writer's time. Bounded by
-    // one transaction's pages.
+    // later job changes is first copied to the statement journal, which SQLite otherwise
+    // spills to a temporary file past 64 KiB: a write per page on the writer's hot path.
+    // In memory it is bounded by one transaction's pages.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // The writer alone updates every index, the provisioning log's random-keyed ones included:
-    // a larger cache keeps their pages instead of reading them back for each batch.
-    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     Ok(conn)
 }
 
@@ -168,7 +173,7 @@ impl ReadPool {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        configure(&conn, Durability::Normal)?;
+        configure(&conn, Durability::Normal, READER_CACHE_KIB)?;
         Ok(conn)
     }
 
